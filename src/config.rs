@@ -1,0 +1,306 @@
+//! Configuration: embedded defaults < TOML file (`--config`) < environment < command-line flags.
+//!
+//! clap reads flags and their environment variables; the TOML file fills whatever neither set; the
+//! result is validated once, so a bad value is reported with the setting's name before anything listens.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::pki::{AllowList, CaProfile};
+
+/// How certificates are chosen for clients before setup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertMode {
+    /// One leaf per SNI name (or per local IP without SNI), minted on first contact.
+    PerHost,
+    /// dynamiclistener's way: one leaf whose SAN list grows with every learned name.
+    Shared,
+}
+
+/// The `serve` settings as flags and environment variables; unset ones fall back to the file.
+#[derive(Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (see config/corral.toml).
+    #[arg(long, env = "CORRAL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory holding the CA, keys and state [default: $XDG_DATA_HOME/corral or ~/.local/share/corral].
+    #[arg(long, env = "CORRAL_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Addresses to listen on, comma separated [default: :: (all interfaces, IPv4 and IPv6)].
+    #[arg(long, env = "CORRAL_BIND", value_delimiter = ',', value_name = "IP")]
+    pub bind: Option<Vec<IpAddr>>,
+    /// HTTPS port [default: 8443]; 0 picks a free port.
+    #[arg(long, env = "CORRAL_HTTPS_PORT", value_name = "PORT")]
+    pub https_port: Option<u16>,
+    /// HTTP port, which redirects to HTTPS like Rancher's [default: 8080]; 0 picks a free port.
+    #[arg(long, env = "CORRAL_HTTP_PORT", value_name = "PORT")]
+    pub http_port: Option<u16>,
+    /// Certificate strategy before setup [default: per-host].
+    #[arg(long, env = "CORRAL_CERT_MODE", value_name = "MODE")]
+    pub cert_mode: Option<CertMode>,
+    /// Naming of a newly created CA [default: cattle].
+    #[arg(long, env = "CORRAL_CA_PROFILE", value_name = "PROFILE")]
+    pub ca_profile: Option<CaProfile>,
+    /// Names that may get their own certificate: globs, or regexes prefixed `re:` [default: any].
+    #[arg(
+        long,
+        env = "CORRAL_ALLOWED_NAMES",
+        value_delimiter = ',',
+        value_name = "PATTERN"
+    )]
+    pub allowed_names: Option<Vec<String>>,
+    /// Most names certificates are minted for (per-host) or carried (shared) [default: 10000].
+    #[arg(long, env = "CORRAL_MAX_NAMES", value_name = "N")]
+    pub max_names: Option<usize>,
+    /// Most new names minted per second, 0 for no limit [default: 100].
+    #[arg(long, env = "CORRAL_MINT_RATE", value_name = "PER_SECOND")]
+    pub mint_rate: Option<u32>,
+    /// Leaf lifetime in days [default: 365].
+    #[arg(
+        long,
+        env = "CATTLE_NEW_SIGNED_CERT_EXPIRATION_DAYS",
+        value_name = "DAYS"
+    )]
+    pub cert_expiration_days: Option<u32>,
+    /// Re-mint a leaf when it expires within this many days [default: 7].
+    #[arg(
+        long,
+        env = "CATTLE_ROTATE_CERTS_IF_EXPIRING_IN_DAYS",
+        value_name = "DAYS"
+    )]
+    pub rotate_days: Option<u32>,
+    /// Seconds a client has to complete its TLS handshake [default: 10].
+    #[arg(long, env = "CORRAL_HANDSHAKE_TIMEOUT", value_name = "SECONDS")]
+    pub handshake_timeout: Option<u64>,
+}
+
+/// The same settings as they appear in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    data_dir: Option<PathBuf>,
+    bind: Option<Vec<IpAddr>>,
+    https_port: Option<u16>,
+    http_port: Option<u16>,
+    cert_mode: Option<CertMode>,
+    ca_profile: Option<CaProfile>,
+    allowed_names: Option<Vec<String>>,
+    max_names: Option<usize>,
+    mint_rate: Option<u32>,
+    cert_expiration_days: Option<u32>,
+    rotate_days: Option<u32>,
+    handshake_timeout: Option<u64>,
+}
+
+/// The validated configuration a server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub bind: Vec<IpAddr>,
+    pub https_port: u16,
+    pub http_port: u16,
+    pub cert_mode: CertMode,
+    pub ca_profile: CaProfile,
+    pub allowed_names: AllowList,
+    pub max_names: usize,
+    /// New names per second; `None` means unlimited.
+    pub mint_rate: Option<u32>,
+    pub cert_expiration_days: u32,
+    pub rotate_days: u32,
+    pub handshake_timeout: Duration,
+}
+
+/// A setting that could not be used, named as the user wrote it.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub setting: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {}: {}", self.setting, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(setting: &str, reason: impl fmt::Display) -> ConfigError {
+    ConfigError {
+        setting: setting.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+impl Config {
+    /// Merges flags/env over the file over the defaults, and validates the result.
+    pub fn resolve(args: ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .map_or_else(default_data_dir, Ok)?;
+        let allowed = args
+            .allowed_names
+            .or(file.allowed_names)
+            .unwrap_or_default();
+        let config = Config {
+            data_dir,
+            bind: args
+                .bind
+                .or(file.bind)
+                .unwrap_or_else(|| vec!["::".parse().unwrap()]),
+            https_port: args.https_port.or(file.https_port).unwrap_or(8443),
+            http_port: args.http_port.or(file.http_port).unwrap_or(8080),
+            cert_mode: args
+                .cert_mode
+                .or(file.cert_mode)
+                .unwrap_or(CertMode::PerHost),
+            ca_profile: args
+                .ca_profile
+                .or(file.ca_profile)
+                .unwrap_or(CaProfile::Cattle),
+            allowed_names: AllowList::new(&allowed).map_err(|e| invalid("allowed-names", e))?,
+            max_names: args.max_names.or(file.max_names).unwrap_or(10_000),
+            mint_rate: Some(args.mint_rate.or(file.mint_rate).unwrap_or(100)).filter(|r| *r > 0),
+            cert_expiration_days: args
+                .cert_expiration_days
+                .or(file.cert_expiration_days)
+                .unwrap_or(365),
+            rotate_days: args.rotate_days.or(file.rotate_days).unwrap_or(7),
+            handshake_timeout: Duration::from_secs(
+                args.handshake_timeout
+                    .or(file.handshake_timeout)
+                    .unwrap_or(10),
+            ),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.bind.is_empty() {
+            return Err(invalid("bind", "no address given"));
+        }
+        if self.https_port != 0 && self.https_port == self.http_port {
+            return Err(invalid("http-port", "must differ from https-port"));
+        }
+        if self.max_names == 0 {
+            return Err(invalid("max-names", "must be at least 1"));
+        }
+        if self.cert_expiration_days == 0 {
+            return Err(invalid("cert-expiration-days", "must be at least 1"));
+        }
+        if self.rotate_days >= self.cert_expiration_days {
+            return Err(invalid(
+                "rotate-days",
+                format!(
+                    "{} would renew every leaf at once: it must be below cert-expiration-days ({})",
+                    self.rotate_days, self.cert_expiration_days
+                ),
+            ));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(invalid("handshake-timeout", "must be at least 1 second"));
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
+    let setting = format!("config file {}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| invalid(&setting, e))?;
+    toml::from_str(&text).map_err(|e| invalid(&setting, e.message()))
+}
+
+/// `$XDG_DATA_HOME/corral`, else `~/.local/share/corral`: writable by a non-root newcomer.
+pub fn default_data_dir() -> Result<PathBuf, ConfigError> {
+    let non_empty = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(xdg) = non_empty("XDG_DATA_HOME") {
+        return Ok(PathBuf::from(xdg).join("corral"));
+    }
+    non_empty("HOME")
+        .map(|home| PathBuf::from(home).join(".local/share/corral"))
+        .ok_or_else(|| {
+            invalid(
+                "data-dir",
+                "neither XDG_DATA_HOME nor HOME is set; pass --data-dir",
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs {
+            data_dir: Some("/tmp/x".into()),
+            ..ServeArgs::default()
+        }
+    }
+
+    #[test]
+    fn defaults_match_rancher() {
+        let c = Config::resolve(args()).unwrap();
+        assert_eq!((c.https_port, c.http_port), (8443, 8080));
+        assert_eq!((c.cert_expiration_days, c.rotate_days), (365, 7));
+        assert_eq!(c.cert_mode, CertMode::PerHost);
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "https_port = 9443\nhttp_port = 9080\ncert_mode = \"shared\"\n",
+        )
+        .unwrap();
+        let mut a = args();
+        a.config = Some(file);
+        a.https_port = Some(7443);
+        let c = Config::resolve(a).unwrap();
+        assert_eq!((c.https_port, c.http_port), (7443, 9080));
+        assert_eq!(c.cert_mode, CertMode::Shared);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "https_prot = 1\n").unwrap();
+        let mut a = args();
+        a.config = Some(file);
+        assert!(
+            Config::resolve(a)
+                .unwrap_err()
+                .to_string()
+                .contains("https_prot")
+        );
+        let mut a = args();
+        a.rotate_days = Some(400);
+        assert!(
+            Config::resolve(a)
+                .unwrap_err()
+                .to_string()
+                .contains("rotate-days")
+        );
+        let mut a = args();
+        a.allowed_names = Some(vec!["re:(".into()]);
+        assert!(
+            Config::resolve(a)
+                .unwrap_err()
+                .to_string()
+                .contains("allowed-names")
+        );
+    }
+}

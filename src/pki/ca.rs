@@ -1,0 +1,358 @@
+//! The certificate authority: created once on first start, persisted, and reused forever, so that the
+//! CA checksum agents pin never changes. A CA that exists but cannot be read is an error, never a
+//! reason to make a new one.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use time::{Duration, OffsetDateTime};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::{dn_value, random_serial};
+use crate::state::{DataDir, PUBLIC_MODE, SECRET_MODE, read_optional, write_atomic};
+
+/// CA lifetime: ten years, as dynamiclistener and Rancher ≤ 2.3 both use.
+const CA_LIFETIME: Duration = Duration::days(3650);
+/// Certificates start an hour in the past so a client whose clock lags never sees "not yet valid".
+pub const BACKDATE: Duration = Duration::hours(1);
+
+/// Which naming the CA is created with. Only matters on first start: an existing CA is kept as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CaProfile {
+    /// `CN=cattle-ca, O=the-ranch`, as Rancher 2.x documented it.
+    Cattle,
+    /// `CN=dynamiclistener-ca@<unix>, O=dynamiclistener-org`, as Rancher ≥ 2.6.8 creates it.
+    Dynamiclistener,
+}
+
+impl CaProfile {
+    fn subject(self, now: OffsetDateTime) -> (String, String) {
+        match self {
+            CaProfile::Cattle => ("the-ranch".into(), "cattle-ca".into()),
+            CaProfile::Dynamiclistener => (
+                "dynamiclistener-org".into(),
+                format!("dynamiclistener-ca@{}", now.unix_timestamp()),
+            ),
+        }
+    }
+}
+
+/// Why the CA could not be loaded or created.
+#[derive(Debug)]
+pub enum CaError {
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Corrupt {
+        path: PathBuf,
+        reason: String,
+    },
+    MissingKey {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    Generate(rcgen::Error),
+}
+
+impl fmt::Display for CaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const KEEP: &str = "corral will not create a new CA over it, because that would change the CA \
+             checksum agents verify; restore the file, or move ca.crt and ca.key away to start over";
+        match self {
+            CaError::Io { path, source } => write!(f, "cannot access {}: {source}", path.display()),
+            CaError::Corrupt { path, reason } => {
+                write!(
+                    f,
+                    "the CA in {} is unusable: {reason}; {KEEP}",
+                    path.display()
+                )
+            }
+            CaError::MissingKey { cert, key } => write!(
+                f,
+                "the CA certificate {} exists but its key {} does not; {KEEP}",
+                cert.display(),
+                key.display()
+            ),
+            CaError::Generate(e) => write!(f, "cannot generate the CA: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CaError {}
+
+/// The loaded CA: its certificate as served, and what is needed to sign leaves with it.
+pub struct CertificateAuthority {
+    der: CertificateDer<'static>,
+    /// The PEM, whitespace-trimmed: the `cacerts` setting value.
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+    not_before: OffsetDateTime,
+    subject: String,
+}
+
+impl fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateAuthority {
+    /// Loads the CA from `dir`, or creates and persists one if there is none.
+    /// Returns the CA and whether it was created now.
+    pub fn load_or_create(dir: &DataDir, profile: CaProfile) -> Result<(Self, bool), CaError> {
+        if let Some(ca) = Self::load(dir)? {
+            return Ok((ca, false));
+        }
+        let ca = Self::create(dir, profile)?;
+        Ok((ca, true))
+    }
+
+    /// Loads an existing CA. `Ok(None)` when there is no CA certificate yet.
+    ///
+    /// A key without a certificate is an interrupted first start (the key is written first), so it
+    /// counts as "no CA": nothing was ever served from it.
+    pub fn load(dir: &DataDir) -> Result<Option<Self>, CaError> {
+        let (cert_path, key_path) = (dir.ca_cert(), dir.ca_key());
+        let Some(cert_pem) = read(&cert_path)? else {
+            return Ok(None);
+        };
+        let Some(key_pem) = read(&key_path)? else {
+            return Err(CaError::MissingKey {
+                cert: cert_path,
+                key: key_path,
+            });
+        };
+        let corrupt = |path: &Path, reason: String| CaError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let key_text =
+            String::from_utf8(key_pem).map_err(|_| corrupt(&key_path, "not text".into()))?;
+        let key = KeyPair::from_pem(&key_text)
+            .map_err(|e| corrupt(&key_path, format!("not a private key ({e})")))?;
+        let der = CertificateDer::from_pem_slice(&cert_pem)
+            .map_err(|e| corrupt(&cert_path, format!("no PEM certificate ({e})")))?;
+        let details = inspect(&der, &key).map_err(|reason| corrupt(&cert_path, reason))?;
+        let issuer = Issuer::from_ca_cert_der(&der, key)
+            .map_err(|e| corrupt(&cert_path, format!("cannot sign with it ({e})")))?;
+        Ok(Some(Self::assemble(der, issuer, details)))
+    }
+
+    fn create(dir: &DataDir, profile: CaProfile) -> Result<Self, CaError> {
+        let now = OffsetDateTime::now_utc();
+        let (organization, common_name) = profile.subject(now);
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        // Go's pkix order: O before CN.
+        dn.push(DnType::OrganizationName, dn_value(&organization));
+        dn.push(DnType::CommonName, dn_value(&common_name));
+        params.distinguished_name = dn;
+        params.serial_number = Some(random_serial());
+        params.not_before = now - BACKDATE;
+        params.not_after = params.not_before + CA_LIFETIME;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+        ];
+        let key =
+            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::Generate)?;
+        let cert = params.self_signed(&key).map_err(CaError::Generate)?;
+        // Key first: a crash between the two writes leaves a key without a certificate, which `load`
+        // treats as "no CA yet", never a certificate whose key is lost.
+        persist(&dir.ca_key(), key.serialize_pem().as_bytes(), SECRET_MODE)?;
+        persist(&dir.ca_cert(), cert.pem().as_bytes(), PUBLIC_MODE)?;
+        let der = cert.der().clone();
+        let details = inspect(&der, &key).map_err(|reason| CaError::Corrupt {
+            path: dir.ca_cert(),
+            reason,
+        })?;
+        Ok(Self::assemble(der, Issuer::new(params, key), details))
+    }
+
+    fn assemble(
+        der: CertificateDer<'static>,
+        issuer: Issuer<'static, KeyPair>,
+        d: Details,
+    ) -> Self {
+        let pem = pem_encode_certificate(&der);
+        Self {
+            der,
+            pem,
+            issuer,
+            not_before: d.not_before,
+            subject: d.subject,
+        }
+    }
+
+    pub fn der(&self) -> &CertificateDer<'static> {
+        &self.der
+    }
+
+    /// The `cacerts` setting: the CA PEM with surrounding whitespace trimmed.
+    pub fn cacerts(&self) -> &str {
+        &self.pem
+    }
+
+    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+
+    pub fn not_before(&self) -> OffsetDateTime {
+        self.not_before
+    }
+
+    /// The subject as Go prints it, e.g. `CN=cattle-ca,O=the-ranch`.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+}
+
+/// What `load` checks in a stored CA certificate, and keeps.
+struct Details {
+    not_before: OffsetDateTime,
+    subject: String,
+}
+
+fn inspect(der: &CertificateDer<'_>, key: &KeyPair) -> Result<Details, String> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("not X.509 ({e})"))?;
+    if !cert.is_ca() {
+        return Err("the certificate is not a CA (basicConstraints CA:TRUE missing)".into());
+    }
+    if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        return Err("ca.key does not match ca.crt".into());
+    }
+    let not_before = OffsetDateTime::from_unix_timestamp(cert.validity().not_before.timestamp())
+        .map_err(|e| e.to_string())?;
+    Ok(Details {
+        not_before,
+        subject: go_style_subject(&cert),
+    })
+}
+
+/// Formats a subject the way Go's `pkix.Name.String()` does: most specific first, comma separated.
+pub(crate) fn go_style_subject(cert: &X509Certificate<'_>) -> String {
+    let subject = cert.subject();
+    let text = |attr: &x509_parser::x509::AttributeTypeAndValue<'_>| {
+        attr.as_str().unwrap_or("?").to_string()
+    };
+    let common_names = subject
+        .iter_common_name()
+        .map(|a| format!("CN={}", text(a)));
+    let organizations = subject
+        .iter_organization()
+        .map(|a| format!("O={}", text(a)));
+    common_names
+        .chain(organizations)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// PEM of one certificate, without a trailing newline (the trimmed `cacerts` form).
+pub(crate) fn pem_encode_certificate(der: &CertificateDer<'_>) -> String {
+    let pem = pem_rfc7468_encode("CERTIFICATE", der.as_ref());
+    pem.trim().to_string()
+}
+
+fn pem_rfc7468_encode(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+fn read(path: &Path) -> Result<Option<Vec<u8>>, CaError> {
+    read_optional(path).map_err(|source| CaError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn persist(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
+    write_atomic(path, contents, mode).map_err(|source| CaError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data_dir() -> (tempfile::TempDir, DataDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(&tmp.path().join("data")).unwrap();
+        (tmp, dir)
+    }
+
+    #[test]
+    fn created_once_then_reused() {
+        let (_tmp, dir) = data_dir();
+        let (first, created) =
+            CertificateAuthority::load_or_create(&dir, CaProfile::Cattle).unwrap();
+        assert!(created);
+        assert_eq!(first.subject(), "CN=cattle-ca,O=the-ranch");
+        let (again, created) =
+            CertificateAuthority::load_or_create(&dir, CaProfile::Dynamiclistener).unwrap();
+        assert!(!created);
+        assert_eq!(first.cacerts(), again.cacerts());
+    }
+
+    #[test]
+    fn dynamiclistener_profile_naming() {
+        let (_tmp, dir) = data_dir();
+        let (ca, _) =
+            CertificateAuthority::load_or_create(&dir, CaProfile::Dynamiclistener).unwrap();
+        assert!(
+            ca.subject().starts_with("CN=dynamiclistener-ca@"),
+            "{}",
+            ca.subject()
+        );
+        assert!(ca.subject().ends_with(",O=dynamiclistener-org"));
+    }
+
+    #[test]
+    fn corrupt_or_orphaned_ca_is_an_error() {
+        let (_tmp, dir) = data_dir();
+        CertificateAuthority::load_or_create(&dir, CaProfile::Cattle).unwrap();
+        std::fs::write(dir.ca_cert(), "garbage").unwrap();
+        let err = CertificateAuthority::load(&dir).unwrap_err();
+        assert!(err.to_string().contains("unusable"), "{err}");
+        std::fs::remove_file(dir.ca_key()).unwrap();
+        let err = CertificateAuthority::load(&dir).unwrap_err();
+        assert!(matches!(err, CaError::MissingKey { .. }), "{err}");
+    }
+
+    #[test]
+    fn key_without_certificate_is_an_interrupted_start() {
+        let (_tmp, dir) = data_dir();
+        std::fs::write(dir.ca_key(), "half-written").unwrap();
+        assert!(CertificateAuthority::load(&dir).unwrap().is_none());
+    }
+
+    #[test]
+    fn mismatched_key_is_refused() {
+        let (_tmp, dir) = data_dir();
+        CertificateAuthority::load_or_create(&dir, CaProfile::Cattle).unwrap();
+        let other = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        std::fs::write(dir.ca_key(), other.serialize_pem()).unwrap();
+        let err = CertificateAuthority::load(&dir).unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+    }
+}

@@ -1,0 +1,159 @@
+//! Minting leaf certificates signed by the CA.
+//!
+//! Every leaf is signed for one shared key pair (persisted as `leaf.key`), as dynamiclistener reuses its
+//! serving key: a mint then costs one ECDSA signature, not a key generation.
+
+use std::sync::Arc;
+
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use time::{Duration, OffsetDateTime};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::ca::BACKDATE;
+use super::{CaError, CertificateAuthority, SubjectName, dn_value, random_serial};
+use crate::state::{DataDir, SECRET_MODE, read_optional, write_atomic};
+
+/// A freshly signed leaf.
+#[derive(Debug, Clone)]
+pub struct MintedLeaf {
+    pub der: CertificateDer<'static>,
+    pub not_after: OffsetDateTime,
+}
+
+/// Signs leaves for the shared leaf key with the CA.
+pub struct LeafFactory {
+    ca: Arc<CertificateAuthority>,
+    key: KeyPair,
+    lifetime: Duration,
+}
+
+impl LeafFactory {
+    /// A factory whose leaves live `lifetime_days`, using the leaf key stored in `dir` (made if absent).
+    pub fn new(
+        dir: &DataDir,
+        ca: Arc<CertificateAuthority>,
+        lifetime_days: u32,
+    ) -> Result<Self, CaError> {
+        let key = load_or_create_leaf_key(dir)?;
+        Ok(Self {
+            ca,
+            key,
+            lifetime: Duration::days(i64::from(lifetime_days)),
+        })
+    }
+
+    pub fn ca(&self) -> &Arc<CertificateAuthority> {
+        &self.ca
+    }
+
+    /// The shared leaf private key, for rustls.
+    pub fn key_der(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()))
+    }
+
+    /// Signs a leaf for `names` (`CN=dynamic, O=dynamic`, serverAuth, SKI/AKI, random serial),
+    /// valid from an hour ago (never before the CA) for the configured lifetime.
+    pub fn mint(&self, names: &[SubjectName]) -> Result<MintedLeaf, rcgen::Error> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, dn_value("dynamic"));
+        dn.push(DnType::CommonName, dn_value("dynamic"));
+        params.distinguished_name = dn;
+        params.subject_alt_names = names.iter().map(san).collect::<Result<_, _>>()?;
+        params.serial_number = Some(random_serial());
+        let now = OffsetDateTime::now_utc();
+        params.not_before = (now - BACKDATE).max(self.ca.not_before());
+        params.not_after = params.not_before + self.lifetime;
+        // ExplicitNoCa writes basicConstraints CA:FALSE and, with it, the SubjectKeyIdentifier.
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&self.key, self.ca.issuer())?;
+        Ok(MintedLeaf {
+            der: cert.der().clone(),
+            not_after: params.not_after,
+        })
+    }
+}
+
+impl LeafFactory {
+    /// If `der` is a leaf this factory could have made (same CA, same leaf key), its expiry.
+    /// Used to reuse a stored certificate after a restart instead of re-signing it.
+    pub fn issued_here(&self, der: &[u8]) -> Option<OffsetDateTime> {
+        let (_, leaf) = X509Certificate::from_der(der).ok()?;
+        let (_, ca) = X509Certificate::from_der(self.ca.der()).ok()?;
+        let same_issuer = leaf.issuer().as_raw() == ca.subject().as_raw();
+        let same_key =
+            leaf.public_key().subject_public_key.data.as_ref() == self.key.public_key_raw();
+        let not_after = leaf.validity().not_after.timestamp();
+        (same_issuer && same_key)
+            .then(|| OffsetDateTime::from_unix_timestamp(not_after).ok())
+            .flatten()
+    }
+}
+
+fn san(name: &SubjectName) -> Result<SanType, rcgen::Error> {
+    Ok(match name {
+        SubjectName::Dns(dns) => SanType::DnsName(dns.as_str().try_into()?),
+        SubjectName::Ip(ip) => SanType::IpAddress(*ip),
+    })
+}
+
+/// The leaf key is not pinned by anyone (leaves are re-signed freely), so an unreadable one is
+/// replaced with a warning rather than stopping the server.
+fn load_or_create_leaf_key(dir: &DataDir) -> Result<KeyPair, CaError> {
+    let path = dir.leaf_key();
+    let io_err = |source| CaError::Io {
+        path: path.clone(),
+        source,
+    };
+    if let Some(pem) = read_optional(&path).map_err(io_err)? {
+        match std::str::from_utf8(&pem).ok().map(KeyPair::from_pem) {
+            Some(Ok(key)) => return Ok(key),
+            _ => tracing::warn!(
+                "{} is unreadable; generating a new leaf key",
+                path.display()
+            ),
+        }
+    }
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::Generate)?;
+    write_atomic(&path, key.serialize_pem().as_bytes(), SECRET_MODE).map_err(io_err)?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::CaProfile;
+
+    #[test]
+    fn leaf_carries_names_and_is_backdated() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        let (ca, _) = CertificateAuthority::load_or_create(&dir, CaProfile::Cattle).unwrap();
+        let factory = LeafFactory::new(&dir, Arc::new(ca), 365).unwrap();
+        let names = [
+            SubjectName::parse("alpha.lab.test").unwrap(),
+            SubjectName::parse("127.0.0.7").unwrap(),
+        ];
+        let leaf = factory.mint(&names).unwrap();
+        let (_, cert) = X509Certificate::from_der(&leaf.der).unwrap();
+        let sans = cert.subject_alternative_name().unwrap().unwrap().value;
+        assert_eq!(sans.general_names.len(), 2);
+        let not_before = cert.validity().not_before.timestamp();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        assert!(
+            now - not_before >= 3590,
+            "not backdated: {}",
+            now - not_before
+        );
+        let days = (cert.validity().not_after.timestamp() - not_before) / 86400;
+        assert_eq!(days, 365);
+        assert!(cert.serial.bits() > 64);
+    }
+}

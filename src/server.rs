@@ -1,0 +1,132 @@
+//! Startup: data directory → CA → leaf factory → certificate resolver → listeners.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::http::{CaSetting, HttpApp};
+use crate::pki::ca::BACKDATE;
+use crate::pki::{CertificateAuthority, LeafFactory, ca_checksum};
+use crate::state::DataDir;
+use crate::tls::{CertResolver, Listener, Termination};
+
+/// A started server: its listeners are running on the runtime.
+pub struct RunningServer {
+    pub https: Vec<SocketAddr>,
+    pub http: Vec<SocketAddr>,
+    pub checksum: String,
+}
+
+/// Loads or creates all state and starts every listener. Errors are fatal start-up errors.
+pub async fn start(config: &Config) -> Result<RunningServer, String> {
+    let dir = DataDir::open(&config.data_dir).map_err(|e| {
+        format!(
+            "cannot use data directory {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    let (ca, created) =
+        CertificateAuthority::load_or_create(&dir, config.ca_profile).map_err(|e| e.to_string())?;
+    let verb = if created { "Created" } else { "Loaded" };
+    tracing::info!("{verb} CA {} from {}", ca.subject(), dir.root().display());
+    let ca = Arc::new(ca);
+    let setting = Arc::new(ca_setting(&ca));
+    let checksum = ca_checksum(&setting.value);
+    tracing::info!("CA checksum: {checksum}");
+
+    let factory =
+        LeafFactory::new(&dir, ca, config.cert_expiration_days).map_err(|e| e.to_string())?;
+    let resolver = Arc::new(CertResolver::new(config, &dir, factory)?);
+    let app = HttpApp::new(setting, resolver.clone());
+    let tls = Termination::Tls {
+        resolver,
+        handshake_timeout: config.handshake_timeout,
+    };
+
+    let mut server = RunningServer {
+        https: Vec::new(),
+        http: Vec::new(),
+        checksum,
+    };
+    for ip in &config.bind {
+        let https = bind(*ip, config.https_port).await?;
+        let http = bind(*ip, config.http_port).await?;
+        for (listener, scheme, termination, addrs) in [
+            (https, "https", tls.clone(), &mut server.https),
+            (http, "http", Termination::Plain, &mut server.http),
+        ] {
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!("Listening on {scheme}://{addr}");
+            addrs.push(addr);
+            tokio::spawn(Listener::new(listener, termination, app.clone()).run());
+        }
+    }
+    Ok(server)
+}
+
+/// The `cacerts` setting as the endpoints present it.
+fn ca_setting(ca: &CertificateAuthority) -> CaSetting {
+    let digest = hex::encode(Sha256::digest(ca.der()));
+    let uuid = format!(
+        "{}-{}-{}-{}-{}",
+        &digest[0..8],
+        &digest[8..12],
+        &digest[12..16],
+        &digest[16..20],
+        &digest[20..32]
+    );
+    CaSetting {
+        value: ca.cacerts().to_string(),
+        created: ca.not_before() + BACKDATE,
+        uuid,
+    }
+}
+
+/// Binds `ip:port`. `::` is bound dual-stack (IPv4 clients arrive as mapped addresses); where the host
+/// has no IPv6 at all, it falls back to `0.0.0.0`.
+async fn bind(ip: IpAddr, port: u16) -> Result<TcpListener, String> {
+    let unspecified_v6 = ip.is_ipv6() && ip.is_unspecified();
+    match bind_socket(SocketAddr::new(ip, port), unspecified_v6) {
+        Ok(listener) => Ok(listener),
+        Err(e) if unspecified_v6 && e.kind() == io::ErrorKind::AddrNotAvailable => {
+            tracing::warn!("IPv6 is unavailable ({e}); listening on IPv4 only");
+            bind_socket(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port), false)
+                .map_err(|e| format!("cannot listen on 0.0.0.0:{port}: {e}"))
+        }
+        Err(e) => Err(format!(
+            "cannot listen on {}: {e}",
+            SocketAddr::new(ip, port)
+        )),
+    }
+}
+
+fn bind_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if dual_stack {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The checksum of the CA in `dir`, without creating anything.
+pub fn stored_checksum(dir: &DataDir) -> Result<String, String> {
+    match CertificateAuthority::load(dir).map_err(|e| e.to_string())? {
+        Some(ca) => Ok(ca_checksum(ca.cacerts())),
+        None => Err(format!(
+            "no CA in {} yet: `corral serve` creates it on first start",
+            dir.root().display()
+        )),
+    }
+}

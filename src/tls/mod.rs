@@ -1,0 +1,117 @@
+//! The HTTPS front end, top to bottom: accept → ClientHello → name → certificate → handshake → HTTP.
+//!
+//! The accept loop ([`Listener`]) only accepts and spawns; each connection runs on its own task and its
+//! errors end only that connection. The certificate is chosen after the ClientHello is read, because
+//! the choice depends on both the SNI and the local address the client reached.
+
+pub mod resolver;
+pub mod served;
+pub mod shared;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::http::{ConnInfo, HttpApp};
+pub use resolver::CertResolver;
+
+/// TCP keep-alive idle time, as Rancher's listener sets it.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(180);
+
+/// What a listener does with each accepted connection.
+#[derive(Clone)]
+pub enum Termination {
+    /// TLS with certificates from the resolver, then HTTP.
+    Tls {
+        resolver: Arc<CertResolver>,
+        handshake_timeout: Duration,
+    },
+    /// Plain HTTP (the redirecting HTTP port).
+    Plain,
+}
+
+/// An accept loop on one socket.
+pub struct Listener {
+    listener: TcpListener,
+    termination: Termination,
+    app: HttpApp,
+}
+
+impl Listener {
+    pub fn new(listener: TcpListener, termination: Termination, app: HttpApp) -> Self {
+        Self {
+            listener,
+            termination,
+            app,
+        }
+    }
+
+    /// Accepts forever. Transient accept errors (e.g. out of file descriptors) back off and retry.
+    pub async fn run(self) {
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(5);
+                    let (termination, app) = (self.termination.clone(), self.app.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = handle_connection(stream, peer, termination, app).await {
+                            tracing::debug!("connection from {peer}: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+async fn handle_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    termination: Termination,
+    app: HttpApp,
+) -> io::Result<()> {
+    let local = stream.local_addr()?;
+    stream.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+    socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+    match termination {
+        Termination::Plain => {
+            let info = ConnInfo::new(local, peer, false);
+            app.serve(stream, info).await;
+        }
+        Termination::Tls {
+            resolver,
+            handshake_timeout,
+        } => {
+            let tls = tokio::time::timeout(handshake_timeout, handshake(stream, local, &resolver))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
+            app.serve(tls, ConnInfo::new(local, peer, true)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the ClientHello, picks the certificate for its SNI (or the local IP), completes the handshake.
+async fn handshake(
+    stream: TcpStream,
+    local: SocketAddr,
+    resolver: &CertResolver,
+) -> io::Result<TlsStream<TcpStream>> {
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+    let config = resolver.select(start.client_hello().server_name(), local.ip());
+    start.into_stream(config).await
+}

@@ -1,0 +1,83 @@
+//! A certificate ready to serve: the leaf, and the rustls `ServerConfig` that presents it.
+//!
+//! Building a `ServerConfig` is done once per minted leaf, not per connection: the accept path only
+//! clones an `Arc`. Everything configs have in common (provider, key, session cache, ALPN) is shared.
+
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
+use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
+use rustls::sign::{CertifiedKey, SigningKey, SingleCertAndKey};
+use rustls::{ServerConfig, version};
+use time::OffsetDateTime;
+
+use crate::pki::{LeafFactory, MintedLeaf};
+
+/// Sessions remembered for TLS 1.3 resumption, shared by every certificate.
+const SESSION_CACHE_SIZE: usize = 4096;
+
+/// A leaf and the config that serves it.
+#[derive(Debug)]
+pub struct Served {
+    pub config: Arc<ServerConfig>,
+    pub leaf: CertificateDer<'static>,
+    /// Unix seconds after which the leaf is no longer valid.
+    pub not_after: i64,
+}
+
+impl Served {
+    /// Whether the leaf expires within `window_secs` from `now` (unix seconds) and must be re-minted.
+    pub fn expires_within(&self, now: i64, window_secs: i64) -> bool {
+        self.not_after - now <= window_secs
+    }
+}
+
+/// The parts every served certificate's `ServerConfig` shares.
+pub struct TlsSettings {
+    provider: Arc<CryptoProvider>,
+    key: Arc<dyn SigningKey>,
+    ca: CertificateDer<'static>,
+    sessions: Arc<dyn StoresServerSessions>,
+    alpn: Vec<Vec<u8>>,
+}
+
+impl TlsSettings {
+    /// Settings for leaves from `factory`: TLS 1.2 and 1.3 with aws-lc-rs, ALPN `http/1.1` only (as
+    /// Rancher's dynamic listener), the chain leaf + CA.
+    pub fn new(factory: &LeafFactory) -> Result<Self, rustls::Error> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let key = provider.key_provider.load_private_key(factory.key_der())?;
+        // Leaked once per process so that every chain borrows the CA instead of copying it.
+        let ca_bytes: &'static [u8] = Box::leak(factory.ca().der().to_vec().into_boxed_slice());
+        Ok(Self {
+            provider,
+            key,
+            ca: CertificateDer::from(ca_bytes),
+            sessions: ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
+            alpn: vec![b"http/1.1".to_vec()],
+        })
+    }
+
+    /// Wraps a minted leaf into a servable certificate.
+    pub fn serve(&self, leaf: MintedLeaf) -> Result<Served, rustls::Error> {
+        let chain = vec![leaf.der.clone(), self.ca.clone()];
+        let certified = CertifiedKey::new(chain, self.key.clone());
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&version::TLS13, &version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
+        config.alpn_protocols = self.alpn.clone();
+        config.session_storage = self.sessions.clone();
+        Ok(Served {
+            config: Arc::new(config),
+            leaf: leaf.der,
+            not_after: leaf.not_after.unix_timestamp(),
+        })
+    }
+}
+
+/// The current time in unix seconds.
+pub fn unix_now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}

@@ -1,0 +1,118 @@
+//! The command line: configuration precedence and errors, startup failures, `corral ca checksum`.
+
+mod common;
+
+use common::{Corral, run_corral};
+
+#[test]
+fn bad_values_name_the_setting_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 5] = [
+        (&["--https-port", "abc"], &[], "--https-port"),
+        (&["--cert-mode", "sometimes"], &[], "--cert-mode"),
+        (&["--rotate-days", "400"], &[], "rotate-days"),
+        (
+            &[],
+            &[("CATTLE_NEW_SIGNED_CERT_EXPIRATION_DAYS", "soon")],
+            "--cert-expiration-days",
+        ),
+        (&["--allowed-names", "re:("], &[], "allowed-names"),
+    ];
+    for (args, env, setting) in cases {
+        let mut all = vec![
+            "serve",
+            "--data-dir",
+            data,
+            "--https-port",
+            "0",
+            "--http-port",
+            "0",
+        ];
+        all.extend_from_slice(args);
+        let (code, _, stderr) = run_corral(&all, env);
+        assert_eq!(code, Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(stderr.contains(setting), "{setting} not named in: {stderr}");
+        assert!(!stderr.contains("Listening"), "nothing listens: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn toml_file_is_read_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("corral.toml");
+    std::fs::write(
+        &config,
+        "cert_mode = \"shared\"\nca_profile = \"dynamiclistener\"\nhttp_port = 1\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let corral = Corral::start(&["--config", config]);
+    let logs = corral.logs().join("\n");
+    assert!(logs.contains("Created CA CN=dynamiclistener-ca@"), "{logs}");
+    assert_ne!(
+        corral.http_port, 1,
+        "the --http-port flag wins over the file"
+    );
+    let handshake = common::tls_connect(corral.https("127.0.0.1"), Some("a.lab.test"), None)
+        .await
+        .unwrap();
+    assert!(
+        common::sans(handshake.leaf()).contains(&"DNS:rancher.cattle-system".to_string()),
+        "shared mode from the file"
+    );
+
+    std::fs::write(dir.path().join("bad.toml"), "https_prot = 1\n").unwrap();
+    let bad = dir.path().join("bad.toml");
+    let (code, _, stderr) = run_corral(&["serve", "--config", bad.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("https_prot"), "{stderr}");
+}
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/corral.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let corral =
+        Corral::start_in(&data, &["--config", example], &[]).expect("example config starts");
+    drop(corral);
+}
+
+#[test]
+fn a_corrupt_ca_stops_startup_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    drop(Corral::start_in(&data, &[], &[]).unwrap());
+    std::fs::write(
+        data.join("ca.crt"),
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let err = Corral::start_in(&data, &[], &[])
+        .err()
+        .expect("startup fails");
+    assert!(err.starts_with("exit: Some(1)"), "{err}");
+    assert!(
+        err.contains("is unusable") && err.contains("will not create a new CA"),
+        "{err}"
+    );
+    let (code, _, stderr) = run_corral(
+        &["ca", "checksum", "--data-dir", data.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("unusable"), "{stderr}");
+}
+
+#[test]
+fn checksum_without_a_ca_explains_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = run_corral(
+        &["ca", "checksum", "--data-dir", dir.path().to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no CA in"), "{stderr}");
+}

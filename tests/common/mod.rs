@@ -1,0 +1,409 @@
+//! Shared helpers for the integration tests: start the real `corral` binary on ephemeral loopback
+//! ports, and talk to it with real clients (rustls here; curl and openssl through `Command`).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// How long a server gets to print its listening lines.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running `corral serve`, killed when dropped.
+pub struct Corral {
+    child: Child,
+    pub https_port: u16,
+    pub http_port: u16,
+    pub data_dir: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub fn corral_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_corral")
+}
+
+impl Corral {
+    /// Starts corral with a fresh data directory and `extra` arguments.
+    pub fn start(extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let mut corral = Self::start_in(&dir, extra, &[]).expect("corral starts");
+        corral._tmp = Some(tmp);
+        corral
+    }
+
+    /// Starts corral on `data_dir`; `Err` carries the exit status and output when it does not start.
+    pub fn start_in(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Self, String> {
+        let mut command = Command::new(corral_bin());
+        command
+            .args([
+                "serve",
+                "--bind",
+                "::",
+                "--https-port",
+                "0",
+                "--http-port",
+                "0",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env_remove("CORRAL_CONFIG")
+            .env("CORRAL_LOG", "info,corral=debug")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn corral");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line.clone());
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let (mut https, mut http) = (None, None);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while https.is_none() || http.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    https = https.or_else(|| port_after(&line, "Listening on https://"));
+                    http = http.or_else(|| port_after(&line, "Listening on http://"));
+                }
+                Err(_) => {
+                    let status = child
+                        .wait_timeout(Duration::from_secs(5))
+                        .and_then(|s| s.code());
+                    let _ = child.kill();
+                    let output = logs.lock().unwrap().join("\n");
+                    return Err(format!("exit: {status:?}\n{output}"));
+                }
+            }
+        }
+        Ok(Self {
+            child,
+            https_port: https.unwrap(),
+            http_port: http.unwrap(),
+            data_dir: data_dir.to_path_buf(),
+            logs,
+            _tmp: None,
+        })
+    }
+
+    pub fn https(&self, ip: &str) -> SocketAddr {
+        SocketAddr::new(ip.parse().unwrap(), self.https_port)
+    }
+
+    pub fn http(&self) -> SocketAddr {
+        SocketAddr::new([127, 0, 0, 1].into(), self.http_port)
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Stops the server and waits for it, keeping the data directory.
+    pub fn stop(mut self) -> Option<tempfile::TempDir> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self._tmp.take()
+    }
+
+    /// The CA PEM as `/cacerts` serves it (fetched without verification, as agents do).
+    pub async fn cacerts(&self) -> String {
+        let response = get(self.https("127.0.0.1"), None, None, "/cacerts").await;
+        assert_eq!(response.status, 200);
+        response.body
+    }
+}
+
+impl Drop for Corral {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+trait WaitTimeout {
+    fn wait_timeout(&mut self, limit: Duration) -> Option<std::process::ExitStatus>;
+}
+
+impl WaitTimeout for Child {
+    fn wait_timeout(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+fn port_after(line: &str, marker: &str) -> Option<u16> {
+    let rest = &line[line.find(marker)? + marker.len()..];
+    rest.trim().rsplit(':').next()?.parse().ok()
+}
+
+/// Runs corral to completion (for commands that must fail or print), with a time limit.
+pub fn run_corral(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut child = Command::new(corral_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn corral");
+    let status = child.wait_timeout(Duration::from_secs(30));
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().unwrap();
+    (
+        status.and_then(|s| s.code()),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A TLS connection and the chain the server presented.
+pub struct Handshake {
+    pub stream: TlsStream<TcpStream>,
+    pub chain: Vec<CertificateDer<'static>>,
+}
+
+impl Handshake {
+    pub fn leaf(&self) -> &CertificateDer<'static> {
+        &self.chain[0]
+    }
+}
+
+/// Connects with rustls. `sni` None sends no SNI (an IP server name). With `ca_pem`, the chain is
+/// verified against that CA alone; without, anything is accepted (to inspect what is served).
+pub async fn tls_connect(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    ca_pem: Option<&str>,
+) -> std::io::Result<Handshake> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let mut config = match ca_pem {
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots.add(cert.unwrap()).unwrap();
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnything(provider)))
+            .with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = match sni {
+        Some(name) => ServerName::try_from(name.to_string()).unwrap(),
+        None => ServerName::IpAddress(addr.ip().into()),
+    };
+    let tcp = TcpStream::connect(addr).await?;
+    let stream = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    let chain = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .unwrap_or_default()
+        .to_vec();
+    Ok(Handshake { stream, chain })
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header lines as sent, `Name: value`.
+    pub headers: Vec<String>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// One request over TLS (`sni`, verified against `ca_pem` when given) with `Connection: close`.
+pub async fn get(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    ca_pem: Option<&str>,
+    path: &str,
+) -> HttpResponse {
+    let host = sni.map_or_else(|| addr.to_string(), |s| format!("{s}:{}", addr.port()));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let handshake = tls_connect(addr, sni, ca_pem).await.expect("TLS handshake");
+    exchange(handshake.stream, &request).await
+}
+
+/// Sends a raw request on any stream and reads the response to EOF (bounded by a timeout).
+pub async fn exchange<S>(mut stream: S, request: &str) -> HttpResponse
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut raw))
+        .await
+        .expect("response within 20 s")
+        .ok();
+    parse_response(&String::from_utf8_lossy(&raw))
+}
+
+/// A plain-HTTP request to the HTTP port.
+pub async fn plain(addr: SocketAddr, request: &str) -> HttpResponse {
+    exchange(TcpStream::connect(addr).await.unwrap(), request).await
+}
+
+fn parse_response(raw: &str) -> HttpResponse {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    HttpResponse {
+        status,
+        headers: lines.map(str::to_string).collect(),
+        body: body.to_string(),
+    }
+}
+
+/// Subject alternative names of a certificate, as text (`DNS:a.test`, `IP:127.0.0.1`).
+pub fn sans(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    let Some(ext) = cert.subject_alternative_name().unwrap() else {
+        return Vec::new();
+    };
+    ext.value
+        .general_names
+        .iter()
+        .map(|name| match name {
+            GeneralName::DNSName(d) => format!("DNS:{d}"),
+            GeneralName::IPAddress(b) if b.len() == 4 => {
+                format!(
+                    "IP:{}",
+                    std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).unwrap())
+                )
+            }
+            GeneralName::IPAddress(b) => {
+                format!(
+                    "IP:{}",
+                    std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).unwrap())
+                )
+            }
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+/// `subject` of a certificate as OpenSSL prints it in one line (e.g. `O=dynamic, CN=dynamic`).
+pub fn subject(der: &[u8]) -> String {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    cert.subject().to_string()
+}
+
+pub fn serial(der: &[u8]) -> String {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    cert.raw_serial_as_string()
+}
+
+/// Writes `contents` into a temp file that lives as long as the returned guard.
+pub fn temp_file(contents: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut file, contents.as_bytes()).unwrap();
+    file
+}
+
+/// Runs a shell pipeline and returns its stdout (trimmed); panics with stderr on failure.
+pub fn sh(script: &str) -> String {
+    let output = Command::new("sh").args(["-c", script]).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{script}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[derive(Debug)]
+struct AcceptAnything(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

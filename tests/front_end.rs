@@ -1,0 +1,576 @@
+//! The TLS front end end to end: the CA, minting on first contact, both certificate modes and CA
+//! profiles, the endpoints and the HTTP port, driven with rustls, curl and openssl.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use common::{Corral, get, plain, sans, serial, sh, subject, temp_file, tls_connect};
+use sha2::{Digest, Sha256};
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// `openssl s_client` against corral with strict verification; returns its output.
+fn s_client(connect: &str, args: &[&str], ca_file: &std::path::Path) -> String {
+    let output = Command::new("timeout")
+        .args([
+            "20",
+            "openssl",
+            "s_client",
+            "-connect",
+            connect,
+            "-x509_strict",
+        ])
+        .arg("-CAfile")
+        .arg(ca_file)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl runs");
+    String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
+}
+
+#[tokio::test]
+async fn ca_checksum_is_the_same_everywhere() {
+    let corral = Corral::start(&[]);
+    let body = corral.cacerts().await;
+    assert!(body.starts_with("-----BEGIN CERTIFICATE-----\n"));
+    assert!(body.ends_with("-----END CERTIFICATE-----\n") && !body.ends_with("\n\n"));
+    let checksum = sha256_hex(body.as_bytes());
+
+    let logged = format!("CA checksum: {checksum}");
+    assert!(
+        corral.logs().iter().any(|l| l.ends_with(&logged)),
+        "{:?}",
+        corral.logs()
+    );
+
+    let dir = corral.data_dir.to_str().unwrap().to_string();
+    let (code, printed, _) = common::run_corral(&["ca", "checksum", "--data-dir", &dir], &[]);
+    assert_eq!((code, printed.trim()), (Some(0), checksum.as_str()));
+
+    // Exactly the agents' pipelines.
+    let port = corral.https_port;
+    let via_cacerts = sh(&format!(
+        "curl -sk https://127.0.0.1:{port}/cacerts | sha256sum"
+    ));
+    let via_setting = sh(&format!(
+        "curl -sk https://127.0.0.1:{port}/v3/settings/cacerts | jq -r .value | sha256sum"
+    ));
+    assert_eq!(via_cacerts, format!("{checksum}  -"));
+    assert_eq!(via_setting, format!("{checksum}  -"));
+}
+
+#[tokio::test]
+async fn rustls_and_curl_verify_a_minted_leaf_against_the_ca() {
+    let corral = Corral::start(&[]);
+    let ca = corral.cacerts().await;
+    let addr = corral.https("127.0.0.1");
+    let response = get(addr, Some("alpha.lab.test"), Some(&ca), "/ping").await;
+    assert_eq!((response.status, response.body.as_str()), (200, "pong"));
+
+    let ca_file = temp_file(&ca);
+    let port = corral.https_port;
+    let out = sh(&format!(
+        "curl -sS --cacert {} --resolve alpha.lab.test:{port}:127.0.0.1 https://alpha.lab.test:{port}/ping",
+        ca_file.path().display()
+    ));
+    assert_eq!(out, "pong");
+
+    // A name the CA never signed for is not accepted by a verifying client.
+    let handshake = tls_connect(addr, Some("alpha.lab.test"), Some(&ca))
+        .await
+        .unwrap();
+    assert_eq!(sans(handshake.leaf()), ["DNS:alpha.lab.test"]);
+    assert_eq!(handshake.chain.len(), 2, "chain is leaf + CA");
+    assert_eq!(
+        handshake.stream.get_ref().1.alpn_protocol(),
+        Some(&b"http/1.1"[..])
+    );
+}
+
+#[tokio::test]
+async fn openssl_strict_accepts_dns_ipv4_and_ipv6_leaves() {
+    let corral = Corral::start(&[]);
+    let ca_file = temp_file(&corral.cacerts().await);
+    let port = corral.https_port;
+    let cases = [
+        (
+            format!("127.0.0.1:{port}"),
+            vec![
+                "-servername",
+                "alpha.lab.test",
+                "-verify_hostname",
+                "alpha.lab.test",
+            ],
+        ),
+        (
+            format!("127.0.0.7:{port}"),
+            vec!["-noservername", "-verify_ip", "127.0.0.7"],
+        ),
+        (
+            format!("[::1]:{port}"),
+            vec!["-noservername", "-verify_ip", "::1"],
+        ),
+    ];
+    for (connect, args) in cases {
+        let mut args = args;
+        args.push("-verify_return_error");
+        let out = s_client(&connect, &args, ca_file.path());
+        assert!(
+            out.contains("Verify return code: 0 (ok)"),
+            "{connect} {args:?}\n{out}"
+        );
+    }
+
+    // The leaf alone, through `openssl verify` with the strict checks and the server purpose.
+    let handshake = tls_connect(corral.https("127.0.0.1"), Some("beta.lab.test"), None)
+        .await
+        .unwrap();
+    let leaf = temp_file(&pem(handshake.leaf()));
+    let verified = sh(&format!(
+        "openssl verify -x509_strict -purpose sslserver -CAfile {} {}",
+        ca_file.path().display(),
+        leaf.path().display()
+    ));
+    assert!(verified.ends_with(": OK"), "{verified}");
+    let text = sh(&format!(
+        "openssl x509 -noout -text -in {}",
+        leaf.path().display()
+    ));
+    for needle in [
+        "Subject Key Identifier",
+        "Authority Key Identifier",
+        "TLS Web Server Authentication",
+        "Subject: O = dynamic, CN = dynamic",
+        "DNS:beta.lab.test",
+    ] {
+        assert!(text.contains(needle), "missing {needle}:\n{text}");
+    }
+}
+
+fn pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<_> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
+}
+
+#[tokio::test]
+async fn upper_case_sni_is_folded_and_hostile_sni_gets_the_default_certificate() {
+    let corral = Corral::start(&[]);
+    let ca_file = temp_file(&corral.cacerts().await);
+    let connect = format!("127.0.0.1:{}", corral.https_port);
+    let out = s_client(
+        &connect,
+        &[
+            "-servername",
+            "ALPHA.Lab.Test",
+            "-verify_hostname",
+            "alpha.lab.test",
+        ],
+        ca_file.path(),
+    );
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+
+    let long = format!("{}.test", "a".repeat(70));
+    for hostile in ["*.lab.test", long.as_str(), "bad_label-.-x"] {
+        let out = s_client(
+            &connect,
+            &["-servername", hostile, "-verify_ip", "127.0.0.1"],
+            ca_file.path(),
+        );
+        assert!(
+            out.contains("Verify return code: 0 (ok)"),
+            "{hostile}: {out}"
+        );
+    }
+    let handshake = tls_connect(corral.https("127.0.0.1"), None, None)
+        .await
+        .unwrap();
+    assert_eq!(sans(handshake.leaf()), ["IP:127.0.0.1"]);
+}
+
+#[tokio::test]
+async fn concurrent_first_handshakes_mint_once() {
+    let corral = Corral::start(&[]);
+    let addr = corral.https("127.0.0.1");
+    let handshakes = (0..200).map(|_| {
+        tokio::spawn(async move {
+            let handshake = tls_connect(addr, Some("burst.lab.test"), None)
+                .await
+                .unwrap();
+            handshake.leaf().to_vec()
+        })
+    });
+    let mut leaves = BTreeSet::new();
+    for task in handshakes {
+        leaves.insert(task.await.unwrap());
+    }
+    assert_eq!(leaves.len(), 1, "every client got the same leaf");
+    let mints = corral
+        .logs()
+        .iter()
+        .filter(|l| l.contains("minted certificate for burst.lab.test"))
+        .count();
+    assert_eq!(mints, 1);
+}
+
+#[tokio::test]
+async fn restart_keeps_the_ca_and_its_checksum() {
+    let corral = Corral::start(&[]);
+    let before = corral.cacerts().await;
+    let dir = corral.data_dir.clone();
+    let _tmp = corral.stop();
+    let again = Corral::start_in(&dir, &[], &[]).unwrap();
+    assert_eq!(again.cacerts().await, before);
+    assert!(
+        again
+            .logs()
+            .iter()
+            .any(|l| l.contains("Loaded CA CN=cattle-ca,O=the-ranch"))
+    );
+}
+
+#[tokio::test]
+async fn refused_names_still_complete_the_handshake() {
+    let corral = Corral::start(&["--allowed-names", "*.lab.test", "--max-names", "2"]);
+    let ca = corral.cacerts().await;
+    let addr = corral.https("127.0.0.1");
+    let allowed = tls_connect(addr, Some("ok.lab.test"), Some(&ca))
+        .await
+        .unwrap();
+    assert_eq!(sans(allowed.leaf()), ["DNS:ok.lab.test"]);
+
+    // Outside the allow-list: the certificate for the local IP (the second and last name).
+    let refused = tls_connect(addr, Some("evil.example"), None).await.unwrap();
+    assert_eq!(sans(refused.leaf()), ["IP:127.0.0.1"]);
+
+    // Past max-names: the fallback certificate, which still verifies for the loopback address.
+    let over = tls_connect(addr, Some("third.lab.test"), None)
+        .await
+        .unwrap();
+    let names = sans(over.leaf());
+    assert!(
+        !names.contains(&"DNS:third.lab.test".to_string()),
+        "{names:?}"
+    );
+    let via_ip = tls_connect(corral.https("127.0.0.7"), None, None)
+        .await
+        .unwrap();
+    let names = sans(via_ip.leaf());
+    assert!(
+        names.contains(&"IP:127.0.0.1".to_string()) && names.contains(&"DNS:localhost".to_string()),
+        "{names:?}"
+    );
+    let response = get(addr, Some("fourth.lab.test"), None, "/ping").await;
+    assert_eq!(response.body, "pong");
+    assert!(
+        corral
+            .logs()
+            .iter()
+            .any(|l| l.contains("SNI refused (not in allowed-names)"))
+    );
+}
+
+#[tokio::test]
+async fn mint_rate_limits_new_names() {
+    let corral = Corral::start(&["--mint-rate", "1"]);
+    let addr = corral.https("127.0.0.1");
+    let mut own = 0;
+    for i in 0..5 {
+        let name = format!("n{i}.lab.test");
+        let handshake = tls_connect(addr, Some(&name), None).await.unwrap();
+        own += usize::from(sans(handshake.leaf()) == [format!("DNS:{name}")]);
+    }
+    assert!(
+        (1..5).contains(&own),
+        "{own} of 5 names minted within one second"
+    );
+}
+
+#[tokio::test]
+async fn dynamiclistener_profile_names_the_ca_like_current_rancher() {
+    let corral = Corral::start(&["--ca-profile", "dynamiclistener"]);
+    let handshake = tls_connect(corral.https("127.0.0.1"), Some("a.lab.test"), None)
+        .await
+        .unwrap();
+    let issuer = subject(&handshake.chain[1]);
+    assert!(
+        issuer.starts_with("O=dynamiclistener-org, CN=dynamiclistener-ca@"),
+        "{issuer}"
+    );
+    assert_eq!(subject(handshake.leaf()), "O=dynamic, CN=dynamic");
+}
+
+#[tokio::test]
+async fn shared_mode_accumulates_names_in_one_certificate() {
+    let corral = Corral::start(&["--cert-mode", "shared", "--max-names", "7"]);
+    let ca = corral.cacerts().await;
+    let addr = corral.https("127.0.0.1");
+    let first = tls_connect(addr, Some("one.lab.test"), Some(&ca))
+        .await
+        .unwrap();
+    let names = sans(first.leaf());
+    for initial in [
+        "DNS:localhost",
+        "DNS:rancher.cattle-system",
+        "IP:127.0.0.1",
+        "DNS:one.lab.test",
+    ] {
+        assert!(
+            names.contains(&initial.to_string()),
+            "{initial} missing from {names:?}"
+        );
+    }
+    let second = tls_connect(addr, Some("two.lab.test"), Some(&ca))
+        .await
+        .unwrap();
+    let grown = sans(second.leaf());
+    assert!(
+        grown.contains(&"DNS:one.lab.test".into()) && grown.contains(&"DNS:two.lab.test".into())
+    );
+    assert_eq!(
+        public_key(first.leaf()),
+        public_key(second.leaf()),
+        "re-signed with the same key"
+    );
+    assert_ne!(serial(first.leaf()), serial(second.leaf()));
+
+    // Fill up to the cap; later names are refused but the handshake still succeeds.
+    for i in 0..10 {
+        tls_connect(addr, Some(&format!("fill{i}.lab.test")), None)
+            .await
+            .unwrap();
+    }
+    let capped = tls_connect(addr, Some("late.lab.test"), None)
+        .await
+        .unwrap();
+    assert_eq!(sans(capped.leaf()).len(), 7);
+
+    // Restored on restart: the same certificate, byte for byte.
+    let dir = corral.data_dir.clone();
+    let _tmp = corral.stop();
+    let again =
+        Corral::start_in(&dir, &["--cert-mode", "shared", "--max-names", "7"], &[]).unwrap();
+    let after = tls_connect(again.https("127.0.0.1"), Some("one.lab.test"), Some(&ca))
+        .await
+        .unwrap();
+    assert_eq!(after.leaf(), capped.leaf());
+}
+
+fn public_key(der: &[u8]) -> Vec<u8> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    cert.public_key().raw.to_vec()
+}
+
+#[tokio::test]
+async fn endpoints_answer_like_rancher() {
+    let corral = Corral::start(&[]);
+    let addr = corral.https("127.0.0.1");
+    let ping = get(addr, None, None, "/ping").await;
+    assert_eq!((ping.status, ping.body.as_str()), (200, "pong"));
+    assert_eq!(
+        ping.header("Content-Type"),
+        Some("text/plain; charset=utf-8")
+    );
+    for (name, value) in [
+        ("X-Api-Cattle-Auth", "false"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Cache-Control", "no-cache, no-store, must-revalidate"),
+    ] {
+        assert!(
+            ping.headers.contains(&format!("{name}: {value}")),
+            "{name}: {:?}",
+            ping.headers
+        );
+    }
+    assert_eq!(get(addr, None, None, "/healthz").await.body, "ok");
+    assert_eq!(get(addr, None, None, "/healthz/ping").await.body, "ok");
+    assert_eq!(
+        get(addr, None, None, "/healthz?verbose").await.body,
+        "[+]ping ok\nhealthz check passed\n"
+    );
+
+    let cacerts = get(addr, None, None, "/cacerts").await;
+    assert!(
+        cacerts
+            .headers
+            .contains(&"Content-Type: text/plain".to_string()),
+        "{:?}",
+        cacerts.headers
+    );
+    let tls = tls_connect(addr, None, None).await.unwrap();
+    let posted = common::exchange(
+        tls.stream,
+        &format!("POST /cacerts HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(
+        (posted.status, posted.body.as_str()),
+        (200, cacerts.body.as_str())
+    );
+
+    let setting = get(addr, Some("rancher.lab.test"), None, "/v3/settings/cacerts").await;
+    assert_eq!(setting.header("Content-Type"), Some("application/json"));
+    assert_eq!(
+        setting.header("Expires"),
+        Some("Wed 24 Feb 1982 18:42:00 GMT")
+    );
+    let base = format!("https://rancher.lab.test:{}", addr.port());
+    assert_eq!(
+        setting.header("X-Api-Schemas"),
+        Some(format!("{base}/v3/schemas").as_str())
+    );
+    assert!(setting.body.ends_with("}\n"));
+    let json: serde_json::Value = serde_json::from_str(&setting.body).unwrap();
+    assert_eq!(json["value"].as_str().unwrap(), cacerts.body.trim_end());
+    assert_eq!(json["links"]["self"], format!("{base}/v3/settings/cacerts"));
+    for (key, value) in [
+        ("id", "cacerts"),
+        ("type", "setting"),
+        ("baseType", "setting"),
+        ("source", "db"),
+        ("default", ""),
+    ] {
+        assert_eq!(json[key], value, "{key}");
+    }
+    assert_eq!(json["customized"], true);
+    let keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted, "keys are sorted as Go's encoder writes them");
+    let missing = get(addr, None, None, "/nope").await;
+    assert_eq!(
+        (missing.status, missing.body.as_str()),
+        (404, "404 page not found\n")
+    );
+}
+
+#[tokio::test]
+async fn http_port_follows_rancher_redirect_rules() {
+    let corral = Corral::start(&[]);
+    let http = corral.http();
+    let redirect = plain(
+        http,
+        "GET /dashboard/?a=1 HTTP/1.1\r\nHost: rancher.lab.test:8080\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(redirect.status, 302);
+    assert_eq!(
+        redirect.header("Location"),
+        Some("https://rancher.lab.test:8443/dashboard/?a=1")
+    );
+    assert_eq!(
+        redirect.body,
+        "<a href=\"https://rancher.lab.test:8443/dashboard/?a=1\">Found</a>.\n\n"
+    );
+    assert_eq!(
+        redirect.header("X-Api-Cattle-Auth"),
+        None,
+        "redirects lack Rancher's headers"
+    );
+
+    let no_port = plain(
+        http,
+        "HEAD /x HTTP/1.1\r\nHost: rancher.lab.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        (no_port.status, no_port.header("Location")),
+        (302, Some("https://rancher.lab.test/x"))
+    );
+
+    let post = plain(
+        http,
+        "POST /v3/x HTTP/1.1\r\nHost: h:80\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!((post.status, post.body.as_str()), (400, "Use HTTPS\n"));
+    assert_eq!(post.header("X-Content-Type-Options"), Some("nosniff"));
+
+    for path in ["/ping", "/healthz", "/healthz/ping"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: h:80\r\nConnection: close\r\n\r\n");
+        let response = plain(http, &request).await;
+        assert_eq!(response.status, 200, "{path} passes through");
+        assert_eq!(response.header("X-Api-Cattle-Auth"), Some("false"));
+    }
+    let forwarded = plain(
+        http,
+        "GET /cacerts HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(forwarded.status, 200);
+    assert!(forwarded.body.starts_with("-----BEGIN CERTIFICATE-----"));
+    let acme = plain(
+        http,
+        "GET /.well-known/acme-challenge/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(acme.status, 404, "passes through to the router");
+}
+
+#[tokio::test]
+async fn stalled_handshakes_are_closed_by_the_timeout() {
+    use tokio::io::AsyncReadExt;
+    let corral = Corral::start(&["--handshake-timeout", "1"]);
+    let mut idle = tokio::net::TcpStream::connect(corral.https("127.0.0.1"))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(15), idle.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the server closed the stalled connection"
+    );
+    // And a real client is still served.
+    assert_eq!(
+        get(corral.https("127.0.0.1"), None, None, "/ping")
+            .await
+            .body,
+        "pong"
+    );
+}
+
+#[tokio::test]
+async fn keys_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let corral = Corral::start(&[]);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&corral.data_dir), 0o700);
+    assert_eq!(mode(&corral.data_dir.join("ca.key")), 0o600);
+    assert_eq!(mode(&corral.data_dir.join("leaf.key")), 0o600);
+    assert_eq!(mode(&corral.data_dir.join("ca.crt")), 0o644);
+}
+
+#[tokio::test]
+async fn shared_mode_learns_ip_host_headers_from_non_browsers_only() {
+    let corral = Corral::start(&["--cert-mode", "shared"]);
+    let addr = corral.https("127.0.0.1");
+    for (host, agent) in [
+        ("10.9.8.7", "curl/8"),
+        ("10.6.5.4:8443", "Mozilla/5.0 (X11)"),
+    ] {
+        let tls = tls_connect(addr, None, None).await.unwrap();
+        let request = format!(
+            "GET /ping HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {agent}\r\nConnection: close\r\n\r\n"
+        );
+        assert_eq!(common::exchange(tls.stream, &request).await.body, "pong");
+    }
+    let names = sans(tls_connect(addr, None, None).await.unwrap().leaf());
+    assert!(names.contains(&"IP:10.9.8.7".to_string()), "{names:?}");
+    assert!(
+        !names.contains(&"IP:10.6.5.4".to_string()),
+        "browsers add nothing: {names:?}"
+    );
+}
