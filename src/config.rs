@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::pki::{AllowList, CaProfile};
+use crate::setup::ServerUrl;
 
 /// How certificates are chosen for clients before setup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -77,6 +78,9 @@ pub struct ServeArgs {
     /// Seconds a client has to complete its TLS handshake [default: 10].
     #[arg(long, env = "CORRAL_HANDSHAKE_TIMEOUT", value_name = "SECONDS")]
     pub handshake_timeout: Option<u64>,
+    /// Pin server-url from boot (the HA-style install): one certificate for its host, read-only.
+    #[arg(long, env = "CATTLE_SERVER_URL", value_name = "URL")]
+    pub server_url: Option<String>,
 }
 
 /// The same settings as they appear in the TOML file.
@@ -95,6 +99,7 @@ struct FileSettings {
     cert_expiration_days: Option<u32>,
     rotate_days: Option<u32>,
     handshake_timeout: Option<u64>,
+    server_url: Option<String>,
 }
 
 /// The validated configuration a server runs with.
@@ -113,6 +118,19 @@ pub struct Config {
     pub cert_expiration_days: u32,
     pub rotate_days: u32,
     pub handshake_timeout: Duration,
+    pub server_url: Option<ServerUrl>,
+    /// `CATTLE_BOOTSTRAP_PASSWORD` (environment only, so it never shows in `ps`).
+    pub bootstrap_password: Option<Secret>,
+}
+
+/// A secret that must not appear in logs or debug output.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
 }
 
 /// A setting that could not be used, named as the user wrote it.
@@ -181,6 +199,17 @@ impl Config {
                     .or(file.handshake_timeout)
                     .unwrap_or(10),
             ),
+            server_url: args
+                .server_url
+                .or(file.server_url)
+                .filter(|u| !u.trim().is_empty())
+                .map(|u| ServerUrl::parse(&u))
+                .transpose()
+                .map_err(|e| invalid("server-url", e))?,
+            bootstrap_password: std::env::var("CATTLE_BOOTSTRAP_PASSWORD")
+                .ok()
+                .filter(|p| !p.is_empty())
+                .map(Secret),
         };
         config.validate()?;
         Ok(config)

@@ -2,11 +2,14 @@
 //!
 //! Modules, one concern each: [`config`] (settings), [`state`] (the data directory and atomic writes),
 //! [`pki`] (CA, minting, names, checksum), [`tls`] (accept loop and certificate selection),
-//! [`http`] (Rancher's endpoints), [`server`] (startup wiring).
+//! [`http`] (Rancher's endpoints), [`setup`] (bootstrap, users, tokens, server-url),
+//! [`ui`] (the embedded web page), [`server`] (startup wiring).
 
 pub mod config;
 pub mod http;
 pub mod pki;
 pub mod server;
+pub mod setup;
 pub mod state;
 pub mod tls;
+pub mod ui;

@@ -8,9 +8,10 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::http::{CaSetting, HttpApp};
+use crate::http::{AppState, CaSetting, HttpApp};
 use crate::pki::ca::BACKDATE;
 use crate::pki::{CertificateAuthority, LeafFactory, ca_checksum};
+use crate::setup::Setup;
 use crate::state::DataDir;
 use crate::tls::{CertResolver, Listener, Termination};
 
@@ -34,14 +35,26 @@ pub async fn start(config: &Config) -> Result<RunningServer, String> {
     let verb = if created { "Created" } else { "Loaded" };
     tracing::info!("{verb} CA {} from {}", ca.subject(), dir.root().display());
     let ca = Arc::new(ca);
-    let setting = Arc::new(ca_setting(&ca));
+    let setting = ca_setting(&ca);
     let checksum = ca_checksum(&setting.value);
     tracing::info!("CA checksum: {checksum}");
 
     let factory =
         LeafFactory::new(&dir, ca, config.cert_expiration_days).map_err(|e| e.to_string())?;
     let resolver = Arc::new(CertResolver::new(config, &dir, factory)?);
-    let app = HttpApp::new(setting, resolver.clone());
+    let setup = Setup::open(
+        &dir,
+        config.bootstrap_password.clone().map(|s| s.0),
+        config.server_url.clone(),
+        resolver.clone(),
+        &banner_url(config),
+    )?;
+    let app = HttpApp::new(Arc::new(AppState {
+        cacerts: setting,
+        checksum: checksum.clone(),
+        setup: Arc::new(setup),
+        resolver: resolver.clone(),
+    }));
     let tls = Termination::Tls {
         resolver,
         handshake_timeout: config.handshake_timeout,
@@ -66,6 +79,23 @@ pub async fn start(config: &Config) -> Result<RunningServer, String> {
         }
     }
     Ok(server)
+}
+
+/// Where the welcome banner sends the admin: server-url if set, else the default-route IP (as
+/// Rancher), else localhost; with the HTTPS port when it is not 443.
+fn banner_url(config: &Config) -> String {
+    if let Some(url) = &config.server_url {
+        return url.to_string();
+    }
+    let host = match crate::tls::resolver::default_route_ip() {
+        Some(IpAddr::V6(ip)) => format!("[{ip}]"),
+        Some(ip) => ip.to_string(),
+        None => "localhost".into(),
+    };
+    match config.https_port {
+        443 | 0 => format!("https://{host}"),
+        port => format!("https://{host}:{port}"),
+    }
 }
 
 /// The `cacerts` setting as the endpoints present it.

@@ -65,6 +65,16 @@ impl DataDir {
     pub fn shared_cert(&self) -> PathBuf {
         self.root.join("shared-cert.json")
     }
+
+    /// The one certificate served once server-url is set (`per-host` mode).
+    pub fn pinned_cert(&self) -> PathBuf {
+        self.root.join("pinned-cert.json")
+    }
+
+    /// Users, tokens and settings written through setup and the API.
+    pub fn setup_state(&self) -> PathBuf {
+        self.root.join("setup.json")
+    }
 }
 
 /// Writes `contents` to `path` atomically and durably, with the file mode `mode`.

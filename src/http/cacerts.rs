@@ -7,9 +7,13 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{Response, StatusCode};
 
-use super::{CaSetting, text_response};
+use super::{AppState, text_response};
 use crate::pki::cacerts_body;
 
-pub async fn cacerts(State(ca): State<Arc<CaSetting>>) -> Response<Body> {
-    text_response(StatusCode::OK, "text/plain", cacerts_body(&ca.value))
+pub async fn cacerts(State(state): State<Arc<AppState>>) -> Response<Body> {
+    text_response(
+        StatusCode::OK,
+        "text/plain",
+        cacerts_body(&state.cacerts.value),
+    )
 }

@@ -1,27 +1,35 @@
 //! HTTP: Rancher's endpoints, one file each, behind Rancher's common response headers; and the plain
 //! HTTP port's redirect rules in front of them.
 
+mod auth;
 mod cacerts;
 mod health;
+mod login;
 mod redirect;
 mod settings;
+mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{HeaderValue, Request, Response, StatusCode, header};
-use axum::routing::any;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest};
+use axum::http::{Extensions, HeaderMap, Request, Response, StatusCode, header};
+use axum::routing::{any, get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::ServiceExt;
 
+use crate::setup::{Setup, SetupError};
 use crate::tls::CertResolver;
 
 /// A client has this long to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest request body the API reads (logins, settings, passwords are tiny).
+const MAX_API_BODY: usize = 64 * 1024;
 
 /// Facts about the connection a request arrived on, available to handlers as an extension.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +59,15 @@ pub struct CaSetting {
     pub uuid: String,
 }
 
+/// Everything the handlers read.
+pub struct AppState {
+    pub cacerts: CaSetting,
+    /// The CA checksum, as logged at start.
+    pub checksum: String,
+    pub setup: Arc<Setup>,
+    pub resolver: Arc<CertResolver>,
+}
+
 /// The HTTP application shared by every connection.
 #[derive(Clone)]
 pub struct HttpApp {
@@ -59,16 +76,29 @@ pub struct HttpApp {
 }
 
 impl HttpApp {
-    pub fn new(cacerts: Arc<CaSetting>, resolver: Arc<CertResolver>) -> Self {
+    pub fn new(state: Arc<AppState>) -> Self {
+        let resolver = state.resolver.clone();
         let router = Router::new()
             .route("/ping", any(health::ping))
             .route("/healthz", any(health::healthz))
             .route("/healthz/ping", any(health::healthz_ping))
             .route("/cacerts", any(cacerts::cacerts))
-            .route("/v3/settings/cacerts", any(settings::cacerts))
+            .route("/v3-public/localProviders/local", post(login::v3_public))
+            .route("/v1-public/login", post(login::v1_public))
+            .route("/v3/users", post(users::action))
+            .route("/v3/settings/{name}", any(settings::setting))
+            .route("/", get(crate::ui::page))
+            .route("/dashboard", get(crate::ui::page))
+            .route("/dashboard/", get(crate::ui::page))
+            .route("/dashboard/{*rest}", get(crate::ui::page))
+            .route("/corral/status", get(crate::ui::status))
             .fallback(not_found)
-            .layer(axum::middleware::map_response(rancher_headers))
-            .with_state(cacerts);
+            .layer(DefaultBodyLimit::max(MAX_API_BODY))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                auth::rancher_headers,
+            ))
+            .with_state(state);
         Self { router, resolver }
     }
 
@@ -121,21 +151,6 @@ impl HttpApp {
     }
 }
 
-/// Headers Rancher's handler chain puts on every response.
-async fn rancher_headers(mut response: Response<Body>) -> Response<Body> {
-    let headers = response.headers_mut();
-    headers.insert("x-api-cattle-auth", HeaderValue::from_static("false"));
-    headers.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, no-store, must-revalidate"),
-    );
-    response
-}
-
 /// Go's `http.NotFound`.
 async fn not_found() -> Response<Body> {
     text_response(
@@ -158,12 +173,74 @@ pub(crate) fn text_response(
         .expect("static headers are valid")
 }
 
-/// `https` when the request is secure (TLS, or a terminating proxy says so), else `http`.
-pub(crate) fn request_scheme<B>(req: &Request<B>) -> &'static str {
-    let secure = req.extensions().get::<ConnInfo>().is_some_and(|i| i.secure);
-    let forwarded = req
-        .headers()
+/// norman's error body: `{"baseType":"error","code":…,"message":…,"status":…,"type":"error"}`.
+pub(crate) fn norman_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "baseType": "error",
+        "code": code,
+        "message": message,
+        "status": status.as_u16(),
+        "type": "error",
+    });
+    json_response(status, &body)
+}
+
+/// Compact JSON with a trailing newline, as Go's `json.Encoder` writes it.
+pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    text_response(status, "application/json", format!("{body}\n"))
+}
+
+/// Rancher's status, code and text for each setup refusal.
+pub(crate) fn setup_error(error: &SetupError) -> Response<Body> {
+    let (status, code) = match error {
+        SetupError::AuthenticationFailed => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+        SetupError::TooManyAttempts => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
+        SetupError::InvalidCurrentPassword
+        | SetupError::PasswordTooShort
+        | SetupError::SamePassword => (StatusCode::UNPROCESSABLE_ENTITY, "InvalidBodyContent"),
+        SetupError::InvalidValue(_) => (StatusCode::BAD_REQUEST, "InvalidFormat"),
+        SetupError::ServerUrlLocked { .. } => (StatusCode::CONFLICT, "Conflict"),
+        SetupError::ReadOnlyFromEnv(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+        SetupError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "ServerError"),
+    };
+    norman_error(status, code, &error.to_string())
+}
+
+/// A JSON request body, parsed whatever its Content-Type (norman does the same); a bad body is
+/// norman's 400.
+pub(crate) struct NormanJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for NormanJson<T> {
+    type Rejection = Response<Body>;
+
+    async fn from_request(req: Request<Body>, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            norman_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "InvalidBodyContent",
+                &e.body_text(),
+            )
+        })?;
+        serde_json::from_slice(&bytes).map(NormanJson).map_err(|e| {
+            norman_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidBodyContent",
+                &format!("failed to parse request body: {e}"),
+            )
+        })
+    }
+}
+
+/// `scheme://host` of a request: https when it came over TLS or a terminating proxy says so.
+pub(crate) fn base_url(headers: &HeaderMap, extensions: &Extensions) -> String {
+    let secure = extensions.get::<ConnInfo>().is_some_and(|i| i.secure);
+    let forwarded = headers
         .get("x-forwarded-proto")
         .is_some_and(|p| p == "https" || p == "wss");
-    if secure || forwarded { "https" } else { "http" }
+    let scheme = if secure || forwarded { "https" } else { "http" };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    format!("{scheme}://{host}")
 }

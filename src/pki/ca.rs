@@ -237,22 +237,17 @@ fn inspect(der: &CertificateDer<'_>, key: &KeyPair) -> Result<Details, String> {
         .map_err(|e| e.to_string())?;
     Ok(Details {
         not_before,
-        subject: go_style_subject(&cert),
+        subject: go_style_name(cert.subject()),
     })
 }
 
-/// Formats a subject the way Go's `pkix.Name.String()` does: most specific first, comma separated.
-pub(crate) fn go_style_subject(cert: &X509Certificate<'_>) -> String {
-    let subject = cert.subject();
+/// Formats a name the way Go's `pkix.Name.String()` does: most specific first, comma separated.
+pub(crate) fn go_style_name(name: &x509_parser::x509::X509Name<'_>) -> String {
     let text = |attr: &x509_parser::x509::AttributeTypeAndValue<'_>| {
         attr.as_str().unwrap_or("?").to_string()
     };
-    let common_names = subject
-        .iter_common_name()
-        .map(|a| format!("CN={}", text(a)));
-    let organizations = subject
-        .iter_organization()
-        .map(|a| format!("O={}", text(a)));
+    let common_names = name.iter_common_name().map(|a| format!("CN={}", text(a)));
+    let organizations = name.iter_organization().map(|a| format!("O={}", text(a)));
     common_names
         .chain(organizations)
         .collect::<Vec<_>>()

@@ -3,6 +3,7 @@
 
 pub mod ca;
 pub mod factory;
+pub mod inspect;
 pub mod names;
 
 use rand::RngCore;

@@ -4,9 +4,9 @@
 //! errors end only that connection. The certificate is chosen after the ClientHello is read, because
 //! the choice depends on both the SNI and the local address the client reached.
 
+pub mod persisted;
 pub mod resolver;
 pub mod served;
-pub mod shared;
 
 use std::io;
 use std::net::SocketAddr;

@@ -7,12 +7,15 @@
 //!
 //! A refused name never fails the handshake: the client gets the certificate for the local IP, or,
 //! when that is refused too, the fallback certificate made at start.
+//!
+//! Once server-url is set the resolver is pinned: every client gets one certificate for its host
+//! whatever it sends, and nothing is learned or minted any more (renewal aside).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
@@ -20,8 +23,8 @@ use dashmap::mapref::entry::Entry;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rustls::ServerConfig;
 
+use super::persisted::PersistedCert;
 use super::served::{Served, TlsSettings, unix_now};
-use super::shared::SharedCert;
 use crate::config::{CertMode, Config};
 use crate::pki::{AllowList, LeafFactory, NameError, SubjectName};
 use crate::state::DataDir;
@@ -62,6 +65,17 @@ pub struct CertResolver {
     /// Served when nothing better is allowed: localhost, loopback and the default-route IP.
     fallback: ArcSwap<Served>,
     strategy: Strategy,
+    /// Set once, when server-url is: the certificate every client gets from then on.
+    pinned: OnceLock<Pin>,
+    /// Where the pinned certificate of `per-host` mode is kept.
+    pinned_path: std::path::PathBuf,
+}
+
+enum Pin {
+    /// `per-host` mode: a certificate for the server-url host alone.
+    Own(PersistedCert),
+    /// `shared` mode (classic Rancher): the shared certificate, with the host added, frozen.
+    Shared,
 }
 
 enum Strategy {
@@ -70,7 +84,7 @@ enum Strategy {
         /// Entries in `certs`, kept apart because `DashMap::len` locks every shard.
         count: AtomicUsize,
     },
-    Shared(SharedCert),
+    Shared(PersistedCert),
 }
 
 impl CertResolver {
@@ -82,8 +96,9 @@ impl CertResolver {
                 certs: DashMap::new(),
                 count: AtomicUsize::new(0),
             },
-            CertMode::Shared => Strategy::Shared(SharedCert::restore(
-                dir,
+            CertMode::Shared => Strategy::Shared(PersistedCert::restore(
+                dir.shared_cert(),
+                initial_shared_names(),
                 &factory,
                 &tls,
                 config.max_names,
@@ -103,6 +118,8 @@ impl CertResolver {
             renew_window: i64::from(config.rotate_days) * 86_400,
             fallback: ArcSwap::from_pointee(fallback),
             strategy,
+            pinned: OnceLock::new(),
+            pinned_path: dir.pinned_cert(),
         })
     }
 
@@ -117,6 +134,11 @@ impl CertResolver {
 
     /// The server config for a connection that sent `sni` (if any) to `local_ip`.
     pub fn select(&self, sni: Option<&str>, local_ip: IpAddr) -> Arc<ServerConfig> {
+        if let Some(pin) = self.pinned.get() {
+            let cert = self.pinned_cert(pin);
+            cert.renew_if_expiring(self.renew_window, |names| self.mint(names));
+            return cert.current().config.clone();
+        }
         let local = SubjectName::ip(local_ip);
         let requested = sni.map(SubjectName::parse);
         match &self.strategy {
@@ -143,6 +165,9 @@ impl CertResolver {
         let Strategy::Shared(shared) = &self.strategy else {
             return;
         };
+        if self.pinned.get().is_some() {
+            return;
+        }
         if user_agent.is_some_and(|ua| ua.to_ascii_lowercase().contains("mozilla")) {
             return;
         }
@@ -221,12 +246,67 @@ impl CertResolver {
         }
     }
 
-    fn learn_shared(&self, shared: &SharedCert, name: SubjectName) -> Result<(), Refusal> {
+    fn learn_shared(&self, shared: &PersistedCert, name: SubjectName) -> Result<(), Refusal> {
         if shared.current().names.contains(&name) {
             return Ok(());
         }
         self.check_rate()?;
-        shared.add(name, |names| self.mint(names))
+        shared.add(name, true, |names| self.mint(names))
+    }
+
+    /// Pins the server to one certificate for `host` (server-url's host), for good. Pinning again is a
+    /// no-op; the caller guarantees the host never changes.
+    pub fn pin(&self, host: &SubjectName) -> Result<(), String> {
+        if self.pinned.get().is_some() {
+            return Ok(());
+        }
+        let pin = match &self.strategy {
+            Strategy::PerHost { certs, count } => {
+                let cert = PersistedCert::restore(
+                    self.pinned_path.clone(),
+                    vec![host.clone()],
+                    &self.factory,
+                    &self.tls,
+                    1,
+                    self.renew_window,
+                )?;
+                // Nothing else is ever served again: free the per-host cache.
+                certs.clear();
+                count.store(0, Ordering::Release);
+                Pin::Own(cert)
+            }
+            Strategy::Shared(shared) => {
+                shared
+                    .add(host.clone(), false, |names| self.mint(names))
+                    .map_err(|e| e.to_string())?;
+                Pin::Shared
+            }
+        };
+        let _ = self.pinned.set(pin);
+        tracing::info!("pinned to {host}: every client now gets one certificate");
+        Ok(())
+    }
+
+    fn pinned_cert<'a>(&'a self, pin: &'a Pin) -> &'a PersistedCert {
+        match (pin, &self.strategy) {
+            (Pin::Own(cert), _) | (Pin::Shared, Strategy::Shared(cert)) => cert,
+            (Pin::Shared, Strategy::PerHost { .. }) => {
+                unreachable!("a shared pin needs shared mode")
+            }
+        }
+    }
+
+    /// The leaf a no-SNI client of 127.0.0.1 gets: once pinned, the one every client gets.
+    pub fn current_leaf(&self) -> rustls::pki_types::CertificateDer<'static> {
+        match (self.pinned.get(), &self.strategy) {
+            (Some(pin), _) => self.pinned_cert(pin).current().leaf.clone(),
+            (None, Strategy::Shared(shared)) => shared.current().leaf.clone(),
+            (None, Strategy::PerHost { .. }) => self
+                .per_host(SubjectName::ip([127, 0, 0, 1].into()))
+                .unwrap_or_else(|_| self.fallback())
+                .leaf
+                .clone(),
+        }
     }
 
     fn check_rate(&self) -> Result<(), Refusal> {
@@ -276,6 +356,17 @@ fn fallback_names() -> Vec<SubjectName> {
         SubjectName::Dns("localhost".into()),
         SubjectName::ip([127, 0, 0, 1].into()),
         SubjectName::ip(std::net::Ipv6Addr::LOCALHOST.into()),
+    ];
+    names.extend(default_route_ip().map(SubjectName::ip));
+    names
+}
+
+/// dynamiclistener's initial SANs on Rancher's `:443` listener.
+fn initial_shared_names() -> Vec<SubjectName> {
+    let mut names = vec![
+        SubjectName::Dns("localhost".into()),
+        SubjectName::Dns("rancher.cattle-system".into()),
+        SubjectName::ip([127, 0, 0, 1].into()),
     ];
     names.extend(default_route_ip().map(SubjectName::ip));
     names

@@ -2,6 +2,8 @@
 //! ports, and talk to it with real clients (rustls here; curl and openssl through `Command`).
 #![allow(dead_code)]
 
+pub mod webdriver;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -266,6 +268,25 @@ pub async fn get(
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     let handshake = tls_connect(addr, sni, ca_pem).await.expect("TLS handshake");
     exchange(handshake.stream, &request).await
+}
+
+/// A request with a method, extra header lines and a JSON body, over TLS without verification.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: Option<&str>,
+) -> HttpResponse {
+    let mut text = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for header in headers {
+        text.push_str(header);
+        text.push_str("\r\n");
+    }
+    let body = body.unwrap_or_default();
+    text.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    let handshake = tls_connect(addr, None, None).await.expect("TLS handshake");
+    exchange(handshake.stream, &text).await
 }
 
 /// Sends a raw request on any stream and reads the response to EOF (bounded by a timeout).

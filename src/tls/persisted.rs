@@ -1,4 +1,5 @@
-//! `shared` mode: dynamiclistener's single certificate whose SAN list accumulates every learned name.
+//! A persisted certificate for a set of names: `shared` mode's single certificate whose SAN list
+//! accumulates every learned name (dynamiclistener's way), and the certificate pinned to server-url.
 //!
 //! Readers load the current certificate lock-free; a new name takes the write lock, re-signs with the
 //! same key, persists names and certificate together (one atomic file), then publishes.
@@ -12,11 +13,11 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
-use super::resolver::{Refusal, default_route_ip};
+use super::resolver::Refusal;
 use super::served::{Served, TlsSettings, unix_now};
 use crate::pki::ca::pem_encode_certificate;
 use crate::pki::{LeafFactory, MintedLeaf, SubjectName};
-use crate::state::{DataDir, PUBLIC_MODE, read_optional, write_atomic};
+use crate::state::{PUBLIC_MODE, read_optional, write_atomic};
 
 /// Above this much SAN text a certificate grows past what some clients accept (the k3s SAN-stuffing
 /// advisory): further names are refused whatever `max-names` says.
@@ -24,12 +25,12 @@ const MAX_SAN_BYTES: usize = 32 * 1024;
 
 /// The names and the certificate that carries them.
 #[derive(Debug)]
-pub struct SharedState {
+pub struct CertState {
     pub names: BTreeSet<SubjectName>,
     pub served: Arc<Served>,
 }
 
-impl std::ops::Deref for SharedState {
+impl std::ops::Deref for CertState {
     type Target = Served;
     fn deref(&self) -> &Served {
         &self.served
@@ -43,38 +44,38 @@ struct Stored {
     certificate: String,
 }
 
-pub struct SharedCert {
-    current: ArcSwap<SharedState>,
+pub struct PersistedCert {
+    current: ArcSwap<CertState>,
     /// Serialises re-signing, so two new names cannot each publish a certificate missing the other.
     write_lock: Mutex<()>,
     path: PathBuf,
     max_names: usize,
 }
 
-impl SharedCert {
-    /// Restores the stored names and certificate, adding the initial names; re-signs only when the
-    /// stored certificate does not carry exactly these names from this CA and key, or is expiring.
+impl PersistedCert {
+    /// Restores the names and certificate stored at `path`, adding `initial` names; re-signs only when
+    /// the stored certificate does not carry exactly these names from this CA and key, or is expiring.
     pub fn restore(
-        dir: &DataDir,
+        path: PathBuf,
+        initial: Vec<SubjectName>,
         factory: &LeafFactory,
         tls: &TlsSettings,
         max_names: usize,
         renew_window: i64,
     ) -> Result<Self, String> {
-        let path = dir.shared_cert();
         let stored = read_optional(&path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?
             .and_then(|bytes| match serde_json::from_slice::<Stored>(&bytes) {
                 Ok(stored) => Some(stored),
                 Err(e) => {
                     tracing::warn!(
-                        "{} is unreadable ({e}); starting a new shared certificate",
+                        "{} is unreadable ({e}); starting a new certificate",
                         path.display()
                     );
                     None
                 }
             });
-        let mut names: BTreeSet<SubjectName> = initial_names().into_iter().collect();
+        let mut names: BTreeSet<SubjectName> = initial.into_iter().collect();
         let stored_names: BTreeSet<SubjectName> = stored
             .iter()
             .flat_map(|s| &s.names)
@@ -98,21 +99,23 @@ impl SharedCert {
         };
         let served = Arc::new(tls.serve(leaf).map_err(|e| e.to_string())?);
         Ok(Self {
-            current: ArcSwap::from_pointee(SharedState { names, served }),
+            current: ArcSwap::from_pointee(CertState { names, served }),
             write_lock: Mutex::new(()),
             path,
             max_names,
         })
     }
 
-    pub fn current(&self) -> Arc<SharedState> {
+    pub fn current(&self) -> Arc<CertState> {
         self.current.load_full()
     }
 
-    /// Adds `name` (if new and within the caps): re-sign through `mint`, persist, publish.
+    /// Adds `name` (if new, and within the caps unless `capped` is false): re-sign through `mint`,
+    /// persist, publish.
     pub fn add(
         &self,
         name: SubjectName,
+        capped: bool,
         mint: impl FnOnce(&[SubjectName]) -> Result<Arc<Served>, Refusal>,
     ) -> Result<(), Refusal> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -121,14 +124,15 @@ impl SharedCert {
             return Ok(());
         }
         let san_bytes: usize = current.names.iter().map(|n| n.as_text().len()).sum();
-        if current.names.len() >= self.max_names || san_bytes + name.as_text().len() > MAX_SAN_BYTES
-        {
+        let full = current.names.len() >= self.max_names
+            || san_bytes + name.as_text().len() > MAX_SAN_BYTES;
+        if capped && full {
             return Err(Refusal::Capacity);
         }
         let mut names = current.names.clone();
         names.insert(name.clone());
         self.publish(names, mint)?;
-        tracing::info!("added {name} to the shared certificate");
+        tracing::info!("added {name} to {}", self.path.display());
         Ok(())
     }
 
@@ -145,8 +149,11 @@ impl SharedCert {
         let current = self.current();
         if current.expires_within(unix_now(), renew_window) {
             match self.publish(current.names.clone(), mint) {
-                Ok(()) => tracing::info!("renewed the shared certificate"),
-                Err(e) => tracing::error!("cannot renew the shared certificate: {e}"),
+                Ok(()) => tracing::info!("renewed the certificate in {}", self.path.display()),
+                Err(e) => tracing::error!(
+                    "cannot renew the certificate in {}: {e}",
+                    self.path.display()
+                ),
             }
         }
     }
@@ -159,7 +166,7 @@ impl SharedCert {
         let list: Vec<_> = names.iter().cloned().collect();
         let served = mint(&list)?;
         persist(&self.path, &names, &served.leaf).map_err(Refusal::MintFailed)?;
-        self.current.store(Arc::new(SharedState { names, served }));
+        self.current.store(Arc::new(CertState { names, served }));
         Ok(())
     }
 }
@@ -176,15 +183,4 @@ fn persist(
     let json = serde_json::to_vec_pretty(&stored).map_err(|e| e.to_string())?;
     write_atomic(path, &json, PUBLIC_MODE)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
-/// dynamiclistener's initial SANs on Rancher's `:443` listener.
-fn initial_names() -> Vec<SubjectName> {
-    let mut names = vec![
-        SubjectName::Dns("localhost".into()),
-        SubjectName::Dns("rancher.cattle-system".into()),
-        SubjectName::ip([127, 0, 0, 1].into()),
-    ];
-    names.extend(default_route_ip().map(SubjectName::ip));
-    names
 }

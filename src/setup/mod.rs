@@ -1,0 +1,514 @@
+//! First-start setup and the accounts behind the API: the bootstrap password and `admin` user, login
+//! tokens, password changes, and the settings setup writes (`server-url`, `first-login`).
+//!
+//! All of it is one JSON document in the data directory, rewritten atomically on every change.
+//! Passwords are stored as argon2id hashes and tokens as SHA-256 hashes; neither is ever logged.
+//! Setting `server-url` pins the certificate resolver to its host, for good.
+
+pub mod secrets;
+pub mod server_url;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+
+use crate::state::{DataDir, SECRET_MODE, read_optional, write_atomic};
+use crate::tls::CertResolver;
+use secrets::{
+    hash_password, hash_token_secret, random_suffix, random_token, same_hash, verify_password,
+};
+pub use server_url::ServerUrl;
+
+/// Rancher's `password-min-length`.
+pub const PASSWORD_MIN_LENGTH: usize = 12;
+/// Rancher's `auth-user-session-ttl-minutes` (960).
+const SESSION_TTL_SECS: i64 = 960 * 60;
+/// Most login tokens kept; the oldest go first.
+const MAX_TOKENS: usize = 10_000;
+/// Login attempts per client: a burst of 10, then one every 3 s.
+const LOGIN_BURST: u32 = 10;
+const LOGIN_PER_MINUTE: u32 = 20;
+
+pub const SERVER_URL: &str = "server-url";
+pub const FIRST_LOGIN: &str = "first-login";
+
+/// Why a setup operation was refused; the HTTP layer maps each to Rancher's status and text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetupError {
+    AuthenticationFailed,
+    TooManyAttempts,
+    InvalidCurrentPassword,
+    PasswordTooShort,
+    SamePassword,
+    InvalidValue(String),
+    ServerUrlLocked { current: String },
+    ReadOnlyFromEnv(&'static str),
+    Storage(String),
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetupError::AuthenticationFailed => f.write_str("authentication failed"),
+            SetupError::TooManyAttempts => {
+                f.write_str("too many failed login attempts; try again later")
+            }
+            SetupError::InvalidCurrentPassword => f.write_str("invalid current password"),
+            SetupError::PasswordTooShort => {
+                write!(
+                    f,
+                    "password must be at least {PASSWORD_MIN_LENGTH} characters"
+                )
+            }
+            SetupError::SamePassword => {
+                f.write_str("new password must not be the same as current password")
+            }
+            SetupError::InvalidValue(reason) => f.write_str(reason),
+            SetupError::ServerUrlLocked { current } => write!(
+                f,
+                "server-url is already {current}: the hostname cannot be changed after installation"
+            ),
+            SetupError::ReadOnlyFromEnv(name) => {
+                write!(
+                    f,
+                    "{name} is readOnly because its value is from environment variable"
+                )
+            }
+            SetupError::Storage(reason) => write!(f, "cannot save state: {reason}"),
+        }
+    }
+}
+
+/// Where a setting's value comes from, as norman reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    Db,
+    Env,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::Db => "db",
+            Source::Env => "env",
+        }
+    }
+}
+
+/// A token handed out by login. `token` is `name:secret`, shown once and never stored.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub name: String,
+    pub token: String,
+    pub user_id: String,
+    pub created: i64,
+    pub expires_at: i64,
+    pub description: String,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: String,
+    pub username: String,
+    pub token_name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct User {
+    id: String,
+    username: String,
+    display_name: String,
+    password_hash: String,
+    must_change_password: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Token {
+    name: String,
+    secret_hash: String,
+    user_id: String,
+    created: i64,
+    expires_at: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SetupState {
+    /// When setup state was first created (unix seconds): the settings' `created`.
+    created: i64,
+    users: Vec<User>,
+    tokens: Vec<Token>,
+    /// Settings set through the API (`server-url`, `first-login`).
+    settings: BTreeMap<String, String>,
+}
+
+/// The setup service.
+pub struct Setup {
+    path: PathBuf,
+    state: Mutex<SetupState>,
+    /// `server-url` from `--server-url` / `CATTLE_SERVER_URL`: pinned from boot, read-only.
+    env_server_url: Option<ServerUrl>,
+    resolver: Arc<CertResolver>,
+    login_limiter: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl Setup {
+    /// Loads setup state, creating the `admin` user on first start, and pins the resolver if a
+    /// server-url is known. `banner_url` is where the log tells the admin to go.
+    pub fn open(
+        dir: &DataDir,
+        bootstrap_password: Option<String>,
+        env_server_url: Option<ServerUrl>,
+        resolver: Arc<CertResolver>,
+        banner_url: &str,
+    ) -> Result<Self, String> {
+        let path = dir.setup_state();
+        let stored =
+            read_optional(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let (state, first_start) = match stored {
+            Some(bytes) => (
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    format!(
+                        "{} is unreadable ({e}); restore it or move it away to set up again",
+                        path.display()
+                    )
+                })?,
+                false,
+            ),
+            None => (SetupState::default(), true),
+        };
+        let setup = Self {
+            path,
+            state: Mutex::new(state),
+            env_server_url,
+            resolver,
+            login_limiter: RateLimiter::keyed(
+                Quota::per_minute(NonZeroU32::new(LOGIN_PER_MINUTE).unwrap())
+                    .allow_burst(NonZeroU32::new(LOGIN_BURST).unwrap()),
+            ),
+        };
+        if first_start {
+            setup.create_admin(bootstrap_password, banner_url)?;
+        } else if setup.first_login() {
+            log_banner(&[&format!(
+                "Use {banner_url}/dashboard/ to complete setup in the UI"
+            )]);
+        }
+        if let Some(url) = setup.server_url_value() {
+            setup.resolver.pin(url.host())?;
+        }
+        Ok(setup)
+    }
+
+    fn create_admin(
+        &self,
+        bootstrap_password: Option<String>,
+        banner_url: &str,
+    ) -> Result<(), String> {
+        let generated = bootstrap_password.as_deref().is_none_or(str::is_empty);
+        let password = match bootstrap_password.filter(|p| !p.is_empty()) {
+            Some(password) => password,
+            None => random_token(secrets::TOKEN_LENGTH),
+        };
+        let mut state = self.lock();
+        state.created = now();
+        state.users.push(User {
+            id: format!("user-{}", random_suffix()),
+            username: "admin".into(),
+            display_name: "Default Admin".into(),
+            password_hash: hash_password(&password),
+            must_change_password: generated || password == "admin",
+        });
+        state.settings.insert(FIRST_LOGIN.into(), "true".into());
+        self.save(&state).map_err(|e| e.to_string())?;
+        if generated {
+            log_banner(&[
+                "A bootstrap password has been generated for your admin user.",
+                "",
+                &format!("Bootstrap Password: {password}"),
+                "",
+                &format!(
+                    "Use {banner_url}/dashboard/?setup={password} to complete setup in the UI"
+                ),
+            ]);
+        } else {
+            log_banner(&[&format!(
+                "Use {banner_url}/dashboard/ to complete setup in the UI"
+            )]);
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SetupState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn save(&self, state: &SetupState) -> Result<(), SetupError> {
+        let json =
+            serde_json::to_vec_pretty(state).map_err(|e| SetupError::Storage(e.to_string()))?;
+        write_atomic(&self.path, &json, SECRET_MODE).map_err(|e| SetupError::Storage(e.to_string()))
+    }
+
+    /// Checks a username and password and issues a session token. Attempts are rate-limited per
+    /// client address; the password check runs off the async workers (argon2 is deliberately slow).
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        client: IpAddr,
+    ) -> Result<IssuedToken, SetupError> {
+        if self.login_limiter.check_key(&client).is_err() {
+            return Err(SetupError::TooManyAttempts);
+        }
+        let user = self
+            .lock()
+            .users
+            .iter()
+            .find(|u| u.username == username)
+            .cloned();
+        let Some(user) = user else {
+            // Spend the same time as a real check, so usernames cannot be probed by timing.
+            let _ = check_password(password.to_string(), DUMMY_HASH.to_string()).await;
+            return Err(SetupError::AuthenticationFailed);
+        };
+        if !check_password(password.to_string(), user.password_hash.clone()).await {
+            return Err(SetupError::AuthenticationFailed);
+        }
+        self.issue_token(&user.id)
+    }
+
+    fn issue_token(&self, user_id: &str) -> Result<IssuedToken, SetupError> {
+        let name = format!("token-{}", random_suffix());
+        let secret = random_token(secrets::TOKEN_LENGTH);
+        let created = now();
+        let token = Token {
+            name: name.clone(),
+            secret_hash: hash_token_secret(&secret),
+            user_id: user_id.to_string(),
+            created,
+            expires_at: created + SESSION_TTL_SECS,
+        };
+        let mut state = self.lock();
+        let mut next = state.clone();
+        next.tokens.retain(|t| t.expires_at > created);
+        next.tokens.push(token.clone());
+        let excess = next.tokens.len().saturating_sub(MAX_TOKENS);
+        next.tokens.drain(..excess);
+        self.save(&next)?;
+        *state = next;
+        Ok(IssuedToken {
+            token: format!("{name}:{secret}"),
+            name,
+            user_id: user_id.to_string(),
+            created,
+            expires_at: token.expires_at,
+            description: String::new(),
+        })
+    }
+
+    /// The caller a `token-name:secret` string belongs to, if it is valid and unexpired.
+    pub fn authenticate(&self, presented: &str) -> Option<Caller> {
+        let (name, secret) = presented.split_once(':')?;
+        let hash = hash_token_secret(secret);
+        let state = self.lock();
+        let token = state.tokens.iter().find(|t| t.name == name)?;
+        if !same_hash(&token.secret_hash, &hash) || token.expires_at <= now() {
+            return None;
+        }
+        let user = state.users.iter().find(|u| u.id == token.user_id)?;
+        Some(Caller {
+            user_id: user.id.clone(),
+            username: user.username.clone(),
+            token_name: token.name.clone(),
+        })
+    }
+
+    /// Changes the caller's password (`currentPassword` must match) and ends first login.
+    pub async fn change_password(
+        &self,
+        caller: &Caller,
+        current: &str,
+        new: &str,
+    ) -> Result<(), SetupError> {
+        if new.chars().count() < PASSWORD_MIN_LENGTH {
+            return Err(SetupError::PasswordTooShort);
+        }
+        if new == current {
+            return Err(SetupError::SamePassword);
+        }
+        let hash = self
+            .lock()
+            .users
+            .iter()
+            .find(|u| u.id == caller.user_id)
+            .map(|u| u.password_hash.clone())
+            .ok_or(SetupError::AuthenticationFailed)?;
+        if !check_password(current.to_string(), hash.clone()).await {
+            return Err(SetupError::InvalidCurrentPassword);
+        }
+        let new_hash = {
+            let new = new.to_string();
+            tokio::task::spawn_blocking(move || hash_password(&new))
+                .await
+                .map_err(|e| SetupError::Storage(e.to_string()))?
+        };
+        let mut state = self.lock();
+        let mut next = state.clone();
+        let user = next
+            .users
+            .iter_mut()
+            .find(|u| u.id == caller.user_id)
+            .ok_or(SetupError::AuthenticationFailed)?;
+        if user.password_hash != hash {
+            // Changed concurrently: the current password checked above is no longer current.
+            return Err(SetupError::InvalidCurrentPassword);
+        }
+        user.password_hash = new_hash;
+        user.must_change_password = false;
+        next.settings.insert(FIRST_LOGIN.into(), "false".into());
+        self.save(&next)?;
+        *state = next;
+        tracing::info!("password changed for user {}", caller.username);
+        Ok(())
+    }
+
+    /// Whether the admin still has to complete first login.
+    pub fn first_login(&self) -> bool {
+        self.lock()
+            .settings
+            .get(FIRST_LOGIN)
+            .is_none_or(|v| v == "true")
+    }
+
+    /// Whether `user_id` must change their password before anything else.
+    pub fn must_change_password(&self, user_id: &str) -> bool {
+        self.lock()
+            .users
+            .iter()
+            .any(|u| u.id == user_id && u.must_change_password)
+    }
+
+    /// A setting's value and source, for the settings endpoints. `None` for settings corral lacks.
+    pub fn setting(&self, name: &str) -> Option<(String, Source)> {
+        match name {
+            SERVER_URL => Some(
+                match (&self.env_server_url, self.lock().settings.get(SERVER_URL)) {
+                    (Some(url), _) => (url.to_string(), Source::Env),
+                    (None, Some(value)) => (value.clone(), Source::Db),
+                    (None, None) => (String::new(), Source::Default),
+                },
+            ),
+            FIRST_LOGIN => Some(match self.lock().settings.get(FIRST_LOGIN) {
+                Some(value) => (value.clone(), Source::Db),
+                None => ("true".into(), Source::Default),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The effective server-url, if any.
+    pub fn server_url_value(&self) -> Option<ServerUrl> {
+        if let Some(url) = &self.env_server_url {
+            return Some(url.clone());
+        }
+        let stored = self.lock().settings.get(SERVER_URL).cloned()?;
+        ServerUrl::parse(&stored).ok()
+    }
+
+    /// When setup state was created (unix seconds).
+    pub fn created(&self) -> i64 {
+        self.lock().created
+    }
+
+    /// Sets server-url. The first value pins certificates to its host; the same value again is a
+    /// no-op; another host is refused, as is any change when the value comes from the environment.
+    pub fn set_server_url(&self, raw: &str) -> Result<ServerUrl, SetupError> {
+        if self.env_server_url.is_some() {
+            return Err(SetupError::ReadOnlyFromEnv(SERVER_URL));
+        }
+        let url = ServerUrl::parse(raw).map_err(SetupError::InvalidValue)?;
+        // Held across pinning, so concurrent attempts are ordered and exactly one first value wins.
+        let mut state = self.lock();
+        if let Some(current) = state
+            .settings
+            .get(SERVER_URL)
+            .and_then(|v| ServerUrl::parse(v).ok())
+        {
+            return match current.host() == url.host() {
+                true if current == url => Ok(current),
+                true => self.store_server_url(&mut state, url),
+                false => Err(SetupError::ServerUrlLocked {
+                    current: current.to_string(),
+                }),
+            };
+        }
+        self.resolver.pin(url.host()).map_err(SetupError::Storage)?;
+        self.store_server_url(&mut state, url)
+    }
+
+    fn store_server_url(
+        &self,
+        state: &mut SetupState,
+        url: ServerUrl,
+    ) -> Result<ServerUrl, SetupError> {
+        let mut next = state.clone();
+        next.settings.insert(SERVER_URL.into(), url.to_string());
+        self.save(&next)?;
+        *state = next;
+        tracing::info!("server-url set to {url}");
+        Ok(url)
+    }
+
+    /// Sets first-login explicitly (the UI does so when no password change is needed).
+    pub fn set_first_login(&self, value: &str) -> Result<(), SetupError> {
+        if value != "true" && value != "false" {
+            return Err(SetupError::InvalidValue(format!(
+                "first-login must be \"true\" or \"false\", not {value:?}"
+            )));
+        }
+        let mut state = self.lock();
+        let mut next = state.clone();
+        next.settings.insert(FIRST_LOGIN.into(), value.into());
+        self.save(&next)?;
+        *state = next;
+        Ok(())
+    }
+}
+
+/// A valid argon2id hash of a password nobody knows, checked when the username does not exist.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0cwMjmh/+Gl0WkLz5Y8vaHxZ0eTcSxUgjoFBt4r5TdI";
+
+async fn check_password(password: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+        .await
+        .unwrap_or(false)
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Rancher's welcome banner, one log line per line.
+fn log_banner(lines: &[&str]) {
+    tracing::info!("");
+    tracing::info!("-----------------------------------------");
+    tracing::info!("Welcome to Rancher");
+    for line in lines {
+        tracing::info!("{line}");
+    }
+    tracing::info!("-----------------------------------------");
+    tracing::info!("");
+}

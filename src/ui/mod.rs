@@ -1,0 +1,38 @@
+//! The web page at `/` and `/dashboard/`: setup before, status after. One static page embedded in
+//! the binary, which drives the same API as scripts do, plus a public status document it reads.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{Response, StatusCode};
+use serde_json::json;
+
+use crate::http::{AppState, json_response, text_response};
+use crate::pki::inspect::summarize;
+use crate::setup::SERVER_URL;
+
+const PAGE: &str = include_str!("index.html");
+
+pub async fn page() -> Response<Body> {
+    text_response(StatusCode::OK, "text/html; charset=utf-8", PAGE)
+}
+
+/// `/corral/status`: what the page shows. Everything here is public anyway (the certificate is in
+/// every handshake, the checksum is derived from `/cacerts`).
+pub async fn status(State(state): State<Arc<AppState>>) -> Response<Body> {
+    let (server_url, source) = state
+        .setup
+        .setting(SERVER_URL)
+        .map(|(value, source)| (value, source.as_str()))
+        .unwrap_or_default();
+    let body = json!({
+        "firstLogin": state.setup.first_login(),
+        "serverUrl": server_url,
+        "serverUrlSource": source,
+        "pinned": !server_url.is_empty(),
+        "caChecksum": state.checksum,
+        "certificate": summarize(&state.resolver.current_leaf()),
+    });
+    json_response(StatusCode::OK, &body)
+}

@@ -1,0 +1,514 @@
+//! First-start setup through the API and the web page: bootstrap password, login, tokens, password
+//! change, and server-url pinning one certificate for every client.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::webdriver::Browser;
+use common::{Corral, HttpResponse, request, sans, tls_connect};
+use serde_json::Value;
+
+const LOGIN: &str = "/v3-public/localProviders/local?action=login";
+const NEW_PASSWORD: &str = "a-much-better-password";
+
+fn bootstrap_password(corral: &Corral) -> String {
+    corral
+        .logs()
+        .iter()
+        .find_map(|l| l.split("Bootstrap Password: ").nth(1).map(str::to_string))
+        .expect("the banner shows the bootstrap password")
+}
+
+async fn login(addr: SocketAddr, username: &str, password: &str) -> HttpResponse {
+    let body = serde_json::json!({ "username": username, "password": password }).to_string();
+    request(addr, "POST", LOGIN, &[], Some(&body)).await
+}
+
+async fn token(addr: SocketAddr, password: &str) -> String {
+    let response = login(addr, "admin", password).await;
+    assert_eq!(response.status, 201, "{}", response.body);
+    json(&response)["token"].as_str().unwrap().to_string()
+}
+
+fn json(response: &HttpResponse) -> Value {
+    serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("{e}: {}", response.body))
+}
+
+fn bearer(token: &str) -> String {
+    format!("Authorization: Bearer {token}")
+}
+
+async fn put_server_url(addr: SocketAddr, token: &str, value: &str) -> HttpResponse {
+    let body = serde_json::json!({ "value": value }).to_string();
+    request(
+        addr,
+        "PUT",
+        "/v3/settings/server-url",
+        &[&bearer(token)],
+        Some(&body),
+    )
+    .await
+}
+
+async fn change_password(addr: SocketAddr, token: &str, current: &str, new: &str) -> HttpResponse {
+    let body = serde_json::json!({ "currentPassword": current, "newPassword": new }).to_string();
+    request(
+        addr,
+        "POST",
+        "/v3/users?action=changepassword",
+        &[&bearer(token)],
+        Some(&body),
+    )
+    .await
+}
+
+/// The leaf a client sending `sni` gets.
+async fn leaf_for(addr: SocketAddr, sni: Option<&str>) -> Vec<u8> {
+    tls_connect(addr, sni, None).await.unwrap().leaf().to_vec()
+}
+
+#[tokio::test]
+async fn generated_bootstrap_password_is_logged_once_and_stored_hashed() {
+    let corral = Corral::start(&[]);
+    let password = bootstrap_password(&corral);
+    assert_eq!(password.len(), 54);
+    assert!(
+        password
+            .bytes()
+            .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
+    );
+    let logs = corral.logs().join("\n");
+    for line in [
+        "Welcome to Rancher",
+        "A bootstrap password has been generated for your admin user.",
+    ] {
+        assert!(logs.contains(line), "{line}");
+    }
+    assert!(
+        logs.contains(&format!(
+            "/dashboard/?setup={password} to complete setup in the UI"
+        )),
+        "{logs}"
+    );
+
+    let addr = corral.https("127.0.0.1");
+    let token = token(addr, &password).await;
+    let (name, secret) = token.split_once(':').unwrap();
+    assert!(name.starts_with("token-") && secret.len() == 54, "{token}");
+    let stored = std::fs::read_to_string(corral.data_dir.join("setup.json")).unwrap();
+    assert!(stored.contains("$argon2id$"));
+    assert!(
+        !stored.contains(&password) && !stored.contains(secret),
+        "no secret stored in the clear"
+    );
+    assert!(
+        !corral.logs().join("\n").contains(secret),
+        "tokens are never logged"
+    );
+}
+
+#[tokio::test]
+async fn bootstrap_password_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = "lab-bootstrap-password";
+    let corral = Corral::start_in(
+        &dir.path().join("d"),
+        &[],
+        &[("CATTLE_BOOTSTRAP_PASSWORD", password)],
+    )
+    .unwrap();
+    let logs = corral.logs().join("\n");
+    assert!(
+        logs.contains("/dashboard/ to complete setup in the UI"),
+        "{logs}"
+    );
+    assert!(!logs.contains(password), "a given password is not logged");
+    token(corral.https("127.0.0.1"), password).await;
+}
+
+#[tokio::test]
+async fn login_failures_are_401_and_rate_limited() {
+    let corral = Corral::start(&[]);
+    let addr = corral.https("127.0.0.1");
+    let wrong = login(addr, "admin", "not-the-password").await;
+    assert_eq!(wrong.status, 401);
+    assert_eq!(json(&wrong)["message"], "authentication failed");
+    assert_eq!(login(addr, "nobody", "x").await.status, 401);
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(login(addr, "admin", "still-wrong").await.status);
+    }
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    assert!(
+        !corral.logs().join("\n").contains("still-wrong"),
+        "attempted passwords are not logged"
+    );
+}
+
+#[tokio::test]
+async fn v1_login_with_json_and_cookie() {
+    let corral = Corral::start(&[]);
+    let addr = corral.https("127.0.0.1");
+    let password = bootstrap_password(&corral);
+    let body = |kind: &str| {
+        serde_json::json!({"type": "localProvider", "username": "admin", "password": password, "responseType": kind})
+            .to_string()
+    };
+    let as_json = request(addr, "POST", "/v1-public/login", &[], Some(&body("json"))).await;
+    assert_eq!(as_json.status, 201);
+    assert_eq!(json(&as_json)["type"], "token");
+
+    let as_cookie = request(addr, "POST", "/v1-public/login", &[], Some(&body("cookie"))).await;
+    assert_eq!(as_cookie.status, 200);
+    let cookie = as_cookie.header("Set-Cookie").unwrap().to_string();
+    assert!(
+        cookie.starts_with("R_SESS=token-")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("Secure"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap();
+    let setting = request(
+        addr,
+        "GET",
+        "/v3/settings/server-url",
+        &[&format!("Cookie: {session}")],
+        None,
+    )
+    .await;
+    assert_eq!(setting.status, 200, "{}", setting.body);
+    assert_eq!(setting.header("X-Api-Cattle-Auth"), Some("true"));
+    assert_eq!(json(&setting)["source"], "default");
+}
+
+#[tokio::test]
+async fn password_change_rules_and_first_login() {
+    let corral = Corral::start(&[]);
+    let addr = corral.https("127.0.0.1");
+    let password = bootstrap_password(&corral);
+    let first_login = || async {
+        json(&request(addr, "GET", "/v3/settings/first-login", &[], None).await)["value"].clone()
+    };
+    assert_eq!(first_login().await, "true");
+
+    let body =
+        serde_json::json!({"currentPassword": password, "newPassword": NEW_PASSWORD}).to_string();
+    let anonymous = request(
+        addr,
+        "POST",
+        "/v3/users?action=changepassword",
+        &[],
+        Some(&body),
+    )
+    .await;
+    assert_eq!(
+        (anonymous.status, json(&anonymous)["message"].as_str()),
+        (401, Some("must authenticate"))
+    );
+
+    let token = token(addr, &password).await;
+    let short = change_password(addr, &token, &password, "short").await;
+    assert_eq!(short.status, 422);
+    assert!(
+        json(&short)["message"]
+            .as_str()
+            .unwrap()
+            .contains("at least 12")
+    );
+    assert_eq!(
+        change_password(addr, &token, "wrong-current-pw", NEW_PASSWORD)
+            .await
+            .status,
+        422
+    );
+    assert_eq!(
+        change_password(addr, &token, &password, NEW_PASSWORD)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(first_login().await, "false");
+    assert_eq!(
+        login(addr, "admin", &password).await.status,
+        401,
+        "the old password is gone"
+    );
+    assert_eq!(login(addr, "admin", NEW_PASSWORD).await.status, 201);
+}
+
+#[tokio::test]
+async fn server_url_pins_one_certificate_for_every_client() {
+    let corral = Corral::start(&[]);
+    let addr = corral.https("127.0.0.1");
+    let password = bootstrap_password(&corral);
+
+    // Before pinning: minted per name.
+    assert_eq!(
+        sans(&leaf_for(addr, Some("other.lab.test")).await),
+        ["DNS:other.lab.test"]
+    );
+
+    let anonymous = request(
+        addr,
+        "PUT",
+        "/v3/settings/server-url",
+        &[],
+        Some(r#"{"value":"https://pinned.lab.test"}"#),
+    )
+    .await;
+    assert_eq!(anonymous.status, 401, "PUT before login");
+    assert_eq!(
+        request(addr, "GET", "/v3/settings/server-url", &[], None)
+            .await
+            .status,
+        401
+    );
+
+    let token = token(addr, &password).await;
+    for bad in [
+        "pinned.lab.test",
+        "http://pinned.lab.test",
+        "https://pinned.lab.test/path",
+        "https://*.lab.test",
+    ] {
+        let response = put_server_url(addr, &token, bad).await;
+        assert_eq!(response.status, 400, "{bad}: {}", response.body);
+    }
+    let set = put_server_url(addr, &token, "https://pinned.lab.test:8443").await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    assert_eq!(
+        (json(&set)["value"].as_str(), json(&set)["source"].as_str()),
+        (Some("https://pinned.lab.test:8443"), Some("db"))
+    );
+
+    let pinned = leaf_for(addr, Some("pinned.lab.test")).await;
+    assert_eq!(sans(&pinned), ["DNS:pinned.lab.test"]);
+    assert_eq!(leaf_for(addr, Some("other.lab.test")).await, pinned);
+    assert_eq!(leaf_for(addr, Some("brand-new.lab.test")).await, pinned);
+    assert_eq!(leaf_for(addr, None).await, pinned);
+    assert_eq!(leaf_for(corral.https("::1"), None).await, pinned);
+
+    assert_eq!(
+        put_server_url(addr, &token, "https://pinned.lab.test:8443")
+            .await
+            .status,
+        200,
+        "same value: no-op"
+    );
+    let moved = put_server_url(addr, &token, "https://elsewhere.lab.test").await;
+    assert_eq!(moved.status, 409);
+    assert!(
+        json(&moved)["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be changed"),
+        "{}",
+        moved.body
+    );
+    assert_eq!(leaf_for(addr, None).await, pinned);
+
+    // A restart comes back pinned, with the same certificate.
+    let dir = corral.data_dir.clone();
+    let _tmp = corral.stop();
+    let again = Corral::start_in(&dir, &[], &[]).unwrap();
+    let addr = again.https("127.0.0.1");
+    assert_eq!(leaf_for(addr, Some("other.lab.test")).await, pinned);
+    assert_eq!(leaf_for(addr, None).await, pinned);
+    let token = self::token(addr, &password).await;
+    let setting = request(
+        addr,
+        "GET",
+        "/v3/settings/server-url",
+        &[&bearer(&token)],
+        None,
+    )
+    .await;
+    assert_eq!(json(&setting)["value"], "https://pinned.lab.test:8443");
+}
+
+#[tokio::test]
+async fn concurrent_server_url_puts_have_one_winner() {
+    let corral = Corral::start(&[]);
+    let addr = corral.https("127.0.0.1");
+    let token = token(addr, &bootstrap_password(&corral)).await;
+    let attempts: Vec<_> = (0..8)
+        .map(|i| {
+            let token = token.clone();
+            tokio::spawn(async move {
+                let host = format!("host{i}.lab.test");
+                (
+                    host.clone(),
+                    put_server_url(addr, &token, &format!("https://{host}"))
+                        .await
+                        .status,
+                )
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for attempt in attempts {
+        let (host, status) = attempt.await.unwrap();
+        assert!(status == 200 || status == 409, "{host}: {status}");
+        if status == 200 {
+            winners.push(host);
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    assert_eq!(
+        sans(&leaf_for(addr, Some("x.lab.test")).await),
+        [format!("DNS:{}", winners[0])]
+    );
+}
+
+#[tokio::test]
+async fn server_url_from_the_environment_pins_from_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("CATTLE_SERVER_URL", "https://ha.lab.test"),
+        ("CATTLE_BOOTSTRAP_PASSWORD", "env-bootstrap-pw"),
+    ];
+    let corral = Corral::start_in(&dir.path().join("d"), &[], &env).unwrap();
+    let addr = corral.https("127.0.0.1");
+    for sni in [Some("other.lab.test"), Some("ha.lab.test"), None] {
+        assert_eq!(
+            sans(&leaf_for(addr, sni).await),
+            ["DNS:ha.lab.test"],
+            "{sni:?}"
+        );
+    }
+    assert!(
+        !corral
+            .logs()
+            .iter()
+            .any(|l| l.contains("minted certificate")),
+        "nothing is minted"
+    );
+    let token = token(addr, "env-bootstrap-pw").await;
+    let setting = request(
+        addr,
+        "GET",
+        "/v3/settings/server-url",
+        &[&bearer(&token)],
+        None,
+    )
+    .await;
+    assert_eq!(json(&setting)["source"], "env");
+    let refused = put_server_url(addr, &token, "https://ha.lab.test").await;
+    assert_eq!(refused.status, 405);
+    assert_eq!(
+        json(&refused)["message"],
+        "server-url is readOnly because its value is from environment variable"
+    );
+    let cacerts = request(
+        addr,
+        "PUT",
+        "/v3/settings/cacerts",
+        &[&bearer(&token)],
+        Some(r#"{"value":"x"}"#),
+    )
+    .await;
+    assert_eq!(
+        (cacerts.status, json(&cacerts)["message"].as_str()),
+        (405, Some("cacerts is readOnly"))
+    );
+}
+
+#[tokio::test]
+async fn shared_mode_keeps_learned_names_and_adds_only_the_host() {
+    let corral = Corral::start(&["--cert-mode", "shared"]);
+    let addr = corral.https("127.0.0.1");
+    tls_connect(addr, Some("before.lab.test"), None)
+        .await
+        .unwrap();
+    let token = token(addr, &bootstrap_password(&corral)).await;
+    assert_eq!(
+        put_server_url(addr, &token, "https://rancher.lab.test")
+            .await
+            .status,
+        200
+    );
+    let names = sans(&leaf_for(addr, Some("after.lab.test")).await);
+    assert!(
+        names.contains(&"DNS:before.lab.test".into())
+            && names.contains(&"DNS:rancher.lab.test".into()),
+        "{names:?}"
+    );
+    assert!(!names.contains(&"DNS:after.lab.test".into()), "{names:?}");
+}
+
+#[tokio::test]
+async fn a_browser_completes_setup_through_the_page() {
+    let corral = Corral::start(&[]);
+    let ca = corral.cacerts().await;
+    let password = bootstrap_password(&corral);
+    let host = "pinned.lab.test";
+    let origin = format!("https://{host}:{}", corral.https_port);
+    let browser = Browser::start(&ca, host).await;
+
+    browser
+        .goto(&format!("{origin}/dashboard/?setup={password}"))
+        .await;
+    assert!(
+        browser
+            .wait_until(
+                "return !document.getElementById('setup').hidden",
+                Duration::from_secs(20)
+            )
+            .await
+    );
+    assert_eq!(
+        browser.property("#server-url", "value").await,
+        origin.as_str(),
+        "prefilled from the address bar"
+    );
+    assert_eq!(
+        browser.property("#current", "value").await,
+        password.as_str(),
+        "prefilled from ?setup="
+    );
+    browser.screenshot("setup-1-form").await;
+
+    // A mistake is shown inline.
+    browser
+        .type_into("#current", "wrong-bootstrap-password")
+        .await;
+    browser.type_into("#new-password", NEW_PASSWORD).await;
+    browser.type_into("#confirm-password", NEW_PASSWORD).await;
+    browser.click("#submit").await;
+    assert!(browser.wait_until("return document.getElementById('error').textContent.includes('authentication failed')", Duration::from_secs(20)).await,
+        "{}", browser.page_text().await);
+    browser.screenshot("setup-2-error").await;
+
+    browser.type_into("#current", &password).await;
+    browser.click("#submit").await;
+    assert!(
+        browser
+            .wait_until(
+                "return !document.getElementById('status').hidden",
+                Duration::from_secs(30)
+            )
+            .await,
+        "{}",
+        browser.page_text().await
+    );
+    let text = browser.page_text().await;
+    let checksum = common::sh(&format!(
+        "curl -sk https://127.0.0.1:{}/cacerts | sha256sum | cut -d' ' -f1",
+        corral.https_port
+    ));
+    assert!(
+        text.contains(&origin) && text.contains(&checksum) && text.contains("DNS:pinned.lab.test"),
+        "{text}"
+    );
+    let shot = browser.screenshot("setup-3-status").await;
+    eprintln!("screenshots in {}", shot.parent().unwrap().display());
+
+    // The API agrees: pinned, first login over, the new password works.
+    assert_eq!(
+        sans(&leaf_for(corral.https("127.0.0.1"), Some("elsewhere.lab.test")).await),
+        ["DNS:pinned.lab.test"]
+    );
+    token(corral.https("127.0.0.1"), NEW_PASSWORD).await;
+}
