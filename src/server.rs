@@ -4,7 +4,6 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -100,19 +99,9 @@ fn banner_url(config: &Config) -> String {
 
 /// The `cacerts` setting as the endpoints present it.
 fn ca_setting(ca: &CertificateAuthority) -> CaSetting {
-    let digest = hex::encode(Sha256::digest(ca.der()));
-    let uuid = format!(
-        "{}-{}-{}-{}-{}",
-        &digest[0..8],
-        &digest[8..12],
-        &digest[12..16],
-        &digest[16..20],
-        &digest[20..32]
-    );
     CaSetting {
         value: ca.cacerts().to_string(),
         created: ca.not_before() + BACKDATE,
-        uuid,
     }
 }
 

@@ -40,6 +40,19 @@ fn bearer(token: &str) -> String {
     format!("Authorization: Bearer {token}")
 }
 
+async fn get_server_url(addr: SocketAddr, token: &str) -> Value {
+    json(
+        &request(
+            addr,
+            "GET",
+            "/v3/settings/server-url",
+            &[&bearer(token)],
+            None,
+        )
+        .await,
+    )
+}
+
 async fn put_server_url(addr: SocketAddr, token: &str, value: &str) -> HttpResponse {
     let body = serde_json::json!({ "value": value }).to_string();
     request(
@@ -317,15 +330,10 @@ async fn server_url_pins_one_certificate_for_every_client() {
     assert_eq!(leaf_for(addr, Some("other.lab.test")).await, pinned);
     assert_eq!(leaf_for(addr, None).await, pinned);
     let token = self::token(addr, &password).await;
-    let setting = request(
-        addr,
-        "GET",
-        "/v3/settings/server-url",
-        &[&bearer(&token)],
-        None,
-    )
-    .await;
-    assert_eq!(json(&setting)["value"], "https://pinned.lab.test:8443");
+    assert_eq!(
+        get_server_url(addr, &token).await["value"],
+        "https://pinned.lab.test:8443"
+    );
 }
 
 #[tokio::test]
@@ -386,15 +394,7 @@ async fn server_url_from_the_environment_pins_from_boot() {
         "nothing is minted"
     );
     let token = token(addr, "env-bootstrap-pw").await;
-    let setting = request(
-        addr,
-        "GET",
-        "/v3/settings/server-url",
-        &[&bearer(&token)],
-        None,
-    )
-    .await;
-    assert_eq!(json(&setting)["source"], "env");
+    assert_eq!(get_server_url(addr, &token).await["source"], "env");
     let refused = put_server_url(addr, &token, "https://ha.lab.test").await;
     assert_eq!(refused.status, 405);
     assert_eq!(

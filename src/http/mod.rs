@@ -55,8 +55,6 @@ pub struct CaSetting {
     /// The trimmed PEM (empty when there is no CA to distribute).
     pub value: String,
     pub created: time::OffsetDateTime,
-    /// A stable id for the setting object, derived from its value.
-    pub uuid: String,
 }
 
 /// Everything the handlers read.
