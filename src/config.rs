@@ -78,6 +78,9 @@ pub struct ServeArgs {
     /// Seconds a client has to complete its TLS handshake [default: 10].
     #[arg(long, env = "CORRAL_HANDSHAKE_TIMEOUT", value_name = "SECONDS")]
     pub handshake_timeout: Option<u64>,
+    /// Seconds the cluster proxy waits for an absent agent before answering 503 [default: 15].
+    #[arg(long, env = "CORRAL_AGENT_WAIT", value_name = "SECONDS")]
+    pub agent_wait: Option<u64>,
     /// Pin server-url from boot (the HA-style install): one certificate for its host, read-only.
     #[arg(long, env = "CATTLE_SERVER_URL", value_name = "URL")]
     pub server_url: Option<String>,
@@ -99,6 +102,7 @@ struct FileSettings {
     cert_expiration_days: Option<u32>,
     rotate_days: Option<u32>,
     handshake_timeout: Option<u64>,
+    agent_wait: Option<u64>,
     server_url: Option<String>,
 }
 
@@ -118,6 +122,7 @@ pub struct Config {
     pub cert_expiration_days: u32,
     pub rotate_days: u32,
     pub handshake_timeout: Duration,
+    pub agent_wait: Duration,
     pub server_url: Option<ServerUrl>,
     /// `CATTLE_BOOTSTRAP_PASSWORD` (environment only, so it never shows in `ps`).
     pub bootstrap_password: Option<Secret>,
@@ -199,6 +204,7 @@ impl Config {
                     .or(file.handshake_timeout)
                     .unwrap_or(10),
             ),
+            agent_wait: Duration::from_secs(args.agent_wait.or(file.agent_wait).unwrap_or(15)),
             server_url: args
                 .server_url
                 .or(file.server_url)

@@ -5,11 +5,16 @@
 //! [`http`] (Rancher's endpoints), [`setup`] (bootstrap, users, tokens, server-url),
 //! [`ui`] (the embedded web page), [`server`] (startup wiring).
 
+pub mod agent;
+pub mod client;
+pub mod clusters;
 pub mod config;
 pub mod http;
+pub mod kubeconfig;
 pub mod pki;
 pub mod server;
 pub mod setup;
 pub mod state;
 pub mod tls;
+pub mod tunnel;
 pub mod ui;

@@ -27,6 +27,39 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Run cluster agent(s): verify the server's CA checksum, open a tunnel, relay the server's dials.
+    Agent(corral::agent::AgentArgs),
+    /// Print a kubeconfig for a cluster, reached through corral's cluster proxy.
+    Kubeconfig(KubeconfigArgs),
+}
+
+#[derive(clap::Args)]
+struct KubeconfigArgs {
+    /// The corral server.
+    #[arg(
+        long,
+        env = "CATTLE_SERVER",
+        default_value = "https://127.0.0.1:8443",
+        value_name = "URL"
+    )]
+    server: String,
+    /// A login token (`token-xxxxx:secret`).
+    #[arg(
+        long,
+        env = "CORRAL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: String,
+    /// The cluster id (`c-xxxxx`).
+    #[arg(long, value_name = "ID")]
+    cluster: String,
+    /// Verify the server against this CA file (e.g. saved from /cacerts).
+    #[arg(long, value_name = "FILE", required_unless_present = "insecure")]
+    cacert: Option<PathBuf>,
+    /// Do not verify the server's certificate.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Subcommand)]
@@ -43,6 +76,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Agent(args) => agent(args),
+        Command::Kubeconfig(args) => kubeconfig(args),
         Command::Ca {
             command: CaCommand::Checksum { data_dir },
         } => {
@@ -67,12 +102,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => return fail(2, e),
     };
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(e) => return fail(1, format!("cannot start the runtime: {e}")),
+        Err(code) => return code,
     };
     runtime.block_on(async {
         if let Err(e) = corral::server::start(&config).await {
@@ -82,6 +114,81 @@ fn serve(args: ServeArgs) -> ExitCode {
         tracing::info!("shutting down");
         ExitCode::SUCCESS
     })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(1, format!("cannot start the runtime: {e}")))
+}
+
+fn agent(args: corral::agent::AgentArgs) -> ExitCode {
+    init_logging();
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    runtime.block_on(async {
+        let prepared = match corral::agent::prepare(&args).await {
+            Ok(prepared) => prepared,
+            Err(e) => return fail(1, e),
+        };
+        tokio::select! {
+            _ = corral::agent::run(args, prepared) => {}
+            _ = shutdown_signal() => {}
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+fn kubeconfig(args: KubeconfigArgs) -> ExitCode {
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    runtime.block_on(async {
+        match fetch_kubeconfig(&args).await {
+            Ok(config) => {
+                print!("{config}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(1, e),
+        }
+    })
+}
+
+async fn fetch_kubeconfig(args: &KubeconfigArgs) -> Result<String, String> {
+    use corral::client::{Target, tls_insecure, tls_trusting};
+    let target = Target::parse(&args.server)?;
+    let tls = match &args.cacert {
+        Some(path) if !args.insecure => {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            tls_trusting(&pem, &[b"http/1.1"])?
+        }
+        _ => tls_insecure(),
+    };
+    let path = format!("/v3/clusters/{}?action=generateKubeconfig", args.cluster);
+    let bearer = format!("Bearer {}", args.token);
+    let (status, body) = target
+        .request(
+            tls,
+            "POST",
+            &path,
+            &[("authorization", bearer.as_str())],
+            None,
+        )
+        .await?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| format!("unexpected answer ({status}): {e}"))?;
+    match json["config"].as_str() {
+        Some(config) if status.is_success() => Ok(config.to_string()),
+        _ => Err(format!(
+            "{status}: {}",
+            json["message"].as_str().unwrap_or("no kubeconfig")
+        )),
+    }
 }
 
 fn fail(code: u8, error: impl std::fmt::Display) -> ExitCode {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::clusters::Clusters;
 use crate::config::Config;
 use crate::http::{AppState, CaSetting, HttpApp};
 use crate::pki::ca::BACKDATE;
@@ -13,6 +14,7 @@ use crate::pki::{CertificateAuthority, LeafFactory, ca_checksum};
 use crate::setup::Setup;
 use crate::state::DataDir;
 use crate::tls::{CertResolver, Listener, Termination};
+use crate::tunnel::TunnelRegistry;
 
 /// A started server: its listeners are running on the runtime.
 pub struct RunningServer {
@@ -53,6 +55,9 @@ pub async fn start(config: &Config) -> Result<RunningServer, String> {
         checksum: checksum.clone(),
         setup: Arc::new(setup),
         resolver: resolver.clone(),
+        clusters: Arc::new(Clusters::open(&dir)?),
+        tunnels: Arc::new(TunnelRegistry::new()),
+        agent_wait: config.agent_wait,
     }));
     let tls = Termination::Tls {
         resolver,

@@ -71,6 +71,11 @@ impl DataDir {
         self.root.join("pinned-cert.json")
     }
 
+    /// Clusters and their registration tokens (hashed).
+    pub fn clusters(&self) -> PathBuf {
+        self.root.join("clusters.json")
+    }
+
     /// Users, tokens and settings written through setup and the API.
     pub fn setup_state(&self) -> PathBuf {
         self.root.join("setup.json")

@@ -1,4 +1,5 @@
-//! `/ping` and `/healthz`, as Rancher's steve health handler and Kubernetes' healthz install them.
+//! `/ping`, `/healthz` and `/version`, as Rancher's steve health handler, Kubernetes' healthz and
+//! Rancher's version handler answer them.
 
 use axum::body::Body;
 use axum::extract::RawQuery;
@@ -30,4 +31,15 @@ pub async fn healthz(RawQuery(query): RawQuery) -> Response<Body> {
 /// `/healthz/ping`: the single check.
 pub async fn healthz_ping() -> Response<Body> {
     text_response(StatusCode::OK, TEXT, "ok")
+}
+
+/// `/version`: the server's version, in Rancher's shape. (`kubectl get --raw /version` with a cluster
+/// kubeconfig lands here: kubectl sends raw paths from the host's root, not under the cluster prefix.)
+pub async fn version() -> Response<Body> {
+    let body = serde_json::json!({
+        "Version": concat!("corral-v", env!("CARGO_PKG_VERSION")),
+        "GitCommit": "unknown",
+        "RancherPrime": "false",
+    });
+    super::json_response(StatusCode::OK, &body)
 }

@@ -3,7 +3,10 @@
 
 mod auth;
 mod cacerts;
+mod clusters;
+mod connect;
 mod health;
+mod k8s;
 mod login;
 mod redirect;
 mod settings;
@@ -64,6 +67,10 @@ pub struct AppState {
     pub checksum: String,
     pub setup: Arc<Setup>,
     pub resolver: Arc<CertResolver>,
+    pub clusters: Arc<crate::clusters::Clusters>,
+    pub tunnels: Arc<crate::tunnel::TunnelRegistry>,
+    /// How long the cluster proxy waits for an absent agent before answering 503.
+    pub agent_wait: Duration,
 }
 
 /// The HTTP application shared by every connection.
@@ -80,11 +87,27 @@ impl HttpApp {
             .route("/ping", any(health::ping))
             .route("/healthz", any(health::healthz))
             .route("/healthz/ping", any(health::healthz_ping))
+            .route("/version", get(health::version))
             .route("/cacerts", any(cacerts::cacerts))
             .route("/v3-public/localProviders/local", post(login::v3_public))
             .route("/v1-public/login", post(login::v1_public))
             .route("/v3/users", post(users::action))
             .route("/v3/settings/{name}", any(settings::setting))
+            .route("/v3/connect", any(connect::connect))
+            .route("/v3/connect/register", any(connect::connect))
+            .route("/v3/clusters", post(clusters::create).get(clusters::list))
+            .route(
+                "/v3/clusters/{id}",
+                get(clusters::get).post(clusters::action),
+            )
+            .route(
+                "/v3/clusterregistrationtokens",
+                post(clusters::create_token),
+            )
+            .route("/v3/import/{file}", get(clusters::import))
+            .route("/k8s/clusters/{id}", any(k8s::cluster_proxy))
+            .route("/k8s/clusters/{id}/", any(k8s::cluster_proxy))
+            .route("/k8s/clusters/{id}/{*rest}", any(k8s::cluster_proxy))
             .route("/", get(crate::ui::page))
             .route("/dashboard", get(crate::ui::page))
             .route("/dashboard/", get(crate::ui::page))

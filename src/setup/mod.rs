@@ -287,10 +287,11 @@ impl Setup {
         if !check_password(password.to_string(), user.password_hash.clone()).await {
             return Err(SetupError::AuthenticationFailed);
         }
-        self.issue_token(&user.id)
+        self.issue_token(&user.id, SESSION_TTL_SECS)
     }
 
-    fn issue_token(&self, user_id: &str) -> Result<IssuedToken, SetupError> {
+    /// A new token for `user_id`, valid for `ttl_secs` (logins; kubeconfigs).
+    pub fn issue_token(&self, user_id: &str, ttl_secs: i64) -> Result<IssuedToken, SetupError> {
         let name = format!("token-{}", random_suffix());
         let secret = random_token(secrets::TOKEN_LENGTH);
         let created = now();
@@ -299,7 +300,7 @@ impl Setup {
             secret_hash: hash_token_secret(&secret),
             user_id: user_id.to_string(),
             created,
-            expires_at: created + SESSION_TTL_SECS,
+            expires_at: created + ttl_secs,
         };
         let mut state = self.lock();
         let mut next = state.clone();

@@ -2,6 +2,7 @@
 //! ports, and talk to it with real clients (rustls here; curl and openssl through `Command`).
 #![allow(dead_code)]
 
+pub mod target;
 pub mod webdriver;
 
 use std::io::{BufRead, BufReader};
@@ -115,6 +116,10 @@ impl Corral {
         SocketAddr::new([127, 0, 0, 1].into(), self.http_port)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }
@@ -161,6 +166,16 @@ impl WaitTimeout for Child {
 fn port_after(line: &str, marker: &str) -> Option<u16> {
     let rest = &line[line.find(marker)? + marker.len()..];
     rest.trim().rsplit(':').next()?.parse().ok()
+}
+
+/// Resident memory of a process, in KiB (from /proc).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Runs corral to completion (for commands that must fail or print), with a time limit.

@@ -1,0 +1,239 @@
+//! `corral agent`: what cattle-cluster-agent does. It checks `/ping`, fetches the CA without
+//! verification, refuses to go on unless the CA matches the given checksum, verifies the server
+//! against that CA alone, then keeps a tunnel open (`/v3/connect/register` first, `/v3/connect`
+//! after a first success), dials what the server asks within `--allow`, and reconnects after a drop.
+//! `--count N` runs N such agents in one process, for load tests.
+
+mod policy;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use rand::Rng;
+use rustls::ClientConfig;
+use sha2::{Digest, Sha256};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use crate::client::{Target, tls_insecure, tls_trusting};
+use crate::tunnel::{ClusterParams, Role, Session};
+pub use policy::AllowPolicy;
+
+/// Pause between tunnel attempts: remotedialer waits 5 s, plus jitter so many agents spread out.
+const RECONNECT_DELAY: Duration = Duration::from_secs(5);
+const RECONNECT_JITTER_MS: u64 = 2_000;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// The corral (or Rancher) server, e.g. https://rancher.lab.test:8443 (CATTLE_SERVER).
+    #[arg(long, env = "CATTLE_SERVER", value_name = "URL")]
+    pub server: String,
+    /// Cluster registration token(s); with --count, agent i uses token i mod their number (CATTLE_TOKEN).
+    #[arg(
+        long,
+        env = "CATTLE_TOKEN",
+        value_delimiter = ',',
+        required = true,
+        hide_env_values = true
+    )]
+    pub token: Vec<String>,
+    /// Expected CA checksum: lower-case hex SHA-256 of the server's CA (CATTLE_CA_CHECKSUM).
+    #[arg(long, env = "CATTLE_CA_CHECKSUM", value_name = "HEX")]
+    pub ca_checksum: String,
+    /// The cluster API address the server should reach through the tunnel.
+    #[arg(long, default_value = "127.0.0.1:6443", value_name = "HOST:PORT")]
+    pub address: String,
+    /// PEM of the CA that signed that API's certificate; without it the server speaks plain HTTP to it.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Bearer token the server presents to that API.
+    #[arg(
+        long,
+        env = "CORRAL_AGENT_SA_TOKEN",
+        default_value = "",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub sa_token: String,
+    /// What the server may make this agent dial: `tcp:*`, `tcp:HOST:PORT`, `unix:PATH`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "tcp:*",
+        value_name = "PROTO:ADDR"
+    )]
+    pub allow: Vec<String>,
+    /// Number of agents to run in this process.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub count: usize,
+}
+
+/// Everything checked before any tunnel is opened; each failure ends the command.
+pub async fn prepare(args: &AgentArgs) -> Result<Prepared, String> {
+    let target = Target::parse(&args.server)?;
+    let insecure = tls_insecure();
+    let (status, _) = target
+        .request(insecure.clone(), "GET", "/ping", &[], None)
+        .await?;
+    if !status.is_success() {
+        return Err(format!("{}/ping answered {status}", args.server));
+    }
+    let (status, body_json) = target
+        .request(
+            insecure,
+            "GET",
+            "/v3/settings/cacerts",
+            &[("accept", "application/json")],
+            None,
+        )
+        .await?;
+    if !status.is_success() {
+        return Err(format!(
+            "{}/v3/settings/cacerts answered {status}",
+            args.server
+        ));
+    }
+    let value = serde_json::from_slice::<serde_json::Value>(&body_json)
+        .ok()
+        .and_then(|v| v["value"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    if value.is_empty() {
+        return Err(format!(
+            "The environment variable CATTLE_CA_CHECKSUM is set but there is no CA certificate configured at {}/v3/settings/cacerts",
+            args.server
+        ));
+    }
+    // `jq -r .value` prints the value and a newline; that is what agents hash.
+    let pem = format!("{value}\n");
+    let actual = hex::encode(Sha256::digest(pem.as_bytes()));
+    if actual != args.ca_checksum.trim().to_ascii_lowercase() {
+        return Err(format!(
+            "Configured cacerts checksum ({actual}) does not match given --ca-checksum ({})",
+            args.ca_checksum
+        ));
+    }
+    let tls = tls_trusting(pem.as_bytes(), &[b"http/1.1"])?;
+    // Like the Go agent's first verified request: a server whose certificate this CA did not sign
+    // is refused here, before any tunnel.
+    target
+        .request(tls.clone(), "GET", "/ping", &[], None)
+        .await
+        .map_err(|e| format!("the server's certificate does not verify against its CA: {e}"))?;
+    let ca_cert = match &args.ca_cert {
+        Some(path) => {
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        }
+        None => Vec::new(),
+    };
+    let params = ClusterParams {
+        address: args.address.clone(),
+        ca_cert: base64::engine::general_purpose::STANDARD.encode(ca_cert),
+        token: args.sa_token.trim().to_string(),
+    };
+    let policy = AllowPolicy::parse(&args.allow)?;
+    Ok(Prepared {
+        target,
+        tls,
+        params_header: base64::engine::general_purpose::STANDARD
+            .encode(serde_json::json!({ "cluster": params }).to_string()),
+        policy: Arc::new(policy),
+    })
+}
+
+/// What every agent of this process shares.
+pub struct Prepared {
+    target: Target,
+    tls: Arc<ClientConfig>,
+    params_header: String,
+    policy: Arc<AllowPolicy>,
+}
+
+/// Runs `args.count` agents until the process is stopped.
+pub async fn run(args: AgentArgs, prepared: Prepared) {
+    let prepared = Arc::new(prepared);
+    let mut agents = tokio::task::JoinSet::new();
+    for i in 0..args.count {
+        let token = args.token[i % args.token.len()].clone();
+        agents.spawn(agent_loop(prepared.clone(), token, i));
+    }
+    while agents.join_next().await.is_some() {}
+}
+
+async fn agent_loop(prepared: Arc<Prepared>, token: String, index: usize) {
+    let mut registered = false;
+    loop {
+        let path = if registered {
+            "/v3/connect"
+        } else {
+            "/v3/connect/register"
+        };
+        tracing::debug!(
+            "agent {index}: connecting to wss://{}{path} with token starting with {}",
+            prepared.target.authority(),
+            &token[..token.len() / 2]
+        );
+        match connect_once(&prepared, &token, path).await {
+            Ok(session_result) => {
+                registered = true;
+                match session_result {
+                    Ok(()) => tracing::info!("agent {index}: tunnel closed"),
+                    Err(e) => tracing::warn!("agent {index}: tunnel ended: {e}"),
+                }
+            }
+            Err(e) => tracing::warn!("agent {index}: cannot open the tunnel: {e}"),
+        }
+        let jitter = rand::rng().random_range(0..RECONNECT_JITTER_MS);
+        tokio::time::sleep(RECONNECT_DELAY + Duration::from_millis(jitter)).await;
+    }
+}
+
+/// One tunnel: the WebSocket handshake (`Err` if refused), then the session until it ends.
+async fn connect_once(
+    prepared: &Prepared,
+    token: &str,
+    path: &str,
+) -> Result<Result<(), String>, String> {
+    let tls = prepared.target.connect(prepared.tls.clone()).await?;
+    let url = format!("wss://{}{path}", prepared.target.authority());
+    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+    let header = |v: &str| HeaderValue::from_str(v).map_err(|e| e.to_string());
+    request
+        .headers_mut()
+        .insert("X-API-Tunnel-Token", header(token)?);
+    request
+        .headers_mut()
+        .insert("X-API-Tunnel-Params", header(&prepared.params_header)?);
+    let handshake = tokio_tungstenite::client_async_with_config(
+        request,
+        tls,
+        Some(crate::tunnel::websocket::config()),
+    );
+    let (ws, _) = tokio::time::timeout(Duration::from_secs(10), handshake)
+        .await
+        .map_err(|_| "WebSocket handshake timed out".to_string())?
+        .map_err(describe_handshake_error)?;
+    tracing::info!("connected to {}{path}", prepared.target.authority());
+    let policy = prepared.policy.clone();
+    let (session, outgoing) = Session::new(
+        Role::Client,
+        "client",
+        Some(Arc::new(move |p: &str, a: &str| policy.allows(p, a))),
+    );
+    Ok(session.run(ws, outgoing).await)
+}
+
+fn describe_handshake_error(error: tokio_tungstenite::tungstenite::Error) -> String {
+    match error {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            let body = response
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            format!("the server answered {}: {body}", response.status())
+        }
+        other => other.to_string(),
+    }
+}

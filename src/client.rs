@@ -1,0 +1,216 @@
+//! A small HTTPS client for corral's own commands (`corral agent`, `corral kubeconfig`): one request
+//! per connection over rustls, either verifying against given roots or, like `curl --insecure`, not.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// How long one request may take, connect to last byte.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest response body read.
+const MAX_BODY: usize = 16 << 20;
+
+/// A parsed `https://host[:port]` base URL.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Target {
+    pub fn parse(base: &str) -> Result<Self, String> {
+        let url = url::Url::parse(base).map_err(|e| format!("invalid URL {base:?}: {e}"))?;
+        if url.scheme() != "https" {
+            return Err(format!("invalid URL {base:?}: the scheme must be https"));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| format!("invalid URL {base:?}: no host"))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        Ok(Self {
+            host,
+            port: url.port_or_known_default().unwrap_or(443),
+        })
+    }
+
+    /// `host:port`, with IPv6 brackets, for the Host header and socket address.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    pub fn server_name(&self) -> Result<ServerName<'static>, String> {
+        ServerName::try_from(self.host.clone())
+            .map_err(|e| format!("invalid server name {}: {e}", self.host))
+    }
+
+    /// Opens a TLS connection with `tls`.
+    pub async fn connect(
+        &self,
+        tls: Arc<ClientConfig>,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+        let tcp = TcpStream::connect(self.authority())
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", self.authority()))?;
+        TlsConnector::from(tls)
+            .connect(self.server_name()?, tcp)
+            .await
+            .map_err(|e| format!("TLS with {} failed: {e}", self.authority()))
+    }
+
+    /// One request; returns the status and body.
+    pub async fn request(
+        &self,
+        tls: Arc<ClientConfig>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Result<(StatusCode, Bytes), String> {
+        tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            self.request_inner(tls, method, path, headers, body),
+        )
+        .await
+        .map_err(|_| format!("{method} {path}: timed out"))?
+    }
+
+    async fn request_inner(
+        &self,
+        tls: Arc<ClientConfig>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let stream = self.connect(tls).await?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, self.authority());
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("{method} {path}: {e}"))?;
+        let status = response.status();
+        let limited = http_body_util::Limited::new(response.into_body(), MAX_BODY);
+        let bytes = limited
+            .collect()
+            .await
+            .map_err(|e| format!("{method} {path}: {e}"))?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// TLS trusting only the certificates in `pem` (a CA bundle).
+pub fn tls_trusting(pem: &[u8], alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        roots
+            .add(cert.map_err(|e| format!("bad CA PEM: {e}"))?)
+            .map_err(|e| format!("bad CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no CA certificate in the PEM".into());
+    }
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// TLS that accepts any certificate, as `curl --insecure`: only for fetching what is verified
+/// another way (the CA, checked against its checksum).
+pub fn tls_insecure() -> Arc<ClientConfig> {
+    let provider = provider();
+    let config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("default versions are supported")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+#[derive(Debug)]
+struct AcceptAny(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -1,0 +1,84 @@
+//! `/v3/connect` and `/v3/connect/register`: agents open their tunnel here. Authentication runs
+//! before the WebSocket upgrade, as remotedialer's server does: no token → 401 `failed
+//! authentication`; an unknown token or bad params → 400 with Rancher's texts.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Request, Response, StatusCode};
+use base64::Engine;
+use serde::Deserialize;
+
+use super::{AppState, text_response};
+use crate::tunnel::{ClusterParams, websocket};
+
+#[derive(Deserialize)]
+struct TunnelParams {
+    cluster: Option<ClusterParams>,
+    node: Option<serde_json::Value>,
+}
+
+pub async fn connect(State(state): State<Arc<AppState>>, mut req: Request<Body>) -> Response<Body> {
+    let (cluster_id, params) = match authorize(&state, req.headers()) {
+        Ok(found) => found,
+        Err((status, text)) => {
+            tracing::info!("tunnel refused ({status}): {text}");
+            return text_response(status, "text/plain; charset=utf-8", text);
+        }
+    };
+    let (response, on_upgrade) = match websocket::upgrade(&mut req) {
+        Ok(pair) => pair,
+        Err((status, text)) => return text_response(status, "text/plain; charset=utf-8", text),
+    };
+    let tunnels = state.tunnels.clone();
+    tokio::spawn(async move {
+        match websocket::accept(on_upgrade).await {
+            Ok(ws) => tunnels.serve(&cluster_id, params, ws).await,
+            Err(e) => tracing::warn!("tunnel upgrade for {cluster_id} failed: {e}"),
+        }
+    });
+    response
+}
+
+/// remotedialer's authorizer chain, reduced to cluster agents: the cluster a registration token
+/// belongs to, and what its agent advertises.
+fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<(String, ClusterParams), (StatusCode, String)> {
+    let bad = |text: &str| (StatusCode::BAD_REQUEST, text.to_string());
+    let token = headers
+        .get("x-api-tunnel-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if token.is_empty() {
+        return Err((StatusCode::UNAUTHORIZED, "failed authentication".into()));
+    }
+    let cluster = state
+        .clusters
+        .find_by_token(token)
+        .ok_or_else(|| bad("cluster not found"))?;
+    let raw = headers
+        .get("x-api-tunnel-params")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let json = base64::engine::general_purpose::STANDARD
+        .decode(raw.trim())
+        .map_err(|e| bad(&format!("illegal base64 data in X-API-Tunnel-Params: {e}")))?;
+    let params: TunnelParams = serde_json::from_slice(&json)
+        .map_err(|e| bad(&format!("invalid X-API-Tunnel-Params: {e}")))?;
+    let Some(cluster_params) = params.cluster else {
+        return Err(match params.node {
+            Some(_) => bad("node agents are not supported by corral"),
+            None => bad("missing node or cluster registration info"),
+        });
+    };
+    if cluster_params.address.trim().is_empty() {
+        return Err(bad("invalid input, address empty"));
+    }
+    if cluster_params.token.trim().is_empty() {
+        return Err(bad("invalid input, token empty"));
+    }
+    Ok((cluster.id, cluster_params))
+}

@@ -1,0 +1,14 @@
+//! Agent tunnels, wire-compatible with rancher/remotedialer: the message codec, multiplexed streams
+//! with Pause/Resume flow control, sessions on either end, the server's session registry and dialer,
+//! and the cluster proxy that reaches a cluster's API through its tunnel.
+
+pub mod codec;
+pub mod proxy;
+pub mod registry;
+pub mod session;
+pub mod stream;
+pub mod websocket;
+
+pub use registry::{ClusterParams, TunnelRegistry};
+pub use session::{Role, Session};
+pub use stream::TunnelStream;

@@ -1,0 +1,135 @@
+//! The server's tunnel sessions, by client key (the cluster id), and the dialer that opens streams
+//! through them. With several sessions for one key the oldest serves dials, as in remotedialer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
+use tokio_tungstenite::WebSocketStream;
+
+use super::session::{Role, Session};
+use super::stream::TunnelStream;
+
+/// What a cluster agent advertises in `X-API-Tunnel-Params`: where its API is, the CA to verify it
+/// with (base64 of a PEM; empty for a plain-HTTP lab target) and the token to present to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterParams {
+    #[serde(default)]
+    pub address: String,
+    #[serde(default, rename = "caCert")]
+    pub ca_cert: String,
+    #[serde(default)]
+    pub token: String,
+}
+
+struct Entry {
+    session: Arc<Session>,
+    params: ClusterParams,
+}
+
+/// Live sessions by client key.
+#[derive(Default)]
+pub struct TunnelRegistry {
+    sessions: Mutex<HashMap<String, Vec<Entry>>>,
+    /// Woken whenever a session is added, for dials waiting on an agent.
+    added: Notify,
+}
+
+impl TunnelRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<Entry>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs a server session for `key` over `ws` until it ends.
+    pub async fn serve<S>(&self, key: &str, params: ClusterParams, ws: WebSocketStream<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (session, outgoing) = Session::new(Role::Server, key, None);
+        self.lock().entry(key.to_string()).or_default().push(Entry {
+            session: session.clone(),
+            params,
+        });
+        self.added.notify_waiters();
+        tracing::info!(
+            "tunnel for {key} connected (session {})",
+            session.session_key
+        );
+        let result = session.run(ws, outgoing).await;
+        self.remove(key, &session);
+        match result {
+            Ok(()) => tracing::info!("tunnel for {key} closed"),
+            Err(e) => tracing::warn!("tunnel for {key} ended: {e}"),
+        }
+    }
+
+    fn remove(&self, key: &str, session: &Arc<Session>) {
+        let mut sessions = self.lock();
+        if let Some(list) = sessions.get_mut(key) {
+            list.retain(|e| !Arc::ptr_eq(&e.session, session));
+            if list.is_empty() {
+                sessions.remove(key);
+            }
+        }
+    }
+
+    /// The session that serves dials for `key` (the oldest live one) and what its agent advertised.
+    pub fn first(&self, key: &str) -> Option<(Arc<Session>, ClusterParams)> {
+        let sessions = self.lock();
+        let entry = sessions.get(key)?.iter().find(|e| !e.session.is_closed())?;
+        Some((entry.session.clone(), entry.params.clone()))
+    }
+
+    /// Like [`first`](Self::first), waiting up to `limit` for an agent to connect.
+    pub async fn wait_for(
+        &self,
+        key: &str,
+        limit: Duration,
+    ) -> Option<(Arc<Session>, ClusterParams)> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let added = self.added.notified();
+            if let Some(found) = self.first(key) {
+                return Some(found);
+            }
+            if tokio::time::timeout_at(deadline, added).await.is_err() {
+                return self.first(key);
+            }
+        }
+    }
+
+    pub fn is_connected(&self, key: &str) -> bool {
+        self.first(key).is_some()
+    }
+
+    /// Opens a stream to `proto`/`address` through `key`'s tunnel.
+    pub async fn dial(
+        &self,
+        key: &str,
+        proto: &str,
+        address: &str,
+    ) -> std::io::Result<TunnelStream> {
+        let (session, _) = self.first(key).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                format!("failed to find Session for client {key}"),
+            )
+        })?;
+        session.open_stream(proto, address).await
+    }
+
+    /// (sessions, streams) currently open.
+    pub fn counts(&self) -> (usize, usize) {
+        let sessions = self.lock();
+        let list = sessions.values().flatten();
+        let streams = list.clone().map(|e| e.session.stream_count()).sum();
+        (list.count(), streams)
+    }
+}

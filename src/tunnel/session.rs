@@ -1,0 +1,345 @@
+//! A tunnel session: one WebSocket carrying many streams, on either end.
+//!
+//! The server end opens streams (Connect, ids 2, 3, … as remotedialer) and answers pings; the client
+//! end (an agent) dials what Connect asks for, pings every 5 s and reports its streams every 60 s.
+//! Both ends drop the tunnel after 60 s without a ping (server) or pong (client). A malformed
+//! message, a text message or a Connect to the server ends this tunnel only.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_util::sync::CancellationToken;
+
+use super::codec::{Message, MessageType, decode_sync, encode_sync};
+use super::stream::{Closed, StreamShared, TunnelStream};
+
+/// A client pings this often.
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// Without a ping (server) or pong (client) for this long, the tunnel is dead.
+pub const PING_WAIT: Duration = Duration::from_secs(60);
+/// A client reports its streams this often.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(60);
+/// Outgoing messages queued per session before writers wait.
+const OUTGOING_QUEUE: usize = 64;
+/// Streams younger than this are not pruned by SyncConnections: the client may not have seen their
+/// Connect yet when it sent the list.
+const SYNC_GRACE: Duration = Duration::from_secs(5);
+/// How long a client waits for a dial the server asked for.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Which end of the tunnel this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Server,
+    Client,
+}
+
+/// A byte stream a client dials for a Connect.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// The client's rule for what the server may make it dial.
+pub type ConnectPolicy = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
+pub struct Session {
+    role: Role,
+    /// Who this session is for (a cluster id on the server; `client` on an agent).
+    pub client_key: String,
+    /// Random per session, as remotedialer's; 0 on the client side.
+    pub session_key: i64,
+    out: mpsc::Sender<Bytes>,
+    streams: Mutex<HashMap<i64, Arc<StreamShared>>>,
+    next_conn_id: AtomicI64,
+    next_message_id: AtomicI64,
+    cancel: CancellationToken,
+    policy: Option<ConnectPolicy>,
+}
+
+impl Session {
+    /// A session and the receiver its writer drains (passed to [`Session::run`]).
+    pub fn new(
+        role: Role,
+        client_key: &str,
+        policy: Option<ConnectPolicy>,
+    ) -> (Arc<Self>, mpsc::Receiver<Bytes>) {
+        let (out, rx) = mpsc::channel(OUTGOING_QUEUE);
+        let mut rng = rand::rng();
+        let session_key = match role {
+            Role::Server => rng.random_range(1..i64::MAX),
+            Role::Client => 0,
+        };
+        let session = Arc::new(Self {
+            role,
+            client_key: client_key.to_string(),
+            session_key,
+            out,
+            streams: Mutex::new(HashMap::new()),
+            next_conn_id: AtomicI64::new(1),
+            next_message_id: AtomicI64::new(rng.random_range(0..i64::MAX / 2)),
+            cancel: CancellationToken::new(),
+            policy,
+        });
+        (session, rx)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<i64, Arc<StreamShared>>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn sender(&self) -> mpsc::Sender<Bytes> {
+        self.out.clone()
+    }
+
+    /// Encodes a message with the next message id.
+    pub(crate) fn message(&self, conn_id: i64, kind: MessageType, payload: Bytes) -> Bytes {
+        let id = self.next_message_id.fetch_add(1, Ordering::Relaxed);
+        Message::new(id, conn_id, kind, payload).encode()
+    }
+
+    async fn send(&self, conn_id: i64, kind: MessageType, payload: Bytes) {
+        let _ = self.out.send(self.message(conn_id, kind, payload)).await;
+    }
+
+    /// Queues a message from synchronous code: at once if there is room, else from a task.
+    pub(crate) fn send_soon(&self, conn_id: i64, kind: MessageType, payload: Bytes) {
+        let message = self.message(conn_id, kind, payload);
+        if let Err(mpsc::error::TrySendError::Full(message)) = self.out.try_send(message) {
+            let out = self.out.clone();
+            tokio::spawn(async move { out.send(message).await });
+        }
+    }
+
+    /// Drops a stream from the session (it was closed locally).
+    pub(crate) fn forget(&self, conn_id: i64) {
+        self.lock().remove(&conn_id);
+    }
+
+    fn register(self: &Arc<Self>, conn_id: i64) -> TunnelStream {
+        let shared = StreamShared::new(conn_id);
+        self.lock().insert(conn_id, shared.clone());
+        TunnelStream::new(shared, self.clone())
+    }
+
+    /// Server side: opens a stream to `proto`/`address` through the client. There is no
+    /// acknowledgement: a failed dial arrives later as an error on the stream.
+    pub async fn open_stream(
+        self: &Arc<Self>,
+        proto: &str,
+        address: &str,
+    ) -> std::io::Result<TunnelStream> {
+        if self.cancel.is_cancelled() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "tunnel disconnect",
+            ));
+        }
+        let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let stream = self.register(conn_id);
+        self.send(
+            conn_id,
+            MessageType::Connect,
+            Bytes::from(format!("{proto}/{address}")),
+        )
+        .await;
+        Ok(stream)
+    }
+
+    /// Number of open streams.
+    pub fn stream_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Ends the session: every stream fails with `tunnel disconnect`.
+    pub fn close(&self) {
+        self.cancel.cancel();
+        let streams: Vec<_> = self.lock().drain().map(|(_, s)| s).collect();
+        for stream in streams {
+            stream.close(Closed::Error("tunnel disconnect".into()));
+        }
+    }
+
+    /// Runs the session over `ws` until either end stops; then closes it.
+    pub async fn run<S>(
+        self: &Arc<Self>,
+        ws: WebSocketStream<S>,
+        mut outgoing: mpsc::Receiver<Bytes>,
+    ) -> Result<(), String>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (mut sink, mut incoming) = ws.split();
+        let client = self.role == Role::Client;
+        let writer = async {
+            let mut ping = tokio::time::interval(PING_INTERVAL);
+            let mut sync = tokio::time::interval_at(Instant::now() + SYNC_INTERVAL, SYNC_INTERVAL);
+            loop {
+                let frame = tokio::select! {
+                    message = outgoing.recv() => match message {
+                        Some(bytes) => WsMessage::Binary(bytes),
+                        None => return Ok(()),
+                    },
+                    _ = ping.tick(), if client => WsMessage::Ping(Bytes::new()),
+                    _ = sync.tick(), if client => WsMessage::Binary(self.sync_message()),
+                };
+                sink.send(frame).await.map_err(|e| format!("write: {e}"))?;
+            }
+        };
+        let reader = async {
+            let mut deadline = Instant::now() + PING_WAIT;
+            loop {
+                let next = tokio::time::timeout_at(deadline, incoming.next())
+                    .await
+                    .map_err(|_| {
+                        format!(
+                            "no {} for {PING_WAIT:?}",
+                            if client { "pong" } else { "ping" }
+                        )
+                    })?;
+                let frame = match next {
+                    Some(frame) => frame.map_err(|e| format!("read: {e}"))?,
+                    None => return Ok(()),
+                };
+                match frame {
+                    WsMessage::Binary(bytes) => {
+                        let message = Message::decode(bytes).map_err(|e| e.to_string())?;
+                        self.dispatch(message).await?;
+                    }
+                    WsMessage::Text(_) => return Err("wrong websocket message type".into()),
+                    WsMessage::Ping(_) if !client => deadline = Instant::now() + PING_WAIT,
+                    WsMessage::Pong(_) if client => deadline = Instant::now() + PING_WAIT,
+                    WsMessage::Close(_) => return Ok(()),
+                    _ => {}
+                }
+            }
+        };
+        let result = tokio::select! {
+            result = writer => result,
+            result = reader => result,
+            _ = self.cancel.cancelled() => Ok(()),
+        };
+        self.close();
+        result
+    }
+
+    fn sync_message(&self) -> Bytes {
+        let ids: Vec<i64> = self.lock().keys().copied().collect();
+        self.message(0, MessageType::SyncConnections, encode_sync(&ids))
+    }
+
+    fn stream(&self, conn_id: i64) -> Option<Arc<StreamShared>> {
+        self.lock().get(&conn_id).cloned()
+    }
+
+    async fn dispatch(self: &Arc<Self>, message: Message) -> Result<(), String> {
+        let conn_id = message.conn_id;
+        match message.kind {
+            MessageType::Data => match self.stream(conn_id) {
+                Some(stream) => {
+                    if stream.push(message.payload) {
+                        self.send(conn_id, MessageType::Pause, Bytes::new()).await;
+                    }
+                }
+                None => {
+                    let text = format!(
+                        "connection not found {}/{}/{conn_id}",
+                        self.client_key, self.session_key
+                    );
+                    self.send(conn_id, MessageType::Error, Bytes::from(text))
+                        .await;
+                }
+            },
+            MessageType::Connect => match self.role {
+                Role::Server => return Err("connect not allowed".into()),
+                Role::Client => self.client_connect(conn_id, &message.text()).await,
+            },
+            MessageType::Error => {
+                let removed = self.lock().remove(&conn_id);
+                if let Some(stream) = removed {
+                    stream.close(Closed::from_text(&message.text()));
+                    // remotedialer's close path always answers with an Error of its own.
+                    self.send(conn_id, MessageType::Error, message.payload)
+                        .await;
+                }
+            }
+            MessageType::Pause | MessageType::Resume => {
+                if let Some(stream) = self.stream(conn_id) {
+                    stream.set_held(message.kind == MessageType::Pause);
+                }
+            }
+            MessageType::SyncConnections if self.role == Role::Server => {
+                let listed = decode_sync(&message.payload).map_err(|e| e.to_string())?;
+                self.prune_unlisted(&listed);
+            }
+            _ => tracing::trace!("ignoring tunnel message type {:?}", message.kind),
+        }
+        Ok(())
+    }
+
+    /// Closes server streams the client no longer has, without sending Error (remotedialer's rule).
+    fn prune_unlisted(&self, listed: &[i64]) {
+        let mut streams = self.lock();
+        let stale: Vec<i64> = streams
+            .iter()
+            .filter(|(id, s)| !listed.contains(id) && s.opened.elapsed() > SYNC_GRACE)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            if let Some(stream) = streams.remove(&id) {
+                stream.close(Closed::Error("sync from client".into()));
+            }
+        }
+    }
+
+    /// Client side: dials what the server asks for, if the policy allows it, and pipes bytes.
+    async fn client_connect(self: &Arc<Self>, conn_id: i64, payload: &str) {
+        let Some((proto, address)) = payload.split_once('/') else {
+            let text = Bytes::from(format!("invalid connect payload {payload:?}"));
+            return self.send(conn_id, MessageType::Error, text).await;
+        };
+        let allowed = self
+            .policy
+            .as_ref()
+            .is_some_and(|allows| allows(proto, address));
+        if !allowed {
+            tracing::warn!("refused to dial {proto}/{address}: not allowed");
+            let text = Bytes::from(format!("connect not allowed: {proto}/{address}"));
+            return self.send(conn_id, MessageType::Error, text).await;
+        }
+        let mut stream = self.register(conn_id);
+        let (proto, address) = (proto.to_string(), address.to_string());
+        tokio::spawn(async move {
+            match tokio::time::timeout(DIAL_TIMEOUT, dial(&proto, &address)).await {
+                Ok(Ok(mut target)) => {
+                    let _ = tokio::io::copy_bidirectional(&mut target, &mut stream).await;
+                }
+                Ok(Err(e)) => stream.fail(&format!("dial {proto} {address}: {e}")),
+                Err(_) => stream.fail(&format!("dial {proto} {address}: i/o timeout")),
+            }
+        });
+    }
+}
+
+/// Dials a target for a client: `tcp` addresses or `unix` socket paths.
+async fn dial(proto: &str, address: &str) -> std::io::Result<Box<dyn Io>> {
+    match proto {
+        "tcp" | "tcp4" | "tcp6" => Ok(Box::new(tokio::net::TcpStream::connect(address).await?)),
+        "unix" => Ok(Box::new(tokio::net::UnixStream::connect(address).await?)),
+        other => Err(std::io::Error::other(format!(
+            "unsupported protocol {other}"
+        ))),
+    }
+}

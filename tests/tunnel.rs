@@ -1,0 +1,589 @@
+//! Agent tunnels end to end: clusters and tokens through the API, `corral agent` against a fake
+//! cluster API, the cluster proxy (streaming, upgrades, failures), kubeconfig with real kubectl, and
+//! the tunnel protocol's handshake and error rules seen by a raw WebSocket client.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::target::{SA_TOKEN, TestPki, VERSION_JSON, kube_api, serve};
+use common::{Corral, HttpResponse, corral_bin, request, rss_kib, temp_file};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+const BOOTSTRAP: &str = "tunnel-test-bootstrap";
+
+/// corral with a logged-in admin, one cluster and a registration token.
+struct Lab {
+    corral: Corral,
+    addr: SocketAddr,
+    token: String,
+    cluster: String,
+    registration: String,
+    checksum: String,
+    ca_file: tempfile::NamedTempFile,
+    _dir: tempfile::TempDir,
+}
+
+impl Lab {
+    async fn start() -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let env = [("CATTLE_BOOTSTRAP_PASSWORD", BOOTSTRAP)];
+        let corral = Corral::start_in(&dir.path().join("d"), &["--agent-wait", "2"], &env).unwrap();
+        let addr = corral.https("127.0.0.1");
+        let login = json!({"username": "admin", "password": BOOTSTRAP}).to_string();
+        let response = request(
+            addr,
+            "POST",
+            "/v3-public/localProviders/local?action=login",
+            &[],
+            Some(&login),
+        )
+        .await;
+        let token = body(&response)["token"].as_str().unwrap().to_string();
+        let auth = format!("Authorization: Bearer {token}");
+        let created = request(
+            addr,
+            "POST",
+            "/v3/clusters",
+            &[&auth],
+            Some(r#"{"name":"lab"}"#),
+        )
+        .await;
+        assert_eq!(created.status, 201, "{}", created.body);
+        let cluster = body(&created)["id"].as_str().unwrap().to_string();
+        let new_token = json!({ "clusterId": cluster }).to_string();
+        let registration = request(
+            addr,
+            "POST",
+            "/v3/clusterregistrationtokens",
+            &[&auth],
+            Some(&new_token),
+        )
+        .await;
+        assert_eq!(registration.status, 201, "{}", registration.body);
+        let registration = body(&registration);
+        let ca = corral.cacerts().await;
+        let checksum = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(ca.as_bytes()));
+        Lab {
+            addr,
+            token,
+            cluster,
+            registration: registration["token"].as_str().unwrap().to_string(),
+            checksum,
+            ca_file: temp_file(&ca),
+            corral,
+            _dir: dir,
+        }
+    }
+
+    fn auth(&self) -> String {
+        format!("Authorization: Bearer {}", self.token)
+    }
+
+    fn server(&self) -> String {
+        format!("https://127.0.0.1:{}", self.corral.https_port)
+    }
+
+    /// Starts `corral agent` for this cluster, advertising `target` (with `ca` for TLS to it).
+    fn agent(&self, target: SocketAddr, ca: Option<&std::path::Path>, extra: &[&str]) -> Agent {
+        let mut command = Command::new(corral_bin());
+        command
+            .args([
+                "agent",
+                "--server",
+                &self.server(),
+                "--token",
+                &self.registration,
+            ])
+            .args([
+                "--ca-checksum",
+                &self.checksum,
+                "--address",
+                &target.to_string(),
+                "--sa-token",
+                SA_TOKEN,
+            ])
+            .args(extra)
+            .env("CORRAL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(ca) = ca {
+            command.arg("--ca-cert").arg(ca);
+        }
+        Agent(command.spawn().unwrap())
+    }
+
+    async fn wait_connected(&self, connected: bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let path = format!("/v3/clusters/{}", self.cluster);
+        while Instant::now() < deadline {
+            let state = body(&request(self.addr, "GET", &path, &[&self.auth()], None).await);
+            if state["connected"] == connected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("cluster never became connected={connected}");
+    }
+
+    async fn proxied(&self, path: &str) -> HttpResponse {
+        let full = format!("/k8s/clusters/{}{path}", self.cluster);
+        request(self.addr, "GET", &full, &[&self.auth()], None).await
+    }
+}
+
+/// A `corral agent` process, killed when dropped.
+struct Agent(Child);
+
+impl Agent {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn body(response: &HttpResponse) -> Value {
+    serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("{e}: {}", response.body))
+}
+
+async fn https_target() -> (SocketAddr, tempfile::NamedTempFile) {
+    let pki = TestPki::new("fake-cluster-ca");
+    let addr = serve(Some(pki.server_config()), kube_api).await;
+    (addr, temp_file(&pki.ca_pem))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_reaches_the_cluster_through_the_tunnel() {
+    let lab = Lab::start().await;
+    let (target, target_ca) = https_target().await;
+    let _agent = lab.agent(target, Some(target_ca.path()), &[]);
+    lab.wait_connected(true).await;
+
+    let version = lab.proxied("/version").await;
+    assert_eq!((version.status, version.body.as_str()), (200, VERSION_JSON));
+
+    // The kubeconfig, from the API and from `corral kubeconfig`, used by the real kubectl.
+    let path = format!("/v3/clusters/{}?action=generateKubeconfig", lab.cluster);
+    let generated = body(&request(lab.addr, "POST", &path, &[&lab.auth()], None).await);
+    let config = generated["config"].as_str().unwrap().to_string();
+    assert!(
+        config.contains(&format!(
+            "server: \"https://127.0.0.1:{}/k8s/clusters/{}\"",
+            lab.corral.https_port, lab.cluster
+        )),
+        "{config}"
+    );
+    let output = Command::new(corral_bin())
+        .args([
+            "kubeconfig",
+            "--server",
+            &lab.server(),
+            "--token",
+            &lab.token,
+            "--cluster",
+            &lab.cluster,
+        ])
+        .arg("--cacert")
+        .arg(lab.ca_file.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let from_cli = String::from_utf8(output.stdout).unwrap();
+    assert!(from_cli.contains("certificate-authority-data"));
+    for kubeconfig in [config, from_cli] {
+        let file = temp_file(&kubeconfig);
+        let kubectl = |args: &[&str]| {
+            let output = Command::new("timeout")
+                .args(["60", "kubectl", "--kubeconfig"])
+                .arg(file.path())
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "kubectl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8(output.stdout).unwrap()
+        };
+        let version: Value = serde_json::from_str(&kubectl(&["version", "-o", "json"])).unwrap();
+        assert_eq!(version["serverVersion"]["gitVersion"], "v1.31.4");
+        // kubectl sends raw paths from the server's root: /version is corral's own (as Rancher's);
+        // the cluster's is under its proxy prefix.
+        let own: Value = serde_json::from_str(&kubectl(&["get", "--raw", "/version"])).unwrap();
+        assert!(
+            own["Version"].as_str().unwrap().starts_with("corral-v"),
+            "{own}"
+        );
+        let raw = format!("/k8s/clusters/{}/version", lab.cluster);
+        assert_eq!(kubectl(&["get", "--raw", &raw]).trim(), VERSION_JSON);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_pass_through_the_proxy() {
+    let lab = Lab::start().await;
+    let (target, target_ca) = https_target().await;
+    let _agent = lab.agent(target, Some(target_ca.path()), &[]);
+    lab.wait_connected(true).await;
+    let tls = common::tls_connect(lab.addr, None, None)
+        .await
+        .unwrap()
+        .stream;
+    let url = format!(
+        "wss://127.0.0.1:{}/k8s/clusters/{}/ws",
+        lab.corral.https_port, lab.cluster
+    );
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", lab.token).parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(request, tls).await.unwrap();
+    ws.send(WsMessage::text("hello through two tunnels"))
+        .await
+        .unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        echoed.into_text().unwrap().as_str(),
+        "hello through two tunnels"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_with_a_slow_reader_keeps_memory_bounded() {
+    const TOTAL: usize = 256 << 20;
+    let lab = Lab::start().await;
+    let target = serve(None, kube_api).await;
+    let agent = lab.agent(target, None, &[]);
+    lab.wait_connected(true).await;
+    let (server_before, agent_before) = (rss_kib(lab.corral.pid()), rss_kib(agent.pid()));
+
+    let mut tls = common::tls_connect(lab.addr, None, None)
+        .await
+        .unwrap()
+        .stream;
+    let request = format!(
+        "GET /k8s/clusters/{}/big?bytes={TOTAL} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        lab.cluster, lab.addr, lab.token
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let (mut received, mut peak_server, mut peak_agent) = (0usize, 0, 0);
+    let mut buf = vec![0u8; 256 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut stalled = false;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "transfer too slow: {received} bytes"
+        );
+        let n = tls.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        received += n;
+        if !stalled && received > 32 << 20 {
+            // A reader that stops for a while: the tunnel must hold the sender back (Pause), not
+            // buffer what the target keeps producing.
+            stalled = true;
+            for _ in 0..30 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                peak_server = peak_server.max(rss_kib(lab.corral.pid()));
+                peak_agent = peak_agent.max(rss_kib(agent.pid()));
+            }
+        }
+        if received % (8 << 20) < n {
+            peak_server = peak_server.max(rss_kib(lab.corral.pid()));
+            peak_agent = peak_agent.max(rss_kib(agent.pid()));
+        }
+    }
+    assert!(
+        received > TOTAL,
+        "headers and the whole body arrived: {received}"
+    );
+    let grew = |peak: u64, before: u64| peak.saturating_sub(before) / 1024;
+    eprintln!(
+        "RSS growth over a 256 MiB transfer: server {} MiB, agent {} MiB",
+        grew(peak_server, server_before),
+        grew(peak_agent, agent_before)
+    );
+    assert!(
+        grew(peak_server, server_before) < 64,
+        "server buffered: {peak_server} KiB"
+    );
+    assert!(
+        grew(peak_agent, agent_before) < 64,
+        "agent buffered: {peak_agent} KiB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_agent_mid_request_gives_502_and_a_new_agent_serves() {
+    let lab = Lab::start().await;
+    let (target, target_ca) = https_target().await;
+    let mut agent = lab.agent(target, Some(target_ca.path()), &[]);
+    lab.wait_connected(true).await;
+
+    let hanging = {
+        let (addr, cluster, auth) = (lab.addr, lab.cluster.clone(), lab.auth());
+        tokio::spawn(async move {
+            let path = format!("/k8s/clusters/{cluster}/hang");
+            let started = Instant::now();
+            (request(addr, "GET", &path, &[&auth], None).await, started)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = Instant::now();
+    agent.kill();
+    let (response, _) = hanging.await.unwrap();
+    assert_eq!(response.status, 502, "{}", response.body);
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "502 came {:?} after the agent died",
+        killed.elapsed()
+    );
+
+    lab.wait_connected(false).await;
+    let absent = lab.proxied("/version").await;
+    assert_eq!(
+        (absent.status, absent.body.trim()),
+        (503, "cluster agent disconnected")
+    );
+
+    let _again = lab.agent(target, Some(target_ca.path()), &[]);
+    lab.wait_connected(true).await;
+    assert_eq!(lab.proxied("/version").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_refuses_a_wrong_checksum_or_a_foreign_certificate() {
+    let lab = Lab::start().await;
+    let run = |server: &str, checksum: &str| {
+        let output = Command::new("timeout")
+            .args([
+                "60",
+                corral_bin(),
+                "agent",
+                "--server",
+                server,
+                "--token",
+                &lab.registration,
+            ])
+            .args(["--ca-checksum", checksum])
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let wrong = "0".repeat(64);
+    let (code, stderr) = run(&lab.server(), &wrong);
+    assert_eq!(code, Some(1));
+    let expected = format!(
+        "Configured cacerts checksum ({}) does not match given --ca-checksum ({wrong})",
+        lab.checksum
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+
+    // An impostor serving corral's CA on /v3/settings/cacerts, with a certificate from another CA.
+    let ca_pem = std::fs::read_to_string(lab.ca_file.path()).unwrap();
+    let impostor = TestPki::new("impostor-ca");
+    let cacerts = json!({ "value": ca_pem.trim() }).to_string();
+    let addr = serve(
+        Some(impostor.server_config()),
+        move |req: hyper::Request<hyper::body::Incoming>| {
+            let cacerts = cacerts.clone();
+            async move {
+                match req.uri().path() {
+                    "/ping" => common::target::full(hyper::StatusCode::OK, "pong"),
+                    _ => common::target::full(hyper::StatusCode::OK, cacerts),
+                }
+            }
+        },
+    )
+    .await;
+    let (code, stderr) = run(&format!("https://127.0.0.1:{}", addr.port()), &lab.checksum);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("does not verify against its CA"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_handshake_errors_use_rancher_texts() {
+    let lab = Lab::start().await;
+    let encode = |json: &str| base64::engine::general_purpose::STANDARD.encode(json);
+    let good = encode(r#"{"cluster":{"address":"10.43.0.1:443","caCert":"","token":"sa"}}"#);
+    let cases = [
+        (None, None, 401, "failed authentication"),
+        (
+            Some("not-a-token"),
+            Some(good.clone()),
+            400,
+            "cluster not found",
+        ),
+        (
+            Some(lab.registration.as_str()),
+            Some("%%%".to_string()),
+            400,
+            "illegal base64 data",
+        ),
+        (
+            Some(lab.registration.as_str()),
+            Some(encode("{}")),
+            400,
+            "missing node or cluster registration info",
+        ),
+        (
+            Some(lab.registration.as_str()),
+            Some(encode(r#"{"cluster":{"address":""}}"#)),
+            400,
+            "invalid input, address empty",
+        ),
+        (
+            Some(lab.registration.as_str()),
+            Some(encode(r#"{"cluster":{"address":"a:1","token":""}}"#)),
+            400,
+            "invalid input, token empty",
+        ),
+        (
+            Some(lab.registration.as_str()),
+            Some(good.clone()),
+            400,
+            "'upgrade' token not found in 'Connection' header",
+        ),
+    ];
+    for (token, params, status, text) in cases {
+        let mut headers = Vec::new();
+        if let Some(token) = token {
+            headers.push(format!("X-API-Tunnel-Token: {token}"));
+        }
+        if let Some(params) = params {
+            headers.push(format!("X-API-Tunnel-Params: {params}"));
+        }
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        let response = request(lab.addr, "GET", "/v3/connect/register", &headers, None).await;
+        assert_eq!(response.status, status, "{text}: {}", response.body);
+        assert!(response.body.contains(text), "{text}: {}", response.body);
+    }
+}
+
+/// A raw WebSocket tunnel to corral, speaking the protocol by hand.
+async fn raw_tunnel(
+    lab: &Lab,
+) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tls = common::tls_connect(lab.addr, None, None)
+        .await
+        .unwrap()
+        .stream;
+    let url = format!("wss://127.0.0.1:{}/v3/connect", lab.corral.https_port);
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    let params = base64::engine::general_purpose::STANDARD
+        .encode(r#"{"cluster":{"address":"127.0.0.1:1","caCert":"","token":"sa"}}"#);
+    request
+        .headers_mut()
+        .insert("x-api-tunnel-token", lab.registration.parse().unwrap());
+    request
+        .headers_mut()
+        .insert("x-api-tunnel-params", params.parse().unwrap());
+    tokio_tungstenite::client_async(request, tls)
+        .await
+        .unwrap()
+        .0
+}
+
+async fn next_binary<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Option<Vec<u8>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .ok()??
+        {
+            Ok(WsMessage::Binary(bytes)) => return Some(bytes.to_vec()),
+            Ok(WsMessage::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tunnel_input_ends_only_that_tunnel() {
+    let lab = Lab::start().await;
+
+    // Data for an unknown stream is answered with remotedialer's error text.
+    let mut ws = raw_tunnel(&lab).await;
+    ws.send(WsMessage::binary(vec![
+        0x0a, 0xc6, 0x01, 0x02, 0xb0, 0xea, 0x01, 0x68, 0x69,
+    ]))
+    .await
+    .unwrap();
+    let reply = next_binary(&mut ws).await.expect("an Error message");
+    let reply = corral::tunnel::codec::Message::decode(reply.into()).unwrap();
+    assert_eq!(
+        (reply.conn_id, reply.kind),
+        (99, corral::tunnel::codec::MessageType::Error)
+    );
+    let text = reply.text();
+    assert!(
+        text.starts_with(&format!("connection not found {}/", lab.cluster))
+            && text.ends_with("/99"),
+        "{text}"
+    );
+
+    drop(ws);
+
+    // A text message, a truncated varint, and a Connect sent to the server each end their tunnel.
+    for poison in [
+        WsMessage::text("hello"),
+        WsMessage::binary(vec![0x80]),
+        WsMessage::binary(vec![
+            0x02, 0x04, 0x04, 0xb0, 0xea, 0x01, b't', b'c', b'p', b'/', b'x',
+        ]),
+    ] {
+        let mut ws = raw_tunnel(&lab).await;
+        ws.send(poison.clone()).await.unwrap();
+        assert!(
+            next_binary(&mut ws).await.is_none(),
+            "{poison:?} ended the tunnel"
+        );
+    }
+    // The server is unharmed.
+    assert_eq!(
+        request(lab.addr, "GET", "/ping", &[], None).await.body,
+        "pong"
+    );
+    lab.wait_connected(false).await;
+}
