@@ -343,3 +343,147 @@ async fn dial(proto: &str, address: &str) -> std::io::Result<Box<dyn Io>> {
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
+
+    /// A server and a client session joined by an in-memory WebSocket.
+    async fn pair(policy: ConnectPolicy) -> (Arc<Session>, Arc<Session>) {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, None).await;
+        let client_ws = WebSocketStream::from_raw_socket(b, WsRole::Client, None).await;
+        let (server, server_rx) = Session::new(Role::Server, "c-test", None);
+        let (client, client_rx) = Session::new(Role::Client, "client", Some(policy));
+        let (s, c) = (server.clone(), client.clone());
+        tokio::spawn(async move { s.run(server_ws, server_rx).await });
+        tokio::spawn(async move { c.run(client_ws, client_rx).await });
+        (server, client)
+    }
+
+    async fn echo_server() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = socket.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn eventually(check: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("condition not reached within 2 s");
+    }
+
+    #[tokio::test]
+    async fn streams_relay_bytes_and_close_on_both_ends() {
+        let (server, client) = pair(Arc::new(|_: &str, _: &str| true)).await;
+        let echo = echo_server().await;
+        let mut stream = server.open_stream("tcp", &echo.to_string()).await.unwrap();
+        assert_eq!(
+            stream.conn_id(),
+            2,
+            "the first stream of a session is 2, as in remotedialer"
+        );
+        stream.write_all(b"hello through the tunnel").await.unwrap();
+        let mut buf = [0u8; 24];
+        stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello through the tunnel");
+        eventually(|| client.stream_count() == 1).await;
+        drop(stream);
+        eventually(|| server.stream_count() == 0 && client.stream_count() == 0).await;
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_fails_only_that_stream() {
+        let echo = echo_server().await;
+        let allowed = echo.to_string();
+        let (server, _client) =
+            pair(Arc::new(move |p: &str, a: &str| p == "tcp" && a == allowed)).await;
+        let mut refused = server.open_stream("tcp", "127.0.0.1:1").await.unwrap();
+        let mut buf = [0u8; 1];
+        let err = refused.read(&mut buf).await.unwrap_err();
+        assert!(err.to_string().contains("connect not allowed"), "{err}");
+        let mut ok = server.open_stream("tcp", &echo.to_string()).await.unwrap();
+        ok.write_all(b"x").await.unwrap();
+        ok.read_exact(&mut buf).await.unwrap();
+        assert!(!server.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_failed_dial_reaches_the_reader() {
+        let (server, _client) = pair(Arc::new(|_: &str, _: &str| true)).await;
+        let mut stream = server.open_stream("tcp", "127.0.0.1:1").await.unwrap();
+        let mut buf = [0u8; 1];
+        let err = stream.read(&mut buf).await.unwrap_err();
+        assert!(err.to_string().starts_with("dial tcp 127.0.0.1:1"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn losing_the_tunnel_fails_streams_with_tunnel_disconnect() {
+        let (server, client) = pair(Arc::new(|_: &str, _: &str| true)).await;
+        let echo = echo_server().await;
+        let mut stream = server.open_stream("tcp", &echo.to_string()).await.unwrap();
+        client.close();
+        let mut buf = [0u8; 1];
+        let err = stream.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.to_string(), "tunnel disconnect");
+        eventually(|| server.is_closed()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sync_prunes_only_unlisted_streams_past_the_grace_period() {
+        let (server, _) = Session::new(Role::Server, "c-test", None);
+        let mut old = server.open_stream("tcp", "10.0.0.1:1").await.unwrap();
+        let listed = server.open_stream("tcp", "10.0.0.1:2").await.unwrap();
+        tokio::time::advance(SYNC_GRACE + Duration::from_secs(1)).await;
+        let young = server.open_stream("tcp", "10.0.0.1:3").await.unwrap();
+        server.prune_unlisted(&[listed.conn_id()]);
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            old.read(&mut buf).await.unwrap_err().to_string(),
+            "sync from client"
+        );
+        assert_eq!(
+            server.stream_count(),
+            2,
+            "the listed and the young stream stay"
+        );
+        drop((listed, young));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_drops_a_client_that_never_pings() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, None).await;
+        let _silent_client = WebSocketStream::from_raw_socket(b, WsRole::Client, None).await;
+        let (server, rx) = Session::new(Role::Server, "c-test", None);
+        let result = server.run(server_ws, rx).await;
+        assert!(result.unwrap_err().starts_with("no ping for 60s"));
+    }
+
+    #[tokio::test]
+    async fn pause_is_requested_once_above_the_buffer_limit() {
+        use super::super::stream::{MAX_BUFFER, RESUME_BELOW};
+        let shared = StreamShared::new(2);
+        let chunk = Bytes::from(vec![0u8; 64 * 1024]);
+        let mut pauses = 0;
+        for _ in 0..(MAX_BUFFER / chunk.len() + 2) {
+            pauses += usize::from(shared.push(chunk.clone()));
+        }
+        assert_eq!(pauses, 1, "one Pause, once over {MAX_BUFFER} bytes");
+        assert!(shared.buffered() > MAX_BUFFER && RESUME_BELOW < MAX_BUFFER);
+    }
+}

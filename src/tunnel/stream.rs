@@ -60,7 +60,7 @@ struct State {
 pub struct StreamShared {
     pub conn_id: i64,
     /// When the stream was opened: SyncConnections spares young streams (see `Session`).
-    pub opened: std::time::Instant,
+    pub opened: tokio::time::Instant,
     state: Mutex<State>,
 }
 
@@ -68,7 +68,7 @@ impl StreamShared {
     pub fn new(conn_id: i64) -> Arc<Self> {
         Arc::new(Self {
             conn_id,
-            opened: std::time::Instant::now(),
+            opened: tokio::time::Instant::now(),
             state: Mutex::new(State::default()),
         })
     }
