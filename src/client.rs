@@ -156,14 +156,15 @@ pub fn tls_trusting(pem: &[u8], alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, Str
 
 /// TLS that accepts any certificate, as `curl --insecure`: only for fetching what is verified
 /// another way (the CA, checked against its checksum).
-pub fn tls_insecure() -> Arc<ClientConfig> {
+pub fn tls_insecure(alpn: &[&[u8]]) -> Arc<ClientConfig> {
     let provider = provider();
-    let config = ClientConfig::builder_with_provider(provider.clone())
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("default versions are supported")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
         .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
 }
 

@@ -167,7 +167,7 @@ async fn fetch_kubeconfig(args: &KubeconfigArgs) -> Result<String, String> {
                 std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             tls_trusting(&pem, &[b"http/1.1"])?
         }
-        _ => tls_insecure(),
+        _ => tls_insecure(&[b"http/1.1"]),
     };
     let path = format!("/v3/clusters/{}?action=generateKubeconfig", args.cluster);
     let bearer = format!("Bearer {}", args.token);

@@ -73,7 +73,7 @@ pub struct AgentArgs {
 /// Everything checked before any tunnel is opened; each failure ends the command.
 pub async fn prepare(args: &AgentArgs) -> Result<Prepared, String> {
     let target = Target::parse(&args.server)?;
-    let insecure = tls_insecure();
+    let insecure = tls_insecure(&[b"http/1.1"]);
     let (status, _) = target
         .request(insecure.clone(), "GET", "/ping", &[], None)
         .await?;
