@@ -587,3 +587,87 @@ async fn bad_tunnel_input_ends_only_that_tunnel() {
     );
     lab.wait_connected(false).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_tokens_come_with_rancher_commands_and_a_manifest() {
+    let lab = Lab::start().await;
+    let new_token = json!({ "clusterId": lab.cluster }).to_string();
+    let created = body(
+        &request(
+            lab.addr,
+            "POST",
+            "/v3/clusterregistrationtokens",
+            &[&lab.auth()],
+            Some(&new_token),
+        )
+        .await,
+    );
+    let token = created["token"].as_str().unwrap();
+    let manifest_url = format!("{}/v3/import/{token}_{}.yaml", lab.server(), lab.cluster);
+    assert_eq!(created["manifestUrl"], manifest_url.as_str());
+    assert_eq!(
+        created["command"],
+        format!("kubectl apply -f {manifest_url}").as_str()
+    );
+    assert_eq!(
+        created["insecureCommand"],
+        format!("curl --insecure -sfL {manifest_url} | kubectl apply -f -").as_str()
+    );
+
+    let path = format!("/v3/import/{token}_{}.yaml", lab.cluster);
+    let manifest = request(lab.addr, "GET", &path, &[], None).await;
+    assert_eq!(manifest.status, 200);
+    for needle in [
+        "name: CATTLE_SERVER",
+        &format!("value: \"{}\"", lab.checksum),
+        "kind: Deployment",
+    ] {
+        assert!(
+            manifest.body.contains(needle),
+            "{needle} missing:\n{}",
+            manifest.body
+        );
+    }
+    let wrong = request(
+        lab.addr,
+        "GET",
+        &format!("/v3/import/nope_{}.yaml", lab.cluster),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(wrong.status, 404);
+    let anonymous = request(
+        lab.addr,
+        "POST",
+        "/v3/clusters",
+        &[],
+        Some(r#"{"name":"x"}"#),
+    )
+    .await;
+    assert_eq!(anonymous.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_runs_many_agents() {
+    let lab = Lab::start().await;
+    let target = serve(None, kube_api).await;
+    let _agents = lab.agent(target, None, &["--count", "5"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let connected = || {
+        lab.corral
+            .logs()
+            .iter()
+            .filter(|l| l.contains("tunnel for") && l.contains("connected"))
+            .count()
+    };
+    while connected() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 5 agents connected",
+            connected()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(lab.proxied("/version").await.status, 200);
+}
