@@ -134,38 +134,56 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// TLS trusting only the certificates in `pem` (a CA bundle).
-pub fn tls_trusting(pem: &[u8], alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(pem) {
-        roots
-            .add(cert.map_err(|e| format!("bad CA PEM: {e}"))?)
-            .map_err(|e| format!("bad CA certificate: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("no CA certificate in the PEM".into());
-    }
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+/// What a client trusts.
+pub enum Trust<'a> {
+    /// Only the certificates in this PEM (a CA bundle).
+    Pem(&'a [u8]),
+    /// Any certificate, as `curl --insecure`: only for fetching what is verified another way (the CA,
+    /// checked against its checksum) or for load tests. Handshake signatures are still checked.
+    Anything,
+}
+
+/// A client config with the given trust, ALPN and TLS versions.
+pub fn tls_client(
+    trust: Trust<'_>,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Arc<ClientConfig>, String> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| e.to_string())?;
+    let mut config = match trust {
+        Trust::Pem(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                roots
+                    .add(cert.map_err(|e| format!("bad CA PEM: {e}"))?)
+                    .map_err(|e| format!("bad CA certificate: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err("no CA certificate in the PEM".into());
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Trust::Anything => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+            .with_no_client_auth(),
+    };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 
-/// TLS that accepts any certificate, as `curl --insecure`: only for fetching what is verified
-/// another way (the CA, checked against its checksum).
+/// TLS trusting only the certificates in `pem`.
+pub fn tls_trusting(pem: &[u8], alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, String> {
+    tls_client(Trust::Pem(pem), alpn, rustls::DEFAULT_VERSIONS)
+}
+
+/// TLS accepting any certificate (see [`Trust::Anything`]).
 pub fn tls_insecure(alpn: &[&[u8]]) -> Arc<ClientConfig> {
-    let provider = provider();
-    let mut config = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+    tls_client(Trust::Anything, alpn, rustls::DEFAULT_VERSIONS)
         .expect("default versions are supported")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Arc::new(config)
 }
 
 #[derive(Debug)]

@@ -6,11 +6,13 @@
 //! [`ui`] (the embedded web page), [`server`] (startup wiring).
 
 pub mod agent;
+pub mod bench;
 pub mod client;
 pub mod clusters;
 pub mod config;
 pub mod http;
 pub mod kubeconfig;
+pub mod metrics;
 pub mod pki;
 pub mod server;
 pub mod setup;

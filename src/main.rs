@@ -31,6 +31,11 @@ enum Command {
     Agent(corral::agent::AgentArgs),
     /// Print a kubeconfig for a cluster, reached through corral's cluster proxy.
     Kubeconfig(KubeconfigArgs),
+    /// Load generators: TLS handshakes, tunnel throughput.
+    Bench {
+        #[command(subcommand)]
+        command: corral::bench::BenchCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -78,6 +83,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Agent(args) => agent(args),
         Command::Kubeconfig(args) => kubeconfig(args),
+        Command::Bench { command } => bench(command),
         Command::Ca {
             command: CaCommand::Checksum { data_dir },
         } => {
@@ -140,6 +146,27 @@ fn agent(args: corral::agent::AgentArgs) -> ExitCode {
         }
         ExitCode::SUCCESS
     })
+}
+
+fn bench(command: corral::bench::BenchCommand) -> ExitCode {
+    use corral::bench::{BenchCommand, handshake, tunnel};
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let result = runtime.block_on(async {
+        match command {
+            BenchCommand::Handshake(args) => handshake::run(args).await,
+            BenchCommand::Tunnel(args) => tunnel::run(args).await,
+        }
+    });
+    match result {
+        Ok(report) => {
+            println!("{}", report.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, e),
+    }
 }
 
 fn kubeconfig(args: KubeconfigArgs) -> ExitCode {

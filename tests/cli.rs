@@ -116,3 +116,54 @@ fn checksum_without_a_ca_explains_itself() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("no CA in"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_commands_report_json() {
+    let corral = Corral::start(&["--mint-rate", "0"]);
+    let target = format!("127.0.0.1:{}", corral.https_port);
+    let args = [
+        "bench",
+        "handshake",
+        "--target",
+        &target,
+        "--insecure",
+        "--unique-sni",
+        "bench.test",
+        "--count",
+        "50",
+        "--json",
+    ];
+    let (code, stdout, stderr) = run_corral(&args, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (report["ok"].as_u64(), report["failed"].as_u64()),
+        (Some(50), Some(0)),
+        "{stdout}"
+    );
+    assert!(report["latency_us"]["p99"].as_u64().unwrap() > 0);
+    let logs = corral.logs().join("\n");
+    assert!(
+        logs.matches("minted certificate for ").count() >= 50,
+        "a new name per connection"
+    );
+
+    let (code, stdout, stderr) = run_corral(
+        &[
+            "bench",
+            "tunnel",
+            "--megabytes",
+            "8",
+            "--streams",
+            "20",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        report["tunnel_mib_per_s"].as_f64().unwrap() > 0.0
+            && report["stream_opens_per_s"].as_f64().unwrap() > 0.0
+    );
+}

@@ -574,3 +574,32 @@ async fn shared_mode_learns_ip_host_headers_from_non_browsers_only() {
         "browsers add nothing: {names:?}"
     );
 }
+
+#[tokio::test]
+async fn metrics_count_handshakes_mints_and_refusals() {
+    let corral = Corral::start(&["--allowed-names", "*.lab.test"]);
+    let addr = corral.https("127.0.0.1");
+    tls_connect(addr, Some("counted.lab.test"), None)
+        .await
+        .unwrap();
+    tls_connect(addr, Some("refused.example"), None)
+        .await
+        .unwrap();
+    let text = get(addr, None, None, "/metrics").await.body;
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    };
+    assert!(value("corral_tls_handshakes_total{result=\"ok\"}") >= 2.0);
+    assert!(
+        value("corral_certificates_minted_total") >= 2.0,
+        "the name and the local IP"
+    );
+    assert_eq!(
+        value("corral_names_refused_total{reason=\"not_allowed\"}"),
+        1.0
+    );
+    assert!(value("corral_certificate_cache_entries") >= 2.0);
+    assert!(value("process_resident_memory_bytes") > 0.0);
+}

@@ -43,3 +43,12 @@ pub async fn version() -> Response<Body> {
     });
     super::json_response(StatusCode::OK, &body)
 }
+
+/// `/metrics`: Prometheus text exposition.
+pub async fn metrics() -> Response<Body> {
+    text_response(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        crate::metrics::render(),
+    )
+}

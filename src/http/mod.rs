@@ -88,6 +88,7 @@ impl HttpApp {
             .route("/healthz", any(health::healthz))
             .route("/healthz/ping", any(health::healthz_ping))
             .route("/version", get(health::version))
+            .route("/metrics", get(health::metrics))
             .route("/cacerts", any(cacerts::cacerts))
             .route("/v3-public/localProviders/local", post(login::v3_public))
             .route("/v1-public/login", post(login::v1_public))

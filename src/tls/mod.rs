@@ -94,11 +94,23 @@ async fn handle_connection(
             resolver,
             handshake_timeout,
         } => {
-            let tls = tokio::time::timeout(handshake_timeout, handshake(stream, local, &resolver))
-                .await
-                .map_err(|_| {
-                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
-                })??;
+            let metrics = crate::metrics::metrics();
+            let handshaking = handshake(stream, local, &resolver);
+            let tls = match tokio::time::timeout(handshake_timeout, handshaking).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    metrics.handshakes_error.inc();
+                    return Err(e);
+                }
+                Err(_) => {
+                    metrics.handshakes_timeout.inc();
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "TLS handshake timed out",
+                    ));
+                }
+            };
+            metrics.handshakes_ok.inc();
             app.serve(tls, ConnInfo::new(local, peer, true)).await;
         }
     }

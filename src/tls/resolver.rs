@@ -39,6 +39,19 @@ pub enum Refusal {
     MintFailed(String),
 }
 
+impl Refusal {
+    /// The `reason` label of `corral_names_refused_total`.
+    fn label(&self) -> &'static str {
+        match self {
+            Refusal::Invalid(_) => "invalid",
+            Refusal::NotAllowed => "not_allowed",
+            Refusal::Capacity => "capacity",
+            Refusal::RateLimited => "rate",
+            Refusal::MintFailed(_) => "mint_failed",
+        }
+    }
+}
+
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -241,6 +254,7 @@ impl CertResolver {
                         count.fetch_sub(1, Ordering::AcqRel);
                     })?;
                 tracing::info!("minted certificate for {}", entry.key());
+                crate::metrics::metrics().cache_entries.inc();
                 Ok(entry.insert(minted).clone())
             }
         }
@@ -251,7 +265,11 @@ impl CertResolver {
             return Ok(());
         }
         self.check_rate()?;
-        shared.add(name, true, |names| self.mint(names))
+        shared.add(name, true, |names| self.mint(names))?;
+        crate::metrics::metrics()
+            .cache_entries
+            .set(shared.current().names.len() as i64);
+        Ok(())
     }
 
     /// Pins the server to one certificate for `host` (server-url's host), for good. Pinning again is a
@@ -273,6 +291,7 @@ impl CertResolver {
                 // Nothing else is ever served again: free the per-host cache.
                 certs.clear();
                 count.store(0, Ordering::Release);
+                crate::metrics::metrics().cache_entries.set(0);
                 Pin::Own(cert)
             }
             Strategy::Shared(shared) => {
@@ -317,9 +336,14 @@ impl CertResolver {
     }
 
     fn mint(&self, names: &[SubjectName]) -> Result<Arc<Served>, Refusal> {
-        Self::mint_with(&self.factory, &self.tls, names)
+        let metrics = crate::metrics::metrics();
+        let timer = metrics.mint_seconds.start_timer();
+        let served = Self::mint_with(&self.factory, &self.tls, names)
             .map(Arc::new)
-            .map_err(Refusal::MintFailed)
+            .map_err(Refusal::MintFailed)?;
+        timer.observe_duration();
+        metrics.minted.inc();
+        Ok(served)
     }
 
     fn fallback(&self) -> Arc<Served> {
@@ -334,6 +358,10 @@ impl CertResolver {
     }
 
     fn log_refusal(&self, source: &str, refusal: &Refusal) {
+        crate::metrics::metrics()
+            .names_refused
+            .with_label_values(&[refusal.label()])
+            .inc();
         if self.refusal_log_limiter.check().is_ok() {
             tracing::warn!(
                 "{source} refused ({refusal}); serving the default certificate (further refusals within a second are not logged)"

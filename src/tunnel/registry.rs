@@ -58,12 +58,15 @@ impl TunnelRegistry {
             params,
         });
         self.added.notify_waiters();
+        let sessions = &crate::metrics::metrics().tunnel_sessions;
+        sessions.inc();
         tracing::info!(
             "tunnel for {key} connected (session {})",
             session.session_key
         );
         let result = session.run(ws, outgoing).await;
         self.remove(key, &session);
+        sessions.dec();
         match result {
             Ok(()) => tracing::info!("tunnel for {key} closed"),
             Err(e) => tracing::warn!("tunnel for {key} ended: {e}"),

@@ -66,6 +66,7 @@ pub struct StreamShared {
 
 impl StreamShared {
     pub fn new(conn_id: i64) -> Arc<Self> {
+        crate::metrics::metrics().tunnel_streams.inc();
         Arc::new(Self {
             conn_id,
             opened: tokio::time::Instant::now(),
@@ -83,6 +84,9 @@ impl StreamShared {
         if state.closed.is_some() || data.is_empty() {
             return false;
         }
+        crate::metrics::metrics()
+            .tunnel_bytes_in
+            .inc_by(data.len() as u64);
         state.buffered += data.len();
         state.buffer.push_back(data);
         if let Some(waker) = state.read_waker.take() {
@@ -124,6 +128,12 @@ impl StreamShared {
 
     pub fn buffered(&self) -> usize {
         self.lock().buffered
+    }
+}
+
+impl Drop for StreamShared {
+    fn drop(&mut self) {
+        crate::metrics::metrics().tunnel_streams.dec();
     }
 }
 
@@ -230,6 +240,7 @@ impl AsyncWrite for TunnelStream {
             Bytes::copy_from_slice(&buf[..n]),
         );
         self.sender.send_item(message).map_err(broken)?;
+        crate::metrics::metrics().tunnel_bytes_out.inc_by(n as u64);
         Poll::Ready(Ok(n))
     }
 

@@ -1,0 +1,239 @@
+//! `corral bench tunnel`: the tunnel's cost, measured in one process on loopback. A bulk transfer
+//! through a tunnel (TLS WebSocket, server session → client session → target) against the same
+//! transfer over a direct TLS connection, and how fast streams open through the tunnel.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::client::tls_insecure;
+use crate::tunnel::{Role, Session, websocket};
+
+#[derive(Debug, clap::Args)]
+pub struct TunnelArgs {
+    /// Size of the bulk transfer, MiB.
+    #[arg(long, default_value_t = 256)]
+    pub megabytes: usize,
+    /// Streams to open, one after another.
+    #[arg(long, default_value_t = 2000)]
+    pub streams: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+pub struct TunnelReport {
+    pub megabytes: usize,
+    pub direct_tls_mib_per_s: f64,
+    pub tunnel_mib_per_s: f64,
+    /// Tunnel throughput over direct throughput (1.0 = no cost).
+    pub ratio: f64,
+    pub stream_opens_per_s: f64,
+}
+
+pub async fn run(args: TunnelArgs) -> Result<String, String> {
+    let bytes = args.megabytes << 20;
+    let (server_tls, _) = self_signed()?;
+    let source = spawn_server(None, move |mut s| async move {
+        write_zeros(&mut s, bytes).await
+    })
+    .await?;
+    let echo = spawn_server(None, |mut s| async move {
+        let mut byte = [0u8; 1];
+        while s.read_exact(&mut byte).await.is_ok() && s.write_all(&byte).await.is_ok() {}
+    })
+    .await?;
+    let direct = spawn_server(Some(server_tls.clone()), move |mut s| async move {
+        write_zeros(&mut s, bytes).await
+    })
+    .await?;
+
+    // Baseline: the same bytes over one direct TLS connection.
+    let started = Instant::now();
+    let mut tls = connect_tls(direct).await?;
+    let got = drain(&mut tls).await;
+    let direct_rate = mib_per_s(got, started);
+
+    // The tunnel: a TLS WebSocket between a server and a client session.
+    let server = tunnel_pair(server_tls).await?;
+    let started = Instant::now();
+    let mut stream = server
+        .open_stream("tcp", &source.to_string())
+        .await
+        .map_err(|e| e.to_string())?;
+    let got_tunnel = drain(&mut stream).await;
+    let tunnel_rate = mib_per_s(got_tunnel, started);
+    drop(stream);
+
+    let started = Instant::now();
+    for _ in 0..args.streams {
+        let mut stream = server
+            .open_stream("tcp", &echo.to_string())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut byte = [7u8; 1];
+        stream.write_all(&byte).await.map_err(|e| e.to_string())?;
+        stream
+            .read_exact(&mut byte)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let opens = args.streams as f64 / started.elapsed().as_secs_f64();
+    if got != bytes || got_tunnel != bytes {
+        return Err(format!(
+            "short transfer: direct {got}, tunnel {got_tunnel} of {bytes} bytes"
+        ));
+    }
+    let report = TunnelReport {
+        megabytes: args.megabytes,
+        direct_tls_mib_per_s: direct_rate,
+        tunnel_mib_per_s: tunnel_rate,
+        ratio: tunnel_rate / direct_rate,
+        stream_opens_per_s: opens,
+    };
+    Ok(match args.json {
+        true => serde_json::to_string_pretty(&report).unwrap_or_default(),
+        false => format!(
+            "bulk {} MiB: direct TLS {:.0} MiB/s, through the tunnel {:.0} MiB/s (ratio {:.2})\nstream opens through the tunnel: {:.0}/s\n",
+            report.megabytes,
+            report.direct_tls_mib_per_s,
+            report.tunnel_mib_per_s,
+            report.ratio,
+            report.stream_opens_per_s
+        ),
+    })
+}
+
+fn mib_per_s(bytes: usize, since: Instant) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / since.elapsed().as_secs_f64()
+}
+
+async fn write_zeros<W: AsyncWriteExt + Unpin>(out: &mut W, mut left: usize) {
+    let chunk = vec![0u8; 64 * 1024];
+    while left > 0 {
+        let n = left.min(chunk.len());
+        if out.write_all(&chunk[..n]).await.is_err() {
+            return;
+        }
+        left -= n;
+    }
+    let _ = out.shutdown().await;
+}
+
+async fn drain<R: AsyncReadExt + Unpin>(input: &mut R) -> usize {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0;
+    while let Ok(n) = input.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    total
+}
+
+fn self_signed() -> Result<(Arc<rustls::ServerConfig>, String), String> {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
+        .map_err(|e| e.to_string())?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .map_err(|e| e.to_string())?;
+    Ok((Arc::new(config), certified.cert.pem()))
+}
+
+/// A loopback server running `serve` on each connection (over TLS when `tls` is given).
+async fn spawn_server<F, Fut>(
+    tls: Option<Arc<rustls::ServerConfig>>,
+    serve: F,
+) -> Result<SocketAddr, String>
+where
+    F: Fn(Box<dyn crate::tunnel::session::Io>) -> Fut + Send + Sync + 'static + Clone,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (tls, serve) = (tls.clone(), serve.clone());
+            tokio::spawn(async move {
+                match tls {
+                    Some(config) => {
+                        if let Ok(stream) =
+                            tokio_rustls::TlsAcceptor::from(config).accept(tcp).await
+                        {
+                            serve(Box::new(stream)).await;
+                        }
+                    }
+                    None => serve(Box::new(tcp)).await,
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn connect_tls(
+    addr: SocketAddr,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    tokio_rustls::TlsConnector::from(tls_insecure(&[]))
+        .connect(
+            rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+            tcp,
+        )
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A server session and a client session joined by a TLS WebSocket on loopback.
+async fn tunnel_pair(server_tls: Arc<rustls::ServerConfig>) -> Result<Arc<Session>, String> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (server, server_rx) = Session::new(Role::Server, "bench", None);
+    let server_side = server.clone();
+    tokio::spawn(async move {
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let Ok(tls) = tokio_rustls::TlsAcceptor::from(server_tls)
+            .accept(tcp)
+            .await
+        else {
+            return;
+        };
+        if let Ok(ws) =
+            tokio_tungstenite::accept_async_with_config(tls, Some(websocket::config())).await
+        {
+            let _ = server_side.run(ws, server_rx).await;
+        }
+    });
+    let tls = connect_tls(addr).await?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(
+        format!("wss://{addr}/v3/connect"),
+        tls,
+        Some(websocket::config()),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let (client, client_rx) = Session::new(
+        Role::Client,
+        "client",
+        Some(Arc::new(|_: &str, _: &str| true)),
+    );
+    tokio::spawn(async move { client.run(ws, client_rx).await });
+    Ok(server)
+}

@@ -1,0 +1,103 @@
+//! Prometheus metrics, served at `/metrics`: handshakes, minting, names refused, the certificate
+//! cache, tunnels, and the process itself. One process-wide registry, so every layer can count
+//! without threading a handle through.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// TLS handshakes by result: `ok`, `timeout`, `error` (children resolved once, for the hot path).
+    pub handshakes_ok: IntCounter,
+    pub handshakes_timeout: IntCounter,
+    pub handshakes_error: IntCounter,
+    /// Certificates signed (new names, renewals, shared-mode re-signs, pins).
+    pub minted: IntCounter,
+    pub mint_seconds: Histogram,
+    /// Certificates held by the per-host cache, or names in the shared certificate.
+    pub cache_entries: IntGauge,
+    /// Names that got the default certificate, by reason.
+    pub names_refused: IntCounterVec,
+    pub tunnel_sessions: IntGauge,
+    pub tunnel_streams: IntGauge,
+    /// Payload bytes relayed through tunnels: `in` (received), `out` (sent).
+    pub tunnel_bytes_in: IntCounter,
+    pub tunnel_bytes_out: IntCounter,
+}
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new();
+    let handshakes = IntCounterVec::new(
+        Opts::new("corral_tls_handshakes_total", "TLS handshakes by result"),
+        &["result"],
+    )?;
+    let tunnel_bytes = IntCounterVec::new(
+        Opts::new(
+            "corral_tunnel_bytes_total",
+            "Payload bytes relayed through tunnels",
+        ),
+        &["direction"],
+    )?;
+    registry.register(Box::new(handshakes.clone()))?;
+    registry.register(Box::new(tunnel_bytes.clone()))?;
+    let metrics = Metrics {
+        handshakes_ok: handshakes.with_label_values(&["ok"]),
+        handshakes_timeout: handshakes.with_label_values(&["timeout"]),
+        handshakes_error: handshakes.with_label_values(&["error"]),
+        minted: IntCounter::new("corral_certificates_minted_total", "Certificates signed")?,
+        mint_seconds: Histogram::with_opts(
+            HistogramOpts::new(
+                "corral_mint_duration_seconds",
+                "Time to sign a certificate and prepare it for serving",
+            )
+            .buckets(vec![
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
+            ]),
+        )?,
+        cache_entries: IntGauge::new(
+            "corral_certificate_cache_entries",
+            "Names with a certificate of their own",
+        )?,
+        names_refused: IntCounterVec::new(
+            Opts::new(
+                "corral_names_refused_total",
+                "Names served the default certificate, by reason",
+            ),
+            &["reason"],
+        )?,
+        tunnel_sessions: IntGauge::new("corral_tunnel_sessions", "Open agent tunnel sessions")?,
+        tunnel_streams: IntGauge::new("corral_tunnel_streams", "Open streams inside tunnels")?,
+        tunnel_bytes_in: tunnel_bytes.with_label_values(&["in"]),
+        tunnel_bytes_out: tunnel_bytes.with_label_values(&["out"]),
+        registry,
+    };
+    let r = &metrics.registry;
+    r.register(Box::new(metrics.minted.clone()))?;
+    r.register(Box::new(metrics.mint_seconds.clone()))?;
+    r.register(Box::new(metrics.cache_entries.clone()))?;
+    r.register(Box::new(metrics.names_refused.clone()))?;
+    r.register(Box::new(metrics.tunnel_sessions.clone()))?;
+    r.register(Box::new(metrics.tunnel_streams.clone()))?;
+    r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    Ok(metrics)
+}
+
+static METRICS: LazyLock<Metrics> =
+    LazyLock::new(|| build().expect("metric definitions are valid"));
+
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// The text exposition of every metric.
+pub fn render() -> String {
+    let mut out = Vec::new();
+    let _ = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
