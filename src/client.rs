@@ -134,6 +134,16 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// aws-lc-rs with only the classical key exchanges (X25519, then P-256): what the handshake
+/// benchmark offers, so every server is measured on the same key exchange (nginx with OpenSSL 3.0
+/// has no post-quantum hybrid).
+pub fn classic_provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::aws_lc_rs::kx_group;
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1];
+    Arc::new(provider)
+}
+
 /// What a client trusts.
 pub enum Trust<'a> {
     /// Only the certificates in this PEM (a CA bundle).
@@ -145,11 +155,11 @@ pub enum Trust<'a> {
 
 /// A client config with the given trust, ALPN and TLS versions.
 pub fn tls_client(
+    provider: Arc<CryptoProvider>,
     trust: Trust<'_>,
     alpn: &[&[u8]],
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Result<Arc<ClientConfig>, String> {
-    let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|e| e.to_string())?;
@@ -177,12 +187,12 @@ pub fn tls_client(
 
 /// TLS trusting only the certificates in `pem`.
 pub fn tls_trusting(pem: &[u8], alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, String> {
-    tls_client(Trust::Pem(pem), alpn, rustls::DEFAULT_VERSIONS)
+    tls_client(provider(), Trust::Pem(pem), alpn, rustls::DEFAULT_VERSIONS)
 }
 
 /// TLS accepting any certificate (see [`Trust::Anything`]).
 pub fn tls_insecure(alpn: &[&[u8]]) -> Arc<ClientConfig> {
-    tls_client(Trust::Anything, alpn, rustls::DEFAULT_VERSIONS)
+    tls_client(provider(), Trust::Anything, alpn, rustls::DEFAULT_VERSIONS)
         .expect("default versions are supported")
 }
 

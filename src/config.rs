@@ -23,6 +23,14 @@ pub enum CertMode {
     Shared,
 }
 
+/// An on/off setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Toggle {
+    On,
+    Off,
+}
+
 /// The `serve` settings as flags and environment variables; unset ones fall back to the file.
 #[derive(Debug, Default, clap::Args)]
 pub struct ServeArgs {
@@ -78,6 +86,9 @@ pub struct ServeArgs {
     /// Seconds a client has to complete its TLS handshake [default: 10].
     #[arg(long, env = "CORRAL_HANDSHAKE_TIMEOUT", value_name = "SECONDS")]
     pub handshake_timeout: Option<u64>,
+    /// TLS session resumption (tickets and a session cache) [default: on]; off forces full handshakes.
+    #[arg(long, env = "CORRAL_SESSION_TICKETS", value_name = "on|off")]
+    pub session_tickets: Option<Toggle>,
     /// Seconds the cluster proxy waits for an absent agent before answering 503 [default: 15].
     #[arg(long, env = "CORRAL_AGENT_WAIT", value_name = "SECONDS")]
     pub agent_wait: Option<u64>,
@@ -103,6 +114,7 @@ struct FileSettings {
     rotate_days: Option<u32>,
     handshake_timeout: Option<u64>,
     agent_wait: Option<u64>,
+    session_tickets: Option<Toggle>,
     server_url: Option<String>,
 }
 
@@ -123,6 +135,8 @@ pub struct Config {
     pub rotate_days: u32,
     pub handshake_timeout: Duration,
     pub agent_wait: Duration,
+    /// Whether clients may resume TLS sessions.
+    pub session_tickets: bool,
     pub server_url: Option<ServerUrl>,
     /// `CATTLE_BOOTSTRAP_PASSWORD` (environment only, so it never shows in `ps`).
     pub bootstrap_password: Option<Secret>,
@@ -205,6 +219,7 @@ impl Config {
                     .unwrap_or(10),
             ),
             agent_wait: Duration::from_secs(args.agent_wait.or(file.agent_wait).unwrap_or(15)),
+            session_tickets: args.session_tickets.or(file.session_tickets) != Some(Toggle::Off),
             server_url: args
                 .server_url
                 .or(file.server_url)

@@ -603,3 +603,37 @@ async fn metrics_count_handshakes_mints_and_refusals() {
     assert!(value("corral_certificate_cache_entries") >= 2.0);
     assert!(value("process_resident_memory_bytes") > 0.0);
 }
+
+#[tokio::test]
+async fn session_resumption_is_on_by_default_and_can_be_turned_off() {
+    use rustls::HandshakeKind;
+    async fn second_handshake(addr: std::net::SocketAddr) -> Option<HandshakeKind> {
+        let config = corral::client::tls_insecure(&[b"http/1.1"]);
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let mut kind = None;
+        for _ in 0..2 {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("resume.lab.test").unwrap();
+            let mut tls = connector.connect(name, tcp).await.unwrap();
+            // Read the response so the client has processed the session tickets.
+            let response = common::exchange(
+                &mut tls,
+                "GET /ping HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            assert_eq!(response.body, "pong");
+            kind = tls.get_ref().1.handshake_kind();
+        }
+        kind
+    }
+    let on = Corral::start(&[]);
+    assert_eq!(
+        second_handshake(on.https("127.0.0.1")).await,
+        Some(HandshakeKind::Resumed)
+    );
+    let off = Corral::start(&["--session-tickets", "off"]);
+    assert_eq!(
+        second_handshake(off.https("127.0.0.1")).await,
+        Some(HandshakeKind::Full)
+    );
+}

@@ -19,13 +19,8 @@ use tokio_rustls::TlsConnector;
 
 use super::parse_duration;
 use super::report::Recorder;
-use crate::client::{Trust, tls_client};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OnOff {
-    On,
-    Off,
-}
+use crate::client::{Trust, classic_provider, tls_client};
+use crate::config::Toggle;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TlsVersion {
@@ -70,7 +65,7 @@ pub struct HandshakeArgs {
     pub insecure: bool,
     /// Resume sessions (tickets or session ids) across connections.
     #[arg(long, value_enum, default_value = "off")]
-    pub resumption: OnOff,
+    pub resumption: Toggle,
     /// After the handshake, GET this path and expect 200.
     #[arg(long, value_name = "PATH")]
     pub request: Option<String>,
@@ -203,10 +198,10 @@ fn client_config(args: &HandshakeArgs) -> Result<Arc<ClientConfig>, String> {
         None if args.insecure => Trust::Anything,
         None => return Err("pass --ca FILE or --insecure".into()),
     };
-    let mut config = (*tls_client(trust, &[b"http/1.1"], versions)?).clone();
+    let mut config = (*tls_client(classic_provider(), trust, &[b"http/1.1"], versions)?).clone();
     config.resumption = match args.resumption {
-        OnOff::On => Resumption::in_memory_sessions(1024),
-        OnOff::Off => Resumption::disabled(),
+        Toggle::On => Resumption::in_memory_sessions(1024),
+        Toggle::Off => Resumption::disabled(),
     };
     Ok(Arc::new(config))
 }

@@ -102,7 +102,7 @@ enum Strategy {
 
 impl CertResolver {
     pub fn new(config: &Config, dir: &DataDir, factory: LeafFactory) -> Result<Self, String> {
-        let tls = TlsSettings::new(&factory).map_err(|e| e.to_string())?;
+        let tls = TlsSettings::new(&factory, config.session_tickets).map_err(|e| e.to_string())?;
         let fallback = Self::mint_with(&factory, &tls, &fallback_names())?;
         let strategy = match config.cert_mode {
             CertMode::PerHost => Strategy::PerHost {

@@ -39,13 +39,15 @@ pub struct TlsSettings {
     key: Arc<dyn SigningKey>,
     ca: CertificateDer<'static>,
     sessions: Arc<dyn StoresServerSessions>,
+    /// TLS 1.3 tickets (stateless resumption), or `None` when resumption is off.
+    ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
     alpn: Vec<Vec<u8>>,
 }
 
 impl TlsSettings {
     /// Settings for leaves from `factory`: TLS 1.2 and 1.3 with aws-lc-rs, ALPN `http/1.1` only (as
     /// Rancher's dynamic listener), the chain leaf + CA.
-    pub fn new(factory: &LeafFactory) -> Result<Self, rustls::Error> {
+    pub fn new(factory: &LeafFactory, resumption: bool) -> Result<Self, rustls::Error> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let key = provider.key_provider.load_private_key(factory.key_der())?;
         // Leaked once per process so that every chain borrows the CA instead of copying it.
@@ -54,7 +56,14 @@ impl TlsSettings {
             provider,
             key,
             ca: CertificateDer::from(ca_bytes),
-            sessions: ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
+            sessions: match resumption {
+                true => ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
+                false => Arc::new(rustls::server::NoServerSessionStorage {}),
+            },
+            ticketer: match resumption {
+                true => Some(rustls::crypto::aws_lc_rs::Ticketer::new()?),
+                false => None,
+            },
             alpn: vec![b"http/1.1".to_vec()],
         })
     }
@@ -69,6 +78,10 @@ impl TlsSettings {
             .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
         config.alpn_protocols = self.alpn.clone();
         config.session_storage = self.sessions.clone();
+        match &self.ticketer {
+            Some(ticketer) => config.ticketer = ticketer.clone(),
+            None => config.send_tls13_tickets = 0,
+        }
         Ok(Served {
             config: Arc::new(config),
             leaf: leaf.der,

@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# Side-by-side TLS handshake cost on this machine: corral (a cached name, a new name per connection,
+# pinned), nginx (one worker, an ECDSA P-256 leaf, tickets and session cache off) and Caddy on-demand
+# (`tls internal`, tickets off), plus corral's memory per cached certificate and per idle tunnel and
+# its tunnel throughput. Server on one core, client (`corral bench handshake`) on another; the headline
+# is server CPU time per handshake, read from /proc. Writes docs/PERFORMANCE.md.
+#
+#   benches/compare.sh                       # everything, ~5 minutes
+#   DURATION=5s NAMES=20000 TUNNELS=2000 benches/compare.sh    # quicker
+#
+# Loopback only. Needs root for apt-get (nginx, caddy) and for raising the file limit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONCURRENCY=${CONCURRENCY:-32}
+NAMES=${NAMES:-100000}
+TUNNELS=${TUNNELS:-10000}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+OUT=${OUT:-docs/PERFORMANCE.md}
+
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v caddy >/dev/null || need+=(caddy)
+command -v jq >/dev/null || need+=(jq)
+if [ ${#need[@]} -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+cargo build --release --bin corral -q
+BIN=$PWD/target/release/corral
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+CLK_TCK=$(getconf CLK_TCK)
+# CPU ticks (user + system) of a process and all its threads.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+
+ROWS=()
+# measure LABEL PID BENCH-ARGS…: runs the client, reports server CPU µs per successful handshake.
+measure() {
+  local label=$1 pid=$2; shift 2
+  local before after json
+  before=$(ticks "$pid")
+  json=$(taskset -c "$CLIENT_CPU" "$BIN" bench handshake --insecure --resumption off --tls 1.3 \
+           --concurrency "$CONCURRENCY" --duration "$DURATION" --json "$@")
+  after=$(ticks "$pid")
+  local ok rate p50 p99 failed cpu_us
+  ok=$(jq .ok <<<"$json"); failed=$(jq .failed <<<"$json")
+  rate=$(jq '.rate_per_second | floor' <<<"$json")
+  p50=$(jq .latency_us.p50 <<<"$json"); p99=$(jq .latency_us.p99 <<<"$json")
+  cpu_us=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$ok" 'BEGIN { printf "%.0f", n ? t * 1e6 / hz / n : 0 }')
+  ROWS+=("| $label | $ok | $failed | $rate | $p50 | $p99 | **$cpu_us** |")
+  eval "CPU_$(tr -c 'a-zA-Z0-9\n' _ <<<"$label" | tr -d '\n')=$cpu_us"
+  echo "$label: $cpu_us µs server CPU per handshake ($ok ok, $failed failed, $rate/s, p99 $p99 µs)" >&2
+}
+
+start_corral() { # start_corral NAME PORT [ENV…]
+  local name=$1 port=$2; shift 2
+  env "$@" CORRAL_LOG=warn taskset -c "$SERVER_CPU" "$BIN" serve --data-dir "$WORK/$name" --bind 127.0.0.1 \
+      --https-port "$port" --http-port $((port + 1)) --mint-rate 0 --max-names 1000000 --session-tickets off &
+  PIDS+=($!); LAST_PID=$!
+  wait_port "$port"
+}
+
+# corral: a cached name, then a new name per connection.
+start_corral corral 19443
+CORRAL=$LAST_PID
+"$BIN" bench handshake --target 127.0.0.1:19443 --insecure --sni cached.lab.test --count 1 --json >/dev/null
+measure "corral, cached name" "$CORRAL" --target 127.0.0.1:19443 --sni cached.lab.test
+measure "corral, new name per connection" "$CORRAL" --target 127.0.0.1:19443 --unique-sni new.lab.test
+
+# corral pinned (server-url from boot).
+start_corral pinned 19453 CATTLE_SERVER_URL=https://pinned.lab.test
+PINNED=$LAST_PID
+measure "corral, pinned" "$PINNED" --target 127.0.0.1:19453 --sni other.lab.test
+
+# nginx: one worker, P-256 leaf signed by a P-256 CA, no tickets, no session cache.
+mkdir -p "$WORK/nginx/logs"
+openssl ecparam -name prime256v1 -genkey -noout -out "$WORK/nginx/ca.key" 2>/dev/null
+openssl req -x509 -new -key "$WORK/nginx/ca.key" -subj /CN=bench-ca -days 30 -out "$WORK/nginx/ca.pem" 2>/dev/null
+openssl ecparam -name prime256v1 -genkey -noout -out "$WORK/nginx/leaf.key" 2>/dev/null
+openssl req -new -key "$WORK/nginx/leaf.key" -subj /CN=dynamic -out "$WORK/nginx/leaf.csr" 2>/dev/null
+printf 'subjectAltName=DNS:cached.lab.test\n' >"$WORK/nginx/ext"
+openssl x509 -req -in "$WORK/nginx/leaf.csr" -CA "$WORK/nginx/ca.pem" -CAkey "$WORK/nginx/ca.key" -CAcreateserial \
+  -days 30 -extfile "$WORK/nginx/ext" -out "$WORK/nginx/leaf.pem" 2>/dev/null
+cat "$WORK/nginx/leaf.pem" "$WORK/nginx/ca.pem" >"$WORK/nginx/chain.pem"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+master_process off;
+error_log $WORK/nginx/logs/error.log warn;
+pid $WORK/nginx/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:19463 ssl;
+    ssl_certificate $WORK/nginx/chain.pem;
+    ssl_certificate_key $WORK/nginx/leaf.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_tickets off;
+    ssl_session_cache off;
+    location / { return 200 "pong"; }
+  }
+}
+EOF
+taskset -c "$SERVER_CPU" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" &
+PIDS+=($!); NGINX=$!
+wait_port 19463
+measure "nginx" "$NGINX" --target 127.0.0.1:19463 --sni cached.lab.test
+
+# Caddy on demand: tls internal, tickets off, storage in the work dir, no trust-store changes.
+cat >"$WORK/caddy.json" <<EOF
+{
+  "admin": {"disabled": true},
+  "storage": {"module": "file_system", "root": "$WORK/caddy"},
+  "apps": {
+    "pki": {"certificate_authorities": {"local": {"install_trust": false}}},
+    "tls": {
+      "session_tickets": {"disabled": true},
+      "automation": {"policies": [{"issuers": [{"module": "internal"}], "on_demand": true}]}
+    },
+    "http": {"servers": {"bench": {
+      "listen": ["127.0.0.1:19473"],
+      "automatic_https": {"disable_redirects": true},
+      "tls_connection_policies": [{}],
+      "routes": [{"handle": [{"handler": "static_response", "body": "pong"}]}]
+    }}}
+  }
+}
+EOF
+HOME=$WORK taskset -c "$SERVER_CPU" caddy run --config "$WORK/caddy.json" >"$WORK/caddy.log" 2>&1 &
+PIDS+=($!); CADDY=$!
+wait_port 19473
+"$BIN" bench handshake --target 127.0.0.1:19473 --insecure --sni cached.lab.test --count 1 --timeout 30s --json >/dev/null
+measure "Caddy on-demand, cached name" "$CADDY" --target 127.0.0.1:19473 --sni cached.lab.test
+measure "Caddy on-demand, new name per connection" "$CADDY" --target 127.0.0.1:19473 --unique-sni new.lab.test --timeout 30s
+
+# Memory per cached certificate: a fresh corral, NAMES new names, resident memory before and after.
+start_corral memory 19483
+MEM=$LAST_PID
+"$BIN" bench handshake --target 127.0.0.1:19483 --insecure --sni warm.lab.test --count 10 --json >/dev/null
+rss_before=$(rss_kib "$MEM")
+taskset -c "$CLIENT_CPU" "$BIN" bench handshake --target 127.0.0.1:19483 --insecure --unique-sni mem.lab.test \
+  --count "$NAMES" --concurrency "$CONCURRENCY" --json >"$WORK/mem.json"
+rss_after=$(rss_kib "$MEM")
+minted=$(jq .ok "$WORK/mem.json")
+per_name=$(awk -v a="$rss_after" -v b="$rss_before" -v n="$minted" 'BEGIN { printf "%.2f", (a - b) / n }')
+echo "memory: $per_name KiB per cached certificate over $minted names" >&2
+
+# Tunnels: throughput against direct TLS, and server memory per idle agent tunnel.
+tunnel_json=$("$BIN" bench tunnel --megabytes 256 --streams 2000 --json)
+env CATTLE_BOOTSTRAP_PASSWORD=bench-bootstrap-password CORRAL_LOG=warn "$BIN" serve --data-dir "$WORK/tunnels" \
+  --bind 127.0.0.1 --https-port 19493 --http-port 19494 &
+PIDS+=($!); TSERVER=$!
+wait_port 19493
+S=https://127.0.0.1:19493
+TOKEN=$(curl -sk -X POST "$S/v3-public/localProviders/local?action=login" \
+  -d '{"username":"admin","password":"bench-bootstrap-password"}' | jq -r .token)
+CLUSTER=$(curl -sk -X POST "$S/v3/clusters" -H "Authorization: Bearer $TOKEN" -d '{"name":"bench"}' | jq -r .id)
+REG=$(curl -sk -X POST "$S/v3/clusterregistrationtokens" -H "Authorization: Bearer $TOKEN" \
+  -d "{\"clusterId\":\"$CLUSTER\"}" | jq -r .token)
+SUM=$(curl -sk "$S/cacerts" | sha256sum | cut -d' ' -f1)
+tunnel_rss_before=$(rss_kib "$TSERVER")
+CATTLE_TOKEN=$REG CORRAL_LOG=error "$BIN" agent --server "$S" --ca-checksum "$SUM" --address 127.0.0.1:9 \
+  --sa-token bench --count "$TUNNELS" &
+PIDS+=($!)
+for _ in $(seq 1 600); do
+  open=$(curl -sk "$S/metrics" | awk '/^corral_tunnel_sessions / {print $2}')
+  [ "${open:-0}" -ge "$TUNNELS" ] && break
+  sleep 0.5
+done
+sleep 2
+tunnel_rss_after=$(rss_kib "$TSERVER")
+per_tunnel=$(awk -v a="$tunnel_rss_after" -v b="$tunnel_rss_before" -v n="${open:-0}" 'BEGIN { printf "%.1f", n ? (a - b) / n : 0 }')
+echo "tunnels: ${open:-0} idle, $per_tunnel KiB each on the server" >&2
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b ? a / b : 0 }'; }
+cached=$CPU_corral__cached_name; fresh=$CPU_corral__new_name_per_connection
+nginx_us=$CPU_nginx; caddy_new=$CPU_Caddy_on_demand__new_name_per_connection
+
+mkdir -p "$(dirname "$OUT")"
+{
+  echo "# Performance"
+  echo
+  echo "Measured by \`benches/compare.sh\` on $(date -u +%Y-%m-%d): $(nproc) cores,"
+  echo "$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo). Server pinned to core $SERVER_CPU, the client"
+  echo "(\`corral bench handshake\`, TLS 1.3, no resumption, $CONCURRENCY connections in flight, $DURATION per row)"
+  echo "to core $CLIENT_CPU. Versions: $("$BIN" --version), $(nginx -v 2>&1 | sed 's/nginx version: //'),"
+  echo "Caddy $(caddy version | cut -d' ' -f1), $(rustc --version | cut -d' ' -f1-2)."
+  echo
+  echo "Server CPU per handshake is the headline: on two cores the client saturates first, so rates"
+  echo "and latencies describe the client as much as the server."
+  echo
+  echo "| server | handshakes | failed | rate/s | p50 µs | p99 µs | server CPU µs/handshake |"
+  echo "|---|---|---|---|---|---|---|"
+  printf '%s\n' "${ROWS[@]}"
+  echo
+  echo "## Targets"
+  echo
+  echo "| target | measured | goal |"
+  echo "|---|---|---|"
+  echo "| cached handshake vs nginx (server CPU) | $(ratio "$cached" "$nginx_us")× | ≤ 0.5× |"
+  echo "| first contact vs cached (corral) | $(ratio "$fresh" "$cached")× | ≤ 1.3× |"
+  echo "| first contact vs Caddy on-demand first contact | $(ratio "$fresh" "$caddy_new")× | ≤ 0.1× |"
+  echo "| resident memory per cached certificate ($minted names) | $per_name KiB | ≤ 2 KiB |"
+  echo "| tunnel bulk throughput vs direct TLS | $(jq -r '.ratio * 100 | floor / 100' <<<"$tunnel_json")× ($(jq -r '.tunnel_mib_per_s | floor' <<<"$tunnel_json") vs $(jq -r '.direct_tls_mib_per_s | floor' <<<"$tunnel_json") MiB/s) | ≥ 0.6× |"
+  echo "| server memory per idle agent tunnel (${open:-0} tunnels) | $per_tunnel KiB | ≤ 50 KiB |"
+  echo
+  echo "Stream opens through a tunnel: $(jq -r '.stream_opens_per_s | floor' <<<"$tunnel_json")/s (open, one byte each way, close)."
+} >"$OUT"
+echo "wrote $OUT" >&2

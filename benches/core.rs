@@ -1,0 +1,126 @@
+//! Micro-benchmarks of the hot paths: minting a leaf, the certificate lookup a handshake does (alone
+//! and under contention), the tunnel codec, and the CA checksum.
+
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use corral::config::{Config, ServeArgs};
+use corral::pki::{CaProfile, CertificateAuthority, LeafFactory, SubjectName, ca_checksum};
+use corral::state::DataDir;
+use corral::tls::CertResolver;
+use corral::tunnel::codec::{Message, MessageType};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    dir: DataDir,
+    config: Config,
+    ca: Arc<CertificateAuthority>,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::open(tmp.path()).unwrap();
+    let config = Config::resolve(ServeArgs {
+        data_dir: Some(tmp.path().into()),
+        mint_rate: Some(0),
+        max_names: Some(10_000_000),
+        ..ServeArgs::default()
+    })
+    .unwrap();
+    let (ca, _) = CertificateAuthority::load_or_create(&dir, CaProfile::Cattle).unwrap();
+    Fixture {
+        _tmp: tmp,
+        dir,
+        config,
+        ca: Arc::new(ca),
+    }
+}
+
+fn minting(c: &mut Criterion) {
+    let f = fixture();
+    let factory = LeafFactory::new(&f.dir, f.ca.clone(), 365).unwrap();
+    let name = [SubjectName::parse("bench.lab.test").unwrap()];
+    c.bench_function("mint a leaf (sign only)", |b| {
+        b.iter(|| black_box(factory.mint(&name).unwrap()))
+    });
+
+    let resolver = CertResolver::new(
+        &f.config,
+        &f.dir,
+        LeafFactory::new(&f.dir, f.ca.clone(), 365).unwrap(),
+    )
+    .unwrap();
+    let local: IpAddr = [127, 0, 0, 1].into();
+    let mut n = 0u64;
+    c.bench_function("first contact: mint + server config", |b| {
+        b.iter(|| {
+            n += 1;
+            black_box(resolver.select(Some(&format!("n{n}.lab.test")), local))
+        })
+    });
+}
+
+fn lookup(c: &mut Criterion) {
+    let f = fixture();
+    let resolver = Arc::new(
+        CertResolver::new(
+            &f.config,
+            &f.dir,
+            LeafFactory::new(&f.dir, f.ca.clone(), 365).unwrap(),
+        )
+        .unwrap(),
+    );
+    let local: IpAddr = [127, 0, 0, 1].into();
+    for i in 0..1000 {
+        resolver.select(Some(&format!("n{i}.lab.test")), local);
+    }
+    c.bench_function("cached lookup", |b| {
+        b.iter(|| black_box(resolver.select(Some("n500.lab.test"), local)))
+    });
+
+    // The same lookup while three other threads hammer the cache.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammers: Vec<_> = (0..3)
+        .map(|t| {
+            let (resolver, stop) = (resolver.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = t;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    black_box(resolver.select(Some(&format!("n{}.lab.test", i % 1000)), local));
+                    i += 7;
+                }
+            })
+        })
+        .collect();
+    c.bench_function("cached lookup under contention", |b| {
+        b.iter(|| black_box(resolver.select(Some("n500.lab.test"), local)))
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in hammers {
+        h.join().unwrap();
+    }
+}
+
+fn codec(c: &mut Criterion) {
+    let payload = Bytes::from(vec![7u8; 32 * 1024]);
+    let message = Message::new(123_456, 42, MessageType::Data, payload);
+    let encoded = message.encode();
+    c.bench_function("encode a 32 KiB Data message", |b| {
+        b.iter(|| black_box(message.encode()))
+    });
+    c.bench_function("decode a 32 KiB Data message", |b| {
+        b.iter(|| black_box(Message::decode(encoded.clone()).unwrap()))
+    });
+}
+
+fn checksum(c: &mut Criterion) {
+    let f = fixture();
+    let pem = f.ca.cacerts().to_string();
+    c.bench_function("CA checksum", |b| b.iter(|| black_box(ca_checksum(&pem))));
+}
+
+criterion_group!(benches, minting, lookup, codec, checksum);
+criterion_main!(benches);
