@@ -69,6 +69,8 @@ impl Target {
         let tcp = TcpStream::connect(self.authority())
             .await
             .map_err(|e| format!("cannot connect to {}: {e}", self.authority()))?;
+        // Small tunnel messages must not wait for Nagle's algorithm.
+        let _ = tcp.set_nodelay(true);
         TlsConnector::from(tls)
             .connect(self.server_name()?, tcp)
             .await

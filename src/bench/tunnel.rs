@@ -166,6 +166,7 @@ where
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
+            let _ = tcp.set_nodelay(true);
             let (tls, serve) = (tls.clone(), serve.clone());
             tokio::spawn(async move {
                 match tls {
@@ -188,6 +189,7 @@ async fn connect_tls(
     addr: SocketAddr,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
     tokio_rustls::TlsConnector::from(tls_insecure(&[]))
         .connect(
             rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
@@ -209,6 +211,7 @@ async fn tunnel_pair(server_tls: Arc<rustls::ServerConfig>) -> Result<Arc<Sessio
         let Ok((tcp, _)) = listener.accept().await else {
             return;
         };
+        let _ = tcp.set_nodelay(true);
         let Ok(tls) = tokio_rustls::TlsAcceptor::from(server_tls)
             .accept(tcp)
             .await

@@ -165,7 +165,7 @@ impl PersistedCert {
     ) -> Result<(), Refusal> {
         let list: Vec<_> = names.iter().cloned().collect();
         let served = mint(&list)?;
-        persist(&self.path, &names, &served.leaf).map_err(Refusal::MintFailed)?;
+        persist(&self.path, &names, served.leaf()).map_err(Refusal::MintFailed)?;
         self.current.store(Arc::new(CertState { names, served }));
         Ok(())
     }

@@ -318,12 +318,12 @@ impl CertResolver {
     /// The leaf a no-SNI client of 127.0.0.1 gets: once pinned, the one every client gets.
     pub fn current_leaf(&self) -> rustls::pki_types::CertificateDer<'static> {
         match (self.pinned.get(), &self.strategy) {
-            (Some(pin), _) => self.pinned_cert(pin).current().leaf.clone(),
-            (None, Strategy::Shared(shared)) => shared.current().leaf.clone(),
+            (Some(pin), _) => self.pinned_cert(pin).current().leaf().clone(),
+            (None, Strategy::Shared(shared)) => shared.current().leaf().clone(),
             (None, Strategy::PerHost { .. }) => self
                 .per_host(SubjectName::ip([127, 0, 0, 1].into()))
                 .unwrap_or_else(|_| self.fallback())
-                .leaf
+                .leaf()
                 .clone(),
         }
     }

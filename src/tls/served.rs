@@ -21,12 +21,18 @@ const SESSION_CACHE_SIZE: usize = 4096;
 #[derive(Debug)]
 pub struct Served {
     pub config: Arc<ServerConfig>,
-    pub leaf: CertificateDer<'static>,
+    /// The chain and key the config serves (the only copy of the leaf).
+    certified: Arc<CertifiedKey>,
     /// Unix seconds after which the leaf is no longer valid.
     pub not_after: i64,
 }
 
 impl Served {
+    /// The leaf certificate served.
+    pub fn leaf(&self) -> &CertificateDer<'static> {
+        &self.certified.cert[0]
+    }
+
     /// Whether the leaf expires within `window_secs` from `now` (unix seconds) and must be re-minted.
     pub fn expires_within(&self, now: i64, window_secs: i64) -> bool {
         self.not_after - now <= window_secs
@@ -48,7 +54,7 @@ impl TlsSettings {
     /// Settings for leaves from `factory`: TLS 1.2 and 1.3 with aws-lc-rs, ALPN `http/1.1` only (as
     /// Rancher's dynamic listener), the chain leaf + CA.
     pub fn new(factory: &LeafFactory, resumption: bool) -> Result<Self, rustls::Error> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = Arc::new(server_provider());
         let key = provider.key_provider.load_private_key(factory.key_der())?;
         // Leaked once per process so that every chain borrows the CA instead of copying it.
         let ca_bytes: &'static [u8] = Box::leak(factory.ca().der().to_vec().into_boxed_slice());
@@ -70,13 +76,14 @@ impl TlsSettings {
 
     /// Wraps a minted leaf into a servable certificate.
     pub fn serve(&self, leaf: MintedLeaf) -> Result<Served, rustls::Error> {
-        let chain = vec![leaf.der.clone(), self.ca.clone()];
-        let certified = CertifiedKey::new(chain, self.key.clone());
+        let chain = vec![leaf.der, self.ca.clone()];
+        let certified = Arc::new(CertifiedKey::new(chain, self.key.clone()));
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&version::TLS13, &version::TLS12])?
             .with_no_client_auth()
-            .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
+            .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified.clone())));
         config.alpn_protocols = self.alpn.clone();
+        config.ignore_client_order = true;
         config.session_storage = self.sessions.clone();
         match &self.ticketer {
             Some(ticketer) => config.ticketer = ticketer.clone(),
@@ -84,10 +91,27 @@ impl TlsSettings {
         }
         Ok(Served {
             config: Arc::new(config),
-            leaf: leaf.der,
+            certified,
             not_after: leaf.not_after.unix_timestamp(),
         })
     }
+}
+
+/// aws-lc-rs with AES-128-GCM-SHA256 preferred (the server chooses, as Go's crypto/tls does with
+/// AES hardware): it is as strong in practice and avoids SHA-384's key schedule, which costs more than
+/// the ECDSA signature on CPUs without SHA-512 instructions. The same suites are offered either way.
+fn server_provider() -> rustls::crypto::CryptoProvider {
+    use rustls::crypto::aws_lc_rs::cipher_suite::*;
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites = vec![
+        TLS13_AES_128_GCM_SHA256,
+        TLS13_AES_256_GCM_SHA384,
+        TLS13_CHACHA20_POLY1305_SHA256,
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    provider
 }
 
 /// The current time in unix seconds.

@@ -107,15 +107,7 @@ impl Message {
 
     /// The WebSocket message body.
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(4 * MAX_VARINT_LEN + self.payload.len());
-        put_varint(&mut out, self.id);
-        put_varint(&mut out, self.conn_id);
-        put_varint(&mut out, self.kind.code());
-        if self.kind.has_deadline() {
-            put_varint(&mut out, LEGACY_DEADLINE_MS);
-        }
-        out.put_slice(&self.payload);
-        out.freeze()
+        encode(self.id, self.conn_id, self.kind, &self.payload)
     }
 
     /// Parses a WebSocket message body. The payload shares `bytes` (no copy).
@@ -139,6 +131,19 @@ impl Message {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.payload).into_owned()
     }
+}
+
+/// Encodes a message straight from its parts: the payload is copied once, into the message.
+pub fn encode(id: i64, conn_id: i64, kind: MessageType, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(4 * MAX_VARINT_LEN + payload.len());
+    put_varint(&mut out, id);
+    put_varint(&mut out, conn_id);
+    put_varint(&mut out, kind.code());
+    if kind.has_deadline() {
+        put_varint(&mut out, LEGACY_DEADLINE_MS);
+    }
+    out.put_slice(payload);
+    out.freeze()
 }
 
 /// Go's `PutVarint`: zigzag, then base-128 little-endian groups.

@@ -34,6 +34,8 @@ const OUTGOING_QUEUE: usize = 64;
 /// Streams younger than this are not pruned by SyncConnections: the client may not have seen their
 /// Connect yet when it sent the list.
 const SYNC_GRACE: Duration = Duration::from_secs(5);
+/// Buffer size for relaying a dialed connection, as Go's io.Copy: Data messages of up to 32 KiB.
+const COPY_BUFFER: usize = 32 * 1024;
 /// How long a client waits for a dial the server asked for.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -101,18 +103,18 @@ impl Session {
     }
 
     /// Encodes a message with the next message id.
-    pub(crate) fn message(&self, conn_id: i64, kind: MessageType, payload: Bytes) -> Bytes {
+    pub(crate) fn message(&self, conn_id: i64, kind: MessageType, payload: &[u8]) -> Bytes {
         let id = self.next_message_id.fetch_add(1, Ordering::Relaxed);
-        Message::new(id, conn_id, kind, payload).encode()
+        super::codec::encode(id, conn_id, kind, payload)
     }
 
     async fn send(&self, conn_id: i64, kind: MessageType, payload: Bytes) {
-        let _ = self.out.send(self.message(conn_id, kind, payload)).await;
+        let _ = self.out.send(self.message(conn_id, kind, &payload)).await;
     }
 
     /// Queues a message from synchronous code: at once if there is room, else from a task.
     pub(crate) fn send_soon(&self, conn_id: i64, kind: MessageType, payload: Bytes) {
-        let message = self.message(conn_id, kind, payload);
+        let message = self.message(conn_id, kind, &payload);
         if let Err(mpsc::error::TrySendError::Full(message)) = self.out.try_send(message) {
             let out = self.out.clone();
             tokio::spawn(async move { out.send(message).await });
@@ -195,7 +197,15 @@ impl Session {
                     _ = ping.tick(), if client => WsMessage::Ping(Bytes::new()),
                     _ = sync.tick(), if client => WsMessage::Binary(self.sync_message()),
                 };
-                sink.send(frame).await.map_err(|e| format!("write: {e}"))?;
+                let write_error = |e: tokio_tungstenite::tungstenite::Error| format!("write: {e}");
+                sink.feed(frame).await.map_err(write_error)?;
+                // Batch whatever else is queued into the same flush: fewer TLS records and syscalls.
+                while let Ok(bytes) = outgoing.try_recv() {
+                    sink.feed(WsMessage::Binary(bytes))
+                        .await
+                        .map_err(write_error)?;
+                }
+                sink.flush().await.map_err(write_error)?;
             }
         };
         let reader = async {
@@ -237,7 +247,7 @@ impl Session {
 
     fn sync_message(&self) -> Bytes {
         let ids: Vec<i64> = self.lock().keys().copied().collect();
-        self.message(0, MessageType::SyncConnections, encode_sync(&ids))
+        self.message(0, MessageType::SyncConnections, &encode_sync(&ids))
     }
 
     fn stream(&self, conn_id: i64) -> Option<Arc<StreamShared>> {
@@ -324,7 +334,13 @@ impl Session {
         tokio::spawn(async move {
             match tokio::time::timeout(DIAL_TIMEOUT, dial(&proto, &address)).await {
                 Ok(Ok(mut target)) => {
-                    let _ = tokio::io::copy_bidirectional(&mut target, &mut stream).await;
+                    let _ = tokio::io::copy_bidirectional_with_sizes(
+                        &mut target,
+                        &mut stream,
+                        COPY_BUFFER,
+                        COPY_BUFFER,
+                    )
+                    .await;
                 }
                 Ok(Err(e)) => stream.fail(&format!("dial {proto} {address}: {e}")),
                 Err(_) => stream.fail(&format!("dial {proto} {address}: i/o timeout")),
@@ -336,7 +352,11 @@ impl Session {
 /// Dials a target for a client: `tcp` addresses or `unix` socket paths.
 async fn dial(proto: &str, address: &str) -> std::io::Result<Box<dyn Io>> {
     match proto {
-        "tcp" | "tcp4" | "tcp6" => Ok(Box::new(tokio::net::TcpStream::connect(address).await?)),
+        "tcp" | "tcp4" | "tcp6" => {
+            let stream = tokio::net::TcpStream::connect(address).await?;
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream))
+        }
         "unix" => Ok(Box::new(tokio::net::UnixStream::connect(address).await?)),
         other => Err(std::io::Error::other(format!(
             "unsupported protocol {other}"

@@ -234,11 +234,9 @@ impl AsyncWrite for TunnelStream {
         let broken = |_| io::Error::new(io::ErrorKind::BrokenPipe, "tunnel disconnect");
         ready!(self.sender.poll_reserve(cx)).map_err(broken)?;
         let n = buf.len().min(MAX_DATA);
-        let message = self.session.message(
-            self.shared.conn_id,
-            MessageType::Data,
-            Bytes::copy_from_slice(&buf[..n]),
-        );
+        let message = self
+            .session
+            .message(self.shared.conn_id, MessageType::Data, &buf[..n]);
         self.sender.send_item(message).map_err(broken)?;
         crate::metrics::metrics().tunnel_bytes_out.inc_by(n as u64);
         Poll::Ready(Ok(n))

@@ -13,8 +13,13 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 /// per stream. 16 MiB carries every real agent's traffic and bounds what a hostile one can make us hold.
 pub const MAX_MESSAGE: usize = 16 << 20;
 
+/// WebSocket settings for tunnels. The read buffer starts small (it grows for large messages) so an
+/// idle tunnel costs little memory; writes are sent once 32 KiB are queued or the queue empties.
 pub fn config() -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(32 * 1024)
+        .max_write_buffer_size(MAX_MESSAGE + 64 * 1024)
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE))
 }
