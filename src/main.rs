@@ -7,6 +7,11 @@ use clap::{Parser, Subcommand};
 use corral::config::{Config, ServeArgs, default_data_dir};
 use corral::state::DataDir;
 
+/// mimalloc: the handshake path allocates and frees many small buffers per connection, which
+/// glibc's malloc serves more slowly (see docs/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "corral",

@@ -18,6 +18,9 @@ pub struct TunnelArgs {
     /// Size of the bulk transfer, MiB.
     #[arg(long, default_value_t = 256)]
     pub megabytes: usize,
+    /// Transfers of each kind, alternating; the median is reported (loopback timings are noisy).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Streams to open, one after another.
     #[arg(long, default_value_t = 2000)]
     pub streams: usize,
@@ -52,23 +55,30 @@ pub async fn run(args: TunnelArgs) -> Result<String, String> {
         write_zeros(&mut s, bytes).await
     })
     .await?;
-
-    // Baseline: the same bytes over one direct TLS connection.
-    let started = Instant::now();
-    let mut tls = connect_tls(direct).await?;
-    let got = drain(&mut tls).await;
-    let direct_rate = mib_per_s(got, started);
-
     // The tunnel: a TLS WebSocket between a server and a client session.
     let server = tunnel_pair(server_tls).await?;
-    let started = Instant::now();
-    let mut stream = server
-        .open_stream("tcp", &source.to_string())
-        .await
-        .map_err(|e| e.to_string())?;
-    let got_tunnel = drain(&mut stream).await;
-    let tunnel_rate = mib_per_s(got_tunnel, started);
-    drop(stream);
+
+    let (mut direct_rates, mut tunnel_rates) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds.max(1) {
+        // Baseline: the same bytes over one direct TLS connection.
+        let started = Instant::now();
+        let mut tls = connect_tls(direct).await?;
+        let got = drain(&mut tls).await;
+        direct_rates.push(mib_per_s(got, started));
+        let started = Instant::now();
+        let mut stream = server
+            .open_stream("tcp", &source.to_string())
+            .await
+            .map_err(|e| e.to_string())?;
+        let got_tunnel = drain(&mut stream).await;
+        tunnel_rates.push(mib_per_s(got_tunnel, started));
+        if got != bytes || got_tunnel != bytes {
+            return Err(format!(
+                "short transfer: direct {got}, tunnel {got_tunnel} of {bytes} bytes"
+            ));
+        }
+    }
+    let (direct_rate, tunnel_rate) = (median(&mut direct_rates), median(&mut tunnel_rates));
 
     let started = Instant::now();
     for _ in 0..args.streams {
@@ -84,11 +94,6 @@ pub async fn run(args: TunnelArgs) -> Result<String, String> {
             .map_err(|e| e.to_string())?;
     }
     let opens = args.streams as f64 / started.elapsed().as_secs_f64();
-    if got != bytes || got_tunnel != bytes {
-        return Err(format!(
-            "short transfer: direct {got}, tunnel {got_tunnel} of {bytes} bytes"
-        ));
-    }
     let report = TunnelReport {
         megabytes: args.megabytes,
         direct_tls_mib_per_s: direct_rate,
@@ -99,7 +104,7 @@ pub async fn run(args: TunnelArgs) -> Result<String, String> {
     Ok(match args.json {
         true => serde_json::to_string_pretty(&report).unwrap_or_default(),
         false => format!(
-            "bulk {} MiB: direct TLS {:.0} MiB/s, through the tunnel {:.0} MiB/s (ratio {:.2})\nstream opens through the tunnel: {:.0}/s\n",
+            "bulk {} MiB: direct TLS {:.0} MiB/s, through the tunnel {:.0} MiB/s (ratio {:.2}, medians)\nstream opens through the tunnel: {:.0}/s\n",
             report.megabytes,
             report.direct_tls_mib_per_s,
             report.tunnel_mib_per_s,
@@ -107,6 +112,11 @@ pub async fn run(args: TunnelArgs) -> Result<String, String> {
             report.stream_opens_per_s
         ),
     })
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 fn mib_per_s(bytes: usize, since: Instant) -> f64 {

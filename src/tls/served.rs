@@ -5,9 +5,8 @@
 
 use std::sync::Arc;
 
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
-use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
+use rustls::server::ServerSessionMemoryCache;
 use rustls::sign::{CertifiedKey, SigningKey, SingleCertAndKey};
 use rustls::{ServerConfig, version};
 use time::OffsetDateTime;
@@ -39,38 +38,39 @@ impl Served {
     }
 }
 
-/// The parts every served certificate's `ServerConfig` shares.
+/// The parts every served certificate's `ServerConfig` shares, kept as a template that each new
+/// certificate clones (cheaper than building and validating a config per mint).
 pub struct TlsSettings {
-    provider: Arc<CryptoProvider>,
+    template: ServerConfig,
     key: Arc<dyn SigningKey>,
     ca: CertificateDer<'static>,
-    sessions: Arc<dyn StoresServerSessions>,
-    /// TLS 1.3 tickets (stateless resumption), or `None` when resumption is off.
-    ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
-    alpn: Vec<Vec<u8>>,
 }
 
 impl TlsSettings {
     /// Settings for leaves from `factory`: TLS 1.2 and 1.3 with aws-lc-rs, ALPN `http/1.1` only (as
-    /// Rancher's dynamic listener), the chain leaf + CA.
+    /// Rancher's dynamic listener), the chain leaf + CA, resumption on or off.
     pub fn new(factory: &LeafFactory, resumption: bool) -> Result<Self, rustls::Error> {
         let provider = Arc::new(server_provider());
         let key = provider.key_provider.load_private_key(factory.key_der())?;
         // Leaked once per process so that every chain borrows the CA instead of copying it.
         let ca_bytes: &'static [u8] = Box::leak(factory.ca().der().to_vec().into_boxed_slice());
+        let mut template = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&version::TLS13, &version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(NoCertificate));
+        template.alpn_protocols = vec![b"http/1.1".to_vec()];
+        template.ignore_client_order = true;
+        if resumption {
+            template.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
+            template.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+        } else {
+            template.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            template.send_tls13_tickets = 0;
+        }
         Ok(Self {
-            provider,
+            template,
             key,
             ca: CertificateDer::from(ca_bytes),
-            sessions: match resumption {
-                true => ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
-                false => Arc::new(rustls::server::NoServerSessionStorage {}),
-            },
-            ticketer: match resumption {
-                true => Some(rustls::crypto::aws_lc_rs::Ticketer::new()?),
-                false => None,
-            },
-            alpn: vec![b"http/1.1".to_vec()],
         })
     }
 
@@ -78,22 +78,23 @@ impl TlsSettings {
     pub fn serve(&self, leaf: MintedLeaf) -> Result<Served, rustls::Error> {
         let chain = vec![leaf.der, self.ca.clone()];
         let certified = Arc::new(CertifiedKey::new(chain, self.key.clone()));
-        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
-            .with_protocol_versions(&[&version::TLS13, &version::TLS12])?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified.clone())));
-        config.alpn_protocols = self.alpn.clone();
-        config.ignore_client_order = true;
-        config.session_storage = self.sessions.clone();
-        match &self.ticketer {
-            Some(ticketer) => config.ticketer = ticketer.clone(),
-            None => config.send_tls13_tickets = 0,
-        }
+        let mut config = self.template.clone();
+        config.cert_resolver = Arc::new(SingleCertAndKey::from(certified.clone()));
         Ok(Served {
             config: Arc::new(config),
             certified,
             not_after: leaf.not_after.unix_timestamp(),
         })
+    }
+}
+
+/// The template's placeholder: every real config gets its own certificate.
+#[derive(Debug)]
+struct NoCertificate;
+
+impl rustls::server::ResolvesServerCert for NoCertificate {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        None
     }
 }
 

@@ -34,8 +34,8 @@ const OUTGOING_QUEUE: usize = 64;
 /// Streams younger than this are not pruned by SyncConnections: the client may not have seen their
 /// Connect yet when it sent the list.
 const SYNC_GRACE: Duration = Duration::from_secs(5);
-/// Buffer size for relaying a dialed connection, as Go's io.Copy: Data messages of up to 32 KiB.
-const COPY_BUFFER: usize = 32 * 1024;
+/// Buffer size for relaying a dialed connection: one read fills one Data message.
+const COPY_BUFFER: usize = 64 * 1024;
 /// How long a client waits for a dial the server asked for.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(60);
 
