@@ -86,6 +86,9 @@ pub struct ServeArgs {
     /// Seconds a client has to complete its TLS handshake [default: 10].
     #[arg(long, env = "CORRAL_HANDSHAKE_TIMEOUT", value_name = "SECONDS")]
     pub handshake_timeout: Option<u64>,
+    /// Most connections open at once, HTTPS and HTTP together; more wait to be accepted [default: 10000].
+    #[arg(long, env = "CORRAL_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
     /// TLS session resumption (tickets and a session cache) [default: on]; off forces full handshakes.
     #[arg(long, env = "CORRAL_SESSION_TICKETS", value_name = "on|off")]
     pub session_tickets: Option<Toggle>,
@@ -114,6 +117,7 @@ struct FileSettings {
     rotate_days: Option<u32>,
     handshake_timeout: Option<u64>,
     agent_wait: Option<u64>,
+    max_connections: Option<usize>,
     session_tickets: Option<Toggle>,
     server_url: Option<String>,
 }
@@ -135,6 +139,7 @@ pub struct Config {
     pub rotate_days: u32,
     pub handshake_timeout: Duration,
     pub agent_wait: Duration,
+    pub max_connections: usize,
     /// Whether clients may resume TLS sessions.
     pub session_tickets: bool,
     pub server_url: Option<ServerUrl>,
@@ -220,6 +225,10 @@ impl Config {
             ),
             agent_wait: Duration::from_secs(args.agent_wait.or(file.agent_wait).unwrap_or(15)),
             session_tickets: args.session_tickets.or(file.session_tickets) != Some(Toggle::Off),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(10_000),
             server_url: args
                 .server_url
                 .or(file.server_url)
@@ -242,6 +251,9 @@ impl Config {
         }
         if self.https_port != 0 && self.https_port == self.http_port {
             return Err(invalid("http-port", "must differ from https-port"));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max-connections", "must be at least 1"));
         }
         if self.max_names == 0 {
             return Err(invalid("max-names", "must be at least 1"));

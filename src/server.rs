@@ -64,6 +64,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, String> {
         handshake_timeout: config.handshake_timeout,
     };
 
+    let limit = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     let mut server = RunningServer {
         https: Vec::new(),
         http: Vec::new(),
@@ -79,7 +80,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, String> {
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
             tracing::info!("Listening on {scheme}://{addr}");
             addrs.push(addr);
-            tokio::spawn(Listener::new(listener, termination, app.clone()).run());
+            tokio::spawn(Listener::new(listener, termination, app.clone(), limit.clone()).run());
         }
     }
     Ok(server)

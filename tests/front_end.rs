@@ -637,3 +637,23 @@ async fn session_resumption_is_on_by_default_and_can_be_turned_off() {
         Some(HandshakeKind::Full)
     );
 }
+
+#[tokio::test]
+async fn connections_past_the_cap_wait_until_one_closes() {
+    let corral = Corral::start(&["--max-connections", "2", "--handshake-timeout", "2"]);
+    let addr = corral.https("127.0.0.1");
+    // Two clients that never send a ClientHello hold both slots…
+    let _idle: Vec<_> =
+        futures_util::future::join_all((0..2).map(|_| tokio::net::TcpStream::connect(addr))).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // …so a third client is not served while they last,
+    let waiting = tokio::spawn(async move { get(addr, None, None, "/ping").await });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(!waiting.is_finished(), "served past the connection cap");
+    // and is served once the handshake timeout has closed them.
+    let response = tokio::time::timeout(std::time::Duration::from_secs(15), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.body, "pong");
+}

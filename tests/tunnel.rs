@@ -304,7 +304,11 @@ async fn a_large_body_with_a_slow_reader_keeps_memory_bounded() {
             Instant::now() < deadline,
             "transfer too slow: {received} bytes"
         );
-        let n = tls.read(&mut buf).await.unwrap();
+        // A stalled transfer (say, a lost Resume) fails here instead of hanging the suite.
+        let n = tokio::time::timeout(Duration::from_secs(30), tls.read(&mut buf))
+            .await
+            .expect("the transfer stalled for 30 s")
+            .unwrap();
         if n == 0 {
             break;
         }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
@@ -40,14 +41,23 @@ pub struct Listener {
     listener: TcpListener,
     termination: Termination,
     app: HttpApp,
+    /// Caps open connections across all listeners: when it is exhausted, new clients wait in the
+    /// kernel's accept queue instead of taking memory and file descriptors.
+    limit: Arc<Semaphore>,
 }
 
 impl Listener {
-    pub fn new(listener: TcpListener, termination: Termination, app: HttpApp) -> Self {
+    pub fn new(
+        listener: TcpListener,
+        termination: Termination,
+        app: HttpApp,
+        limit: Arc<Semaphore>,
+    ) -> Self {
         Self {
             listener,
             termination,
             app,
+            limit,
         }
     }
 
@@ -55,6 +65,9 @@ impl Listener {
     pub async fn run(self) {
         let mut backoff = Duration::from_millis(5);
         loop {
+            let Ok(permit) = self.limit.clone().acquire_owned().await else {
+                return;
+            };
             match self.listener.accept().await {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);
@@ -63,6 +76,7 @@ impl Listener {
                         if let Err(e) = handle_connection(stream, peer, termination, app).await {
                             tracing::debug!("connection from {peer}: {e}");
                         }
+                        drop(permit);
                     });
                 }
                 Err(e) => {

@@ -53,6 +53,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// The client's rule for what the server may make it dial.
 pub type ConnectPolicy = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
 
+/// What a session's writer drains: data and errors in order on a bounded queue (so writers wait
+/// for room), and Pause/Resume on an unbounded one, enqueued under the stream's lock so they reach
+/// the peer in the order they were decided. (Decided under the lock but queued after it, a Resume
+/// could overtake its Pause and leave the peer paused for good.)
+pub struct Outgoing {
+    data: mpsc::Receiver<Bytes>,
+    flow: mpsc::UnboundedReceiver<Bytes>,
+}
+
 pub struct Session {
     role: Role,
     /// Who this session is for (a cluster id on the server; `client` on an agent).
@@ -60,6 +69,7 @@ pub struct Session {
     /// Random per session, as remotedialer's; 0 on the client side.
     pub session_key: i64,
     out: mpsc::Sender<Bytes>,
+    flow: mpsc::UnboundedSender<Bytes>,
     streams: Mutex<HashMap<i64, Arc<StreamShared>>>,
     next_conn_id: AtomicI64,
     next_message_id: AtomicI64,
@@ -73,8 +83,9 @@ impl Session {
         role: Role,
         client_key: &str,
         policy: Option<ConnectPolicy>,
-    ) -> (Arc<Self>, mpsc::Receiver<Bytes>) {
-        let (out, rx) = mpsc::channel(OUTGOING_QUEUE);
+    ) -> (Arc<Self>, Outgoing) {
+        let (out, data) = mpsc::channel(OUTGOING_QUEUE);
+        let (flow, flow_rx) = mpsc::unbounded_channel();
         let mut rng = rand::rng();
         let session_key = match role {
             Role::Server => rng.random_range(1..i64::MAX),
@@ -85,13 +96,20 @@ impl Session {
             client_key: client_key.to_string(),
             session_key,
             out,
+            flow,
             streams: Mutex::new(HashMap::new()),
             next_conn_id: AtomicI64::new(1),
             next_message_id: AtomicI64::new(rng.random_range(0..i64::MAX / 2)),
             cancel: CancellationToken::new(),
             policy,
         });
-        (session, rx)
+        (
+            session,
+            Outgoing {
+                data,
+                flow: flow_rx,
+            },
+        )
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<i64, Arc<StreamShared>>> {
@@ -119,6 +137,11 @@ impl Session {
             let out = self.out.clone();
             tokio::spawn(async move { out.send(message).await });
         }
+    }
+
+    /// Queues a Pause or Resume. Callers hold the stream's lock, which orders them (see [`Outgoing`]).
+    pub(crate) fn send_flow(&self, conn_id: i64, kind: MessageType) {
+        let _ = self.flow.send(self.message(conn_id, kind, &[]));
     }
 
     /// Drops a stream from the session (it was closed locally).
@@ -178,12 +201,16 @@ impl Session {
     pub async fn run<S>(
         self: &Arc<Self>,
         ws: WebSocketStream<S>,
-        mut outgoing: mpsc::Receiver<Bytes>,
+        outgoing: Outgoing,
     ) -> Result<(), String>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let (mut sink, mut incoming) = ws.split();
+        let Outgoing {
+            data: mut outgoing,
+            mut flow,
+        } = outgoing;
         let client = self.role == Role::Client;
         let writer = async {
             let mut ping = tokio::time::interval(PING_INTERVAL);
@@ -194,13 +221,14 @@ impl Session {
                         Some(bytes) => WsMessage::Binary(bytes),
                         None => return Ok(()),
                     },
+                    Some(bytes) = flow.recv() => WsMessage::Binary(bytes),
                     _ = ping.tick(), if client => WsMessage::Ping(Bytes::new()),
                     _ = sync.tick(), if client => WsMessage::Binary(self.sync_message()),
                 };
                 let write_error = |e: tokio_tungstenite::tungstenite::Error| format!("write: {e}");
                 sink.feed(frame).await.map_err(write_error)?;
                 // Batch whatever else is queued into the same flush: fewer TLS records and syscalls.
-                while let Ok(bytes) = outgoing.try_recv() {
+                while let Ok(bytes) = flow.try_recv().or_else(|_| outgoing.try_recv()) {
                     sink.feed(WsMessage::Binary(bytes))
                         .await
                         .map_err(write_error)?;
@@ -258,11 +286,9 @@ impl Session {
         let conn_id = message.conn_id;
         match message.kind {
             MessageType::Data => match self.stream(conn_id) {
-                Some(stream) => {
-                    if stream.push(message.payload) {
-                        self.send(conn_id, MessageType::Pause, Bytes::new()).await;
-                    }
-                }
+                Some(stream) => stream.push(message.payload, || {
+                    self.send_flow(conn_id, MessageType::Pause)
+                }),
                 None => {
                     let text = format!(
                         "connection not found {}/{}/{conn_id}",
@@ -501,7 +527,7 @@ mod tests {
         let chunk = Bytes::from(vec![0u8; 64 * 1024]);
         let mut pauses = 0;
         for _ in 0..(MAX_BUFFER / chunk.len() + 2) {
-            pauses += usize::from(shared.push(chunk.clone()));
+            shared.push(chunk.clone(), || pauses += 1);
         }
         assert_eq!(pauses, 1, "one Pause, once over {MAX_BUFFER} bytes");
         assert!(shared.buffered() > MAX_BUFFER && RESUME_BELOW < MAX_BUFFER);

@@ -79,11 +79,12 @@ impl StreamShared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Buffers incoming data. Returns true when the peer should now be asked to Pause.
-    pub fn push(&self, data: Bytes) -> bool {
+    /// Buffers incoming data; calls `pause` (under the stream's lock) when the peer should now be asked
+    /// to Pause.
+    pub fn push(&self, data: Bytes, pause: impl FnOnce()) {
         let mut state = self.lock();
         if state.closed.is_some() || data.is_empty() {
-            return false;
+            return;
         }
         crate::metrics::metrics()
             .tunnel_bytes_in
@@ -95,9 +96,8 @@ impl StreamShared {
         }
         if state.buffered > MAX_BUFFER && !state.paused_peer {
             state.paused_peer = true;
-            return true;
+            pause();
         }
-        false
     }
 
     /// Pause or Resume from the peer.
@@ -195,9 +195,8 @@ impl AsyncRead for TunnelStream {
             state.buffered -= n;
             if state.paused_peer && state.buffered < RESUME_BELOW {
                 state.paused_peer = false;
-                drop(state);
                 self.session
-                    .send_soon(self.shared.conn_id, MessageType::Resume, Bytes::new());
+                    .send_flow(self.shared.conn_id, MessageType::Resume);
             }
             return Poll::Ready(Ok(()));
         }

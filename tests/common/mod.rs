@@ -227,8 +227,15 @@ pub async fn tls_connect(
         Some(name) => ServerName::try_from(name.to_string()).unwrap(),
         None => ServerName::IpAddress(addr.ip().into()),
     };
-    let tcp = TcpStream::connect(addr).await?;
-    let stream = TlsConnector::from(config).connect(name, tcp).await?;
+    let handshake = async {
+        let tcp = TcpStream::connect(addr).await?;
+        TlsConnector::from(config).connect(name, tcp).await
+    };
+    let stream = tokio::time::timeout(Duration::from_secs(20), handshake)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake took over 20 s")
+        })??;
     let chain = stream
         .get_ref()
         .1

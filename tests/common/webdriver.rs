@@ -243,6 +243,20 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // Ask chromedriver to quit the browser first: killing chromedriver alone orphans chromium.
+        if !self.session.is_empty()
+            && let Ok(mut socket) = std::net::TcpStream::connect(("127.0.0.1", self.port))
+        {
+            use std::io::{Read, Write};
+            let _ = socket.set_read_timeout(Some(Duration::from_secs(10)));
+            let request = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.session, self.port
+            );
+            let _ = socket.write_all(request.as_bytes());
+            let mut reply = [0u8; 1024];
+            let _ = socket.read(&mut reply);
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
