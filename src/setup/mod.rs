@@ -394,14 +394,6 @@ impl Setup {
             .is_none_or(|v| v == "true")
     }
 
-    /// Whether `user_id` must change their password before anything else.
-    pub fn must_change_password(&self, user_id: &str) -> bool {
-        self.lock()
-            .users
-            .iter()
-            .any(|u| u.id == user_id && u.must_change_password)
-    }
-
     /// A setting's value and source, for the settings endpoints. `None` for settings corral lacks.
     pub fn setting(&self, name: &str) -> Option<(String, Source)> {
         match name {

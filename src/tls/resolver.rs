@@ -11,7 +11,6 @@
 //! Once server-url is set the resolver is pinned: every client gets one certificate for its host
 //! whatever it sends, and nothing is learned or minted any more (renewal aside).
 
-use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -366,14 +365,6 @@ impl CertResolver {
             tracing::warn!(
                 "{source} refused ({refusal}); serving the default certificate (further refusals within a second are not logged)"
             );
-        }
-    }
-
-    /// Names in the shared certificate, or with a per-host leaf (for status pages and tests).
-    pub fn known_names(&self) -> BTreeSet<SubjectName> {
-        match &self.strategy {
-            Strategy::PerHost { certs, .. } => certs.iter().map(|e| e.key().clone()).collect(),
-            Strategy::Shared(shared) => shared.current().names.clone(),
         }
     }
 }

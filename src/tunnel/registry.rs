@@ -127,12 +127,4 @@ impl TunnelRegistry {
         })?;
         session.open_stream(proto, address).await
     }
-
-    /// (sessions, streams) currently open.
-    pub fn counts(&self) -> (usize, usize) {
-        let sessions = self.lock();
-        let list = sessions.values().flatten();
-        let streams = list.clone().map(|e| e.session.stream_count()).sum();
-        (list.count(), streams)
-    }
 }
