@@ -44,10 +44,13 @@ impl FromRequestParts<Arc<AppState>> for Authenticated {
 
     async fn from_request_parts(
         parts: &mut Parts,
-        state: &Arc<AppState>,
+        _: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        presented_token(&parts.headers)
-            .and_then(|token| state.setup.authenticate(token))
+        // `rancher_headers` authenticated the request already; its result is in the extensions.
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
             .map(Authenticated)
             .ok_or_else(|| {
                 norman_error(
@@ -60,13 +63,17 @@ impl FromRequestParts<Arc<AppState>> for Authenticated {
 }
 
 /// Rancher's headers on every response from its handler chain.
+/// It authenticates the request once and leaves the caller in its extensions for [`Authenticated`].
 pub async fn rancher_headers(
     State(state): State<Arc<AppState>>,
-    req: Request<Body>,
+    mut req: Request<Body>,
     next: Next,
 ) -> Response<Body> {
-    let authed =
-        presented_token(req.headers()).is_some_and(|t| state.setup.authenticate(t).is_some());
+    let caller = presented_token(req.headers()).and_then(|t| state.setup.authenticate(t));
+    let authed = caller.is_some();
+    if let Some(caller) = caller {
+        req.extensions_mut().insert(caller);
+    }
     let mut response = next.run(req).await;
     let headers = response.headers_mut();
     let auth = if authed { "true" } else { "false" };
