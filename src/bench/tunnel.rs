@@ -19,7 +19,7 @@ pub struct TunnelArgs {
     #[arg(long, default_value_t = 256)]
     pub megabytes: usize,
     /// Transfers of each kind, alternating; the median is reported (loopback timings are noisy).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     pub rounds: usize,
     /// Streams to open, one after another.
     #[arg(long, default_value_t = 2000)]

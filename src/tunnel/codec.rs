@@ -146,6 +146,22 @@ pub fn encode(id: i64, conn_id: i64, kind: MessageType, payload: &[u8]) -> Bytes
     out.freeze()
 }
 
+/// Room a Data payload buffer keeps in front for its header (see [`data_message_in_place`]).
+pub const HEADER_ROOM: usize = 4 * MAX_VARINT_LEN;
+
+/// A Data message whose payload was read into `buffer[HEADER_ROOM..]`: the header is written just in
+/// front of the payload, so a bulk relay never copies its bytes.
+pub fn data_message_in_place(id: i64, conn_id: i64, mut buffer: BytesMut) -> Bytes {
+    let mut header = BytesMut::with_capacity(HEADER_ROOM);
+    put_varint(&mut header, id);
+    put_varint(&mut header, conn_id);
+    put_varint(&mut header, MessageType::Data.code());
+    put_varint(&mut header, LEGACY_DEADLINE_MS);
+    let start = HEADER_ROOM - header.len();
+    buffer[start..HEADER_ROOM].copy_from_slice(&header);
+    buffer.freeze().slice(start..)
+}
+
 /// Go's `PutVarint`: zigzag, then base-128 little-endian groups.
 pub fn put_varint(out: &mut BytesMut, value: i64) {
     let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
@@ -265,6 +281,14 @@ mod tests {
         fn messages_round_trip(id: i64, conn_id: i64, code in 0i64..20, payload: Vec<u8>) {
             let message = Message::new(id, conn_id, MessageType::from_code(code), payload);
             prop_assert_eq!(Message::decode(message.encode()).unwrap(), message);
+        }
+
+        #[test]
+        fn in_place_data_matches_encode(id: i64, conn_id: i64, payload: Vec<u8>) {
+            let mut buffer = BytesMut::zeroed(HEADER_ROOM);
+            buffer.extend_from_slice(&payload);
+            let in_place = data_message_in_place(id, conn_id, buffer);
+            prop_assert_eq!(in_place, encode(id, conn_id, MessageType::Data, &payload));
         }
 
         #[test]

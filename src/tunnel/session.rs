@@ -34,8 +34,6 @@ const OUTGOING_QUEUE: usize = 64;
 /// Streams younger than this are not pruned by SyncConnections: the client may not have seen their
 /// Connect yet when it sent the list.
 const SYNC_GRACE: Duration = Duration::from_secs(5);
-/// Buffer size for relaying a dialed connection: one read fills one Data message.
-const COPY_BUFFER: usize = 64 * 1024;
 /// How long a client waits for a dial the server asked for.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -120,10 +118,14 @@ impl Session {
         self.out.clone()
     }
 
+    /// remotedialer's per-process message counter; receivers ignore it.
+    pub(crate) fn next_message_id(&self) -> i64 {
+        self.next_message_id.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Encodes a message with the next message id.
     pub(crate) fn message(&self, conn_id: i64, kind: MessageType, payload: &[u8]) -> Bytes {
-        let id = self.next_message_id.fetch_add(1, Ordering::Relaxed);
-        super::codec::encode(id, conn_id, kind, payload)
+        super::codec::encode(self.next_message_id(), conn_id, kind, payload)
     }
 
     async fn send(&self, conn_id: i64, kind: MessageType, payload: Bytes) {
@@ -355,19 +357,11 @@ impl Session {
             let text = Bytes::from(format!("connect not allowed: {proto}/{address}"));
             return self.send(conn_id, MessageType::Error, text).await;
         }
-        let mut stream = self.register(conn_id);
+        let stream = self.register(conn_id);
         let (proto, address) = (proto.to_string(), address.to_string());
         tokio::spawn(async move {
             match tokio::time::timeout(DIAL_TIMEOUT, dial(&proto, &address)).await {
-                Ok(Ok(mut target)) => {
-                    let _ = tokio::io::copy_bidirectional_with_sizes(
-                        &mut target,
-                        &mut stream,
-                        COPY_BUFFER,
-                        COPY_BUFFER,
-                    )
-                    .await;
-                }
+                Ok(Ok(target)) => stream.relay(target).await,
                 Ok(Err(e)) => stream.fail(&format!("dial {proto} {address}: {e}")),
                 Err(_) => stream.fail(&format!("dial {proto} {address}: i/o timeout")),
             }

@@ -6,16 +6,17 @@
 //! message (`EOF` for a graceful end) closes both directions.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker, ready};
 
-use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::PollSender;
 
-use super::codec::MessageType;
+use super::codec::{HEADER_ROOM, MessageType, data_message_in_place};
 use super::session::Session;
 
 /// remotedialer's `MaxBuffer`: Pause is sent above this many buffered bytes.
@@ -123,6 +124,37 @@ impl StreamShared {
         }
     }
 
+    /// Takes up to `max` buffered bytes (one received chunk at most, without copying), or `None` at
+    /// a graceful end. Sends Resume once a paused buffer has drained.
+    fn poll_take(
+        &self,
+        session: &Session,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        let mut state = self.lock();
+        if let Some(front) = state.buffer.front_mut() {
+            let chunk = front.split_to(front.len().min(max));
+            if front.is_empty() {
+                state.buffer.pop_front();
+            }
+            state.buffered -= chunk.len();
+            if state.paused_peer && state.buffered < RESUME_BELOW {
+                state.paused_peer = false;
+                session.send_flow(self.conn_id, MessageType::Resume);
+            }
+            return Poll::Ready(Ok(Some(chunk)));
+        }
+        match &state.closed {
+            Some(Closed::Eof) => Poll::Ready(Ok(None)),
+            Some(Closed::Error(e)) => Poll::Ready(Err(io::Error::other(e.clone()))),
+            None => {
+                state.read_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
     pub fn is_closed(&self) -> bool {
         self.lock().closed.is_some()
     }
@@ -184,39 +216,18 @@ impl AsyncRead for TunnelStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let mut state = self.shared.lock();
-        if let Some(front) = state.buffer.front_mut() {
-            let n = front.len().min(buf.remaining());
-            buf.put_slice(&front[..n]);
-            front.advance(n);
-            if front.is_empty() {
-                state.buffer.pop_front();
-            }
-            state.buffered -= n;
-            if state.paused_peer && state.buffered < RESUME_BELOW {
-                state.paused_peer = false;
-                self.session
-                    .send_flow(self.shared.conn_id, MessageType::Resume);
-            }
-            return Poll::Ready(Ok(()));
+        let taken = ready!(self.shared.poll_take(&self.session, cx, buf.remaining()))?;
+        if let Some(chunk) = taken {
+            buf.put_slice(&chunk);
         }
-        match &state.closed {
-            Some(Closed::Eof) => Poll::Ready(Ok(())),
-            Some(Closed::Error(e)) => Poll::Ready(Err(io::Error::other(e.clone()))),
-            None => {
-                state.read_waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
+        Poll::Ready(Ok(()))
     }
 }
 
-impl AsyncWrite for TunnelStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+impl TunnelStream {
+    /// Ready when a Data message may be queued: the stream is open, the peer has not paused it, and
+    /// the session's queue has room (reserved for the next `send_item`).
+    fn poll_send_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         {
             let mut state = self.shared.lock();
             if let Some(closed) = &state.closed {
@@ -231,14 +242,73 @@ impl AsyncWrite for TunnelStream {
                 return Poll::Pending;
             }
         }
-        let broken = |_| io::Error::new(io::ErrorKind::BrokenPipe, "tunnel disconnect");
-        ready!(self.sender.poll_reserve(cx)).map_err(broken)?;
+        ready!(self.sender.poll_reserve(cx)).map_err(|_| disconnected())?;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Queues an encoded Data message carrying `payload_len` bytes (after `poll_send_ready`).
+    fn send_data(&mut self, message: Bytes, payload_len: usize) -> io::Result<()> {
+        self.sender.send_item(message).map_err(|_| disconnected())?;
+        crate::metrics::metrics()
+            .tunnel_bytes_out
+            .inc_by(payload_len as u64);
+        Ok(())
+    }
+
+    /// Relays `target` (a connection dialed for this stream) and the stream both ways until both
+    /// directions end, like `copy_bidirectional`. Target bytes are read straight into Data messages.
+    pub async fn relay<T: AsyncRead + AsyncWrite + Unpin>(mut self, target: T) {
+        let (mut target_read, mut target_write) = tokio::io::split(target);
+        let (shared, session) = (self.shared.clone(), self.session.clone());
+        let downstream = async {
+            let take = || poll_fn(|cx| shared.poll_take(&session, cx, usize::MAX));
+            while let Ok(Some(chunk)) = take().await {
+                if target_write.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+            let _ = target_write.shutdown().await;
+        };
+        let upstream = async {
+            let _ = self.send_from(&mut target_read).await;
+            self.finish(Closed::Eof, "EOF");
+        };
+        tokio::join!(downstream, upstream);
+    }
+
+    /// Sends everything `source` yields as Data, each read landing in its message's own buffer.
+    async fn send_from<R: AsyncRead + Unpin>(&mut self, source: &mut R) -> io::Result<()> {
+        loop {
+            let mut buffer = BytesMut::with_capacity(HEADER_ROOM + MAX_DATA);
+            buffer.put_bytes(0, HEADER_ROOM);
+            let read = source.read_buf(&mut (&mut buffer).limit(MAX_DATA)).await?;
+            if read == 0 {
+                return Ok(());
+            }
+            poll_fn(|cx| self.poll_send_ready(cx)).await?;
+            let id = self.session.next_message_id();
+            let message = data_message_in_place(id, self.shared.conn_id, buffer);
+            self.send_data(message, read)?;
+        }
+    }
+}
+
+fn disconnected() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "tunnel disconnect")
+}
+
+impl AsyncWrite for TunnelStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_send_ready(cx))?;
         let n = buf.len().min(MAX_DATA);
         let message = self
             .session
             .message(self.shared.conn_id, MessageType::Data, &buf[..n]);
-        self.sender.send_item(message).map_err(broken)?;
-        crate::metrics::metrics().tunnel_bytes_out.inc_by(n as u64);
+        self.send_data(message, n)?;
         Poll::Ready(Ok(n))
     }
 
