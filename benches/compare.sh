@@ -64,7 +64,7 @@ measure() {
 start_corral() { # start_corral NAME PORT [ENV…]
   local name=$1 port=$2; shift 2
   env "$@" CORRAL_LOG=warn taskset -c "$SERVER_CPU" "$BIN" serve --data-dir "$WORK/$name" --bind 127.0.0.1 \
-      --https-port "$port" --http-port $((port + 1)) --mint-rate 0 --max-names 1000000 --session-tickets off &
+      --https-port "$port" --http-port $((port + 1)) --mint-rate 0 --mint-rate-per-client 0 --max-names 1000000 --session-tickets off &
   PIDS+=($!); LAST_PID=$!
   wait_port "$port"
 }

@@ -26,6 +26,7 @@ fn fixture() -> Fixture {
     let config = Config::resolve(ServeArgs {
         data_dir: Some(tmp.path().into()),
         mint_rate: Some(0),
+        mint_rate_per_client: Some(0),
         max_names: Some(10_000_000),
         ..ServeArgs::default()
     })
@@ -58,7 +59,7 @@ fn minting(c: &mut Criterion) {
     c.bench_function("first contact: mint + server config", |b| {
         b.iter(|| {
             n += 1;
-            black_box(resolver.select(Some(&format!("n{n}.lab.test")), local))
+            black_box(resolver.select(Some(&format!("n{n}.lab.test")), local, local))
         })
     });
 }
@@ -75,10 +76,10 @@ fn lookup(c: &mut Criterion) {
     );
     let local: IpAddr = [127, 0, 0, 1].into();
     for i in 0..1000 {
-        resolver.select(Some(&format!("n{i}.lab.test")), local);
+        resolver.select(Some(&format!("n{i}.lab.test")), local, local);
     }
     c.bench_function("cached lookup", |b| {
-        b.iter(|| black_box(resolver.select(Some("n500.lab.test"), local)))
+        b.iter(|| black_box(resolver.select(Some("n500.lab.test"), local, local)))
     });
 
     // The same lookup while three other threads hammer the cache.
@@ -89,14 +90,18 @@ fn lookup(c: &mut Criterion) {
             std::thread::spawn(move || {
                 let mut i = t;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    black_box(resolver.select(Some(&format!("n{}.lab.test", i % 1000)), local));
+                    black_box(resolver.select(
+                        Some(&format!("n{}.lab.test", i % 1000)),
+                        local,
+                        local,
+                    ));
                     i += 7;
                 }
             })
         })
         .collect();
     c.bench_function("cached lookup under contention", |b| {
-        b.iter(|| black_box(resolver.select(Some("n500.lab.test"), local)))
+        b.iter(|| black_box(resolver.select(Some("n500.lab.test"), local, local)))
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for h in hammers {

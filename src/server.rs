@@ -7,7 +7,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::clusters::Clusters;
-use crate::config::Config;
+use crate::config::tls::read_cacerts;
+use crate::config::{Cacerts, Config, Termination as TlsTermination};
 use crate::http::{AppState, CaSetting, HttpApp};
 use crate::pki::ca::BACKDATE;
 use crate::pki::{CertificateAuthority, LeafFactory, ca_checksum};
@@ -36,13 +37,24 @@ pub async fn start(config: &Config) -> Result<RunningServer, String> {
     let verb = if created { "Created" } else { "Loaded" };
     tracing::info!("{verb} CA {} from {}", ca.subject(), dir.root().display());
     let ca = Arc::new(ca);
-    let setting = ca_setting(&ca);
+    let setting = cacerts_setting(&config.tls.cacerts, &ca)?;
     let checksum = ca_checksum(&setting.value);
-    tracing::info!("CA checksum: {checksum}");
+    match checksum.is_empty() {
+        true => {
+            tracing::info!("/cacerts is empty: clients verify the certificate with their own roots")
+        }
+        false => tracing::info!("CA checksum: {checksum}"),
+    }
 
     let factory =
         LeafFactory::new(&dir, ca, config.cert_expiration_days).map_err(|e| e.to_string())?;
     let resolver = Arc::new(CertResolver::new(config, &dir, factory)?);
+    resolver.watch_files();
+    if let Some(chain) = resolver.files_chain()
+        && let Err(reason) = crate::pki::chain_check::signed_by(&chain, &setting.value)
+    {
+        tracing::warn!("{reason}");
+    }
     let setup = Setup::open(
         &dir,
         config.bootstrap_password.clone().map(|s| s.0),
@@ -59,9 +71,13 @@ pub async fn start(config: &Config) -> Result<RunningServer, String> {
         tunnels: Arc::new(TunnelRegistry::new()),
         agent_wait: config.agent_wait,
     }));
-    let tls = Termination::Tls {
-        resolver,
-        handshake_timeout: config.handshake_timeout,
+    let tls = match config.tls.termination {
+        TlsTermination::Corral => Termination::Tls {
+            resolver,
+            handshake_timeout: config.handshake_timeout,
+        },
+        // The proxy in front terminates TLS: both ports speak plain HTTP.
+        TlsTermination::External => Termination::Plain,
     };
 
     let limit = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
@@ -78,7 +94,12 @@ pub async fn start(config: &Config) -> Result<RunningServer, String> {
             (http, "http", Termination::Plain, &mut server.http),
         ] {
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
-            tracing::info!("Listening on {scheme}://{addr}");
+            match (scheme, &termination) {
+                ("https", Termination::Plain) => tracing::info!(
+                    "Listening on https://{addr} (plain HTTP: TLS is terminated by the proxy in front)"
+                ),
+                _ => tracing::info!("Listening on {scheme}://{addr}"),
+            }
             addrs.push(addr);
             tokio::spawn(Listener::new(listener, termination, app.clone(), limit.clone()).run());
         }
@@ -103,12 +124,15 @@ fn banner_url(config: &Config) -> String {
     }
 }
 
-/// The `cacerts` setting as the endpoints present it.
-fn ca_setting(ca: &CertificateAuthority) -> CaSetting {
-    CaSetting {
-        value: ca.cacerts().to_string(),
-        created: ca.not_before() + BACKDATE,
-    }
+/// The `cacerts` setting as the endpoints present it: corral's CA, a given bundle, or nothing.
+fn cacerts_setting(source: &Cacerts, ca: &CertificateAuthority) -> Result<CaSetting, String> {
+    let created = ca.not_before() + BACKDATE;
+    let value = match source {
+        Cacerts::Generated => ca.cacerts().to_string(),
+        Cacerts::File(path) => read_cacerts(path)?,
+        Cacerts::Empty => String::new(),
+    };
+    Ok(CaSetting { value, created })
 }
 
 /// Binds `ip:port`. `::` is bound dual-stack (IPv4 clients arrive as mapped addresses); where the host

@@ -119,7 +119,7 @@ fn checksum_without_a_ca_explains_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_commands_report_json() {
-    let corral = Corral::start(&["--mint-rate", "0"]);
+    let corral = Corral::start(&["--mint-rate", "0", "--mint-rate-per-client", "0"]);
     let target = format!("127.0.0.1:{}", corral.https_port);
     let args = [
         "bench",

@@ -6,7 +6,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use common::{Corral, get, plain, sans, serial, sh, subject, temp_file, tls_connect};
+use common::{
+    Corral, get, plain, sans, serial, sh, subject, temp_file, tls_connect, tls_connect_from,
+};
 use sha2::{Digest, Sha256};
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -244,7 +246,7 @@ async fn restart_keeps_the_ca_and_its_checksum() {
 
 #[tokio::test]
 async fn refused_names_still_complete_the_handshake() {
-    let corral = Corral::start(&["--allowed-names", "*.lab.test", "--max-names", "2"]);
+    let corral = Corral::start(&["--allowed-names", "*.lab.test"]);
     let ca = corral.cacerts().await;
     let addr = corral.https("127.0.0.1");
     let allowed = tls_connect(addr, Some("ok.lab.test"), Some(&ca))
@@ -252,34 +254,50 @@ async fn refused_names_still_complete_the_handshake() {
         .unwrap();
     assert_eq!(sans(allowed.leaf()), ["DNS:ok.lab.test"]);
 
-    // Outside the allow-list: the certificate for the local IP (the second and last name).
+    // Outside the allow-list: the certificate for the local IP.
     let refused = tls_connect(addr, Some("evil.example"), None).await.unwrap();
     assert_eq!(sans(refused.leaf()), ["IP:127.0.0.1"]);
-
-    // Past max-names: the fallback certificate, which still verifies for the loopback address.
-    let over = tls_connect(addr, Some("third.lab.test"), None)
-        .await
-        .unwrap();
-    let names = sans(over.leaf());
-    assert!(
-        !names.contains(&"DNS:third.lab.test".to_string()),
-        "{names:?}"
-    );
-    let via_ip = tls_connect(corral.https("127.0.0.7"), None, None)
-        .await
-        .unwrap();
-    let names = sans(via_ip.leaf());
-    assert!(
-        names.contains(&"IP:127.0.0.1".to_string()) && names.contains(&"DNS:localhost".to_string()),
-        "{names:?}"
-    );
-    let response = get(addr, Some("fourth.lab.test"), None, "/ping").await;
+    let response = get(addr, Some("evil.example"), None, "/ping").await;
     assert_eq!(response.body, "pong");
     assert!(
         corral
             .logs()
             .iter()
             .any(|l| l.contains("SNI refused (not in allowed-names)"))
+    );
+}
+
+/// Over its mint rate, a client gets the certificate for the local IP, or, when that needs a mint
+/// too, the fallback certificate; another client still has its own budget.
+#[tokio::test]
+async fn each_client_has_its_own_mint_rate() {
+    let corral = Corral::start(&["--mint-rate", "0", "--mint-rate-per-client", "1"]);
+    let addr = corral.https("127.0.0.1");
+    let mut own = 0;
+    let mut fallback = 0;
+    for i in 0..5 {
+        let name = format!("c{i}.lab.test");
+        let handshake = tls_connect(addr, Some(&name), None).await.unwrap();
+        let names = sans(handshake.leaf());
+        own += usize::from(names == [format!("DNS:{name}")]);
+        fallback += usize::from(names.contains(&"DNS:localhost".to_string()));
+    }
+    assert!((1..5).contains(&own), "{own} of 5 minted within a second");
+    assert!(fallback >= 1, "the local IP needed a mint too: fallback");
+    let other = tls_connect_from(Some([127, 0, 0, 2].into()), addr, Some("d.lab.test"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        sans(other.leaf()),
+        ["DNS:d.lab.test"],
+        "another client's budget"
+    );
+    let metrics = get(addr, None, None, "/metrics").await.body;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("corral_names_refused_total{reason=\"client_rate\"}")),
+        "{metrics}"
     );
 }
 

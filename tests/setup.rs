@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::webdriver::Browser;
-use common::{Corral, HttpResponse, request, sans, tls_connect};
+use common::{Corral, HttpResponse, request, request_from, sans, tls_connect};
 use serde_json::Value;
 
 const LOGIN: &str = "/v3-public/localProviders/local?action=login";
@@ -142,22 +142,54 @@ async fn bootstrap_password_from_the_environment() {
 }
 
 #[tokio::test]
-async fn login_failures_are_401_and_rate_limited() {
+async fn login_failures_are_401_and_rate_limited_per_client() {
     let corral = Corral::start(&[]);
     let addr = corral.https("127.0.0.1");
     let wrong = login(addr, "admin", "not-the-password").await;
     assert_eq!(wrong.status, 401);
     assert_eq!(json(&wrong)["message"], "authentication failed");
-    assert_eq!(login(addr, "nobody", "x").await.status, 401);
+    // Unknown users are not tracked per user: this is the per-client limit (a burst of 10).
     let mut statuses = Vec::new();
     for _ in 0..12 {
-        statuses.push(login(addr, "admin", "still-wrong").await.status);
+        statuses.push(login(addr, "nobody", "still-wrong").await.status);
     }
     assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
     assert!(
         !corral.logs().join("\n").contains("still-wrong"),
         "attempted passwords are not logged"
     );
+}
+
+#[tokio::test]
+async fn failed_logins_back_off_per_user_across_clients() {
+    let corral = Corral::start(&[]);
+    let addr = corral.https("127.0.0.1");
+    let password = bootstrap_password(&corral);
+    let login_from = |source: [u8; 4], username: &'static str, password: String| async move {
+        let body = serde_json::json!({ "username": username, "password": password }).to_string();
+        let source = Some(std::net::IpAddr::from(source));
+        request_from(source, addr, "POST", LOGIN, &[], Some(&body)).await
+    };
+    // Five wrong guesses for admin, each from a different client.
+    for last in 2..7 {
+        let wrong = login_from([127, 0, 0, last], "admin", "guess".into()).await;
+        assert_eq!(wrong.status, 401);
+    }
+    // Now admin must wait, whichever client asks and even with the right password.
+    let blocked = login_from([127, 0, 0, 8], "admin", password.clone()).await;
+    assert_eq!(blocked.status, 429, "{}", blocked.body);
+    // The first wait is one second; bounded retries.
+    let mut status = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        status = login_from([127, 0, 0, 9], "admin", password.clone())
+            .await
+            .status;
+        if status == 201 {
+            break;
+        }
+    }
+    assert_eq!(status, 201, "admin may log in once the wait is over");
 }
 
 #[tokio::test]

@@ -5,163 +5,17 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::lab::{BOOTSTRAP, Lab, body};
 use common::target::{SA_TOKEN, TestPki, VERSION_JSON, kube_api, serve};
-use common::{Corral, HttpResponse, corral_bin, request, rss_kib, temp_file};
+use common::{corral_bin, request, rss_kib, temp_file};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-const BOOTSTRAP: &str = "tunnel-test-bootstrap";
-
-/// corral with a logged-in admin, one cluster and a registration token.
-struct Lab {
-    corral: Corral,
-    addr: SocketAddr,
-    token: String,
-    cluster: String,
-    registration: String,
-    checksum: String,
-    ca_file: tempfile::NamedTempFile,
-    _dir: tempfile::TempDir,
-}
-
-impl Lab {
-    async fn start() -> Lab {
-        let dir = tempfile::tempdir().unwrap();
-        let env = [("CATTLE_BOOTSTRAP_PASSWORD", BOOTSTRAP)];
-        let corral = Corral::start_in(&dir.path().join("d"), &["--agent-wait", "2"], &env).unwrap();
-        let addr = corral.https("127.0.0.1");
-        let login = json!({"username": "admin", "password": BOOTSTRAP}).to_string();
-        let response = request(
-            addr,
-            "POST",
-            "/v3-public/localProviders/local?action=login",
-            &[],
-            Some(&login),
-        )
-        .await;
-        let token = body(&response)["token"].as_str().unwrap().to_string();
-        let auth = format!("Authorization: Bearer {token}");
-        let created = request(
-            addr,
-            "POST",
-            "/v3/clusters",
-            &[&auth],
-            Some(r#"{"name":"lab"}"#),
-        )
-        .await;
-        assert_eq!(created.status, 201, "{}", created.body);
-        let cluster = body(&created)["id"].as_str().unwrap().to_string();
-        let new_token = json!({ "clusterId": cluster }).to_string();
-        let registration = request(
-            addr,
-            "POST",
-            "/v3/clusterregistrationtokens",
-            &[&auth],
-            Some(&new_token),
-        )
-        .await;
-        assert_eq!(registration.status, 201, "{}", registration.body);
-        let registration = body(&registration);
-        let ca = corral.cacerts().await;
-        let checksum = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(ca.as_bytes()));
-        Lab {
-            addr,
-            token,
-            cluster,
-            registration: registration["token"].as_str().unwrap().to_string(),
-            checksum,
-            ca_file: temp_file(&ca),
-            corral,
-            _dir: dir,
-        }
-    }
-
-    fn auth(&self) -> String {
-        format!("Authorization: Bearer {}", self.token)
-    }
-
-    fn server(&self) -> String {
-        format!("https://127.0.0.1:{}", self.corral.https_port)
-    }
-
-    /// Starts `corral agent` for this cluster, advertising `target` (with `ca` for TLS to it).
-    fn agent(&self, target: SocketAddr, ca: Option<&std::path::Path>, extra: &[&str]) -> Agent {
-        let mut command = Command::new(corral_bin());
-        command
-            .args([
-                "agent",
-                "--server",
-                &self.server(),
-                "--token",
-                &self.registration,
-            ])
-            .args([
-                "--ca-checksum",
-                &self.checksum,
-                "--address",
-                &target.to_string(),
-                "--sa-token",
-                SA_TOKEN,
-            ])
-            .args(extra)
-            .env("CORRAL_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(ca) = ca {
-            command.arg("--ca-cert").arg(ca);
-        }
-        Agent(command.spawn().unwrap())
-    }
-
-    async fn wait_connected(&self, connected: bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let path = format!("/v3/clusters/{}", self.cluster);
-        while Instant::now() < deadline {
-            let state = body(&request(self.addr, "GET", &path, &[&self.auth()], None).await);
-            if state["connected"] == connected {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("cluster never became connected={connected}");
-    }
-
-    async fn proxied(&self, path: &str) -> HttpResponse {
-        let full = format!("/k8s/clusters/{}{path}", self.cluster);
-        request(self.addr, "GET", &full, &[&self.auth()], None).await
-    }
-}
-
-/// A `corral agent` process, killed when dropped.
-struct Agent(Child);
-
-impl Agent {
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn body(response: &HttpResponse) -> Value {
-    serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("{e}: {}", response.body))
-}
 
 async fn https_target() -> (SocketAddr, tempfile::NamedTempFile) {
     let pki = TestPki::new("fake-cluster-ca");
@@ -173,7 +27,7 @@ async fn https_target() -> (SocketAddr, tempfile::NamedTempFile) {
 async fn kubectl_reaches_the_cluster_through_the_tunnel() {
     let lab = Lab::start().await;
     let (target, target_ca) = https_target().await;
-    let _agent = lab.agent(target, Some(target_ca.path()), &[]);
+    let agent = lab.agent(target, Some(target_ca.path()), &[]);
     lab.wait_connected(true).await;
 
     let version = lab.proxied("/version").await;
@@ -211,6 +65,13 @@ async fn kubectl_reaches_the_cluster_through_the_tunnel() {
     );
     let from_cli = String::from_utf8(output.stdout).unwrap();
     assert!(from_cli.contains("certificate-authority-data"));
+    let kube_tokens: Vec<String> = [&config, &from_cli]
+        .iter()
+        .flat_map(|c| c.lines())
+        .filter_map(|l| l.trim().strip_prefix("token: "))
+        .map(|t| t.trim_matches('"').to_string())
+        .collect();
+    assert_eq!(kube_tokens.len(), 2, "{config}");
     for kubeconfig in [config, from_cli] {
         let file = temp_file(&kubeconfig);
         let kubectl = |args: &[&str]| {
@@ -238,6 +99,40 @@ async fn kubectl_reaches_the_cluster_through_the_tunnel() {
         );
         let raw = format!("/k8s/clusters/{}/version", lab.cluster);
         assert_eq!(kubectl(&["get", "--raw", &raw]).trim(), VERSION_JSON);
+    }
+
+    // No password, token or private key used in this run reaches the server's or the agent's log.
+    let logs = format!(
+        "{}\n{}",
+        lab.corral.logs().join("\n"),
+        agent.stop_and_logs()
+    );
+    assert!(
+        logs.contains("minted certificate") && logs.contains("connected"),
+        "{logs}"
+    );
+    let mut secrets = vec![BOOTSTRAP.to_string(), SA_TOKEN.to_string()];
+    for token in [&lab.token, &lab.registration]
+        .into_iter()
+        .chain(&kube_tokens)
+    {
+        // `name:secret` tokens: the name may be logged, the secret never.
+        secrets.push(token.rsplit(':').next().unwrap().to_string());
+    }
+    for key in ["ca.key", "leaf.key"] {
+        let pem = std::fs::read_to_string(lab.corral.data_dir.join(key)).unwrap();
+        secrets.extend(
+            pem.lines()
+                .filter(|l| !l.starts_with("-----"))
+                .map(str::to_string),
+        );
+    }
+    for secret in &secrets {
+        assert!(secret.len() >= 8, "{secret:?} is too short to look for");
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a secret reached the logs: {secret}"
+        );
     }
 }
 
@@ -674,4 +569,86 @@ async fn one_process_runs_many_agents() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(lab.proxied("/version").await.status, 200);
+}
+
+/// What a churn cycle sends before it goes: nothing, or one kind of garbage.
+fn garbage(cycle: usize) -> Option<WsMessage> {
+    match cycle % 6 {
+        1 => Some(WsMessage::text("hello")),
+        // A truncated varint.
+        2 => Some(WsMessage::binary(vec![0x80])),
+        // A Connect without `/` (and to the server, which never dials).
+        3 => Some(WsMessage::binary(vec![
+            0x02, 0x04, 0x04, 0xb0, 0xea, 0x01, b't', b'c', b'p',
+        ])),
+        // Data for a stream that does not exist.
+        4 => Some(WsMessage::binary(vec![
+            0x0a, 0xc6, 0x01, 0x02, 0xb0, 0xea, 0x01, 0x68, 0x69,
+        ])),
+        // Past the 16 MiB message limit (now and then: it is the slow one).
+        5 if cycle % 60 == 5 => Some(WsMessage::binary(vec![0u8; 17 << 20])),
+        _ => None,
+    }
+}
+
+/// `cycles` tunnels, 8 at a time, each opened, fed its garbage, and dropped.
+async fn churn(lab: &Lab, cycles: usize) {
+    futures_util::stream::iter(0..cycles)
+        .for_each_concurrent(8, |cycle| async move {
+            let mut ws = raw_tunnel(lab).await;
+            if let Some(message) = garbage(cycle) {
+                let _ = ws.send(message).await;
+                let _ = next_binary(&mut ws).await;
+            }
+        })
+        .await;
+}
+
+/// Waits (bounded) until no tunnel session is left on the server.
+async fn settle(lab: &Lab) {
+    for _ in 0..200 {
+        let metrics = request(lab.addr, "GET", "/metrics", &[], None).await.body;
+        if metrics.lines().any(|l| l == "corral_tunnel_sessions 0") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("tunnel sessions never ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_churn_and_garbage_leave_no_leaks() {
+    let cycles = match std::env::var("CORRAL_STRESS").as_deref() {
+        Ok("full") => 1_000,
+        _ => 300,
+    };
+    let lab = Lab::start().await;
+    let pid = lab.corral.pid();
+    let open_fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    // Warm-up: the first tunnels allocate what later ones reuse.
+    churn(&lab, 60).await;
+    settle(&lab).await;
+    let (fds_before, rss_before) = (open_fds(), rss_kib(pid));
+    churn(&lab, cycles).await;
+    settle(&lab).await;
+    let (fds_after, rss_after) = (open_fds(), rss_kib(pid));
+    println!(
+        "{cycles} tunnels opened, fed garbage and dropped: fds {fds_before} → {fds_after}, RSS {rss_before} → {rss_after} KiB"
+    );
+    assert!(
+        fds_after <= fds_before + 3,
+        "fds {fds_before} → {fds_after}"
+    );
+    assert!(
+        rss_after <= rss_before + 16 * 1024,
+        "RSS {rss_before} → {rss_after} KiB"
+    );
+    assert_eq!(
+        request(lab.addr, "GET", "/ping", &[], None).await.body,
+        "pong"
+    );
 }

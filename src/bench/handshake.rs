@@ -106,6 +106,7 @@ impl NameSource {
         match self {
             NameSource::Fixed(name) => name.clone(),
             NameSource::Unique { run, suffix } => {
+                // The suffix was checked at start, and the prefix is letters, digits and `-`.
                 ServerName::try_from(format!("{run}-{n}.{suffix}"))
                     .unwrap_or_else(|_| ServerName::try_from("invalid.test").unwrap())
             }
@@ -127,10 +128,14 @@ pub async fn run(args: HandshakeArgs) -> Result<String, String> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let names = match (&args.sni, &args.unique_sni) {
         (Some(sni), _) => NameSource::Fixed(server_name(sni)?),
-        (None, Some(suffix)) => NameSource::Unique {
-            run: crate::setup::secrets::random_suffix(),
-            suffix: suffix.clone(),
-        },
+        (None, Some(suffix)) => {
+            server_name(&format!("x-0.{suffix}"))
+                .map_err(|e| format!("--unique-sni {suffix:?}: {e}"))?;
+            NameSource::Unique {
+                run: crate::setup::secrets::random_suffix(),
+                suffix: suffix.clone(),
+            }
+        }
         (None, None) if args.no_sni || host.parse::<std::net::IpAddr>().is_ok() => {
             NameSource::Fixed(ServerName::IpAddress(addr.ip().into()))
         }

@@ -7,17 +7,9 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Request, Response, StatusCode};
-use base64::Engine;
-use serde::Deserialize;
 
 use super::{AppState, text_response};
 use crate::tunnel::{ClusterParams, websocket};
-
-#[derive(Deserialize)]
-struct TunnelParams {
-    cluster: Option<ClusterParams>,
-    node: Option<serde_json::Value>,
-}
 
 pub async fn connect(State(state): State<Arc<AppState>>, mut req: Request<Body>) -> Response<Body> {
     let (cluster_id, params) = match authorize(&state, req.headers()) {
@@ -63,22 +55,6 @@ fn authorize(
         .get("x-api-tunnel-params")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let json = base64::engine::general_purpose::STANDARD
-        .decode(raw.trim())
-        .map_err(|e| bad(&format!("illegal base64 data in X-API-Tunnel-Params: {e}")))?;
-    let params: TunnelParams = serde_json::from_slice(&json)
-        .map_err(|e| bad(&format!("invalid X-API-Tunnel-Params: {e}")))?;
-    let Some(cluster_params) = params.cluster else {
-        return Err(match params.node {
-            Some(_) => bad("node agents are not supported by corral"),
-            None => bad("missing node or cluster registration info"),
-        });
-    };
-    if cluster_params.address.trim().is_empty() {
-        return Err(bad("invalid input, address empty"));
-    }
-    if cluster_params.token.trim().is_empty() {
-        return Err(bad("invalid input, token empty"));
-    }
-    Ok((cluster.id, cluster_params))
+    let params = ClusterParams::from_header(raw).map_err(|text| bad(&text))?;
+    Ok((cluster.id, params))
 }

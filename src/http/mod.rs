@@ -12,6 +12,12 @@ mod redirect;
 mod settings;
 mod users;
 
+/// The API's request bodies, public for the fuzz targets and property tests of their parsing.
+pub use clusters::{NewCluster, NewToken};
+pub use login::LoginInput;
+pub use settings::SettingInput;
+pub use users::ChangePassword;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +27,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest};
 use axum::http::{Extensions, HeaderMap, Request, Response, StatusCode, header};
 use axum::routing::{any, get, post};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::ServiceExt;
@@ -33,6 +39,8 @@ use crate::tls::CertResolver;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest request body the API reads (logins, settings, passwords are tiny).
 const MAX_API_BODY: usize = 64 * 1024;
+/// Request line and headers at most (hyper answers 431 past it); hyper's own default is ~400 KiB.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Facts about the connection a request arrived on, available to handlers as an extension.
 #[derive(Debug, Clone, Copy)]
@@ -138,11 +146,32 @@ impl HttpApp {
             .title_case_headers(true)
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEADER_BYTES)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades()
             .await;
         if let Err(e) = served {
             tracing::debug!("HTTP connection from {}: {e}", info.peer);
+        }
+    }
+
+    /// Serves HTTP/2 on one connection (clients that chose `h2` by ALPN: bring-your-own mode only).
+    pub async fn serve_h2<IO>(&self, io: IO, info: ConnInfo)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let app = self.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, std::convert::Infallible>(app.handle(req, info).await) }
+        });
+        let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .serve_connection(TokioIo::new(io), service)
+            .await;
+        if let Err(e) = served {
+            tracing::debug!("HTTP/2 connection from {}: {e}", info.peer);
         }
     }
 
@@ -163,7 +192,8 @@ impl HttpApp {
                 .headers()
                 .get(header::USER_AGENT)
                 .and_then(|h| h.to_str().ok());
-            self.resolver.learn_from_host_header(host, agent);
+            self.resolver
+                .learn_from_host_header(host, agent, info.peer.ip());
         }
         req.extensions_mut().insert(info);
         match self.router.clone().oneshot(req.map(Body::new)).await {
@@ -236,13 +266,27 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for NormanJson<T> {
     type Rejection = Response<Body>;
 
     async fn from_request(req: Request<Body>, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            norman_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "InvalidBodyContent",
-                &e.body_text(),
-            )
-        })?;
+        let too_large =
+            |text: &str| norman_error(StatusCode::PAYLOAD_TOO_LARGE, "InvalidBodyContent", text);
+        // A declared length over the limit is refused before a byte of it is read.
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_API_BODY as u64) {
+            return Err(too_large("length limit exceeded"));
+        }
+        // The header-read timeout does not cover bodies: a body trickled in slowly is cut off too.
+        let bytes = tokio::time::timeout(HEADER_READ_TIMEOUT, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| {
+                norman_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "InvalidBodyContent",
+                    "request body not received in time",
+                )
+            })?
+            .map_err(|e| too_large(&e.body_text()))?;
         serde_json::from_slice(&bytes).map(NormanJson).map_err(|e| {
             norman_error(
                 StatusCode::BAD_REQUEST,
@@ -265,4 +309,58 @@ pub(crate) fn base_url(headers: &HeaderMap, extensions: &Extensions) -> String {
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
     format!("{scheme}://{host}")
+}
+
+#[cfg(test)]
+mod body_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse_all(bytes: &[u8]) {
+        let _ = serde_json::from_slice::<LoginInput>(bytes);
+        let _ = serde_json::from_slice::<SettingInput>(bytes);
+        let _ = serde_json::from_slice::<ChangePassword>(bytes);
+        let _ = serde_json::from_slice::<NewCluster>(bytes);
+        let _ = serde_json::from_slice::<NewToken>(bytes);
+    }
+
+    proptest! {
+        #[test]
+        fn any_body_is_parsed_or_refused_without_panic(bytes: Vec<u8>, text in "\\PC*") {
+            parse_all(&bytes);
+            parse_all(text.as_bytes());
+        }
+
+        #[test]
+        fn json_shaped_bodies_never_panic(value in any_json()) {
+            parse_all(value.to_string().as_bytes());
+        }
+    }
+
+    /// JSON documents with the API's field names at any depth and type.
+    fn any_json() -> impl Strategy<Value = serde_json::Value> {
+        let key = prop_oneof![
+            Just("username".to_string()),
+            Just("password".to_string()),
+            Just("value".to_string()),
+            Just("name".to_string()),
+            Just("clusterId".to_string()),
+            Just("currentPassword".to_string()),
+            Just("newPassword".to_string()),
+            "[a-z]{1,8}",
+        ];
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            proptest::arbitrary::any::<bool>().prop_map(serde_json::Value::from),
+            proptest::arbitrary::any::<f64>().prop_map(serde_json::Value::from),
+            "\\PC{0,20}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(key.clone(), inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
 }

@@ -33,7 +33,7 @@ struct Setting {
 }
 
 #[derive(Deserialize)]
-struct SettingInput {
+pub struct SettingInput {
     value: String,
 }
 

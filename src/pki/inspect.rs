@@ -1,4 +1,4 @@
-//! A readable summary of a certificate, for the status page.
+//! Reading certificates: a readable summary for the status page, and validity for checks.
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -49,6 +49,16 @@ pub fn summarize(der: &[u8]) -> Option<CertificateSummary> {
         not_after: time(cert.validity().not_after),
         serial: cert.raw_serial_as_string(),
     })
+}
+
+/// A certificate's notBefore and notAfter in unix seconds.
+pub fn validity(der: &[u8]) -> Result<(i64, i64), String> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+    let validity = cert.validity();
+    Ok((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
 }
 
 fn san_text(name: &GeneralName<'_>) -> Option<String> {

@@ -2,6 +2,7 @@
 //! (`names`), and the CA checksum agents verify.
 
 pub mod ca;
+pub mod chain_check;
 pub mod factory;
 pub mod inspect;
 pub mod names;

@@ -187,6 +187,28 @@ impl AllowList {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a client sends: refused, or a name that is short, clean and stable.
+        #[test]
+        fn any_sni_is_refused_or_a_clean_name(raw in "\\PC{0,300}") {
+            if let Ok(name) = SubjectName::parse(&raw) {
+                let text = name.to_string();
+                prop_assert!(text.len() <= MAX_NAME_LEN);
+                prop_assert!(!text.contains('*'));
+                prop_assert!(!text.bytes().any(|b| b.is_ascii_uppercase() || !b.is_ascii()));
+                prop_assert_eq!(SubjectName::parse(&text), Ok(name));
+            }
+        }
+
+        #[test]
+        fn dns_like_names_are_accepted_lower_cased(labels in proptest::collection::vec("[a-zA-Z][a-zA-Z0-9-]{0,20}[a-zA-Z0-9]", 1..5)) {
+            let raw = format!("{}.lab.test", labels.join("."));
+            let name = SubjectName::parse(&raw).unwrap();
+            prop_assert_eq!(name.to_string(), raw.to_ascii_lowercase());
+        }
+    }
 
     #[test]
     fn folds_case_and_trailing_dot() {

@@ -5,6 +5,7 @@
 //! Passwords are stored as argon2id hashes and tokens as SHA-256 hashes; neither is ever logged.
 //! Setting `server-url` pins the certificate resolver to its host, for good.
 
+mod backoff;
 pub mod secrets;
 pub mod server_url;
 
@@ -161,6 +162,7 @@ pub struct Setup {
     env_server_url: Option<ServerUrl>,
     resolver: Arc<CertResolver>,
     login_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    login_backoff: backoff::LoginBackoff,
 }
 
 impl Setup {
@@ -197,6 +199,7 @@ impl Setup {
                 Quota::per_minute(NonZeroU32::new(LOGIN_PER_MINUTE).unwrap())
                     .allow_burst(NonZeroU32::new(LOGIN_BURST).unwrap()),
             ),
+            login_backoff: backoff::LoginBackoff::default(),
         };
         if first_start {
             setup.create_admin(bootstrap_password, banner_url)?;
@@ -273,6 +276,8 @@ impl Setup {
         if self.login_limiter.check_key(&client).is_err() {
             return Err(SetupError::TooManyAttempts);
         }
+        // Clients that came and went no longer need their slot: keeps the limiter's map small.
+        self.login_limiter.retain_recent();
         let user = self
             .lock()
             .users
@@ -284,9 +289,14 @@ impl Setup {
             let _ = check_password(password.to_string(), DUMMY_HASH.to_string()).await;
             return Err(SetupError::AuthenticationFailed);
         };
+        if self.login_backoff.check(&user.id).is_err() {
+            return Err(SetupError::TooManyAttempts);
+        }
         if !check_password(password.to_string(), user.password_hash.clone()).await {
+            self.login_backoff.failed(&user.id);
             return Err(SetupError::AuthenticationFailed);
         }
+        self.login_backoff.succeeded(&user.id);
         self.issue_token(&user.id, SESSION_TTL_SECS)
     }
 

@@ -4,6 +4,7 @@
 //! errors end only that connection. The certificate is chosen after the ClientHello is read, because
 //! the choice depends on both the SNI and the local address the client reached.
 
+pub mod byo;
 pub mod persisted;
 pub mod resolver;
 pub mod served;
@@ -109,7 +110,7 @@ async fn handle_connection(
             handshake_timeout,
         } => {
             let metrics = crate::metrics::metrics();
-            let handshaking = handshake(stream, local, &resolver);
+            let handshaking = handshake(stream, local, peer, &resolver);
             let tls = match tokio::time::timeout(handshake_timeout, handshaking).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -125,7 +126,11 @@ async fn handle_connection(
                 }
             };
             metrics.handshakes_ok.inc();
-            app.serve(tls, ConnInfo::new(local, peer, true)).await;
+            let info = ConnInfo::new(local, peer, true);
+            match tls.get_ref().1.alpn_protocol() {
+                Some(b"h2") => app.serve_h2(tls, info).await,
+                _ => app.serve(tls, info).await,
+            }
         }
     }
     Ok(())
@@ -135,9 +140,10 @@ async fn handle_connection(
 async fn handshake(
     stream: TcpStream,
     local: SocketAddr,
+    peer: SocketAddr,
     resolver: &CertResolver,
 ) -> io::Result<TlsStream<TcpStream>> {
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
-    let config = resolver.select(start.client_hello().server_name(), local.ip());
+    let config = resolver.select(start.client_hello().server_name(), local.ip(), peer.ip());
     start.into_stream(config).await
 }

@@ -2,7 +2,9 @@
 //!
 //! The decision uses what the ClientHello says (SNI) and the local address the client reached:
 //! - `per-host`: each accepted name (or, without SNI, the local IP) has its own leaf, minted on first
-//!   contact under the name policy (allow-list, `max-names`, `mint-rate`) and cached;
+//!   contact under the name policy (allow-list, `mint-rate` overall and per client) and cached. The
+//!   cache holds at most `max-names` leaves and admits by frequency (moka's TinyLFU), so a flood of
+//!   one-time names cannot push out the names clients really use;
 //! - `shared`: one leaf whose SAN list grows with every accepted name, re-signed with the same key.
 //!
 //! A refused name never fails the handshake: the client gets the certificate for the local IP, or,
@@ -13,18 +15,18 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use moka::sync::Cache;
 use rustls::ServerConfig;
 
+use super::byo::ByoCert;
 use super::persisted::PersistedCert;
 use super::served::{Served, TlsSettings, unix_now};
-use crate::config::{CertMode, Config};
+use crate::config::{CertMode, Config, Served as ServedCert};
 use crate::pki::{AllowList, LeafFactory, NameError, SubjectName};
 use crate::state::DataDir;
 
@@ -35,6 +37,7 @@ pub enum Refusal {
     NotAllowed,
     Capacity,
     RateLimited,
+    ClientRateLimited,
     MintFailed(String),
 }
 
@@ -46,6 +49,7 @@ impl Refusal {
             Refusal::NotAllowed => "not_allowed",
             Refusal::Capacity => "capacity",
             Refusal::RateLimited => "rate",
+            Refusal::ClientRateLimited => "client_rate",
             Refusal::MintFailed(_) => "mint_failed",
         }
     }
@@ -58,6 +62,7 @@ impl std::fmt::Display for Refusal {
             Refusal::NotAllowed => f.write_str("not in allowed-names"),
             Refusal::Capacity => f.write_str("max-names reached"),
             Refusal::RateLimited => f.write_str("mint-rate exceeded"),
+            Refusal::ClientRateLimited => f.write_str("mint-rate-per-client exceeded"),
             Refusal::MintFailed(e) => write!(f, "minting failed: {e}"),
         }
     }
@@ -68,8 +73,11 @@ pub struct CertResolver {
     factory: LeafFactory,
     tls: TlsSettings,
     allowed: AllowList,
-    max_names: usize,
     mint_limiter: Option<DefaultDirectRateLimiter>,
+    /// Mints per client (an IPv4 address or an IPv6 /64), so one client cannot use up `mint_limiter`.
+    client_mint_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Counts per-client checks; every `FORGET_CLIENTS_EVERY`, idle clients are dropped from the limiter.
+    client_checks: AtomicU32,
     /// Refusals are logged at most this often, so a flood cannot flood the log too.
     refusal_log_limiter: DefaultDirectRateLimiter,
     /// Leaves expiring within this many seconds are re-minted on their next use.
@@ -91,24 +99,43 @@ enum Pin {
 }
 
 enum Strategy {
-    PerHost {
-        certs: DashMap<SubjectName, Arc<Served>>,
-        /// Entries in `certs`, kept apart because `DashMap::len` locks every shard.
-        count: AtomicUsize,
-    },
+    PerHost(Cache<SubjectName, Arc<Served>>),
     Shared(PersistedCert),
+    /// Bring-your-own files: served to everyone, never minted, never pinned.
+    Files(Arc<ByoCert>),
+}
+
+/// How often the per-client limiter forgets clients whose budget has refilled: its memory stays
+/// bounded by the clients seen between two sweeps.
+const FORGET_CLIENTS_EVERY: u32 = 4096;
+
+fn per_second(rate: Option<u32>) -> Option<Quota> {
+    rate.and_then(NonZeroU32::new).map(Quota::per_second)
+}
+
+/// The key a client's mints are counted under: its address, or its /64 for IPv6 (one host's share).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+        v4 => v4,
+    }
 }
 
 impl CertResolver {
     pub fn new(config: &Config, dir: &DataDir, factory: LeafFactory) -> Result<Self, String> {
         let tls = TlsSettings::new(&factory, config.session_tickets).map_err(|e| e.to_string())?;
         let fallback = Self::mint_with(&factory, &tls, &fallback_names())?;
-        let strategy = match config.cert_mode {
-            CertMode::PerHost => Strategy::PerHost {
-                certs: DashMap::new(),
-                count: AtomicUsize::new(0),
-            },
-            CertMode::Shared => Strategy::Shared(PersistedCert::restore(
+        let strategy = match (&config.tls.served, config.cert_mode) {
+            (ServedCert::Files { cert, key }, _) => {
+                Strategy::Files(Arc::new(ByoCert::load(cert, key, config.session_tickets)?))
+            }
+            (ServedCert::Minted, CertMode::PerHost) => {
+                Strategy::PerHost(Cache::new(config.max_names.try_into().unwrap_or(u64::MAX)))
+            }
+            (ServedCert::Minted, CertMode::Shared) => Strategy::Shared(PersistedCert::restore(
                 dir.shared_cert(),
                 initial_shared_names(),
                 &factory,
@@ -121,11 +148,9 @@ impl CertResolver {
             factory,
             tls,
             allowed: config.allowed_names.clone(),
-            max_names: config.max_names,
-            mint_limiter: config
-                .mint_rate
-                .and_then(NonZeroU32::new)
-                .map(|rate| RateLimiter::direct(Quota::per_second(rate))),
+            mint_limiter: per_second(config.mint_rate).map(RateLimiter::direct),
+            client_mint_limiter: per_second(config.mint_rate_per_client).map(RateLimiter::keyed),
+            client_checks: AtomicU32::new(0),
             refusal_log_limiter: RateLimiter::direct(Quota::per_second(NonZeroU32::MIN)),
             renew_window: i64::from(config.rotate_days) * 86_400,
             fallback: ArcSwap::from_pointee(fallback),
@@ -133,6 +158,21 @@ impl CertResolver {
             pinned: OnceLock::new(),
             pinned_path: dir.pinned_cert(),
         })
+    }
+
+    /// Bring-your-own mode: watches the files for a rotation (needs the runtime, so not in `new`).
+    pub fn watch_files(&self) {
+        if let Strategy::Files(files) = &self.strategy {
+            files.clone().watch();
+        }
+    }
+
+    /// Bring-your-own mode: the chain served.
+    pub fn files_chain(&self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        match &self.strategy {
+            Strategy::Files(files) => Some(files.chain()),
+            _ => None,
+        }
     }
 
     fn mint_with(
@@ -144,8 +184,11 @@ impl CertResolver {
         tls.serve(leaf).map_err(|e| e.to_string())
     }
 
-    /// The server config for a connection that sent `sni` (if any) to `local_ip`.
-    pub fn select(&self, sni: Option<&str>, local_ip: IpAddr) -> Arc<ServerConfig> {
+    /// The server config for a connection from `client` that sent `sni` (if any) to `local_ip`.
+    pub fn select(&self, sni: Option<&str>, local_ip: IpAddr, client: IpAddr) -> Arc<ServerConfig> {
+        if let Strategy::Files(files) = &self.strategy {
+            return files.current().config.clone();
+        }
         if let Some(pin) = self.pinned.get() {
             let cert = self.pinned_cert(pin);
             cert.renew_if_expiring(self.renew_window, |names| self.mint(names));
@@ -154,14 +197,16 @@ impl CertResolver {
         let local = SubjectName::ip(local_ip);
         let requested = sni.map(SubjectName::parse);
         match &self.strategy {
-            Strategy::PerHost { .. } => self.select_per_host(requested, local),
+            Strategy::PerHost(_) => self.select_per_host(requested, local, client),
+            Strategy::Files(_) => unreachable!("answered above"),
             Strategy::Shared(shared) => {
-                if let Err(refusal) = self.learn_shared(shared, local) {
+                if let Err(refusal) = self.learn_shared(shared, local, client) {
                     self.log_refusal("local address", &refusal);
                 }
                 if let Some(name) = requested
-                    && let Err(refusal) =
-                        self.admit(name).and_then(|n| self.learn_shared(shared, n))
+                    && let Err(refusal) = self
+                        .admit(name)
+                        .and_then(|n| self.learn_shared(shared, n, client))
                 {
                     self.log_refusal("SNI", &refusal);
                 }
@@ -173,7 +218,7 @@ impl CertResolver {
 
     /// dynamiclistener's `Host`-header rule (shared mode): an IP `Host` from a non-browser client is
     /// learned like a name. Browsers (`mozilla` in the User-Agent) never add names this way.
-    pub fn learn_from_host_header(&self, host: &str, user_agent: Option<&str>) {
+    pub fn learn_from_host_header(&self, host: &str, user_agent: Option<&str>, client: IpAddr) {
         let Strategy::Shared(shared) = &self.strategy else {
             return;
         };
@@ -186,7 +231,7 @@ impl CertResolver {
         if let Ok(name @ SubjectName::Ip(_)) = SubjectName::parse(host_without_port(host)) {
             let _ = self
                 .admit(Ok(name))
-                .and_then(|n| self.learn_shared(shared, n));
+                .and_then(|n| self.learn_shared(shared, n, client));
         }
     }
 
@@ -194,14 +239,18 @@ impl CertResolver {
         &self,
         requested: Option<Result<SubjectName, NameError>>,
         local: SubjectName,
+        client: IpAddr,
     ) -> Arc<ServerConfig> {
         if let Some(requested) = requested {
-            match self.admit(requested).and_then(|name| self.per_host(name)) {
+            match self
+                .admit(requested)
+                .and_then(|name| self.per_host(name, client))
+            {
                 Ok(served) => return served.config.clone(),
                 Err(refusal) => self.log_refusal("SNI", &refusal),
             }
         }
-        match self.per_host(local) {
+        match self.per_host(local, client) {
             Ok(served) => served.config.clone(),
             Err(refusal) => {
                 self.log_refusal("local address", &refusal);
@@ -220,50 +269,46 @@ impl CertResolver {
     }
 
     /// The per-host leaf for `name`: cached, renewed when expiring, or minted once (concurrent first
-    /// handshakes for one name wait on the map entry, so exactly one of them mints).
-    fn per_host(&self, name: SubjectName) -> Result<Arc<Served>, Refusal> {
-        let Strategy::PerHost { certs, count } = &self.strategy else {
+    /// handshakes for one name wait for the same mint). The cache decides whether a new leaf stays.
+    fn per_host(&self, name: SubjectName, client: IpAddr) -> Result<Arc<Served>, Refusal> {
+        let Strategy::PerHost(certs) = &self.strategy else {
             unreachable!("per_host is only called in per-host mode");
         };
-        let now = unix_now();
-        if let Some(served) = certs.get(&name)
-            && !served.expires_within(now, self.renew_window)
-        {
-            return Ok(served.clone());
-        }
-        match certs.entry(name) {
-            Entry::Occupied(mut entry) => {
-                if entry.get().expires_within(now, self.renew_window) {
-                    let renewed = self.mint(std::slice::from_ref(entry.key()))?;
-                    tracing::info!("renewed certificate for {}", entry.key());
-                    entry.insert(renewed);
-                }
-                Ok(entry.get().clone())
+        if let Some(served) = certs.get(&name) {
+            if !served.expires_within(unix_now(), self.renew_window) {
+                return Ok(served);
             }
-            Entry::Vacant(entry) => {
-                self.check_rate()?;
-                count
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                        (n < self.max_names).then_some(n + 1)
-                    })
-                    .map_err(|_| Refusal::Capacity)?;
-                let minted = self
-                    .mint(std::slice::from_ref(entry.key()))
-                    .inspect_err(|_| {
-                        count.fetch_sub(1, Ordering::AcqRel);
-                    })?;
-                tracing::info!("minted certificate for {}", entry.key());
-                crate::metrics::metrics().cache_entries.inc();
-                Ok(entry.insert(minted).clone())
-            }
+            let renewed = self.mint(std::slice::from_ref(&name))?;
+            tracing::info!("renewed certificate for {name}");
+            certs.insert(name, renewed.clone());
+            return Ok(renewed);
         }
+        let minted = certs
+            .try_get_with_by_ref(&name, || {
+                self.check_rate(client)?;
+                let minted = self.mint(std::slice::from_ref(&name))?;
+                tracing::info!("minted certificate for {name}");
+                Ok(minted)
+            })
+            .map_err(|refusal: Arc<Refusal>| (*refusal).clone())?;
+        // moka counts lazily; settle its books so the gauge is exact (mints are rate-limited).
+        certs.run_pending_tasks();
+        crate::metrics::metrics()
+            .cache_entries
+            .set(certs.entry_count().try_into().unwrap_or(i64::MAX));
+        Ok(minted)
     }
 
-    fn learn_shared(&self, shared: &PersistedCert, name: SubjectName) -> Result<(), Refusal> {
+    fn learn_shared(
+        &self,
+        shared: &PersistedCert,
+        name: SubjectName,
+        client: IpAddr,
+    ) -> Result<(), Refusal> {
         if shared.current().names.contains(&name) {
             return Ok(());
         }
-        self.check_rate()?;
+        self.check_rate(client)?;
         shared.add(name, true, |names| self.mint(names))?;
         crate::metrics::metrics()
             .cache_entries
@@ -278,7 +323,9 @@ impl CertResolver {
             return Ok(());
         }
         let pin = match &self.strategy {
-            Strategy::PerHost { certs, count } => {
+            // The files are what every client gets already.
+            Strategy::Files(_) => return Ok(()),
+            Strategy::PerHost(certs) => {
                 let cert = PersistedCert::restore(
                     self.pinned_path.clone(),
                     vec![host.clone()],
@@ -288,8 +335,7 @@ impl CertResolver {
                     self.renew_window,
                 )?;
                 // Nothing else is ever served again: free the per-host cache.
-                certs.clear();
-                count.store(0, Ordering::Release);
+                certs.invalidate_all();
                 crate::metrics::metrics().cache_entries.set(0);
                 Pin::Own(cert)
             }
@@ -308,7 +354,7 @@ impl CertResolver {
     fn pinned_cert<'a>(&'a self, pin: &'a Pin) -> &'a PersistedCert {
         match (pin, &self.strategy) {
             (Pin::Own(cert), _) | (Pin::Shared, Strategy::Shared(cert)) => cert,
-            (Pin::Shared, Strategy::PerHost { .. }) => {
+            (Pin::Shared, Strategy::PerHost(_) | Strategy::Files(_)) => {
                 unreachable!("a shared pin needs shared mode")
             }
         }
@@ -318,16 +364,33 @@ impl CertResolver {
     pub fn current_leaf(&self) -> rustls::pki_types::CertificateDer<'static> {
         match (self.pinned.get(), &self.strategy) {
             (Some(pin), _) => self.pinned_cert(pin).current().leaf().clone(),
+            (_, Strategy::Files(files)) => files.current().leaf().clone(),
             (None, Strategy::Shared(shared)) => shared.current().leaf().clone(),
-            (None, Strategy::PerHost { .. }) => self
-                .per_host(SubjectName::ip([127, 0, 0, 1].into()))
-                .unwrap_or_else(|_| self.fallback())
-                .leaf()
-                .clone(),
+            (None, Strategy::PerHost(_)) => {
+                let loopback = IpAddr::from([127, 0, 0, 1]);
+                self.per_host(SubjectName::ip(loopback), loopback)
+                    .unwrap_or_else(|_| self.fallback())
+                    .leaf()
+                    .clone()
+            }
         }
     }
 
-    fn check_rate(&self) -> Result<(), Refusal> {
+    /// Spends one mint from `client`'s budget and then from the global one.
+    fn check_rate(&self, client: IpAddr) -> Result<(), Refusal> {
+        if let Some(limiter) = &self.client_mint_limiter {
+            if self
+                .client_checks
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(FORGET_CLIENTS_EVERY)
+            {
+                limiter.retain_recent();
+                limiter.shrink_to_fit();
+            }
+            if limiter.check_key(&client_key(client)).is_err() {
+                return Err(Refusal::ClientRateLimited);
+            }
+        }
         match &self.mint_limiter {
             Some(limiter) if limiter.check().is_err() => Err(Refusal::RateLimited),
             _ => Ok(()),
@@ -448,19 +511,19 @@ mod renewal_tests {
         for mode in [CertMode::PerHost, CertMode::Shared] {
             let (_tmp, mut resolver) = resolver(mode);
             let local: IpAddr = [127, 0, 0, 1].into();
-            let first = resolver.select(Some("a.lab.test"), local);
+            let first = resolver.select(Some("a.lab.test"), local, local);
             assert!(
-                Arc::ptr_eq(&first, &resolver.select(Some("a.lab.test"), local)),
+                Arc::ptr_eq(&first, &resolver.select(Some("a.lab.test"), local, local)),
                 "cached"
             );
             // A 31-day window makes the 30-day leaf "expiring".
             resolver.renew_window = 31 * 86_400;
-            let renewed = resolver.select(Some("a.lab.test"), local);
+            let renewed = resolver.select(Some("a.lab.test"), local, local);
             assert!(!Arc::ptr_eq(&first, &renewed), "{mode:?}: re-minted");
             resolver.renew_window = 7 * 86_400;
             assert!(Arc::ptr_eq(
                 &renewed,
-                &resolver.select(Some("a.lab.test"), local)
+                &resolver.select(Some("a.lab.test"), local, local)
             ));
         }
     }

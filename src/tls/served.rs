@@ -32,6 +32,11 @@ impl Served {
         &self.certified.cert[0]
     }
 
+    /// The whole chain served, leaf first.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.certified.cert
+    }
+
     /// Whether the leaf expires within `window_secs` from `now` (unix seconds) and must be re-minted.
     pub fn expires_within(&self, now: i64, window_secs: i64) -> bool {
         self.not_after - now <= window_secs
@@ -54,21 +59,8 @@ impl TlsSettings {
         let key = provider.key_provider.load_private_key(factory.key_der())?;
         // Leaked once per process so that every chain borrows the CA instead of copying it.
         let ca_bytes: &'static [u8] = Box::leak(factory.ca().der().to_vec().into_boxed_slice());
-        let mut template = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&version::TLS13, &version::TLS12])?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(NoCertificate));
-        template.alpn_protocols = vec![b"http/1.1".to_vec()];
-        template.ignore_client_order = true;
-        if resumption {
-            template.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
-            template.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
-        } else {
-            template.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-            template.send_tls13_tickets = 0;
-        }
         Ok(Self {
-            template,
+            template: base_config(provider, resumption, &[b"http/1.1"])?,
             key,
             ca: CertificateDer::from(ca_bytes),
         })
@@ -86,6 +78,49 @@ impl TlsSettings {
             not_after: leaf.not_after.unix_timestamp(),
         })
     }
+}
+
+/// A bring-your-own chain and key, served as given; ALPN offers `h2` and `http/1.1` (Rancher enables
+/// HTTP/2 outside the dynamic listener).
+pub fn serve_files(
+    chain: Vec<CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    not_after: i64,
+    resumption: bool,
+) -> Result<Served, rustls::Error> {
+    let provider = Arc::new(server_provider());
+    let key = provider.key_provider.load_private_key(key)?;
+    let certified = Arc::new(CertifiedKey::new(chain, key));
+    certified.keys_match()?;
+    let mut config = base_config(provider, resumption, &[b"h2", b"http/1.1"])?;
+    config.cert_resolver = Arc::new(SingleCertAndKey::from(certified.clone()));
+    Ok(Served {
+        config: Arc::new(config),
+        certified,
+        not_after,
+    })
+}
+
+/// TLS 1.3 and 1.2, the server's suite order, `alpn`, and resumption on or off.
+fn base_config(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    resumption: bool,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, rustls::Error> {
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&version::TLS13, &version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(NoCertificate));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.ignore_client_order = true;
+    if resumption {
+        config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    } else {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
+    Ok(config)
 }
 
 /// The template's placeholder: every real config gets its own certificate.

@@ -25,6 +25,38 @@ pub struct ClusterParams {
     pub token: String,
 }
 
+/// The decoded `X-API-Tunnel-Params` JSON: a cluster agent's params, or a node agent's.
+#[derive(Deserialize)]
+struct TunnelParams {
+    cluster: Option<ClusterParams>,
+    node: Option<serde_json::Value>,
+}
+
+impl ClusterParams {
+    /// Parses `X-API-Tunnel-Params` (base64 of JSON); `Err` is the text of Rancher's 400.
+    pub fn from_header(raw: &str) -> Result<Self, String> {
+        use base64::Engine;
+        let json = base64::engine::general_purpose::STANDARD
+            .decode(raw.trim())
+            .map_err(|e| format!("illegal base64 data in X-API-Tunnel-Params: {e}"))?;
+        let params: TunnelParams = serde_json::from_slice(&json)
+            .map_err(|e| format!("invalid X-API-Tunnel-Params: {e}"))?;
+        let Some(cluster) = params.cluster else {
+            return Err(match params.node {
+                Some(_) => "node agents are not supported by corral".into(),
+                None => "missing node or cluster registration info".into(),
+            });
+        };
+        if cluster.address.trim().is_empty() {
+            return Err("invalid input, address empty".into());
+        }
+        if cluster.token.trim().is_empty() {
+            return Err("invalid input, token empty".into());
+        }
+        Ok(cluster)
+    }
+}
+
 struct Entry {
     session: Arc<Session>,
     params: ClusterParams,
@@ -126,5 +158,55 @@ impl TunnelRegistry {
             )
         })?;
         session.open_stream(proto, address).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use proptest::prelude::*;
+
+    fn encode(json: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(json)
+    }
+
+    #[test]
+    fn params_errors_use_rancher_texts() {
+        let cases = [
+            ("{}", "missing node or cluster registration info"),
+            (r#"{"node":{}}"#, "node agents are not supported by corral"),
+            (
+                r#"{"cluster":{"token":"t"}}"#,
+                "invalid input, address empty",
+            ),
+            (
+                r#"{"cluster":{"address":"a:1"}}"#,
+                "invalid input, token empty",
+            ),
+        ];
+        for (json, text) in cases {
+            assert_eq!(
+                ClusterParams::from_header(&encode(json)),
+                Err(text.to_string())
+            );
+        }
+        let bad = ClusterParams::from_header("%%%").unwrap_err();
+        assert!(bad.starts_with("illegal base64 data"), "{bad}");
+    }
+
+    proptest! {
+        #[test]
+        fn any_header_is_parsed_or_refused_without_panic(raw in ".*", bytes: Vec<u8>) {
+            let _ = ClusterParams::from_header(&raw);
+            let _ = ClusterParams::from_header(&base64::engine::general_purpose::STANDARD.encode(&bytes));
+        }
+
+        #[test]
+        fn advertised_params_round_trip(address in "[a-z0-9.:]{1,40}", ca in "[A-Za-z0-9+/=]{0,64}", token in "[!-~]{1,64}") {
+            let params = ClusterParams { address, ca_cert: ca, token };
+            let json = serde_json::json!({ "cluster": params }).to_string();
+            prop_assert_eq!(ClusterParams::from_header(&encode(&json)), Ok(params));
+        }
     }
 }

@@ -2,11 +2,12 @@
 //! ports, and talk to it with real clients (rustls here; curl and openssl through `Command`).
 #![allow(dead_code)]
 
+pub mod lab;
 pub mod target;
 pub mod webdriver;
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
@@ -164,7 +165,12 @@ impl WaitTimeout for Child {
 
 fn port_after(line: &str, marker: &str) -> Option<u16> {
     let rest = &line[line.find(marker)? + marker.len()..];
-    rest.trim().rsplit(':').next()?.parse().ok()
+    rest.split_whitespace()
+        .next()?
+        .rsplit(':')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Resident memory of a process, in KiB (from /proc).
@@ -218,6 +224,16 @@ pub async fn tls_connect(
     sni: Option<&str>,
     ca_pem: Option<&str>,
 ) -> std::io::Result<Handshake> {
+    tls_connect_from(None, addr, sni, ca_pem).await
+}
+
+/// [`tls_connect`] from a chosen loopback source address (a different client, as the server sees it).
+pub async fn tls_connect_from(
+    source: Option<IpAddr>,
+    addr: SocketAddr,
+    sni: Option<&str>,
+    ca_pem: Option<&str>,
+) -> std::io::Result<Handshake> {
     let alpn: &[&[u8]] = &[b"http/1.1"];
     let config = match ca_pem {
         Some(pem) => corral::client::tls_trusting(pem.as_bytes(), alpn).unwrap(),
@@ -228,7 +244,14 @@ pub async fn tls_connect(
         None => ServerName::IpAddress(addr.ip().into()),
     };
     let handshake = async {
-        let tcp = TcpStream::connect(addr).await?;
+        let tcp = match source {
+            Some(ip) => {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await?
+            }
+            None => TcpStream::connect(addr).await?,
+        };
         TlsConnector::from(config).connect(name, tcp).await
     };
     let stream = tokio::time::timeout(Duration::from_secs(20), handshake)
@@ -284,6 +307,18 @@ pub async fn request(
     headers: &[&str],
     body: Option<&str>,
 ) -> HttpResponse {
+    request_from(None, addr, method, path, headers, body).await
+}
+
+/// [`request`] from a chosen loopback source address.
+pub async fn request_from(
+    source: Option<IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: Option<&str>,
+) -> HttpResponse {
     let mut text = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for header in headers {
         text.push_str(header);
@@ -291,7 +326,9 @@ pub async fn request(
     }
     let body = body.unwrap_or_default();
     text.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    let handshake = tls_connect(addr, None, None).await.expect("TLS handshake");
+    let handshake = tls_connect_from(source, addr, None, None)
+        .await
+        .expect("TLS handshake");
     exchange(handshake.stream, &text).await
 }
 

@@ -21,11 +21,18 @@ pub const VERSION_JSON: &str = r#"{"major":"1","minor":"31","gitVersion":"v1.31.
 
 type Body = BoxBody<Bytes, Infallible>;
 
-/// A CA and a leaf for 127.0.0.1 it signed, for the target's TLS.
+/// A CA and a leaf for 127.0.0.1 it signed, for the target's TLS; it can issue more leaves.
 pub struct TestPki {
     pub ca_pem: String,
     pub leaf_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     pub leaf_key: rustls::pki_types::PrivateKeyDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A leaf as PEM files hold it.
+pub struct IssuedPem {
+    pub cert: String,
+    pub key: String,
 }
 
 impl TestPki {
@@ -45,6 +52,21 @@ impl TestPki {
             ca_pem: ca_cert.pem(),
             leaf_chain: vec![leaf.der().clone(), ca_cert.der().clone()],
             leaf_key: rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+            issuer,
+        }
+    }
+
+    /// A new leaf for `names` (each a fresh serial and key), signed by this CA.
+    pub fn issue(&self, names: &[&str]) -> IssuedPem {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        IssuedPem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
         }
     }
 

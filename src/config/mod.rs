@@ -13,6 +13,9 @@ use serde::Deserialize;
 use crate::pki::{AllowList, CaProfile};
 use crate::setup::ServerUrl;
 
+pub mod tls;
+pub use tls::{Cacerts, Served, Termination, TlsInputs, TlsSetup};
+
 /// How certificates are chosen for clients before setup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -63,12 +66,16 @@ pub struct ServeArgs {
         value_name = "PATTERN"
     )]
     pub allowed_names: Option<Vec<String>>,
-    /// Most names certificates are minted for (per-host) or carried (shared) [default: 10000].
+    /// Most certificates kept (per-host; the most used stay) or names carried (shared) [default: 10000].
     #[arg(long, env = "CORRAL_MAX_NAMES", value_name = "N")]
     pub max_names: Option<usize>,
     /// Most new names minted per second, 0 for no limit [default: 100].
     #[arg(long, env = "CORRAL_MINT_RATE", value_name = "PER_SECOND")]
     pub mint_rate: Option<u32>,
+    /// Most new names minted per second for one client IP (IPv6: one /64), 0 for no limit
+    /// [default: 20].
+    #[arg(long, env = "CORRAL_MINT_RATE_PER_CLIENT", value_name = "PER_SECOND")]
+    pub mint_rate_per_client: Option<u32>,
     /// Leaf lifetime in days [default: 365].
     #[arg(
         long,
@@ -98,6 +105,24 @@ pub struct ServeArgs {
     /// Pin server-url from boot (the HA-style install): one certificate for its host, read-only.
     #[arg(long, env = "CATTLE_SERVER_URL", value_name = "URL")]
     pub server_url: Option<String>,
+    /// Who terminates TLS: corral, or a proxy in front (`external`: plain HTTP) [default: corral].
+    #[arg(long, env = "CORRAL_TLS", value_name = "corral|external")]
+    pub tls: Option<Termination>,
+    /// Bring-your-own certificate chain (PEM), served as given [default: SSL_DIR/cert.pem if present].
+    #[arg(long, env = "CORRAL_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM) [default: SSL_DIR/key.pem if present].
+    #[arg(long, env = "CORRAL_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// CA bundle /cacerts distributes (the private CA of the certificate) [default: SSL_DIR/cacerts.pem if present].
+    #[arg(long, env = "CORRAL_CACERTS", value_name = "FILE")]
+    pub cacerts: Option<PathBuf>,
+    /// The certificate is from a CA clients trust: /cacerts is empty.
+    #[arg(long, env = "CORRAL_NO_CACERTS")]
+    pub no_cacerts: bool,
+    /// Where Rancher's layout (cert.pem, key.pem, cacerts.pem) is looked for [default: /etc/rancher/ssl].
+    #[arg(long, env = "CORRAL_SSL_DIR", value_name = "DIR")]
+    pub ssl_dir: Option<PathBuf>,
 }
 
 /// The same settings as they appear in the TOML file.
@@ -113,6 +138,7 @@ struct FileSettings {
     allowed_names: Option<Vec<String>>,
     max_names: Option<usize>,
     mint_rate: Option<u32>,
+    mint_rate_per_client: Option<u32>,
     cert_expiration_days: Option<u32>,
     rotate_days: Option<u32>,
     handshake_timeout: Option<u64>,
@@ -120,6 +146,12 @@ struct FileSettings {
     max_connections: Option<usize>,
     session_tickets: Option<Toggle>,
     server_url: Option<String>,
+    tls: Option<Termination>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    cacerts: Option<PathBuf>,
+    no_cacerts: Option<bool>,
+    ssl_dir: Option<PathBuf>,
 }
 
 /// The validated configuration a server runs with.
@@ -135,6 +167,8 @@ pub struct Config {
     pub max_names: usize,
     /// New names per second; `None` means unlimited.
     pub mint_rate: Option<u32>,
+    /// New names per second per client; `None` means unlimited.
+    pub mint_rate_per_client: Option<u32>,
     pub cert_expiration_days: u32,
     pub rotate_days: u32,
     pub handshake_timeout: Duration,
@@ -145,6 +179,8 @@ pub struct Config {
     pub server_url: Option<ServerUrl>,
     /// `CATTLE_BOOTSTRAP_PASSWORD` (environment only, so it never shows in `ps`).
     pub bootstrap_password: Option<Secret>,
+    /// Who terminates TLS, which certificate is served, what `/cacerts` says.
+    pub tls: TlsSetup,
 }
 
 /// A secret that must not appear in logs or debug output.
@@ -166,7 +202,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid {}: {}", self.setting, self.reason)
+        match self.setting.is_empty() {
+            // Rancher's own start-up errors, word for word.
+            true => f.write_str(&self.reason),
+            false => write!(f, "invalid {}: {}", self.setting, self.reason),
+        }
     }
 }
 
@@ -194,6 +234,19 @@ impl Config {
             .allowed_names
             .or(file.allowed_names)
             .unwrap_or_default();
+        let tls = TlsInputs {
+            termination: args.tls.or(file.tls),
+            cert: args.tls_cert.or(file.tls_cert),
+            key: args.tls_key.or(file.tls_key),
+            cacerts: args.cacerts.or(file.cacerts),
+            no_cacerts: args.no_cacerts || file.no_cacerts.unwrap_or(false),
+            ssl_dir: args.ssl_dir.or(file.ssl_dir),
+        }
+        .resolve()
+        .map_err(|reason| ConfigError {
+            setting: String::new(),
+            reason,
+        })?;
         let config = Config {
             data_dir,
             bind: args
@@ -213,6 +266,12 @@ impl Config {
             allowed_names: AllowList::new(&allowed).map_err(|e| invalid("allowed-names", e))?,
             max_names: args.max_names.or(file.max_names).unwrap_or(10_000),
             mint_rate: Some(args.mint_rate.or(file.mint_rate).unwrap_or(100)).filter(|r| *r > 0),
+            mint_rate_per_client: Some(
+                args.mint_rate_per_client
+                    .or(file.mint_rate_per_client)
+                    .unwrap_or(20),
+            )
+            .filter(|r| *r > 0),
             cert_expiration_days: args
                 .cert_expiration_days
                 .or(file.cert_expiration_days)
@@ -240,6 +299,7 @@ impl Config {
                 .ok()
                 .filter(|p| !p.is_empty())
                 .map(Secret),
+            tls,
         };
         config.validate()?;
         Ok(config)

@@ -1,0 +1,208 @@
+//! Which of Rancher's TLS set-ups corral reproduces, decided from the flags and the ssl directory
+//! (Rancher's `/etc/rancher/ssl` layout: `cert.pem`, `key.pem`, `cacerts.pem`), with Rancher's
+//! start-up errors word for word.
+//!
+//! Flags win over files in the directory. The rules are Rancher's `readConfig`:
+//! - a certificate and key (bring-your-own) need exactly one of `cacerts` and `--no-cacerts`;
+//! - only one of certificate and key is an error;
+//! - otherwise corral mints its own, and `cacerts` (if given) is what `/cacerts` distributes.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where Rancher's container expects mounted certificates.
+pub const DEFAULT_SSL_DIR: &str = "/etc/rancher/ssl";
+
+/// Rancher's error when only one of `cert.pem` and `key.pem` is there.
+pub const ONE_OF_CERT_AND_KEY: &str = "invalid SSL configuration found, please set both certificate file and certificate key file (one is missing)";
+
+/// Rancher's error for a certificate with both or neither of `cacerts.pem` and `--no-cacerts`.
+pub const CACERTS_OR_NO_CACERTS: &str = "invalid SSL configuration found, please set cacerts when using self signed certificates or use --no-cacerts when using certificates from a recognized Certificate Authority, do not use both at the same time";
+
+/// Who terminates TLS on the HTTPS port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Termination {
+    /// corral: its own certificates, or the files given.
+    Corral,
+    /// A proxy in front (ingress, load balancer): corral serves plain HTTP on both ports.
+    External,
+}
+
+/// The certificate corral serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Served {
+    /// Minted by corral's CA (per-host or shared).
+    Minted,
+    /// Bring-your-own: the chain and key from these files, served as given.
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+/// What `/cacerts` distributes (and so what agents verify).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cacerts {
+    /// corral's own CA.
+    Generated,
+    /// The trimmed contents of this file (it may be a bundle).
+    File(PathBuf),
+    /// Nothing: the certificate is from a CA clients already trust.
+    Empty,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSetup {
+    pub termination: Termination,
+    pub served: Served,
+    pub cacerts: Cacerts,
+}
+
+/// What the user gave; `None` means "not given" (the ssl directory may still provide it).
+#[derive(Debug, Default)]
+pub struct TlsInputs {
+    pub termination: Option<Termination>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub cacerts: Option<PathBuf>,
+    pub no_cacerts: bool,
+    pub ssl_dir: Option<PathBuf>,
+}
+
+impl TlsInputs {
+    /// Decides the set-up; `Err` is the message to stop with.
+    pub fn resolve(self) -> Result<TlsSetup, String> {
+        let dir = self
+            .ssl_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SSL_DIR));
+        let in_dir = |name: &str| Some(dir.join(name)).filter(|p| p.exists());
+        let termination = self.termination.unwrap_or(Termination::Corral);
+        let cacerts_file = self.cacerts.or_else(|| in_dir("cacerts.pem"));
+        if termination == Termination::External {
+            if self.cert.is_some() || self.key.is_some() {
+                return Err("--tls external serves plain HTTP: --tls-cert and --tls-key belong on the proxy".into());
+            }
+            return Ok(TlsSetup {
+                termination,
+                served: Served::Minted,
+                cacerts: optional_cacerts(cacerts_file, self.no_cacerts)?.unwrap_or(Cacerts::Empty),
+            });
+        }
+        let cert = self.cert.or_else(|| in_dir("cert.pem"));
+        let key = self.key.or_else(|| in_dir("key.pem"));
+        let (served, cacerts) = match (cert, key) {
+            (Some(cert), Some(key)) => {
+                let cacerts = match (cacerts_file, self.no_cacerts) {
+                    (Some(file), false) => Cacerts::File(file),
+                    (None, true) => Cacerts::Empty,
+                    _ => return Err(CACERTS_OR_NO_CACERTS.into()),
+                };
+                (Served::Files { cert, key }, cacerts)
+            }
+            (Some(_), None) | (None, Some(_)) => return Err(ONE_OF_CERT_AND_KEY.into()),
+            (None, None) => (
+                Served::Minted,
+                optional_cacerts(cacerts_file, self.no_cacerts)?.unwrap_or(Cacerts::Generated),
+            ),
+        };
+        Ok(TlsSetup {
+            termination,
+            served,
+            cacerts,
+        })
+    }
+}
+
+/// `cacerts` for set-ups where it is optional: a file, `--no-cacerts`, or neither (`None`).
+fn optional_cacerts(file: Option<PathBuf>, no_cacerts: bool) -> Result<Option<Cacerts>, String> {
+    match (file, no_cacerts) {
+        (Some(_), true) => Err(CACERTS_OR_NO_CACERTS.into()),
+        (Some(file), false) => Ok(Some(Cacerts::File(file))),
+        (None, true) => Ok(Some(Cacerts::Empty)),
+        (None, false) => Ok(None),
+    }
+}
+
+/// The `cacerts` value from a file: its contents with surrounding whitespace trimmed, as Rancher's
+/// `strings.TrimSpace`.
+pub fn read_cacerts(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read cacerts {}: {e}", path.display()))?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(text.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with(files: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for name in files {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        dir
+    }
+
+    fn resolve(files: &[&str], no_cacerts: bool) -> Result<TlsSetup, String> {
+        let dir = dir_with(files);
+        TlsInputs {
+            ssl_dir: Some(dir.path().into()),
+            no_cacerts,
+            ..TlsInputs::default()
+        }
+        .resolve()
+    }
+
+    #[test]
+    fn rancher_layout_rules() {
+        let byo = resolve(&["cert.pem", "key.pem", "cacerts.pem"], false).unwrap();
+        assert!(matches!(byo.served, Served::Files { .. }));
+        assert!(matches!(byo.cacerts, Cacerts::File(_)));
+        let public = resolve(&["cert.pem", "key.pem"], true).unwrap();
+        assert_eq!(public.cacerts, Cacerts::Empty);
+        for (files, no_cacerts) in [
+            (&["cert.pem", "key.pem"][..], false),
+            (&["cert.pem", "key.pem", "cacerts.pem"][..], true),
+        ] {
+            assert_eq!(
+                resolve(files, no_cacerts),
+                Err(CACERTS_OR_NO_CACERTS.into())
+            );
+        }
+        for files in [&["cert.pem"][..], &["key.pem", "cacerts.pem"][..]] {
+            assert_eq!(resolve(files, false), Err(ONE_OF_CERT_AND_KEY.into()));
+        }
+        // Only cacerts.pem: corral's own certificates, the given CA distributed.
+        let only_ca = resolve(&["cacerts.pem"], false).unwrap();
+        assert_eq!(
+            (only_ca.served, matches!(only_ca.cacerts, Cacerts::File(_))),
+            (Served::Minted, true)
+        );
+        assert_eq!(resolve(&[], false).unwrap().cacerts, Cacerts::Generated);
+        assert_eq!(resolve(&[], true).unwrap().cacerts, Cacerts::Empty);
+    }
+
+    #[test]
+    fn external_termination() {
+        let dir = dir_with(&["cacerts.pem"]);
+        let external = |no_cacerts| {
+            TlsInputs {
+                termination: Some(Termination::External),
+                ssl_dir: Some(dir.path().into()),
+                no_cacerts,
+                ..TlsInputs::default()
+            }
+            .resolve()
+        };
+        assert!(matches!(external(false).unwrap().cacerts, Cacerts::File(_)));
+        assert_eq!(external(true), Err(CACERTS_OR_NO_CACERTS.into()));
+        let bare = TlsInputs {
+            termination: Some(Termination::External),
+            ssl_dir: Some("/nonexistent".into()),
+            ..TlsInputs::default()
+        };
+        assert_eq!(bare.resolve().unwrap().cacerts, Cacerts::Empty);
+    }
+}

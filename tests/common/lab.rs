@@ -1,0 +1,183 @@
+//! A lab for tunnel tests: corral with a logged-in admin, a cluster and its registration token, and
+//! `corral agent` processes for it.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::target::SA_TOKEN;
+use super::{Corral, HttpResponse, corral_bin, request, temp_file};
+
+pub const BOOTSTRAP: &str = "tunnel-test-bootstrap";
+
+/// corral with a logged-in admin, one cluster and a registration token.
+pub struct Lab {
+    pub corral: Corral,
+    /// Where clients reach the API over HTTPS (corral itself, or a proxy in front of it).
+    pub addr: SocketAddr,
+    pub token: String,
+    pub cluster: String,
+    pub registration: String,
+    pub checksum: String,
+    pub ca_file: tempfile::NamedTempFile,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Lab {
+    pub async fn start() -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let corral = Lab::corral(&dir.path().join("d"), &[]);
+        let addr = corral.https("127.0.0.1");
+        let mut lab = Lab::setup(corral, addr).await;
+        lab._dir = Some(dir);
+        lab
+    }
+
+    /// corral started for a lab: the known bootstrap password, a short agent wait, `extra` flags.
+    pub fn corral(data_dir: &std::path::Path, extra: &[&str]) -> Corral {
+        let env = [("CATTLE_BOOTSTRAP_PASSWORD", BOOTSTRAP)];
+        let args = [&["--agent-wait", "2"][..], extra].concat();
+        Corral::start_in(data_dir, &args, &env).unwrap()
+    }
+
+    /// Logs in through `addr` and creates a cluster and its registration token.
+    pub async fn setup(corral: Corral, addr: SocketAddr) -> Lab {
+        let login = json!({"username": "admin", "password": BOOTSTRAP}).to_string();
+        let response = request(
+            addr,
+            "POST",
+            "/v3-public/localProviders/local?action=login",
+            &[],
+            Some(&login),
+        )
+        .await;
+        let token = body(&response)["token"].as_str().unwrap().to_string();
+        let auth = format!("Authorization: Bearer {token}");
+        let created = request(
+            addr,
+            "POST",
+            "/v3/clusters",
+            &[&auth],
+            Some(r#"{"name":"lab"}"#),
+        )
+        .await;
+        assert_eq!(created.status, 201, "{}", created.body);
+        let cluster = body(&created)["id"].as_str().unwrap().to_string();
+        let new_token = json!({ "clusterId": cluster }).to_string();
+        let registration = request(
+            addr,
+            "POST",
+            "/v3/clusterregistrationtokens",
+            &[&auth],
+            Some(&new_token),
+        )
+        .await;
+        assert_eq!(registration.status, 201, "{}", registration.body);
+        let registration = body(&registration);
+        let ca = request(addr, "GET", "/cacerts", &[], None).await.body;
+        let checksum = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(ca.as_bytes()));
+        Lab {
+            addr,
+            token,
+            cluster,
+            registration: registration["token"].as_str().unwrap().to_string(),
+            checksum,
+            ca_file: temp_file(&ca),
+            corral,
+            _dir: None,
+        }
+    }
+
+    pub fn auth(&self) -> String {
+        format!("Authorization: Bearer {}", self.token)
+    }
+
+    /// The URL agents are given.
+    pub fn server(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Starts `corral agent` for this cluster, advertising `target` (with `ca` for TLS to it).
+    pub fn agent(&self, target: SocketAddr, ca: Option<&std::path::Path>, extra: &[&str]) -> Agent {
+        let mut command = Command::new(corral_bin());
+        command
+            .args([
+                "agent",
+                "--server",
+                &self.server(),
+                "--token",
+                &self.registration,
+            ])
+            .args([
+                "--ca-checksum",
+                &self.checksum,
+                "--address",
+                &target.to_string(),
+                "--sa-token",
+                SA_TOKEN,
+            ])
+            .args(extra)
+            .env("CORRAL_LOG", "info,corral=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(ca) = ca {
+            command.arg("--ca-cert").arg(ca);
+        }
+        Agent(command.spawn().unwrap())
+    }
+
+    pub async fn wait_connected(&self, connected: bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let path = format!("/v3/clusters/{}", self.cluster);
+        while Instant::now() < deadline {
+            let state = body(&request(self.addr, "GET", &path, &[&self.auth()], None).await);
+            if state["connected"] == connected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("cluster never became connected={connected}");
+    }
+
+    pub async fn proxied(&self, path: &str) -> HttpResponse {
+        let full = format!("/k8s/clusters/{}{path}", self.cluster);
+        request(self.addr, "GET", &full, &[&self.auth()], None).await
+    }
+}
+
+/// A `corral agent` process, killed when dropped.
+pub struct Agent(Child);
+
+impl Agent {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// Stops the agent and returns what it logged.
+    pub fn stop_and_logs(mut self) -> String {
+        self.kill();
+        let mut logs = String::new();
+        if let Some(mut stderr) = self.0.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut logs);
+        }
+        logs
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn body(response: &HttpResponse) -> Value {
+    serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("{e}: {}", response.body))
+}

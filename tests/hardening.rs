@@ -1,0 +1,542 @@
+//! Hardening: SNI floods, clients that stall or send too much, and SIGKILL at random moments.
+//!
+//! Each test has a quick size for `cargo test` and the full size with `CORRAL_STRESS=full`
+//! (run with `--release -- --nocapture` to see the figures; docs/RELIABILITY.md has them).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Corral, HttpResponse, corral_bin, get, rss_kib, tls_connect};
+use rand::Rng;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn full() -> bool {
+    std::env::var("CORRAL_STRESS").is_ok_and(|v| v == "full")
+}
+
+/// The quick size, or the full one under `CORRAL_STRESS=full`.
+fn size(quick: usize, full_size: usize) -> usize {
+    if full() { full_size } else { quick }
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The sum of a Prometheus metric's samples whose line starts with `prefix`.
+async fn metric(corral: &Corral, prefix: &str) -> f64 {
+    let body = get(corral.https("127.0.0.1"), None, None, "/metrics")
+        .await
+        .body;
+    body.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Each file of the data directory and its size.
+fn state_files(dir: &Path) -> BTreeMap<String, u64> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| {
+            let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+            (e.file_name().to_string_lossy().into_owned(), size)
+        })
+        .collect()
+}
+
+/// `corral bench handshake` against `addr` with `args`; its JSON report.
+fn bench(addr: SocketAddr, args: &[&str]) -> Value {
+    let output = Command::new(corral_bin())
+        .args(["bench", "handshake", "--insecure", "--json", "--target"])
+        .arg(addr.to_string())
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+fn serial_of(handshake: &common::Handshake) -> String {
+    common::serial(handshake.leaf())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sni_flood_keeps_known_names_and_stays_bounded() {
+    let flood = size(3_000, 200_000);
+    let max_names = size(300, 10_000);
+    let max_names_arg = max_names.to_string();
+    let corral = Corral::start(&[
+        "--max-names",
+        &max_names_arg,
+        "--mint-rate",
+        "0",
+        "--mint-rate-per-client",
+        "0",
+        "--allowed-names",
+        "*.lab.test",
+    ]);
+    let addr = corral.https("127.0.0.1");
+    // Fill the cache once, so the baseline includes a full cache and a warmed allocator.
+    let warm = (max_names * 2).to_string();
+    bench(
+        addr,
+        &[
+            "--unique-sni",
+            "warm.lab.test",
+            "--count",
+            &warm,
+            "--concurrency",
+            "8",
+        ],
+    );
+    // The name clients really use: seen often before the flood. The cache is full, so a new name is
+    // admitted only once it has been seen more often than the name it would displace: the first
+    // few handshakes each get a fresh leaf, then the leaf stays.
+    let mut serials = Vec::new();
+    for _ in 0..30 {
+        let known = tls_connect(addr, Some("app.lab.test"), None).await.unwrap();
+        serials.push(serial_of(&known));
+    }
+    let known_serial = serials.last().unwrap().clone();
+    let first_kept = serials.iter().position(|s| *s == known_serial).unwrap();
+    assert!(first_kept < 10, "admitted after {first_kept} handshakes");
+    let files_before = state_files(&corral.data_dir);
+    let rss_before = rss_kib(corral.pid());
+    // A real client of the known name: 50 handshakes a second, first on the idle server.
+    let known_client = [
+        "--sni",
+        "app.lab.test",
+        "--rate",
+        "50",
+        "--concurrency",
+        "4",
+    ];
+    let idle = bench(addr, &[&known_client[..], &["--count", "300"]].concat());
+
+    // The flood, with a client of the known name handshaking alongside it.
+    // Open loop, so the flood keeps its pace whatever the server does: new names, and (a quarter as
+    // many) names outside the allow-list.
+    let rate = size(600, 1_500);
+    let start_flood = move |suffix: &str, share: usize| {
+        let (count, rate) = ((flood / share).to_string(), (rate / share).to_string());
+        let suffix = suffix.to_string();
+        tokio::task::spawn_blocking(move || {
+            bench(
+                addr,
+                &[
+                    "--unique-sni",
+                    &suffix,
+                    "--count",
+                    &count,
+                    "--rate",
+                    &rate,
+                    "--concurrency",
+                    "64",
+                ],
+            )
+        })
+    };
+    let flooding = start_flood("flood.lab.test", 1);
+    let refused = start_flood("flood.example", 4);
+    // The same client for as long as the flood lasts.
+    let during_count = (flood * 50 / rate).max(300).to_string();
+    let during = tokio::task::spawn_blocking(move || {
+        bench(
+            addr,
+            &[&known_client[..], &["--count", &during_count]].concat(),
+        )
+    });
+    let mut checks = 0;
+    while !flooding.is_finished() && checks < 10_000 {
+        let again = tls_connect(addr, Some("app.lab.test"), None).await.unwrap();
+        assert_eq!(
+            serial_of(&again),
+            known_serial,
+            "the known name kept its leaf"
+        );
+        checks += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let flooded = flooding.await.unwrap();
+    let refused = refused.await.unwrap();
+    let during = during.await.unwrap();
+    assert_eq!(flooded["failed"], 0, "{flooded}");
+    assert_eq!(
+        refused["failed"], 0,
+        "refused names still handshake: {refused}"
+    );
+    let not_allowed = metric(
+        &corral,
+        "corral_names_refused_total{reason=\"not_allowed\"}",
+    )
+    .await;
+    assert_eq!(not_allowed, (flood / 4) as f64);
+    assert_eq!(during["failed"], 0, "{during}");
+    assert!(checks > 0);
+
+    let cached = metric(&corral, "corral_certificate_cache_entries").await;
+    let rss_after = rss_kib(corral.pid());
+    let p99 = |report: &Value| report["latency_us"]["p99"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "flood of {flood} names, max-names {max_names}: cache entries {cached}, RSS {rss_before} → {rss_after} KiB, known-name p99 idle {} µs, during the flood {} µs ({:.1}×)",
+        p99(&idle),
+        p99(&during),
+        p99(&during) / p99(&idle)
+    );
+    assert!(
+        cached <= max_names as f64 * 1.1,
+        "{cached} cached of at most {max_names}"
+    );
+    // Without the cap, the full flood alone would add ~180 MiB (0.9 KiB a leaf).
+    let bound_kib = if full() { 64 * 1024 } else { 32 * 1024 };
+    assert!(
+        rss_after.saturating_sub(rss_before) < bound_kib,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+    assert_eq!(
+        state_files(&corral.data_dir),
+        files_before,
+        "persisted state unchanged"
+    );
+    // The known name was never evicted: still the same leaf.
+    let after = tls_connect(addr, Some("app.lab.test"), None).await.unwrap();
+    assert_eq!(serial_of(&after), known_serial);
+}
+
+/// Connections that open and then stall before finishing their ClientHello.
+async fn stalled_hellos(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut stalled = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        // A handshake record header promising 512 bytes that never come.
+        tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+            .await
+            .unwrap();
+        stalled.push(tcp);
+    }
+    stalled
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_time_out_without_blocking_new_clients() {
+    let count = 2_000;
+    let corral = Corral::start(&["--handshake-timeout", "3"]);
+    let addr = corral.https("127.0.0.1");
+    // One client first, so the baseline has its certificate and worker threads.
+    get(addr, None, None, "/ping").await;
+    let fds_before = open_fds(corral.pid());
+    let started = Instant::now();
+    let mut stalled = stalled_hellos(addr, count).await;
+    let fds_during = open_fds(corral.pid());
+    assert!(
+        fds_during >= fds_before + count * 9 / 10,
+        "{fds_during} fds with {count} stalled clients (baseline {fds_before})"
+    );
+    // A new client is served while they stall.
+    let response = get(addr, Some("new.lab.test"), None, "/ping").await;
+    assert_eq!(response.body, "pong");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "served before the timeout"
+    );
+    // Every stalled client is closed by the timeout.
+    let mut closed = 0;
+    for tcp in &mut stalled {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(15), tcp.read(&mut byte)).await;
+        closed += usize::from(matches!(read, Ok(Ok(0)) | Ok(Err(_))));
+    }
+    assert_eq!(
+        closed, count,
+        "stalled clients closed by the handshake timeout"
+    );
+    drop(stalled);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_fds(corral.pid()) > fds_before + 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fds_after = open_fds(corral.pid());
+    println!(
+        "fds: {fds_before} before, {fds_during} with {count} stalled clients, {fds_after} after"
+    );
+    assert!(
+        fds_after <= fds_before + 5,
+        "{fds_after} fds after, {fds_before} before"
+    );
+}
+
+/// The status of a `/ping` carrying an `X-Big` header of `size` bytes; `None` if the server hung up.
+async fn with_header(addr: SocketAddr, size: usize) -> Option<u16> {
+    let big = "a".repeat(size);
+    let request =
+        format!("GET /ping HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n");
+    let mut stream = tls_connect(addr, None, None).await.unwrap().stream;
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await;
+    String::from_utf8_lossy(&raw)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+}
+
+/// The status of a request that declares a `length`-byte body and sends none of it.
+async fn with_declared_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    length: usize,
+) -> Option<u16> {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer x\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    );
+    let mut stream = tls_connect(addr, None, None).await.unwrap().stream;
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut head = vec![0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut head))
+        .await
+        .ok()?
+        .ok()?;
+    String::from_utf8_lossy(&head[..read])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+}
+
+#[tokio::test]
+async fn oversized_headers_and_bodies_are_refused() {
+    let corral = Corral::start(&[]);
+    let addr = corral.https("127.0.0.1");
+    // Headers are bounded (hyper's read buffer, 64 KiB plus one read): a big header still passes,
+    // a huge one gets 431 or a closed connection, never a response.
+    assert_eq!(with_header(addr, 16 * 1024).await, Some(200));
+    let huge = with_header(addr, 512 * 1024).await;
+    assert!(matches!(huge, Some(431) | None), "{huge:?}");
+
+    // Every API body is capped at 64 KiB, before authentication or parsing: a larger declared body
+    // is refused without being read.
+    for (method, path) in [
+        ("POST", "/v3-public/localProviders/local?action=login"),
+        ("POST", "/v1-public/login"),
+        ("PUT", "/v3/settings/server-url"),
+        ("POST", "/v3/clusters"),
+        ("POST", "/v3/clusterregistrationtokens"),
+        ("POST", "/v3/users?action=changepassword"),
+        ("POST", "/v3/clusters/c-x?action=generateKubeconfig"),
+    ] {
+        let status = with_declared_body(addr, method, path, 80 * 1024).await;
+        assert!(
+            matches!(status, Some(401 | 413)),
+            "{method} {path}: {status:?}"
+        );
+    }
+    let status = with_declared_body(addr, "POST", "/v1-public/login", 80 * 1024).await;
+    assert_eq!(status, Some(413));
+    assert_eq!(get(addr, None, None, "/ping").await.body, "pong");
+}
+
+const BOOTSTRAP: &str = "crash-test-bootstrap";
+
+/// A request that reports failure instead of panicking (the server may die mid-request).
+async fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Option<HttpResponse> {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n"));
+    let body = body.unwrap_or_default();
+    let text = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{}Content-Length: {}\r\n\r\n{body}",
+        auth.unwrap_or_default(),
+        body.len()
+    );
+    let mut stream = tls_connect(addr, None, None).await.ok()?.stream;
+    stream.write_all(text.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .ok()?
+        .ok()?;
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some(HttpResponse {
+        status,
+        headers: Vec::new(),
+        body: body.to_string(),
+    })
+}
+
+async fn login(addr: SocketAddr, password: &str) -> Option<String> {
+    let body = json!({"username": "admin", "password": password}).to_string();
+    let response = try_request(
+        addr,
+        "POST",
+        "/v3-public/localProviders/local?action=login",
+        None,
+        Some(&body),
+    )
+    .await?;
+    let value: Value = serde_json::from_str(&response.body).ok()?;
+    value["token"].as_str().map(str::to_string)
+}
+
+/// Setup writes, as fast as they go: a password change, server-url, a cluster and its token.
+async fn mutate(addr: SocketAddr, token: String, current: String, next: String) {
+    let change = json!({"currentPassword": current, "newPassword": next}).to_string();
+    let _ = try_request(
+        addr,
+        "POST",
+        "/v3/users?action=changepassword",
+        Some(&token),
+        Some(&change),
+    )
+    .await;
+    let url = json!({"value": "https://crash.lab.test"}).to_string();
+    let _ = try_request(
+        addr,
+        "PUT",
+        "/v3/settings/server-url",
+        Some(&token),
+        Some(&url),
+    )
+    .await;
+    for i in 0..20 {
+        let cluster = json!({"name": format!("c{i}")}).to_string();
+        let Some(created) =
+            try_request(addr, "POST", "/v3/clusters", Some(&token), Some(&cluster)).await
+        else {
+            return;
+        };
+        let Ok(created) = serde_json::from_str::<Value>(&created.body) else {
+            return;
+        };
+        let new_token = json!({"clusterId": created["id"]}).to_string();
+        let _ = try_request(
+            addr,
+            "POST",
+            "/v3/clusterregistrationtokens",
+            Some(&token),
+            Some(&new_token),
+        )
+        .await;
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+}
+
+/// Every JSON state file parses.
+fn assert_state_whole(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let bytes = std::fs::read(&path).unwrap();
+            serde_json::from_slice::<Value>(&bytes)
+                .unwrap_or_else(|e| panic!("{} is torn: {e}", path.display()));
+        }
+    }
+}
+
+fn spawn_raw(dir: &Path) -> std::process::Child {
+    Command::new(corral_bin())
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--https-port",
+            "0",
+            "--http-port",
+            "0",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("CATTLE_BOOTSTRAP_PASSWORD", BOOTSTRAP)
+        .env("CORRAL_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_never_tears_state() {
+    let rounds = size(100, 300);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = rand::rng();
+    let env = [("CATTLE_BOOTSTRAP_PASSWORD", BOOTSTRAP)];
+
+    // First start: killed while it creates the CA and the admin user.
+    for round in 0..rounds / 4 {
+        let dir = tmp.path().join(format!("first-{round}"));
+        let mut child = spawn_raw(&dir);
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..120)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let ca_before = std::fs::read(dir.join("ca.crt")).ok();
+        let corral = Corral::start_in(&dir, &[], &env)
+            .unwrap_or_else(|e| panic!("round {round}: no restart after SIGKILL: {e}"));
+        assert_state_whole(&dir);
+        if let Some(ca) = ca_before {
+            assert_eq!(
+                sha256_hex(corral.cacerts().await.as_bytes()),
+                sha256_hex(&ca),
+                "round {round}: a CA on disk is the CA served"
+            );
+        }
+    }
+
+    // Setup and cluster writes, killed at random moments; passwords chain from one round to the next.
+    let dir = tmp.path().join("setup");
+    let mut passwords = vec![BOOTSTRAP.to_string()];
+    let mut checksum = None;
+    for round in 0..rounds - rounds / 4 {
+        let corral = Corral::start_in(&dir, &[], &env)
+            .unwrap_or_else(|e| panic!("round {round}: no restart after SIGKILL: {e}"));
+        assert_state_whole(&dir);
+        let addr = corral.https("127.0.0.1");
+        let served = sha256_hex(corral.cacerts().await.as_bytes());
+        assert_eq!(
+            checksum.get_or_insert(served.clone()),
+            &served,
+            "round {round}: the CA changed"
+        );
+        // Either the newest password or the one before it works: never neither.
+        let mut token = None;
+        for password in passwords.iter().rev().take(2) {
+            if let Some(t) = login(addr, password).await {
+                token = Some((t, password.clone()));
+                break;
+            }
+        }
+        let (token, current) = token.unwrap_or_else(|| panic!("round {round}: no password works"));
+        passwords.retain(|p| *p != current);
+        passwords.push(current.clone());
+        let next = format!("crash-password-{round:04}");
+        passwords.push(next.clone());
+        let writes = tokio::spawn(mutate(addr, token, current, next));
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
+        corral.stop();
+        writes.abort();
+    }
+    let corral = Corral::start_in(&dir, &[], &env).unwrap();
+    assert_state_whole(&dir);
+    let clusters = try_request(corral.https("127.0.0.1"), "GET", "/ping", None, None).await;
+    assert_eq!(clusters.map(|r| r.body), Some("pong".to_string()));
+}

@@ -1,0 +1,439 @@
+//! Rancher's other TLS set-ups: bring-your-own certificates (flags and the `/etc/rancher/ssl`
+//! layout, rotation, Rancher's start-up errors) and external termination behind a real nginx, with a
+//! `corral agent` tunnel through it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::lab::Lab;
+use common::target::{IssuedPem, TestPki, VERSION_JSON, kube_api, serve};
+use common::{Corral, get, request, run_corral, serial, tls_connect};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ONE_OF_CERT_AND_KEY: &str = "invalid SSL configuration found, please set both certificate file and certificate key file (one is missing)";
+const CACERTS_OR_NO_CACERTS: &str = "invalid SSL configuration found, please set cacerts when using self signed certificates or use --no-cacerts when using certificates from a recognized Certificate Authority, do not use both at the same time";
+
+/// A directory laid out like Rancher's `/etc/rancher/ssl`.
+struct SslDir {
+    dir: tempfile::TempDir,
+}
+
+impl SslDir {
+    fn new(leaf: &IssuedPem, cacerts: Option<&str>) -> Self {
+        let ssl = SslDir {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        ssl.write("cert.pem", &leaf.cert);
+        ssl.write("key.pem", &leaf.key);
+        if let Some(ca) = cacerts {
+            ssl.write("cacerts.pem", ca);
+        }
+        ssl
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn arg(&self, name: &str) -> String {
+        self.path(name).to_string_lossy().into_owned()
+    }
+
+    /// Replaces a file the way a rotation does: a new file renamed over the old one.
+    fn write(&self, name: &str, contents: &str) {
+        let temp = self.path(&format!(".{name}.new"));
+        std::fs::write(&temp, contents).unwrap();
+        std::fs::rename(temp, self.path(name)).unwrap();
+    }
+}
+
+fn der_of(pem: &str) -> CertificateDer<'static> {
+    CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+}
+
+/// Waits (bounded) until a new handshake is served `expected`.
+async fn wait_for_leaf(addr: SocketAddr, ca: &str, expected: &CertificateDer<'static>) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let handshake = tls_connect(addr, Some("byo.lab.test"), Some(ca))
+            .await
+            .unwrap();
+        if handshake.leaf() == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the rotated certificate was never served");
+}
+
+/// One keep-alive request on an open connection; true when it answered `pong`.
+async fn ping_on<S>(stream: &mut S) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let request = b"GET /ping HTTP/1.1\r\nHost: byo.lab.test\r\n\r\n";
+    if stream.write_all(request).await.is_err() {
+        return false;
+    }
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => return false,
+        }
+        if seen.ends_with(b"pong") {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brought_certificate_is_served_as_given_and_rotated_live() {
+    let pki = TestPki::new("byo-ca");
+    let first = pki.issue(&["byo.lab.test", "127.0.0.1"]);
+    let ssl = SslDir::new(&first, Some(&pki.ca_pem));
+    let corral = Corral::start(&[
+        "--tls-cert",
+        &ssl.arg("cert.pem"),
+        "--tls-key",
+        &ssl.arg("key.pem"),
+        "--cacerts",
+        &ssl.arg("cacerts.pem"),
+    ]);
+    let addr = corral.https("127.0.0.1");
+    // /cacerts is the given CA, trimmed, plus one newline.
+    assert_eq!(corral.cacerts().await, format!("{}\n", pki.ca_pem.trim()));
+
+    // The file's leaf, whatever the client asks for; nothing is minted.
+    let handshake = tls_connect(addr, Some("byo.lab.test"), Some(&pki.ca_pem))
+        .await
+        .unwrap();
+    assert_eq!(handshake.leaf(), &der_of(&first.cert));
+    let other = tls_connect(addr, Some("other.example"), None)
+        .await
+        .unwrap();
+    assert_eq!(serial(other.leaf()), serial(&der_of(&first.cert)));
+    assert!(
+        !corral
+            .logs()
+            .iter()
+            .any(|l| l.contains("minted certificate for")),
+        "nothing is minted"
+    );
+
+    // ALPN offers h2 in this mode: curl negotiates HTTP/2.
+    let url = format!("https://byo.lab.test:{}/ping", corral.https_port);
+    let resolve = format!("byo.lab.test:{}:127.0.0.1", corral.https_port);
+    let version = Command::new("curl")
+        .args(["-s", "--http2", "--max-time", "20", "--cacert"])
+        .arg(ssl.path("cacerts.pem"))
+        .args([
+            "--resolve",
+            &resolve,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&version.stdout), "2");
+
+    // A connection open across the rotation keeps working.
+    let mut open = tls_connect(addr, Some("byo.lab.test"), Some(&pki.ca_pem))
+        .await
+        .unwrap()
+        .stream;
+    assert!(ping_on(&mut open).await);
+    let second = pki.issue(&["byo.lab.test", "127.0.0.1"]);
+    ssl.write("cert.pem", &second.cert);
+    ssl.write("key.pem", &second.key);
+    wait_for_leaf(addr, &pki.ca_pem, &der_of(&second.cert)).await;
+    assert!(ping_on(&mut open).await, "the open connection survived");
+
+    // A broken rotation keeps the current certificate and says why.
+    ssl.write(
+        "key.pem",
+        "-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !corral
+        .logs()
+        .iter()
+        .any(|l| l.contains("keeping the current certificate"))
+    {
+        assert!(Instant::now() < deadline, "{:?}", corral.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let still = tls_connect(addr, Some("byo.lab.test"), Some(&pki.ca_pem))
+        .await
+        .unwrap();
+    assert_eq!(still.leaf(), &der_of(&second.cert));
+}
+
+#[tokio::test]
+async fn the_rancher_layout_and_no_cacerts() {
+    let pki = TestPki::new("layout-ca");
+    let leaf = pki.issue(&["byo.lab.test", "127.0.0.1"]);
+    // cert.pem, key.pem and cacerts.pem in the ssl directory.
+    let ssl = SslDir::new(&leaf, Some(&pki.ca_pem));
+    let corral = Corral::start(&["--ssl-dir", &ssl.arg("")]);
+    let handshake = tls_connect(
+        corral.https("127.0.0.1"),
+        Some("byo.lab.test"),
+        Some(&pki.ca_pem),
+    )
+    .await
+    .unwrap();
+    assert_eq!(handshake.leaf(), &der_of(&leaf.cert));
+    assert_eq!(corral.cacerts().await, format!("{}\n", pki.ca_pem.trim()));
+    drop(corral);
+
+    // A certificate from a CA clients trust: --no-cacerts, and /cacerts is empty (200, no body).
+    let public = SslDir::new(&leaf, None);
+    let corral = Corral::start(&["--ssl-dir", &public.arg(""), "--no-cacerts"]);
+    let addr = corral.https("127.0.0.1");
+    let cacerts = get(addr, None, None, "/cacerts").await;
+    assert_eq!((cacerts.status, cacerts.body.as_str()), (200, ""));
+    let setting = get(addr, None, None, "/v3/settings/cacerts").await;
+    let value: serde_json::Value = serde_json::from_str(&setting.body).unwrap();
+    assert_eq!(value["value"], "");
+    assert!(
+        corral
+            .logs()
+            .iter()
+            .any(|l| l.contains("/cacerts is empty")),
+        "{:?}",
+        corral.logs()
+    );
+}
+
+/// `corral serve` with `args` that must not start; its exit code and stderr.
+fn refused(args: &[&str]) -> (Option<i32>, String) {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_string_lossy().into_owned();
+    let base = [
+        "serve",
+        "--data-dir",
+        &data_dir,
+        "--https-port",
+        "0",
+        "--http-port",
+        "0",
+    ];
+    let (code, _, stderr) = run_corral(&[&base[..], args].concat(), &[]);
+    (code, stderr)
+}
+
+#[test]
+fn rancher_start_up_errors_word_for_word() {
+    let pki = TestPki::new("errors-ca");
+    let leaf = pki.issue(&["byo.lab.test"]);
+    let ssl = SslDir::new(&leaf, Some(&pki.ca_pem));
+    let (cert, key, ca) = (
+        ssl.arg("cert.pem"),
+        ssl.arg("key.pem"),
+        ssl.arg("cacerts.pem"),
+    );
+    let cases: [(&[&str], &str); 4] = [
+        (&["--tls-cert", &cert], ONE_OF_CERT_AND_KEY),
+        (&["--tls-key", &key], ONE_OF_CERT_AND_KEY),
+        (
+            &["--tls-cert", &cert, "--tls-key", &key],
+            CACERTS_OR_NO_CACERTS,
+        ),
+        (
+            &[
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+                "--cacerts",
+                &ca,
+                "--no-cacerts",
+            ],
+            CACERTS_OR_NO_CACERTS,
+        ),
+    ];
+    for (args, text) in cases {
+        let (code, stderr) = refused(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(text), "{args:?}: {stderr}");
+    }
+    // A key of another certificate: a clear error.
+    let other = pki.issue(&["other.lab.test"]);
+    let stray = SslDir::new(&other, None);
+    let (code, stderr) = refused(&[
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &stray.arg("key.pem"),
+        "--no-cacerts",
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("does not match the certificate"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_chain_cacerts_does_not_sign_is_served_with_a_warning() {
+    let pki = TestPki::new("real-ca");
+    let unrelated = TestPki::new("unrelated-ca");
+    let leaf = pki.issue(&["byo.lab.test", "127.0.0.1"]);
+    let ssl = SslDir::new(&leaf, Some(&unrelated.ca_pem));
+    let corral = Corral::start(&["--ssl-dir", &ssl.arg("")]);
+    let handshake = tls_connect(corral.https("127.0.0.1"), Some("byo.lab.test"), None)
+        .await
+        .unwrap();
+    assert_eq!(handshake.leaf(), &der_of(&leaf.cert));
+    assert!(
+        corral
+            .logs()
+            .iter()
+            .any(|l| l.contains("not signed by the CA in cacerts")),
+        "{:?}",
+        corral.logs()
+    );
+}
+
+/// nginx terminating TLS for `backend` (corral's plain port), as an ingress would; killed on drop.
+struct Nginx {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(backend: SocketAddr, leaf: &IssuedPem) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+        std::fs::write(path("cert.pem"), &leaf.cert).unwrap();
+        std::fs::write(path("key.pem"), &leaf.key).unwrap();
+        let config = format!(
+            r#"daemon off;
+master_process off;
+worker_processes 1;
+error_log {dir}/error.log;
+pid {dir}/nginx.pid;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {dir}/cert.pem;
+    ssl_certificate_key {dir}/key.pem;
+    location / {{
+      proxy_pass http://{backend};
+      proxy_http_version 1.1;
+      proxy_set_header Host $host:$server_port;
+      proxy_set_header X-Forwarded-Proto https;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_read_timeout 900s;
+      proxy_buffering off;
+    }}
+  }}
+}}
+"#,
+            dir = dir.path().display()
+        );
+        std::fs::write(path("nginx.conf"), config).unwrap();
+        let child = Command::new("nginx")
+            .args(["-p", &path(""), "-c", &path("nginx.conf")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx is installed (.ci/run installs it)");
+        let nginx = Nginx {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(nginx.addr()).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        nginx
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_temp(contents: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cacerts.pem");
+    std::fs::write(&path, contents).unwrap();
+    (dir, path)
+}
+
+fn path_arg(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_termination_behind_nginx_carries_requests_and_a_tunnel() {
+    let balancer = TestPki::new("balancer-ca");
+    let (_ca_dir, ca_file) = write_temp(&balancer.ca_pem);
+    let data = tempfile::tempdir().unwrap();
+    let corral = Lab::corral(
+        &data.path().join("d"),
+        &["--tls", "external", "--cacerts", &path_arg(&ca_file)],
+    );
+    // Plain HTTP on the main port; without the proxy's header a browser is sent to HTTPS.
+    let backend = corral.https("127.0.0.1");
+    let direct = common::plain(
+        backend,
+        "GET /dashboard/ HTTP/1.1\r\nHost: corral.lab\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(direct.status, 302);
+    let nginx = Nginx::start(backend, &balancer.issue(&["127.0.0.1", "localhost"]));
+
+    // Through nginx: HTTPS with the balancer's certificate; /cacerts is the balancer's CA.
+    let lab = Lab::setup(corral, nginx.addr()).await;
+    let cacerts = get(nginx.addr(), None, Some(&balancer.ca_pem), "/cacerts").await;
+    assert_eq!(cacerts.body, format!("{}\n", balancer.ca_pem.trim()));
+    let ping = request(nginx.addr(), "GET", "/ping", &[], None).await;
+    assert_eq!(ping.body, "pong");
+
+    // An agent that verifies the CA checksum tunnels through nginx; the cluster proxy works through it.
+    let target = serve(None, kube_api).await;
+    let _agent = lab.agent(target, None, &[]);
+    lab.wait_connected(true).await;
+    let version = lab.proxied("/version").await;
+    assert_eq!((version.status, version.body.as_str()), (200, VERSION_JSON));
+}
