@@ -49,7 +49,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, String> {
     let factory =
         LeafFactory::new(&dir, ca, config.cert_expiration_days).map_err(|e| e.to_string())?;
     let resolver = Arc::new(CertResolver::new(config, &dir, factory)?);
-    resolver.watch_files();
+    resolver.start_background();
     if let Some(chain) = resolver.files_chain()
         && let Err(reason) = crate::pki::chain_check::signed_by(&chain, &setting.value)
     {

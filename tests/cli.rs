@@ -53,7 +53,7 @@ async fn toml_file_is_read_and_flags_win() {
     assert!(logs.contains("Created CA CN=dynamiclistener-ca@"), "{logs}");
     assert_ne!(
         corral.http_port, 1,
-        "the --http-port flag wins over the file"
+        "CORRAL_HTTP_PORT (the environment) wins over the file"
     );
     let handshake = common::tls_connect(corral.https("127.0.0.1"), Some("a.lab.test"), None)
         .await

@@ -14,7 +14,7 @@ use crate::pki::{AllowList, CaProfile};
 use crate::setup::ServerUrl;
 
 pub mod tls;
-pub use tls::{Cacerts, Served, Termination, TlsInputs, TlsSetup};
+pub use tls::{AcmeSettings, Cacerts, Served, Termination, TlsInputs, TlsSetup};
 
 /// How certificates are chosen for clients before setup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -123,6 +123,20 @@ pub struct ServeArgs {
     /// Where Rancher's layout (cert.pem, key.pem, cacerts.pem) is looked for [default: /etc/rancher/ssl].
     #[arg(long, env = "CORRAL_SSL_DIR", value_name = "DIR")]
     pub ssl_dir: Option<PathBuf>,
+    /// Get the certificate from Let's Encrypt (ACME) for this domain; repeatable. /cacerts is empty.
+    #[arg(
+        long = "acme-domain",
+        env = "ACME_DOMAIN",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub acme_domains: Option<Vec<String>>,
+    /// ACME directory URL [default: Let's Encrypt production].
+    #[arg(long, env = "CORRAL_ACME_DIRECTORY", value_name = "URL")]
+    pub acme_directory: Option<String>,
+    /// CA to trust for the ACME directory's HTTPS (a private ACME server) [default: system roots].
+    #[arg(long, env = "CORRAL_ACME_CA_CERT", value_name = "FILE")]
+    pub acme_ca_cert: Option<PathBuf>,
 }
 
 /// The same settings as they appear in the TOML file.
@@ -152,6 +166,9 @@ struct FileSettings {
     cacerts: Option<PathBuf>,
     no_cacerts: Option<bool>,
     ssl_dir: Option<PathBuf>,
+    acme_domains: Option<Vec<String>>,
+    acme_directory: Option<String>,
+    acme_ca_cert: Option<PathBuf>,
 }
 
 /// The validated configuration a server runs with.
@@ -241,6 +258,16 @@ impl Config {
             cacerts: args.cacerts.or(file.cacerts),
             no_cacerts: args.no_cacerts || file.no_cacerts.unwrap_or(false),
             ssl_dir: args.ssl_dir.or(file.ssl_dir),
+            acme_domains: args
+                .acme_domains
+                .or(file.acme_domains)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|d| d.trim().to_ascii_lowercase())
+                .filter(|d| !d.is_empty())
+                .collect(),
+            acme_directory: args.acme_directory.or(file.acme_directory),
+            acme_ca_cert: args.acme_ca_cert.or(file.acme_ca_cert),
         }
         .resolve()
         .map_err(|reason| ConfigError {

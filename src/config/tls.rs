@@ -30,6 +30,9 @@ pub enum Termination {
     External,
 }
 
+/// Let's Encrypt's production directory, Rancher's default.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
 /// The certificate corral serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Served {
@@ -37,6 +40,17 @@ pub enum Served {
     Minted,
     /// Bring-your-own: the chain and key from these files, served as given.
     Files { cert: PathBuf, key: PathBuf },
+    /// From an ACME server (Let's Encrypt) for these domains.
+    Acme(AcmeSettings),
+}
+
+/// Where and for what corral asks an ACME server for its certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeSettings {
+    pub domains: Vec<String>,
+    pub directory: String,
+    /// A CA to trust for the directory's own HTTPS (a private ACME server such as pebble).
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// What `/cacerts` distributes (and so what agents verify).
@@ -66,6 +80,9 @@ pub struct TlsInputs {
     pub cacerts: Option<PathBuf>,
     pub no_cacerts: bool,
     pub ssl_dir: Option<PathBuf>,
+    pub acme_domains: Vec<String>,
+    pub acme_directory: Option<String>,
+    pub acme_ca_cert: Option<PathBuf>,
 }
 
 impl TlsInputs {
@@ -76,6 +93,23 @@ impl TlsInputs {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SSL_DIR));
         let in_dir = |name: &str| Some(dir.join(name)).filter(|p| p.exists());
         let termination = self.termination.unwrap_or(Termination::Corral);
+        // Rancher checks ACME first; it forces an empty cacerts.
+        if !self.acme_domains.is_empty() {
+            if termination == Termination::External {
+                return Err(
+                    "--acme-domain needs corral to terminate TLS, not --tls external".into(),
+                );
+            }
+            return Ok(TlsSetup {
+                termination,
+                served: Served::Acme(AcmeSettings {
+                    domains: self.acme_domains,
+                    directory: self.acme_directory.unwrap_or_else(|| LETS_ENCRYPT.into()),
+                    ca_cert: self.acme_ca_cert,
+                }),
+                cacerts: Cacerts::Empty,
+            });
+        }
         let cacerts_file = self.cacerts.or_else(|| in_dir("cacerts.pem"));
         if termination == Termination::External {
             if self.cert.is_some() || self.key.is_some() {

@@ -1,6 +1,7 @@
 //! HTTP: Rancher's endpoints, one file each, behind Rancher's common response headers; and the plain
 //! HTTP port's redirect rules in front of them.
 
+mod acme_challenge;
 mod auth;
 mod cacerts;
 mod clusters;
@@ -98,6 +99,10 @@ impl HttpApp {
             .route("/version", get(health::version))
             .route("/metrics", get(health::metrics))
             .route("/cacerts", any(cacerts::cacerts))
+            .route(
+                "/.well-known/acme-challenge/{token}",
+                get(acme_challenge::answer),
+            )
             .route("/v3-public/localProviders/local", post(login::v3_public))
             .route("/v1-public/login", post(login::v1_public))
             .route("/v3/users", post(users::action))

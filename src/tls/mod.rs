@@ -4,6 +4,7 @@
 //! errors end only that connection. The certificate is chosen after the ClientHello is read, because
 //! the choice depends on both the SNI and the local address the client reached.
 
+pub mod acme;
 pub mod byo;
 pub mod persisted;
 pub mod resolver;

@@ -23,6 +23,7 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use moka::sync::Cache;
 use rustls::ServerConfig;
 
+use super::acme::AcmeCert;
 use super::byo::ByoCert;
 use super::persisted::PersistedCert;
 use super::served::{Served, TlsSettings, unix_now};
@@ -103,6 +104,8 @@ enum Strategy {
     Shared(PersistedCert),
     /// Bring-your-own files: served to everyone, never minted, never pinned.
     Files(Arc<ByoCert>),
+    /// From an ACME server: served to everyone once obtained (the fallback until then).
+    Acme(Arc<AcmeCert>),
 }
 
 /// How often the per-client limiter forgets clients whose budget has refilled: its memory stays
@@ -132,6 +135,11 @@ impl CertResolver {
             (ServedCert::Files { cert, key }, _) => {
                 Strategy::Files(Arc::new(ByoCert::load(cert, key, config.session_tickets)?))
             }
+            (ServedCert::Acme(settings), _) => Strategy::Acme(Arc::new(AcmeCert::new(
+                settings.clone(),
+                dir.root(),
+                config.session_tickets,
+            )?)),
             (ServedCert::Minted, CertMode::PerHost) => {
                 Strategy::PerHost(Cache::new(config.max_names.try_into().unwrap_or(u64::MAX)))
             }
@@ -160,10 +168,21 @@ impl CertResolver {
         })
     }
 
-    /// Bring-your-own mode: watches the files for a rotation (needs the runtime, so not in `new`).
-    pub fn watch_files(&self) {
-        if let Strategy::Files(files) = &self.strategy {
-            files.clone().watch();
+    /// Starts what runs beside the listeners (needs the runtime, so not in `new`): the watch for a
+    /// rotation of bring-your-own files, or the ACME client.
+    pub fn start_background(&self) {
+        match &self.strategy {
+            Strategy::Files(files) => files.clone().watch(),
+            Strategy::Acme(acme) => acme.clone().run(),
+            _ => {}
+        }
+    }
+
+    /// ACME mode: the key authorization for an HTTP-01 token being validated.
+    pub fn acme_challenge(&self, token: &str) -> Option<String> {
+        match &self.strategy {
+            Strategy::Acme(acme) => acme.challenge(token),
+            _ => None,
         }
     }
 
@@ -186,8 +205,16 @@ impl CertResolver {
 
     /// The server config for a connection from `client` that sent `sni` (if any) to `local_ip`.
     pub fn select(&self, sni: Option<&str>, local_ip: IpAddr, client: IpAddr) -> Arc<ServerConfig> {
-        if let Strategy::Files(files) = &self.strategy {
-            return files.current().config.clone();
+        match &self.strategy {
+            Strategy::Files(files) => return files.current().config.clone(),
+            Strategy::Acme(acme) => {
+                return acme
+                    .current()
+                    .unwrap_or_else(|| self.fallback())
+                    .config
+                    .clone();
+            }
+            _ => {}
         }
         if let Some(pin) = self.pinned.get() {
             let cert = self.pinned_cert(pin);
@@ -198,7 +225,7 @@ impl CertResolver {
         let requested = sni.map(SubjectName::parse);
         match &self.strategy {
             Strategy::PerHost(_) => self.select_per_host(requested, local, client),
-            Strategy::Files(_) => unreachable!("answered above"),
+            Strategy::Files(_) | Strategy::Acme(_) => unreachable!("answered above"),
             Strategy::Shared(shared) => {
                 if let Err(refusal) = self.learn_shared(shared, local, client) {
                     self.log_refusal("local address", &refusal);
@@ -323,8 +350,8 @@ impl CertResolver {
             return Ok(());
         }
         let pin = match &self.strategy {
-            // The files are what every client gets already.
-            Strategy::Files(_) => return Ok(()),
+            // The files (or the ACME certificate) are what every client gets already.
+            Strategy::Files(_) | Strategy::Acme(_) => return Ok(()),
             Strategy::PerHost(certs) => {
                 let cert = PersistedCert::restore(
                     self.pinned_path.clone(),
@@ -354,7 +381,7 @@ impl CertResolver {
     fn pinned_cert<'a>(&'a self, pin: &'a Pin) -> &'a PersistedCert {
         match (pin, &self.strategy) {
             (Pin::Own(cert), _) | (Pin::Shared, Strategy::Shared(cert)) => cert,
-            (Pin::Shared, Strategy::PerHost(_) | Strategy::Files(_)) => {
+            (Pin::Shared, Strategy::PerHost(_) | Strategy::Files(_) | Strategy::Acme(_)) => {
                 unreachable!("a shared pin needs shared mode")
             }
         }
@@ -365,6 +392,11 @@ impl CertResolver {
         match (self.pinned.get(), &self.strategy) {
             (Some(pin), _) => self.pinned_cert(pin).current().leaf().clone(),
             (_, Strategy::Files(files)) => files.current().leaf().clone(),
+            (_, Strategy::Acme(acme)) => acme
+                .current()
+                .unwrap_or_else(|| self.fallback())
+                .leaf()
+                .clone(),
             (None, Strategy::Shared(shared)) => shared.current().leaf().clone(),
             (None, Strategy::PerHost(_)) => {
                 let loopback = IpAddr::from([127, 0, 0, 1]);

@@ -50,19 +50,14 @@ impl Corral {
     pub fn start_in(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Self, String> {
         let mut command = Command::new(corral_bin());
         command
-            .args([
-                "serve",
-                "--bind",
-                "::",
-                "--https-port",
-                "0",
-                "--http-port",
-                "0",
-            ])
+            .args(["serve", "--bind", "::"])
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
             .env_remove("CORRAL_CONFIG")
+            // Ephemeral ports unless the test chose its own.
+            .env("CORRAL_HTTPS_PORT", "0")
+            .env("CORRAL_HTTP_PORT", "0")
             .env("CORRAL_LOG", "info,corral=debug")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
