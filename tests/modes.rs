@@ -549,7 +549,16 @@ impl Drop for Pebble {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acme_obtains_a_certificate_from_pebble() {
+async fn acme_obtains_a_certificate_from_pebble_with_http_01() {
+    acme_obtains_a_certificate_from_pebble("http-01").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_obtains_a_certificate_from_pebble_with_tls_alpn_01() {
+    acme_obtains_a_certificate_from_pebble("tls-alpn-01").await;
+}
+
+async fn acme_obtains_a_certificate_from_pebble(challenge: &str) {
     let (http_port, https_port) = (free_port(), free_port());
     let pebble = Pebble::start(http_port, https_port);
     let data = tempfile::tempdir().unwrap();
@@ -568,6 +577,8 @@ async fn acme_obtains_a_certificate_from_pebble() {
             &directory,
             "--acme-ca-cert",
             &pebble.https_ca(),
+            "--acme-challenge",
+            challenge,
         ],
         &[],
     )

@@ -14,7 +14,7 @@ use crate::pki::{AllowList, CaProfile};
 use crate::setup::ServerUrl;
 
 pub mod tls;
-pub use tls::{AcmeSettings, Cacerts, Served, Termination, TlsInputs, TlsSetup};
+pub use tls::{AcmeChallenge, AcmeSettings, Cacerts, Served, Termination, TlsInputs, TlsSetup};
 
 /// How certificates are chosen for clients before setup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -134,6 +134,13 @@ pub struct ServeArgs {
     /// ACME directory URL [default: Let's Encrypt production].
     #[arg(long, env = "CORRAL_ACME_DIRECTORY", value_name = "URL")]
     pub acme_directory: Option<String>,
+    /// How the ACME server validates the domains [default: http-01].
+    #[arg(
+        long,
+        env = "CORRAL_ACME_CHALLENGE",
+        value_name = "http-01|tls-alpn-01"
+    )]
+    pub acme_challenge: Option<AcmeChallenge>,
     /// CA to trust for the ACME directory's HTTPS (a private ACME server) [default: system roots].
     #[arg(long, env = "CORRAL_ACME_CA_CERT", value_name = "FILE")]
     pub acme_ca_cert: Option<PathBuf>,
@@ -168,6 +175,7 @@ struct FileSettings {
     ssl_dir: Option<PathBuf>,
     acme_domains: Option<Vec<String>>,
     acme_directory: Option<String>,
+    acme_challenge: Option<AcmeChallenge>,
     acme_ca_cert: Option<PathBuf>,
 }
 
@@ -267,6 +275,7 @@ impl Config {
                 .filter(|d| !d.is_empty())
                 .collect(),
             acme_directory: args.acme_directory.or(file.acme_directory),
+            acme_challenge: args.acme_challenge.or(file.acme_challenge),
             acme_ca_cert: args.acme_ca_cert.or(file.acme_ca_cert),
         }
         .resolve()

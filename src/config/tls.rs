@@ -44,11 +44,25 @@ pub enum Served {
     Acme(AcmeSettings),
 }
 
+/// How the ACME server checks that corral answers for a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+pub enum AcmeChallenge {
+    /// A token under `/.well-known/acme-challenge/` on the HTTP port (port 80 of the domain).
+    #[value(name = "http-01")]
+    #[serde(rename = "http-01")]
+    Http01,
+    /// A special certificate for ALPN `acme-tls/1` on the HTTPS port (port 443 of the domain).
+    #[value(name = "tls-alpn-01")]
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
 /// Where and for what corral asks an ACME server for its certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcmeSettings {
     pub domains: Vec<String>,
     pub directory: String,
+    pub challenge: AcmeChallenge,
     /// A CA to trust for the directory's own HTTPS (a private ACME server such as pebble).
     pub ca_cert: Option<PathBuf>,
 }
@@ -82,6 +96,7 @@ pub struct TlsInputs {
     pub ssl_dir: Option<PathBuf>,
     pub acme_domains: Vec<String>,
     pub acme_directory: Option<String>,
+    pub acme_challenge: Option<AcmeChallenge>,
     pub acme_ca_cert: Option<PathBuf>,
 }
 
@@ -105,6 +120,7 @@ impl TlsInputs {
                 served: Served::Acme(AcmeSettings {
                     domains: self.acme_domains,
                     directory: self.acme_directory.unwrap_or_else(|| LETS_ENCRYPT.into()),
+                    challenge: self.acme_challenge.unwrap_or(AcmeChallenge::Http01),
                     ca_cert: self.acme_ca_cert,
                 }),
                 cacerts: Cacerts::Empty,

@@ -1,6 +1,7 @@
 //! Let's Encrypt mode (`--acme-domain`): one certificate for the listed domains from an ACME server,
-//! obtained with HTTP-01 (answered on the HTTP port's `/.well-known/acme-challenge/`), kept in the
-//! data directory and renewed before it expires. As Rancher's autocert mode, `/cacerts` is empty.
+//! obtained with HTTP-01 (answered on the HTTP port's `/.well-known/acme-challenge/`) or TLS-ALPN-01
+//! (a certificate for ALPN `acme-tls/1` on the HTTPS port), kept in the data directory and renewed
+//! before it expires. As Rancher's autocert mode, `/cacerts` is empty.
 //!
 //! Until the first certificate arrives, clients get the fallback certificate; a failed attempt is
 //! logged and retried with a growing delay.
@@ -15,11 +16,12 @@ use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
     NewOrder, OrderStatus, RetryPolicy,
 };
+use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::served::{Served, serve_files, unix_now};
-use crate::config::AcmeSettings;
+use super::served::{Served, alpn_challenge_config, serve_files, unix_now};
+use crate::config::{AcmeChallenge, AcmeSettings};
 use crate::state::{PUBLIC_MODE, SECRET_MODE, read_optional, write_atomic};
 
 /// A certificate this close to expiry is renewed (Let's Encrypt's advice: a third of 90 days).
@@ -38,6 +40,8 @@ pub struct AcmeCert {
     current: ArcSwapOption<Served>,
     /// HTTP-01 tokens being validated → their key authorizations.
     challenges: DashMap<String, String>,
+    /// TLS-ALPN-01: domains being validated → the config presenting their challenge certificate.
+    alpn_challenges: DashMap<String, Arc<ServerConfig>>,
 }
 
 impl AcmeCert {
@@ -52,6 +56,7 @@ impl AcmeCert {
             resumption,
             current: ArcSwapOption::empty(),
             challenges: DashMap::new(),
+            alpn_challenges: DashMap::new(),
         };
         match acme.restore() {
             Ok(Some(served)) => acme.current.store(Some(Arc::new(served))),
@@ -68,6 +73,11 @@ impl AcmeCert {
     /// The key authorization for an HTTP-01 `token`, while it is being validated.
     pub fn challenge(&self, token: &str) -> Option<String> {
         self.challenges.get(token).map(|k| k.clone())
+    }
+
+    /// TLS-ALPN-01: the config to present to a validator asking for `domain` with ALPN `acme-tls/1`.
+    pub fn alpn_challenge(&self, domain: &str) -> Option<Arc<ServerConfig>> {
+        self.alpn_challenges.get(domain).map(|c| c.clone())
     }
 
     /// Obtains and renews for as long as the process runs.
@@ -190,8 +200,8 @@ impl AcmeCert {
             .new_order(&NewOrder::new(&identifiers))
             .await
             .map_err(text)?;
-        let mut tokens = Vec::new();
-        // Whatever happens, the tokens are withdrawn afterwards.
+        let (mut tokens, mut domains) = (Vec::new(), Vec::new());
+        // Whatever happens, the challenge answers are withdrawn afterwards.
         let finished = async {
             let mut authorizations = order.authorizations();
             while let Some(authorization) = authorizations.next().await {
@@ -199,13 +209,26 @@ impl AcmeCert {
                 if authorization.status == AuthorizationStatus::Valid {
                     continue;
                 }
-                let mut challenge = authorization
-                    .challenge(ChallengeType::Http01)
-                    .ok_or("the ACME server offers no http-01 challenge")?;
-                let key_authorization = challenge.key_authorization().as_str().to_string();
-                self.challenges
-                    .insert(challenge.token.clone(), key_authorization);
-                tokens.push(challenge.token.clone());
+                let kind = match self.settings.challenge {
+                    AcmeChallenge::Http01 => ChallengeType::Http01,
+                    AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+                };
+                let missing = format!("the ACME server offers no {kind:?} challenge");
+                let mut challenge = authorization.challenge(kind).ok_or(missing)?;
+                let key_authorization = challenge.key_authorization();
+                match self.settings.challenge {
+                    AcmeChallenge::Http01 => {
+                        let answer = key_authorization.as_str().to_string();
+                        self.challenges.insert(challenge.token.clone(), answer);
+                        tokens.push(challenge.token.clone());
+                    }
+                    AcmeChallenge::TlsAlpn01 => {
+                        let domain = challenge.identifier().to_string();
+                        let config = alpn_challenge_config(&domain, key_authorization.digest())?;
+                        self.alpn_challenges.insert(domain.clone(), config);
+                        domains.push(domain);
+                    }
+                }
                 challenge.set_ready().await.map_err(text)?;
             }
             let retries = RetryPolicy::new().timeout(Duration::from_secs(120));
@@ -224,6 +247,9 @@ impl AcmeCert {
         .await;
         for token in tokens {
             self.challenges.remove(&token);
+        }
+        for domain in domains {
+            self.alpn_challenges.remove(&domain);
         }
         finished
     }

@@ -23,6 +23,9 @@ use tokio_rustls::server::TlsStream;
 use crate::http::{ConnInfo, HttpApp};
 pub use resolver::CertResolver;
 
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
+const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 /// TCP keep-alive idle time, as Rancher's listener sets it.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(180);
 
@@ -130,6 +133,11 @@ async fn handle_connection(
             let info = ConnInfo::new(local, peer, true);
             match tls.get_ref().1.alpn_protocol() {
                 Some(b"h2") => app.serve_h2(tls, info).await,
+                // A TLS-ALPN-01 validator only looks at the certificate.
+                Some(ACME_TLS_ALPN) => {
+                    let mut tls = tls;
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+                }
                 _ => app.serve(tls, info).await,
             }
         }
@@ -145,6 +153,13 @@ async fn handshake(
     resolver: &CertResolver,
 ) -> io::Result<TlsStream<TcpStream>> {
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
-    let config = resolver.select(start.client_hello().server_name(), local.ip(), peer.ip());
+    let hello = start.client_hello();
+    let acme_validation = hello
+        .alpn()
+        .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN));
+    let config = acme_validation
+        .then(|| resolver.acme_alpn_challenge(hello.server_name()))
+        .flatten()
+        .unwrap_or_else(|| resolver.select(hello.server_name(), local.ip(), peer.ip()));
     start.into_stream(config).await
 }

@@ -178,6 +178,14 @@ impl CertResolver {
         }
     }
 
+    /// ACME mode: the config for a TLS-ALPN-01 validator asking for `sni`.
+    pub fn acme_alpn_challenge(&self, sni: Option<&str>) -> Option<Arc<ServerConfig>> {
+        match (&self.strategy, sni) {
+            (Strategy::Acme(acme), Some(name)) => acme.alpn_challenge(&name.to_ascii_lowercase()),
+            _ => None,
+        }
+    }
+
     /// ACME mode: the key authorization for an HTTP-01 token being validated.
     pub fn acme_challenge(&self, token: &str) -> Option<String> {
         match &self.strategy {

@@ -101,6 +101,30 @@ pub fn serve_files(
     })
 }
 
+/// TLS-ALPN-01 (RFC 8737): a self-signed certificate for `domain` carrying the critical
+/// acmeIdentifier extension (`digest`: SHA-256 of the key authorization), for ALPN `acme-tls/1` only.
+pub fn alpn_challenge_config(
+    domain: &str,
+    digest: impl AsRef<[u8]>,
+) -> Result<Arc<ServerConfig>, String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(|e| e.to_string())?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest.as_ref())];
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let mut config = base_config(Arc::new(server_provider()), false, &[b"acme-tls/1"])
+        .map_err(|e| e.to_string())?;
+    let provider_key = config
+        .crypto_provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| e.to_string())?;
+    let certified = Arc::new(CertifiedKey::new(vec![cert.der().clone()], provider_key));
+    config.cert_resolver = Arc::new(SingleCertAndKey::from(certified));
+    Ok(Arc::new(config))
+}
+
 /// TLS 1.3 and 1.2, the server's suite order, `alpn`, and resumption on or off.
 fn base_config(
     provider: Arc<rustls::crypto::CryptoProvider>,
