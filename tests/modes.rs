@@ -123,10 +123,7 @@ async fn a_brought_certificate_is_served_as_given_and_rotated_live() {
         .unwrap();
     assert_eq!(serial(other.leaf()), serial(&der_of(&first.cert)));
     assert!(
-        !corral
-            .logs()
-            .iter()
-            .any(|l| l.contains("minted certificate for")),
+        !corral.logged("minted certificate for"),
         "nothing is minted"
     );
 
@@ -167,11 +164,7 @@ async fn a_brought_certificate_is_served_as_given_and_rotated_live() {
         "-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n",
     );
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !corral
-        .logs()
-        .iter()
-        .any(|l| l.contains("keeping the current certificate"))
-    {
+    while !corral.logged("keeping the current certificate") {
         assert!(Instant::now() < deadline, "{:?}", corral.logs());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -208,14 +201,7 @@ async fn the_rancher_layout_and_no_cacerts() {
     let setting = get(addr, None, None, "/v3/settings/cacerts").await;
     let value: serde_json::Value = serde_json::from_str(&setting.body).unwrap();
     assert_eq!(value["value"], "");
-    assert!(
-        corral
-            .logs()
-            .iter()
-            .any(|l| l.contains("/cacerts is empty")),
-        "{:?}",
-        corral.logs()
-    );
+    assert!(corral.logged("/cacerts is empty"), "{:?}", corral.logs());
 }
 
 /// `corral serve` with `args` that must not start; its exit code and stderr.
@@ -288,6 +274,32 @@ fn rancher_start_up_errors_word_for_word() {
 }
 
 #[tokio::test]
+async fn an_expired_certificate_is_served_with_a_warning() {
+    let pki = TestPki::new("expired-ca");
+    let leaf = pki.issue_with(&["byo.lab.test"], |params| {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    let ssl = SslDir::new(&leaf, Some(&pki.ca_pem));
+    let corral = Corral::start(&["--ssl-dir", &ssl.arg("")]);
+    let handshake = tls_connect(corral.https("127.0.0.1"), Some("byo.lab.test"), None)
+        .await
+        .unwrap();
+    assert_eq!(handshake.leaf(), &der_of(&leaf.cert));
+    assert!(corral.logged("has expired: clients will refuse it"));
+    // A client that verifies refuses it, as it would refuse Rancher.
+    assert!(
+        tls_connect(
+            corral.https("127.0.0.1"),
+            Some("byo.lab.test"),
+            Some(&pki.ca_pem)
+        )
+        .await
+        .is_err()
+    );
+}
+
+#[tokio::test]
 async fn a_chain_cacerts_does_not_sign_is_served_with_a_warning() {
     let pki = TestPki::new("real-ca");
     let unrelated = TestPki::new("unrelated-ca");
@@ -299,10 +311,7 @@ async fn a_chain_cacerts_does_not_sign_is_served_with_a_warning() {
         .unwrap();
     assert_eq!(handshake.leaf(), &der_of(&leaf.cert));
     assert!(
-        corral
-            .logs()
-            .iter()
-            .any(|l| l.contains("not signed by the CA in cacerts")),
+        corral.logged("not signed by the CA in cacerts"),
         "{:?}",
         corral.logs()
     );
@@ -584,11 +593,7 @@ async fn acme_obtains_a_certificate_from_pebble(challenge: &str) {
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(90);
-    while !corral
-        .logs()
-        .iter()
-        .any(|l| l.contains("ACME: obtained a certificate"))
-    {
+    while !corral.logged("ACME: obtained a certificate") {
         assert!(Instant::now() < deadline, "{}", corral.logs().join("\n"));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

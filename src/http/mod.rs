@@ -142,11 +142,10 @@ impl HttpApp {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let app = self.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, std::convert::Infallible>(app.handle(req, info).await) }
-        });
+        let service = ConnectionService {
+            app: self.clone(),
+            info,
+        };
         let served = hyper::server::conn::http1::Builder::new()
             .title_case_headers(true)
             .timer(TokioTimer::new())
@@ -165,11 +164,10 @@ impl HttpApp {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let app = self.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, std::convert::Infallible>(app.handle(req, info).await) }
-        });
+        let service = ConnectionService {
+            app: self.clone(),
+            info,
+        };
         let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(MAX_HEADER_BYTES as u32)
@@ -261,6 +259,26 @@ pub(crate) fn setup_error(error: &SetupError) -> Response<Body> {
         SetupError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "ServerError"),
     };
     norman_error(status, code, &error.to_string())
+}
+
+/// Every request of one connection, handed to the app with what is known of the connection.
+#[derive(Clone)]
+struct ConnectionService {
+    app: HttpApp,
+    info: ConnInfo,
+}
+
+impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionService {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<Body>, Self::Error>> + Send>,
+    >;
+
+    fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
+        let (app, info) = (self.app.clone(), self.info);
+        Box::pin(async move { Ok(app.handle(req, info).await) })
+    }
 }
 
 /// A JSON request body, parsed whatever its Content-Type (norman does the same); a bad body is

@@ -17,10 +17,9 @@ use instant_acme::{
     NewOrder, OrderStatus, RetryPolicy,
 };
 use rustls::ServerConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::served::{Served, alpn_challenge_config, serve_files, unix_now};
+use super::byo::parse_pair;
+use super::served::{Served, alpn_challenge_config, unix_now};
 use crate::config::{AcmeChallenge, AcmeSettings};
 use crate::state::{PUBLIC_MODE, SECRET_MODE, read_optional, write_atomic};
 
@@ -148,14 +147,7 @@ impl AcmeCert {
     }
 
     fn serve(&self, chain_pem: &str, key_pem: &str) -> Result<Served, String> {
-        let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("bad certificate chain: {e}"))?;
-        let leaf = chain.first().ok_or("empty certificate chain")?;
-        let (_, not_after) = crate::pki::inspect::validity(leaf)?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-            .map_err(|e| format!("bad private key: {e}"))?;
-        serve_files(chain, key, not_after, self.resumption).map_err(|e| e.to_string())
+        parse_pair(chain_pem.as_bytes(), key_pem.as_bytes(), self.resumption)
     }
 
     /// The stored account, or a new one (its credentials are a secret: 0600).

@@ -94,36 +94,79 @@ fn stamp(cert: &Path, key: &Path) -> Option<Stamp> {
     Some([one(cert)?, one(key)?])
 }
 
-/// Reads and checks a chain and its key.
+/// Reads and checks a chain and its key; an expired certificate is logged, not refused (as Rancher).
 fn load_pair(cert: &Path, key: &Path, resumption: bool) -> Result<Served, String> {
-    let chain = read_chain(cert)?;
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("no private key in {} ({e})", key.display()))?;
-    let (_, not_after) = crate::pki::inspect::validity(&chain[0])
-        .map_err(|e| format!("cannot read the certificate in {}: {e}", cert.display()))?;
-    if not_after < unix_now() {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let served = parse_pair(&read(cert)?, &read(key)?, resumption).map_err(|e| {
+        format!(
+            "{e} (certificate {}, key {})",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    if served.not_after < unix_now() {
         tracing::warn!(
             "the certificate in {} has expired: clients will refuse it",
             cert.display()
         );
     }
-    serve_files(chain, key_der, not_after, resumption).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => format!(
-            "the private key in {} does not match the certificate in {}",
-            key.display(),
-            cert.display()
-        ),
-        other => format!("cannot serve {}: {other}", cert.display()),
+    Ok(served)
+}
+
+/// A chain (leaf first) and its private key, as PEM, checked and ready to serve.
+pub fn parse_pair(chain_pem: &[u8], key_pem: &[u8], resumption: bool) -> Result<Served, String> {
+    let chain = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("unreadable certificate PEM ({e})"))?;
+    let leaf = chain.first().ok_or("no certificate in the chain")?;
+    let (_, not_after) =
+        crate::pki::inspect::validity(leaf).map_err(|e| format!("unreadable certificate ({e})"))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("no private key ({e})"))?;
+    serve_files(chain, key, not_after, resumption).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => {
+            "the private key does not match the certificate".to_string()
+        }
+        other => format!("cannot serve the certificate: {other}"),
     })
 }
 
-/// Every certificate in a PEM file, leaf first.
-pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let chain = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read certificates from {} ({e})", path.display()))?;
-    if chain.is_empty() {
-        return Err(format!("no certificate in {}", path.display()));
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pair(names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
     }
-    Ok(chain)
+
+    #[test]
+    fn a_matching_pair_loads_and_a_stray_key_is_named() {
+        let (cert, key) = pair(&["byo.lab.test"]);
+        let served = parse_pair(cert.as_bytes(), key.as_bytes(), false).unwrap();
+        assert_eq!(served.chain().len(), 1);
+        let (_, other_key) = pair(&["other.lab.test"]);
+        let stray = parse_pair(cert.as_bytes(), other_key.as_bytes(), false).unwrap_err();
+        assert_eq!(stray, "the private key does not match the certificate");
+        assert!(parse_pair(b"", key.as_bytes(), false).is_err());
+        assert!(parse_pair(cert.as_bytes(), b"not a key", false).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_files_are_refused_without_panic(cert: Vec<u8>, key: Vec<u8>, pem_body in "[A-Za-z0-9+/=\n]{0,200}") {
+            let _ = parse_pair(&cert, &key, false);
+            let wrapped = format!("-----BEGIN CERTIFICATE-----\n{pem_body}\n-----END CERTIFICATE-----\n");
+            let key_pem = format!("-----BEGIN PRIVATE KEY-----\n{pem_body}\n-----END PRIVATE KEY-----\n");
+            prop_assert!(parse_pair(wrapped.as_bytes(), key_pem.as_bytes(), false).is_err());
+        }
+    }
 }

@@ -115,6 +115,11 @@ impl Corral {
         self.child.id()
     }
 
+    /// Whether any log line so far contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.logs.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }

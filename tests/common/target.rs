@@ -58,12 +58,20 @@ impl TestPki {
 
     /// A new leaf for `names` (each a fresh serial and key), signed by this CA.
     pub fn issue(&self, names: &[&str]) -> IssuedPem {
+        self.issue_with(names, |_| {})
+    }
+
+    /// [`TestPki::issue`] with the parameters adjusted first (validity, extensions).
+    pub fn issue_with(
+        &self,
+        names: &[&str],
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> IssuedPem {
         let key = KeyPair::generate().unwrap();
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &self.issuer)
-            .unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        adjust(&mut params);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
         IssuedPem {
             cert: cert.pem(),
             key: key.serialize_pem(),
