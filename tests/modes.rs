@@ -573,25 +573,22 @@ async fn acme_obtains_a_certificate_from_pebble(challenge: &str) {
     let data = tempfile::tempdir().unwrap();
     let directory = format!("https://127.0.0.1:{}/dir", pebble.port);
     let (http, https) = (http_port.to_string(), https_port.to_string());
-    let corral = Corral::start_in(
-        &data.path().join("d"),
-        &[
-            "--http-port",
-            &http,
-            "--https-port",
-            &https,
-            "--acme-domain",
-            "corral.lab.test",
-            "--acme-directory",
-            &directory,
-            "--acme-ca-cert",
-            &pebble.https_ca(),
-            "--acme-challenge",
-            challenge,
-        ],
-        &[],
-    )
-    .unwrap();
+    let https_ca = pebble.https_ca();
+    let args = [
+        "--http-port",
+        &http,
+        "--https-port",
+        &https,
+        "--acme-domain",
+        "corral.lab.test",
+        "--acme-directory",
+        &directory,
+        "--acme-ca-cert",
+        &https_ca,
+        "--acme-challenge",
+        challenge,
+    ];
+    let corral = Corral::start_in(&data.path().join("d"), &args, &[]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(90);
     while !corral.logged("ACME: obtained a certificate") {
         assert!(Instant::now() < deadline, "{}", corral.logs().join("\n"));
@@ -621,4 +618,18 @@ async fn acme_obtains_a_certificate_from_pebble(challenge: &str) {
             "{secret}"
         );
     }
+    // After a restart the stored certificate is served at once, without a new order.
+    let leaf = handshake.leaf().clone();
+    drop(handshake);
+    corral.stop();
+    let corral = Corral::start_in(&data.path().join("d"), &args, &[]).unwrap();
+    let again = tls_connect(
+        corral.https("127.0.0.1"),
+        Some("corral.lab.test"),
+        Some(&root),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.leaf(), &leaf);
+    assert!(!corral.logged("ACME: obtained"), "no new order");
 }
