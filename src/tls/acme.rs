@@ -110,7 +110,7 @@ impl AcmeCert {
             return Ok(());
         }
         let (chain, key) = self.obtain().await?;
-        let served = self.serve(&chain, &key)?;
+        let served = self.serve(chain.as_bytes(), key.as_bytes())?;
         write_atomic(&self.dir.join("key.pem"), key.as_bytes(), SECRET_MODE)
             .and_then(|()| write_atomic(&self.dir.join("cert.pem"), chain.as_bytes(), PUBLIC_MODE))
             .map_err(|e| format!("cannot store the certificate: {e}"))?;
@@ -129,8 +129,6 @@ impl AcmeCert {
         let (Some(chain), Some(key)) = (read("cert.pem")?, read("key.pem")?) else {
             return Ok(None);
         };
-        let chain = String::from_utf8_lossy(&chain).into_owned();
-        let key = String::from_utf8_lossy(&key).into_owned();
         let served = self.serve(&chain, &key)?;
         let mut names: Vec<String> = crate::pki::inspect::summarize(served.leaf())
             .map(|s| s.sans)
@@ -146,8 +144,8 @@ impl AcmeCert {
         Ok((names == wanted).then_some(served))
     }
 
-    fn serve(&self, chain_pem: &str, key_pem: &str) -> Result<Served, String> {
-        parse_pair(chain_pem.as_bytes(), key_pem.as_bytes(), self.resumption)
+    fn serve(&self, chain_pem: &[u8], key_pem: &[u8]) -> Result<Served, String> {
+        parse_pair(chain_pem, key_pem, self.resumption)
     }
 
     /// The stored account, or a new one (its credentials are a secret: 0600).
