@@ -1,11 +1,13 @@
-//! `/ping`, `/healthz` and `/version`, as Rancher's steve health handler, Kubernetes' healthz and
+//! `/ping`, `/healthz`, `/version` and `/metrics`; the first three as Rancher's steve health handler, Kubernetes' healthz and
 //! Rancher's version handler answer them.
 
+use std::sync::Arc;
+
 use axum::body::Body;
-use axum::extract::RawQuery;
+use axum::extract::{RawQuery, State};
 use axum::http::{Response, StatusCode};
 
-use super::text_response;
+use super::{AppState, text_response};
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
@@ -45,7 +47,11 @@ pub async fn version() -> Response<Body> {
 }
 
 /// `/metrics`: Prometheus text exposition.
-pub async fn metrics() -> Response<Body> {
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response<Body> {
+    let cached = state.resolver.cached_names();
+    crate::metrics::metrics()
+        .cache_entries
+        .set(cached.try_into().unwrap_or(i64::MAX));
     text_response(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",

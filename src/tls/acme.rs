@@ -23,6 +23,9 @@ use super::served::{Served, alpn_challenge_config, unix_now};
 use crate::config::{AcmeChallenge, AcmeSettings};
 use crate::state::{PUBLIC_MODE, SECRET_MODE, read_optional, write_atomic};
 
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 /// A certificate this close to expiry is renewed (Let's Encrypt's advice: a third of 90 days).
 const RENEW_WITHIN: i64 = 30 * 86_400;
 /// How often the certificate's expiry is checked once obtained.

@@ -21,10 +21,8 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::http::{ConnInfo, HttpApp};
+use acme::ACME_TLS_ALPN;
 pub use resolver::CertResolver;
-
-/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
-const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// TCP keep-alive idle time, as Rancher's listener sets it.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(180);
@@ -153,13 +151,6 @@ async fn handshake(
     resolver: &CertResolver,
 ) -> io::Result<TlsStream<TcpStream>> {
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
-    let hello = start.client_hello();
-    let acme_validation = hello
-        .alpn()
-        .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN));
-    let config = acme_validation
-        .then(|| resolver.acme_alpn_challenge(hello.server_name()))
-        .flatten()
-        .unwrap_or_else(|| resolver.select(hello.server_name(), local.ip(), peer.ip()));
+    let config = resolver.select_for_hello(&start.client_hello(), local.ip(), peer.ip());
     start.into_stream(config).await
 }

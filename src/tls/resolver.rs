@@ -23,7 +23,7 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use moka::sync::Cache;
 use rustls::ServerConfig;
 
-use super::acme::AcmeCert;
+use super::acme::{ACME_TLS_ALPN, AcmeCert};
 use super::byo::ByoCert;
 use super::persisted::PersistedCert;
 use super::served::{Served, TlsSettings, unix_now};
@@ -178,14 +178,6 @@ impl CertResolver {
         }
     }
 
-    /// ACME mode: the config for a TLS-ALPN-01 validator asking for `sni`.
-    pub fn acme_alpn_challenge(&self, sni: Option<&str>) -> Option<Arc<ServerConfig>> {
-        match (&self.strategy, sni) {
-            (Strategy::Acme(acme), Some(name)) => acme.alpn_challenge(&name.to_ascii_lowercase()),
-            _ => None,
-        }
-    }
-
     /// ACME mode: the key authorization for an HTTP-01 token being validated.
     pub fn acme_challenge(&self, token: &str) -> Option<String> {
         match &self.strategy {
@@ -211,43 +203,87 @@ impl CertResolver {
         tls.serve(leaf).map_err(|e| e.to_string())
     }
 
+    /// The server config for a ClientHello from `client` to `local_ip`: in ACME mode a TLS-ALPN-01
+    /// validator gets its challenge certificate; everyone else what [`CertResolver::select`] picks.
+    pub fn select_for_hello(
+        &self,
+        hello: &rustls::server::ClientHello<'_>,
+        local_ip: IpAddr,
+        client: IpAddr,
+    ) -> Arc<ServerConfig> {
+        let sni = hello.server_name();
+        if let Strategy::Acme(acme) = &self.strategy
+            && let Some(name) = sni
+            && hello
+                .alpn()
+                .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN))
+            && let Some(config) = acme.alpn_challenge(&name.to_ascii_lowercase())
+        {
+            return config;
+        }
+        self.select(sni, local_ip, client)
+    }
+
     /// The server config for a connection from `client` that sent `sni` (if any) to `local_ip`.
     pub fn select(&self, sni: Option<&str>, local_ip: IpAddr, client: IpAddr) -> Arc<ServerConfig> {
-        match &self.strategy {
-            Strategy::Files(files) => return files.current().config.clone(),
-            Strategy::Acme(acme) => {
-                return acme
-                    .current()
-                    .unwrap_or_else(|| self.fallback())
-                    .config
-                    .clone();
-            }
-            _ => {}
-        }
-        if let Some(pin) = self.pinned.get() {
-            let cert = self.pinned_cert(pin);
-            cert.renew_if_expiring(self.renew_window, |names| self.mint(names));
-            return cert.current().config.clone();
-        }
+        let requested = || sni.map(SubjectName::parse);
         let local = SubjectName::ip(local_ip);
-        let requested = sni.map(SubjectName::parse);
         match &self.strategy {
-            Strategy::PerHost(_) => self.select_per_host(requested, local, client),
-            Strategy::Files(_) | Strategy::Acme(_) => unreachable!("answered above"),
-            Strategy::Shared(shared) => {
-                if let Err(refusal) = self.learn_shared(shared, local, client) {
-                    self.log_refusal("local address", &refusal);
-                }
-                if let Some(name) = requested
-                    && let Err(refusal) = self
-                        .admit(name)
-                        .and_then(|n| self.learn_shared(shared, n, client))
-                {
-                    self.log_refusal("SNI", &refusal);
-                }
-                shared.renew_if_expiring(self.renew_window, |names| self.mint(names));
-                shared.current().config.clone()
+            Strategy::Files(files) => files.current().config.clone(),
+            Strategy::Acme(acme) => acme
+                .current()
+                .unwrap_or_else(|| self.fallback())
+                .config
+                .clone(),
+            Strategy::PerHost(_) => self
+                .pinned_config()
+                .unwrap_or_else(|| self.select_per_host(requested(), local, client)),
+            Strategy::Shared(shared) => self
+                .pinned_config()
+                .unwrap_or_else(|| self.select_shared(shared, requested(), local, client)),
+        }
+    }
+
+    /// Once pinned, the one certificate every client gets (renewed when it nears expiry).
+    fn pinned_config(&self) -> Option<Arc<ServerConfig>> {
+        let cert = self.pinned_cert(self.pinned.get()?);
+        cert.renew_if_expiring(self.renew_window, |names| self.mint(names));
+        Some(cert.current().config.clone())
+    }
+
+    /// Shared mode: the local address and the SNI are learned into the one certificate, if allowed.
+    fn select_shared(
+        &self,
+        shared: &PersistedCert,
+        requested: Option<Result<SubjectName, NameError>>,
+        local: SubjectName,
+        client: IpAddr,
+    ) -> Arc<ServerConfig> {
+        if let Err(refusal) = self.learn_shared(shared, local, client) {
+            self.log_refusal("local address", &refusal);
+        }
+        if let Some(name) = requested
+            && let Err(refusal) = self
+                .admit(name)
+                .and_then(|n| self.learn_shared(shared, n, client))
+        {
+            self.log_refusal("SNI", &refusal);
+        }
+        shared.renew_if_expiring(self.renew_window, |names| self.mint(names));
+        shared.current().config.clone()
+    }
+
+    /// Certificates held for clients: the per-host cache's entries, or the shared certificate's
+    /// names (for `corral_certificate_cache_entries`, computed when scraped).
+    pub fn cached_names(&self) -> usize {
+        match &self.strategy {
+            Strategy::PerHost(certs) => {
+                // moka counts lazily: settle its books first (a scrape can afford it).
+                certs.run_pending_tasks();
+                certs.entry_count().try_into().unwrap_or(usize::MAX)
             }
+            Strategy::Shared(shared) => shared.current().names.len(),
+            Strategy::Files(_) | Strategy::Acme(_) => 0,
         }
     }
 
@@ -326,11 +362,6 @@ impl CertResolver {
                 Ok(minted)
             })
             .map_err(|refusal: Arc<Refusal>| (*refusal).clone())?;
-        // moka counts lazily; settle its books so the gauge is exact (mints are rate-limited).
-        certs.run_pending_tasks();
-        crate::metrics::metrics()
-            .cache_entries
-            .set(certs.entry_count().try_into().unwrap_or(i64::MAX));
         Ok(minted)
     }
 
@@ -345,9 +376,6 @@ impl CertResolver {
         }
         self.check_rate(client)?;
         shared.add(name, true, |names| self.mint(names))?;
-        crate::metrics::metrics()
-            .cache_entries
-            .set(shared.current().names.len() as i64);
         Ok(())
     }
 
@@ -371,7 +399,6 @@ impl CertResolver {
                 )?;
                 // Nothing else is ever served again: free the per-host cache.
                 certs.invalidate_all();
-                crate::metrics::metrics().cache_entries.set(0);
                 Pin::Own(cert)
             }
             Strategy::Shared(shared) => {
