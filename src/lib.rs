@@ -12,6 +12,7 @@ pub mod clusters;
 pub mod config;
 pub mod http;
 pub mod kubeconfig;
+pub mod limits;
 pub mod metrics;
 pub mod pki;
 pub mod server;

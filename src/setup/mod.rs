@@ -16,9 +16,10 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::Quota;
 use serde::{Deserialize, Serialize};
 
+use crate::limits::ClientLimiter;
 use crate::state::{DataDir, SECRET_MODE, read_optional, write_atomic};
 use crate::tls::CertResolver;
 use secrets::{
@@ -161,7 +162,7 @@ pub struct Setup {
     /// `server-url` from `--server-url` / `CATTLE_SERVER_URL`: pinned from boot, read-only.
     env_server_url: Option<ServerUrl>,
     resolver: Arc<CertResolver>,
-    login_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    login_limiter: ClientLimiter,
     login_backoff: backoff::LoginBackoff,
 }
 
@@ -195,7 +196,7 @@ impl Setup {
             state: Mutex::new(state),
             env_server_url,
             resolver,
-            login_limiter: RateLimiter::keyed(
+            login_limiter: ClientLimiter::new(
                 Quota::per_minute(NonZeroU32::new(LOGIN_PER_MINUTE).unwrap())
                     .allow_burst(NonZeroU32::new(LOGIN_BURST).unwrap()),
             ),
@@ -273,11 +274,9 @@ impl Setup {
         password: &str,
         client: IpAddr,
     ) -> Result<IssuedToken, SetupError> {
-        if self.login_limiter.check_key(&client).is_err() {
+        if !self.login_limiter.allow(client) {
             return Err(SetupError::TooManyAttempts);
         }
-        // Clients that came and went no longer need their slot: keeps the limiter's map small.
-        self.login_limiter.retain_recent();
         let user = self
             .lock()
             .users

@@ -15,11 +15,10 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use moka::sync::Cache;
 use rustls::ServerConfig;
 
@@ -28,6 +27,7 @@ use super::byo::ByoCert;
 use super::persisted::PersistedCert;
 use super::served::{Served, TlsSettings, unix_now};
 use crate::config::{CertMode, Config, Served as ServedCert};
+use crate::limits::{ClientLimiter, host_key};
 use crate::pki::{AllowList, LeafFactory, NameError, SubjectName};
 use crate::state::DataDir;
 
@@ -76,9 +76,7 @@ pub struct CertResolver {
     allowed: AllowList,
     mint_limiter: Option<DefaultDirectRateLimiter>,
     /// Mints per client (an IPv4 address or an IPv6 /64), so one client cannot use up `mint_limiter`.
-    client_mint_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    /// Counts per-client checks; every `FORGET_CLIENTS_EVERY`, idle clients are dropped from the limiter.
-    client_checks: AtomicU32,
+    client_mint_limiter: Option<ClientLimiter>,
     /// Refusals are logged at most this often, so a flood cannot flood the log too.
     refusal_log_limiter: DefaultDirectRateLimiter,
     /// Leaves expiring within this many seconds are re-minted on their next use.
@@ -108,23 +106,8 @@ enum Strategy {
     Acme(Arc<AcmeCert>),
 }
 
-/// How often the per-client limiter forgets clients whose budget has refilled: its memory stays
-/// bounded by the clients seen between two sweeps.
-const FORGET_CLIENTS_EVERY: u32 = 4096;
-
 fn per_second(rate: Option<u32>) -> Option<Quota> {
     rate.and_then(NonZeroU32::new).map(Quota::per_second)
-}
-
-/// The key a client's mints are counted under: its address, or its /64 for IPv6 (one host's share).
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
-        },
-        v4 => v4,
-    }
 }
 
 impl CertResolver {
@@ -157,8 +140,7 @@ impl CertResolver {
             tls,
             allowed: config.allowed_names.clone(),
             mint_limiter: per_second(config.mint_rate).map(RateLimiter::direct),
-            client_mint_limiter: per_second(config.mint_rate_per_client).map(RateLimiter::keyed),
-            client_checks: AtomicU32::new(0),
+            client_mint_limiter: per_second(config.mint_rate_per_client).map(ClientLimiter::new),
             refusal_log_limiter: RateLimiter::direct(Quota::per_second(NonZeroU32::MIN)),
             renew_window: i64::from(config.rotate_days) * 86_400,
             fallback: ArcSwap::from_pointee(fallback),
@@ -445,18 +427,10 @@ impl CertResolver {
 
     /// Spends one mint from `client`'s budget and then from the global one.
     fn check_rate(&self, client: IpAddr) -> Result<(), Refusal> {
-        if let Some(limiter) = &self.client_mint_limiter {
-            if self
-                .client_checks
-                .fetch_add(1, Ordering::Relaxed)
-                .is_multiple_of(FORGET_CLIENTS_EVERY)
-            {
-                limiter.retain_recent();
-                limiter.shrink_to_fit();
-            }
-            if limiter.check_key(&client_key(client)).is_err() {
-                return Err(Refusal::ClientRateLimited);
-            }
+        if let Some(limiter) = &self.client_mint_limiter
+            && !limiter.allow(host_key(client))
+        {
+            return Err(Refusal::ClientRateLimited);
         }
         match &self.mint_limiter {
             Some(limiter) if limiter.check().is_err() => Err(Refusal::RateLimited),
