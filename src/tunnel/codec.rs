@@ -135,13 +135,8 @@ impl Message {
 
 /// Encodes a message straight from its parts: the payload is copied once, into the message.
 pub fn encode(id: i64, conn_id: i64, kind: MessageType, payload: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(4 * MAX_VARINT_LEN + payload.len());
-    put_varint(&mut out, id);
-    put_varint(&mut out, conn_id);
-    put_varint(&mut out, kind.code());
-    if kind.has_deadline() {
-        put_varint(&mut out, LEGACY_DEADLINE_MS);
-    }
+    let mut out = BytesMut::with_capacity(HEADER_ROOM + payload.len());
+    put_header(&mut out, id, conn_id, kind);
     out.put_slice(payload);
     out.freeze()
 }
@@ -152,18 +147,27 @@ pub const HEADER_ROOM: usize = 4 * MAX_VARINT_LEN;
 /// A Data message whose payload was read into `buffer[HEADER_ROOM..]`: the header is written just in
 /// front of the payload, so a bulk relay never copies its bytes.
 pub fn data_message_in_place(id: i64, conn_id: i64, mut buffer: BytesMut) -> Bytes {
-    let mut header = BytesMut::with_capacity(HEADER_ROOM);
-    put_varint(&mut header, id);
-    put_varint(&mut header, conn_id);
-    put_varint(&mut header, MessageType::Data.code());
-    put_varint(&mut header, LEGACY_DEADLINE_MS);
-    let start = HEADER_ROOM - header.len();
-    buffer[start..HEADER_ROOM].copy_from_slice(&header);
+    let mut header = [0u8; HEADER_ROOM];
+    let mut unused = &mut header[..];
+    put_header(&mut unused, id, conn_id, MessageType::Data);
+    let len = HEADER_ROOM - unused.len();
+    let start = HEADER_ROOM - len;
+    buffer[start..HEADER_ROOM].copy_from_slice(&header[..len]);
     buffer.freeze().slice(start..)
 }
 
+/// The header fields in order: id, connID, type, and the legacy deadline for Data and Connect.
+fn put_header(out: &mut impl BufMut, id: i64, conn_id: i64, kind: MessageType) {
+    put_varint(out, id);
+    put_varint(out, conn_id);
+    put_varint(out, kind.code());
+    if kind.has_deadline() {
+        put_varint(out, LEGACY_DEADLINE_MS);
+    }
+}
+
 /// Go's `PutVarint`: zigzag, then base-128 little-endian groups.
-pub fn put_varint(out: &mut BytesMut, value: i64) {
+pub fn put_varint(out: &mut impl BufMut, value: i64) {
     let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
     while zigzag >= 0x80 {
         out.put_u8((zigzag as u8) | 0x80);
