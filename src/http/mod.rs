@@ -137,21 +137,36 @@ impl HttpApp {
         Self { router, resolver }
     }
 
+    /// Every request of one connection, handed to the app with what is known of the connection.
+    fn service(
+        &self,
+        info: ConnInfo,
+    ) -> impl hyper::service::Service<
+        Request<hyper::body::Incoming>,
+        Response = Response<Body>,
+        Error = std::convert::Infallible,
+        Future = impl Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send + use<>,
+    > + Clone
+    + Send
+    + use<> {
+        let app = self.clone();
+        hyper::service::service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok(app.handle(req, info).await) }
+        })
+    }
+
     /// Serves HTTP/1.1 on one connection until it closes.
     pub async fn serve<IO>(&self, io: IO, info: ConnInfo)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let service = ConnectionService {
-            app: self.clone(),
-            info,
-        };
         let served = hyper::server::conn::http1::Builder::new()
             .title_case_headers(true)
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .max_buf_size(MAX_HEADER_BYTES)
-            .serve_connection(TokioIo::new(io), service)
+            .serve_connection(TokioIo::new(io), self.service(info))
             .with_upgrades()
             .await;
         if let Err(e) = served {
@@ -164,14 +179,10 @@ impl HttpApp {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let service = ConnectionService {
-            app: self.clone(),
-            info,
-        };
         let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(MAX_HEADER_BYTES as u32)
-            .serve_connection(TokioIo::new(io), service)
+            .serve_connection(TokioIo::new(io), self.service(info))
             .await;
         if let Err(e) = served {
             tracing::debug!("HTTP/2 connection from {}: {e}", info.peer);
@@ -259,26 +270,6 @@ pub(crate) fn setup_error(error: &SetupError) -> Response<Body> {
         SetupError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "ServerError"),
     };
     norman_error(status, code, &error.to_string())
-}
-
-/// Every request of one connection, handed to the app with what is known of the connection.
-#[derive(Clone)]
-struct ConnectionService {
-    app: HttpApp,
-    info: ConnInfo,
-}
-
-impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionService {
-    type Response = Response<Body>;
-    type Error = std::convert::Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response<Body>, Self::Error>> + Send>,
-    >;
-
-    fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
-        let (app, info) = (self.app.clone(), self.info);
-        Box::pin(async move { Ok(app.handle(req, info).await) })
-    }
 }
 
 /// A JSON request body, parsed whatever its Content-Type (norman does the same); a bad body is
