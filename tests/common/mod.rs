@@ -319,6 +319,21 @@ pub async fn request_from(
     headers: &[&str],
     body: Option<&str>,
 ) -> HttpResponse {
+    let text = request_text(addr, method, path, headers, body);
+    let handshake = tls_connect_from(source, addr, None, None)
+        .await
+        .expect("TLS handshake");
+    exchange(handshake.stream, &text).await
+}
+
+/// An HTTP/1.1 request with `Connection: close`, extra header lines and a body.
+pub fn request_text(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: Option<&str>,
+) -> String {
     let mut text = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for header in headers {
         text.push_str(header);
@@ -326,10 +341,22 @@ pub async fn request_from(
     }
     let body = body.unwrap_or_default();
     text.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    let handshake = tls_connect_from(source, addr, None, None)
+    text
+}
+
+/// [`exchange`] for a server that may hang up or die first: `None` instead of a panic.
+pub async fn try_exchange<S>(mut stream: S, request: &str) -> Option<HttpResponse>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut raw))
         .await
-        .expect("TLS handshake");
-    exchange(handshake.stream, &text).await
+        .ok()?
+        .ok()?;
+    let response = parse_response(&String::from_utf8_lossy(&raw));
+    (response.status != 0).then_some(response)
 }
 
 /// Sends a raw request on any stream and reads the response to EOF (bounded by a timeout).
@@ -351,7 +378,8 @@ pub async fn plain(addr: SocketAddr, request: &str) -> HttpResponse {
     exchange(TcpStream::connect(addr).await.unwrap(), request).await
 }
 
-fn parse_response(raw: &str) -> HttpResponse {
+/// A response as text; status 0 when there is no status line.
+pub fn parse_response(raw: &str) -> HttpResponse {
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
     let mut lines = head.lines();
     let status = lines
