@@ -527,19 +527,25 @@ mod tests {
 }
 
 #[cfg(test)]
-mod renewal_tests {
+mod cache_tests {
     use super::*;
     use crate::config::ServeArgs;
     use crate::pki::{CaProfile, CertificateAuthority};
 
     fn resolver(mode: CertMode) -> (tempfile::TempDir, CertResolver) {
+        resolver_with(ServeArgs {
+            cert_mode: Some(mode),
+            ..ServeArgs::default()
+        })
+    }
+
+    fn resolver_with(args: ServeArgs) -> (tempfile::TempDir, CertResolver) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::open(tmp.path()).unwrap();
         let config = Config::resolve(ServeArgs {
             data_dir: Some(tmp.path().into()),
-            cert_mode: Some(mode),
             cert_expiration_days: Some(30),
-            ..ServeArgs::default()
+            ..args
         })
         .unwrap();
         let (ca, _) = CertificateAuthority::load_or_create(&dir, CaProfile::Cattle).unwrap();
@@ -567,5 +573,33 @@ mod renewal_tests {
                 &resolver.select(Some("a.lab.test"), local, local)
             ));
         }
+    }
+
+    /// A flood of one-time names, with the name in use untouched meanwhile: a plain LRU or FIFO
+    /// cache would evict it; the TinyLFU cache keeps its leaf.
+    #[test]
+    fn one_time_names_do_not_evict_a_name_in_use() {
+        let (_tmp, resolver) = resolver_with(ServeArgs {
+            max_names: Some(50),
+            mint_rate: Some(0),
+            mint_rate_per_client: Some(0),
+            ..ServeArgs::default()
+        });
+        let local: IpAddr = [127, 0, 0, 1].into();
+        let select = |name: &str| resolver.select(Some(name), local, local);
+        // A full cache first (moka counts frequencies once it is half full), then one name used often.
+        for i in 0..50 {
+            select(&format!("fill{i}.lab.test"));
+        }
+        for _ in 0..20 {
+            select("app.lab.test");
+        }
+        resolver.cached_names();
+        let kept = select("app.lab.test");
+        for i in 0..500 {
+            select(&format!("flood{i}.lab.test"));
+        }
+        assert!(resolver.cached_names() <= 50);
+        assert!(Arc::ptr_eq(&kept, &select("app.lab.test")), "evicted");
     }
 }
