@@ -67,7 +67,7 @@ impl ByoCert {
 
     /// Serves the files anew if they changed since last read; keeps the current certificate if the
     /// new pair does not load.
-    pub fn reload_if_changed(&self) {
+    fn reload_if_changed(&self) {
         let now = stamp(&self.cert, &self.key);
         {
             let mut seen = self.stamp.lock().unwrap_or_else(|p| p.into_inner());

@@ -278,7 +278,12 @@ impl CertResolver {
         if self.pinned.get().is_some() {
             return;
         }
-        if user_agent.is_some_and(|ua| ua.to_ascii_lowercase().contains("mozilla")) {
+        let browser = |ua: &str| {
+            ua.as_bytes()
+                .windows(b"mozilla".len())
+                .any(|w| w.eq_ignore_ascii_case(b"mozilla"))
+        };
+        if user_agent.is_some_and(browser) {
             return;
         }
         if let Ok(name @ SubjectName::Ip(_)) = SubjectName::parse(host_without_port(host)) {
