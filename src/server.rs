@@ -163,6 +163,7 @@ fn bind_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
         socket.set_only_v6(false)?;
     }
     socket.set_reuse_address(true)?;
+    crate::tls::set_connection_options(&socket)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
@@ -177,5 +178,28 @@ pub fn stored_checksum(dir: &DataDir) -> Result<String, String> {
             "no CA in {} yet: `corral serve` creates it on first start",
             dir.root().display()
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The accept path no longer sets these per connection: it relies on Linux copying them from the
+    /// listening socket. If that ever stops holding, this fails.
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay_and_keepalive() {
+        let listener = bind_socket("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let socket = socket2::SockRef::from(&accepted);
+        assert!(socket.tcp_nodelay().unwrap(), "TCP_NODELAY");
+        assert!(socket.keepalive().unwrap(), "SO_KEEPALIVE");
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(180)
+        );
     }
 }

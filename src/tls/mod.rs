@@ -27,6 +27,24 @@ pub use resolver::CertResolver;
 /// TCP keep-alive idle time, as Rancher's listener sets it.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(180);
 
+/// Sets the options every connection needs (no Nagle delay, keep-alive) on the listening socket.
+/// Linux copies them to each accepted socket, so the accept path makes no `setsockopt` calls: three
+/// fewer system calls per handshake. Elsewhere they are set per connection ([`tune_accepted`]).
+pub fn set_connection_options(listener: &socket2::Socket) -> io::Result<()> {
+    listener.set_tcp_nodelay(true)?;
+    listener.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE))
+}
+
+#[cfg(target_os = "linux")]
+fn tune_accepted(_: &TcpStream) -> io::Result<()> {
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn tune_accepted(stream: &TcpStream) -> io::Result<()> {
+    set_connection_options(&socket2::SockRef::from(stream))
+}
+
 /// What a listener does with each accepted connection.
 #[derive(Clone)]
 pub enum Termination {
@@ -42,6 +60,9 @@ pub enum Termination {
 /// An accept loop on one socket.
 pub struct Listener {
     listener: TcpListener,
+    /// The listener's own address when it is bound to one IP: then every connection's local address
+    /// is known without a `getsockname` call.
+    bound: Option<SocketAddr>,
     termination: Termination,
     app: HttpApp,
     /// Caps open connections across all listeners: when it is exhausted, new clients wait in the
@@ -56,8 +77,13 @@ impl Listener {
         app: HttpApp,
         limit: Arc<Semaphore>,
     ) -> Self {
+        let bound = listener
+            .local_addr()
+            .ok()
+            .filter(|addr| !addr.ip().is_unspecified());
         Self {
             listener,
+            bound,
             termination,
             app,
             limit,
@@ -75,8 +101,14 @@ impl Listener {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);
                     let (termination, app) = (self.termination.clone(), self.app.clone());
+                    let bound = self.bound;
                     tokio::spawn(async move {
-                        if let Err(e) = handle_connection(stream, peer, termination, app).await {
+                        let accepted = Accepted {
+                            stream,
+                            peer,
+                            bound,
+                        };
+                        if let Err(e) = handle_connection(accepted, termination, app).await {
                             tracing::debug!("connection from {peer}: {e}");
                         }
                         drop(permit);
@@ -92,16 +124,29 @@ impl Listener {
     }
 }
 
-async fn handle_connection(
+/// A connection as the accept loop hands it over.
+struct Accepted {
     stream: TcpStream,
     peer: SocketAddr,
+    /// The listener's address, if it is bound to one IP.
+    bound: Option<SocketAddr>,
+}
+
+async fn handle_connection(
+    accepted: Accepted,
     termination: Termination,
     app: HttpApp,
 ) -> io::Result<()> {
-    let local = stream.local_addr()?;
-    stream.set_nodelay(true)?;
-    let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
-    socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+    let Accepted {
+        stream,
+        peer,
+        bound,
+    } = accepted;
+    let local = match bound {
+        Some(addr) => addr,
+        None => stream.local_addr()?,
+    };
+    tune_accepted(&stream)?;
     match termination {
         Termination::Plain => {
             let info = ConnInfo::new(local, peer, false);
