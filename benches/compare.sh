@@ -239,6 +239,9 @@ mkdir -p "$(dirname "$OUT")"
   echo "|---|---|---|---|---|---|"
   printf '%s\n' "${ROUND_ROWS[@]}"
   echo
+  echo "The targets use each round's own ratio. The medians in the first table can come from different"
+  echo "rounds, so their ratio mixes minutes: here corral's over nginx's is $(ratio "$CPU_corral__cached_name" "$CPU_nginx")×."
+  echo
   echo "## Targets"
   echo
   echo "| target | measured | goal |"
