@@ -39,11 +39,10 @@ pub async fn start(config: &Config) -> Result<RunningServer, String> {
     let ca = Arc::new(ca);
     let setting = cacerts_setting(&config.tls.cacerts, &ca)?;
     let checksum = ca_checksum(&setting.value);
-    match checksum.is_empty() {
-        true => {
-            tracing::info!("/cacerts is empty: clients verify the certificate with their own roots")
-        }
-        false => tracing::info!("CA checksum: {checksum}"),
+    if checksum.is_empty() {
+        tracing::info!("/cacerts is empty: clients verify the certificate with their own roots");
+    } else {
+        tracing::info!("CA checksum: {checksum}");
     }
 
     let factory =

@@ -227,10 +227,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.setting.is_empty() {
+        if self.setting.is_empty() {
             // Rancher's own start-up errors, word for word.
-            true => f.write_str(&self.reason),
-            false => write!(f, "invalid {}: {}", self.setting, self.reason),
+            f.write_str(&self.reason)
+        } else {
+            write!(f, "invalid {}: {}", self.setting, self.reason)
         }
     }
 }

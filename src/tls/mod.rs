@@ -29,20 +29,10 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(180);
 
 /// Sets the options every connection needs (no Nagle delay, keep-alive) on the listening socket.
 /// Linux copies them to each accepted socket, so the accept path makes no `setsockopt` calls: three
-/// fewer system calls per handshake. Elsewhere they are set per connection ([`tune_accepted`]).
-pub fn set_connection_options(listener: &socket2::Socket) -> io::Result<()> {
-    listener.set_tcp_nodelay(true)?;
-    listener.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE))
-}
-
-#[cfg(target_os = "linux")]
-fn tune_accepted(_: &TcpStream) -> io::Result<()> {
-    Ok(())
-}
-
-#[cfg(not(target_os = "linux"))]
-fn tune_accepted(stream: &TcpStream) -> io::Result<()> {
-    set_connection_options(&socket2::SockRef::from(stream))
+/// fewer system calls per handshake. Elsewhere they are set again on each connection.
+pub fn set_connection_options(socket: &socket2::Socket) -> io::Result<()> {
+    socket.set_tcp_nodelay(true)?;
+    socket.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE))
 }
 
 /// What a listener does with each accepted connection.
@@ -103,12 +93,9 @@ impl Listener {
                     let (termination, app) = (self.termination.clone(), self.app.clone());
                     let bound = self.bound;
                     tokio::spawn(async move {
-                        let accepted = Accepted {
-                            stream,
-                            peer,
-                            bound,
-                        };
-                        if let Err(e) = handle_connection(accepted, termination, app).await {
+                        if let Err(e) =
+                            handle_connection(stream, peer, bound, termination, app).await
+                        {
                             tracing::debug!("connection from {peer}: {e}");
                         }
                         drop(permit);
@@ -124,29 +111,20 @@ impl Listener {
     }
 }
 
-/// A connection as the accept loop hands it over.
-struct Accepted {
+/// One accepted connection; `bound` is the listener's address when it is bound to one IP.
+async fn handle_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    /// The listener's address, if it is bound to one IP.
     bound: Option<SocketAddr>,
-}
-
-async fn handle_connection(
-    accepted: Accepted,
     termination: Termination,
     app: HttpApp,
 ) -> io::Result<()> {
-    let Accepted {
-        stream,
-        peer,
-        bound,
-    } = accepted;
     let local = match bound {
         Some(addr) => addr,
         None => stream.local_addr()?,
     };
-    tune_accepted(&stream)?;
+    #[cfg(not(target_os = "linux"))]
+    set_connection_options(&socket2::SockRef::from(&stream))?;
     match termination {
         Termination::Plain => {
             let info = ConnInfo::new(local, peer, false);
