@@ -212,11 +212,7 @@ impl CertResolver {
         let local = SubjectName::ip(local_ip);
         match &self.strategy {
             Strategy::Files(files) => files.current().config.clone(),
-            Strategy::Acme(acme) => acme
-                .current()
-                .unwrap_or_else(|| self.fallback())
-                .config
-                .clone(),
+            Strategy::Acme(acme) => self.acme_or_fallback(acme).config.clone(),
             Strategy::PerHost(_) => self
                 .pinned_config()
                 .unwrap_or_else(|| self.select_per_host(requested(), local, client)),
@@ -224,6 +220,11 @@ impl CertResolver {
                 .pinned_config()
                 .unwrap_or_else(|| self.select_shared(shared, requested(), local, client)),
         }
+    }
+
+    /// ACME mode: the obtained certificate, or the fallback until there is one.
+    fn acme_or_fallback(&self, acme: &AcmeCert) -> Arc<Served> {
+        acme.current().unwrap_or_else(|| self.fallback())
     }
 
     /// Once pinned, the one certificate every client gets (renewed when it nears expiry).
@@ -403,9 +404,7 @@ impl CertResolver {
     fn pinned_cert<'a>(&'a self, pin: &'a Pin) -> &'a PersistedCert {
         match (pin, &self.strategy) {
             (Pin::Own(cert), _) | (Pin::Shared, Strategy::Shared(cert)) => cert,
-            (Pin::Shared, Strategy::PerHost(_) | Strategy::Files(_) | Strategy::Acme(_)) => {
-                unreachable!("a shared pin needs shared mode")
-            }
+            (Pin::Shared, _) => unreachable!("a shared pin needs shared mode"),
         }
     }
 
@@ -414,11 +413,7 @@ impl CertResolver {
         match (self.pinned.get(), &self.strategy) {
             (Some(pin), _) => self.pinned_cert(pin).current().leaf().clone(),
             (_, Strategy::Files(files)) => files.current().leaf().clone(),
-            (_, Strategy::Acme(acme)) => acme
-                .current()
-                .unwrap_or_else(|| self.fallback())
-                .leaf()
-                .clone(),
+            (_, Strategy::Acme(acme)) => self.acme_or_fallback(acme).leaf().clone(),
             (None, Strategy::Shared(shared)) => shared.current().leaf().clone(),
             (None, Strategy::PerHost(_)) => {
                 let loopback = IpAddr::from([127, 0, 0, 1]);

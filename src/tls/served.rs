@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::ServerSessionMemoryCache;
 use rustls::sign::{CertifiedKey, SigningKey, SingleCertAndKey};
 use rustls::{ServerConfig, version};
@@ -84,18 +84,13 @@ impl TlsSettings {
 /// HTTP/2 outside the dynamic listener).
 pub fn serve_files(
     chain: Vec<CertificateDer<'static>>,
-    key: rustls::pki_types::PrivateKeyDer<'static>,
+    key: PrivateKeyDer<'static>,
     not_after: i64,
     resumption: bool,
 ) -> Result<Served, rustls::Error> {
-    let provider = Arc::new(server_provider());
-    let key = provider.key_provider.load_private_key(key)?;
-    let certified = Arc::new(CertifiedKey::new(chain, key));
-    certified.keys_match()?;
-    let mut config = base_config(provider, resumption, &[b"h2", b"http/1.1"])?;
-    config.cert_resolver = Arc::new(SingleCertAndKey::from(certified.clone()));
+    let (config, certified) = single_cert_config(chain, key, resumption, &[b"h2", b"http/1.1"])?;
     Ok(Served {
-        config: Arc::new(config),
+        config,
         certified,
         not_after,
     })
@@ -112,17 +107,26 @@ pub fn alpn_challenge_config(
         rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(|e| e.to_string())?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest.as_ref())];
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let mut config = base_config(Arc::new(server_provider()), false, &[b"acme-tls/1"])
+    let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let (config, _) = single_cert_config(vec![cert.der().clone()], key, false, &[b"acme-tls/1"])
         .map_err(|e| e.to_string())?;
-    let provider_key = config
-        .crypto_provider()
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| e.to_string())?;
-    let certified = Arc::new(CertifiedKey::new(vec![cert.der().clone()], provider_key));
-    config.cert_resolver = Arc::new(SingleCertAndKey::from(certified));
-    Ok(Arc::new(config))
+    Ok(config)
+}
+
+/// A config that serves one given chain and key (checked to match) with `alpn`.
+fn single_cert_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    resumption: bool,
+    alpn: &[&[u8]],
+) -> Result<(Arc<ServerConfig>, Arc<CertifiedKey>), rustls::Error> {
+    let provider = Arc::new(server_provider());
+    let key = provider.key_provider.load_private_key(key)?;
+    let certified = Arc::new(CertifiedKey::new(chain, key));
+    certified.keys_match()?;
+    let mut config = base_config(provider, resumption, alpn)?;
+    config.cert_resolver = Arc::new(SingleCertAndKey::from(certified.clone()));
+    Ok((Arc::new(config), certified))
 }
 
 /// TLS 1.3 and 1.2, the server's suite order, `alpn`, and resumption on or off.
