@@ -7,13 +7,9 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 use common::{
-    Corral, get, plain, sans, serial, sh, subject, temp_file, tls_connect, tls_connect_from,
+    Corral, get, plain, sans, serial, sh, sha256_hex, subject, temp_file, tls_connect,
+    tls_connect_from,
 };
-use sha2::{Digest, Sha256};
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
 
 /// `openssl s_client` against corral with strict verification; returns its output.
 fn s_client(connect: &str, args: &[&str], ca_file: &std::path::Path) -> String {

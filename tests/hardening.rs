@@ -11,37 +11,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Corral, HttpResponse, corral_bin, get, rss_kib, tls_connect};
+use common::{
+    Corral, HttpResponse, corral_bin, get, metric, open_fds, rss_kib, sha256_hex, stress_full,
+    stress_size, tls_connect,
+};
 use rand::Rng;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn full() -> bool {
-    std::env::var("CORRAL_STRESS").is_ok_and(|v| v == "full")
-}
-
-/// The quick size, or the full one under `CORRAL_STRESS=full`.
-fn size(quick: usize, full_size: usize) -> usize {
-    if full() { full_size } else { quick }
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-/// The sum of a Prometheus metric's samples whose line starts with `prefix`.
-async fn metric(corral: &Corral, prefix: &str) -> f64 {
-    let body = get(corral.https("127.0.0.1"), None, None, "/metrics")
-        .await
-        .body;
-    body.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 /// Each file of the data directory and its size.
 fn state_files(dir: &Path) -> BTreeMap<String, u64> {
@@ -74,8 +51,8 @@ fn serial_of(handshake: &common::Handshake) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sni_flood_keeps_known_names_and_stays_bounded() {
-    let flood = size(3_000, 200_000);
-    let max_names = size(300, 10_000);
+    let flood = stress_size(3_000, 200_000);
+    let max_names = stress_size(300, 10_000);
     let max_names_arg = max_names.to_string();
     let corral = Corral::start(&[
         "--max-names",
@@ -128,7 +105,7 @@ async fn an_sni_flood_keeps_known_names_and_stays_bounded() {
     // The flood, with a client of the known name handshaking alongside it.
     // Open loop, so the flood keeps its pace whatever the server does: new names, and (a quarter as
     // many) names outside the allow-list.
-    let rate = size(600, 1_500);
+    let rate = stress_size(600, 1_500);
     let start_flood = move |suffix: &str, share: usize| {
         let (count, rate) = ((flood / share).to_string(), (rate / share).to_string());
         let suffix = suffix.to_string();
@@ -177,16 +154,12 @@ async fn an_sni_flood_keeps_known_names_and_stays_bounded() {
         refused["failed"], 0,
         "refused names still handshake: {refused}"
     );
-    let not_allowed = metric(
-        &corral,
-        "corral_names_refused_total{reason=\"not_allowed\"}",
-    )
-    .await;
+    let not_allowed = metric(addr, "corral_names_refused_total{reason=\"not_allowed\"}").await;
     assert_eq!(not_allowed, (flood / 4) as f64);
     assert_eq!(during["failed"], 0, "{during}");
     assert!(checks > 0);
 
-    let cached = metric(&corral, "corral_certificate_cache_entries").await;
+    let cached = metric(addr, "corral_certificate_cache_entries").await;
     let rss_after = rss_kib(corral.pid());
     let p99 = |report: &Value| report["latency_us"]["p99"].as_f64().unwrap_or(f64::NAN);
     println!(
@@ -200,7 +173,7 @@ async fn an_sni_flood_keeps_known_names_and_stays_bounded() {
         "{cached} cached of at most {max_names}"
     );
     // Without the cap, the full flood alone would add ~180 MiB (0.9 KiB a leaf).
-    let bound_kib = if full() { 64 * 1024 } else { 32 * 1024 };
+    let bound_kib = if stress_full() { 64 * 1024 } else { 32 * 1024 };
     assert!(
         rss_after.saturating_sub(rss_before) < bound_kib,
         "RSS grew from {rss_before} to {rss_after} KiB"
@@ -423,10 +396,6 @@ async fn mutate(addr: SocketAddr, token: String, current: String, next: String) 
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
-}
-
 /// Every JSON state file parses.
 fn assert_state_whole(dir: &Path) {
     for entry in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
@@ -463,7 +432,7 @@ fn spawn_raw(dir: &Path) -> std::process::Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_never_tears_state() {
-    let rounds = size(100, 300);
+    let rounds = stress_size(100, 300);
     let tmp = tempfile::tempdir().unwrap();
     let mut rng = rand::rng();
     let env = [("CATTLE_BOOTSTRAP_PASSWORD", BOOTSTRAP)];
@@ -523,6 +492,6 @@ async fn sigkill_at_random_moments_never_tears_state() {
     }
     let corral = Corral::start_in(&dir, &[], &env).unwrap();
     assert_state_whole(&dir);
-    let clusters = try_request(corral.https("127.0.0.1"), "GET", "/ping", None, None).await;
-    assert_eq!(clusters.map(|r| r.body), Some("pong".to_string()));
+    let ping = try_request(corral.https("127.0.0.1"), "GET", "/ping", None, None).await;
+    assert_eq!(ping.map(|r| r.body), Some("pong".to_string()));
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::lab::Lab;
 use common::target::{IssuedPem, TestPki, VERSION_JSON, kube_api, serve};
-use common::{Corral, get, request, run_corral, serial, tls_connect};
+use common::{Corral, free_port, get, request, run_corral, serial, tls_connect};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -327,11 +327,7 @@ struct Nginx {
 impl Nginx {
     fn start(backend: SocketAddr, leaf: &IssuedPem) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
         std::fs::write(path("cert.pem"), &leaf.cert).unwrap();
         std::fs::write(path("key.pem"), &leaf.key).unwrap();
@@ -445,15 +441,6 @@ async fn external_termination_behind_nginx_carries_requests_and_a_tunnel() {
     lab.wait_connected(true).await;
     let version = lab.proxied("/version").await;
     assert_eq!((version.status, version.body.as_str()), (200, VERSION_JSON));
-}
-
-/// A free loopback port (bound and released: the caller binds it next).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Debian's pebble ACME test server, with pebble-challtestsrv as its DNS (every name is 127.0.0.1).

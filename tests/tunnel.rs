@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use common::lab::{BOOTSTRAP, Lab, body};
 use common::target::{SA_TOKEN, TestPki, VERSION_JSON, kube_api, serve};
-use common::{corral_bin, request, rss_kib, temp_file};
+use common::{corral_bin, open_fds, request, rss_kib, stress_size, temp_file};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -618,24 +618,16 @@ async fn settle(lab: &Lab) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnel_churn_and_garbage_leave_no_leaks() {
-    let cycles = match std::env::var("CORRAL_STRESS").as_deref() {
-        Ok("full") => 1_000,
-        _ => 300,
-    };
+    let cycles = stress_size(300, 1_000);
     let lab = Lab::start().await;
     let pid = lab.corral.pid();
-    let open_fds = || {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .count()
-    };
     // Warm-up: the first tunnels allocate what later ones reuse.
     churn(&lab, 60).await;
     settle(&lab).await;
-    let (fds_before, rss_before) = (open_fds(), rss_kib(pid));
+    let (fds_before, rss_before) = (open_fds(pid), rss_kib(pid));
     churn(&lab, cycles).await;
     settle(&lab).await;
-    let (fds_after, rss_after) = (open_fds(), rss_kib(pid));
+    let (fds_after, rss_after) = (open_fds(pid), rss_kib(pid));
     println!(
         "{cycles} tunnels opened, fed garbage and dropped: fds {fds_before} → {fds_after}, RSS {rss_before} → {rss_after} KiB"
     );

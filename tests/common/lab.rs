@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::target::SA_TOKEN;
-use super::{Corral, HttpResponse, corral_bin, request, temp_file};
+use super::{Corral, HttpResponse, corral_bin, request, sha256_hex, temp_file};
 
 pub const BOOTSTRAP: &str = "tunnel-test-bootstrap";
 
@@ -77,7 +77,7 @@ impl Lab {
         assert_eq!(registration.status, 201, "{}", registration.body);
         let registration = body(&registration);
         let ca = request(addr, "GET", "/cacerts", &[], None).await.body;
-        let checksum = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(ca.as_bytes()));
+        let checksum = sha256_hex(ca.as_bytes());
         Lab {
             addr,
             token,

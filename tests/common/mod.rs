@@ -183,6 +183,47 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Open file descriptors of a process (from /proc).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/<pid>/fd is readable")
+        .count()
+}
+
+/// Whether the stress tests run at the full size (`CORRAL_STRESS=full`).
+pub fn stress_full() -> bool {
+    std::env::var("CORRAL_STRESS").is_ok_and(|v| v == "full")
+}
+
+/// The quick size, or the full one under `CORRAL_STRESS=full`.
+pub fn stress_size(quick: usize, full: usize) -> usize {
+    if stress_full() { full } else { quick }
+}
+
+/// A free loopback port (bound and released: the caller binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+}
+
+/// The sum of the samples on `/metrics` (over HTTPS at `addr`) whose line starts with `prefix`.
+pub async fn metric(addr: SocketAddr, prefix: &str) -> f64 {
+    get(addr, None, None, "/metrics")
+        .await
+        .body
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Runs corral to completion (for commands that must fail or print), with a time limit.
 pub fn run_corral(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let mut child = Command::new(corral_bin())

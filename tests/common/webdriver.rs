@@ -2,7 +2,6 @@
 //! wait, and take screenshots. The browser trusts a CA through its own NSS database (not by ignoring
 //! certificate errors), and resolves test host names to 127.0.0.1 itself.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,7 +36,7 @@ impl Browser {
         }
         let home = tempfile::tempdir().unwrap();
         trust_ca(home.path(), ca_pem);
-        let port = free_port();
+        let port = super::free_port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .env("HOME", home.path())
@@ -310,12 +309,4 @@ fn trust_ca(home: &Path, ca_pem: &str) {
         let status = Command::new("certutil").args(&args).status().unwrap();
         assert!(status.success(), "certutil {args:?}");
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
