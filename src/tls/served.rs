@@ -89,6 +89,7 @@ pub fn serve_files(
     resumption: bool,
 ) -> Result<Served, rustls::Error> {
     let (config, certified) = single_cert_config(chain, key, resumption, &[b"h2", b"http/1.1"])?;
+    certified.keys_match()?;
     Ok(Served {
         config,
         certified,
@@ -113,7 +114,9 @@ pub fn alpn_challenge_config(
     Ok(config)
 }
 
-/// A config that serves one given chain and key (checked to match) with `alpn`.
+/// A config that serves one given chain and key with `alpn`. The key is not checked against the
+/// certificate here: webpki's parse behind `keys_match` refuses the critical acmeIdentifier
+/// extension of a TLS-ALPN-01 certificate.
 fn single_cert_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
@@ -123,7 +126,6 @@ fn single_cert_config(
     let provider = Arc::new(server_provider());
     let key = provider.key_provider.load_private_key(key)?;
     let certified = Arc::new(CertifiedKey::new(chain, key));
-    certified.keys_match()?;
     let mut config = base_config(provider, resumption, alpn)?;
     config.cert_resolver = Arc::new(SingleCertAndKey::from(certified.clone()));
     Ok((Arc::new(config), certified))
