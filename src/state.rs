@@ -32,9 +32,48 @@ impl DataDir {
         if mode & 0o077 != 0 {
             fs::set_permissions(root, fs::Permissions::from_mode(0o700))?;
         }
-        Ok(Self {
+        let dir = Self {
             root: root.to_path_buf(),
-        })
+        };
+        for folder in [dir.root.clone(), dir.acme()] {
+            remove_stale_temp_files(&folder)?;
+        }
+        dir.repair_secret_modes()?;
+        Ok(dir)
+    }
+
+    /// Files that hold secrets (keys, password and token hashes): mode 0600.
+    fn secret_files(&self) -> [PathBuf; 6] {
+        let acme = self.acme();
+        [
+            self.ca_key(),
+            self.leaf_key(),
+            self.setup_state(),
+            self.clusters(),
+            acme.join("key.pem"),
+            acme.join("account.json"),
+        ]
+    }
+
+    /// A secret file found readable by others (copied in by hand, restored from a backup) is
+    /// narrowed to 0600 before anything reads it, with a warning: it may have been read already.
+    fn repair_secret_modes(&self) -> io::Result<()> {
+        for path in self.secret_files() {
+            let mode = match fs::metadata(&path) {
+                Ok(meta) => meta.permissions().mode() & 0o777,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if mode & 0o077 != 0 {
+                fs::set_permissions(&path, fs::Permissions::from_mode(SECRET_MODE))?;
+                tracing::warn!(
+                    "{} had mode {mode:04o}; set it to {SECRET_MODE:04o} (it holds a secret: \
+                     replace it if others could have read it)",
+                    path.display()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// A data directory that is only read (for `corral ca checksum`): never created.
@@ -80,19 +119,61 @@ impl DataDir {
     pub fn setup_state(&self) -> PathBuf {
         self.root.join("setup.json")
     }
+
+    /// ACME mode: the account, the key and the certificate obtained.
+    pub fn acme(&self) -> PathBuf {
+        self.root.join("acme")
+    }
+}
+
+/// The temporary file [`write_atomic`] writes next to `path` before renaming it into place.
+fn temp_path(path: &Path) -> io::Result<PathBuf> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    Ok(dir.join(format!(
+        ".{}{TEMP_MARKER}{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    )))
+}
+
+/// Between a temporary file's target name and the writer's process id.
+const TEMP_MARKER: &str = ".tmp-";
+
+/// Removes the temporary files that writes interrupted by a crash left in `dir` (they may hold
+/// token hashes or keys). Only files of other processes: this one's are still being written.
+fn remove_stale_temp_files(dir: &Path) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let own = std::process::id().to_string();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let stale = name.starts_with('.')
+            && name.rsplit_once(TEMP_MARKER).is_some_and(|(_, pid)| {
+                !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && pid != own
+            });
+        if stale && entry.file_type()?.is_file() {
+            fs::remove_file(entry.path())?;
+            tracing::info!(
+                "removed {}, left by an interrupted write",
+                entry.path().display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Writes `contents` to `path` atomically and durably, with the file mode `mode`.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = temp_path(path)?;
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
@@ -138,6 +219,45 @@ mod tests {
         // No temporary file is left behind.
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn stale_temp_files_are_removed_and_secret_modes_repaired() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir_all(root.join("acme")).unwrap();
+        let stale = [
+            root.join(".clusters.json.tmp-4242"),
+            root.join(".setup.json.tmp-1"),
+            root.join("acme/.key.pem.tmp-77"),
+        ];
+        let kept = [
+            root.join(".hidden"),
+            root.join("notes.tmp-12"),
+            root.join(format!(".setup.json.tmp-{}", std::process::id())),
+        ];
+        for path in stale.iter().chain(&kept) {
+            fs::write(path, b"x").unwrap();
+        }
+        for name in ["ca.key", "leaf.key", "setup.json"] {
+            fs::write(root.join(name), b"secret").unwrap();
+            fs::set_permissions(root.join(name), fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        fs::write(root.join("ca.crt"), b"public").unwrap();
+        fs::set_permissions(root.join("ca.crt"), fs::Permissions::from_mode(0o644)).unwrap();
+
+        let dir = DataDir::open(root).unwrap();
+        for path in &stale {
+            assert!(!path.exists(), "{} removed", path.display());
+        }
+        for path in &kept {
+            assert!(path.exists(), "{} kept", path.display());
+        }
+        let mode = |p: PathBuf| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(dir.ca_key()), 0o600);
+        assert_eq!(mode(dir.leaf_key()), 0o600);
+        assert_eq!(mode(dir.setup_state()), 0o600);
+        assert_eq!(mode(dir.ca_cert()), 0o644, "public files keep their mode");
     }
 
     #[test]

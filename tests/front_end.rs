@@ -6,6 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::process::Command;
 
+use common::hello::{self, Answer, Hello};
 use common::{
     Corral, get, plain, sans, serial, sh, sha256_hex, subject, temp_file, tls_connect,
     tls_connect_from,
@@ -164,10 +165,18 @@ fn pem(der: &[u8]) -> String {
     )
 }
 
+/// Whether `openssl s_client` completed its handshake. It prints `Verify return code: 0 (ok)`, and
+/// for TLS 1.3 even a cipher, after a handshake the server refused: only a received certificate and
+/// the absence of an alert tell.
+fn handshake_completed(out: &str) -> bool {
+    out.contains("-----BEGIN CERTIFICATE-----") && !out.contains("SSL alert number")
+}
+
 #[tokio::test]
-async fn upper_case_sni_is_folded_and_hostile_sni_gets_the_default_certificate() {
+async fn sni_is_folded_and_names_rustls_cannot_parse_end_the_handshake() {
     let corral = Corral::start(&[]);
     let ca_file = temp_file(&corral.cacerts().await);
+    let addr = corral.https("127.0.0.1");
     let connect = format!("127.0.0.1:{}", corral.https_port);
     let out = s_client(
         &connect,
@@ -179,24 +188,133 @@ async fn upper_case_sni_is_folded_and_hostile_sni_gets_the_default_certificate()
         ],
         ca_file.path(),
     );
+    assert!(handshake_completed(&out), "{out}");
     assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
 
-    let long = format!("{}.test", "a".repeat(70));
-    for hostile in ["*.lab.test", long.as_str(), "bad_label-.-x"] {
-        let out = s_client(
-            &connect,
-            &["-servername", hostile, "-verify_ip", "127.0.0.1"],
-            ca_file.path(),
-        );
-        assert!(
-            out.contains("Verify return code: 0 (ok)"),
-            "{hostile}: {out}"
+    // Not DNS names: rustls refuses the hello with illegal_parameter before corral sees a name.
+    let long_label = format!("{}.test", "a".repeat(64));
+    let hostile: [&[u8]; 9] = [
+        b"*",
+        b"*.lab.test",
+        b"..",
+        long_label.as_bytes(),
+        b"a\0b.test",
+        b"a b.test",
+        b"[::1]",
+        b"1.2.3.4.5",
+        b"bad_label-.-x",
+    ];
+    for name in hostile {
+        let answer = Hello::tls13(None).with_sni_bytes(name).send(addr).await;
+        assert_eq!(
+            answer,
+            Answer::Alert(hello::ILLEGAL_PARAMETER),
+            "{:?}",
+            String::from_utf8_lossy(name)
         );
     }
-    let handshake = tls_connect(corral.https("127.0.0.1"), None, None)
-        .await
-        .unwrap();
+    // The same hello with a DNS name completes: the alerts above are about the names alone.
+    let fine = Hello::tls13(None).with_sni_bytes(b"fine.lab.test");
+    assert_eq!(fine.send(addr).await, Answer::ServerHello);
+    let handshake = tls_connect(addr, None, None).await.unwrap();
     assert_eq!(sans(handshake.leaf()), ["IP:127.0.0.1"]);
+    assert!(
+        !corral
+            .logs()
+            .iter()
+            .any(|l| l.contains("minted certificate for *")),
+        "nothing minted for a refused name"
+    );
+}
+
+/// Hellos that rustls will refuse once it has read them (a TLS 1.1 hello; ALPN `h2` only; no cipher
+/// suite in common) never make corral mint; the same hellos made whole do.
+#[tokio::test]
+async fn hellos_that_cannot_complete_mint_nothing() {
+    let corral = Corral::start(&[]);
+    let addr = corral.https("127.0.0.1");
+    let minted = || async move { common::metric(addr, "corral_certificates_minted_total").await };
+    // Warm up: the metrics connection itself mints the certificate for 127.0.0.1.
+    let before = minted().await;
+
+    let tls11 = hello::Hello {
+        legacy_version: hello::TLS11,
+        versions: None,
+        suites: vec![hello::ECDHE_ECDSA_AES128_GCM_SHA256],
+        ..Hello::tls13(Some("old.lab.test"))
+    };
+    assert_eq!(
+        tls11.send(addr).await,
+        Answer::Alert(hello::PROTOCOL_VERSION)
+    );
+    // TLS 1.2 hellos, whose refusals come as plain alerts (TLS 1.3 encrypts them).
+    let tls12 = hello::Hello {
+        legacy_version: hello::TLS12,
+        ..tls11.clone()
+    };
+    let h2_only = hello::Hello {
+        alpn: Some(vec![b"h2"]),
+        sni: Some(b"h2only.lab.test".to_vec()),
+        ..tls12.clone()
+    };
+    assert_eq!(
+        h2_only.send(addr).await,
+        Answer::Alert(hello::NO_APPLICATION_PROTOCOL)
+    );
+    let no_suite = hello::Hello {
+        suites: vec![0xc02f],
+        sni: Some(b"nosuite.lab.test".to_vec()),
+        ..tls12.clone()
+    };
+    assert_eq!(
+        no_suite.send(addr).await,
+        Answer::Alert(hello::HANDSHAKE_FAILURE)
+    );
+    // Real clients: TLS 1.1 only, and TLS 1.3 with ALPN h2 only.
+    for (flags, name) in [
+        (&["-tls1_1"][..], "old2.lab.test"),
+        (&["-alpn", "h2"][..], "h2.lab.test"),
+    ] {
+        let out = Command::new("timeout")
+            .args(["20", "openssl", "s_client", "-servername", name])
+            .args(["-connect", &addr.to_string()])
+            .args(flags)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(!handshake_completed(&out), "{flags:?}: {out}");
+    }
+    assert_eq!(
+        minted().await,
+        before,
+        "nothing minted for hellos that fail"
+    );
+    let minted_for = |name: &str| {
+        corral
+            .logs()
+            .iter()
+            .any(|l| l.contains(&format!("minted certificate for {name}")))
+    };
+    for name in [
+        "old.lab.test",
+        "h2only.lab.test",
+        "nosuite.lab.test",
+        "old2.lab.test",
+        "h2.lab.test",
+    ] {
+        assert!(!minted_for(name), "{name}");
+    }
+
+    // The same hellos, whole: TLS 1.2, and both ALPN protocols offered.
+    assert_eq!(tls12.send(addr).await, Answer::ServerHello);
+    let both = hello::Hello {
+        alpn: Some(vec![b"h2", b"http/1.1"]),
+        ..h2_only
+    };
+    assert_eq!(both.send(addr).await, Answer::ServerHello);
+    assert_eq!(minted().await, before + 2.0);
 }
 
 #[tokio::test]
@@ -565,6 +683,27 @@ async fn keys_are_private() {
     assert_eq!(mode(&corral.data_dir.join("ca.key")), 0o600);
     assert_eq!(mode(&corral.data_dir.join("leaf.key")), 0o600);
     assert_eq!(mode(&corral.data_dir.join("ca.crt")), 0o644);
+
+    // Keys found readable by others are narrowed, with a warning; temporary files that a crash left
+    // mid-write (they may hold token hashes) are removed.
+    let dir = corral.data_dir.clone();
+    let tmp = corral.stop();
+    for key in ["ca.key", "leaf.key"] {
+        std::fs::set_permissions(dir.join(key), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let stale = dir.join(".clusters.json.tmp-999999");
+    std::fs::write(&stale, b"{\"clusters\":[]}").unwrap();
+    let again = Corral::start_in(&dir, &[], &[]).unwrap();
+    assert_eq!(mode(&dir.join("ca.key")), 0o600);
+    assert_eq!(mode(&dir.join("leaf.key")), 0o600);
+    assert!(!stale.exists(), "the stale temporary file is removed");
+    let logs = again.logs().join("\n");
+    assert!(
+        logs.contains("ca.key had mode 0644; set it to 0600"),
+        "{logs}"
+    );
+    assert!(logs.contains(".clusters.json.tmp-999999"), "{logs}");
+    drop((again, tmp));
 }
 
 #[tokio::test]

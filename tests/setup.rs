@@ -544,3 +544,258 @@ async fn a_browser_completes_setup_through_the_page() {
     );
     token(corral.https("127.0.0.1"), NEW_PASSWORD).await;
 }
+
+/// A tmpfs of a fixed size, to make writes fail for want of space; unmounted when dropped.
+struct SmallDisk {
+    root: tempfile::TempDir,
+}
+
+const PAGE: u64 = 4096;
+
+impl SmallDisk {
+    /// `None` when this process may not mount file systems (the tests run as root in CI).
+    fn mount(size: &str) -> Option<Self> {
+        let root = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(root.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(Self { root })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.root.path()
+    }
+
+    fn filler(&self) -> std::path::PathBuf {
+        self.path().join("filler")
+    }
+
+    /// Fills the file system, then frees exactly `pages` pages.
+    fn fill_leaving(&self, pages: u64) {
+        use std::io::Write;
+        let mut file = std::fs::File::create(self.filler()).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        for _ in 0..10_000 {
+            if file.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = file.sync_all();
+        let len = std::fs::metadata(self.filler()).unwrap().len() / PAGE * PAGE;
+        file.set_len(len.saturating_sub(pages * PAGE)).unwrap();
+        assert_eq!(self.free_pages(), pages, "free space set up");
+    }
+
+    fn free_pages(&self) -> u64 {
+        let out = std::process::Command::new("stat")
+            .args(["-f", "-c", "%a %S"])
+            .arg(self.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().unwrap());
+        let (blocks, size) = (fields.next().unwrap(), fields.next().unwrap());
+        blocks * size / PAGE
+    }
+
+    fn free_all(&self) {
+        let _ = std::fs::remove_file(self.filler());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .args(["-l"])
+            .arg(self.root.path())
+            .status();
+    }
+}
+
+/// What the server says server-url is, and whether every client gets one certificate for its host.
+async fn setting_and_served(addr: SocketAddr, token: &str, host: &str) -> (String, bool) {
+    let value = get_server_url(addr, token).await["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let wanted = [format!("DNS:{host}")];
+    let mut pinned = true;
+    for sni in [None, Some("probe.lab.test")] {
+        pinned &= sans(&leaf_for(addr, sni).await) == wanted;
+    }
+    (value, pinned)
+}
+
+/// A PUT that cannot be saved for want of space changes nothing that is served; a later PUT for
+/// another host then pins that host, and a restart keeps exactly it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_url_and_the_served_certificate_agree_on_a_full_disk() {
+    let Some(disk) = SmallDisk::mount("1m") else {
+        eprintln!("SKIPPED: mounting a tmpfs needs root (CI runs the tests as root)");
+        return;
+    };
+    let dir = disk.path().join("data");
+    let env = [("CATTLE_BOOTSTRAP_PASSWORD", "small-disk-bootstrap")];
+    let corral = Corral::start_in(&dir, &[], &env).unwrap();
+    let addr = corral.https("127.0.0.1");
+    let token = token(addr, "small-disk-bootstrap").await;
+    // More login tokens, so that setup.json (two pages) outgrows the pinned certificate (one).
+    for i in 0..20u8 {
+        let body = serde_json::json!({"username": "admin", "password": "small-disk-bootstrap"});
+        let source = Some([127, 0, 0, 2 + i / 8].into());
+        let response =
+            request_from(source, addr, "POST", LOGIN, &[], Some(&body.to_string())).await;
+        assert_eq!(response.status, 201, "{}", response.body);
+    }
+    assert!(std::fs::metadata(dir.join("setup.json")).unwrap().len() > PAGE);
+
+    for pages in [0, 1] {
+        disk.fill_leaving(pages);
+        let put = put_server_url(addr, &token, "https://first.lab.test").await;
+        let (value, pinned) = setting_and_served(addr, &token, "first.lab.test").await;
+        disk.free_all();
+        assert_eq!(put.status, 500, "{pages} free pages: {}", put.body);
+        assert!(put.body.contains("No space left on device"), "{}", put.body);
+        assert_eq!(value, "", "{pages} free pages: nothing saved");
+        assert!(
+            !pinned,
+            "{pages} free pages: first.lab.test served though not saved"
+        );
+    }
+
+    let put = put_server_url(addr, &token, "https://second.lab.test").await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    let (value, pinned) = setting_and_served(addr, &token, "second.lab.test").await;
+    assert_eq!(value, "https://second.lab.test");
+    assert!(pinned, "second.lab.test is served to everyone");
+
+    let _ = corral.stop();
+    let again = Corral::start_in(&dir, &[], &env).unwrap();
+    let (value, pinned) =
+        setting_and_served(again.https("127.0.0.1"), &token, "second.lab.test").await;
+    assert_eq!(value, "https://second.lab.test");
+    assert!(pinned, "after a restart: exactly second.lab.test");
+}
+
+/// Rewrites setup.json's server-url (`None` removes it), as a crash or a restored backup leaves it.
+fn set_stored_server_url(dir: &std::path::Path, value: Option<&str>) {
+    let path = dir.join("setup.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let settings = state["settings"].as_object_mut().unwrap();
+    match value {
+        Some(value) => settings.insert("server-url".into(), value.into()),
+        None => settings.remove("server-url"),
+    };
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+}
+
+/// The saved setting is the record: at start, a pinned certificate that does not match it is made
+/// again from it (never merged with the stored names), a missing one is made, and one without a
+/// setting pins nothing.
+#[tokio::test]
+async fn at_start_the_pin_follows_the_saved_setting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let env = [("CATTLE_BOOTSTRAP_PASSWORD", "restart-bootstrap")];
+    let start = || Corral::start_in(&dir, &[], &env).unwrap();
+    let corral = start();
+    let addr = corral.https("127.0.0.1");
+    let token = token(addr, "restart-bootstrap").await;
+    assert_eq!(
+        put_server_url(addr, &token, "https://stale.lab.test")
+            .await
+            .status,
+        200
+    );
+    let _ = corral.stop();
+    let stale_pin = std::fs::read(dir.join("pinned-cert.json")).unwrap();
+
+    // A setting for another host than the stored certificate (a write the pin never followed).
+    set_stored_server_url(&dir, Some("https://first.lab.test"));
+    let corral = start();
+    let (value, pinned) =
+        setting_and_served(corral.https("127.0.0.1"), &token, "first.lab.test").await;
+    assert_eq!(value, "https://first.lab.test");
+    assert!(
+        pinned,
+        "exactly first.lab.test, not merged with stale.lab.test"
+    );
+    let _ = corral.stop();
+
+    // Killed between saving the setting and storing the certificate.
+    std::fs::remove_file(dir.join("pinned-cert.json")).unwrap();
+    let corral = start();
+    let (_, pinned) = setting_and_served(corral.https("127.0.0.1"), &token, "first.lab.test").await;
+    assert!(pinned, "made again from the setting");
+    let _ = corral.stop();
+
+    // A stored certificate without a saved setting pins nothing.
+    set_stored_server_url(&dir, None);
+    std::fs::write(dir.join("pinned-cert.json"), &stale_pin).unwrap();
+    let corral = start();
+    let addr = corral.https("127.0.0.1");
+    assert_eq!(get_server_url(addr, &token).await["value"], "");
+    assert_eq!(
+        sans(&leaf_for(addr, Some("x.lab.test")).await),
+        ["DNS:x.lab.test"]
+    );
+}
+
+/// SIGKILL at random moments around a server-url PUT: after each restart the saved setting and
+/// the certificate every client gets agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_during_a_server_url_put_never_splits_setting_and_certificate() {
+    let template = tempfile::tempdir().unwrap();
+    let env = [("CATTLE_BOOTSTRAP_PASSWORD", "kill-bootstrap")];
+    let corral = Corral::start_in(&template.path().join("data"), &[], &env).unwrap();
+    let token = token(corral.https("127.0.0.1"), "kill-bootstrap").await;
+    let _ = corral.stop();
+    let (mut pinned_runs, mut unpinned_runs) = (0, 0);
+    for run in 0..common::stress_size(12, 60) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        common::sh(&format!(
+            "cp -a {} {}",
+            template.path().join("data").display(),
+            dir.display()
+        ));
+        let corral = Corral::start_in(&dir, &[], &env).unwrap();
+        let addr = corral.https("127.0.0.1");
+        let token_for_put = token.clone();
+        let put = tokio::spawn(async move {
+            common::try_request(
+                addr,
+                "PUT",
+                "/v3/settings/server-url",
+                Some(&token_for_put),
+                Some(r#"{"value":"https://first.lab.test"}"#),
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_micros(1_500 * (run as u64 % 12))).await;
+        let _ = corral.stop();
+        let _ = put.await;
+        let again = Corral::start_in(&dir, &[], &env).unwrap();
+        let (value, pinned) =
+            setting_and_served(again.https("127.0.0.1"), &token, "first.lab.test").await;
+        assert_eq!(
+            value == "https://first.lab.test",
+            pinned,
+            "run {run}: {value:?}, pinned {pinned}"
+        );
+        if pinned {
+            pinned_runs += 1;
+        } else {
+            unpinned_runs += 1;
+        }
+    }
+    eprintln!("killed around the PUT: {pinned_runs} runs saved it, {unpinned_runs} did not");
+}

@@ -341,7 +341,7 @@ async fn the_agent_refuses_a_wrong_checksum_or_a_foreign_certificate() {
 async fn tunnel_handshake_errors_use_rancher_texts() {
     let lab = Lab::start().await;
     let encode = |json: &str| base64::engine::general_purpose::STANDARD.encode(json);
-    let good = encode(r#"{"cluster":{"address":"10.43.0.1:443","caCert":"","token":"sa"}}"#);
+    let good = encode(r#"{"cluster":{"address":"10.43.0.1:443","caCert":"Y2E=","token":"sa"}}"#);
     let cases = [
         (None, None, 401, "failed authentication"),
         (
@@ -376,6 +376,14 @@ async fn tunnel_handshake_errors_use_rancher_texts() {
         ),
         (
             Some(lab.registration.as_str()),
+            Some(encode(
+                r#"{"cluster":{"address":"a:1","token":"sa","caCert":""}}"#,
+            )),
+            400,
+            "invalid input, caCert empty",
+        ),
+        (
+            Some(lab.registration.as_str()),
             Some(good.clone()),
             400,
             "'upgrade' token not found in 'Connection' header",
@@ -396,20 +404,28 @@ async fn tunnel_handshake_errors_use_rancher_texts() {
     }
 }
 
+type RawTunnel =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
 /// A raw WebSocket tunnel to corral, speaking the protocol by hand.
-async fn raw_tunnel(
-    lab: &Lab,
-) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let tls = common::tls_connect(lab.addr, None, None)
+async fn raw_tunnel(lab: &Lab) -> RawTunnel {
+    raw_tunnel_over(lab, tokio::net::TcpStream::connect(lab.addr).await.unwrap()).await
+}
+
+/// [`raw_tunnel`] over a connection the caller made.
+async fn raw_tunnel_over(lab: &Lab, tcp: tokio::net::TcpStream) -> RawTunnel {
+    let config = corral::client::tls_insecure(&[b"http/1.1"]);
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
         .await
-        .unwrap()
-        .stream;
+        .unwrap();
     let url = format!("wss://127.0.0.1:{}/v3/connect", lab.corral.https_port);
     let mut request =
         tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
             .unwrap();
     let params = base64::engine::general_purpose::STANDARD
-        .encode(r#"{"cluster":{"address":"127.0.0.1:1","caCert":"","token":"sa"}}"#);
+        .encode(r#"{"cluster":{"address":"127.0.0.1:1","caCert":"Y2E=","token":"sa"}}"#);
     request
         .headers_mut()
         .insert("x-api-tunnel-token", lab.registration.parse().unwrap());
@@ -643,4 +659,229 @@ async fn tunnel_churn_and_garbage_leave_no_leaks() {
         request(lab.addr, "GET", "/ping", &[], None).await.body,
         "pong"
     );
+}
+
+/// A second cluster of the lab, with its own registration token.
+async fn second_cluster(lab: &Lab) -> (String, String) {
+    let created = request(
+        lab.addr,
+        "POST",
+        "/v3/clusters",
+        &[&lab.auth()],
+        Some(r#"{"name":"two"}"#),
+    )
+    .await;
+    let id = body(&created)["id"].as_str().unwrap().to_string();
+    let new_token = json!({ "clusterId": id }).to_string();
+    let token = request(
+        lab.addr,
+        "POST",
+        "/v3/clusterregistrationtokens",
+        &[&lab.auth()],
+        Some(&new_token),
+    )
+    .await;
+    (id, body(&token)["token"].as_str().unwrap().to_string())
+}
+
+/// An agent that floods Data for streams that do not exist and then neither reads nor pings: the
+/// Errors corral owes it back up until corral's writer waits on it. Requests for its cluster answer
+/// within `--agent-wait`, another cluster and the server carry on, and the tunnel ends by the
+/// 60 s liveness rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_stops_reading_holds_up_nothing() {
+    let mut lab = Lab::start().await;
+    let (other, other_token) = second_cluster(&lab).await;
+    let (target, target_ca) = https_target().await;
+
+    // The stuck agent, for the lab's cluster: a small receive buffer, so corral's replies back up soon.
+    let tcp = {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(lab.addr).await.unwrap()
+    };
+    let mut ws = raw_tunnel_over(&lab, tcp).await;
+    let flooding = tokio::spawn(async move {
+        for i in 0..400_000i64 {
+            let data = corral::tunnel::codec::encode(
+                i,
+                1_000 + i,
+                corral::tunnel::codec::MessageType::Data,
+                b"x",
+            );
+            let sent =
+                tokio::time::timeout(Duration::from_secs(5), ws.feed(WsMessage::Binary(data)))
+                    .await;
+            if !matches!(sent, Ok(Ok(()))) {
+                break;
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), ws.flush()).await;
+        // Hold the connection open, reading nothing, until the test ends.
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        drop(ws);
+    });
+    lab.wait_connected(true).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stuck_since = Instant::now();
+
+    // The other cluster, with a real agent, works throughout.
+    lab.registration = other_token;
+    let _agent = lab.agent(target, Some(target_ca.path()), &[]);
+    let other_path = format!("/k8s/clusters/{other}/version");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = request(lab.addr, "GET", &other_path, &[&lab.auth()], None).await;
+        if response.status == 200 {
+            assert_eq!(response.body, VERSION_JSON);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the other cluster never answered: {}",
+            response.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The stuck cluster answers within --agent-wait (2 s), without hanging.
+    let asked = Instant::now();
+    let response = lab.proxied("/version").await;
+    assert!(
+        [502, 503].contains(&response.status),
+        "{} {}",
+        response.status,
+        response.body
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(6),
+        "answered after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        request(lab.addr, "GET", "/ping", &[], None).await.body,
+        "pong"
+    );
+
+    // The stuck tunnel ends by the liveness rule (60 s without a ping), then the cluster shows
+    // disconnected.
+    lab.wait_connected_within(false, Duration::from_secs(90))
+        .await;
+    eprintln!(
+        "the stuck tunnel ended {:?} after it stopped",
+        stuck_since.elapsed()
+    );
+    assert_eq!(
+        request(lab.addr, "GET", &other_path, &[&lab.auth()], None)
+            .await
+            .status,
+        200
+    );
+    flooding.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_reads_ids_as_routed_and_forwards_only_end_to_end_headers() {
+    let lab = Lab::start().await;
+    let (target, target_ca) = https_target().await;
+    let _agent = lab.agent(target, Some(target_ca.path()), &[]);
+    lab.wait_connected(true).await;
+
+    // `c-` then the id's first letter percent-encoded: the same cluster, and the same path.
+    let id = &lab.cluster;
+    let encoded = format!("c-%{:02X}{}", id.as_bytes()[2], &id[3..]);
+    let path = format!("/k8s/clusters/{encoded}/version");
+    let response = request(lab.addr, "GET", &path, &[&lab.auth()], None).await;
+    assert_eq!(
+        (response.status, response.body.as_str()),
+        (200, VERSION_JSON),
+        "{path}"
+    );
+
+    let path = format!("/k8s/clusters/{id}/headers?watch=1");
+    let headers = [
+        lab.auth(),
+        "Connection: keep-alive, X-Hop-Secret".to_string(),
+        "X-Hop-Secret: 1".to_string(),
+        "X-Remote-User: admin".to_string(),
+        "X-Remote-Group: system:masters".to_string(),
+        "X-Remote-Extra-Scopes: all".to_string(),
+        "Impersonate-User: admin".to_string(),
+        "Accept: application/json".to_string(),
+    ];
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    let seen = body(&request(lab.addr, "GET", &path, &headers, None).await);
+    assert_eq!(seen["uri"], "/headers?watch=1");
+    let names: Vec<&str> = seen["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for gone in [
+        "x-hop-secret",
+        "x-remote-user",
+        "x-remote-group",
+        "x-remote-extra-scopes",
+        "impersonate-user",
+    ] {
+        assert!(
+            !names.contains(&gone),
+            "{gone} reached the cluster: {names:?}"
+        );
+    }
+    assert!(
+        names.contains(&"accept") && names.contains(&"authorization"),
+        "{names:?}"
+    );
+
+    // An id that names no cluster: 404 at once, not after --agent-wait.
+    let asked = Instant::now();
+    let response = request(
+        lab.addr,
+        "GET",
+        "/k8s/clusters/c-nosuch/version",
+        &[&lab.auth()],
+        None,
+    )
+    .await;
+    assert_eq!(response.status, 404, "{}", response.body);
+    assert!(response.body.contains("c-nosuch"), "{}", response.body);
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+}
+
+/// Without `--ca-cert` and `--sa-token` the agent still sends what Rancher requires (a CA of its own,
+/// a generated token) and answers the server's TLS for a plain-HTTP target; a dial that fails
+/// reaches the caller in Go's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_target_is_reached_through_the_agents_own_tls() {
+    let lab = Lab::start().await;
+    let plain = serve(None, kube_api).await;
+    let agent = lab.agent(plain, None, &[]);
+    lab.wait_connected(true).await;
+    let version = lab.proxied("/version").await;
+    assert_eq!((version.status, version.body.as_str()), (200, VERSION_JSON));
+    drop(agent);
+    lab.wait_connected(false).await;
+
+    let closed = SocketAddr::from(([127, 0, 0, 1], 1));
+    let output_of = |agent: common::lab::Agent| agent.stop_and_logs();
+    let agent = lab.agent_without_sa_token(closed);
+    lab.wait_connected(true).await;
+    let refused = lab.proxied("/version").await;
+    assert_eq!(refused.status, 502, "{}", refused.body);
+    assert!(
+        refused
+            .body
+            .contains("dial tcp 127.0.0.1:1: connect: connection refused"),
+        "{}",
+        refused.body
+    );
+    let logs = output_of(agent);
+    assert!(logs.contains("no --sa-token"), "{logs}");
+    assert!(logs.contains("no --ca-cert"), "{logs}");
 }

@@ -3,8 +3,13 @@
 //! against that CA alone, then keeps a tunnel open (`/v3/connect/register` first, `/v3/connect`
 //! after a first success), dials what the server asks within `--allow`, and reconnects after a drop.
 //! `--count N` runs N such agents in one process, for load tests.
+//!
+//! Its tunnel params are what a real Rancher accepts: a non-empty `caCert` and `token` always. For a
+//! plain-HTTP target (no `--ca-cert`) it answers the server's TLS itself ([`TlsTerminator`]); without
+//! `--sa-token` it sends a generated token.
 
 mod policy;
+mod terminator;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,8 +23,11 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::client::{Target, tls_insecure, tls_trusting};
-use crate::tunnel::{ClusterParams, Role, Session};
+use crate::setup::secrets::{TOKEN_LENGTH, random_token};
+use crate::tunnel::session::Connector;
+use crate::tunnel::{ClusterParams, Role, Session, TunnelStream};
 pub use policy::AllowPolicy;
+use terminator::TlsTerminator;
 
 /// Pause between tunnel attempts: remotedialer waits 5 s, plus jitter so many agents spread out.
 const RECONNECT_DELAY: Duration = Duration::from_secs(5);
@@ -45,10 +53,11 @@ pub struct AgentArgs {
     /// The cluster API address the server should reach through the tunnel.
     #[arg(long, default_value = "127.0.0.1:6443", value_name = "HOST:PORT")]
     pub address: String,
-    /// PEM of the CA that signed that API's certificate; without it the server speaks plain HTTP to it.
+    /// PEM of the CA that signed that API's certificate. Without it the API is taken to speak plain
+    /// HTTP: the agent answers the server's TLS itself, with a CA it makes (sent as caCert).
     #[arg(long, value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
-    /// Bearer token the server presents to that API.
+    /// Bearer token the server presents to that API; without it a generated token is sent.
     #[arg(
         long,
         env = "CORRAL_AGENT_SA_TOKEN",
@@ -121,25 +130,83 @@ pub async fn prepare(args: &AgentArgs) -> Result<Prepared, String> {
         .request(tls.clone(), "GET", "/ping", &[], None)
         .await
         .map_err(|e| format!("the server's certificate does not verify against its CA: {e}"))?;
-    let ca_cert = match &args.ca_cert {
+    let (ca_pem, terminator) = match &args.ca_cert {
         Some(path) => {
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            let pem =
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            if pem.trim_ascii().is_empty() {
+                return Err(format!(
+                    "{} is empty: --ca-cert needs the API's CA",
+                    path.display()
+                ));
+            }
+            (pem, None)
         }
-        None => Vec::new(),
+        None => {
+            let terminator = TlsTerminator::new(&args.address)?;
+            tracing::info!(
+                "no --ca-cert: {} is taken to speak plain HTTP; the agent answers the server's TLS for it with a CA of its own",
+                args.address
+            );
+            (
+                terminator.ca_pem().as_bytes().to_vec(),
+                Some(Arc::new(terminator)),
+            )
+        }
+    };
+    let token = match args.sa_token.trim() {
+        "" => {
+            tracing::info!(
+                "no --sa-token: the agent sends a generated token, which the API behind {} is not asked to check",
+                args.address
+            );
+            random_token(TOKEN_LENGTH)
+        }
+        given => given.to_string(),
     };
     let params = ClusterParams {
         address: args.address.clone(),
-        ca_cert: base64::engine::general_purpose::STANDARD.encode(ca_cert),
-        token: args.sa_token.trim().to_string(),
+        ca_cert: base64::engine::general_purpose::STANDARD.encode(ca_pem),
+        token,
     };
-    let policy = AllowPolicy::parse(&args.allow)?;
+    let connector = AgentConnector {
+        policy: AllowPolicy::parse(&args.allow)?,
+        terminator,
+    };
     Ok(Prepared {
         target,
         tls,
         params_header: base64::engine::general_purpose::STANDARD
             .encode(serde_json::json!({ "cluster": params }).to_string()),
-        policy: Arc::new(policy),
+        connector: Arc::new(connector),
     })
+}
+
+/// What the server may make an agent dial (`--allow`), and how: the advertised address through the
+/// agent's own TLS when it has no `--ca-cert`, anything else dialed and relayed as is.
+struct AgentConnector {
+    policy: AllowPolicy,
+    terminator: Option<Arc<TlsTerminator>>,
+}
+
+impl Connector for AgentConnector {
+    fn allows(&self, proto: &str, address: &str) -> bool {
+        self.policy.allows(proto, address)
+    }
+
+    fn serve(
+        &self,
+        proto: String,
+        address: String,
+        stream: TunnelStream,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        match &self.terminator {
+            Some(terminator) if terminator.answers(&proto, &address) => {
+                Box::pin(terminator.clone().serve(stream))
+            }
+            _ => Box::pin(crate::tunnel::dial::dial_and_relay(proto, address, stream)),
+        }
+    }
 }
 
 /// What every agent of this process shares.
@@ -147,7 +214,7 @@ pub struct Prepared {
     target: Target,
     tls: Arc<ClientConfig>,
     params_header: String,
-    policy: Arc<AllowPolicy>,
+    connector: Arc<AgentConnector>,
 }
 
 /// Runs `args.count` agents until the process is stopped.
@@ -215,12 +282,8 @@ async fn connect_once(
         .map_err(|_| "WebSocket handshake timed out".to_string())?
         .map_err(describe_handshake_error)?;
     tracing::info!("connected to {}{path}", prepared.target.authority());
-    let policy = prepared.policy.clone();
-    let (session, outgoing) = Session::new(
-        Role::Client,
-        "client",
-        Some(Arc::new(move |p: &str, a: &str| policy.allows(p, a))),
-    );
+    let (session, outgoing) =
+        Session::new(Role::Client, "client", Some(prepared.connector.clone()));
     Ok(session.run(ws, outgoing).await)
 }
 

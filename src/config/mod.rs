@@ -99,7 +99,8 @@ pub struct ServeArgs {
     /// TLS session resumption (tickets and a session cache) [default: on]; off forces full handshakes.
     #[arg(long, env = "CORRAL_SESSION_TICKETS", value_name = "on|off")]
     pub session_tickets: Option<Toggle>,
-    /// Seconds the cluster proxy waits for an absent agent before answering 503 [default: 15].
+    /// Seconds the cluster proxy waits for an agent, to be connected and to answer through its tunnel,
+    /// before answering 503 [default: 15].
     #[arg(long, env = "CORRAL_AGENT_WAIT", value_name = "SECONDS")]
     pub agent_wait: Option<u64>,
     /// Pin server-url from boot (the HA-style install): one certificate for its host, read-only.

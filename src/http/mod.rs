@@ -40,7 +40,9 @@ use crate::tls::CertResolver;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest request body the API reads (logins, settings, passwords are tiny).
 const MAX_API_BODY: usize = 64 * 1024;
-/// Request line and headers at most (hyper answers 431 past it); hyper's own default is ~400 KiB.
+/// Request line and headers at most: a larger head gets 431. hyper's read buffer is capped at the
+/// same size (its own default is ~400 KiB), which bounds memory but lets heads of up to about 112
+/// KiB through, so the head is also measured once parsed.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Facts about the connection a request arrived on, available to handlers as an extension.
@@ -194,6 +196,13 @@ impl HttpApp {
         mut req: Request<hyper::body::Incoming>,
         info: ConnInfo,
     ) -> Response<Body> {
+        if head_size(&req) > MAX_HEADER_BYTES {
+            return text_response(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "text/plain; charset=utf-8",
+                "431 Request Header Fields Too Large\n",
+            );
+        }
         if !info.secure && !redirect::passes_through(&req) {
             return redirect::respond(&req);
         }
@@ -215,6 +224,23 @@ impl HttpApp {
             Err(never) => match never {},
         }
     }
+}
+
+/// The size of a request's head as sent in HTTP/1.1: request line, header lines, blank line.
+fn head_size<B>(req: &Request<B>) -> usize {
+    const LINE_ENDS: usize = 2;
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| {
+            a.as_str().len() + uri.scheme_str().map_or(0, |s| s.len() + "://".len())
+        });
+    let request_line = req.method().as_str().len() + 1 + target + " HTTP/1.1".len();
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + LINE_ENDS)
+        .sum();
+    request_line + LINE_ENDS + headers + LINE_ENDS
 }
 
 /// Go's `http.NotFound`.
@@ -260,7 +286,8 @@ pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Res
 pub(crate) fn setup_error(error: &SetupError) -> Response<Body> {
     let (status, code) = match error {
         SetupError::AuthenticationFailed => (StatusCode::UNAUTHORIZED, "Unauthorized"),
-        SetupError::TooManyAttempts => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
+        SetupError::TooManyAttempts(_) => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
+        SetupError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
         SetupError::InvalidCurrentPassword
         | SetupError::PasswordTooShort
         | SetupError::SamePassword => (StatusCode::UNPROCESSABLE_ENTITY, "InvalidBodyContent"),
@@ -269,7 +296,16 @@ pub(crate) fn setup_error(error: &SetupError) -> Response<Body> {
         SetupError::ReadOnlyFromEnv(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
         SetupError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "ServerError"),
     };
-    norman_error(status, code, &error.to_string())
+    let mut response = norman_error(status, code, &error.to_string());
+    if let Some(wait) = error.retry_after() {
+        // Whole seconds, rounded up: a client that waits this long is not refused again at once.
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            header::HeaderValue::from(seconds.max(1)),
+        );
+    }
+    response
 }
 
 /// A JSON request body, parsed whatever its Content-Type (norman does the same); a bad body is

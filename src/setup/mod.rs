@@ -6,6 +6,7 @@
 //! Setting `server-url` pins the certificate resolver to its host, for good.
 
 mod backoff;
+mod password_gate;
 pub mod secrets;
 pub mod server_url;
 
@@ -15,6 +16,7 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use governor::Quota;
 use serde::{Deserialize, Serialize};
@@ -22,9 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::limits::ClientLimiter;
 use crate::state::{DataDir, SECRET_MODE, read_optional, write_atomic};
 use crate::tls::CertResolver;
-use secrets::{
-    hash_password, hash_token_secret, random_suffix, random_token, same_hash, verify_password,
-};
+use password_gate::{Busy, PasswordGate};
+use secrets::{hash_password, hash_token_secret, random_suffix, random_token, same_hash};
 pub use server_url::ServerUrl;
 
 /// Rancher's `password-min-length`.
@@ -44,12 +45,17 @@ pub const FIRST_LOGIN: &str = "first-login";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SetupError {
     AuthenticationFailed,
-    TooManyAttempts,
+    /// Over the per-client rate or the per-user backoff; retry after the duration.
+    TooManyAttempts(Duration),
+    /// Every password slot stayed busy (see `PasswordGate`); retry shortly.
+    Busy,
     InvalidCurrentPassword,
     PasswordTooShort,
     SamePassword,
     InvalidValue(String),
-    ServerUrlLocked { current: String },
+    ServerUrlLocked {
+        current: String,
+    },
     ReadOnlyFromEnv(&'static str),
     Storage(String),
 }
@@ -58,9 +64,10 @@ impl fmt::Display for SetupError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SetupError::AuthenticationFailed => f.write_str("authentication failed"),
-            SetupError::TooManyAttempts => {
+            SetupError::TooManyAttempts(_) => {
                 f.write_str("too many failed login attempts; try again later")
             }
+            SetupError::Busy => f.write_str("too many password checks at once; try again shortly"),
             SetupError::InvalidCurrentPassword => f.write_str("invalid current password"),
             SetupError::PasswordTooShort => {
                 write!(
@@ -84,6 +91,23 @@ impl fmt::Display for SetupError {
             }
             SetupError::Storage(reason) => write!(f, "cannot save state: {reason}"),
         }
+    }
+}
+
+impl SetupError {
+    /// How long a refused caller should wait before trying again (`Retry-After`), if it should.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SetupError::TooManyAttempts(wait) => Some(*wait),
+            SetupError::Busy => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+}
+
+impl From<Busy> for SetupError {
+    fn from(_: Busy) -> Self {
+        SetupError::Busy
     }
 }
 
@@ -164,6 +188,8 @@ pub struct Setup {
     resolver: Arc<CertResolver>,
     login_limiter: ClientLimiter,
     login_backoff: backoff::LoginBackoff,
+    /// Bounds the argon2 work running at once: logins, password changes.
+    passwords: PasswordGate,
 }
 
 impl Setup {
@@ -201,6 +227,7 @@ impl Setup {
                     .allow_burst(NonZeroU32::new(LOGIN_BURST).unwrap()),
             ),
             login_backoff: backoff::LoginBackoff::default(),
+            passwords: PasswordGate::default(),
         };
         if first_start {
             setup.create_admin(bootstrap_password, banner_url)?;
@@ -267,16 +294,17 @@ impl Setup {
     }
 
     /// Checks a username and password and issues a session token. Attempts are rate-limited per
-    /// client address; the password check runs off the async workers (argon2 is deliberately slow).
+    /// client (address, or IPv6 /64); the password check runs off the async workers, through the
+    /// password gate (argon2 is deliberately slow and memory-hungry).
     pub async fn login(
         &self,
         username: &str,
         password: &str,
         client: IpAddr,
     ) -> Result<IssuedToken, SetupError> {
-        if !self.login_limiter.allow(client) {
-            return Err(SetupError::TooManyAttempts);
-        }
+        self.login_limiter
+            .check(client)
+            .map_err(SetupError::TooManyAttempts)?;
         let user = self
             .lock()
             .users
@@ -284,14 +312,15 @@ impl Setup {
             .find(|u| u.username == username)
             .cloned();
         let Some(user) = user else {
-            // Spend the same time as a real check, so usernames cannot be probed by timing.
-            let _ = check_password(password.to_string(), DUMMY_HASH.to_string()).await;
+            // The same work, and the same wait for the gate, as a real check: usernames cannot be
+            // probed by timing.
+            self.passwords.verify(password, DUMMY_HASH).await?;
             return Err(SetupError::AuthenticationFailed);
         };
-        if self.login_backoff.check(&user.id).is_err() {
-            return Err(SetupError::TooManyAttempts);
-        }
-        if !check_password(password.to_string(), user.password_hash.clone()).await {
+        self.login_backoff
+            .check(&user.id)
+            .map_err(SetupError::TooManyAttempts)?;
+        if !self.passwords.verify(password, &user.password_hash).await? {
             self.login_backoff.failed(&user.id);
             return Err(SetupError::AuthenticationFailed);
         }
@@ -366,15 +395,10 @@ impl Setup {
             .find(|u| u.id == caller.user_id)
             .map(|u| u.password_hash.clone())
             .ok_or(SetupError::AuthenticationFailed)?;
-        if !check_password(current.to_string(), hash.clone()).await {
+        if !self.passwords.verify(current, &hash).await? {
             return Err(SetupError::InvalidCurrentPassword);
         }
-        let new_hash = {
-            let new = new.to_string();
-            tokio::task::spawn_blocking(move || hash_password(&new))
-                .await
-                .map_err(|e| SetupError::Storage(e.to_string()))?
-        };
+        let new_hash = self.passwords.hash(new).await?;
         let mut state = self.lock();
         let mut next = state.clone();
         let user = next
@@ -457,8 +481,17 @@ impl Setup {
                 }),
             };
         }
-        self.resolver.pin(url.host()).map_err(SetupError::Storage)?;
-        self.store_server_url(&mut state, url)
+        // All or nothing: the pinned certificate is made first but served only once the setting is
+        // saved; when the save fails it is dropped and clients keep what they had.
+        let pending = self
+            .resolver
+            .stage_pin(url.host())
+            .map_err(SetupError::Storage)?;
+        let url = self.store_server_url(&mut state, url)?;
+        if let Some(pending) = pending {
+            pending.commit();
+        }
+        Ok(url)
     }
 
     fn store_server_url(
@@ -493,12 +526,6 @@ impl Setup {
 /// A valid argon2id hash of a password nobody knows, checked when the username does not exist.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0cwMjmh/+Gl0WkLz5Y8vaHxZ0eTcSxUgjoFBt4r5TdI";
 
-async fn check_password(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-        .await
-        .unwrap_or(false)
-}
-
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
@@ -513,4 +540,64 @@ fn log_banner(lines: &[&str]) {
     }
     tracing::info!("-----------------------------------------");
     tracing::info!("");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, ServeArgs};
+    use crate::pki::{CaProfile, CertificateAuthority, LeafFactory};
+    use crate::state::DataDir;
+
+    fn setup() -> (tempfile::TempDir, Setup) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        let config = Config::resolve(ServeArgs {
+            data_dir: Some(tmp.path().into()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        let (ca, _) = CertificateAuthority::load_or_create(&dir, CaProfile::Cattle).unwrap();
+        let factory = LeafFactory::new(&dir, Arc::new(ca), 30).unwrap();
+        let resolver = Arc::new(CertResolver::new(&config, &dir, factory).unwrap());
+        let setup = Setup::open(
+            &dir,
+            Some("a-bootstrap-password".into()),
+            None,
+            resolver,
+            "https://localhost",
+        )
+        .unwrap();
+        (tmp, setup)
+    }
+
+    /// One IPv6 host owns a /64: cycling through its addresses does not buy more attempts.
+    #[tokio::test]
+    async fn logins_from_one_ipv6_prefix_share_one_budget() {
+        let (_tmp, setup) = setup();
+        let address = |i: u16| IpAddr::from([0xfd00, 0, 0, 1, 0, 0, 0, i]);
+        for i in 0..LOGIN_BURST as u16 {
+            let refused = setup
+                .login("nobody", "guess", address(i))
+                .await
+                .unwrap_err();
+            assert_eq!(refused, SetupError::AuthenticationFailed);
+        }
+        let refused = setup
+            .login("nobody", "guess", address(999))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, SetupError::TooManyAttempts(_)),
+            "{refused:?}"
+        );
+        let other_prefix = IpAddr::from([0xfd00, 0, 0, 2, 0, 0, 0, 1]);
+        assert_eq!(
+            setup
+                .login("nobody", "guess", other_prefix)
+                .await
+                .unwrap_err(),
+            SetupError::AuthenticationFailed
+        );
+    }
 }

@@ -171,7 +171,7 @@ async fn handshake(
     stream: TcpStream,
     local: SocketAddr,
     peer: SocketAddr,
-    resolver: &CertResolver,
+    resolver: &Arc<CertResolver>,
 ) -> io::Result<TlsStream<TcpStream>> {
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
     let config = resolver.select_for_hello(&start.client_hello(), local.ip(), peer.ip());

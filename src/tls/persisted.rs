@@ -6,7 +6,8 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 use rustls::pki_types::CertificateDer;
@@ -48,21 +49,47 @@ pub struct PersistedCert {
     current: ArcSwap<CertState>,
     /// Serialises re-signing, so two new names cannot each publish a certificate missing the other.
     write_lock: Mutex<()>,
+    /// Set once the certificate is pinned: no name is ever added again (checked under the lock).
+    frozen: AtomicBool,
     path: PathBuf,
     max_names: usize,
 }
 
+/// Whether names stored on disk join the names asked for when restoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restore {
+    /// Shared mode: the stored names are names learned before; keep them all.
+    Accumulate,
+    /// The pinned certificate: exactly the names asked for. A stored file for other names (left by
+    /// an earlier host, or by a write the setting never followed) is replaced, never merged.
+    Exactly,
+}
+
+/// A certificate made but not yet served: [`Staged::publish`] serves it. Holds the write lock, so
+/// nothing is re-signed in between.
+pub struct Staged<'a> {
+    cert: &'a PersistedCert,
+    _guard: MutexGuard<'a, ()>,
+    names: BTreeSet<SubjectName>,
+    served: Arc<Served>,
+    /// Whether it differs from what is served now (a new name was added).
+    changed: bool,
+}
+
 impl PersistedCert {
-    /// Restores the names and certificate stored at `path`, adding `initial` names; re-signs only when
-    /// the stored certificate does not carry exactly these names from this CA and key, or is expiring.
-    pub fn restore(
+    /// Restores the names and certificate stored at `path` (see [`Restore`] for how the stored names
+    /// count); re-signs only when the stored certificate does not carry exactly these names from this
+    /// CA and key, or is expiring. Writes nothing: `true` when the certificate was minted now and is
+    /// not on disk yet (see [`PersistedCert::persist_current`]).
+    pub fn load_or_mint(
         path: PathBuf,
         initial: Vec<SubjectName>,
+        restore: Restore,
         factory: &LeafFactory,
         tls: &TlsSettings,
         max_names: usize,
         renew_window: i64,
-    ) -> Result<Self, String> {
+    ) -> Result<(Self, bool), String> {
         let stored = read_optional(&path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?
             .and_then(|bytes| match serde_json::from_slice::<Stored>(&bytes) {
@@ -81,33 +108,51 @@ impl PersistedCert {
             .flat_map(|s| &s.names)
             .filter_map(|n| SubjectName::parse(n).ok())
             .collect();
-        names.extend(stored_names.iter().cloned());
+        if restore == Restore::Accumulate {
+            names.extend(stored_names.iter().cloned());
+        } else if stored.is_some() && stored_names != names {
+            tracing::info!(
+                "{} is for other names; making a new certificate",
+                path.display()
+            );
+        }
         let reusable = stored
             .filter(|_| stored_names == names)
             .and_then(|s| CertificateDer::from_pem_slice(s.certificate.as_bytes()).ok())
             .and_then(|der| Some((factory.issued_here(&der)?, der)))
             .map(|(not_after, der)| MintedLeaf { der, not_after })
             .filter(|leaf| leaf.not_after.unix_timestamp() - unix_now() > renew_window);
-        let leaf = match reusable {
-            Some(leaf) => leaf,
+        let (leaf, fresh) = match reusable {
+            Some(leaf) => (leaf, false),
             None => {
                 let list: Vec<_> = names.iter().cloned().collect();
-                let leaf = factory.mint(&list).map_err(|e| e.to_string())?;
-                persist(&path, &names, &leaf.der)?;
-                leaf
+                (factory.mint(&list).map_err(|e| e.to_string())?, true)
             }
         };
         let served = Arc::new(tls.serve(leaf).map_err(|e| e.to_string())?);
-        Ok(Self {
+        let cert = Self {
             current: ArcSwap::from_pointee(CertState { names, served }),
             write_lock: Mutex::new(()),
+            frozen: AtomicBool::new(false),
             path,
             max_names,
-        })
+        };
+        Ok((cert, fresh))
     }
 
     pub fn current(&self) -> Arc<CertState> {
         self.current.load_full()
+    }
+
+    /// Writes the current names and certificate to disk.
+    pub fn persist_current(&self) -> Result<(), String> {
+        let current = self.current();
+        persist(&self.path, &current.names, current.leaf())
+    }
+
+    /// No name is added from now on.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::Release);
     }
 
     /// Adds `name` (if new, and within the caps unless `capped` is false): re-sign through `mint`,
@@ -118,10 +163,37 @@ impl PersistedCert {
         capped: bool,
         mint: impl FnOnce(&[SubjectName]) -> Result<Arc<Served>, Refusal>,
     ) -> Result<(), Refusal> {
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.current();
-        if current.names.contains(&name) {
+        let staged = self.stage_add(name.clone(), capped, mint)?;
+        if !staged.changed {
             return Ok(());
+        }
+        staged.persist().map_err(Refusal::MintFailed)?;
+        staged.publish();
+        tracing::info!("added {name} to {}", self.path.display());
+        Ok(())
+    }
+
+    /// The certificate with `name` added, re-signed but not served yet (unchanged if it has the name).
+    pub fn stage_add(
+        &self,
+        name: SubjectName,
+        capped: bool,
+        mint: impl FnOnce(&[SubjectName]) -> Result<Arc<Served>, Refusal>,
+    ) -> Result<Staged<'_>, Refusal> {
+        let guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.current();
+        let unchanged = |guard| Staged {
+            cert: self,
+            _guard: guard,
+            names: current.names.clone(),
+            served: current.served.clone(),
+            changed: false,
+        };
+        if current.names.contains(&name) {
+            return Ok(unchanged(guard));
+        }
+        if capped && self.frozen.load(Ordering::Acquire) {
+            return Err(Refusal::Capacity);
         }
         let san_bytes: usize = current.names.iter().map(|n| n.as_text().len()).sum();
         let full = current.names.len() >= self.max_names
@@ -130,10 +202,16 @@ impl PersistedCert {
             return Err(Refusal::Capacity);
         }
         let mut names = current.names.clone();
-        names.insert(name.clone());
-        self.publish(names, mint)?;
-        tracing::info!("added {name} to {}", self.path.display());
-        Ok(())
+        names.insert(name);
+        let list: Vec<_> = names.iter().cloned().collect();
+        let served = mint(&list)?;
+        Ok(Staged {
+            cert: self,
+            _guard: guard,
+            names,
+            served,
+            changed: true,
+        })
     }
 
     /// Re-signs the same names when the certificate is within the renewal window.
@@ -147,27 +225,46 @@ impl PersistedCert {
         }
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.current();
-        if current.expires_within(unix_now(), renew_window) {
-            match self.publish(current.names.clone(), mint) {
-                Ok(()) => tracing::info!("renewed the certificate in {}", self.path.display()),
-                Err(e) => tracing::error!(
-                    "cannot renew the certificate in {}: {e}",
-                    self.path.display()
-                ),
+        if !current.expires_within(unix_now(), renew_window) {
+            return;
+        }
+        let renewed = mint(&current.names.iter().cloned().collect::<Vec<_>>()).and_then(|served| {
+            persist(&self.path, &current.names, served.leaf()).map_err(Refusal::MintFailed)?;
+            Ok(served)
+        });
+        match renewed {
+            Ok(served) => {
+                self.current.store(Arc::new(CertState {
+                    names: current.names.clone(),
+                    served,
+                }));
+                tracing::info!("renewed the certificate in {}", self.path.display());
             }
+            Err(e) => tracing::error!(
+                "cannot renew the certificate in {}: {e}",
+                self.path.display()
+            ),
         }
     }
+}
 
-    fn publish(
-        &self,
-        names: BTreeSet<SubjectName>,
-        mint: impl FnOnce(&[SubjectName]) -> Result<Arc<Served>, Refusal>,
-    ) -> Result<(), Refusal> {
-        let list: Vec<_> = names.iter().cloned().collect();
-        let served = mint(&list)?;
-        persist(&self.path, &names, served.leaf()).map_err(Refusal::MintFailed)?;
-        self.current.store(Arc::new(CertState { names, served }));
-        Ok(())
+impl Staged<'_> {
+    /// Writes the staged names and certificate to disk (not served yet).
+    pub fn persist(&self) -> Result<(), String> {
+        if !self.changed {
+            return Ok(());
+        }
+        persist(&self.cert.path, &self.names, self.served.leaf())
+    }
+
+    /// Serves the staged certificate from the next handshake on.
+    pub fn publish(self) {
+        if self.changed {
+            self.cert.current.store(Arc::new(CertState {
+                names: self.names,
+                served: self.served,
+            }));
+        }
     }
 }
 

@@ -21,13 +21,15 @@ use arc_swap::ArcSwap;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use moka::sync::Cache;
 use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 use super::acme::{ACME_TLS_ALPN, AcmeCert};
 use super::byo::ByoCert;
-use super::persisted::PersistedCert;
+use super::persisted::{PersistedCert, Restore, Staged};
 use super::served::{Served, TlsSettings, unix_now};
 use crate::config::{CertMode, Config, Served as ServedCert};
-use crate::limits::{ClientLimiter, host_key};
+use crate::limits::ClientLimiter;
 use crate::pki::{AllowList, LeafFactory, NameError, SubjectName};
 use crate::state::DataDir;
 
@@ -90,6 +92,92 @@ pub struct CertResolver {
     pinned_path: std::path::PathBuf,
 }
 
+/// The certificate choice for a hello whose certificate does not exist yet, made by rustls through
+/// [`ResolvesServerCert`] once it has checked the hello's protocol version.
+struct DeferredChoice {
+    resolver: Arc<CertResolver>,
+    sni: Option<String>,
+    local_ip: IpAddr,
+    client: IpAddr,
+}
+
+impl std::fmt::Debug for DeferredChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeferredChoice")
+            .field("sni", &self.sni)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for DeferredChoice {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let resolver = &self.resolver;
+        // A hello that cannot complete (no protocol, suite, signature scheme or group in common)
+        // gets the fallback certificate, which exists already; rustls then refuses the hello.
+        let served = match resolver.tls.can_complete(&hello) {
+            true => resolver.choose(self.sni.as_deref(), self.local_ip, self.client),
+            false => resolver.fallback(),
+        };
+        Some(served.certified().clone())
+    }
+}
+
+/// A pin made but not served yet (see [`CertResolver::stage_pin`]).
+pub struct PendingPin<'a> {
+    resolver: &'a CertResolver,
+    host: SubjectName,
+    staged: StagedPin<'a>,
+}
+
+enum StagedPin<'a> {
+    /// `per-host` mode: the certificate for the host alone; `fresh` when it is not on disk yet.
+    Own { cert: PersistedCert, fresh: bool },
+    /// `shared` mode: the shared certificate with the host added.
+    Shared(Staged<'a>),
+}
+
+impl PendingPin<'_> {
+    /// Serves the pinned certificate from the next handshake on, then stores it. The caller has
+    /// saved server-url already: that is the record. A certificate that cannot be stored is still
+    /// served (it matches the setting) and is made again from the setting at the next start.
+    pub fn commit(self) {
+        let resolver = self.resolver;
+        let stored = match self.staged {
+            StagedPin::Own { cert, fresh } => {
+                let stored = if fresh {
+                    cert.persist_current()
+                } else {
+                    Ok(())
+                };
+                let _ = resolver.pinned.set(Pin::Own(cert));
+                // Nothing else is ever served again: free the per-host cache.
+                if let Strategy::PerHost(certs) = &resolver.strategy {
+                    certs.invalidate_all();
+                }
+                stored
+            }
+            StagedPin::Shared(staged) => {
+                let stored = staged.persist();
+                staged.publish();
+                if let Strategy::Shared(shared) = &resolver.strategy {
+                    shared.freeze();
+                }
+                let _ = resolver.pinned.set(Pin::Shared);
+                stored
+            }
+        };
+        if let Err(e) = stored {
+            tracing::warn!(
+                "cannot store the pinned certificate ({e}); it is served, and made again from server-url at the next start"
+            );
+        }
+        tracing::info!(
+            "pinned to {}: every client now gets one certificate",
+            self.host
+        );
+    }
+}
+
 enum Pin {
     /// `per-host` mode: a certificate for the server-url host alone.
     Own(PersistedCert),
@@ -126,14 +214,21 @@ impl CertResolver {
             (ServedCert::Minted, CertMode::PerHost) => {
                 Strategy::PerHost(Cache::new(config.max_names.try_into().unwrap_or(u64::MAX)))
             }
-            (ServedCert::Minted, CertMode::Shared) => Strategy::Shared(PersistedCert::restore(
-                dir.shared_cert(),
-                initial_shared_names(),
-                &factory,
-                &tls,
-                config.max_names,
-                i64::from(config.rotate_days) * 86_400,
-            )?),
+            (ServedCert::Minted, CertMode::Shared) => {
+                let (shared, fresh) = PersistedCert::load_or_mint(
+                    dir.shared_cert(),
+                    initial_shared_names(),
+                    Restore::Accumulate,
+                    &factory,
+                    &tls,
+                    config.max_names,
+                    i64::from(config.rotate_days) * 86_400,
+                )?;
+                if fresh {
+                    shared.persist_current()?;
+                }
+                Strategy::Shared(shared)
+            }
         };
         Ok(Self {
             factory,
@@ -188,7 +283,7 @@ impl CertResolver {
     /// The server config for a ClientHello from `client` to `local_ip`: in ACME mode a TLS-ALPN-01
     /// validator gets its challenge certificate; everyone else what [`CertResolver::select`] picks.
     pub fn select_for_hello(
-        &self,
+        self: &Arc<Self>,
         hello: &rustls::server::ClientHello<'_>,
         local_ip: IpAddr,
         client: IpAddr,
@@ -207,19 +302,94 @@ impl CertResolver {
     }
 
     /// The server config for a connection from `client` that sent `sni` (if any) to `local_ip`.
-    pub fn select(&self, sni: Option<&str>, local_ip: IpAddr, client: IpAddr) -> Arc<ServerConfig> {
+    ///
+    /// When the certificate it needs exists (a cached name, a name the shared certificate has, the
+    /// pin) the config is returned at once. Otherwise the choice — which may mint, learn a name or
+    /// log a refusal — is deferred into the handshake ([`DeferredChoice`]): rustls makes it only after
+    /// it has accepted the hello's protocol version, and it is made only when the rest of the hello
+    /// can complete with a minted certificate. A hello that will be refused never mints.
+    pub fn select(
+        self: &Arc<Self>,
+        sni: Option<&str>,
+        local_ip: IpAddr,
+        client: IpAddr,
+    ) -> Arc<ServerConfig> {
+        let ready = match &self.strategy {
+            Strategy::Files(files) => Some(files.current().config.clone()),
+            Strategy::Acme(acme) => Some(self.acme_or_fallback(acme).config.clone()),
+            Strategy::PerHost(certs) => self
+                .pinned_served()
+                .or_else(|| self.cached_per_host(certs, sni, local_ip))
+                .map(|served| served.config.clone()),
+            Strategy::Shared(shared) => self
+                .pinned_served()
+                .or_else(|| self.shared_if_known(shared, sni, local_ip))
+                .map(|served| served.config.clone()),
+        };
+        ready.unwrap_or_else(|| {
+            self.tls.deferred(Arc::new(DeferredChoice {
+                resolver: self.clone(),
+                sni: sni.map(str::to_string),
+                local_ip,
+                client,
+            }))
+        })
+    }
+
+    /// The certificate for a connection, minting or learning names as needed (what [`select`]
+    /// defers to the handshake).
+    ///
+    /// [`select`]: CertResolver::select
+    pub fn choose(&self, sni: Option<&str>, local_ip: IpAddr, client: IpAddr) -> Arc<Served> {
         let requested = || sni.map(SubjectName::parse);
         let local = SubjectName::ip(local_ip);
         match &self.strategy {
-            Strategy::Files(files) => files.current().config.clone(),
-            Strategy::Acme(acme) => self.acme_or_fallback(acme).config.clone(),
+            Strategy::Files(files) => files.current(),
+            Strategy::Acme(acme) => self.acme_or_fallback(acme),
             Strategy::PerHost(_) => self
-                .pinned_config()
-                .unwrap_or_else(|| self.select_per_host(requested(), local, client)),
+                .pinned_served()
+                .unwrap_or_else(|| self.choose_per_host(requested(), local, client)),
             Strategy::Shared(shared) => self
-                .pinned_config()
-                .unwrap_or_else(|| self.select_shared(shared, requested(), local, client)),
+                .pinned_served()
+                .unwrap_or_else(|| self.choose_shared(shared, requested(), local, client)),
         }
+    }
+
+    /// Per-host mode: the cached, unexpired leaf for the SNI (or, without SNI, the local IP), if any.
+    fn cached_per_host(
+        &self,
+        certs: &Cache<SubjectName, Arc<Served>>,
+        sni: Option<&str>,
+        local_ip: IpAddr,
+    ) -> Option<Arc<Served>> {
+        let name = match sni {
+            Some(sni) => SubjectName::parse(sni)
+                .ok()
+                .filter(|name| self.allowed.allows(name))?,
+            None => SubjectName::ip(local_ip),
+        };
+        certs
+            .get(&name)
+            .filter(|served| !served.expires_within(unix_now(), self.renew_window))
+    }
+
+    /// Shared mode: the certificate, if it already has the local IP and the SNI (nothing to learn).
+    fn shared_if_known(
+        &self,
+        shared: &PersistedCert,
+        sni: Option<&str>,
+        local_ip: IpAddr,
+    ) -> Option<Arc<Served>> {
+        let current = shared.current();
+        let knows = |name: &SubjectName| current.names.contains(name);
+        let sni_known = match sni {
+            Some(sni) => SubjectName::parse(sni).is_ok_and(|name| knows(&name)),
+            None => true,
+        };
+        (sni_known
+            && knows(&SubjectName::ip(local_ip))
+            && !current.expires_within(unix_now(), self.renew_window))
+        .then(|| current.served.clone())
     }
 
     /// ACME mode: the obtained certificate, or the fallback until there is one.
@@ -228,20 +398,20 @@ impl CertResolver {
     }
 
     /// Once pinned, the one certificate every client gets (renewed when it nears expiry).
-    fn pinned_config(&self) -> Option<Arc<ServerConfig>> {
+    fn pinned_served(&self) -> Option<Arc<Served>> {
         let cert = self.pinned_cert(self.pinned.get()?);
         cert.renew_if_expiring(self.renew_window, |names| self.mint(names));
-        Some(cert.current().config.clone())
+        Some(cert.current().served.clone())
     }
 
     /// Shared mode: the local address and the SNI are learned into the one certificate, if allowed.
-    fn select_shared(
+    fn choose_shared(
         &self,
         shared: &PersistedCert,
         requested: Option<Result<SubjectName, NameError>>,
         local: SubjectName,
         client: IpAddr,
-    ) -> Arc<ServerConfig> {
+    ) -> Arc<Served> {
         if let Err(refusal) = self.learn_shared(shared, local, client) {
             self.log_refusal("local address", &refusal);
         }
@@ -253,7 +423,7 @@ impl CertResolver {
             self.log_refusal("SNI", &refusal);
         }
         shared.renew_if_expiring(self.renew_window, |names| self.mint(names));
-        shared.current().config.clone()
+        shared.current().served.clone()
     }
 
     /// Certificates held for clients: the per-host cache's entries, or the shared certificate's
@@ -294,26 +464,26 @@ impl CertResolver {
         }
     }
 
-    fn select_per_host(
+    fn choose_per_host(
         &self,
         requested: Option<Result<SubjectName, NameError>>,
         local: SubjectName,
         client: IpAddr,
-    ) -> Arc<ServerConfig> {
+    ) -> Arc<Served> {
         if let Some(requested) = requested {
             match self
                 .admit(requested)
                 .and_then(|name| self.per_host(name, client))
             {
-                Ok(served) => return served.config.clone(),
+                Ok(served) => return served,
                 Err(refusal) => self.log_refusal("SNI", &refusal),
             }
         }
         match self.per_host(local, client) {
-            Ok(served) => served.config.clone(),
+            Ok(served) => served,
             Err(refusal) => {
                 self.log_refusal("local address", &refusal);
-                self.fallback().config.clone()
+                self.fallback()
             }
         }
     }
@@ -367,38 +537,49 @@ impl CertResolver {
         Ok(())
     }
 
-    /// Pins the server to one certificate for `host` (server-url's host), for good. Pinning again is a
-    /// no-op; the caller guarantees the host never changes.
+    /// Pins the server to one certificate for `host` (server-url's host), for good: at start, when
+    /// server-url is already set. Pinning again is a no-op; the caller guarantees the host never
+    /// changes.
     pub fn pin(&self, host: &SubjectName) -> Result<(), String> {
-        if self.pinned.get().is_some() {
-            return Ok(());
+        if let Some(pending) = self.stage_pin(host)? {
+            pending.commit();
         }
-        let pin = match &self.strategy {
-            // The files (or the ACME certificate) are what every client gets already.
-            Strategy::Files(_) | Strategy::Acme(_) => return Ok(()),
-            Strategy::PerHost(certs) => {
-                let cert = PersistedCert::restore(
+        Ok(())
+    }
+
+    /// The certificate pinning to `host` will serve, made but not served: the caller saves
+    /// server-url, then [`PendingPin::commit`]s. Dropped instead (the save failed), nothing changes,
+    /// so the setting and the served certificate always agree. `None` when there is nothing to pin:
+    /// already pinned, or bring-your-own and ACME certificates, which every client gets anyway.
+    pub fn stage_pin(&self, host: &SubjectName) -> Result<Option<PendingPin<'_>>, String> {
+        if self.pinned.get().is_some() {
+            return Ok(None);
+        }
+        let staged = match &self.strategy {
+            Strategy::Files(_) | Strategy::Acme(_) => return Ok(None),
+            Strategy::PerHost(_) => {
+                let (cert, fresh) = PersistedCert::load_or_mint(
                     self.pinned_path.clone(),
                     vec![host.clone()],
+                    Restore::Exactly,
                     &self.factory,
                     &self.tls,
                     1,
                     self.renew_window,
                 )?;
-                // Nothing else is ever served again: free the per-host cache.
-                certs.invalidate_all();
-                Pin::Own(cert)
+                StagedPin::Own { cert, fresh }
             }
-            Strategy::Shared(shared) => {
+            Strategy::Shared(shared) => StagedPin::Shared(
                 shared
-                    .add(host.clone(), false, |names| self.mint(names))
-                    .map_err(|e| e.to_string())?;
-                Pin::Shared
-            }
+                    .stage_add(host.clone(), false, |names| self.mint(names))
+                    .map_err(|e| e.to_string())?,
+            ),
         };
-        let _ = self.pinned.set(pin);
-        tracing::info!("pinned to {host}: every client now gets one certificate");
-        Ok(())
+        Ok(Some(PendingPin {
+            resolver: self,
+            host: host.clone(),
+            staged,
+        }))
     }
 
     fn pinned_cert<'a>(&'a self, pin: &'a Pin) -> &'a PersistedCert {
@@ -428,7 +609,7 @@ impl CertResolver {
     /// Spends one mint from `client`'s budget and then from the global one.
     fn check_rate(&self, client: IpAddr) -> Result<(), Refusal> {
         if let Some(limiter) = &self.client_mint_limiter
-            && !limiter.allow(host_key(client))
+            && !limiter.allow(client)
         {
             return Err(Refusal::ClientRateLimited);
         }
@@ -558,19 +739,19 @@ mod cache_tests {
         for mode in [CertMode::PerHost, CertMode::Shared] {
             let (_tmp, mut resolver) = resolver(mode);
             let local: IpAddr = [127, 0, 0, 1].into();
-            let first = resolver.select(Some("a.lab.test"), local, local);
+            let first = resolver.choose(Some("a.lab.test"), local, local);
             assert!(
-                Arc::ptr_eq(&first, &resolver.select(Some("a.lab.test"), local, local)),
+                Arc::ptr_eq(&first, &resolver.choose(Some("a.lab.test"), local, local)),
                 "cached"
             );
             // A 31-day window makes the 30-day leaf "expiring".
             resolver.renew_window = 31 * 86_400;
-            let renewed = resolver.select(Some("a.lab.test"), local, local);
+            let renewed = resolver.choose(Some("a.lab.test"), local, local);
             assert!(!Arc::ptr_eq(&first, &renewed), "{mode:?}: re-minted");
             resolver.renew_window = 7 * 86_400;
             assert!(Arc::ptr_eq(
                 &renewed,
-                &resolver.select(Some("a.lab.test"), local, local)
+                &resolver.choose(Some("a.lab.test"), local, local)
             ));
         }
     }
@@ -586,7 +767,7 @@ mod cache_tests {
             ..ServeArgs::default()
         });
         let local: IpAddr = [127, 0, 0, 1].into();
-        let select = |name: &str| resolver.select(Some(name), local, local);
+        let select = |name: &str| resolver.choose(Some(name), local, local);
         // A full cache first (moka counts frequencies once it is half full), then one name used often.
         for i in 0..50 {
             select(&format!("fill{i}.lab.test"));

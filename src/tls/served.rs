@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::ServerSessionMemoryCache;
+use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::{CertifiedKey, SigningKey, SingleCertAndKey};
 use rustls::{ServerConfig, version};
 use time::OffsetDateTime;
@@ -37,6 +37,11 @@ impl Served {
         &self.certified.cert
     }
 
+    /// The chain and key, as a certificate resolver hands them to rustls.
+    pub fn certified(&self) -> &Arc<CertifiedKey> {
+        &self.certified
+    }
+
     /// Whether the leaf expires within `window_secs` from `now` (unix seconds) and must be re-minted.
     pub fn expires_within(&self, now: i64, window_secs: i64) -> bool {
         self.not_after - now <= window_secs
@@ -64,6 +69,37 @@ impl TlsSettings {
             key,
             ca: CertificateDer::from(ca_bytes),
         })
+    }
+
+    /// A config that leaves the choice of certificate to `resolver`, called during the handshake.
+    pub fn deferred(&self, resolver: Arc<dyn ResolvesServerCert>) -> Arc<ServerConfig> {
+        let mut config = self.template.clone();
+        config.cert_resolver = resolver;
+        Arc::new(config)
+    }
+
+    /// Whether a handshake with this hello can complete with a minted certificate: an ALPN protocol
+    /// (if the client offers any), a cipher suite, a signature scheme for the leaf key and a key
+    /// exchange group (if the client lists them) in common. The protocol version rustls checks
+    /// before it asks for a certificate.
+    pub fn can_complete(&self, hello: &ClientHello<'_>) -> bool {
+        let provider = self.template.crypto_provider();
+        let ours = &self.template.alpn_protocols;
+        let alpn = hello
+            .alpn()
+            .is_none_or(|mut offered| offered.any(|p| ours.iter().any(|o| o == p)));
+        let suite = provider
+            .cipher_suites
+            .iter()
+            .any(|s| hello.cipher_suites().contains(&s.suite()));
+        let signature = self.key.choose_scheme(hello.signature_schemes()).is_some();
+        let group = hello.named_groups().is_none_or(|offered| {
+            provider
+                .kx_groups
+                .iter()
+                .any(|g| offered.contains(&g.name()))
+        });
+        alpn && suite && signature && group
     }
 
     /// Wraps a minted leaf into a servable certificate.

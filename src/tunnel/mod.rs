@@ -3,6 +3,9 @@
 //! and the cluster proxy that reaches a cluster's API through its tunnel.
 
 pub mod codec;
+pub mod dial;
+#[cfg(test)]
+mod go_model;
 pub mod proxy;
 pub mod registry;
 pub mod session;

@@ -1,7 +1,11 @@
 //! The cluster proxy: `/k8s/clusters/<id>/…` forwarded through the cluster's tunnel to the API
-//! address its agent advertised, TLS-verified with the CA the agent sent (plain HTTP without one),
-//! presenting the agent's token instead of the caller's. Bodies stream both ways; upgrades
-//! (websocket, SPDY for `kubectl exec`) are spliced through.
+//! address its agent advertised, TLS-verified with the CA the agent sent, presenting the agent's
+//! token instead of the caller's. Bodies stream both ways; upgrades (websocket, SPDY for `kubectl
+//! exec`) are spliced through.
+//!
+//! Everything until the cluster API has answered the TLS handshake — the agent connecting, room in
+//! its tunnel for the Connect, the round trip through it — shares one wait (`--agent-wait`): an agent
+//! that is gone or stuck costs the caller that long at most.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +17,6 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 
 use super::registry::{ClusterParams, TunnelRegistry};
-use super::session::Io;
 
 /// Headers that belong to one hop and are not forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -35,6 +38,7 @@ pub async fn forward(
     mut req: Request<Body>,
     path_and_query: &str,
 ) -> Response<Body> {
+    let deadline = tokio::time::Instant::now() + wait;
     let Some((session, params)) = registry.wait_for(cluster_id, wait).await else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -47,16 +51,25 @@ pub async fn forward(
             &format!("cluster {cluster_id}: {e}"),
         )
     };
-    let stream = match session.open_stream("tcp", &params.address).await {
-        Ok(stream) => stream,
-        Err(e) => return bad_gateway(e.to_string()),
+    let opening = async {
+        let stream = session
+            .open_stream("tcp", &params.address)
+            .await
+            .map_err(|e| e.to_string())?;
+        tls_to_target(stream, &params).await
     };
-    let io: Box<dyn Io> = match params.ca_cert.is_empty() {
-        true => Box::new(stream),
-        false => match tls_to_target(stream, &params).await {
-            Ok(tls) => Box::new(tls),
-            Err(e) => return bad_gateway(e),
-        },
+    let io = match tokio::time::timeout_at(deadline, opening).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return bad_gateway(e),
+        Err(_) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "cluster {cluster_id}: the agent did not answer within {}s",
+                    wait.as_secs()
+                ),
+            );
+        }
     };
     let (mut sender, connection) =
         match hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io)).await {
@@ -107,22 +120,27 @@ fn outgoing_request(
     parts.version = axum::http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers, upgrading);
     let headers = &mut parts.headers;
-    // The caller's corral credentials stay here; impersonation is not the caller's to choose.
+    // The caller's corral credentials stay here; who the caller is to the cluster (impersonation,
+    // an authenticating proxy's X-Remote-* headers) is not the caller's to say.
     headers.remove(header::AUTHORIZATION);
     headers.remove(header::COOKIE);
-    let impersonation: Vec<_> = headers
+    let claimed: Vec<_> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with("impersonate-"))
+        .filter(|k| {
+            let name = k.as_str();
+            name.starts_with("impersonate-")
+                || name == "x-remote-user"
+                || name == "x-remote-group"
+                || name.starts_with("x-remote-extra-")
+        })
         .cloned()
         .collect();
-    for name in impersonation {
+    for name in claimed {
         headers.remove(name);
     }
-    if !params.token.is_empty() {
-        let bearer = HeaderValue::from_str(&format!("Bearer {}", params.token))
-            .map_err(|e| e.to_string())?;
-        headers.insert(header::AUTHORIZATION, bearer);
-    }
+    let bearer =
+        HeaderValue::from_str(&format!("Bearer {}", params.token)).map_err(|e| e.to_string())?;
+    headers.insert(header::AUTHORIZATION, bearer);
     let host = HeaderValue::from_str(&params.address).map_err(|e| e.to_string())?;
     headers.insert(header::HOST, host);
     Ok(Request::from_parts(parts, body))
@@ -136,14 +154,27 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
         })
 }
 
+/// Removes the headers that belong to one hop: the fixed list, and every header the `Connection`
+/// header names (RFC 9110 §7.6.1). An upgrade keeps `Connection: upgrade` and `Upgrade`.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    for name in HOP_BY_HOP {
-        if keep_upgrade && name == "connection" {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    for name in named.iter().map(String::as_str).chain(HOP_BY_HOP) {
+        let upgrade_header = name == "connection" || name == "upgrade";
+        if keep_upgrade && upgrade_header {
             continue;
         }
         headers.remove(name);
     }
-    if !keep_upgrade {
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    } else {
         headers.remove(header::UPGRADE);
     }
 }
@@ -171,4 +202,62 @@ async fn tls_to_target(
 
 fn error(status: StatusCode, text: &str) -> Response<Body> {
     crate::http::text_response(status, "text/plain; charset=utf-8", format!("{text}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_identity_headers_stay_with_the_caller() {
+        let req = Request::builder()
+            .uri("/k8s/clusters/c-x/api")
+            .header("connection", "keep-alive, X-Secret-Hop")
+            .header("x-secret-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("x-remote-user", "admin")
+            .header("x-remote-group", "system:masters")
+            .header("x-remote-extra-scopes", "all")
+            .header("impersonate-user", "admin")
+            .header("authorization", "Bearer caller")
+            .header("accept", "application/json")
+            .body(Body::empty())
+            .unwrap();
+        let params = ClusterParams {
+            address: "10.43.0.1:443".into(),
+            ca_cert: "x".into(),
+            token: "sa".into(),
+        };
+        let out = outgoing_request(req, "/api", &params, false).unwrap();
+        let names: Vec<_> = out.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["accept", "authorization", "host"],
+            "{:?}",
+            out.headers()
+        );
+        assert_eq!(out.headers()["authorization"], "Bearer sa");
+        assert_eq!(out.headers()["host"], "10.43.0.1:443");
+    }
+
+    #[test]
+    fn an_upgrade_keeps_its_upgrade_headers_only() {
+        let req = Request::builder()
+            .header("connection", "Upgrade, X-Hop")
+            .header("upgrade", "websocket")
+            .header("x-hop", "1")
+            .header("sec-websocket-key", "k")
+            .body(Body::empty())
+            .unwrap();
+        let params = ClusterParams {
+            address: "a:1".into(),
+            ca_cert: "x".into(),
+            token: "t".into(),
+        };
+        let out = outgoing_request(req, "/ws", &params, true).unwrap();
+        assert_eq!(out.headers()["upgrade"], "websocket");
+        assert_eq!(out.headers()["connection"], "Upgrade");
+        assert!(!out.headers().contains_key("x-hop"));
+        assert!(out.headers().contains_key("sec-websocket-key"));
+    }
 }

@@ -14,7 +14,7 @@ use super::session::{Role, Session};
 use super::stream::TunnelStream;
 
 /// What a cluster agent advertises in `X-API-Tunnel-Params`: where its API is, the CA to verify it
-/// with (base64 of a PEM; empty for a plain-HTTP lab target) and the token to present to it.
+/// with (base64 of a PEM) and the token to present to it. All three are required, as by Rancher.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterParams {
     #[serde(default)]
@@ -52,6 +52,9 @@ impl ClusterParams {
         }
         if cluster.token.trim().is_empty() {
             return Err("invalid input, token empty".into());
+        }
+        if cluster.ca_cert.trim().is_empty() {
+            return Err("invalid input, caCert empty".into());
         }
         Ok(cluster)
     }
@@ -184,6 +187,14 @@ mod tests {
                 r#"{"cluster":{"address":"a:1"}}"#,
                 "invalid input, token empty",
             ),
+            (
+                r#"{"cluster":{"address":"a:1","token":"t","caCert":""}}"#,
+                "invalid input, caCert empty",
+            ),
+            (
+                r#"{"cluster":{"address":"a:1","token":"t"}}"#,
+                "invalid input, caCert empty",
+            ),
         ];
         for (json, text) in cases {
             assert_eq!(
@@ -203,7 +214,7 @@ mod tests {
         }
 
         #[test]
-        fn advertised_params_round_trip(address in "[a-z0-9.:]{1,40}", ca in "[A-Za-z0-9+/=]{0,64}", token in "[!-~]{1,64}") {
+        fn advertised_params_round_trip(address in "[a-z0-9.:]{1,40}", ca in "[A-Za-z0-9+/=]{1,64}", token in "[!-~]{1,64}") {
             let params = ClusterParams { address, ca_cert: ca, token };
             let json = serde_json::json!({ "cluster": params }).to_string();
             prop_assert_eq!(ClusterParams::from_header(&encode(&json)), Ok(params));

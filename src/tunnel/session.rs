@@ -2,8 +2,10 @@
 //!
 //! The server end opens streams (Connect, ids 2, 3, … as remotedialer) and answers pings; the client
 //! end (an agent) dials what Connect asks for, pings every 5 s and reports its streams every 60 s.
-//! Both ends drop the tunnel after 60 s without a ping (server) or pong (client). A malformed
-//! message, a text message or a Connect to the server ends this tunnel only.
+//! Both ends drop the tunnel after 60 s without a ping (server) or pong (client), whatever the session
+//! is doing meanwhile, and after 60 s of a write the peer does not take: a peer that stops reading
+//! cannot hold a session (and the dials waiting on it) for ever. A malformed message, a text message
+//! or a Connect to the server ends this tunnel only.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -17,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{Message, MessageType, decode_sync, encode_sync};
@@ -27,6 +29,9 @@ use super::stream::{Closed, StreamShared, TunnelStream};
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);
 /// Without a ping (server) or pong (client) for this long, the tunnel is dead.
 pub const PING_WAIT: Duration = Duration::from_secs(60);
+/// A write the peer does not take within this long ends the tunnel (remotedialer's write deadline
+/// is the ping wait too).
+pub const WRITE_TIMEOUT: Duration = PING_WAIT;
 /// A client reports its streams this often.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(60);
 /// Outgoing messages queued per session before writers wait.
@@ -34,8 +39,6 @@ const OUTGOING_QUEUE: usize = 64;
 /// Streams younger than this are not pruned by SyncConnections: the client may not have seen their
 /// Connect yet when it sent the list.
 const SYNC_GRACE: Duration = Duration::from_secs(5);
-/// How long a client waits for a dial the server asked for.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Which end of the tunnel this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,8 +51,21 @@ pub enum Role {
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// The client's rule for what the server may make it dial.
-pub type ConnectPolicy = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+/// What a client end does with the server's Connects: which it allows, and how it serves one (the
+/// usual way, `tunnel::dial::dial_and_relay`, is what a plain `Fn(proto, address) -> bool` rule
+/// does).
+pub trait Connector: Send + Sync + 'static {
+    /// Whether the server may make this client dial `proto`/`address`.
+    fn allows(&self, proto: &str, address: &str) -> bool;
+
+    /// Serves an allowed Connect on its stream.
+    fn serve(
+        &self,
+        proto: String,
+        address: String,
+        stream: TunnelStream,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+}
 
 /// What a session's writer drains: data and errors in order on a bounded queue (so writers wait
 /// for room), and Pause/Resume on an unbounded one, enqueued under the stream's lock so they reach
@@ -72,7 +88,8 @@ pub struct Session {
     next_conn_id: AtomicI64,
     next_message_id: AtomicI64,
     cancel: CancellationToken,
-    policy: Option<ConnectPolicy>,
+    /// Client end: what the server's Connects may reach, and how they are served.
+    connector: Option<Arc<dyn Connector>>,
 }
 
 impl Session {
@@ -80,7 +97,7 @@ impl Session {
     pub fn new(
         role: Role,
         client_key: &str,
-        policy: Option<ConnectPolicy>,
+        connector: Option<Arc<dyn Connector>>,
     ) -> (Arc<Self>, Outgoing) {
         let (out, data) = mpsc::channel(OUTGOING_QUEUE);
         let (flow, flow_rx) = mpsc::unbounded_channel();
@@ -99,7 +116,7 @@ impl Session {
             next_conn_id: AtomicI64::new(1),
             next_message_id: AtomicI64::new(rng.random_range(0..i64::MAX / 2)),
             cancel: CancellationToken::new(),
-            policy,
+            connector,
         });
         (
             session,
@@ -158,27 +175,31 @@ impl Session {
     }
 
     /// Server side: opens a stream to `proto`/`address` through the client. There is no
-    /// acknowledgement: a failed dial arrives later as an error on the stream.
+    /// acknowledgement: a failed dial arrives later as an error on the stream. Waits while the
+    /// session's queue is full (a peer that reads slowly, or not at all); the caller bounds that wait,
+    /// and a wait given up registers nothing.
     pub async fn open_stream(
         self: &Arc<Self>,
         proto: &str,
         address: &str,
     ) -> std::io::Result<TunnelStream> {
-        if self.cancel.is_cancelled() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::NotConnected,
-                "tunnel disconnect",
-            ));
-        }
+        let permit = tokio::select! {
+            permit = self.out.reserve() => permit.map_err(|_| disconnected())?,
+            _ = self.cancel.cancelled() => return Err(disconnected()),
+        };
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1;
         let stream = self.register(conn_id);
-        self.send(
+        permit.send(self.message(
             conn_id,
             MessageType::Connect,
-            Bytes::from(format!("{proto}/{address}")),
-        )
-        .await;
+            format!("{proto}/{address}").as_bytes(),
+        ));
         Ok(stream)
+    }
+
+    #[cfg(test)]
+    pub fn describe_stream(&self, conn_id: i64) -> String {
+        self.stream(conn_id).map_or("gone".into(), |s| s.describe())
     }
 
     /// Number of open streams.
@@ -227,28 +248,39 @@ impl Session {
                     _ = ping.tick(), if client => WsMessage::Ping(Bytes::new()),
                     _ = sync.tick(), if client => WsMessage::Binary(self.sync_message()),
                 };
-                let write_error = |e: tokio_tungstenite::tungstenite::Error| format!("write: {e}");
-                sink.feed(frame).await.map_err(write_error)?;
+                // One deadline for the frame and whatever is batched with it: a peer that does not
+                // take our writes for WRITE_TIMEOUT ends the session.
+                let deadline = Instant::now() + WRITE_TIMEOUT;
+                let write = |result: Result<Result<(), WsError>, _>| match result {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(format!("write: {e}")),
+                    Err(_) => Err(format!(
+                        "write: the peer took nothing for {WRITE_TIMEOUT:?}"
+                    )),
+                };
+                write(tokio::time::timeout_at(deadline, sink.feed(frame)).await)?;
                 // Batch whatever else is queued into the same flush: fewer TLS records and syscalls.
                 while let Ok(bytes) = flow.try_recv().or_else(|_| outgoing.try_recv()) {
-                    sink.feed(WsMessage::Binary(bytes))
-                        .await
-                        .map_err(write_error)?;
+                    let frame = WsMessage::Binary(bytes);
+                    write(tokio::time::timeout_at(deadline, sink.feed(frame)).await)?;
                 }
-                sink.flush().await.map_err(write_error)?;
+                write(tokio::time::timeout_at(deadline, sink.flush()).await)?;
             }
         };
         let reader = async {
+            // The liveness deadline covers handling a message too: handling can wait for room in the
+            // outgoing queue, and no ping is read meanwhile.
             let mut deadline = Instant::now() + PING_WAIT;
+            let dead = || {
+                format!(
+                    "no {} for {PING_WAIT:?}",
+                    if client { "pong" } else { "ping" }
+                )
+            };
             loop {
                 let next = tokio::time::timeout_at(deadline, incoming.next())
                     .await
-                    .map_err(|_| {
-                        format!(
-                            "no {} for {PING_WAIT:?}",
-                            if client { "pong" } else { "ping" }
-                        )
-                    })?;
+                    .map_err(|_| dead())?;
                 let frame = match next {
                     Some(frame) => frame.map_err(|e| format!("read: {e}"))?,
                     None => return Ok(()),
@@ -256,7 +288,9 @@ impl Session {
                 match frame {
                     WsMessage::Binary(bytes) => {
                         let message = Message::decode(bytes).map_err(|e| e.to_string())?;
-                        self.dispatch(message).await?;
+                        tokio::time::timeout_at(deadline, self.dispatch(message))
+                            .await
+                            .map_err(|_| dead())??;
                     }
                     WsMessage::Text(_) => return Err("wrong websocket message type".into()),
                     WsMessage::Ping(_) if !client => deadline = Instant::now() + PING_WAIT,
@@ -315,7 +349,9 @@ impl Session {
             }
             MessageType::Pause | MessageType::Resume => {
                 if let Some(stream) = self.stream(conn_id) {
-                    stream.set_held(message.kind == MessageType::Pause);
+                    stream.set_held(message.kind == MessageType::Pause, || {
+                        self.send_flow(conn_id, MessageType::Resume)
+                    });
                 }
             }
             MessageType::SyncConnections if self.role == Role::Server => {
@@ -342,46 +378,28 @@ impl Session {
         }
     }
 
-    /// Client side: dials what the server asks for, if the policy allows it, and pipes bytes.
+    /// Client side: serves what the server asks for, if the connector allows it.
     async fn client_connect(self: &Arc<Self>, conn_id: i64, payload: &str) {
         let Some((proto, address)) = payload.split_once('/') else {
             let text = Bytes::from(format!("invalid connect payload {payload:?}"));
             return self.send(conn_id, MessageType::Error, text).await;
         };
-        let allowed = self
-            .policy
+        let connector = self
+            .connector
             .as_ref()
-            .is_some_and(|allows| allows(proto, address));
-        if !allowed {
+            .filter(|connector| connector.allows(proto, address));
+        let Some(connector) = connector else {
             tracing::warn!("refused to dial {proto}/{address}: not allowed");
             let text = Bytes::from(format!("connect not allowed: {proto}/{address}"));
             return self.send(conn_id, MessageType::Error, text).await;
-        }
+        };
         let stream = self.register(conn_id);
-        let (proto, address) = (proto.to_string(), address.to_string());
-        tokio::spawn(async move {
-            match tokio::time::timeout(DIAL_TIMEOUT, dial(&proto, &address)).await {
-                Ok(Ok(target)) => stream.relay(target).await,
-                Ok(Err(e)) => stream.fail(&format!("dial {proto} {address}: {e}")),
-                Err(_) => stream.fail(&format!("dial {proto} {address}: i/o timeout")),
-            }
-        });
+        tokio::spawn(connector.serve(proto.to_string(), address.to_string(), stream));
     }
 }
 
-/// Dials a target for a client: `tcp` addresses or `unix` socket paths.
-async fn dial(proto: &str, address: &str) -> std::io::Result<Box<dyn Io>> {
-    match proto {
-        "tcp" | "tcp4" | "tcp6" => {
-            let stream = tokio::net::TcpStream::connect(address).await?;
-            stream.set_nodelay(true)?;
-            Ok(Box::new(stream))
-        }
-        "unix" => Ok(Box::new(tokio::net::UnixStream::connect(address).await?)),
-        other => Err(std::io::Error::other(format!(
-            "unsupported protocol {other}"
-        ))),
-    }
+fn disconnected() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "tunnel disconnect")
 }
 
 #[cfg(test)]
@@ -390,8 +408,12 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
 
+    fn allow_all() -> Arc<dyn Connector> {
+        Arc::new(|_: &str, _: &str| true)
+    }
+
     /// A server and a client session joined by an in-memory WebSocket.
-    async fn pair(policy: ConnectPolicy) -> (Arc<Session>, Arc<Session>) {
+    async fn pair(policy: Arc<dyn Connector>) -> (Arc<Session>, Arc<Session>) {
         let (a, b) = tokio::io::duplex(1 << 16);
         let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, None).await;
         let client_ws = WebSocketStream::from_raw_socket(b, WsRole::Client, None).await;
@@ -429,7 +451,7 @@ mod tests {
 
     #[tokio::test]
     async fn streams_relay_bytes_and_close_on_both_ends() {
-        let (server, client) = pair(Arc::new(|_: &str, _: &str| true)).await;
+        let (server, client) = pair(allow_all()).await;
         let echo = echo_server().await;
         let mut stream = server.open_stream("tcp", &echo.to_string()).await.unwrap();
         assert_eq!(
@@ -464,16 +486,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_dial_reaches_the_reader() {
-        let (server, _client) = pair(Arc::new(|_: &str, _: &str| true)).await;
+        let (server, _client) = pair(allow_all()).await;
         let mut stream = server.open_stream("tcp", "127.0.0.1:1").await.unwrap();
         let mut buf = [0u8; 1];
         let err = stream.read(&mut buf).await.unwrap_err();
-        assert!(err.to_string().starts_with("dial tcp 127.0.0.1:1"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "dial tcp 127.0.0.1:1: connect: connection refused"
+        );
     }
 
     #[tokio::test]
     async fn losing_the_tunnel_fails_streams_with_tunnel_disconnect() {
-        let (server, client) = pair(Arc::new(|_: &str, _: &str| true)).await;
+        let (server, client) = pair(allow_all()).await;
         let echo = echo_server().await;
         let mut stream = server.open_stream("tcp", &echo.to_string()).await.unwrap();
         client.close();
@@ -485,7 +510,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn sync_prunes_only_unlisted_streams_past_the_grace_period() {
-        let (server, _) = Session::new(Role::Server, "c-test", None);
+        let (server, _outgoing) = Session::new(Role::Server, "c-test", None);
         let mut old = server.open_stream("tcp", "10.0.0.1:1").await.unwrap();
         let listed = server.open_stream("tcp", "10.0.0.1:2").await.unwrap();
         tokio::time::advance(SYNC_GRACE + Duration::from_secs(1)).await;
@@ -512,6 +537,94 @@ mod tests {
         let (server, rx) = Session::new(Role::Server, "c-test", None);
         let result = server.run(server_ws, rx).await;
         assert!(result.unwrap_err().starts_with("no ping for 60s"));
+    }
+
+    /// A peer that floods Data for unknown streams, then neither reads nor pings: the Errors the
+    /// server owes it fill the pipe, the server's writer and then its reader wait on it — and the
+    /// session still ends by the deadlines, while a dial meanwhile waits only as long as its caller
+    /// lets it and leaves nothing behind.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_cannot_hold_the_session() {
+        let (a, b) = tokio::io::duplex(8 * 1024);
+        let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, None).await;
+        let mut peer = WebSocketStream::from_raw_socket(b, WsRole::Client, None).await;
+        let (server, rx) = Session::new(Role::Server, "c-stuck", None);
+        tokio::spawn(async move {
+            for i in 0..100_000 {
+                let message = super::super::codec::encode(i, 1000 + i, MessageType::Data, b"x");
+                if peer.feed(WsMessage::Binary(message)).await.is_err() {
+                    break;
+                }
+            }
+            std::future::pending::<()>().await;
+            drop(peer);
+        });
+        let started = Instant::now();
+        let running = server.clone();
+        let session = tokio::spawn(async move { running.run(server_ws, rx).await });
+
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let open = tokio::time::timeout(
+            Duration::from_secs(1),
+            server.open_stream("tcp", "10.43.0.1:443"),
+        )
+        .await;
+        assert!(open.is_err(), "no room in the queue: the dial waits");
+        assert_eq!(
+            server.stream_count(),
+            0,
+            "a dial given up registers nothing"
+        );
+
+        let ended = tokio::time::timeout(Duration::from_secs(300), session)
+            .await
+            .expect("the session ends")
+            .unwrap();
+        assert!(ended.is_err(), "{ended:?}");
+        assert!(
+            started.elapsed() <= PING_WAIT + Duration::from_secs(1),
+            "ended after {:?}",
+            started.elapsed()
+        );
+        let after = server.open_stream("tcp", "10.43.0.1:443").await;
+        assert!(after.is_err(), "a dial on an ended session fails at once");
+    }
+
+    /// Paused by a peer that never resumes us, with nothing of its left to read: after the nudge
+    /// delay the writer sends Resume (waking a Go peer whose flag our last Resume cleared) and goes on.
+    /// A Resume from the peer that had paused us is answered with one Resume.
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_held_by_a_silent_peer_resumes_itself_after_the_nudge_delay() {
+        use super::super::stream::NUDGE_AFTER;
+        let (server, mut outgoing) = Session::new(Role::Server, "c-test", None);
+        let mut stream = server.open_stream("tcp", "10.0.0.1:1").await.unwrap();
+        let conn_id = stream.conn_id();
+        let connect = outgoing.data.recv().await.unwrap();
+        assert_eq!(Message::decode(connect).unwrap().kind, MessageType::Connect);
+        let flow = |kind| Message::new(0, conn_id, kind, Bytes::new());
+
+        server.dispatch(flow(MessageType::Pause)).await.unwrap();
+        let write = tokio::time::timeout(NUDGE_AFTER / 2, stream.write_all(b"x")).await;
+        assert!(write.is_err(), "held by the Pause");
+        let started = Instant::now();
+        stream.write_all(b"x").await.unwrap();
+        assert!(started.elapsed() <= NUDGE_AFTER, "resumed by the nudge");
+        let resume = Message::decode(outgoing.flow.try_recv().unwrap()).unwrap();
+        assert_eq!(
+            (resume.conn_id, resume.kind),
+            (conn_id, MessageType::Resume)
+        );
+
+        server.dispatch(flow(MessageType::Pause)).await.unwrap();
+        server.dispatch(flow(MessageType::Resume)).await.unwrap();
+        let answer = Message::decode(outgoing.flow.try_recv().unwrap()).unwrap();
+        assert_eq!(
+            answer.kind,
+            MessageType::Resume,
+            "the peer's Resume is answered"
+        );
+        server.dispatch(flow(MessageType::Resume)).await.unwrap();
+        assert!(outgoing.flow.try_recv().is_err(), "only once");
     }
 
     #[tokio::test]

@@ -4,6 +4,19 @@
 //! Pause; once a reader drains it below `MAX_BUFFER / 8` it sends Resume (remotedialer's thresholds).
 //! A Pause from the peer holds this side's writes until Resume. There is no half-close: an Error
 //! message (`EOF` for a graceful end) closes both directions.
+//!
+//! Go peers keep one paused flag per stream for both directions, and their own Resume does not wake
+//! their writer: a Go writer held by that flag sleeps until a Pause or Resume *from us* arrives, and a
+//! Resume from us also clears a pause the Go peer asked of us. So:
+//! - once the peer paused us and our own buffer has drained, we send Resume and stop holding our
+//!   writes, as a Go peer would through its shared flag;
+//! - a Resume from the peer, when it had paused us or we had paused it, is answered with one Resume,
+//!   to wake a writer its own Resume left asleep;
+//! - held for [`NUDGE_AFTER`] with nothing left to read, we send Resume and go on: a Go peer whose
+//!   flag our last Resume cleared will never resume us.
+//!
+//! These messages are advisory to a peer that keeps the directions apart (corral itself): it pauses
+//! again on its next buffer overflow.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -11,6 +24,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -23,6 +37,8 @@ use super::session::Session;
 pub const MAX_BUFFER: usize = 1 << 21;
 /// Resume is sent once the buffer drains below this.
 pub const RESUME_BELOW: usize = MAX_BUFFER / 8;
+/// A writer held by the peer this long, with our own buffer drained, resumes itself (see above).
+pub const NUDGE_AFTER: Duration = Duration::from_secs(1);
 /// Largest Data payload written at once. Go peers write at most 32 KiB but read any size; 64 KiB
 /// messages halve the per-message cost of bulk transfers.
 const MAX_DATA: usize = 64 * 1024;
@@ -56,6 +72,10 @@ struct State {
     paused_peer: bool,
     /// The peer asked us to pause.
     held_by_peer: bool,
+    /// The peer paused us and we have not sent Resume since: a Go peer's writer may be asleep.
+    owe_resume: bool,
+    /// When the peer last paused us.
+    held_since: Option<tokio::time::Instant>,
 }
 
 /// The state a session and a stream share.
@@ -101,11 +121,28 @@ impl StreamShared {
         }
     }
 
-    /// Pause or Resume from the peer.
-    pub fn set_held(&self, held: bool) {
+    /// Pause (`held`) or Resume from the peer; calls `resume` (under the stream's lock) when the peer
+    /// should now get a Resume of ours.
+    pub fn set_held(&self, held: bool, resume: impl FnOnce()) {
         let mut state = self.lock();
-        state.held_by_peer = held;
-        if !held && let Some(waker) = state.write_waker.take() {
+        if held {
+            if !state.held_by_peer {
+                state.held_since = Some(tokio::time::Instant::now());
+            }
+            state.held_by_peer = true;
+            state.owe_resume = true;
+            return;
+        }
+        state.held_by_peer = false;
+        // A Go peer's Resume clears its one flag: our own Pause no longer holds it (we ask again if
+        // our buffer is still full), and a writer of its that the flag held is asleep until we
+        // send something.
+        if state.owe_resume || state.paused_peer {
+            state.owe_resume = false;
+            state.paused_peer = false;
+            resume();
+        }
+        if let Some(waker) = state.write_waker.take() {
             waker.wake();
         }
     }
@@ -139,8 +176,17 @@ impl StreamShared {
                 state.buffer.pop_front();
             }
             state.buffered -= chunk.len();
-            if state.paused_peer && state.buffered < RESUME_BELOW {
+            if (state.paused_peer || state.owe_resume) && state.buffered < RESUME_BELOW {
                 state.paused_peer = false;
+                if state.owe_resume {
+                    // Our Resume clears a Go peer's one flag, so it will never resume us: stop
+                    // holding (as the Go peer itself would).
+                    state.owe_resume = false;
+                    state.held_by_peer = false;
+                    if let Some(waker) = state.write_waker.take() {
+                        waker.wake();
+                    }
+                }
                 session.send_flow(self.conn_id, MessageType::Resume);
             }
             return Poll::Ready(Ok(Some(chunk)));
@@ -162,6 +208,19 @@ impl StreamShared {
     pub fn buffered(&self) -> usize {
         self.lock().buffered
     }
+
+    #[cfg(test)]
+    pub fn describe(&self) -> String {
+        let s = self.lock();
+        format!(
+            "buffered {} held {} paused_peer {} owe {} writer_waiting {}",
+            s.buffered,
+            s.held_by_peer,
+            s.paused_peer,
+            s.owe_resume,
+            s.write_waker.is_some()
+        )
+    }
 }
 
 impl Drop for StreamShared {
@@ -175,6 +234,8 @@ pub struct TunnelStream {
     shared: Arc<StreamShared>,
     session: Arc<Session>,
     sender: PollSender<Bytes>,
+    /// Wakes a writer held by the peer at [`NUDGE_AFTER`].
+    nudge: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl TunnelStream {
@@ -184,6 +245,7 @@ impl TunnelStream {
             shared,
             session,
             sender,
+            nudge: None,
         }
     }
 
@@ -228,17 +290,45 @@ impl TunnelStream {
     /// Ready when a Data message may be queued: the stream is open, the peer has not paused it, and
     /// the session's queue has room (reserved for the next `send_item`).
     fn poll_send_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        {
-            let mut state = self.shared.lock();
-            if let Some(closed) = &state.closed {
-                let reason = match closed {
-                    Closed::Eof => "stream closed".to_string(),
-                    Closed::Error(e) => e.clone(),
-                };
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, reason)));
-            }
-            if state.held_by_peer {
+        loop {
+            let nudge_at = {
+                let mut state = self.shared.lock();
+                if let Some(closed) = &state.closed {
+                    let reason = match closed {
+                        Closed::Eof => "stream closed".to_string(),
+                        Closed::Error(e) => e.clone(),
+                    };
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, reason)));
+                }
+                if !state.held_by_peer {
+                    break;
+                }
+                let held_since = state.held_since.unwrap_or_else(tokio::time::Instant::now);
+                let nudge_at = held_since + NUDGE_AFTER;
+                if state.owe_resume
+                    && state.buffered < RESUME_BELOW
+                    && tokio::time::Instant::now() >= nudge_at
+                {
+                    state.owe_resume = false;
+                    state.held_by_peer = false;
+                    state.paused_peer = false;
+                    self.session
+                        .send_flow(self.shared.conn_id, MessageType::Resume);
+                    break;
+                }
                 state.write_waker = Some(cx.waker().clone());
+                state.owe_resume.then_some(nudge_at)
+            };
+            let Some(nudge_at) = nudge_at else {
+                return Poll::Pending;
+            };
+            let nudge = self
+                .nudge
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(nudge_at)));
+            if nudge.deadline() != nudge_at {
+                nudge.as_mut().reset(nudge_at);
+            }
+            if nudge.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
         }

@@ -101,36 +101,41 @@ impl Lab {
 
     /// Starts `corral agent` for this cluster, advertising `target` (with `ca` for TLS to it).
     pub fn agent(&self, target: SocketAddr, ca: Option<&std::path::Path>, extra: &[&str]) -> Agent {
-        let mut command = Command::new(corral_bin());
-        command
-            .args([
-                "agent",
-                "--server",
-                &self.server(),
-                "--token",
-                &self.registration,
-            ])
-            .args([
-                "--ca-checksum",
-                &self.checksum,
-                "--address",
-                &target.to_string(),
-                "--sa-token",
-                SA_TOKEN,
-            ])
-            .args(extra)
-            .env("CORRAL_LOG", "info,corral=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let mut command = self.agent_command(target);
+        command.args(["--sa-token", SA_TOKEN]).args(extra);
         if let Some(ca) = ca {
             command.arg("--ca-cert").arg(ca);
         }
         Agent(command.spawn().unwrap())
     }
 
+    /// Starts `corral agent` advertising `target`, with neither `--ca-cert` nor `--sa-token`.
+    pub fn agent_without_sa_token(&self, target: SocketAddr) -> Agent {
+        Agent(self.agent_command(target).spawn().unwrap())
+    }
+
+    fn agent_command(&self, target: SocketAddr) -> Command {
+        let mut command = Command::new(corral_bin());
+        command
+            .args(["agent", "--server", &self.server()])
+            .args(["--token", &self.registration])
+            .args(["--ca-checksum", &self.checksum])
+            .args(["--address", &target.to_string()])
+            .env("CORRAL_LOG", "info,corral=debug")
+            .env_remove("CORRAL_AGENT_SA_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    }
+
     pub async fn wait_connected(&self, connected: bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        self.wait_connected_within(connected, Duration::from_secs(20))
+            .await
+    }
+
+    pub async fn wait_connected_within(&self, connected: bool, limit: Duration) {
+        let deadline = Instant::now() + limit;
         let path = format!("/v3/clusters/{}", self.cluster);
         while Instant::now() < deadline {
             let state = body(&request(self.addr, "GET", &path, &[&self.auth()], None).await);

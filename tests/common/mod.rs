@@ -2,6 +2,7 @@
 //! ports, and talk to it with real clients (rustls here; curl and openssl through `Command`).
 #![allow(dead_code)]
 
+pub mod hello;
 pub mod lab;
 pub mod target;
 pub mod webdriver;
@@ -175,10 +176,19 @@ fn port_after(line: &str, marker: &str) -> Option<u16> {
 
 /// Resident memory of a process, in KiB (from /proc).
 pub fn rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+/// Peak resident memory of a process since it started (`VmHWM`), in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmHWM:")
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
@@ -383,6 +393,21 @@ pub fn request_text(
     let body = body.unwrap_or_default();
     text.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     text
+}
+
+/// A request that reports failure instead of panicking (the server may die mid-request).
+pub async fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Option<HttpResponse> {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+    let headers: Vec<&str> = auth.iter().map(String::as_str).collect();
+    let request = request_text(addr, method, path, &headers, body);
+    let stream = tls_connect(addr, None, None).await.ok()?.stream;
+    try_exchange(stream, &request).await
 }
 
 /// [`exchange`] for a server that may hang up or die first: `None` instead of a panic.

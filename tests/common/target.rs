@@ -144,7 +144,8 @@ pub fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 }
 
 /// The fake Kubernetes API: `/version`, `/big?bytes=N` (streamed), `/hang` (never answers), `/ws`
-/// (WebSocket echo). Every request needs `Authorization: Bearer SA_TOKEN`.
+/// (WebSocket echo), `/headers` (the request's header names and its path, as JSON). Every request
+/// needs `Authorization: Bearer SA_TOKEN`.
 pub async fn kube_api(mut req: Request<hyper::body::Incoming>) -> Response<Body> {
     let expected = format!("Bearer {SA_TOKEN}");
     if req
@@ -160,6 +161,13 @@ pub async fn kube_api(mut req: Request<hyper::body::Incoming>) -> Response<Body>
     }
     match req.uri().path() {
         "/version" => full(StatusCode::OK, VERSION_JSON),
+        "/headers" => {
+            let names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
+            full(
+                StatusCode::OK,
+                serde_json::json!({ "headers": names, "uri": req.uri().to_string() }).to_string(),
+            )
+        }
         "/big" => {
             let total: usize = req
                 .uri()

@@ -1,0 +1,91 @@
+//! TLS for a plain-HTTP target. Rancher (and corral) refuse an agent that advertises no `caCert`, and
+//! always speak TLS to the advertised address through the tunnel. So when the API behind `--address`
+//! speaks plain HTTP (a lab target), the agent answers that TLS itself: it makes a CA at start (sent
+//! as `caCert`) and a certificate for the advertised host, completes the handshake the server opens
+//! through the tunnel, and relays the plaintext to the target.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls::ServerConfig;
+use rustls::pki_types::PrivateKeyDer;
+use tokio_rustls::TlsAcceptor;
+
+use crate::tunnel::TunnelStream;
+use crate::tunnel::dial::dial;
+
+/// How long the server gets to complete its TLS handshake through the tunnel.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct TlsTerminator {
+    /// The generated CA, PEM: what the agent advertises as `caCert`.
+    ca_pem: String,
+    acceptor: TlsAcceptor,
+    /// The advertised address, dialed in plain TCP for each stream.
+    address: String,
+}
+
+impl TlsTerminator {
+    /// A new CA, and a certificate from it for the host of `address` (`host:port`).
+    pub fn new(address: &str) -> Result<Self, String> {
+        let text = |e: rcgen::Error| format!("cannot make the agent's CA: {e}");
+        let host = match address.rsplit_once(':') {
+            Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+            None => return Err(format!("--address {address:?} needs a port")),
+        };
+        let ca_key = KeyPair::generate().map_err(text)?;
+        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(text)?;
+        ca.distinguished_name
+            .push(DnType::CommonName, "corral-agent-ca");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).map_err(text)?;
+        let issuer = Issuer::new(ca, ca_key);
+        // A host that is an IP literal becomes an IP SAN, anything else a DNS name.
+        let leaf_key = KeyPair::generate().map_err(text)?;
+        let leaf = CertificateParams::new(vec![host.to_string()])
+            .map_err(text)?
+            .signed_by(&leaf_key, &issuer)
+            .map_err(text)?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|b| {
+                b.with_no_client_auth().with_single_cert(
+                    vec![leaf.der().clone(), ca_cert.der().clone()],
+                    PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+                )
+            })
+            .map_err(|e| format!("cannot serve the agent's certificate: {e}"))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            ca_pem: ca_cert.pem(),
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            address: address.to_string(),
+        })
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Whether a Connect for `proto`/`address` is one this terminator answers.
+    pub fn answers(&self, proto: &str, address: &str) -> bool {
+        proto == "tcp" && address == self.address
+    }
+
+    /// Dials the target, answers the server's TLS on `stream`, relays plaintext both ways.
+    pub async fn serve(self: Arc<Self>, stream: TunnelStream) {
+        let mut target = match dial("tcp", &self.address).await {
+            Ok(target) => target,
+            Err(text) => return stream.fail(&text),
+        };
+        let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await;
+        let mut tls = match accepted {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return tracing::debug!("TLS from the server through the tunnel: {e}"),
+            Err(_) => return tracing::debug!("TLS from the server through the tunnel timed out"),
+        };
+        let _ = tokio::io::copy_bidirectional(&mut tls, &mut target).await;
+    }
+}
