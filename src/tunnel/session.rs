@@ -590,41 +590,62 @@ mod tests {
         assert!(after.is_err(), "a dial on an ended session fails at once");
     }
 
-    /// Paused by a peer that never resumes us, with nothing of its left to read: after the nudge
-    /// delay the writer sends Resume (waking a Go peer whose flag our last Resume cleared) and goes on.
-    /// A Resume from the peer that had paused us is answered with one Resume.
+    /// The peer's Resume, when it had paused us, is answered with one Resume (waking a Go writer its
+    /// own Resume left asleep). A Pause that arrives right after a Resume of ours may have crossed it
+    /// (a Go peer's one flag then no longer remembers it): held by it, with nothing of the peer's left
+    /// to read, the writer resumes itself after the nudge delay, doubling, at most MAX_NUDGES times
+    /// until the peer resumes it. Any other Pause holds it until the peer's Resume.
     #[tokio::test(start_paused = true)]
-    async fn a_writer_held_by_a_silent_peer_resumes_itself_after_the_nudge_delay() {
-        use super::super::stream::NUDGE_AFTER;
+    async fn a_pause_that_may_have_crossed_our_resume_holds_only_until_a_nudge() {
+        use super::super::stream::{MAX_NUDGES, NUDGE_AFTER};
         let (server, mut outgoing) = Session::new(Role::Server, "c-test", None);
         let mut stream = server.open_stream("tcp", "10.0.0.1:1").await.unwrap();
         let conn_id = stream.conn_id();
         let connect = outgoing.data.recv().await.unwrap();
         assert_eq!(Message::decode(connect).unwrap().kind, MessageType::Connect);
         let flow = |kind| Message::new(0, conn_id, kind, Bytes::new());
+        let sent_flow = |outgoing: &mut Outgoing| {
+            outgoing
+                .flow
+                .try_recv()
+                .ok()
+                .map(|m| Message::decode(m).unwrap().kind)
+        };
+        let hour = Duration::from_secs(3600);
 
+        // A Pause with no Resume of ours before it holds the writer, nudge delay or not.
         server.dispatch(flow(MessageType::Pause)).await.unwrap();
-        let write = tokio::time::timeout(NUDGE_AFTER / 2, stream.write_all(b"x")).await;
-        assert!(write.is_err(), "held by the Pause");
+        let held = tokio::time::timeout(hour, stream.write_all(b"x")).await;
+        assert!(held.is_err(), "held by the Pause");
+        server.dispatch(flow(MessageType::Resume)).await.unwrap();
+        assert_eq!(
+            sent_flow(&mut outgoing),
+            Some(MessageType::Resume),
+            "answered"
+        );
+        server.dispatch(flow(MessageType::Resume)).await.unwrap();
+        assert_eq!(sent_flow(&mut outgoing), None, "a Resume is answered once");
+        stream.write_all(b"x").await.unwrap();
+
+        // Pauses right after a Resume of ours: each holds until a nudge, twice as long each time.
+        for nudge in 0..MAX_NUDGES {
+            server.dispatch(flow(MessageType::Pause)).await.unwrap();
+            let started = Instant::now();
+            stream.write_all(b"x").await.unwrap();
+            let delay = NUDGE_AFTER * 2u32.pow(nudge);
+            assert_eq!(started.elapsed(), delay, "nudge {nudge}");
+            assert_eq!(sent_flow(&mut outgoing), Some(MessageType::Resume));
+        }
+        // After MAX_NUDGES, only the peer's Resume releases the writer; it also resets the count.
+        server.dispatch(flow(MessageType::Pause)).await.unwrap();
+        let held = tokio::time::timeout(hour, stream.write_all(b"x")).await;
+        assert!(held.is_err(), "held after {MAX_NUDGES} nudges");
+        server.dispatch(flow(MessageType::Resume)).await.unwrap();
+        assert_eq!(sent_flow(&mut outgoing), Some(MessageType::Resume));
+        server.dispatch(flow(MessageType::Pause)).await.unwrap();
         let started = Instant::now();
         stream.write_all(b"x").await.unwrap();
-        assert!(started.elapsed() <= NUDGE_AFTER, "resumed by the nudge");
-        let resume = Message::decode(outgoing.flow.try_recv().unwrap()).unwrap();
-        assert_eq!(
-            (resume.conn_id, resume.kind),
-            (conn_id, MessageType::Resume)
-        );
-
-        server.dispatch(flow(MessageType::Pause)).await.unwrap();
-        server.dispatch(flow(MessageType::Resume)).await.unwrap();
-        let answer = Message::decode(outgoing.flow.try_recv().unwrap()).unwrap();
-        assert_eq!(
-            answer.kind,
-            MessageType::Resume,
-            "the peer's Resume is answered"
-        );
-        server.dispatch(flow(MessageType::Resume)).await.unwrap();
-        assert!(outgoing.flow.try_recv().is_err(), "only once");
+        assert_eq!(started.elapsed(), NUDGE_AFTER, "counted afresh");
     }
 
     #[tokio::test]

@@ -12,8 +12,12 @@
 //!   writes, as a Go peer would through its shared flag;
 //! - a Resume from the peer, when it had paused us or we had paused it, is answered with one Resume,
 //!   to wake a writer its own Resume left asleep;
-//! - held for [`NUDGE_AFTER`] with nothing left to read, we send Resume and go on: a Go peer whose
-//!   flag our last Resume cleared will never resume us.
+//! - a Pause that arrives within [`CROSSING_WINDOW`] of a Resume of ours may have been sent before
+//!   our Resume reached the peer, which then cleared the Go peer's memory of it: it will never resume
+//!   us. Held by such a Pause with nothing left to read, we resume ourselves after [`NUDGE_AFTER`],
+//!   doubling for each further nudge, at most [`MAX_NUDGES`] times before the peer resumes us (a peer
+//!   that really stopped reading gets at most that many queues of data more). Any other Pause holds
+//!   our writes until the peer resumes us.
 //!
 //! These messages are advisory to a peer that keeps the directions apart (corral itself): it pauses
 //! again on its next buffer overflow.
@@ -37,8 +41,13 @@ use super::session::Session;
 pub const MAX_BUFFER: usize = 1 << 21;
 /// Resume is sent once the buffer drains below this.
 pub const RESUME_BELOW: usize = MAX_BUFFER / 8;
-/// A writer held by the peer this long, with our own buffer drained, resumes itself (see above).
+/// A writer held this long by a Pause that may have crossed our Resume, with our own buffer drained,
+/// resumes itself; twice as long after each such nudge (see above).
 pub const NUDGE_AFTER: Duration = Duration::from_secs(1);
+/// Nudges at most, until the peer resumes us.
+pub const MAX_NUDGES: u32 = 6;
+/// A Pause arriving this soon after a Resume of ours may have been sent before it reached the peer.
+pub const CROSSING_WINDOW: Duration = Duration::from_secs(5);
 /// Largest Data payload written at once. Go peers write at most 32 KiB but read any size; 64 KiB
 /// messages halve the per-message cost of bulk transfers.
 const MAX_DATA: usize = 64 * 1024;
@@ -74,8 +83,42 @@ struct State {
     held_by_peer: bool,
     /// The peer paused us and we have not sent Resume since: a Go peer's writer may be asleep.
     owe_resume: bool,
-    /// When the peer last paused us.
+    /// When the peer paused us (the hold that is on).
     held_since: Option<tokio::time::Instant>,
+    /// When we last sent Resume.
+    resumed_at: Option<tokio::time::Instant>,
+    /// The Pause holding us arrived within `CROSSING_WINDOW` of a Resume of ours.
+    pause_may_be_void: bool,
+    /// Nudges since the peer last resumed us.
+    nudges: u32,
+}
+
+impl State {
+    /// Records a Resume of ours (the caller sends it, under the lock).
+    fn resumed(&mut self) {
+        self.paused_peer = false;
+        self.resumed_at = Some(tokio::time::Instant::now());
+    }
+
+    /// Stops holding our writes.
+    fn release(&mut self) {
+        self.held_by_peer = false;
+        self.owe_resume = false;
+        if let Some(waker) = self.write_waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// When a writer held now may resume itself, if it may.
+    fn nudge_at(&self) -> Option<tokio::time::Instant> {
+        let eligible = self.held_by_peer
+            && self.owe_resume
+            && self.pause_may_be_void
+            && self.nudges < MAX_NUDGES
+            && self.buffered < RESUME_BELOW;
+        let held_since = self.held_since.filter(|_| eligible)?;
+        Some(held_since + NUDGE_AFTER * 2u32.pow(self.nudges))
+    }
 }
 
 /// The state a session and a stream share.
@@ -126,25 +169,26 @@ impl StreamShared {
     pub fn set_held(&self, held: bool, resume: impl FnOnce()) {
         let mut state = self.lock();
         if held {
+            let now = tokio::time::Instant::now();
             if !state.held_by_peer {
-                state.held_since = Some(tokio::time::Instant::now());
+                state.held_since = Some(now);
             }
             state.held_by_peer = true;
             state.owe_resume = true;
+            state.pause_may_be_void = state
+                .resumed_at
+                .is_some_and(|at| now.duration_since(at) < CROSSING_WINDOW);
             return;
         }
-        state.held_by_peer = false;
         // A Go peer's Resume clears its one flag: our own Pause no longer holds it (we ask again if
-        // our buffer is still full), and a writer of its that the flag held is asleep until we
-        // send something.
+        // our buffer is still full), and a writer of its that the flag held sleeps until we send
+        // something.
         if state.owe_resume || state.paused_peer {
-            state.owe_resume = false;
-            state.paused_peer = false;
+            state.resumed();
             resume();
         }
-        if let Some(waker) = state.write_waker.take() {
-            waker.wake();
-        }
+        state.nudges = 0;
+        state.release();
     }
 
     /// Ends the stream; readers drain what is buffered, then see `how`.
@@ -177,16 +221,12 @@ impl StreamShared {
             }
             state.buffered -= chunk.len();
             if (state.paused_peer || state.owe_resume) && state.buffered < RESUME_BELOW {
-                state.paused_peer = false;
                 if state.owe_resume {
                     // Our Resume clears a Go peer's one flag, so it will never resume us: stop
                     // holding (as the Go peer itself would).
-                    state.owe_resume = false;
-                    state.held_by_peer = false;
-                    if let Some(waker) = state.write_waker.take() {
-                        waker.wake();
-                    }
+                    state.release();
                 }
+                state.resumed();
                 session.send_flow(self.conn_id, MessageType::Resume);
             }
             return Poll::Ready(Ok(Some(chunk)));
@@ -303,21 +343,17 @@ impl TunnelStream {
                 if !state.held_by_peer {
                     break;
                 }
-                let held_since = state.held_since.unwrap_or_else(tokio::time::Instant::now);
-                let nudge_at = held_since + NUDGE_AFTER;
-                if state.owe_resume
-                    && state.buffered < RESUME_BELOW
-                    && tokio::time::Instant::now() >= nudge_at
-                {
-                    state.owe_resume = false;
-                    state.held_by_peer = false;
-                    state.paused_peer = false;
+                let nudge_at = state.nudge_at();
+                if nudge_at.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                    state.nudges += 1;
+                    state.release();
+                    state.resumed();
                     self.session
                         .send_flow(self.shared.conn_id, MessageType::Resume);
                     break;
                 }
                 state.write_waker = Some(cx.waker().clone());
-                state.owe_resume.then_some(nudge_at)
+                nudge_at
             };
             let Some(nudge_at) = nudge_at else {
                 return Poll::Pending;

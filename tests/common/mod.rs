@@ -210,13 +210,33 @@ pub fn stress_size(quick: usize, full: usize) -> usize {
     if stress_full() { full } else { quick }
 }
 
-/// A free loopback port (bound and released: the caller binds it next).
+/// A port that is free now, for a server the caller starts next. It is taken from below the kernel's
+/// ephemeral range: a port from that range (what binding port 0 gives) can be handed to some client
+/// socket's local end before the server binds it, which made tests fail with "Address already in
+/// use". No port is handed out twice in one test binary.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use rand::Rng;
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let range = 10_000..ephemeral_from.max(11_000);
+    let mut handed_out = HANDED_OUT.lock().unwrap();
+    for _ in 0..500 {
+        let port = rand::rng().random_range(range.clone());
+        // `::` is dual-stack: free there means free for IPv4 too (on a host without IPv6, IPv4 alone).
+        let free = match std::net::TcpListener::bind(("::", port)) {
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => false,
+            Err(_) => std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        };
+        if free && !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
+    panic!("no free port in {range:?}");
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
