@@ -634,8 +634,8 @@ async fn setting_and_served(addr: SocketAddr, token: &str, host: &str) -> (Strin
     (value, pinned)
 }
 
-/// A PUT that cannot be saved for want of space changes nothing that is served; a later PUT for
-/// another host then pins that host, and a restart keeps exactly it.
+/// A PUT that cannot be saved for want of space (0 or 1 free pages) changes nothing that is served;
+/// a later PUT for another host (2 free pages) then pins that host, and a restart keeps exactly it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_url_and_the_served_certificate_agree_on_a_full_disk() {
     let Some(disk) = SmallDisk::mount("1m") else {
@@ -655,7 +655,11 @@ async fn server_url_and_the_served_certificate_agree_on_a_full_disk() {
             request_from(source, addr, "POST", LOGIN, &[], Some(&body.to_string())).await;
         assert_eq!(response.status, 201, "{}", response.body);
     }
-    assert!(std::fs::metadata(dir.join("setup.json")).unwrap().len() > PAGE);
+    let setup_len = std::fs::metadata(dir.join("setup.json")).unwrap().len();
+    assert!(
+        setup_len > PAGE && setup_len < 2 * PAGE - 256,
+        "setup.json is two pages, with room for server-url: {setup_len} bytes"
+    );
 
     for pages in [0, 1] {
         disk.fill_leaving(pages);
@@ -671,7 +675,11 @@ async fn server_url_and_the_served_certificate_agree_on_a_full_disk() {
         );
     }
 
+    // Two free pages hold the new setup.json; the pinned certificate (one page) fits once the old
+    // setup.json is gone.
+    disk.fill_leaving(2);
     let put = put_server_url(addr, &token, "https://second.lab.test").await;
+    disk.free_all();
     assert_eq!(put.status, 200, "{}", put.body);
     let (value, pinned) = setting_and_served(addr, &token, "second.lab.test").await;
     assert_eq!(value, "https://second.lab.test");
