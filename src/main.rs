@@ -36,6 +36,13 @@ enum Command {
     Agent(corral::agent::AgentArgs),
     /// Print a kubeconfig for a cluster, reached through corral's cluster proxy.
     Kubeconfig(KubeconfigArgs),
+    /// Set and print a new password for the admin user (its login tokens stop working); a running
+    /// server takes it at once.
+    ResetPassword {
+        /// Data directory holding the setup state.
+        #[arg(long, env = "CORRAL_DATA_DIR", value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Load generators: TLS handshakes, tunnel throughput.
     Bench {
         #[command(subcommand)]
@@ -88,6 +95,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Agent(args) => agent(args),
         Command::Kubeconfig(args) => kubeconfig(args),
+        Command::ResetPassword { data_dir } => reset_password(data_dir),
         Command::Bench { command } => bench(command),
         Command::Ca {
             command: CaCommand::Checksum { data_dir },
@@ -104,6 +112,26 @@ fn main() -> ExitCode {
                 Err(e) => fail(1, e),
             }
         }
+    }
+}
+
+fn reset_password(data_dir: Option<PathBuf>) -> ExitCode {
+    let dir = match data_dir.map_or_else(default_data_dir, Ok) {
+        Ok(dir) => dir,
+        Err(e) => return fail(2, e),
+    };
+    if !dir.join("setup.json").exists() {
+        return fail(1, corral::setup::ResetError::NoSetup.to_string());
+    }
+    match corral::setup::bootstrap::reset_password(&DataDir::existing(&dir)) {
+        Ok(reset) => {
+            println!(
+                "New password for default administrator ({}):\n{}",
+                reset.user_id, reset.password
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, e.to_string()),
     }
 }
 

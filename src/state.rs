@@ -43,12 +43,13 @@ impl DataDir {
     }
 
     /// Files that hold secrets (keys, password and token hashes): mode 0600.
-    fn secret_files(&self) -> [PathBuf; 6] {
+    fn secret_files(&self) -> [PathBuf; 7] {
         let acme = self.acme();
         [
             self.ca_key(),
             self.leaf_key(),
             self.setup_state(),
+            self.bootstrap_password(),
             self.clusters(),
             acme.join("key.pem"),
             acme.join("account.json"),
@@ -118,6 +119,16 @@ impl DataDir {
     /// Users, tokens and settings written through setup and the API.
     pub fn setup_state(&self) -> PathBuf {
         self.root.join("setup.json")
+    }
+
+    /// Locked (`flock`) by whoever rewrites `setup.json`: the server, `corral reset-password`.
+    pub fn setup_lock(&self) -> PathBuf {
+        self.root.join(".setup.lock")
+    }
+
+    /// A generated bootstrap password, kept until first login (Rancher's `bootstrap-secret`).
+    pub fn bootstrap_password(&self) -> PathBuf {
+        self.root.join("bootstrap-password")
     }
 
     /// ACME mode: the account, the key and the certificate obtained.

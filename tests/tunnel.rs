@@ -885,3 +885,116 @@ async fn a_plain_target_is_reached_through_the_agents_own_tls() {
     assert!(logs.contains("no --sa-token"), "{logs}");
     assert!(logs.contains("no --ca-cert"), "{logs}");
 }
+
+/// Runs kubectl with `kubeconfig`, within 60 s; panics with its stderr when it fails.
+fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
+    let output = Command::new("timeout")
+        .args(["60", "kubectl", "--kubeconfig"])
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// `corral agent --simulate --count 2`: two clusters, each its own in-process API, that the real
+/// kubectl drives through corral: version, list, create, get, delete, and a watch that sees a change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_drives_simulated_clusters() {
+    let lab = Lab::start().await;
+    let (other, other_token) = second_cluster(&lab).await;
+    let _agents = lab.simulated_agents(&[&lab.registration, &other_token], 2);
+    lab.wait_connected(true).await;
+    let one = lab.kubeconfig(&lab.cluster).await;
+    let two = lab.kubeconfig(&other).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while request(
+        lab.addr,
+        "GET",
+        &format!("/v3/clusters/{other}"),
+        &[&lab.auth()],
+        None,
+    )
+    .await
+    .body
+    .contains("\"connected\":false")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the second cluster never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let version: Value =
+        serde_json::from_str(&kubectl(one.path(), &["version", "-o", "json"])).unwrap();
+    assert_eq!(
+        version["serverVersion"]["gitVersion"],
+        "v1.31.4+corral-simulated"
+    );
+    let listed = kubectl(one.path(), &["get", "ns"]);
+    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(listed.contains(name), "{listed}");
+    }
+
+    // A watch on the first cluster sees a namespace created after it started.
+    let mut watch = Command::new("timeout")
+        .args(["30", "kubectl", "--kubeconfig"])
+        .arg(one.path())
+        .args(["get", "ns", "-w"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        kubectl(one.path(), &["create", "namespace", "lab-one"]).trim(),
+        "namespace/lab-one created"
+    );
+    assert!(kubectl(one.path(), &["get", "ns", "lab-one"]).contains("Active"));
+    // Each cluster is its own: the second has no lab-one.
+    let missing = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(two.path())
+        .args(["get", "ns", "lab-one"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+    assert!(kubectl(one.path(), &["delete", "namespace", "lab-one"]).contains("deleted"));
+
+    let mut seen = String::new();
+    let mut stdout = watch.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut all = String::new();
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if all.contains("Terminating") {
+                break;
+            }
+        }
+        all
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !reader.is_finished() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    if let Ok(text) = reader.join() {
+        seen = text;
+    }
+    assert!(seen.contains("lab-one"), "the watch saw: {seen}");
+    assert!(
+        seen.contains("Terminating"),
+        "the watch saw the deletion: {seen}"
+    );
+}

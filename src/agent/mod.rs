@@ -8,8 +8,9 @@
 //! plain-HTTP target (no `--ca-cert`) it answers the server's TLS itself ([`TlsTerminator`]); without
 //! `--sa-token` it sends a generated token.
 
+mod api_tls;
 mod policy;
-mod terminator;
+pub mod simulated;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,8 +27,9 @@ use crate::client::{Target, tls_insecure, tls_trusting};
 use crate::setup::secrets::{TOKEN_LENGTH, random_token};
 use crate::tunnel::session::Connector;
 use crate::tunnel::{ClusterParams, Role, Session, TunnelStream};
+use api_tls::{ApiTls, TlsTerminator};
 pub use policy::AllowPolicy;
-use terminator::TlsTerminator;
+use simulated::{SIMULATED_ADDRESS, SimulatedCluster};
 
 /// Pause between tunnel attempts: remotedialer waits 5 s, plus jitter so many agents spread out.
 const RECONNECT_DELAY: Duration = Duration::from_secs(5);
@@ -50,9 +52,15 @@ pub struct AgentArgs {
     /// Expected CA checksum: lower-case hex SHA-256 of the server's CA (CATTLE_CA_CHECKSUM).
     #[arg(long, env = "CATTLE_CA_CHECKSUM", value_name = "HEX")]
     pub ca_checksum: String,
-    /// The cluster API address the server should reach through the tunnel.
-    #[arg(long, default_value = "127.0.0.1:6443", value_name = "HOST:PORT")]
-    pub address: String,
+    /// The cluster API address the server should reach through the tunnel [default: 127.0.0.1:6443,
+    /// or 10.43.0.1:443 with --simulate].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub address: Option<String>,
+    /// Simulate the downstream cluster: its API (version, health, discovery, namespaces) is served
+    /// in-process, over TLS with the agent's own CA and a generated token; each agent of --count is
+    /// its own cluster. Nothing listens on the network.
+    #[arg(long, conflicts_with_all = ["ca_cert", "sa_token"])]
+    pub simulate: bool,
     /// PEM of the CA that signed that API's certificate. Without it the API is taken to speak plain
     /// HTTP: the agent answers the server's TLS itself, with a CA it makes (sent as caCert).
     #[arg(long, value_name = "FILE")]
@@ -61,11 +69,10 @@ pub struct AgentArgs {
     #[arg(
         long,
         env = "CORRAL_AGENT_SA_TOKEN",
-        default_value = "",
         hide_env_values = true,
         value_name = "TOKEN"
     )]
-    pub sa_token: String,
+    pub sa_token: Option<String>,
     /// What the server may make this agent dial: `tcp:*`, `tcp:HOST:PORT`, `unix:PATH`.
     #[arg(
         long,
@@ -130,6 +137,32 @@ pub async fn prepare(args: &AgentArgs) -> Result<Prepared, String> {
         .request(tls.clone(), "GET", "/ping", &[], None)
         .await
         .map_err(|e| format!("the server's certificate does not verify against its CA: {e}"))?;
+    let policy = AllowPolicy::parse(&args.allow)?;
+    let clusters = if args.simulate {
+        let address = args.address.as_deref().unwrap_or(SIMULATED_ADDRESS);
+        tracing::info!(
+            "simulating {} cluster(s) at {address}: each API is served in-process, nothing listens",
+            args.count
+        );
+        Clusters::Simulated {
+            tls: Arc::new(ApiTls::new(address)?),
+            router: simulated::router(),
+            policy: Arc::new(policy),
+            address: address.to_string(),
+        }
+    } else {
+        real_cluster(args, policy)?
+    };
+    Ok(Prepared {
+        target,
+        tls,
+        clusters,
+    })
+}
+
+/// The params and connector every agent of a real (or plain-HTTP) cluster API shares.
+fn real_cluster(args: &AgentArgs, policy: AllowPolicy) -> Result<Clusters, String> {
+    let address = args.address.as_deref().unwrap_or("127.0.0.1:6443");
     let (ca_pem, terminator) = match &args.ca_cert {
         Some(path) => {
             let pem =
@@ -143,10 +176,9 @@ pub async fn prepare(args: &AgentArgs) -> Result<Prepared, String> {
             (pem, None)
         }
         None => {
-            let terminator = TlsTerminator::new(&args.address)?;
+            let terminator = TlsTerminator::new(address)?;
             tracing::info!(
-                "no --ca-cert: {} is taken to speak plain HTTP; the agent answers the server's TLS for it with a CA of its own",
-                args.address
+                "no --ca-cert: {address} is taken to speak plain HTTP; the agent answers the server's TLS for it with a CA of its own"
             );
             (
                 terminator.ca_pem().as_bytes().to_vec(),
@@ -154,32 +186,30 @@ pub async fn prepare(args: &AgentArgs) -> Result<Prepared, String> {
             )
         }
     };
-    let token = match args.sa_token.trim() {
-        "" => {
+    let token = match args.sa_token.as_deref().map(str::trim) {
+        Some(given) if !given.is_empty() => given.to_string(),
+        _ => {
             tracing::info!(
-                "no --sa-token: the agent sends a generated token, which the API behind {} is not asked to check",
-                args.address
+                "no --sa-token: the agent sends a generated token, which the API behind {address} is not asked to check"
             );
             random_token(TOKEN_LENGTH)
         }
-        given => given.to_string(),
     };
     let params = ClusterParams {
-        address: args.address.clone(),
+        address: address.to_string(),
         ca_cert: base64::engine::general_purpose::STANDARD.encode(ca_pem),
         token,
     };
-    let connector = AgentConnector {
-        policy: AllowPolicy::parse(&args.allow)?,
-        terminator,
-    };
-    Ok(Prepared {
-        target,
-        tls,
-        params_header: base64::engine::general_purpose::STANDARD
-            .encode(serde_json::json!({ "cluster": params }).to_string()),
-        connector: Arc::new(connector),
+    Ok(Clusters::Shared {
+        params_header: params_header(&params),
+        connector: Arc::new(AgentConnector { policy, terminator }),
     })
+}
+
+/// `X-API-Tunnel-Params` for a cluster agent: base64 of `{"cluster":{…}}`.
+fn params_header(params: &ClusterParams) -> String {
+    base64::engine::general_purpose::STANDARD
+        .encode(serde_json::json!({ "cluster": params }).to_string())
 }
 
 /// What the server may make an agent dial (`--allow`), and how: the advertised address through the
@@ -209,12 +239,89 @@ impl Connector for AgentConnector {
     }
 }
 
+/// A simulated cluster's agent: its API on Connects to the advertised address, `--allow` otherwise.
+struct SimulatedConnector {
+    cluster: Arc<SimulatedCluster>,
+    tls: Arc<ApiTls>,
+    router: axum::Router,
+    policy: Arc<AllowPolicy>,
+    address: String,
+}
+
+impl Connector for SimulatedConnector {
+    fn allows(&self, proto: &str, address: &str) -> bool {
+        (proto == "tcp" && address == self.address) || self.policy.allows(proto, address)
+    }
+
+    fn serve(
+        &self,
+        proto: String,
+        address: String,
+        stream: TunnelStream,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        if proto == "tcp" && address == self.address {
+            let (cluster, tls, router) =
+                (self.cluster.clone(), self.tls.clone(), self.router.clone());
+            return Box::pin(cluster.serve(tls, router, stream));
+        }
+        Box::pin(crate::tunnel::dial::dial_and_relay(proto, address, stream))
+    }
+}
+
 /// What every agent of this process shares.
 pub struct Prepared {
     target: Target,
     tls: Arc<ClientConfig>,
-    params_header: String,
-    connector: Arc<AgentConnector>,
+    clusters: Clusters,
+}
+
+/// What the agents advertise, and how they serve the server's Connects.
+enum Clusters {
+    /// One real (or plain-HTTP) cluster API, the same for every agent.
+    Shared {
+        params_header: String,
+        connector: Arc<AgentConnector>,
+    },
+    /// Each agent its own simulated cluster; the TLS identity and the routes are shared.
+    Simulated {
+        tls: Arc<ApiTls>,
+        router: axum::Router,
+        policy: Arc<AllowPolicy>,
+        address: String,
+    },
+}
+
+impl Prepared {
+    /// One agent's params header and connector (for a simulated cluster, a new cluster).
+    fn agent(&self) -> (String, Arc<dyn Connector>) {
+        match &self.clusters {
+            Clusters::Shared {
+                params_header,
+                connector,
+            } => (params_header.clone(), connector.clone()),
+            Clusters::Simulated {
+                tls,
+                router,
+                policy,
+                address,
+            } => {
+                let cluster = Arc::new(SimulatedCluster::new());
+                let params = ClusterParams {
+                    address: address.clone(),
+                    ca_cert: base64::engine::general_purpose::STANDARD.encode(tls.ca_pem()),
+                    token: cluster.token().to_string(),
+                };
+                let connector = SimulatedConnector {
+                    cluster,
+                    tls: tls.clone(),
+                    router: router.clone(),
+                    policy: policy.clone(),
+                    address: address.clone(),
+                };
+                (params_header(&params), Arc::new(connector))
+            }
+        }
+    }
 }
 
 /// Runs `args.count` agents until the process is stopped.
@@ -229,6 +336,7 @@ pub async fn run(args: AgentArgs, prepared: Prepared) {
 }
 
 async fn agent_loop(prepared: Arc<Prepared>, token: String, index: usize) {
+    let (params_header, connector) = prepared.agent();
     let mut registered = false;
     loop {
         let path = if registered {
@@ -239,9 +347,12 @@ async fn agent_loop(prepared: Arc<Prepared>, token: String, index: usize) {
         tracing::debug!(
             "agent {index}: connecting to wss://{}{path} with token starting with {}",
             prepared.target.authority(),
-            &token[..token.len() / 2]
+            token
+                .chars()
+                .take(token.chars().count() / 2)
+                .collect::<String>()
         );
-        match connect_once(&prepared, &token, path).await {
+        match connect_once(&prepared, &token, &params_header, &connector, path).await {
             Ok(session_result) => {
                 registered = true;
                 match session_result {
@@ -260,6 +371,8 @@ async fn agent_loop(prepared: Arc<Prepared>, token: String, index: usize) {
 async fn connect_once(
     prepared: &Prepared,
     token: &str,
+    params_header: &str,
+    connector: &Arc<dyn Connector>,
     path: &str,
 ) -> Result<Result<(), String>, String> {
     let tls = prepared.target.connect(prepared.tls.clone()).await?;
@@ -271,7 +384,7 @@ async fn connect_once(
         .insert("X-API-Tunnel-Token", header(token)?);
     request
         .headers_mut()
-        .insert("X-API-Tunnel-Params", header(&prepared.params_header)?);
+        .insert("X-API-Tunnel-Params", header(params_header)?);
     let handshake = tokio_tungstenite::client_async_with_config(
         request,
         tls,
@@ -282,8 +395,7 @@ async fn connect_once(
         .map_err(|_| "WebSocket handshake timed out".to_string())?
         .map_err(describe_handshake_error)?;
     tracing::info!("connected to {}{path}", prepared.target.authority());
-    let (session, outgoing) =
-        Session::new(Role::Client, "client", Some(prepared.connector.clone()));
+    let (session, outgoing) = Session::new(Role::Client, "client", Some(connector.clone()));
     Ok(session.run(ws, outgoing).await)
 }
 

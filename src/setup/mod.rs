@@ -6,24 +6,24 @@
 //! Setting `server-url` pins the certificate resolver to its host, for good.
 
 mod backoff;
+pub mod bootstrap;
+mod document;
 mod password_gate;
 pub mod secrets;
 pub mod server_url;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::Quota;
-use serde::{Deserialize, Serialize};
 
 use crate::limits::ClientLimiter;
-use crate::state::{DataDir, SECRET_MODE, read_optional, write_atomic};
+use crate::state::DataDir;
 use crate::tls::CertResolver;
+use document::{DocumentError, SetupDocument, Token, User};
 use password_gate::{Busy, PasswordGate};
 use secrets::{hash_password, hash_token_secret, random_suffix, random_token, same_hash};
 pub use server_url::ServerUrl;
@@ -111,6 +111,34 @@ impl From<Busy> for SetupError {
     }
 }
 
+/// Why `corral reset-password` could not reset the admin's password.
+#[derive(Debug)]
+pub enum ResetError {
+    NoSetup,
+    NoAdmin,
+    Storage(DocumentError),
+}
+
+impl fmt::Display for ResetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResetError::NoSetup => f.write_str(
+                "no admin in this data directory yet: `corral serve` creates it on first start",
+            ),
+            ResetError::NoAdmin => f.write_str("setup.json has no admin user"),
+            ResetError::Storage(e) => write!(f, "cannot reset the password: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ResetError {}
+
+impl From<DocumentError> for ResetError {
+    fn from(e: DocumentError) -> Self {
+        ResetError::Storage(e)
+    }
+}
+
 /// Where a setting's value comes from, as norman reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -148,41 +176,10 @@ pub struct Caller {
     pub token_name: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct User {
-    id: String,
-    username: String,
-    display_name: String,
-    password_hash: String,
-    must_change_password: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Token {
-    name: String,
-    secret_hash: String,
-    user_id: String,
-    created: i64,
-    expires_at: i64,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SetupState {
-    /// When setup state was first created (unix seconds): the settings' `created`.
-    created: i64,
-    users: Vec<User>,
-    tokens: Vec<Token>,
-    /// Settings set through the API (`server-url`, `first-login`).
-    settings: BTreeMap<String, String>,
-}
-
 /// The setup service.
 pub struct Setup {
-    path: PathBuf,
-    state: Mutex<SetupState>,
+    document: SetupDocument,
+    dir: DataDir,
     /// `server-url` from `--server-url` / `CATTLE_SERVER_URL`: pinned from boot, read-only.
     env_server_url: Option<ServerUrl>,
     resolver: Arc<CertResolver>,
@@ -202,24 +199,11 @@ impl Setup {
         resolver: Arc<CertResolver>,
         banner_url: &str,
     ) -> Result<Self, String> {
-        let path = dir.setup_state();
-        let stored =
-            read_optional(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let (state, first_start) = match stored {
-            Some(bytes) => (
-                serde_json::from_slice(&bytes).map_err(|e| {
-                    format!(
-                        "{} is unreadable ({e}); restore it or move it away to set up again",
-                        path.display()
-                    )
-                })?,
-                false,
-            ),
-            None => (SetupState::default(), true),
-        };
+        let (document, stored) = SetupDocument::open(dir).map_err(|e| e.to_string())?;
+        let first_start = stored.is_none();
         let setup = Self {
-            path,
-            state: Mutex::new(state),
+            document,
+            dir: dir.clone(),
             env_server_url,
             resolver,
             login_limiter: ClientLimiter::new(
@@ -230,11 +214,10 @@ impl Setup {
             passwords: PasswordGate::default(),
         };
         if first_start {
-            setup.create_admin(bootstrap_password, banner_url)?;
-        } else if setup.first_login() {
-            log_banner(&[&format!(
-                "Use {banner_url}/dashboard/ to complete setup in the UI"
-            )]);
+            setup.create_admin(bootstrap_password)?;
+        }
+        if setup.first_login() {
+            bootstrap::log_banner(banner_url, bootstrap::kept(dir).as_deref());
         }
         if let Some(url) = setup.server_url_value() {
             setup.resolver.pin(url.host())?;
@@ -242,55 +225,40 @@ impl Setup {
         Ok(setup)
     }
 
-    fn create_admin(
-        &self,
-        bootstrap_password: Option<String>,
-        banner_url: &str,
-    ) -> Result<(), String> {
-        let generated = bootstrap_password.as_deref().is_none_or(str::is_empty);
-        let password = match bootstrap_password.filter(|p| !p.is_empty()) {
-            Some(password) => password,
-            None => random_token(secrets::TOKEN_LENGTH),
+    /// Creates `admin` on a first start, with the bootstrap password: one kept by an earlier start
+    /// that did not finish (it wins, as Rancher's bootstrap secret does), else `CATTLE_BOOTSTRAP_PASSWORD`,
+    /// else a generated one. A generated password is kept (0600) before the admin is written, so a
+    /// start that fails after this point loses nothing.
+    fn create_admin(&self, bootstrap_password: Option<String>) -> Result<(), String> {
+        let password = match (bootstrap::kept(&self.dir), bootstrap_password) {
+            (Some(kept), _) => kept,
+            (None, Some(given)) if !given.is_empty() => given,
+            (None, _) => {
+                let generated = random_token(secrets::TOKEN_LENGTH);
+                bootstrap::keep(&self.dir, &generated)
+                    .map_err(|e| format!("cannot keep the bootstrap password: {e}"))?;
+                generated
+            }
         };
-        let mut state = self.lock();
-        state.created = now();
-        state.users.push(User {
-            id: format!("user-{}", random_suffix()),
-            username: "admin".into(),
-            display_name: "Default Admin".into(),
-            password_hash: hash_password(&password),
-            must_change_password: generated || password == "admin",
-        });
-        state.settings.insert(FIRST_LOGIN.into(), "true".into());
-        self.save(&state).map_err(|e| e.to_string())?;
-        if generated {
-            log_banner(&[
-                "A bootstrap password has been generated for your admin user.",
-                "",
-                &format!("Bootstrap Password: {password}"),
-                "",
-                &format!(
-                    "Use {banner_url}/dashboard/?setup={password} to complete setup in the UI"
-                ),
-            ]);
-        } else {
-            log_banner(&[&format!(
-                "Use {banner_url}/dashboard/ to complete setup in the UI"
-            )]);
-        }
-        Ok(())
+        let generated = bootstrap::kept(&self.dir).is_some();
+        self.document
+            .update(|state| {
+                state.created = now();
+                state.users.push(User {
+                    id: format!("user-{}", random_suffix()),
+                    username: "admin".into(),
+                    display_name: "Default Admin".into(),
+                    password_hash: hash_password(&password),
+                    must_change_password: generated || password == "admin",
+                });
+                state.settings.insert(FIRST_LOGIN.into(), "true".into());
+                Ok::<_, SetupError>(())
+            })
+            .map_err(|e| e.to_string())
     }
 
-    fn lock(&self) -> MutexGuard<'_, SetupState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn save(&self, state: &SetupState) -> Result<(), SetupError> {
-        let json =
-            serde_json::to_vec_pretty(state).map_err(|e| SetupError::Storage(e.to_string()))?;
-        write_atomic(&self.path, &json, SECRET_MODE).map_err(|e| SetupError::Storage(e.to_string()))
+    fn lock(&self) -> std::sync::MutexGuard<'_, document::Loaded> {
+        self.document.read()
     }
 
     /// Checks a username and password and issues a session token. Attempts are rate-limited per
@@ -340,14 +308,13 @@ impl Setup {
             created,
             expires_at: created + ttl_secs,
         };
-        let mut state = self.lock();
-        let mut next = state.clone();
-        next.tokens.retain(|t| t.expires_at > created);
-        next.tokens.push(token.clone());
-        let excess = next.tokens.len().saturating_sub(MAX_TOKENS);
-        next.tokens.drain(..excess);
-        self.save(&next)?;
-        *state = next;
+        self.document.update(|next| {
+            next.tokens.retain(|t| t.expires_at > created);
+            next.tokens.push(token.clone());
+            let excess = next.tokens.len().saturating_sub(MAX_TOKENS);
+            next.tokens.drain(..excess);
+            Ok::<_, SetupError>(())
+        })?;
         Ok(IssuedToken {
             token: format!("{name}:{secret}"),
             name,
@@ -399,22 +366,22 @@ impl Setup {
             return Err(SetupError::InvalidCurrentPassword);
         }
         let new_hash = self.passwords.hash(new).await?;
-        let mut state = self.lock();
-        let mut next = state.clone();
-        let user = next
-            .users
-            .iter_mut()
-            .find(|u| u.id == caller.user_id)
-            .ok_or(SetupError::AuthenticationFailed)?;
-        if user.password_hash != hash {
-            // Changed concurrently: the current password checked above is no longer current.
-            return Err(SetupError::InvalidCurrentPassword);
-        }
-        user.password_hash = new_hash;
-        user.must_change_password = false;
-        next.settings.insert(FIRST_LOGIN.into(), "false".into());
-        self.save(&next)?;
-        *state = next;
+        self.document.update(|next| {
+            let user = next
+                .users
+                .iter_mut()
+                .find(|u| u.id == caller.user_id)
+                .ok_or(SetupError::AuthenticationFailed)?;
+            if user.password_hash != hash {
+                // Changed concurrently: the current password checked above is no longer current.
+                return Err(SetupError::InvalidCurrentPassword);
+            }
+            user.password_hash = new_hash;
+            user.must_change_password = false;
+            next.settings.insert(FIRST_LOGIN.into(), "false".into());
+            Ok(())
+        })?;
+        self.first_login_done();
         tracing::info!("password changed for user {}", caller.username);
         Ok(())
     }
@@ -466,43 +433,33 @@ impl Setup {
             return Err(SetupError::ReadOnlyFromEnv(SERVER_URL));
         }
         let url = ServerUrl::parse(raw).map_err(SetupError::InvalidValue)?;
-        // Held across pinning, so concurrent attempts are ordered and exactly one first value wins.
-        let mut state = self.lock();
-        if let Some(current) = state
-            .settings
-            .get(SERVER_URL)
-            .and_then(|v| ServerUrl::parse(v).ok())
-        {
-            return match current.host() == url.host() {
-                true if current == url => Ok(current),
-                true => self.store_server_url(&mut state, url),
-                false => Err(SetupError::ServerUrlLocked {
-                    current: current.to_string(),
-                }),
+        // The document's lock is held across pinning, so concurrent attempts are ordered and exactly
+        // one first value wins. All or nothing: the pinned certificate is made first but served only
+        // once the setting is saved; when the save fails it is dropped and clients keep what they had.
+        let (url, pending) = self.document.update(|next| {
+            let current = next
+                .settings
+                .get(SERVER_URL)
+                .and_then(|v| ServerUrl::parse(v).ok());
+            let pending = match current {
+                Some(current) if current.host() != url.host() => {
+                    return Err(SetupError::ServerUrlLocked {
+                        current: current.to_string(),
+                    });
+                }
+                Some(current) if current == url => return Ok((current, None)),
+                Some(_) => None,
+                None => self
+                    .resolver
+                    .stage_pin(url.host())
+                    .map_err(SetupError::Storage)?,
             };
-        }
-        // All or nothing: the pinned certificate is made first but served only once the setting is
-        // saved; when the save fails it is dropped and clients keep what they had.
-        let pending = self
-            .resolver
-            .stage_pin(url.host())
-            .map_err(SetupError::Storage)?;
-        let url = self.store_server_url(&mut state, url)?;
+            next.settings.insert(SERVER_URL.into(), url.to_string());
+            Ok((url, pending))
+        })?;
         if let Some(pending) = pending {
             pending.commit();
         }
-        Ok(url)
-    }
-
-    fn store_server_url(
-        &self,
-        state: &mut SetupState,
-        url: ServerUrl,
-    ) -> Result<ServerUrl, SetupError> {
-        let mut next = state.clone();
-        next.settings.insert(SERVER_URL.into(), url.to_string());
-        self.save(&next)?;
-        *state = next;
         tracing::info!("server-url set to {url}");
         Ok(url)
     }
@@ -514,12 +471,27 @@ impl Setup {
                 "first-login must be \"true\" or \"false\", not {value:?}"
             )));
         }
-        let mut state = self.lock();
-        let mut next = state.clone();
-        next.settings.insert(FIRST_LOGIN.into(), value.into());
-        self.save(&next)?;
-        *state = next;
+        self.document.update(|next| {
+            next.settings.insert(FIRST_LOGIN.into(), value.into());
+            Ok::<_, SetupError>(())
+        })?;
+        if value == "false" {
+            self.first_login_done();
+        }
         Ok(())
+    }
+
+    /// First login is complete: the bootstrap password is no longer kept.
+    fn first_login_done(&self) {
+        if let Err(e) = bootstrap::forget(&self.dir) {
+            tracing::warn!("cannot remove the kept bootstrap password: {e}");
+        }
+    }
+}
+
+impl From<DocumentError> for SetupError {
+    fn from(e: DocumentError) -> Self {
+        SetupError::Storage(e.to_string())
     }
 }
 
@@ -528,18 +500,6 @@ const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$
 
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
-/// Rancher's welcome banner, one log line per line.
-fn log_banner(lines: &[&str]) {
-    tracing::info!("");
-    tracing::info!("-----------------------------------------");
-    tracing::info!("Welcome to Rancher");
-    for line in lines {
-        tracing::info!("{line}");
-    }
-    tracing::info!("-----------------------------------------");
-    tracing::info!("");
 }
 
 #[cfg(test)]

@@ -109,6 +109,29 @@ impl Lab {
         Agent(command.spawn().unwrap())
     }
 
+    /// Starts `corral agent --simulate --count N` with `tokens` (round-robin).
+    pub fn simulated_agents(&self, tokens: &[&str], count: usize) -> Agent {
+        let mut command = Command::new(corral_bin());
+        command
+            .args(["agent", "--simulate", "--server", &self.server()])
+            .args(["--token", &tokens.join(",")])
+            .args(["--ca-checksum", &self.checksum])
+            .args(["--count", &count.to_string()])
+            .env("CORRAL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Agent(command.spawn().unwrap())
+    }
+
+    /// A kubeconfig for `cluster` from `generateKubeconfig`, in a temporary file.
+    pub async fn kubeconfig(&self, cluster: &str) -> tempfile::NamedTempFile {
+        let path = format!("/v3/clusters/{cluster}?action=generateKubeconfig");
+        let generated = request(self.addr, "POST", &path, &[&self.auth()], None).await;
+        assert_eq!(generated.status, 200, "{}", generated.body);
+        temp_file(body(&generated)["config"].as_str().unwrap())
+    }
+
     /// Starts `corral agent` advertising `target`, with neither `--ca-cert` nor `--sa-token`.
     pub fn agent_without_sa_token(&self, target: SocketAddr) -> Agent {
         Agent(self.agent_command(target).spawn().unwrap())

@@ -1,8 +1,8 @@
-//! TLS for a plain-HTTP target. Rancher (and corral) refuse an agent that advertises no `caCert`, and
-//! always speak TLS to the advertised address through the tunnel. So when the API behind `--address`
-//! speaks plain HTTP (a lab target), the agent answers that TLS itself: it makes a CA at start (sent
-//! as `caCert`) and a certificate for the advertised host, completes the handshake the server opens
-//! through the tunnel, and relays the plaintext to the target.
+//! The TLS an agent answers for the cluster API it advertises, when that API does not speak TLS
+//! itself: a plain-HTTP target (the agent relays the plaintext) or a simulated cluster (the agent
+//! serves the API). Rancher, and corral, always speak TLS to the advertised address through the
+//! tunnel and refuse an agent that sends no `caCert`; so the agent makes a CA when it starts, sends it
+//! as `caCert`, and answers the handshake with a certificate from it for the advertised host.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rustls::ServerConfig;
 use rustls::pki_types::PrivateKeyDer;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use crate::tunnel::TunnelStream;
 use crate::tunnel::dial::dial;
@@ -18,15 +19,14 @@ use crate::tunnel::dial::dial;
 /// How long the server gets to complete its TLS handshake through the tunnel.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
-pub struct TlsTerminator {
-    /// The generated CA, PEM: what the agent advertises as `caCert`.
+/// A CA of the agent's own and the acceptor that presents a certificate from it.
+pub struct ApiTls {
+    /// The CA, PEM: what the agent advertises as `caCert`.
     ca_pem: String,
     acceptor: TlsAcceptor,
-    /// The advertised address, dialed in plain TCP for each stream.
-    address: String,
 }
 
-impl TlsTerminator {
+impl ApiTls {
     /// A new CA, and a certificate from it for the host of `address` (`host:port`).
     pub fn new(address: &str) -> Result<Self, String> {
         let text = |e: rcgen::Error| format!("cannot make the agent's CA: {e}");
@@ -61,12 +61,46 @@ impl TlsTerminator {
         Ok(Self {
             ca_pem: ca_cert.pem(),
             acceptor: TlsAcceptor::from(Arc::new(config)),
-            address: address.to_string(),
         })
     }
 
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// Completes the TLS handshake the server opens on `stream`; `None` (logged) when it fails.
+    pub async fn accept(&self, stream: TunnelStream) -> Option<TlsStream<TunnelStream>> {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => Some(tls),
+            Ok(Err(e)) => {
+                tracing::debug!("TLS from the server through the tunnel: {e}");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("TLS from the server through the tunnel timed out");
+                None
+            }
+        }
+    }
+}
+
+/// A plain-HTTP target behind the advertised address: the agent answers the TLS, relays plaintext.
+pub struct TlsTerminator {
+    tls: ApiTls,
+    /// The advertised address, dialed in plain TCP for each stream.
+    address: String,
+}
+
+impl TlsTerminator {
+    pub fn new(address: &str) -> Result<Self, String> {
+        Ok(Self {
+            tls: ApiTls::new(address)?,
+            address: address.to_string(),
+        })
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        self.tls.ca_pem()
     }
 
     /// Whether a Connect for `proto`/`address` is one this terminator answers.
@@ -80,12 +114,8 @@ impl TlsTerminator {
             Ok(target) => target,
             Err(text) => return stream.fail(&text),
         };
-        let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await;
-        let mut tls = match accepted {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => return tracing::debug!("TLS from the server through the tunnel: {e}"),
-            Err(_) => return tracing::debug!("TLS from the server through the tunnel timed out"),
-        };
-        let _ = tokio::io::copy_bidirectional(&mut tls, &mut target).await;
+        if let Some(mut tls) = self.tls.accept(stream).await {
+            let _ = tokio::io::copy_bidirectional(&mut tls, &mut target).await;
+        }
     }
 }

@@ -1,0 +1,93 @@
+//! The bootstrap password and the welcome banner, as Rancher has them: a generated password is kept
+//! (as Rancher keeps it in its `bootstrap-secret`) until first login completes, so the banner can
+//! show it at every start until then, and a start that fails after printing it loses nothing.
+//! `corral reset-password` sets a new admin password from outside the server.
+
+use std::io;
+
+use super::document::{DocumentError, update_stored};
+use super::secrets::{TOKEN_LENGTH, hash_password, random_token};
+use super::{FIRST_LOGIN, ResetError};
+use crate::state::{DataDir, SECRET_MODE, read_optional, write_atomic};
+
+/// The kept bootstrap password, if there is one.
+pub fn kept(dir: &DataDir) -> Option<String> {
+    let bytes = read_optional(&dir.bootstrap_password()).ok()??;
+    let password = String::from_utf8(bytes).ok()?.trim().to_string();
+    (!password.is_empty()).then_some(password)
+}
+
+/// Keeps a generated bootstrap password (0600) until first login.
+pub fn keep(dir: &DataDir, password: &str) -> io::Result<()> {
+    write_atomic(&dir.bootstrap_password(), password.as_bytes(), SECRET_MODE)
+}
+
+/// First login is done (or the password was reset): the bootstrap password is no longer kept.
+pub fn forget(dir: &DataDir) -> io::Result<()> {
+    match std::fs::remove_file(dir.bootstrap_password()) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Rancher's welcome banner, one log line per line: with the password while a generated one is
+/// kept, else only where to go.
+pub fn log_banner(banner_url: &str, generated: Option<&str>) {
+    let lines: Vec<String> = match generated {
+        Some(password) => vec![
+            "A bootstrap password has been generated for your admin user.".into(),
+            String::new(),
+            format!("Bootstrap Password: {password}"),
+            String::new(),
+            format!("Use {banner_url}/dashboard/?setup={password} to complete setup in the UI"),
+        ],
+        None => vec![format!(
+            "Use {banner_url}/dashboard/ to complete setup in the UI"
+        )],
+    };
+    tracing::info!("");
+    tracing::info!("-----------------------------------------");
+    tracing::info!("Welcome to Rancher");
+    for line in lines {
+        tracing::info!("{line}");
+    }
+    tracing::info!("-----------------------------------------");
+    tracing::info!("");
+}
+
+/// What `corral reset-password` did: the admin's id and its new password.
+pub struct Reset {
+    pub user_id: String,
+    pub password: String,
+}
+
+/// Sets a new, generated password for `admin` in `dir` and revokes its login tokens (sessions, API
+/// tokens, kubeconfigs): whoever knew the old password may hold one. A running server sees the change
+/// at once (it re-reads `setup.json` when the file changes).
+pub fn reset_password(dir: &DataDir) -> Result<Reset, ResetError> {
+    let password = random_token(TOKEN_LENGTH);
+    let hash = hash_password(&password);
+    let reset = update_stored(dir, |state| {
+        let user = state
+            .users
+            .iter_mut()
+            .find(|u| u.username == "admin")
+            .ok_or(ResetError::NoAdmin)?;
+        user.password_hash = hash;
+        user.must_change_password = true;
+        let user_id = user.id.clone();
+        state.tokens.retain(|t| t.user_id != user_id);
+        // The setup page asks for a new password again only while first login is not done.
+        state
+            .settings
+            .entry(FIRST_LOGIN.into())
+            .or_insert_with(|| "true".into());
+        Ok::<_, ResetError>(user_id)
+    })?
+    .ok_or(ResetError::NoSetup)?;
+    forget(dir).map_err(|e| ResetError::Storage(DocumentError::Io(dir.bootstrap_password(), e)))?;
+    Ok(Reset {
+        user_id: reset,
+        password,
+    })
+}
