@@ -189,14 +189,19 @@ fn bench(command: corral::bench::BenchCommand) -> ExitCode {
     };
     let result = runtime.block_on(async {
         match command {
-            BenchCommand::Handshake(args) => handshake::run(args).await,
-            BenchCommand::Tunnel(args) => tunnel::run(args).await,
+            BenchCommand::Handshake(args) => handshake::run(args)
+                .await
+                .map(|finished| (finished.text, finished.success)),
+            BenchCommand::Tunnel(args) => tunnel::run(args).await.map(|text| (text, true)),
         }
     });
     match result {
-        Ok(report) => {
+        Ok((report, success)) => {
             println!("{}", report.trim_end());
-            ExitCode::SUCCESS
+            match success {
+                true => ExitCode::SUCCESS,
+                false => ExitCode::from(1),
+            }
         }
         Err(e) => fail(1, e),
     }

@@ -54,12 +54,25 @@ pub async fn start(config: &Config) -> Result<RunningServer, String> {
     {
         tracing::warn!("{reason}");
     }
+    // Bound before setup, so that a port in use stops the start before the admin and its banner
+    // exist, and the banner can name the port really bound (with --https-port 0).
+    let mut bound = Vec::new();
+    for ip in &config.bind {
+        bound.push((
+            bind(*ip, config.https_port).await?,
+            bind(*ip, config.http_port).await?,
+        ));
+    }
+    let https_port = bound
+        .first()
+        .and_then(|(https, _)| https.local_addr().ok())
+        .map_or(config.https_port, |addr| addr.port());
     let setup = Setup::open(
         &dir,
         config.bootstrap_password.clone().map(|s| s.0),
         config.server_url.clone(),
         resolver.clone(),
-        &banner_url(config),
+        &banner_url(config, https_port),
     )?;
     let app = HttpApp::new(Arc::new(AppState {
         cacerts: setting,
@@ -69,6 +82,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, String> {
         clusters: Arc::new(Clusters::open(&dir)?),
         tunnels: Arc::new(TunnelRegistry::new()),
         agent_wait: config.agent_wait,
+        https_port,
     }));
     let tls = match config.tls.termination {
         TlsTermination::Corral => Termination::Tls {
@@ -85,9 +99,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, String> {
         http: Vec::new(),
         checksum,
     };
-    for ip in &config.bind {
-        let https = bind(*ip, config.https_port).await?;
-        let http = bind(*ip, config.http_port).await?;
+    for (https, http) in bound {
         for (listener, scheme, termination, addrs) in [
             (https, "https", tls.clone(), &mut server.https),
             (http, "http", Termination::Plain, &mut server.http),
@@ -107,8 +119,8 @@ pub async fn start(config: &Config) -> Result<RunningServer, String> {
 }
 
 /// Where the welcome banner sends the admin: server-url if set, else the default-route IP (as
-/// Rancher), else localhost; with the HTTPS port when it is not 443.
-fn banner_url(config: &Config) -> String {
+/// Rancher), else localhost; with the HTTPS port bound when it is not 443.
+fn banner_url(config: &Config, https_port: u16) -> String {
     if let Some(url) = &config.server_url {
         return url.to_string();
     }
@@ -117,8 +129,8 @@ fn banner_url(config: &Config) -> String {
         Some(ip) => ip.to_string(),
         None => "localhost".into(),
     };
-    match config.https_port {
-        443 | 0 => format!("https://{host}"),
+    match https_port {
+        443 => format!("https://{host}"),
         port => format!("https://{host}:{port}"),
     }
 }

@@ -148,6 +148,81 @@ async fn bench_commands_report_json() {
         "a new name per connection"
     );
 
+    // The same against corral's default mint rates: most names are refused and get the default
+    // certificate. They are counted as fallback, with --insecure and with --ca alike (grouped, not a
+    // line each), and fail the run unless --allow-fallback.
+    let defaults = Corral::start(&[]);
+    let target = format!("127.0.0.1:{}", defaults.https_port);
+    let ca = common::temp_file(&defaults.cacerts().await);
+    let ca = ca.path().to_str().unwrap();
+    let run = |trust: &[&str], extra: &[&str]| {
+        let args = [
+            &["bench", "handshake", "--target", &target][..],
+            trust,
+            &[
+                "--unique-sni",
+                "refused.test",
+                "--count",
+                "200",
+                "--concurrency",
+                "8",
+            ],
+            extra,
+        ]
+        .concat();
+        run_corral(&args, &[])
+    };
+    for trust in [&["--insecure"][..], &["--ca", ca]] {
+        let (code, stdout, _) = run(trust, &["--json"]);
+        assert_eq!(code, Some(1), "{trust:?}: {stdout}");
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let (ok, fallback) = (
+            report["ok"].as_u64().unwrap(),
+            report["fallback"].as_u64().unwrap(),
+        );
+        assert!(
+            fallback > 100 && ok + fallback == 200,
+            "{trust:?}: {stdout}"
+        );
+        assert_eq!(report["failed"], 0, "{trust:?}: {stdout}");
+        let (code, text, _) = run(trust, &["--allow-fallback"]);
+        assert_eq!(code, Some(0), "{trust:?}: {text}");
+        assert!(text.lines().count() < 6, "grouped: {text}");
+        assert!(
+            text.contains("--mint-rate 0 --mint-rate-per-client 0"),
+            "{text}"
+        );
+    }
+    // A target without a port means port 8443; failures are grouped by kind.
+    let closed = common::free_port();
+    let (code, text, _) = run_corral(
+        &[
+            "bench",
+            "handshake",
+            "--target",
+            &format!("127.0.0.1:{closed}"),
+            "--insecure",
+            "--count",
+            "3",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1));
+    assert!(text.contains("3 × connect: connection refused"), "{text}");
+    let (_, _, stderr) = run_corral(
+        &[
+            "bench",
+            "handshake",
+            "--target",
+            "127.0.0.1",
+            "--insecure",
+            "--count",
+            "1",
+        ],
+        &[],
+    );
+    assert!(!stderr.contains("invalid socket address"), "{stderr}");
+
     let (code, stdout, stderr) = run_corral(
         &[
             "bench",

@@ -613,6 +613,15 @@ async fn http_port_follows_rancher_redirect_rules() {
         "redirects lack Rancher's headers"
     );
 
+    // A request for corral's own HTTP port goes to its own HTTPS port, whatever the ports are.
+    let own = format!(
+        "GET /x HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+        corral.http_port
+    );
+    let own = plain(http, &own).await;
+    let expected = format!("https://127.0.0.1:{}/x", corral.https_port);
+    assert_eq!(own.header("Location"), Some(expected.as_str()));
+
     let no_port = plain(
         http,
         "HEAD /x HTTP/1.1\r\nHost: rancher.lab.test\r\nConnection: close\r\n\r\n",

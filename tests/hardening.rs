@@ -151,8 +151,17 @@ async fn an_sni_flood_keeps_known_names_and_stays_bounded() {
     let during = during.await.unwrap();
     assert_eq!(flooded["failed"], 0, "{flooded}");
     assert_eq!(
+        flooded["fallback"], 0,
+        "every flood name got its own leaf: {flooded}"
+    );
+    assert_eq!(
         refused["failed"], 0,
         "refused names still handshake: {refused}"
+    );
+    assert_eq!(
+        refused["fallback"].as_u64(),
+        Some((flood / 4) as u64),
+        "the bench counts them as fallback, not ok: {refused}"
     );
     let not_allowed = metric(addr, "corral_names_refused_total{reason=\"not_allowed\"}").await;
     assert_eq!(not_allowed, (flood / 4) as f64);

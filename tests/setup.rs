@@ -99,9 +99,11 @@ async fn generated_bootstrap_password_is_logged_once_and_stored_hashed() {
     ] {
         assert!(logs.contains(line), "{line}");
     }
+    // The tests start corral with --https-port 0: the banner names the port really bound.
     assert!(
         logs.contains(&format!(
-            "/dashboard/?setup={password} to complete setup in the UI"
+            ":{}/dashboard/?setup={password} to complete setup in the UI",
+            corral.https_port
         )),
         "{logs}"
     );
@@ -816,12 +818,13 @@ fn last_bootstrap_password(logs: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// A first start that fails after the banner (its HTTPS port is taken) loses nothing: the generated
-/// password is kept until first login, every start shows it again, and a later
-/// CATTLE_BOOTSTRAP_PASSWORD does not replace it (as Rancher's bootstrap secret wins over the
-/// variable). After first login it is gone from disk and from the banner.
+/// A first start whose HTTPS port is taken stops before creating the admin (no banner, nothing to
+/// lose). A generated password is kept until first login: a start killed after its banner, and every
+/// start after it, shows the same password, and a later CATTLE_BOOTSTRAP_PASSWORD does not replace
+/// it (as Rancher's bootstrap secret wins over the variable). After first login it is gone from disk
+/// and from the banner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_bootstrap_password_survives_a_failed_first_start_until_first_login() {
+async fn the_bootstrap_password_is_kept_until_first_login() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -830,8 +833,13 @@ async fn the_bootstrap_password_survives_a_failed_first_start_until_first_login(
         panic!("corral started on a port in use");
     };
     assert!(failed.contains("Address already in use"), "{failed}");
-    let first = last_bootstrap_password(&failed).expect("the failed start printed a password");
+    assert!(last_bootstrap_password(&failed).is_none(), "{failed}");
+    assert!(!dir.join("setup.json").exists(), "no admin was made");
     drop(busy);
+
+    let first_start = Corral::start_in(&dir, &[], &[]).unwrap();
+    let first = last_bootstrap_password(&first_start.logs().join("\n")).unwrap();
+    let _ = first_start.stop();
 
     let later = [("CATTLE_BOOTSTRAP_PASSWORD", "set-too-late-password")];
     let corral = Corral::start_in(&dir, &[], &later).unwrap();

@@ -2,6 +2,12 @@
 //! back to back) or open-loop (`--rate`, latency measured from each connection's scheduled start so
 //! a slow server cannot hide queueing: no coordinated omission). `--unique-sni` sends a new name per
 //! connection, which no common load generator does.
+//!
+//! Every handshake is checked to have been answered with a certificate for the name it sent (also
+//! with `--insecure`): a server that refuses names (a mint rate, an allow-list) serves its default
+//! certificate instead, and a run that counted those as successes would measure the wrong thing.
+//! They are counted as `fallback`, apart from failures; either makes the exit status non-zero unless
+//! `--allow-fallback` (fallbacks only).
 
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -33,8 +39,8 @@ pub enum TlsVersion {
 
 #[derive(Debug, clap::Args)]
 pub struct HandshakeArgs {
-    /// Server to connect to.
-    #[arg(long, default_value = "127.0.0.1:8443", value_name = "HOST:PORT")]
+    /// Server to connect to; the port is 8443 when omitted.
+    #[arg(long, default_value = "127.0.0.1:8443", value_name = "HOST[:PORT]")]
     pub target: String,
     /// SNI to send on every connection [default: the target host when it is a name].
     #[arg(long, conflicts_with_all = ["unique_sni", "no_sni"], value_name = "NAME")]
@@ -78,7 +84,14 @@ pub struct HandshakeArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Exit 0 even when some handshakes got a certificate for another name (a pinned server, a
+    /// server over its mint rate); failures still make the exit status 1.
+    #[arg(long)]
+    pub allow_fallback: bool,
 }
+
+/// Port 8443 when the target names none.
+const DEFAULT_PORT: u16 = 8443;
 
 /// What the workers share.
 struct Plan {
@@ -93,7 +106,23 @@ struct Plan {
     started: AtomicU64,
     recorder: Mutex<Recorder>,
     ok: AtomicU64,
+    fallback: AtomicU64,
     failed: AtomicU64,
+}
+
+/// How one connection went.
+enum Outcome {
+    Ok,
+    /// Completed, with a certificate that does not cover the name sent.
+    Fallback,
+    /// Failed; the kind, without names, so that failures group.
+    Failed(String),
+}
+
+/// A finished run: the report, and whether it counts as a success for the exit status.
+pub struct Finished {
+    pub text: String,
+    pub success: bool,
 }
 
 enum NameSource {
@@ -114,17 +143,14 @@ impl NameSource {
     }
 }
 
-pub async fn run(args: HandshakeArgs) -> Result<String, String> {
-    let addr = args
-        .target
+pub async fn run(args: HandshakeArgs) -> Result<Finished, String> {
+    let target = with_port(&args.target);
+    let addr = target
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {}: {e}", args.target))?
+        .map_err(|e| format!("cannot resolve {target}: {e}"))?
         .next()
-        .ok_or_else(|| format!("no address for {}", args.target))?;
-    let host = args
-        .target
-        .rsplit_once(':')
-        .map_or(args.target.as_str(), |(h, _)| h);
+        .ok_or_else(|| format!("no address for {target}"))?;
+    let host = target.rsplit_once(':').map_or(target.as_str(), |(h, _)| h);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let names = match (&args.sni, &args.unique_sni) {
         (Some(sni), _) => NameSource::Fixed(server_name(sni)?),
@@ -145,7 +171,7 @@ pub async fn run(args: HandshakeArgs) -> Result<String, String> {
         addr,
         connector: TlsConnector::from(client_config(&args)?),
         names,
-        host_header: args.target.clone(),
+        host_header: target.clone(),
         request: args.request.clone(),
         timeout: args.timeout,
         deadline: match (args.duration, args.count) {
@@ -157,6 +183,7 @@ pub async fn run(args: HandshakeArgs) -> Result<String, String> {
         started: AtomicU64::new(0),
         recorder: Mutex::new(Recorder::default()),
         ok: AtomicU64::new(0),
+        fallback: AtomicU64::new(0),
         failed: AtomicU64::new(0),
     });
     let began = Instant::now();
@@ -177,10 +204,39 @@ pub async fn run(args: HandshakeArgs) -> Result<String, String> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .report(elapsed);
-    Ok(match args.json {
+    let success = report.failed == 0 && (args.allow_fallback || report.fallback == 0);
+    let mut text = match args.json {
         true => serde_json::to_string_pretty(&report).unwrap_or_default(),
         false => report.text(),
-    })
+    };
+    if report.fallback > 0 && !args.json {
+        text.push_str(&format!(
+            "{} handshake(s) got a certificate for another name: the server refused the name \
+             (for corral: --mint-rate 0 --mint-rate-per-client 0 lifts its rate limits){}\n",
+            report.fallback,
+            if args.allow_fallback {
+                ""
+            } else {
+                "; --allow-fallback accepts this"
+            }
+        ));
+    }
+    Ok(Finished { text, success })
+}
+
+/// `host[:port]`, with port 8443 when none is given (`127.0.0.1`, `[::1]`, `rancher.lab.test`).
+fn with_port(target: &str) -> String {
+    let has_port = match target.rsplit_once(':') {
+        Some((host, port)) => {
+            (host.ends_with(']') || !host.contains(':')) && port.parse::<u16>().is_ok()
+        }
+        None => false,
+    };
+    match (has_port, target.contains(':') && !target.starts_with('[')) {
+        (true, _) => target.to_string(),
+        (false, true) => format!("[{target}]:{DEFAULT_PORT}"),
+        (false, false) => format!("{target}:{DEFAULT_PORT}"),
+    }
 }
 
 fn server_name(name: &str) -> Result<ServerName<'static>, String> {
@@ -256,59 +312,126 @@ async fn open_loop(plan: Arc<Plan>, rate: f64, in_flight: usize) {
     while set.join_next().await.is_some() {}
 }
 
-fn record(plan: &Plan, started: Instant, result: Result<(), String>) {
+fn record(plan: &Plan, started: Instant, outcome: Outcome) {
     let mut recorder = plan.recorder.lock().unwrap_or_else(|p| p.into_inner());
-    match result {
-        Ok(()) => {
+    match outcome {
+        Outcome::Ok => {
             recorder.success(started.elapsed());
             plan.ok.fetch_add(1, Ordering::Relaxed);
         }
-        Err(kind) => {
+        Outcome::Fallback => {
+            recorder.fallback();
+            plan.fallback.fetch_add(1, Ordering::Relaxed);
+        }
+        Outcome::Failed(kind) => {
             recorder.failure(&kind);
             plan.failed.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-/// One connection: TCP, TLS handshake, optionally one request; `Err` names the kind of failure.
-async fn one(plan: &Plan, n: u64) -> Result<(), String> {
+/// One connection: TCP, TLS handshake, the name check, optionally one request.
+async fn one(plan: &Plan, n: u64) -> Outcome {
+    let name = plan.names.name(n);
     let work = async {
         let tcp = TcpStream::connect(plan.addr)
             .await
-            .map_err(|e| format!("connect: {}", e.kind()))?;
+            .map_err(|e| Outcome::Failed(format!("connect: {}", e.kind())))?;
         let _ = tcp.set_nodelay(true);
         let mut tls = plan
             .connector
-            .connect(plan.names.name(n), tcp)
+            .connect(name.clone(), tcp)
             .await
-            .map_err(|e| format!("tls: {e}"))?;
+            .map_err(|e| classify_tls_error(&e))?;
+        let covered = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .is_some_and(|leaf| covers(leaf, &name));
+        if !covered {
+            return Err(Outcome::Fallback);
+        }
         if let Some(path) = &plan.request {
             let request = format!(
                 "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
                 plan.host_header
             );
+            let failed =
+                |what: &str, e: std::io::Error| Outcome::Failed(format!("{what}: {}", e.kind()));
             tls.write_all(request.as_bytes())
                 .await
-                .map_err(|e| format!("write: {}", e.kind()))?;
+                .map_err(|e| failed("write", e))?;
             let mut head = [0u8; 16];
-            let read = tls
-                .read(&mut head)
-                .await
-                .map_err(|e| format!("read: {}", e.kind()))?;
+            let read = tls.read(&mut head).await.map_err(|e| failed("read", e))?;
             let status = std::str::from_utf8(&head[..read]).unwrap_or_default();
             if !status.starts_with("HTTP/1.1 200") {
-                return Err(format!(
+                return Err(Outcome::Failed(format!(
                     "http: {}",
                     status.get(9..12).unwrap_or("no status")
-                ));
+                )));
             }
         }
         let _ = tls.shutdown().await;
         Ok(())
     };
-    tokio::time::timeout(plan.timeout, work)
-        .await
-        .unwrap_or_else(|_| Err("timeout".into()))
+    match tokio::time::timeout(plan.timeout, work).await {
+        Ok(Ok(())) => Outcome::Ok,
+        Ok(Err(outcome)) => outcome,
+        Err(_) => Outcome::Failed("timeout".into()),
+    }
+}
+
+/// A handshake error as a kind that groups: a certificate for another name (with `--ca`) is a
+/// fallback; other errors lose what varies per connection.
+fn classify_tls_error(error: &std::io::Error) -> Outcome {
+    use rustls::{CertificateError, Error};
+    match error.get_ref().and_then(|e| e.downcast_ref::<Error>()) {
+        Some(Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        )) => Outcome::Fallback,
+        Some(Error::InvalidCertificate(other)) => {
+            let variant = format!("{other:?}");
+            let variant = variant.split([' ', '(', '{']).next().unwrap_or_default();
+            Outcome::Failed(format!("tls: invalid certificate: {variant}"))
+        }
+        Some(Error::AlertReceived(alert)) => Outcome::Failed(format!("tls: alert {alert:?}")),
+        Some(other) => Outcome::Failed(format!("tls: {other}")),
+        None => Outcome::Failed(format!("tls: {}", error.kind())),
+    }
+}
+
+/// Whether `leaf` has a SAN for `name` (a DNS name, `*.` wildcards over one label; or an IP).
+fn covers(leaf: &rustls::pki_types::CertificateDer<'_>, name: &ServerName<'_>) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
+        return false;
+    };
+    let Ok(Some(sans)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    sans.value
+        .general_names
+        .iter()
+        .any(|san| match (san, name) {
+            (GeneralName::DNSName(san), ServerName::DnsName(dns)) => {
+                let wanted = dns.as_ref();
+                san.eq_ignore_ascii_case(wanted)
+                    || san.strip_prefix("*.").is_some_and(|parent| {
+                        wanted
+                            .split_once('.')
+                            .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(parent))
+                    })
+            }
+            (GeneralName::IPAddress(bytes), ServerName::IpAddress(ip)) => {
+                let ip = std::net::IpAddr::from(*ip);
+                match ip {
+                    std::net::IpAddr::V4(v4) => *bytes == v4.octets(),
+                    std::net::IpAddr::V6(v6) => *bytes == v6.octets(),
+                }
+            }
+            _ => false,
+        })
 }
 
 async fn progress(plan: Arc<Plan>, began: Instant) {
@@ -316,8 +439,9 @@ async fn progress(plan: Arc<Plan>, began: Instant) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        let (ok, failed) = (
+        let (ok, fallback, failed) = (
             plan.ok.load(Ordering::Relaxed),
+            plan.fallback.load(Ordering::Relaxed),
             plan.failed.load(Ordering::Relaxed),
         );
         let elapsed = began.elapsed().as_secs_f64();
@@ -327,8 +451,42 @@ async fn progress(plan: Arc<Plan>, began: Instant) {
             .unwrap_or_else(|p| p.into_inner())
             .p99();
         eprint!(
-            "\r{elapsed:6.1}s  ok {ok}  failed {failed}  {:.0}/s  p99 {p99} µs   ",
+            "\r{elapsed:6.1}s  ok {ok}  fallback {fallback}  failed {failed}  {:.0}/s  p99 {p99} µs   ",
             ok as f64 / elapsed
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_without_a_port_gets_8443() {
+        assert_eq!(with_port("127.0.0.1"), "127.0.0.1:8443");
+        assert_eq!(with_port("127.0.0.1:9443"), "127.0.0.1:9443");
+        assert_eq!(with_port("rancher.lab.test"), "rancher.lab.test:8443");
+        assert_eq!(with_port("[::1]:9443"), "[::1]:9443");
+        assert_eq!(with_port("[::1]"), "[::1]:8443");
+        assert_eq!(with_port("::1"), "[::1]:8443");
+    }
+
+    #[test]
+    fn a_leaf_covers_its_names_only() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![
+            "a.lab.test".to_string(),
+            "*.w.lab.test".to_string(),
+            "127.0.0.1".to_string(),
+        ])
+        .unwrap();
+        let leaf = params.self_signed(&key).unwrap().der().clone();
+        let name = |n: &str| ServerName::try_from(n.to_string()).unwrap();
+        assert!(covers(&leaf, &name("A.lab.test")));
+        assert!(covers(&leaf, &name("x.w.lab.test")));
+        assert!(!covers(&leaf, &name("x.y.w.lab.test")), "one label only");
+        assert!(!covers(&leaf, &name("b.lab.test")));
+        assert!(covers(&leaf, &name("127.0.0.1")));
+        assert!(!covers(&leaf, &name("127.0.0.2")));
     }
 }

@@ -10,6 +10,8 @@ use serde::Serialize;
 pub struct Recorder {
     histogram: Histogram<u64>,
     pub ok: u64,
+    /// Completed with a certificate for another name (the server refused the name).
+    pub fallback: u64,
     pub failures: BTreeMap<String, u64>,
 }
 
@@ -19,6 +21,7 @@ impl Default for Recorder {
             // 1 µs to 60 s at 3 significant digits.
             histogram: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
             ok: 0,
+            fallback: 0,
             failures: BTreeMap::new(),
         }
     }
@@ -27,6 +30,7 @@ impl Default for Recorder {
 #[derive(Serialize)]
 pub struct Report {
     pub ok: u64,
+    pub fallback: u64,
     pub failed: u64,
     pub failures: BTreeMap<String, u64>,
     pub seconds: f64,
@@ -52,6 +56,10 @@ impl Recorder {
         let _ = self.histogram.record(micros);
     }
 
+    pub fn fallback(&mut self) {
+        self.fallback += 1;
+    }
+
     pub fn failure(&mut self, kind: &str) {
         *self.failures.entry(kind.to_string()).or_default() += 1;
     }
@@ -69,6 +77,7 @@ impl Recorder {
         let q = |quantile| self.histogram.value_at_quantile(quantile);
         Report {
             ok: self.ok,
+            fallback: self.fallback,
             failed: self.failed(),
             failures: self.failures.clone(),
             seconds,
@@ -87,8 +96,9 @@ impl Recorder {
 impl Report {
     pub fn text(&self) -> String {
         let mut out = format!(
-            "ok {}  failed {}  in {:.2} s  ({:.0}/s)\nlatency µs: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}\n",
+            "ok {}  fallback {}  failed {}  in {:.2} s  ({:.0}/s)\nlatency µs: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}\n",
             self.ok,
+            self.fallback,
             self.failed,
             self.seconds,
             self.rate_per_second,

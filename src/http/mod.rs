@@ -82,6 +82,8 @@ pub struct AppState {
     pub tunnels: Arc<crate::tunnel::TunnelRegistry>,
     /// How long the cluster proxy waits for an absent agent before answering 503.
     pub agent_wait: Duration,
+    /// The HTTPS port bound: where the HTTP port sends clients that reached corral's own HTTP port.
+    pub https_port: u16,
 }
 
 /// The HTTP application shared by every connection.
@@ -89,11 +91,12 @@ pub struct AppState {
 pub struct HttpApp {
     router: Router,
     resolver: Arc<CertResolver>,
+    https_port: u16,
 }
 
 impl HttpApp {
     pub fn new(state: Arc<AppState>) -> Self {
-        let resolver = state.resolver.clone();
+        let (resolver, https_port) = (state.resolver.clone(), state.https_port);
         let router = Router::new()
             .route("/ping", any(health::ping))
             .route("/healthz", any(health::healthz))
@@ -136,7 +139,11 @@ impl HttpApp {
                 auth::rancher_headers,
             ))
             .with_state(state);
-        Self { router, resolver }
+        Self {
+            router,
+            resolver,
+            https_port,
+        }
     }
 
     /// Every request of one connection, handed to the app with what is known of the connection.
@@ -204,7 +211,11 @@ impl HttpApp {
             );
         }
         if !info.secure && !redirect::passes_through(&req) {
-            return redirect::respond(&req);
+            let own = redirect::OwnPorts {
+                http: info.local.port(),
+                https: self.https_port,
+            };
+            return redirect::respond(&req, own);
         }
         if let Some(host) = req
             .headers()

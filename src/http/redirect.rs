@@ -1,6 +1,10 @@
 //! The plain HTTP port, as dynamiclistener's `HTTPRedirect` wraps it: health checks, ACME challenges
 //! and requests a proxy marks as HTTPS pass through; other GET/HEAD are sent to HTTPS (302); anything
 //! else gets 400 `Use HTTPS`. Redirect responses do not carry Rancher's headers (it sits outermost).
+//!
+//! The HTTPS port: a request for corral's own HTTP port (the `Host` port, 80 when it names none) is
+//! sent to corral's own HTTPS port; any other port p gets Rancher's rule, (p/1000)·1000 + 443, which
+//! fits a container whose published ports differ from the ones inside (80 → 443, 8080 → 8443).
 
 use axum::body::Body;
 use axum::http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -19,7 +23,15 @@ pub fn passes_through<B>(req: &Request<B>) -> bool {
         || path.starts_with("/health")
 }
 
-pub fn respond<B>(req: &Request<B>) -> Response<Body> {
+/// The ports corral listens on, as the connection a request arrived on knows them.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnPorts {
+    /// The HTTP port the request arrived on.
+    pub http: u16,
+    pub https: u16,
+}
+
+pub fn respond<B>(req: &Request<B>, own: OwnPorts) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut response = text_response(
             StatusCode::BAD_REQUEST,
@@ -38,7 +50,7 @@ pub fn respond<B>(req: &Request<B>) -> Response<Body> {
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default();
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let location = format!("https://{}{path}", https_host(host));
+    let location = format!("https://{}{path}", https_host(host, own));
     // Go's http.Redirect: a short HTML body for GET, none for HEAD.
     let body = match req.method() == Method::GET {
         true => format!("<a href=\"{}\">Found</a>.\n\n", html_escape(&location)),
@@ -58,16 +70,26 @@ pub fn respond<B>(req: &Request<B>) -> Response<Body> {
     }
 }
 
-/// The `Host` for the HTTPS URL: an explicit port p becomes (p/1000)*1000 + 443 (80→443,
-/// 8080→8443); without a port the host is unchanged.
-pub fn https_host(host: &str) -> String {
+/// The `Host` for the HTTPS URL (see the module's comment).
+pub fn https_host(host: &str, own: OwnPorts) -> String {
     let split = match host.rsplit_once(':') {
         Some((name, port)) if name.starts_with('[') && name.ends_with(']') => Some((name, port)),
         Some((name, port)) if !name.contains(':') => Some((name, port)),
         _ => None,
     };
-    match split.and_then(|(name, port)| Some((name, port.parse::<u32>().ok()?))) {
-        Some((name, port)) => format!("{name}:{}", port / 1000 * 1000 + 443),
+    let (name, port) = match split.and_then(|(name, port)| Some((name, port.parse::<u32>().ok()?)))
+    {
+        Some((name, port)) => (name, Some(port)),
+        None => (host, None),
+    };
+    let with_port = |port: u32| match port {
+        443 => name.to_string(),
+        port => format!("{name}:{port}"),
+    };
+    match port {
+        Some(port) if port == u32::from(own.http) => with_port(u32::from(own.https)),
+        None if own.http == 80 => with_port(u32::from(own.https)),
+        Some(port) => format!("{name}:{}", port / 1000 * 1000 + 443),
         None => host.to_string(),
     }
 }
@@ -92,12 +114,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rewrites_ports_like_rancher() {
-        assert_eq!(https_host("h:80"), "h:443");
-        assert_eq!(https_host("h:8080"), "h:8443");
-        assert_eq!(https_host("h:3080"), "h:3443");
-        assert_eq!(https_host("h"), "h");
-        assert_eq!(https_host("[::1]:8080"), "[::1]:8443");
-        assert_eq!(https_host("::1"), "::1");
+    fn rewrites_other_ports_like_rancher() {
+        let own = OwnPorts {
+            http: 18086,
+            https: 18449,
+        };
+        assert_eq!(https_host("h:80", own), "h:443");
+        assert_eq!(https_host("h:8080", own), "h:8443");
+        assert_eq!(https_host("h:3080", own), "h:3443");
+        assert_eq!(https_host("h", own), "h");
+        assert_eq!(https_host("[::1]:8080", own), "[::1]:8443");
+        assert_eq!(https_host("::1", own), "::1");
+    }
+
+    #[test]
+    fn its_own_http_port_goes_to_its_own_https_port() {
+        let own = OwnPorts {
+            http: 18086,
+            https: 18449,
+        };
+        assert_eq!(https_host("h:18086", own), "h:18449");
+        assert_eq!(https_host("[::1]:18086", own), "[::1]:18449");
+        let standard = OwnPorts {
+            http: 80,
+            https: 8443,
+        };
+        assert_eq!(https_host("h", standard), "h:8443", "no port is port 80");
+        assert_eq!(
+            https_host(
+                "h",
+                OwnPorts {
+                    http: 80,
+                    https: 443
+                }
+            ),
+            "h",
+            "443 is left out"
+        );
     }
 }
