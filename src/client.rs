@@ -66,15 +66,31 @@ impl Target {
         &self,
         tls: Arc<ClientConfig>,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-        let tcp = TcpStream::connect(self.authority())
+        self.handshake(tls).await.map_err(|e| e.to_string())
+    }
+
+    /// Opens a TLS connection with `tls`, telling a certificate for another name from other failures.
+    pub async fn handshake(
+        &self,
+        tls: Arc<ClientConfig>,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+        let authority = self.authority();
+        let tcp = TcpStream::connect(&authority)
             .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.authority()))?;
+            .map_err(|e| ConnectError::Other(format!("cannot connect to {authority}: {e}")))?;
         // Small tunnel messages must not wait for Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
+        let name = self.server_name().map_err(ConnectError::Other)?;
         TlsConnector::from(tls)
-            .connect(self.server_name()?, tcp)
+            .connect(name, tcp)
             .await
-            .map_err(|e| format!("TLS with {} failed: {e}", self.authority()))
+            .map_err(|e| match name_mismatch(&e) {
+                Some((expected, presented)) => ConnectError::NameMismatch {
+                    expected,
+                    presented,
+                },
+                None => ConnectError::Other(format!("TLS with {authority} failed: {e}")),
+            })
     }
 
     /// One request; returns the status and body.
@@ -130,6 +146,57 @@ impl Target {
             .to_bytes();
         Ok((status, bytes))
     }
+}
+
+/// Why a TLS connection could not be made.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The certificate verified but names other hosts than the one connected to.
+    NameMismatch {
+        expected: String,
+        presented: Vec<String>,
+    },
+    Other(String),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::NameMismatch {
+                expected,
+                presented,
+            } => write!(
+                f,
+                "name mismatch: the certificate is for {}, not {expected}",
+                match presented.is_empty() {
+                    true => "no name".to_string(),
+                    false => presented.join(", "),
+                }
+            ),
+            ConnectError::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+/// The names of a certificate refused for another name: `(expected, presented)`.
+fn name_mismatch(error: &std::io::Error) -> Option<(String, Vec<String>)> {
+    use rustls::{CertificateError, Error};
+    let Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+        expected,
+        presented,
+    }) = error.get_ref()?.downcast_ref::<Error>()?
+    else {
+        return None;
+    };
+    // webpki presents names as `DnsName("a.test")` or `IpAddress(…)`: keep what is quoted.
+    let bare = |name: &String| match name.split_once('"') {
+        Some((_, rest)) => rest.trim_end_matches(['"', ')']).to_string(),
+        None => name.clone(),
+    };
+    Some((
+        expected.to_str().into_owned(),
+        presented.iter().map(bare).collect(),
+    ))
 }
 
 fn provider() -> Arc<CryptoProvider> {

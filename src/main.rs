@@ -90,7 +90,13 @@ enum CaCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match from_environment(&e) {
+            Some(message) => return fail(2, message),
+            None => e.exit(),
+        },
+    };
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Agent(args) => agent(args),
@@ -113,6 +119,57 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// A bad value that came from an environment variable (its flag is not on the command line), told
+/// by the variable's name: clap names only the flag.
+fn from_environment(error: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        error.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.split_whitespace().next()?.strip_prefix("--")?;
+    let on_command_line =
+        std::env::args().any(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")));
+    if on_command_line {
+        return None;
+    }
+    let command = <Cli as clap::CommandFactory>::command();
+    let env = find_env(&command, long)?;
+    let value = std::env::var(&env).ok()?;
+    let reason = match (
+        std::error::Error::source(error),
+        error.get(ContextKind::ValidValue),
+    ) {
+        (Some(source), _) => source.to_string(),
+        (None, Some(ContextValue::Strings(valid))) => {
+            format!("expected one of {}", valid.join(", "))
+        }
+        (None, _) => "not a valid value".to_string(),
+    };
+    Some(format!(
+        "invalid {env}={value:?} (the environment variable of --{long}): {reason}"
+    ))
+}
+
+/// The environment variable of the argument `--long`, in any subcommand.
+fn find_env(command: &clap::Command, long: &str) -> Option<String> {
+    command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|env| env.to_string_lossy().into_owned())
+        .or_else(|| {
+            command
+                .get_subcommands()
+                .find_map(|sub| find_env(sub, long))
+        })
 }
 
 fn reset_password(data_dir: Option<PathBuf>) -> ExitCode {

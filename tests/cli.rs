@@ -20,6 +20,27 @@ fn bad_values_name_the_setting_and_exit_2() {
         ),
         (&["--allowed-names", "re:("], &[], "allowed-names"),
     ];
+    // A bad value from the environment is told by the variable's name.
+    let (code, _, stderr) = run_corral(
+        &["serve", "--data-dir", data],
+        &[("CORRAL_MINT_RATE", "many")],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "invalid CORRAL_MINT_RATE=\"many\" (the environment variable of --mint-rate)"
+        ),
+        "{stderr}"
+    );
+    // A bad value in the TOML file is told by its line and key.
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "# corral\nbind = [\"::\"]\nhttps_port = \"x\"\n").unwrap();
+    let (code, _, stderr) = run_corral(&["serve", "--config", file.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml, line 3, https_port: invalid type"),
+        "{stderr}"
+    );
     for (args, env, setting) in cases {
         let mut all = vec![
             "serve",

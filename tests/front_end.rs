@@ -373,12 +373,9 @@ async fn refused_names_still_complete_the_handshake() {
     assert_eq!(sans(refused.leaf()), ["IP:127.0.0.1"]);
     let response = get(addr, Some("evil.example"), None, "/ping").await;
     assert_eq!(response.body, "pong");
-    assert!(
-        corral
-            .logs()
-            .iter()
-            .any(|l| l.contains("SNI refused (not in allowed-names)"))
-    );
+    assert!(corral.logs().iter().any(|l| {
+        l.contains("SNI refused (not in allowed-names); serving the certificate for 127.0.0.1")
+    }));
 }
 
 /// Over its mint rate, a client gets the certificate for the local IP, or, when that needs a mint
@@ -412,6 +409,11 @@ async fn each_client_has_its_own_mint_rate() {
             .lines()
             .any(|l| l.starts_with("corral_names_refused_total{reason=\"client_rate\"}")),
         "{metrics}"
+    );
+    let logs = corral.logs().join("\n");
+    assert!(
+        logs.contains("refused (mint-rate-per-client exceeded); serving the fallback certificate (localhost, 127.0.0.1, ::1"),
+        "the log names the certificate served: {logs}"
     );
 }
 

@@ -270,6 +270,15 @@ async fn losing_the_agent_mid_request_gives_502_and_a_new_agent_serves() {
     );
 
     lab.wait_connected(false).await;
+    // An agent that goes away is the end of a tunnel, logged as such: not a warning with a link.
+    let logs = lab.corral.logs().join("\n");
+    assert!(!logs.contains("docs.rs/rustls"), "{logs}");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains(" INFO ")
+                && l.contains(&format!("tunnel for {} closed", lab.cluster))),
+        "{logs}"
+    );
     let absent = lab.proxied("/version").await;
     assert_eq!(
         (absent.status, absent.body.trim()),
@@ -333,6 +342,25 @@ async fn the_agent_refuses_a_wrong_checksum_or_a_foreign_certificate() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("does not verify against its CA"),
+        "{stderr}"
+    );
+
+    // corral pinned to a name, reached by IP: the CA is right, only the name differs, and the agent
+    // says so.
+    let pin = json!({"value": "https://pinned.lab.test"}).to_string();
+    let put = request(
+        lab.addr,
+        "PUT",
+        "/v3/settings/server-url",
+        &[&lab.auth()],
+        Some(&pin),
+    )
+    .await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    let (code, stderr) = run(&lab.server(), &lab.checksum);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("name mismatch: the certificate is for pinned.lab.test, not 127.0.0.1"),
         "{stderr}"
     );
 }

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::client::{Target, tls_insecure, tls_trusting};
+use crate::client::{ConnectError, Target, tls_insecure, tls_trusting};
 use crate::setup::secrets::{TOKEN_LENGTH, random_token};
 use crate::tunnel::session::Connector;
 use crate::tunnel::{ClusterParams, Role, Session, TunnelStream};
@@ -133,10 +133,19 @@ pub async fn prepare(args: &AgentArgs) -> Result<Prepared, String> {
     let tls = tls_trusting(pem.as_bytes(), &[b"http/1.1"])?;
     // Like the Go agent's first verified request: a server whose certificate this CA did not sign
     // is refused here, before any tunnel.
-    target
-        .request(tls.clone(), "GET", "/ping", &[], None)
-        .await
-        .map_err(|e| format!("the server's certificate does not verify against its CA: {e}"))?;
+    match target.handshake(tls.clone()).await {
+        Ok(_) => {}
+        Err(mismatch @ ConnectError::NameMismatch { .. }) => {
+            return Err(format!(
+                "{mismatch}: use the server URL whose host the certificate names (its server-url)"
+            ));
+        }
+        Err(ConnectError::Other(e)) => {
+            return Err(format!(
+                "the server's certificate does not verify against its CA: {e}"
+            ));
+        }
+    }
     let policy = AllowPolicy::parse(&args.allow)?;
     let clusters = if args.simulate {
         let address = args.address.as_deref().unwrap_or(SIMULATED_ADDRESS);

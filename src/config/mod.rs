@@ -378,7 +378,23 @@ impl Config {
 fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
     let setting = format!("config file {}", path.display());
     let text = std::fs::read_to_string(path).map_err(|e| invalid(&setting, e))?;
-    toml::from_str(&text).map_err(|e| invalid(&setting, e.message()))
+    toml::from_str(&text).map_err(|e| {
+        // The line and the key, from where the error is: serde's message alone names neither.
+        let located = e.span().map(|span| {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let key = text
+                .lines()
+                .nth(line - 1)
+                .and_then(|l| l.split_once('='))
+                .map(|(key, _)| key.trim().to_string())
+                .filter(|key| !key.is_empty() && !key.starts_with('#'));
+            match key {
+                Some(key) => format!("{setting}, line {line}, {key}"),
+                None => format!("{setting}, line {line}"),
+            }
+        });
+        invalid(located.as_deref().unwrap_or(&setting), e.message())
+    })
 }
 
 /// `$XDG_DATA_HOME/corral`, else `~/.local/share/corral`: writable by a non-root newcomer.

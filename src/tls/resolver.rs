@@ -412,15 +412,16 @@ impl CertResolver {
         local: SubjectName,
         client: IpAddr,
     ) -> Arc<Served> {
+        let served = "the shared certificate without it";
         if let Err(refusal) = self.learn_shared(shared, local, client) {
-            self.log_refusal("local address", &refusal);
+            self.log_refusal("local address", &refusal, served);
         }
         if let Some(name) = requested
             && let Err(refusal) = self
                 .admit(name)
                 .and_then(|n| self.learn_shared(shared, n, client))
         {
-            self.log_refusal("SNI", &refusal);
+            self.log_refusal("SNI", &refusal, served);
         }
         shared.renew_if_expiring(self.renew_window, |names| self.mint(names));
         shared.current().served.clone()
@@ -470,22 +471,28 @@ impl CertResolver {
         local: SubjectName,
         client: IpAddr,
     ) -> Arc<Served> {
+        let mut refused_sni = None;
         if let Some(requested) = requested {
             match self
                 .admit(requested)
                 .and_then(|name| self.per_host(name, client))
             {
                 Ok(served) => return served,
-                Err(refusal) => self.log_refusal("SNI", &refusal),
+                Err(refusal) => refused_sni = Some(refusal),
             }
         }
-        match self.per_host(local, client) {
-            Ok(served) => served,
+        let (served, what) = match self.per_host(local.clone(), client) {
+            Ok(served) => (served, format!("the certificate for {local}")),
             Err(refusal) => {
-                self.log_refusal("local address", &refusal);
-                self.fallback()
+                let what = FALLBACK_DESCRIPTION.to_string();
+                self.log_refusal("local address", &refusal, &what);
+                (self.fallback(), what)
             }
+        };
+        if let Some(refusal) = refused_sni {
+            self.log_refusal("SNI", &refusal, &what);
         }
+        served
     }
 
     /// The checks a name passes before it may get a certificate: valid, and on the allow-list.
@@ -641,18 +648,23 @@ impl CertResolver {
         current
     }
 
-    fn log_refusal(&self, source: &str, refusal: &Refusal) {
+    /// Counts a refusal and logs it (at most once a second), with what is served instead.
+    fn log_refusal(&self, source: &str, refusal: &Refusal, served: &str) {
         crate::metrics::metrics()
             .names_refused
             .with_label_values(&[refusal.label()])
             .inc();
         if self.refusal_log_limiter.check().is_ok() {
             tracing::warn!(
-                "{source} refused ({refusal}); serving the default certificate (further refusals within a second are not logged)"
+                "{source} refused ({refusal}); serving {served} (further refusals within a second are not logged)"
             );
         }
     }
 }
+
+/// How the log names the fallback certificate.
+const FALLBACK_DESCRIPTION: &str =
+    "the fallback certificate (localhost, 127.0.0.1, ::1 and the default-route IP)";
 
 /// The fallback certificate's names: the server's own addresses.
 fn fallback_names() -> Vec<SubjectName> {

@@ -253,10 +253,11 @@ impl Session {
                 let deadline = Instant::now() + WRITE_TIMEOUT;
                 let write = |result: Result<Result<(), WsError>, _>| match result {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(format!("write: {e}")),
-                    Err(_) => Err(format!(
+                    Ok(Err(e)) if peer_went_away(&e) => Err(None),
+                    Ok(Err(e)) => Err(Some(format!("write: {e}"))),
+                    Err(_) => Err(Some(format!(
                         "write: the peer took nothing for {WRITE_TIMEOUT:?}"
-                    )),
+                    ))),
                 };
                 write(tokio::time::timeout_at(deadline, sink.feed(frame)).await)?;
                 // Batch whatever else is queued into the same flush: fewer TLS records and syscalls.
@@ -282,7 +283,9 @@ impl Session {
                     .await
                     .map_err(|_| dead())?;
                 let frame = match next {
-                    Some(frame) => frame.map_err(|e| format!("read: {e}"))?,
+                    Some(Ok(frame)) => frame,
+                    Some(Err(e)) if peer_went_away(&e) => return Ok(()),
+                    Some(Err(e)) => return Err(format!("read: {e}")),
                     None => return Ok(()),
                 };
                 match frame {
@@ -301,7 +304,8 @@ impl Session {
             }
         };
         let result = tokio::select! {
-            result = writer => result,
+            // A peer that went away while we wrote ends the session as a close does.
+            result = writer => result.or_else(|e: Option<String>| e.map_or(Ok(()), Err)),
             result = reader => result,
             _ = self.cancel.cancelled() => Ok(()),
         };
@@ -395,6 +399,25 @@ impl Session {
         };
         let stream = self.register(conn_id);
         tokio::spawn(connector.serve(proto.to_string(), address.to_string(), stream));
+    }
+}
+
+/// Whether a WebSocket error only says the peer is gone (it hung up, with or without a close
+/// frame or TLS close_notify): the end of a session, not a fault worth a warning.
+fn peer_went_away(error: &WsError) -> bool {
+    use std::io::ErrorKind;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    match error {
+        WsError::ConnectionClosed | WsError::AlreadyClosed => true,
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => true,
+        WsError::Io(e) => matches!(
+            e.kind(),
+            ErrorKind::UnexpectedEof
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe
+        ),
+        _ => false,
     }
 }
 
