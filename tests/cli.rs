@@ -263,3 +263,125 @@ async fn bench_commands_report_json() {
             && report["stream_opens_per_s"].as_f64().unwrap() > 0.0
     );
 }
+
+/// The README, as shipped.
+fn readme() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap()
+}
+
+/// The README's walkthrough — the `sh` blocks between `<!-- walkthrough -->` and
+/// `<!-- /walkthrough -->` — run as written in one bash, in an empty directory, with the built
+/// `corral` first on the PATH. Only the ports differ: free ones instead of 8443 and 8080.
+#[test]
+fn the_readme_walkthrough_runs_as_written() {
+    let text = readme();
+    let start = text
+        .find("<!-- walkthrough -->")
+        .expect("the walkthrough's start marker");
+    let end = text.find("<!-- /walkthrough -->").expect("its end marker");
+    let mut script = String::new();
+    let mut in_block = false;
+    for line in text[start..end].lines() {
+        match line.trim() {
+            "```sh" => in_block = true,
+            "```" => in_block = false,
+            _ if in_block => {
+                script.push_str(line);
+                script.push('\n');
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        script.contains("corral agent") && script.contains("kubectl"),
+        "{script}"
+    );
+    let (https, http) = (common::free_port(), common::free_port());
+    let script = script.replace("8443", &https.to_string());
+    let bin_dir = std::path::Path::new(common::corral_bin()).parent().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let preamble = "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n";
+    let output = std::process::Command::new("timeout")
+        .args(["180", "bash", "-c", &format!("{preamble}{script}")])
+        .current_dir(work.path())
+        .env(
+            "PATH",
+            format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("HOME", work.path())
+        .env("CORRAL_HTTPS_PORT", https.to_string())
+        .env("CORRAL_HTTP_PORT", http.to_string())
+        .env_remove("KUBECONFIG")
+        .env_remove("CATTLE_TOKEN")
+        .env_remove("CORRAL_CONFIG")
+        .env_remove("CORRAL_DATA_DIR")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let logs = ["corral.log", "agent.log"]
+        .map(|f| std::fs::read_to_string(work.path().join(f)).unwrap_or_default())
+        .join("\n");
+    let why = format!(
+        "stdout:\n{stdout}\nstderr:\n{}\nlogs:\n{logs}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "the walkthrough failed: {why}");
+    for expected in [
+        "pong",
+        &format!("\"https://localhost:{https}\""),
+        "Server Version: v1.31.4+corral-simulated",
+        "kube-system",
+        "namespace/lab created",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} missing: {why}");
+    }
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("lab ") && l.contains("Active")),
+        "{why}"
+    );
+}
+
+/// Every flag each command has (from its --help) appears in the README's usage synopsis for it.
+#[test]
+fn the_usage_synopses_list_every_flag() {
+    let text = readme();
+    let usage = &text[text.find("## Usage").unwrap()..];
+    let usage = &usage[..usage[3..].find("\n## ").map_or(usage.len(), |i| i + 3)];
+    for command in [
+        &["serve"][..],
+        &["agent"],
+        &["kubeconfig"],
+        &["reset-password"],
+        &["ca", "checksum"],
+        &["bench", "handshake"],
+        &["bench", "tunnel"],
+    ] {
+        let (_, help, _) = run_corral(&[command, &["--help"]].concat(), &[]);
+        let flags: Vec<&str> = help
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("--"))
+            .filter_map(|l| l.split([' ', '<', '=']).next())
+            .filter(|f| !["help", "version"].contains(f))
+            .collect();
+        assert!(!flags.is_empty(), "{command:?}: {help}");
+        // The synopsis: the line that starts with the command and its continuation lines.
+        let head = format!("corral {}", command.join(" "));
+        let mut synopsis = String::new();
+        let mut lines = usage.lines().skip_while(|l| !l.starts_with(&head));
+        for line in lines.by_ref() {
+            synopsis.push_str(line);
+            if !line.trim_end().ends_with('\\') {
+                break;
+            }
+        }
+        assert!(!synopsis.is_empty(), "no synopsis for {head}");
+        for flag in flags {
+            assert!(
+                synopsis.contains(&format!("--{flag}")),
+                "{head}: --{flag} is missing from the README's synopsis"
+            );
+        }
+    }
+}
