@@ -1,5 +1,5 @@
-# Build stage: a release binary.
-FROM rust:1-bookworm AS build
+# Build stage: a release binary, with the Rust release the project is tested with.
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
@@ -7,13 +7,20 @@ COPY config ./config
 COPY benches ./benches
 RUN cargo build --release --locked --bin corral
 
-# Runtime stage: the binary, a data volume, Rancher's container ports.
+# Runtime stage: the binary, a data volume, Rancher's container ports, as a user that is not root.
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libcap2-bin \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/corral /usr/local/bin/corral
+# Ports below 1024 without root: the binary carries the one capability it needs.
+RUN setcap cap_net_bind_service=+ep /usr/local/bin/corral \
+    && useradd --system --uid 10001 --home-dir /var/lib/corral --create-home corral \
+    && chmod 0700 /var/lib/corral
+USER corral
 ENV CORRAL_DATA_DIR=/var/lib/corral
 VOLUME /var/lib/corral
 EXPOSE 80 443
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
+    CMD ["corral", "healthcheck", "--url", "https://127.0.0.1:443/healthz"]
 ENTRYPOINT ["corral"]
 CMD ["serve", "--https-port", "443", "--http-port", "80"]

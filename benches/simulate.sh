@@ -14,15 +14,8 @@ cd "$(dirname "$0")/.."
 CLUSTERS=${CLUSTERS:-1000}
 PORT=${PORT:-19543}
 OUT=${OUT:-docs/SIMULATED-CLUSTERS.md}
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-cargo build --release --bin corral -q
-BIN=$PWD/target/release/corral
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# shellcheck source=benches/common.sh
+source benches/common.sh
 S=https://127.0.0.1:$PORT
 sessions() { curl -sk "$S/metrics" | awk '$1 == "corral_tunnel_sessions" {print $2}'; }
 

@@ -36,6 +36,16 @@ enum Command {
     Agent(corral::agent::AgentArgs),
     /// Print a kubeconfig for a cluster, reached through corral's cluster proxy.
     Kubeconfig(KubeconfigArgs),
+    /// Exit 0 when the server answers its health check (for a container's HEALTHCHECK).
+    Healthcheck {
+        /// The health endpoint; the certificate is not verified (the check runs beside the server).
+        #[arg(
+            long,
+            default_value = "https://127.0.0.1:8443/healthz",
+            value_name = "URL"
+        )]
+        url: String,
+    },
     /// Set and print a new password for the admin user (its login tokens stop working); a running
     /// server takes it at once.
     ResetPassword {
@@ -102,6 +112,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => agent(args),
         Command::Kubeconfig(args) => kubeconfig(args),
         Command::ResetPassword { data_dir } => reset_password(data_dir),
+        Command::Healthcheck { url } => healthcheck(&url),
         Command::Bench { command } => bench(command),
         Command::Ca {
             command: CaCommand::Checksum { data_dir },
@@ -119,6 +130,36 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn healthcheck(url: &str) -> ExitCode {
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    runtime.block_on(async {
+        let parsed = match url::Url::parse(url) {
+            Ok(parsed) => parsed,
+            Err(e) => return fail(2, format!("invalid --url {url:?}: {e}")),
+        };
+        let base = format!(
+            "https://{}",
+            &parsed[url::Position::BeforeHost..url::Position::AfterPort]
+        );
+        let target = match corral::client::Target::parse(&base) {
+            Ok(target) => target,
+            Err(e) => return fail(2, e),
+        };
+        let insecure = corral::client::tls_insecure(&[b"http/1.1"]);
+        match target
+            .request(insecure, "GET", parsed.path(), &[], None)
+            .await
+        {
+            Ok((status, _)) if status.is_success() => ExitCode::SUCCESS,
+            Ok((status, _)) => fail(1, format!("{url} answered {status}")),
+            Err(e) => fail(1, e),
+        }
+    })
 }
 
 /// A bad value that came from an environment variable (its flag is not on the command line), told

@@ -354,6 +354,7 @@ fn the_usage_synopses_list_every_flag() {
         &["agent"],
         &["kubeconfig"],
         &["reset-password"],
+        &["healthcheck"],
         &["ca", "checksum"],
         &["bench", "handshake"],
         &["bench", "tunnel"],
@@ -383,5 +384,59 @@ fn the_usage_synopses_list_every_flag() {
                 "{head}: --{flag} is missing from the README's synopsis"
             );
         }
+    }
+}
+
+/// `corral healthcheck` (the image's HEALTHCHECK): 0 against a running corral, 1 against nothing.
+#[tokio::test]
+async fn healthcheck_answers_for_the_container() {
+    let corral = Corral::start(&[]);
+    let url = format!("https://127.0.0.1:{}/healthz", corral.https_port);
+    let (code, _, stderr) = run_corral(&["healthcheck", "--url", &url], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let closed = format!("https://127.0.0.1:{}/healthz", common::free_port());
+    let (code, _, stderr) = run_corral(&["healthcheck", "--url", &closed], &[]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+}
+
+/// The container image (not built here: no Docker engine on these machines) is built with the Rust
+/// release the tests run with, runs as a user that is not root yet binds 443 and 80, checks its
+/// health with corral itself, and its build context leaves out build output and history.
+#[test]
+fn the_container_image_is_pinned_unprivileged_and_checked() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dockerfile = std::fs::read_to_string(format!("{root}/Dockerfile")).unwrap();
+    let rustc = std::process::Command::new("rustc")
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&rustc.stdout);
+    let minor = version
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.rsplit_once('.'))
+        .unwrap()
+        .0;
+    assert!(
+        dockerfile.contains(&format!("FROM rust:{minor}-")),
+        "the build stage pins rust {minor}: {dockerfile}"
+    );
+    assert!(dockerfile.contains("setcap cap_net_bind_service=+ep /usr/local/bin/corral"));
+    let user = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("a USER");
+    assert_ne!(user.trim(), "root");
+    assert!(
+        dockerfile.contains(r#"CMD ["corral", "healthcheck""#),
+        "{dockerfile}"
+    );
+    let ignore = std::fs::read_to_string(format!("{root}/.dockerignore")).unwrap();
+    for left_out in ["target/", ".git/"] {
+        assert!(
+            ignore.lines().any(|l| l.trim() == left_out),
+            "{left_out}: {ignore}"
+        );
     }
 }

@@ -141,6 +141,28 @@ async fn bootstrap_password_from_the_environment() {
     );
     assert!(!logs.contains(password), "a given password is not logged");
     token(corral.https("127.0.0.1"), password).await;
+    // The setup page tells where the password comes from, and has an icon for its tab.
+    let status = json(
+        &request(
+            corral.https("127.0.0.1"),
+            "GET",
+            "/corral/status",
+            &[],
+            None,
+        )
+        .await,
+    );
+    assert_eq!(status["bootstrapPasswordGenerated"], false);
+    let page = request(corral.https("127.0.0.1"), "GET", "/dashboard/", &[], None).await;
+    assert!(
+        page.body
+            .contains("the CATTLE_BOOTSTRAP_PASSWORD corral was started with")
+    );
+    let icon = request(corral.https("127.0.0.1"), "GET", "/favicon.ico", &[], None).await;
+    assert_eq!(
+        (icon.status, icon.header("content-type")),
+        (200, Some("image/svg+xml"))
+    );
 }
 
 #[tokio::test]
@@ -502,7 +524,48 @@ async fn a_browser_completes_setup_through_the_page() {
         password.as_str(),
         "prefilled from ?setup="
     );
+    // Before setup too, the page shows what agents need: the CA checksum and the CA.
+    let checksum = common::sh(&format!(
+        "curl -sk https://127.0.0.1:{}/cacerts | sha256sum | cut -d' ' -f1",
+        corral.https_port
+    ));
+    assert!(browser.page_text().await.contains(&checksum));
+    assert_eq!(
+        browser.property("#setup-ca a", "href").await,
+        format!("{origin}/cacerts").as_str()
+    );
+    assert_eq!(browser.property("#url-warning", "hidden").await, true);
     browser.screenshot("setup-1-form").await;
+
+    // A server URL for another address than the browser's: a warning, gone when it matches again.
+    let elsewhere = format!("https://elsewhere.lab.test:{}", corral.https_port);
+    browser.type_into("#server-url", &elsewhere).await;
+    assert!(
+        browser
+            .wait_until(
+                "return !document.getElementById('url-warning').hidden",
+                Duration::from_secs(10)
+            )
+            .await
+    );
+    let warning = browser.property("#url-warning", "textContent").await;
+    assert!(
+        warning
+            .as_str()
+            .unwrap_or_default()
+            .contains("will stop working"),
+        "{warning}"
+    );
+    browser.screenshot("setup-1b-warning").await;
+    browser.type_into("#server-url", &origin).await;
+    assert!(
+        browser
+            .wait_until(
+                "return document.getElementById('url-warning').hidden",
+                Duration::from_secs(10)
+            )
+            .await
+    );
 
     // A mistake is shown inline.
     browser
@@ -528,10 +591,6 @@ async fn a_browser_completes_setup_through_the_page() {
         browser.page_text().await
     );
     let text = browser.page_text().await;
-    let checksum = common::sh(&format!(
-        "curl -sk https://127.0.0.1:{}/cacerts | sha256sum | cut -d' ' -f1",
-        corral.https_port
-    ));
     assert!(
         text.contains(&origin) && text.contains(&checksum) && text.contains("DNS:pinned.lab.test"),
         "{text}"

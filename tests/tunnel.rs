@@ -74,20 +74,7 @@ async fn kubectl_reaches_the_cluster_through_the_tunnel() {
     assert_eq!(kube_tokens.len(), 2, "{config}");
     for kubeconfig in [config, from_cli] {
         let file = temp_file(&kubeconfig);
-        let kubectl = |args: &[&str]| {
-            let output = Command::new("timeout")
-                .args(["60", "kubectl", "--kubeconfig"])
-                .arg(file.path())
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                output.status.success(),
-                "kubectl {args:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            String::from_utf8(output.stdout).unwrap()
-        };
+        let kubectl = |args: &[&str]| kubectl(file.path(), args);
         let version: Value = serde_json::from_str(&kubectl(&["version", "-o", "json"])).unwrap();
         assert_eq!(version["serverVersion"]["gitVersion"], "v1.31.4");
         // kubectl sends raw paths from the server's root: /version is corral's own (as Rancher's);

@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::client::{ConnectError, Target, tls_insecure, tls_trusting};
 use crate::setup::secrets::{TOKEN_LENGTH, random_token};
-use crate::tunnel::session::Connector;
+use crate::tunnel::session::{Connector, Serving};
 use crate::tunnel::{ClusterParams, Role, Session, TunnelStream};
 use api_tls::{ApiTls, TlsTerminator};
 pub use policy::AllowPolicy;
@@ -233,12 +233,7 @@ impl Connector for AgentConnector {
         self.policy.allows(proto, address)
     }
 
-    fn serve(
-        &self,
-        proto: String,
-        address: String,
-        stream: TunnelStream,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    fn serve(&self, proto: String, address: String, stream: TunnelStream) -> Serving {
         match &self.terminator {
             Some(terminator) if terminator.answers(&proto, &address) => {
                 Box::pin(terminator.clone().serve(stream))
@@ -262,12 +257,7 @@ impl Connector for SimulatedConnector {
         (proto == "tcp" && address == self.address) || self.policy.allows(proto, address)
     }
 
-    fn serve(
-        &self,
-        proto: String,
-        address: String,
-        stream: TunnelStream,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    fn serve(&self, proto: String, address: String, stream: TunnelStream) -> Serving {
         if proto == "tcp" && address == self.address {
             let (cluster, tls, router) =
                 (self.cluster.clone(), self.tls.clone(), self.router.clone());

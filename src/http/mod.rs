@@ -132,6 +132,7 @@ impl HttpApp {
             .route("/dashboard/", get(crate::ui::page))
             .route("/dashboard/{*rest}", get(crate::ui::page))
             .route("/corral/status", get(crate::ui::status))
+            .route("/favicon.ico", get(crate::ui::favicon))
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(MAX_API_BODY))
             .layer(axum::middleware::from_fn_with_state(

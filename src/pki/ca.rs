@@ -168,6 +168,7 @@ impl CertificateAuthority {
         ];
         let key =
             KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::Generate)?;
+        params.key_identifier_method = super::key_identifier(key.public_key_raw());
         let cert = params.self_signed(&key).map_err(CaError::Generate)?;
         // Key first: a crash between the two writes leaves a key without a certificate, which `load`
         // treats as "no CA yet", never a certificate whose key is lost.

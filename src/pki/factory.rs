@@ -73,6 +73,7 @@ impl LeafFactory {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
+        params.key_identifier_method = super::key_identifier(self.key.public_key_raw());
         let cert = params.signed_by(&self.key, self.ca.issuer())?;
         Ok(MintedLeaf {
             der: cert.der().clone(),
@@ -155,5 +156,46 @@ mod tests {
         let days = (cert.validity().not_after.timestamp() - not_before) / 86400;
         assert_eq!(days, 365);
         assert!(cert.serial.bits() > 64);
+    }
+
+    /// Key identifiers by RFC 5280 method 1 (SHA-1 of the subjectPublicKey bits), for the CA and the
+    /// leaf, and the leaf's AKI names the CA's SKI.
+    #[test]
+    fn key_identifiers_are_rfc_5280_method_1() {
+        use sha1::Digest;
+        use x509_parser::extensions::ParsedExtension;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        let (ca, _) = CertificateAuthority::load_or_create(&dir, CaProfile::Cattle).unwrap();
+        let ca_der = ca.der().to_vec();
+        let factory = LeafFactory::new(&dir, Arc::new(ca), 365).unwrap();
+        let leaf = factory
+            .mint(&[SubjectName::parse("a.lab.test").unwrap()])
+            .unwrap();
+        let ski = |der: &[u8]| {
+            let (_, cert) = X509Certificate::from_der(der).unwrap();
+            let method_1 = sha1::Sha1::digest(cert.public_key().subject_public_key.data.as_ref());
+            let ski = cert
+                .iter_extensions()
+                .find_map(|e| match e.parsed_extension() {
+                    ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+                    _ => None,
+                });
+            (ski.expect("an SKI"), method_1.to_vec())
+        };
+        let (ca_ski, ca_method_1) = ski(&ca_der);
+        assert_eq!(ca_ski, ca_method_1);
+        let (leaf_ski, leaf_method_1) = ski(&leaf.der);
+        assert_eq!(leaf_ski, leaf_method_1);
+        let (_, cert) = X509Certificate::from_der(&leaf.der).unwrap();
+        let aki = cert
+            .iter_extensions()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                    aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+                }
+                _ => None,
+            });
+        assert_eq!(aki, Some(ca_ski));
     }
 }

@@ -16,6 +16,13 @@ pub use factory::{LeafFactory, MintedLeaf};
 pub use names::{AllowList, NameError, SubjectName};
 
 /// The body `/cacerts` serves for a `cacerts` value: the value plus one `\n` (empty stays empty).
+/// A key identifier as RFC 5280 §4.2.1.2 method 1 makes it: the SHA-1 of the subjectPublicKey BIT
+/// STRING's value (for P-256, the uncompressed point), which strict linters (pkilint) recognise.
+pub fn key_identifier(public_key_raw: &[u8]) -> rcgen::KeyIdMethod {
+    use sha1::Digest;
+    rcgen::KeyIdMethod::PreSpecified(sha1::Sha1::digest(public_key_raw).to_vec())
+}
+
 pub fn cacerts_body(cacerts: &str) -> String {
     let trimmed = cacerts.trim();
     if trimmed.is_empty() {

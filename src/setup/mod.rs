@@ -386,6 +386,11 @@ impl Setup {
         Ok(())
     }
 
+    /// Whether a generated bootstrap password is still kept (first login not done yet).
+    pub fn bootstrap_password_generated(&self) -> bool {
+        bootstrap::kept(&self.dir).is_some()
+    }
+
     /// Whether the admin still has to complete first login.
     pub fn first_login(&self) -> bool {
         self.lock()

@@ -2,12 +2,10 @@
 //! agent words them (`dial tcp 127.0.0.1:1: connect: connection refused`). Rancher shows that text to
 //! whoever made the request that needed the dial, so it should read the same from every agent.
 
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::time::Duration;
 
-use super::session::{Connector, Io};
+use super::session::{Connector, Io, Serving};
 use super::stream::TunnelStream;
 
 /// A rule `(proto, address) -> allowed` is a connector that dials and relays what it allows.
@@ -16,12 +14,7 @@ impl<F: Fn(&str, &str) -> bool + Send + Sync + 'static> Connector for F {
         self(proto, address)
     }
 
-    fn serve(
-        &self,
-        proto: String,
-        address: String,
-        stream: TunnelStream,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    fn serve(&self, proto: String, address: String, stream: TunnelStream) -> Serving {
         Box::pin(dial_and_relay(proto, address, stream))
     }
 }

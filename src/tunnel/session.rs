@@ -59,13 +59,11 @@ pub trait Connector: Send + Sync + 'static {
     fn allows(&self, proto: &str, address: &str) -> bool;
 
     /// Serves an allowed Connect on its stream.
-    fn serve(
-        &self,
-        proto: String,
-        address: String,
-        stream: TunnelStream,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+    fn serve(&self, proto: String, address: String, stream: TunnelStream) -> Serving;
 }
+
+/// What serving one Connect is: a task of its own.
+pub type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// What a session's writer drains: data and errors in order on a bounded queue (so writers wait
 /// for room), and Pause/Resume on an unbounded one, enqueued under the stream's lock so they reach

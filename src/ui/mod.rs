@@ -18,6 +18,13 @@ pub async fn page() -> Response<Body> {
     text_response(StatusCode::OK, "text/html; charset=utf-8", PAGE)
 }
 
+/// A small mark for browser tabs (browsers ask for `/favicon.ico` whatever the page says).
+const FAVICON: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect width="32" height="32" rx="6" fill="#10243e"/><path d="M7 9h18M7 16h18M7 23h18M10 6v20M22 6v20" stroke="#a9bdd6" stroke-width="2.5" stroke-linecap="round"/></svg>"##;
+
+pub async fn favicon() -> Response<Body> {
+    text_response(StatusCode::OK, "image/svg+xml", FAVICON)
+}
+
 /// `/corral/status`: what the page shows. Everything here is public anyway (the certificate is in
 /// every handshake, the checksum is derived from `/cacerts`).
 pub async fn status(State(state): State<Arc<AppState>>) -> Response<Body> {
@@ -28,6 +35,8 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Response<Body> {
         .unwrap_or_default();
     let body = json!({
         "firstLogin": state.setup.first_login(),
+        // Whether the bootstrap password was generated (it is in the server log) or chosen.
+        "bootstrapPasswordGenerated": state.setup.bootstrap_password_generated(),
         "serverUrl": server_url,
         "serverUrlSource": source,
         "pinned": !server_url.is_empty(),
