@@ -6,10 +6,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use corral::certs::CertResolver;
 use corral::config::{Config, ServeArgs};
 use corral::pki::{CaProfile, CertificateAuthority, LeafFactory, SubjectName, ca_checksum};
 use corral::state::DataDir;
-use corral::tls::CertResolver;
 use corral::tunnel::codec::{Message, MessageType};
 use criterion::{Criterion, criterion_group, criterion_main};
 

@@ -6,7 +6,9 @@
 //! [`ui`] (the embedded web page), [`server`] (startup wiring).
 
 pub mod agent;
+pub mod app;
 pub mod bench;
+pub mod certs;
 pub mod client;
 pub mod clusters;
 pub mod config;
@@ -14,10 +16,8 @@ pub mod http;
 pub mod kubeconfig;
 pub mod limits;
 pub mod metrics;
+pub mod net;
 pub mod pki;
-pub mod server;
 pub mod setup;
 pub mod state;
-pub mod tls;
 pub mod tunnel;
-pub mod ui;

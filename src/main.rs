@@ -9,6 +9,9 @@ use corral::state::DataDir;
 
 /// mimalloc: the handshake path allocates and frees many small buffers per connection, which
 /// glibc's malloc serves more slowly (see docs/PERFORMANCE.md).
+/// How long a stopping server waits for the requests in flight.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -121,7 +124,7 @@ fn main() -> ExitCode {
                 Ok(dir) => dir,
                 Err(e) => return fail(2, e),
             };
-            match corral::server::stored_checksum(&DataDir::existing(&dir)) {
+            match corral::app::stored_checksum(&DataDir::existing(&dir)) {
                 Ok(sum) => {
                     println!("{sum}");
                     ExitCode::SUCCESS
@@ -244,11 +247,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         Err(code) => return code,
     };
     runtime.block_on(async {
-        if let Err(e) = corral::server::start(&config).await {
-            return fail(1, e);
-        }
+        let server = match corral::app::start(&config).await {
+            Ok(server) => server,
+            Err(e) => return fail(1, e),
+        };
         shutdown_signal().await;
-        tracing::info!("shutting down");
+        server.shutdown(SHUTDOWN_GRACE).await;
+        tracing::info!("stopped");
         ExitCode::SUCCESS
     })
 }

@@ -1013,3 +1013,58 @@ async fn kubectl_drives_simulated_clusters() {
         "the watch saw the deletion: {seen}"
     );
 }
+
+/// SIGTERM with a request in flight and a tunnel open: corral stops accepting, lets the request
+/// finish (through the tunnel), closes the tunnel (the agent sees a close, not a broken socket) and
+/// exits 0 within 10 s; the agent reconnects to the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_corral_cleanly_and_agents_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let (https, http) = (
+        common::free_port().to_string(),
+        common::free_port().to_string(),
+    );
+    let ports = ["--https-port", https.as_str(), "--http-port", http.as_str()];
+    let corral = Lab::corral(&data, &ports);
+    let addr = corral.https("127.0.0.1");
+    let mut lab = Lab::setup(corral, addr).await;
+    let (target, target_ca) = https_target().await;
+    let agent = lab.agent(target, Some(target_ca.path()), &[]);
+    lab.wait_connected(true).await;
+
+    let in_flight = {
+        let (addr, path, token) = (
+            lab.addr,
+            format!("/k8s/clusters/{}/slow?ms=3000", lab.cluster),
+            lab.token.clone(),
+        );
+        tokio::spawn(
+            async move { common::try_request(addr, "GET", &path, Some(&token), None).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (code, took) = lab.corral.terminate(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "exit status after SIGTERM");
+    assert!(took < Duration::from_secs(10), "stopped after {took:?}");
+    let answered = in_flight
+        .await
+        .unwrap()
+        .expect("the request in flight was answered");
+    assert_eq!((answered.status, answered.body.as_str()), (200, "slow"));
+    let logs = lab.corral.logs().join("\n");
+    assert!(logs.contains("1 tunnel(s) closed"), "{logs}");
+
+    // The next start, on the same ports and data: the agent comes back by itself.
+    lab.corral = Lab::corral(&data, &ports);
+    lab.wait_connected_within(true, Duration::from_secs(30))
+        .await;
+    assert_eq!(lab.proxied("/version").await.status, 200);
+    let agent_logs = agent.stop_and_logs();
+    assert!(
+        agent_logs
+            .lines()
+            .any(|l| l.contains(" INFO ") && l.contains("tunnel closed")),
+        "the agent saw a close: {agent_logs}"
+    );
+}

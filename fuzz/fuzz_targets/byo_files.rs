@@ -2,7 +2,7 @@
 //! refused with a reason; never a panic. The first byte splits the input into the two files.
 #![no_main]
 
-use corral::tls::byo::parse_pair;
+use corral::certs::byo::parse_pair;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

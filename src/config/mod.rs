@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::pki::{AllowList, CaProfile};
-use crate::setup::ServerUrl;
+use crate::pki::{AllowList, CaProfile, ServerUrl};
 
 pub mod tls;
 pub use tls::{AcmeChallenge, AcmeSettings, Cacerts, Served, Termination, TlsInputs, TlsSetup};

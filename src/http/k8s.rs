@@ -7,8 +7,8 @@ use axum::extract::State;
 use axum::http::{Request, Response, StatusCode};
 
 use super::auth::Authenticated;
+use super::cluster_proxy as proxy;
 use super::{AppState, text_response};
-use crate::tunnel::proxy;
 
 const PREFIX: &str = "/k8s/clusters/";
 

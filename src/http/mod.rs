@@ -4,6 +4,7 @@
 mod acme_challenge;
 mod auth;
 mod cacerts;
+mod cluster_proxy;
 mod clusters;
 mod connect;
 mod health;
@@ -11,6 +12,7 @@ mod k8s;
 mod login;
 mod redirect;
 mod settings;
+mod ui;
 mod users;
 
 /// The API's request bodies, public for the fuzz targets and property tests of their parsing.
@@ -19,7 +21,6 @@ pub use login::LoginInput;
 pub use settings::SettingInput;
 pub use users::ChangePassword;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,10 +32,11 @@ use axum::routing::{any, get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::certs::CertResolver;
 use crate::setup::{Setup, SetupError};
-use crate::tls::CertResolver;
 
 /// A client has this long to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,23 +48,7 @@ const MAX_API_BODY: usize = 64 * 1024;
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Facts about the connection a request arrived on, available to handlers as an extension.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnInfo {
-    pub local: SocketAddr,
-    pub peer: SocketAddr,
-    /// Whether the request came over TLS.
-    pub secure: bool,
-}
-
-impl ConnInfo {
-    pub fn new(local: SocketAddr, peer: SocketAddr, secure: bool) -> Self {
-        Self {
-            local,
-            peer,
-            secure,
-        }
-    }
-}
+pub use crate::net::ConnInfo;
 
 /// What the endpoints read: the `cacerts` setting and when it was created.
 pub struct CaSetting {
@@ -92,6 +78,8 @@ pub struct HttpApp {
     router: Router,
     resolver: Arc<CertResolver>,
     https_port: u16,
+    /// Fired on shutdown: connections finish the request in flight and close.
+    shutdown: CancellationToken,
 }
 
 impl HttpApp {
@@ -127,12 +115,12 @@ impl HttpApp {
             .route("/k8s/clusters/{id}", any(k8s::cluster_proxy))
             .route("/k8s/clusters/{id}/", any(k8s::cluster_proxy))
             .route("/k8s/clusters/{id}/{*rest}", any(k8s::cluster_proxy))
-            .route("/", get(crate::ui::page))
-            .route("/dashboard", get(crate::ui::page))
-            .route("/dashboard/", get(crate::ui::page))
-            .route("/dashboard/{*rest}", get(crate::ui::page))
-            .route("/corral/status", get(crate::ui::status))
-            .route("/favicon.ico", get(crate::ui::favicon))
+            .route("/", get(ui::page))
+            .route("/dashboard", get(ui::page))
+            .route("/dashboard/", get(ui::page))
+            .route("/dashboard/{*rest}", get(ui::page))
+            .route("/corral/status", get(ui::status))
+            .route("/favicon.ico", get(ui::favicon))
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(MAX_API_BODY))
             .layer(axum::middleware::from_fn_with_state(
@@ -144,7 +132,13 @@ impl HttpApp {
             router,
             resolver,
             https_port,
+            shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Connections close gracefully once `shutdown` fires.
+    pub fn with_shutdown(self, shutdown: CancellationToken) -> Self {
+        Self { shutdown, ..self }
     }
 
     /// Every request of one connection, handed to the app with what is known of the connection.
@@ -171,14 +165,21 @@ impl HttpApp {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let served = hyper::server::conn::http1::Builder::new()
+        let connection = hyper::server::conn::http1::Builder::new()
             .title_case_headers(true)
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .max_buf_size(MAX_HEADER_BYTES)
             .serve_connection(TokioIo::new(io), self.service(info))
-            .with_upgrades()
-            .await;
+            .with_upgrades();
+        tokio::pin!(connection);
+        let served = tokio::select! {
+            served = connection.as_mut() => served,
+            _ = self.shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
         if let Err(e) = served {
             tracing::debug!("HTTP connection from {}: {e}", info.peer);
         }
@@ -189,11 +190,18 @@ impl HttpApp {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(MAX_HEADER_BYTES as u32)
-            .serve_connection(TokioIo::new(io), self.service(info))
-            .await;
+            .serve_connection(TokioIo::new(io), self.service(info));
+        tokio::pin!(connection);
+        let served = tokio::select! {
+            served = connection.as_mut() => served,
+            _ = self.shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
         if let Err(e) = served {
             tracing::debug!("HTTP/2 connection from {}: {e}", info.peer);
         }
@@ -253,6 +261,15 @@ fn head_size<B>(req: &Request<B>) -> usize {
         .map(|(name, value)| name.as_str().len() + 2 + value.len() + LINE_ENDS)
         .sum();
     request_line + LINE_ENDS + headers + LINE_ENDS
+}
+
+impl crate::net::Handler for HttpApp {
+    async fn serve(&self, io: impl crate::net::Io, info: ConnInfo, protocol: crate::net::Protocol) {
+        match protocol {
+            crate::net::Protocol::Http1 => HttpApp::serve(self, io, info).await,
+            crate::net::Protocol::Http2 => self.serve_h2(io, info).await,
+        }
+    }
 }
 
 /// Go's `http.NotFound`.

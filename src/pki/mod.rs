@@ -6,6 +6,7 @@ pub mod chain_check;
 pub mod factory;
 pub mod inspect;
 pub mod names;
+pub mod server_url;
 
 use rand::RngCore;
 use rcgen::{DnValue, SerialNumber};
@@ -14,8 +15,12 @@ use sha2::{Digest, Sha256};
 pub use ca::{CaError, CaProfile, CertificateAuthority};
 pub use factory::{LeafFactory, MintedLeaf};
 pub use names::{AllowList, NameError, SubjectName};
+pub use server_url::ServerUrl;
 
 /// The body `/cacerts` serves for a `cacerts` value: the value plus one `\n` (empty stays empty).
+/// The ALPN protocol of TLS-ALPN-01 validations (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 /// A key identifier as RFC 5280 §4.2.1.2 method 1 makes it: the SHA-1 of the subjectPublicKey BIT
 /// STRING's value (for P-256, the uncompressed point), which strict linters (pkilint) recognise.
 pub fn key_identifier(public_key_raw: &[u8]) -> rcgen::KeyIdMethod {

@@ -3,14 +3,14 @@
 //!
 //! All of it is one JSON document in the data directory, rewritten atomically on every change.
 //! Passwords are stored as argon2id hashes and tokens as SHA-256 hashes; neither is ever logged.
-//! Setting `server-url` pins the certificate resolver to its host, for good.
+//! Setting `server-url` pins the certificates to its host, for good, through [`Pinning`]: a trait
+//! defined here and implemented by the certificate service, so accounts know nothing of TLS.
 
 mod backoff;
 pub mod bootstrap;
 mod document;
 mod password_gate;
 pub mod secrets;
-pub mod server_url;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -21,12 +21,12 @@ use std::time::Duration;
 use governor::Quota;
 
 use crate::limits::ClientLimiter;
+pub use crate::pki::ServerUrl;
+use crate::pki::SubjectName;
 use crate::state::DataDir;
-use crate::tls::CertResolver;
 use document::{DocumentError, SetupDocument, Token, User};
 use password_gate::{Busy, PasswordGate};
 use secrets::{hash_password, hash_token_secret, random_suffix, random_token, same_hash};
-pub use server_url::ServerUrl;
 
 /// Rancher's `password-min-length`.
 pub const PASSWORD_MIN_LENGTH: usize = 12;
@@ -111,6 +111,19 @@ impl From<Busy> for SetupError {
     }
 }
 
+/// What pinning to server-url's host does to the certificates served.
+pub trait Pinning: Send + Sync {
+    /// The certificate pinning to `host` will serve, made but not served yet; `None` when there is
+    /// nothing to pin (already pinned, or certificates that are not minted).
+    fn stage<'a>(&'a self, host: &SubjectName) -> Result<Option<Box<dyn StagedPin + 'a>>, String>;
+}
+
+/// A pin made but not served: [`StagedPin::commit`] serves it (once server-url is saved); dropped,
+/// nothing changes.
+pub trait StagedPin {
+    fn commit(self: Box<Self>);
+}
+
 /// Why `corral reset-password` could not reset the admin's password.
 #[derive(Debug)]
 pub enum ResetError {
@@ -182,7 +195,7 @@ pub struct Setup {
     dir: DataDir,
     /// `server-url` from `--server-url` / `CATTLE_SERVER_URL`: pinned from boot, read-only.
     env_server_url: Option<ServerUrl>,
-    resolver: Arc<CertResolver>,
+    pins: Arc<dyn Pinning>,
     login_limiter: ClientLimiter,
     login_backoff: backoff::LoginBackoff,
     /// Bounds the argon2 work running at once: logins, password changes.
@@ -196,7 +209,7 @@ impl Setup {
         dir: &DataDir,
         bootstrap_password: Option<String>,
         env_server_url: Option<ServerUrl>,
-        resolver: Arc<CertResolver>,
+        pins: Arc<dyn Pinning>,
         banner_url: &str,
     ) -> Result<Self, String> {
         let (document, stored) = SetupDocument::open(dir).map_err(|e| e.to_string())?;
@@ -205,7 +218,7 @@ impl Setup {
             document,
             dir: dir.clone(),
             env_server_url,
-            resolver,
+            pins,
             login_limiter: ClientLimiter::new(
                 Quota::per_minute(NonZeroU32::new(LOGIN_PER_MINUTE).unwrap())
                     .allow_burst(NonZeroU32::new(LOGIN_BURST).unwrap()),
@@ -219,8 +232,10 @@ impl Setup {
         if setup.first_login() {
             bootstrap::log_banner(banner_url, bootstrap::kept(dir).as_deref());
         }
-        if let Some(url) = setup.server_url_value() {
-            setup.resolver.pin(url.host())?;
+        if let Some(url) = setup.server_url_value()
+            && let Some(staged) = setup.pins.stage(url.host())?
+        {
+            staged.commit();
         }
         Ok(setup)
     }
@@ -454,10 +469,7 @@ impl Setup {
                 }
                 Some(current) if current == url => return Ok((current, None)),
                 Some(_) => None,
-                None => self
-                    .resolver
-                    .stage_pin(url.host())
-                    .map_err(SetupError::Storage)?,
+                None => self.pins.stage(url.host()).map_err(SetupError::Storage)?,
             };
             next.settings.insert(SERVER_URL.into(), url.to_string());
             Ok((url, pending))
@@ -510,26 +522,25 @@ fn now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, ServeArgs};
-    use crate::pki::{CaProfile, CertificateAuthority, LeafFactory};
     use crate::state::DataDir;
+
+    /// Certificates that never pin (the tests here are about accounts).
+    struct NoPins;
+
+    impl Pinning for NoPins {
+        fn stage<'a>(&'a self, _: &SubjectName) -> Result<Option<Box<dyn StagedPin + 'a>>, String> {
+            Ok(None)
+        }
+    }
 
     fn setup() -> (tempfile::TempDir, Setup) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::open(tmp.path()).unwrap();
-        let config = Config::resolve(ServeArgs {
-            data_dir: Some(tmp.path().into()),
-            ..ServeArgs::default()
-        })
-        .unwrap();
-        let (ca, _) = CertificateAuthority::load_or_create(&dir, CaProfile::Cattle).unwrap();
-        let factory = LeafFactory::new(&dir, Arc::new(ca), 30).unwrap();
-        let resolver = Arc::new(CertResolver::new(&config, &dir, factory).unwrap());
         let setup = Setup::open(
             &dir,
             Some("a-bootstrap-password".into()),
             None,
-            resolver,
+            Arc::new(NoPins),
             "https://localhost",
         )
         .unwrap();

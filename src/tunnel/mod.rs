@@ -1,12 +1,10 @@
 //! Agent tunnels, wire-compatible with rancher/remotedialer: the message codec, multiplexed streams
-//! with Pause/Resume flow control, sessions on either end, the server's session registry and dialer,
-//! and the cluster proxy that reaches a cluster's API through its tunnel.
+//! with Pause/Resume flow control, sessions on either end, the server's session registry and dialer.
 
 pub mod codec;
 pub mod dial;
 #[cfg(test)]
 mod go_model;
-pub mod proxy;
 pub mod registry;
 pub mod session;
 pub mod stream;

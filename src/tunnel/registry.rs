@@ -143,6 +143,25 @@ impl TunnelRegistry {
         }
     }
 
+    /// Ends every session (shutdown); returns how many there were.
+    pub fn close_all(&self) -> usize {
+        let sessions: Vec<Arc<Session>> = self
+            .lock()
+            .values()
+            .flatten()
+            .map(|entry| entry.session.clone())
+            .collect();
+        for session in &sessions {
+            session.close();
+        }
+        sessions.len()
+    }
+
+    /// Sessions still running.
+    pub fn session_count(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+
     pub fn is_connected(&self, key: &str) -> bool {
         self.first(key).is_some()
     }

@@ -34,6 +34,8 @@ pub const PING_WAIT: Duration = Duration::from_secs(60);
 pub const WRITE_TIMEOUT: Duration = PING_WAIT;
 /// A client reports its streams this often.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a session being closed here tries to send its close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Outgoing messages queued per session before writers wait.
 const OUTGOING_QUEUE: usize = 64;
 /// Streams younger than this are not pruned by SyncConnections: the client may not have seen their
@@ -242,6 +244,12 @@ impl Session {
                         Some(bytes) => WsMessage::Binary(bytes),
                         None => return Ok(()),
                     },
+                    // Closed here (shutdown): tell the peer, briefly, before the socket goes.
+                    _ = self.cancel.cancelled() => {
+                        let close = sink.send(WsMessage::Close(None));
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+                        return Ok(());
+                    }
                     Some(bytes) = flow.recv() => WsMessage::Binary(bytes),
                     _ = ping.tick(), if client => WsMessage::Ping(Bytes::new()),
                     _ = sync.tick(), if client => WsMessage::Binary(self.sync_message()),
@@ -305,7 +313,12 @@ impl Session {
             // A peer that went away while we wrote ends the session as a close does.
             result = writer => result.or_else(|e: Option<String>| e.map_or(Ok(()), Err)),
             result = reader => result,
-            _ = self.cancel.cancelled() => Ok(()),
+            // The writer sends the close frame; a writer stuck on a peer that does not read is not
+            // waited for longer than that.
+            _ = async {
+                self.cancel.cancelled().await;
+                tokio::time::sleep(CLOSE_TIMEOUT).await;
+            } => Ok(()),
         };
         self.close();
         result

@@ -125,6 +125,17 @@ impl Corral {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Sends SIGTERM and waits, at most `limit`, for the process to exit: its exit code, and how
+    /// long it took.
+    pub fn terminate(&mut self, limit: Duration) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait_timeout(limit);
+        (status.and_then(|s| s.code()), started.elapsed())
+    }
+
     /// Stops the server and waits for it, keeping the data directory.
     pub fn stop(mut self) -> Option<tempfile::TempDir> {
         let _ = self.child.kill();

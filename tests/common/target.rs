@@ -143,7 +143,8 @@ pub fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
         .unwrap()
 }
 
-/// The fake Kubernetes API: `/version`, `/big?bytes=N` (streamed), `/hang` (never answers), `/ws`
+/// The fake Kubernetes API: `/version`, `/big?bytes=N` (streamed), `/slow?ms=N` (answers after N ms),
+/// `/hang` (never answers), `/ws`
 /// (WebSocket echo), `/headers` (the request's header names and its path, as JSON). Every request
 /// needs `Authorization: Bearer SA_TOKEN`.
 pub async fn kube_api(mut req: Request<hyper::body::Incoming>) -> Response<Body> {
@@ -182,6 +183,16 @@ pub async fn kube_api(mut req: Request<hyper::body::Incoming>) -> Response<Body>
             });
             let body = StreamBody::new(futures_util::stream::iter(chunks));
             Response::new(BodyExt::boxed(body))
+        }
+        "/slow" => {
+            let millis: u64 = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+            full(StatusCode::OK, "slow")
         }
         "/hang" => {
             tokio::time::sleep(Duration::from_secs(120)).await;

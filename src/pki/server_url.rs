@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::pki::SubjectName;
+use super::SubjectName;
 
 /// A validated server URL: `https://host[:port]`, nothing else.
 #[derive(Debug, Clone, PartialEq, Eq)]

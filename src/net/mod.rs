@@ -1,31 +1,76 @@
-//! The HTTPS front end, top to bottom: accept → ClientHello → name → certificate → handshake → HTTP.
+//! The transport, top to bottom: accept → ClientHello → certificate → handshake → the handler.
 //!
 //! The accept loop ([`Listener`]) only accepts and spawns; each connection runs on its own task and its
-//! errors end only that connection. The certificate is chosen after the ClientHello is read, because
-//! the choice depends on both the SNI and the local address the client reached.
+//! errors end only that connection. The certificate is chosen after the ClientHello is read (by a
+//! [`SelectConfig`]), because the choice depends on both the SNI and the local address the client
+//! reached. What runs on the connection after that is the [`Handler`]'s business: this module knows
+//! nothing of HTTP. A listener stops accepting when its shutdown signal fires.
 
-pub mod acme;
-pub mod byo;
-pub mod persisted;
-pub mod resolver;
-pub mod served;
-
+use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::ServerConfig;
+use rustls::server::ClientHello;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::http::{ConnInfo, HttpApp};
-use acme::ACME_TLS_ALPN;
-pub use resolver::CertResolver;
+use crate::pki::ACME_TLS_ALPN;
 
 /// TCP keep-alive idle time, as Rancher's listener sets it.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(180);
+
+/// Facts about the connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub secure: bool,
+}
+
+impl ConnInfo {
+    pub fn new(local: SocketAddr, peer: SocketAddr, secure: bool) -> Self {
+        Self {
+            local,
+            peer,
+            secure,
+        }
+    }
+}
+
+/// The application protocol a TLS connection negotiated (ALPN), or plain HTTP/1.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// A byte stream a handler serves.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// What a listener hands each accepted (and, over TLS, handshaken) connection to.
+pub trait Handler: Clone + Send + Sync + 'static {
+    fn serve(
+        &self,
+        io: impl Io,
+        info: ConnInfo,
+        protocol: Protocol,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Chooses the TLS server config for a ClientHello from `peer` to `local`.
+pub trait SelectConfig: Send + Sync + 'static {
+    fn select(&self, hello: &ClientHello<'_>, local: IpAddr, peer: IpAddr) -> Arc<ServerConfig>;
+}
 
 /// Sets the options every connection needs (no Nagle delay, keep-alive) on the listening socket.
 /// Linux copies them to each accepted socket, so the accept path makes no `setsockopt` calls: three
@@ -35,36 +80,36 @@ pub fn set_connection_options(socket: &socket2::Socket) -> io::Result<()> {
     socket.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE))
 }
 
-/// What a listener does with each accepted connection.
+/// What a listener does with each accepted connection before its handler.
 #[derive(Clone)]
-pub enum Termination {
-    /// TLS with certificates from the resolver, then HTTP.
+pub enum Transport {
+    /// TLS, with the config the selector picks for each ClientHello.
     Tls {
-        resolver: Arc<CertResolver>,
+        selector: Arc<dyn SelectConfig>,
         handshake_timeout: Duration,
     },
-    /// Plain HTTP (the redirecting HTTP port).
+    /// Plain TCP (the redirecting HTTP port; both ports behind a TLS-terminating proxy).
     Plain,
 }
 
 /// An accept loop on one socket.
-pub struct Listener {
+pub struct Listener<H: Handler> {
     listener: TcpListener,
     /// The listener's own address when it is bound to one IP: then every connection's local address
     /// is known without a `getsockname` call.
     bound: Option<SocketAddr>,
-    termination: Termination,
-    app: HttpApp,
+    transport: Transport,
+    handler: H,
     /// Caps open connections across all listeners: when it is exhausted, new clients wait in the
     /// kernel's accept queue instead of taking memory and file descriptors.
     limit: Arc<Semaphore>,
 }
 
-impl Listener {
+impl<H: Handler> Listener<H> {
     pub fn new(
         listener: TcpListener,
-        termination: Termination,
-        app: HttpApp,
+        transport: Transport,
+        handler: H,
         limit: Arc<Semaphore>,
     ) -> Self {
         let bound = listener
@@ -74,27 +119,37 @@ impl Listener {
         Self {
             listener,
             bound,
-            termination,
-            app,
+            transport,
+            handler,
             limit,
         }
     }
 
-    /// Accepts forever. Transient accept errors (e.g. out of file descriptors) back off and retry.
-    pub async fn run(self) {
+    /// Accepts until `shutdown` fires; every connection's task is tracked by `connections`, so the
+    /// caller can wait for them. Transient accept errors (e.g. out of file descriptors) back off
+    /// and retry.
+    pub async fn run(self, shutdown: CancellationToken, connections: TaskTracker) {
         let mut backoff = Duration::from_millis(5);
         loop {
-            let Ok(permit) = self.limit.clone().acquire_owned().await else {
-                return;
+            let permit = tokio::select! {
+                permit = self.limit.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+                _ = shutdown.cancelled() => return,
             };
-            match self.listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                _ = shutdown.cancelled() => return,
+            };
+            match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);
-                    let (termination, app) = (self.termination.clone(), self.app.clone());
+                    let (transport, handler) = (self.transport.clone(), self.handler.clone());
                     let bound = self.bound;
-                    tokio::spawn(async move {
+                    connections.spawn(async move {
                         if let Err(e) =
-                            handle_connection(stream, peer, bound, termination, app).await
+                            handle_connection(stream, peer, bound, transport, handler).await
                         {
                             tracing::debug!("connection from {peer}: {e}");
                         }
@@ -112,12 +167,12 @@ impl Listener {
 }
 
 /// One accepted connection; `bound` is the listener's address when it is bound to one IP.
-async fn handle_connection(
+async fn handle_connection<H: Handler>(
     stream: TcpStream,
     peer: SocketAddr,
     bound: Option<SocketAddr>,
-    termination: Termination,
-    app: HttpApp,
+    transport: Transport,
+    handler: H,
 ) -> io::Result<()> {
     let local = match bound {
         Some(addr) => addr,
@@ -125,17 +180,17 @@ async fn handle_connection(
     };
     #[cfg(not(target_os = "linux"))]
     set_connection_options(&socket2::SockRef::from(&stream))?;
-    match termination {
-        Termination::Plain => {
+    match transport {
+        Transport::Plain => {
             let info = ConnInfo::new(local, peer, false);
-            app.serve(stream, info).await;
+            handler.serve(stream, info, Protocol::Http1).await;
         }
-        Termination::Tls {
-            resolver,
+        Transport::Tls {
+            selector,
             handshake_timeout,
         } => {
             let metrics = crate::metrics::metrics();
-            let handshaking = handshake(stream, local, peer, &resolver);
+            let handshaking = handshake(stream, local, peer, selector.as_ref());
             let tls = match tokio::time::timeout(handshake_timeout, handshaking).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -153,27 +208,27 @@ async fn handle_connection(
             metrics.handshakes_ok.inc();
             let info = ConnInfo::new(local, peer, true);
             match tls.get_ref().1.alpn_protocol() {
-                Some(b"h2") => app.serve_h2(tls, info).await,
+                Some(b"h2") => handler.serve(tls, info, Protocol::Http2).await,
                 // A TLS-ALPN-01 validator only looks at the certificate.
                 Some(ACME_TLS_ALPN) => {
                     let mut tls = tls;
                     let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
                 }
-                _ => app.serve(tls, info).await,
+                _ => handler.serve(tls, info, Protocol::Http1).await,
             }
         }
     }
     Ok(())
 }
 
-/// Reads the ClientHello, picks the certificate for its SNI (or the local IP), completes the handshake.
+/// Reads the ClientHello, picks the config for it, completes the handshake.
 async fn handshake(
     stream: TcpStream,
     local: SocketAddr,
     peer: SocketAddr,
-    resolver: &Arc<CertResolver>,
+    selector: &dyn SelectConfig,
 ) -> io::Result<TlsStream<TcpStream>> {
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
-    let config = resolver.select_for_hello(&start.client_hello(), local.ip(), peer.ip());
+    let config = selector.select(&start.client_hello(), local.ip(), peer.ip());
     start.into_stream(config).await
 }

@@ -8,11 +8,11 @@ use axum::extract::State;
 use axum::http::{Response, StatusCode};
 use serde_json::json;
 
-use crate::http::{AppState, json_response, text_response};
+use super::{AppState, json_response, text_response};
 use crate::pki::inspect::summarize;
 use crate::setup::SERVER_URL;
 
-const PAGE: &str = include_str!("index.html");
+const PAGE: &str = include_str!("ui.html");
 
 pub async fn page() -> Response<Body> {
     text_response(StatusCode::OK, "text/html; charset=utf-8", PAGE)

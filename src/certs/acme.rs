@@ -24,7 +24,7 @@ use crate::config::{AcmeChallenge, AcmeSettings};
 use crate::state::{PUBLIC_MODE, SECRET_MODE, read_optional, write_atomic};
 
 /// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
-pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+pub use crate::pki::ACME_TLS_ALPN;
 
 /// A certificate this close to expiry is renewed (Let's Encrypt's advice: a third of 90 days).
 const RENEW_WITHIN: i64 = 30 * 86_400;

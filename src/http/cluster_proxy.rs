@@ -16,7 +16,7 @@ use base64::Engine;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 
-use super::registry::{ClusterParams, TunnelRegistry};
+use crate::tunnel::{ClusterParams, TunnelRegistry, TunnelStream};
 
 /// Headers that belong to one hop and are not forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -181,9 +181,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// TLS to the cluster API inside the tunnel, trusting only the CA its agent advertised.
 async fn tls_to_target(
-    stream: super::TunnelStream,
+    stream: TunnelStream,
     params: &ClusterParams,
-) -> Result<tokio_rustls::client::TlsStream<super::TunnelStream>, String> {
+) -> Result<tokio_rustls::client::TlsStream<TunnelStream>, String> {
     let pem = base64::engine::general_purpose::STANDARD
         .decode(params.ca_cert.trim())
         .map_err(|e| format!("the agent's caCert is not base64: {e}"))?;
@@ -201,7 +201,7 @@ async fn tls_to_target(
 }
 
 fn error(status: StatusCode, text: &str) -> Response<Body> {
-    crate::http::text_response(status, "text/plain; charset=utf-8", format!("{text}\n"))
+    super::text_response(status, "text/plain; charset=utf-8", format!("{text}\n"))
 }
 
 #[cfg(test)]

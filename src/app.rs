@@ -1,27 +1,96 @@
-//! Startup: data directory → CA → leaf factory → certificate resolver → listeners.
+//! The composition root: data directory → CA → leaf factory → certificate service → accounts →
+//! HTTP application → listeners; and the way back down on shutdown.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
+use rustls::ServerConfig;
+use rustls::server::ClientHello;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::certs::{CertResolver, PendingPin};
 use crate::clusters::Clusters;
 use crate::config::tls::read_cacerts;
 use crate::config::{Cacerts, Config, Termination as TlsTermination};
 use crate::http::{AppState, CaSetting, HttpApp};
+use crate::net::{Listener, SelectConfig, Transport};
 use crate::pki::ca::BACKDATE;
-use crate::pki::{CertificateAuthority, LeafFactory, ca_checksum};
-use crate::setup::Setup;
+use crate::pki::{CertificateAuthority, LeafFactory, SubjectName, ca_checksum};
+use crate::setup::{Pinning, Setup, StagedPin};
 use crate::state::DataDir;
-use crate::tls::{CertResolver, Listener, Termination};
 use crate::tunnel::TunnelRegistry;
 
-/// A started server: its listeners are running on the runtime.
+/// A started server: its listeners are running on the runtime until [`RunningServer::shutdown`].
 pub struct RunningServer {
     pub https: Vec<SocketAddr>,
     pub http: Vec<SocketAddr>,
     pub checksum: String,
+    /// Fired to stop accepting and to ask open connections to finish.
+    shutdown: CancellationToken,
+    /// Every connection's task, to wait for on shutdown.
+    connections: TaskTracker,
+    tunnels: Arc<TunnelRegistry>,
+}
+
+impl RunningServer {
+    /// Stops accepting; lets the requests in flight finish, for up to `grace` (through the tunnels,
+    /// which stay open meanwhile); then closes the tunnels, whose agents see a close and reconnect to
+    /// the next start. State is written as it changes, so there is nothing left to flush.
+    pub async fn shutdown(self, grace: Duration) {
+        self.shutdown.cancel();
+        self.connections.close();
+        tracing::info!(
+            "shutting down: listeners stopped, waiting up to {grace:?} for {} connection(s)",
+            self.connections.len()
+        );
+        if tokio::time::timeout(grace, self.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "{} connection(s) still open after {grace:?}; leaving them",
+                self.connections.len()
+            );
+        }
+        let closed = self.tunnels.close_all();
+        tracing::info!("{closed} tunnel(s) closed");
+        // Each session sends its close frame within a second.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while self.tunnels.session_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The certificate service as the listeners ask it for a config.
+struct Selector(Arc<CertResolver>);
+
+impl SelectConfig for Selector {
+    fn select(&self, hello: &ClientHello<'_>, local: IpAddr, peer: IpAddr) -> Arc<ServerConfig> {
+        self.0.select_for_hello(hello, local, peer)
+    }
+}
+
+/// The certificate service as accounts pin it.
+struct Pins(Arc<CertResolver>);
+
+impl Pinning for Pins {
+    fn stage<'a>(&'a self, host: &SubjectName) -> Result<Option<Box<dyn StagedPin + 'a>>, String> {
+        Ok(self
+            .0
+            .stage_pin(host)?
+            .map(|pending| Box::new(pending) as Box<dyn StagedPin + 'a>))
+    }
+}
+
+impl StagedPin for PendingPin<'_> {
+    fn commit(self: Box<Self>) {
+        PendingPin::commit(*self)
+    }
 }
 
 /// Loads or creates all state and starts every listener. Errors are fatal start-up errors.
@@ -71,26 +140,29 @@ pub async fn start(config: &Config) -> Result<RunningServer, String> {
         &dir,
         config.bootstrap_password.clone().map(|s| s.0),
         config.server_url.clone(),
-        resolver.clone(),
+        Arc::new(Pins(resolver.clone())),
         &banner_url(config, https_port),
     )?;
+    let shutdown = CancellationToken::new();
+    let tunnels = Arc::new(TunnelRegistry::new());
     let app = HttpApp::new(Arc::new(AppState {
         cacerts: setting,
         checksum: checksum.clone(),
         setup: Arc::new(setup),
         resolver: resolver.clone(),
         clusters: Arc::new(Clusters::open(&dir)?),
-        tunnels: Arc::new(TunnelRegistry::new()),
+        tunnels: tunnels.clone(),
         agent_wait: config.agent_wait,
         https_port,
-    }));
+    }))
+    .with_shutdown(shutdown.clone());
     let tls = match config.tls.termination {
-        TlsTermination::Corral => Termination::Tls {
-            resolver,
+        TlsTermination::Corral => Transport::Tls {
+            selector: Arc::new(Selector(resolver)),
             handshake_timeout: config.handshake_timeout,
         },
         // The proxy in front terminates TLS: both ports speak plain HTTP.
-        TlsTermination::External => Termination::Plain,
+        TlsTermination::External => Transport::Plain,
     };
 
     let limit = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
@@ -98,21 +170,26 @@ pub async fn start(config: &Config) -> Result<RunningServer, String> {
         https: Vec::new(),
         http: Vec::new(),
         checksum,
+        shutdown,
+        connections: TaskTracker::new(),
+        tunnels,
     };
     for (https, http) in bound {
-        for (listener, scheme, termination, addrs) in [
+        for (listener, scheme, transport, addrs) in [
             (https, "https", tls.clone(), &mut server.https),
-            (http, "http", Termination::Plain, &mut server.http),
+            (http, "http", Transport::Plain, &mut server.http),
         ] {
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
-            match (scheme, &termination) {
-                ("https", Termination::Plain) => tracing::info!(
+            match (scheme, &transport) {
+                ("https", Transport::Plain) => tracing::info!(
                     "Listening on https://{addr} (plain HTTP: TLS is terminated by the proxy in front)"
                 ),
                 _ => tracing::info!("Listening on {scheme}://{addr}"),
             }
             addrs.push(addr);
-            tokio::spawn(Listener::new(listener, termination, app.clone(), limit.clone()).run());
+            let listener = Listener::new(listener, transport, app.clone(), limit.clone());
+            let (shutdown, connections) = (server.shutdown.clone(), server.connections.clone());
+            tokio::spawn(listener.run(shutdown, connections));
         }
     }
     Ok(server)
@@ -124,7 +201,7 @@ fn banner_url(config: &Config, https_port: u16) -> String {
     if let Some(url) = &config.server_url {
         return url.to_string();
     }
-    let host = match crate::tls::resolver::default_route_ip() {
+    let host = match crate::certs::resolver::default_route_ip() {
         Some(IpAddr::V6(ip)) => format!("[{ip}]"),
         Some(ip) => ip.to_string(),
         None => "localhost".into(),
@@ -174,7 +251,7 @@ fn bind_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
         socket.set_only_v6(false)?;
     }
     socket.set_reuse_address(true)?;
-    crate::tls::set_connection_options(&socket)?;
+    crate::net::set_connection_options(&socket)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
