@@ -9,7 +9,7 @@ use bytes::Bytes;
 use corral::certs::CertResolver;
 use corral::config::{Config, ServeArgs};
 use corral::pki::{CaProfile, CertificateAuthority, LeafFactory, SubjectName, ca_checksum};
-use corral::state::DataDir;
+use corral::store::DataDir;
 use corral::tunnel::codec::{Message, MessageType};
 use criterion::{Criterion, criterion_group, criterion_main};
 

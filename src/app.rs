@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accounts::{Accounts, PinError, Pinning, StagedPin};
 use crate::certs::{CertResolver, PendingPin};
 use crate::clusters::Clusters;
 use crate::config::tls::read_cacerts;
@@ -20,8 +21,7 @@ use crate::http::{AppState, CaSetting, HttpApp};
 use crate::net::{Listener, SelectConfig, Transport};
 use crate::pki::ca::BACKDATE;
 use crate::pki::{CertificateAuthority, LeafFactory, SubjectName, ca_checksum};
-use crate::setup::{Pinning, Setup, StagedPin};
-use crate::state::DataDir;
+use crate::store::{Backend, DataDir, FileBackend};
 use crate::tunnel::TunnelRegistry;
 
 /// A started server: its listeners are running on the runtime until [`RunningServer::shutdown`].
@@ -79,7 +79,10 @@ impl SelectConfig for Selector {
 struct Pins(Arc<CertResolver>);
 
 impl Pinning for Pins {
-    fn stage<'a>(&'a self, host: &SubjectName) -> Result<Option<Box<dyn StagedPin + 'a>>, String> {
+    fn stage<'a>(
+        &'a self,
+        host: &SubjectName,
+    ) -> Result<Option<Box<dyn StagedPin + 'a>>, PinError> {
         Ok(self
             .0
             .stage_pin(host)?
@@ -101,6 +104,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, String> {
             config.data_dir.display()
         )
     })?;
+    let store: Arc<dyn Backend> = Arc::new(FileBackend::new(dir.clone()));
     let (ca, created) =
         CertificateAuthority::load_or_create(&dir, config.ca_profile).map_err(|e| e.to_string())?;
     let verb = if created { "Created" } else { "Loaded" };
@@ -136,21 +140,23 @@ pub async fn start(config: &Config) -> Result<RunningServer, String> {
         .first()
         .and_then(|(https, _)| https.local_addr().ok())
         .map_or(config.https_port, |addr| addr.port());
-    let setup = Setup::open(
+    let accounts = Accounts::open(
+        store.clone(),
         &dir,
         config.bootstrap_password.clone().map(|s| s.0),
         config.server_url.clone(),
         Arc::new(Pins(resolver.clone())),
         &banner_url(config, https_port),
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     let shutdown = CancellationToken::new();
     let tunnels = Arc::new(TunnelRegistry::new());
     let app = HttpApp::new(Arc::new(AppState {
         cacerts: setting,
         checksum: checksum.clone(),
-        setup: Arc::new(setup),
+        accounts: Arc::new(accounts),
         resolver: resolver.clone(),
-        clusters: Arc::new(Clusters::open(&dir)?),
+        clusters: Arc::new(Clusters::open(store.clone()).map_err(|e| e.to_string())?),
         tunnels: tunnels.clone(),
         agent_wait: config.agent_wait,
         https_port,

@@ -1,16 +1,18 @@
 //! Downstream clusters and their registration tokens, as `/v3/clusters` and
-//! `/v3/clusterregistrationtokens` manage them. One JSON document, rewritten atomically; tokens are
-//! kept only as SHA-256 hashes, so a token is shown once, when it is created.
+//! `/v3/clusterregistrationtokens` manage them. One document of the store; tokens are kept only as
+//! SHA-256 hashes, so a token is shown once, when it is created.
 
-use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::setup::secrets::{
+use crate::accounts::secrets::{
     TOKEN_LENGTH, hash_token_secret, random_suffix, random_token, same_hash,
 };
-use crate::state::{DataDir, SECRET_MODE, read_optional, write_atomic};
+use crate::store::{Backend, Document, Key, StoreError};
+
+/// Where the clusters are kept; it holds registration-token hashes.
+pub const CLUSTERS: Key = Key::secret("clusters.json");
 
 /// Most clusters one server keeps (a bound on what an admin script gone wrong can create).
 const MAX_CLUSTERS: usize = 10_000;
@@ -36,80 +38,41 @@ struct StoredToken {
 
 /// A registration token as created: the secret is here once and nowhere else.
 #[derive(Debug, Clone)]
-pub struct NewToken {
+pub struct IssuedRegistrationToken {
     pub id: String,
     pub cluster_id: String,
     pub token: String,
     pub created: i64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
+    #[error("cluster {0} not found")]
     NotFound(String),
+    /// A request that is not valid, and why.
+    #[error("{0}")]
     Invalid(String),
-    Storage(String),
+    #[error("cannot save clusters: {0}")]
+    Storage(#[from] StoreError),
 }
 
-impl std::fmt::Display for ClusterError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClusterError::NotFound(id) => write!(f, "cluster {id} not found"),
-            ClusterError::Invalid(reason) => f.write_str(reason),
-            ClusterError::Storage(reason) => write!(f, "cannot save clusters: {reason}"),
-        }
-    }
-}
-
-#[derive(Default, Serialize, Deserialize)]
-struct Document {
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ClusterList {
     clusters: Vec<Cluster>,
 }
 
 pub struct Clusters {
-    path: PathBuf,
-    doc: Mutex<Document>,
+    document: Document<ClusterList>,
 }
 
 impl Clusters {
-    pub fn open(dir: &DataDir) -> Result<Self, String> {
-        let path = dir.clusters();
-        let doc = match read_optional(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        {
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                format!(
-                    "{} is unreadable ({e}); restore it or move it away",
-                    path.display()
-                )
-            })?,
-            None => Document::default(),
-        };
-        Ok(Self {
-            path,
-            doc: Mutex::new(doc),
-        })
+    pub fn open(store: Arc<dyn Backend>) -> Result<Self, StoreError> {
+        let (document, _) = Document::open(store, CLUSTERS)?;
+        Ok(Self { document })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Document> {
-        self.doc.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Applies `change` to a copy, saves it, then makes it current: a failed save changes nothing.
-    fn update<T>(
-        &self,
-        change: impl FnOnce(&mut Document) -> Result<T, ClusterError>,
-    ) -> Result<T, ClusterError> {
-        let mut doc = self.lock();
-        let mut next = Document {
-            clusters: doc.clusters.clone(),
-        };
-        let result = change(&mut next)?;
-        let json =
-            serde_json::to_vec_pretty(&next).map_err(|e| ClusterError::Storage(e.to_string()))?;
-        write_atomic(&self.path, &json, SECRET_MODE)
-            .map_err(|e| ClusterError::Storage(e.to_string()))?;
-        *doc = next;
-        Ok(result)
+    fn read(&self) -> Arc<ClusterList> {
+        self.document.read()
     }
 
     pub fn create(&self, name: &str) -> Result<Cluster, ClusterError> {
@@ -119,7 +82,7 @@ impl Clusters {
                 "name must be 1 to 253 characters".into(),
             ));
         }
-        self.update(|doc| {
+        self.document.update(|doc| {
             if doc.clusters.len() >= MAX_CLUSTERS {
                 return Err(ClusterError::Invalid(format!(
                     "at most {MAX_CLUSTERS} clusters"
@@ -137,19 +100,19 @@ impl Clusters {
     }
 
     pub fn list(&self) -> Vec<Cluster> {
-        self.lock().clusters.clone()
+        self.read().clusters.clone()
     }
 
     pub fn get(&self, id: &str) -> Option<Cluster> {
-        self.lock().clusters.iter().find(|c| c.id == id).cloned()
+        self.read().clusters.iter().find(|c| c.id == id).cloned()
     }
 
     /// A new registration token for `cluster_id`.
-    pub fn create_token(&self, cluster_id: &str) -> Result<NewToken, ClusterError> {
+    pub fn create_token(&self, cluster_id: &str) -> Result<IssuedRegistrationToken, ClusterError> {
         let token = random_token(TOKEN_LENGTH);
         let created = now();
         let id = format!("crt-{}", random_suffix());
-        self.update(|doc| {
+        self.document.update(|doc| {
             let cluster = doc
                 .clusters
                 .iter_mut()
@@ -162,9 +125,9 @@ impl Clusters {
             });
             let excess = cluster.tokens.len().saturating_sub(MAX_TOKENS_PER_CLUSTER);
             cluster.tokens.drain(..excess);
-            Ok(())
+            Ok::<_, ClusterError>(())
         })?;
-        Ok(NewToken {
+        Ok(IssuedRegistrationToken {
             id,
             cluster_id: cluster_id.to_string(),
             token,
@@ -175,8 +138,8 @@ impl Clusters {
     /// The cluster a registration token belongs to.
     pub fn find_by_token(&self, token: &str) -> Option<Cluster> {
         let hash = hash_token_secret(token);
-        let doc = self.lock();
-        doc.clusters
+        self.read()
+            .clusters
             .iter()
             .find(|c| c.tokens.iter().any(|t| same_hash(&t.hash, &hash)))
             .cloned()
@@ -190,12 +153,14 @@ fn now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{DataDir, FileBackend};
 
     #[test]
     fn tokens_are_hashed_and_found() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::open(tmp.path()).unwrap();
-        let clusters = Clusters::open(&dir).unwrap();
+        let store = || Arc::new(FileBackend::new(dir.clone())) as Arc<dyn Backend>;
+        let clusters = Clusters::open(store()).unwrap();
         let cluster = clusters.create("lab").unwrap();
         assert!(cluster.id.starts_with("c-"));
         let token = clusters.create_token(&cluster.id).unwrap();
@@ -203,7 +168,7 @@ mod tests {
         assert!(clusters.find_by_token("nope").is_none());
         let stored = std::fs::read_to_string(dir.clusters()).unwrap();
         assert!(!stored.contains(&token.token));
-        let reopened = Clusters::open(&dir).unwrap();
+        let reopened = Clusters::open(store()).unwrap();
         assert_eq!(reopened.find_by_token(&token.token).unwrap().id, cluster.id);
         assert!(matches!(
             clusters.create_token("c-none"),

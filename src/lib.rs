@@ -5,6 +5,7 @@
 //! [`http`] (Rancher's endpoints), [`setup`] (bootstrap, users, tokens, server-url),
 //! [`ui`] (the embedded web page), [`server`] (startup wiring).
 
+pub mod accounts;
 pub mod agent;
 pub mod app;
 pub mod bench;
@@ -18,6 +19,5 @@ pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod pki;
-pub mod setup;
-pub mod state;
+pub mod store;
 pub mod tunnel;

@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use corral::config::{Config, ServeArgs, default_data_dir};
-use corral::state::DataDir;
+use corral::store::{DataDir, FileBackend};
 
 /// mimalloc: the handshake path allocates and frees many small buffers per connection, which
 /// glibc's malloc serves more slowly (see docs/PERFORMANCE.md).
@@ -221,10 +222,9 @@ fn reset_password(data_dir: Option<PathBuf>) -> ExitCode {
         Ok(dir) => dir,
         Err(e) => return fail(2, e),
     };
-    if !dir.join("setup.json").exists() {
-        return fail(1, corral::setup::ResetError::NoSetup.to_string());
-    }
-    match corral::setup::bootstrap::reset_password(&DataDir::existing(&dir)) {
+    let dir = DataDir::existing(&dir);
+    let store = Arc::new(FileBackend::new(dir.clone()));
+    match corral::accounts::bootstrap::reset_password(store, &dir) {
         Ok(reset) => {
             println!(
                 "New password for default administrator ({}):\n{}",

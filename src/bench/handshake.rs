@@ -158,7 +158,7 @@ pub async fn run(args: HandshakeArgs) -> Result<Finished, String> {
             server_name(&format!("x-0.{suffix}"))
                 .map_err(|e| format!("--unique-sni {suffix:?}: {e}"))?;
             NameSource::Unique {
-                run: crate::setup::secrets::random_suffix(),
+                run: crate::accounts::secrets::random_suffix(),
                 suffix: suffix.clone(),
             }
         }

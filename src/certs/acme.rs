@@ -21,7 +21,7 @@ use rustls::ServerConfig;
 use super::byo::parse_pair;
 use super::served::{Served, alpn_challenge_config, unix_now};
 use crate::config::{AcmeChallenge, AcmeSettings};
-use crate::state::{PUBLIC_MODE, SECRET_MODE, read_optional, write_atomic};
+use crate::store::{PUBLIC_MODE, SECRET_MODE, read_optional, write_atomic};
 
 /// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
 pub use crate::pki::ACME_TLS_ALPN;

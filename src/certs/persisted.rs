@@ -18,7 +18,7 @@ use super::resolver::Refusal;
 use super::served::{Served, TlsSettings, unix_now};
 use crate::pki::ca::pem_encode_certificate;
 use crate::pki::{LeafFactory, MintedLeaf, SubjectName};
-use crate::state::{PUBLIC_MODE, read_optional, write_atomic};
+use crate::store::{PUBLIC_MODE, read_optional, write_atomic};
 
 /// Above this much SAN text a certificate grows past what some clients accept (the k3s SAN-stuffing
 /// advisory): further names are refused whatever `max-names` says.

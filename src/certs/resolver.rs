@@ -31,7 +31,7 @@ use super::served::{Served, TlsSettings, unix_now};
 use crate::config::{CertMode, Config, Served as ServedCert};
 use crate::limits::ClientLimiter;
 use crate::pki::{AllowList, LeafFactory, NameError, SubjectName};
-use crate::state::DataDir;
+use crate::store::DataDir;
 
 /// Why a name did not get a certificate of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use axum::middleware::Next;
 
 use super::{AppState, norman_error};
-use crate::setup::Caller;
+use crate::accounts::Caller;
 
 /// The session cookie Rancher sets.
 pub const SESSION_COOKIE: &str = "R_SESS";
@@ -69,7 +69,7 @@ pub async fn rancher_headers(
     mut req: Request<Body>,
     next: Next,
 ) -> Response<Body> {
-    let caller = presented_token(req.headers()).and_then(|t| state.setup.authenticate(t));
+    let caller = presented_token(req.headers()).and_then(|t| state.accounts.authenticate(t));
     let authed = caller.is_some();
     if let Some(caller) = caller {
         req.extensions_mut().insert(caller);

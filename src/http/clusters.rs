@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 use super::auth::Authenticated;
 use super::login::ActionQuery;
 use super::{AppState, NormanJson, json_response, norman_error, text_response};
+use crate::accounts::SERVER_URL;
 use crate::clusters::{Cluster, ClusterError};
 use crate::kubeconfig::{KubeconfigInput, render};
 use crate::pki::ca_checksum;
-use crate::setup::SERVER_URL;
 
 /// Lifetime of a token made for a kubeconfig (Rancher's `kubeconfig-default-token-ttl-minutes`).
 const KUBECONFIG_TOKEN_TTL_SECS: i64 = 30 * 24 * 3600;
@@ -56,7 +56,7 @@ fn cluster_object(state: &AppState, cluster: &Cluster, base: &str) -> Value {
 
 /// `https://<server-url host>` when server-url is set, else the URL the caller used.
 fn server_base(state: &AppState, headers: &HeaderMap) -> String {
-    match state.setup.setting(SERVER_URL) {
+    match state.accounts.setting(SERVER_URL) {
         Some((url, _)) if !url.is_empty() => url,
         _ => format!("https://{}", host_header(headers)),
     }
@@ -132,13 +132,13 @@ pub async fn action(
         return cluster_error(&ClusterError::NotFound(id));
     };
     let token = match state
-        .setup
+        .accounts
         .issue_token(&caller.user_id, KUBECONFIG_TOKEN_TTL_SECS)
     {
         Ok(token) => token,
-        Err(e) => return super::setup_error(&e),
+        Err(e) => return super::account_error(&e),
     };
-    let host = match state.setup.server_url_value() {
+    let host = match state.accounts.server_url_value() {
         Some(url) => url.as_str().trim_start_matches("https://").to_string(),
         None => host_header(&headers).to_string(),
     };

@@ -12,8 +12,8 @@ use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 
 use super::auth::SESSION_COOKIE;
-use super::{AppState, ConnInfo, NormanJson, json_response, norman_error, setup_error};
-use crate::setup::IssuedToken;
+use super::{AppState, ConnInfo, NormanJson, account_error, json_response, norman_error};
+use crate::accounts::IssuedToken;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -69,7 +69,7 @@ pub async fn v1_public(
 
 async fn login(state: &AppState, conn: ConnInfo, input: LoginInput) -> Response<Body> {
     let issued = match state
-        .setup
+        .accounts
         .login(&input.username, &input.password, conn.peer.ip())
         .await
     {
@@ -80,7 +80,7 @@ async fn login(state: &AppState, conn: ConnInfo, input: LoginInput) -> Response<
                 input.username,
                 conn.peer.ip()
             );
-            return setup_error(&e);
+            return account_error(&e);
         }
     };
     let issued = IssuedToken {

@@ -35,8 +35,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::accounts::{AccountError, Accounts};
 use crate::certs::CertResolver;
-use crate::setup::{Setup, SetupError};
 
 /// A client has this long to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -62,7 +62,7 @@ pub struct AppState {
     pub cacerts: CaSetting,
     /// The CA checksum, as logged at start.
     pub checksum: String,
-    pub setup: Arc<Setup>,
+    pub accounts: Arc<Accounts>,
     pub resolver: Arc<CertResolver>,
     pub clusters: Arc<crate::clusters::Clusters>,
     pub tunnels: Arc<crate::tunnel::TunnelRegistry>,
@@ -311,19 +311,21 @@ pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Res
     text_response(status, "application/json", format!("{body}\n"))
 }
 
-/// Rancher's status, code and text for each setup refusal.
-pub(crate) fn setup_error(error: &SetupError) -> Response<Body> {
+/// Rancher's status, code and text for each refusal of the accounts service.
+pub(crate) fn account_error(error: &AccountError) -> Response<Body> {
     let (status, code) = match error {
-        SetupError::AuthenticationFailed => (StatusCode::UNAUTHORIZED, "Unauthorized"),
-        SetupError::TooManyAttempts(_) => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
-        SetupError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
-        SetupError::InvalidCurrentPassword
-        | SetupError::PasswordTooShort
-        | SetupError::SamePassword => (StatusCode::UNPROCESSABLE_ENTITY, "InvalidBodyContent"),
-        SetupError::InvalidValue(_) => (StatusCode::BAD_REQUEST, "InvalidFormat"),
-        SetupError::ServerUrlLocked { .. } => (StatusCode::CONFLICT, "Conflict"),
-        SetupError::ReadOnlyFromEnv(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
-        SetupError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "ServerError"),
+        AccountError::AuthenticationFailed => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+        AccountError::TooManyAttempts(_) => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
+        AccountError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+        AccountError::InvalidCurrentPassword
+        | AccountError::PasswordTooShort
+        | AccountError::SamePassword => (StatusCode::UNPROCESSABLE_ENTITY, "InvalidBodyContent"),
+        AccountError::InvalidValue(_) => (StatusCode::BAD_REQUEST, "InvalidFormat"),
+        AccountError::ServerUrlLocked { .. } => (StatusCode::CONFLICT, "Conflict"),
+        AccountError::ReadOnlyFromEnv(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+        AccountError::Storage(_) | AccountError::Bootstrap(_) | AccountError::Pinning(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "ServerError")
+        }
     };
     let mut response = norman_error(status, code, &error.to_string());
     if let Some(wait) = error.retry_after() {

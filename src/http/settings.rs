@@ -15,8 +15,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::auth::Authenticated;
-use super::{AppState, NormanJson, base_url, json_response, norman_error, setup_error};
-use crate::setup::{FIRST_LOGIN, SERVER_URL, Source};
+use super::{AppState, NormanJson, account_error, base_url, json_response, norman_error};
+use crate::accounts::{FIRST_LOGIN, SERVER_URL, Source};
 
 /// norman's fixed `Expires` date.
 const NORMAN_EXPIRES: &str = "Wed 24 Feb 1982 18:42:00 GMT";
@@ -77,14 +77,14 @@ pub async fn setting(
                 "cacerts is readOnly",
             );
         }
-        SERVER_URL => state.setup.set_server_url(&input.value).map(drop),
-        FIRST_LOGIN => state.setup.set_first_login(&input.value),
+        SERVER_URL => state.accounts.set_server_url(&input.value).map(drop),
+        FIRST_LOGIN => state.accounts.set_first_login(&input.value),
         _ => return not_found(&name),
     };
     match result.map(|()| lookup(&state, &name)) {
         Ok(Some(setting)) => setting_response(&setting, &base),
         Ok(None) => not_found(&name),
-        Err(e) => setup_error(&e),
+        Err(e) => account_error(&e),
     }
 }
 
@@ -112,13 +112,13 @@ fn lookup(state: &AppState, name: &str) -> Option<Setting> {
             created: state.cacerts.created,
         });
     }
-    let (value, source) = state.setup.setting(name)?;
+    let (value, source) = state.accounts.setting(name)?;
     Some(Setting {
         name: name.into(),
         value,
         default: if name == FIRST_LOGIN { "true" } else { "" },
         source,
-        created: OffsetDateTime::from_unix_timestamp(state.setup.created())
+        created: OffsetDateTime::from_unix_timestamp(state.accounts.created())
             .unwrap_or(OffsetDateTime::UNIX_EPOCH),
     })
 }

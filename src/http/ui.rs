@@ -9,8 +9,8 @@ use axum::http::{Response, StatusCode};
 use serde_json::json;
 
 use super::{AppState, json_response, text_response};
+use crate::accounts::SERVER_URL;
 use crate::pki::inspect::summarize;
-use crate::setup::SERVER_URL;
 
 const PAGE: &str = include_str!("ui.html");
 
@@ -29,14 +29,14 @@ pub async fn favicon() -> Response<Body> {
 /// every handshake, the checksum is derived from `/cacerts`).
 pub async fn status(State(state): State<Arc<AppState>>) -> Response<Body> {
     let (server_url, source) = state
-        .setup
+        .accounts
         .setting(SERVER_URL)
         .map(|(value, source)| (value, source.as_str()))
         .unwrap_or_default();
     let body = json!({
-        "firstLogin": state.setup.first_login(),
+        "firstLogin": state.accounts.first_login(),
         // Whether the bootstrap password was generated (it is in the server log) or chosen.
-        "bootstrapPasswordGenerated": state.setup.bootstrap_password_generated(),
+        "bootstrapPasswordGenerated": state.accounts.bootstrap_password_generated(),
         "serverUrl": server_url,
         "serverUrlSource": source,
         "pinned": !server_url.is_empty(),

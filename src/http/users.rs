@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::auth::Authenticated;
 use super::login::ActionQuery;
-use super::{AppState, NormanJson, json_response, norman_error, setup_error};
+use super::{AppState, NormanJson, account_error, json_response, norman_error};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -28,11 +28,11 @@ pub async fn action(
         return norman_error(StatusCode::BAD_REQUEST, "InvalidAction", "invalid action");
     }
     match state
-        .setup
+        .accounts
         .change_password(&caller, &input.current_password, &input.new_password)
         .await
     {
         Ok(()) => json_response(StatusCode::OK, &serde_json::json!({})),
-        Err(e) => setup_error(&e),
+        Err(e) => account_error(&e),
     }
 }

@@ -15,7 +15,7 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::{dn_value, random_serial};
-use crate::state::{DataDir, PUBLIC_MODE, SECRET_MODE, read_optional, write_atomic};
+use crate::store::{DataDir, PUBLIC_MODE, SECRET_MODE, read_optional, write_atomic};
 
 /// CA lifetime: ten years, as dynamiclistener and Rancher ≤ 2.3 both use.
 const CA_LIFETIME: Duration = Duration::days(3650);

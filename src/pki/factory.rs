@@ -15,7 +15,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::ca::BACKDATE;
 use super::{CaError, CertificateAuthority, SubjectName, dn_value, random_serial};
-use crate::state::{DataDir, SECRET_MODE, read_optional, write_atomic};
+use crate::store::{DataDir, SECRET_MODE, read_optional, write_atomic};
 
 /// A freshly signed leaf.
 #[derive(Debug, Clone)]

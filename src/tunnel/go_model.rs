@@ -16,8 +16,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+use super::buffer::{MAX_BUFFER, RESUME_BELOW};
 use super::codec::{Message, MessageType, encode};
-use super::stream::{MAX_BUFFER, RESUME_BELOW};
 
 /// One stream of the Go peer.
 pub struct GoConn {

@@ -1,10 +1,12 @@
 //! Agent tunnels, wire-compatible with rancher/remotedialer: the message codec, multiplexed streams
 //! with Pause/Resume flow control, sessions on either end, the server's session registry and dialer.
 
+pub mod buffer;
 pub mod codec;
 pub mod dial;
 #[cfg(test)]
 mod go_model;
+pub mod mux;
 pub mod registry;
 pub mod session;
 pub mod stream;

@@ -97,7 +97,7 @@ impl TunnelRegistry {
         sessions.inc();
         tracing::info!(
             "tunnel for {key} connected (session {})",
-            session.session_key
+            session.session_key()
         );
         let result = session.run(ws, outgoing).await;
         self.remove(key, &session);

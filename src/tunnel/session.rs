@@ -7,23 +7,23 @@
 //! cannot hold a session (and the dials waiting on it) for ever. A malformed message, a text message
 //! or a Connect to the server ends this tunnel only.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
 
+use super::buffer::Closed;
 use super::codec::{Message, MessageType, decode_sync, encode_sync};
-use super::stream::{Closed, StreamShared, TunnelStream};
+use super::mux::Mux;
+pub use super::mux::Outgoing;
+use super::stream::TunnelStream;
 
 /// A client pings this often.
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);
@@ -36,8 +36,6 @@ pub const WRITE_TIMEOUT: Duration = PING_WAIT;
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a session being closed here tries to send its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Outgoing messages queued per session before writers wait.
-const OUTGOING_QUEUE: usize = 64;
 /// Streams younger than this are not pruned by SyncConnections: the client may not have seen their
 /// Connect yet when it sent the list.
 const SYNC_GRACE: Duration = Duration::from_secs(5);
@@ -67,26 +65,14 @@ pub trait Connector: Send + Sync + 'static {
 /// What serving one Connect is: a task of its own.
 pub type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-/// What a session's writer drains: data and errors in order on a bounded queue (so writers wait
-/// for room), and Pause/Resume on an unbounded one, enqueued under the stream's lock so they reach
-/// the peer in the order they were decided. (Decided under the lock but queued after it, a Resume
-/// could overtake its Pause and leave the peer paused for good.)
-pub struct Outgoing {
-    data: mpsc::Receiver<Bytes>,
-    flow: mpsc::UnboundedReceiver<Bytes>,
-}
-
 pub struct Session {
     role: Role,
     /// Who this session is for (a cluster id on the server; `client` on an agent).
-    pub client_key: String,
+    client_key: String,
     /// Random per session, as remotedialer's; 0 on the client side.
-    pub session_key: i64,
-    out: mpsc::Sender<Bytes>,
-    flow: mpsc::UnboundedSender<Bytes>,
-    streams: Mutex<HashMap<i64, Arc<StreamShared>>>,
-    next_conn_id: AtomicI64,
-    next_message_id: AtomicI64,
+    session_key: i64,
+    /// The queues, ids and stream table the streams share.
+    mux: Arc<Mux>,
     cancel: CancellationToken,
     /// Client end: what the server's Connects may reach, and how they are served.
     connector: Option<Arc<dyn Connector>>,
@@ -99,79 +85,34 @@ impl Session {
         client_key: &str,
         connector: Option<Arc<dyn Connector>>,
     ) -> (Arc<Self>, Outgoing) {
-        let (out, data) = mpsc::channel(OUTGOING_QUEUE);
-        let (flow, flow_rx) = mpsc::unbounded_channel();
         let mut rng = rand::rng();
         let session_key = match role {
             Role::Server => rng.random_range(1..i64::MAX),
             Role::Client => 0,
         };
+        let (mux, outgoing) = Mux::new(rng.random_range(0..i64::MAX / 2));
         let session = Arc::new(Self {
             role,
             client_key: client_key.to_string(),
             session_key,
-            out,
-            flow,
-            streams: Mutex::new(HashMap::new()),
-            next_conn_id: AtomicI64::new(1),
-            next_message_id: AtomicI64::new(rng.random_range(0..i64::MAX / 2)),
+            mux: Arc::new(mux),
             cancel: CancellationToken::new(),
             connector,
         });
-        (
-            session,
-            Outgoing {
-                data,
-                flow: flow_rx,
-            },
-        )
+        (session, outgoing)
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<i64, Arc<StreamShared>>> {
-        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn client_key(&self) -> &str {
+        &self.client_key
     }
 
-    pub(crate) fn sender(&self) -> mpsc::Sender<Bytes> {
-        self.out.clone()
+    pub fn session_key(&self) -> i64 {
+        self.session_key
     }
 
-    /// remotedialer's per-process message counter; receivers ignore it.
-    pub(crate) fn next_message_id(&self) -> i64 {
-        self.next_message_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Encodes a message with the next message id.
-    pub(crate) fn message(&self, conn_id: i64, kind: MessageType, payload: &[u8]) -> Bytes {
-        super::codec::encode(self.next_message_id(), conn_id, kind, payload)
-    }
-
-    async fn send(&self, conn_id: i64, kind: MessageType, payload: Bytes) {
-        let _ = self.out.send(self.message(conn_id, kind, &payload)).await;
-    }
-
-    /// Queues a message from synchronous code: at once if there is room, else from a task.
-    pub(crate) fn send_soon(&self, conn_id: i64, kind: MessageType, payload: Bytes) {
-        let message = self.message(conn_id, kind, &payload);
-        if let Err(mpsc::error::TrySendError::Full(message)) = self.out.try_send(message) {
-            let out = self.out.clone();
-            tokio::spawn(async move { out.send(message).await });
-        }
-    }
-
-    /// Queues a Pause or Resume. Callers hold the stream's lock, which orders them (see [`Outgoing`]).
-    pub(crate) fn send_flow(&self, conn_id: i64, kind: MessageType) {
-        let _ = self.flow.send(self.message(conn_id, kind, &[]));
-    }
-
-    /// Drops a stream from the session (it was closed locally).
-    pub(crate) fn forget(&self, conn_id: i64) {
-        self.lock().remove(&conn_id);
-    }
-
-    fn register(self: &Arc<Self>, conn_id: i64) -> TunnelStream {
-        let shared = StreamShared::new(conn_id);
-        self.lock().insert(conn_id, shared.clone());
-        TunnelStream::new(shared, self.clone())
+    /// A stream in the table, as a byte stream.
+    fn register(&self, conn_id: i64) -> TunnelStream {
+        TunnelStream::new(self.mux.insert(conn_id), self.mux.clone())
     }
 
     /// Server side: opens a stream to `proto`/`address` through the client. There is no
@@ -184,12 +125,12 @@ impl Session {
         address: &str,
     ) -> std::io::Result<TunnelStream> {
         let permit = tokio::select! {
-            permit = self.out.reserve() => permit.map_err(|_| disconnected())?,
+            permit = self.mux.reserve() => permit.ok_or_else(disconnected)?,
             _ = self.cancel.cancelled() => return Err(disconnected()),
         };
-        let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let conn_id = self.mux.next_conn_id();
         let stream = self.register(conn_id);
-        permit.send(self.message(
+        permit.send(self.mux.message(
             conn_id,
             MessageType::Connect,
             format!("{proto}/{address}").as_bytes(),
@@ -199,12 +140,14 @@ impl Session {
 
     #[cfg(test)]
     pub fn describe_stream(&self, conn_id: i64) -> String {
-        self.stream(conn_id).map_or("gone".into(), |s| s.describe())
+        self.mux
+            .get(conn_id)
+            .map_or("gone".into(), |s| s.describe())
     }
 
     /// Number of open streams.
     pub fn stream_count(&self) -> usize {
-        self.lock().len()
+        self.mux.len()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -214,10 +157,8 @@ impl Session {
     /// Ends the session: every stream fails with `tunnel disconnect`.
     pub fn close(&self) {
         self.cancel.cancel();
-        let streams: Vec<_> = self.lock().drain().map(|(_, s)| s).collect();
-        for stream in streams {
-            stream.close(Closed::Error("tunnel disconnect".into()));
-        }
+        self.mux
+            .close_all(&Closed::Error("tunnel disconnect".into()));
     }
 
     /// Runs the session over `ws` until either end stops; then closes it.
@@ -325,27 +266,25 @@ impl Session {
     }
 
     fn sync_message(&self) -> Bytes {
-        let ids: Vec<i64> = self.lock().keys().copied().collect();
-        self.message(0, MessageType::SyncConnections, &encode_sync(&ids))
-    }
-
-    fn stream(&self, conn_id: i64) -> Option<Arc<StreamShared>> {
-        self.lock().get(&conn_id).cloned()
+        let ids = self.mux.ids();
+        self.mux
+            .message(0, MessageType::SyncConnections, &encode_sync(&ids))
     }
 
     async fn dispatch(self: &Arc<Self>, message: Message) -> Result<(), String> {
         let conn_id = message.conn_id;
         match message.kind {
-            MessageType::Data => match self.stream(conn_id) {
+            MessageType::Data => match self.mux.get(conn_id) {
                 Some(stream) => stream.push(message.payload, || {
-                    self.send_flow(conn_id, MessageType::Pause)
+                    self.mux.send_flow(conn_id, MessageType::Pause)
                 }),
                 None => {
                     let text = format!(
                         "connection not found {}/{}/{conn_id}",
                         self.client_key, self.session_key
                     );
-                    self.send(conn_id, MessageType::Error, Bytes::from(text))
+                    self.mux
+                        .send(conn_id, MessageType::Error, Bytes::from(text))
                         .await;
                 }
             },
@@ -354,50 +293,36 @@ impl Session {
                 Role::Client => self.client_connect(conn_id, &message.text()).await,
             },
             MessageType::Error => {
-                let removed = self.lock().remove(&conn_id);
+                let removed = self.mux.remove(conn_id);
                 if let Some(stream) = removed {
                     stream.close(Closed::from_text(&message.text()));
                     // remotedialer's close path always answers with an Error of its own.
-                    self.send(conn_id, MessageType::Error, message.payload)
+                    self.mux
+                        .send(conn_id, MessageType::Error, message.payload)
                         .await;
                 }
             }
             MessageType::Pause | MessageType::Resume => {
-                if let Some(stream) = self.stream(conn_id) {
+                if let Some(stream) = self.mux.get(conn_id) {
                     stream.set_held(message.kind == MessageType::Pause, || {
-                        self.send_flow(conn_id, MessageType::Resume)
+                        self.mux.send_flow(conn_id, MessageType::Resume)
                     });
                 }
             }
             MessageType::SyncConnections if self.role == Role::Server => {
                 let listed = decode_sync(&message.payload).map_err(|e| e.to_string())?;
-                self.prune_unlisted(&listed);
+                self.mux.prune_unlisted(&listed, SYNC_GRACE);
             }
             _ => tracing::trace!("ignoring tunnel message type {:?}", message.kind),
         }
         Ok(())
     }
 
-    /// Closes server streams the client no longer has, without sending Error (remotedialer's rule).
-    fn prune_unlisted(&self, listed: &[i64]) {
-        let mut streams = self.lock();
-        let stale: Vec<i64> = streams
-            .iter()
-            .filter(|(id, s)| !listed.contains(id) && s.opened.elapsed() > SYNC_GRACE)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in stale {
-            if let Some(stream) = streams.remove(&id) {
-                stream.close(Closed::Error("sync from client".into()));
-            }
-        }
-    }
-
     /// Client side: serves what the server asks for, if the connector allows it.
     async fn client_connect(self: &Arc<Self>, conn_id: i64, payload: &str) {
         let Some((proto, address)) = payload.split_once('/') else {
             let text = Bytes::from(format!("invalid connect payload {payload:?}"));
-            return self.send(conn_id, MessageType::Error, text).await;
+            return self.mux.send(conn_id, MessageType::Error, text).await;
         };
         let connector = self
             .connector
@@ -406,7 +331,7 @@ impl Session {
         let Some(connector) = connector else {
             tracing::warn!("refused to dial {proto}/{address}: not allowed");
             let text = Bytes::from(format!("connect not allowed: {proto}/{address}"));
-            return self.send(conn_id, MessageType::Error, text).await;
+            return self.mux.send(conn_id, MessageType::Error, text).await;
         };
         let stream = self.register(conn_id);
         tokio::spawn(connector.serve(proto.to_string(), address.to_string(), stream));
@@ -549,7 +474,7 @@ mod tests {
         let listed = server.open_stream("tcp", "10.0.0.1:2").await.unwrap();
         tokio::time::advance(SYNC_GRACE + Duration::from_secs(1)).await;
         let young = server.open_stream("tcp", "10.0.0.1:3").await.unwrap();
-        server.prune_unlisted(&[listed.conn_id()]);
+        server.mux.prune_unlisted(&[listed.conn_id()], SYNC_GRACE);
         let mut buf = [0u8; 1];
         assert_eq!(
             old.read(&mut buf).await.unwrap_err().to_string(),
@@ -631,7 +556,7 @@ mod tests {
     /// until the peer resumes it. Any other Pause holds it until the peer's Resume.
     #[tokio::test(start_paused = true)]
     async fn a_pause_that_may_have_crossed_our_resume_holds_only_until_a_nudge() {
-        use super::super::stream::{MAX_NUDGES, NUDGE_AFTER};
+        use super::super::buffer::{MAX_NUDGES, NUDGE_AFTER};
         let (server, mut outgoing) = Session::new(Role::Server, "c-test", None);
         let mut stream = server.open_stream("tcp", "10.0.0.1:1").await.unwrap();
         let conn_id = stream.conn_id();
@@ -684,7 +609,7 @@ mod tests {
 
     #[tokio::test]
     async fn pause_is_requested_once_above_the_buffer_limit() {
-        use super::super::stream::{MAX_BUFFER, RESUME_BELOW};
+        use super::super::buffer::{MAX_BUFFER, RESUME_BELOW, StreamShared};
         let shared = StreamShared::new(2);
         let chunk = Bytes::from(vec![0u8; 64 * 1024]);
         let mut pauses = 0;

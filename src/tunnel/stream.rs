@@ -1,289 +1,41 @@
-//! One multiplexed stream of a tunnel session, as a byte stream (`AsyncRead + AsyncWrite`).
-//!
-//! Incoming Data is buffered per stream. Past `MAX_BUFFER` buffered bytes the session asks the peer to
-//! Pause; once a reader drains it below `MAX_BUFFER / 8` it sends Resume (remotedialer's thresholds).
-//! A Pause from the peer holds this side's writes until Resume. There is no half-close: an Error
-//! message (`EOF` for a graceful end) closes both directions.
-//!
-//! Go peers keep one paused flag per stream for both directions, and their own Resume does not wake
-//! their writer: a Go writer held by that flag sleeps until a Pause or Resume *from us* arrives, and a
-//! Resume from us also clears a pause the Go peer asked of us. So:
-//! - once the peer paused us and our own buffer has drained, we send Resume and stop holding our
-//!   writes, as a Go peer would through its shared flag;
-//! - a Resume from the peer, when it had paused us or we had paused it, is answered with one Resume,
-//!   to wake a writer its own Resume left asleep;
-//! - a Pause that arrives within [`CROSSING_WINDOW`] of a Resume of ours may have been sent before
-//!   our Resume reached the peer, which then cleared the Go peer's memory of it: it will never resume
-//!   us. Held by such a Pause with nothing left to read, we resume ourselves after [`NUDGE_AFTER`],
-//!   doubling for each further nudge, at most [`MAX_NUDGES`] times before the peer resumes us (a peer
-//!   that really stopped reading gets at most that many queues of data more). Any other Pause holds
-//!   our writes until the peer resumes us.
-//!
-//! These messages are advisory to a peer that keeps the directions apart (corral itself): it pauses
-//! again on its next buffer overflow.
+//! One multiplexed stream of a tunnel session, as a byte stream (`AsyncRead + AsyncWrite`): reads
+//! come from its [`StreamShared`] buffer, writes go to the session's outgoing queue through the
+//! [`Mux`]. There is no half-close: an Error message (`EOF` for a graceful end) closes both
+//! directions.
 
-use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker, ready};
-use std::time::Duration;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::PollSender;
 
+use super::buffer::{Closed, StreamShared, Writable};
 use super::codec::{HEADER_ROOM, MessageType, data_message_in_place};
-use super::session::Session;
+use super::mux::Mux;
 
-/// remotedialer's `MaxBuffer`: Pause is sent above this many buffered bytes.
-pub const MAX_BUFFER: usize = 1 << 21;
-/// Resume is sent once the buffer drains below this.
-pub const RESUME_BELOW: usize = MAX_BUFFER / 8;
-/// A writer held this long by a Pause that may have crossed our Resume, with our own buffer drained,
-/// resumes itself; twice as long after each such nudge (see above).
-pub const NUDGE_AFTER: Duration = Duration::from_secs(1);
-/// Nudges at most, until the peer resumes us.
-pub const MAX_NUDGES: u32 = 6;
-/// A Pause arriving this soon after a Resume of ours may have been sent before it reached the peer.
-pub const CROSSING_WINDOW: Duration = Duration::from_secs(5);
 /// Largest Data payload written at once. Go peers write at most 32 KiB but read any size; 64 KiB
 /// messages halve the per-message cost of bulk transfers.
 const MAX_DATA: usize = 64 * 1024;
 
-/// How a stream ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Closed {
-    Eof,
-    Error(String),
-}
-
-impl Closed {
-    /// The Error text for a received message: `EOF` is a graceful end.
-    pub fn from_text(text: &str) -> Self {
-        if text == "EOF" {
-            Closed::Eof
-        } else {
-            Closed::Error(text.to_string())
-        }
-    }
-}
-
-#[derive(Default)]
-struct State {
-    buffer: VecDeque<Bytes>,
-    buffered: usize,
-    read_waker: Option<Waker>,
-    write_waker: Option<Waker>,
-    closed: Option<Closed>,
-    /// We asked the peer to pause.
-    paused_peer: bool,
-    /// The peer asked us to pause.
-    held_by_peer: bool,
-    /// The peer paused us and we have not sent Resume since: a Go peer's writer may be asleep.
-    owe_resume: bool,
-    /// When the peer paused us (the hold that is on).
-    held_since: Option<tokio::time::Instant>,
-    /// When we last sent Resume.
-    resumed_at: Option<tokio::time::Instant>,
-    /// The Pause holding us arrived within `CROSSING_WINDOW` of a Resume of ours.
-    pause_may_be_void: bool,
-    /// Nudges since the peer last resumed us.
-    nudges: u32,
-}
-
-impl State {
-    /// Records a Resume of ours (the caller sends it, under the lock).
-    fn resumed(&mut self) {
-        self.paused_peer = false;
-        self.resumed_at = Some(tokio::time::Instant::now());
-    }
-
-    /// Stops holding our writes.
-    fn release(&mut self) {
-        self.held_by_peer = false;
-        self.owe_resume = false;
-        if let Some(waker) = self.write_waker.take() {
-            waker.wake();
-        }
-    }
-
-    /// When a writer held now may resume itself, if it may.
-    fn nudge_at(&self) -> Option<tokio::time::Instant> {
-        let eligible = self.held_by_peer
-            && self.owe_resume
-            && self.pause_may_be_void
-            && self.nudges < MAX_NUDGES
-            && self.buffered < RESUME_BELOW;
-        let held_since = self.held_since.filter(|_| eligible)?;
-        Some(held_since + NUDGE_AFTER * 2u32.pow(self.nudges))
-    }
-}
-
-/// The state a session and a stream share.
-pub struct StreamShared {
-    pub conn_id: i64,
-    /// When the stream was opened: SyncConnections spares young streams (see `Session`).
-    pub opened: tokio::time::Instant,
-    state: Mutex<State>,
-}
-
-impl StreamShared {
-    pub fn new(conn_id: i64) -> Arc<Self> {
-        crate::metrics::metrics().tunnel_streams.inc();
-        Arc::new(Self {
-            conn_id,
-            opened: tokio::time::Instant::now(),
-            state: Mutex::new(State::default()),
-        })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Buffers incoming data; calls `pause` (under the stream's lock) when the peer should now be asked
-    /// to Pause.
-    pub fn push(&self, data: Bytes, pause: impl FnOnce()) {
-        let mut state = self.lock();
-        if state.closed.is_some() || data.is_empty() {
-            return;
-        }
-        crate::metrics::metrics()
-            .tunnel_bytes_in
-            .inc_by(data.len() as u64);
-        state.buffered += data.len();
-        state.buffer.push_back(data);
-        if let Some(waker) = state.read_waker.take() {
-            waker.wake();
-        }
-        if state.buffered > MAX_BUFFER && !state.paused_peer {
-            state.paused_peer = true;
-            pause();
-        }
-    }
-
-    /// Pause (`held`) or Resume from the peer; calls `resume` (under the stream's lock) when the peer
-    /// should now get a Resume of ours.
-    pub fn set_held(&self, held: bool, resume: impl FnOnce()) {
-        let mut state = self.lock();
-        if held {
-            let now = tokio::time::Instant::now();
-            if !state.held_by_peer {
-                state.held_since = Some(now);
-            }
-            state.held_by_peer = true;
-            state.owe_resume = true;
-            state.pause_may_be_void = state
-                .resumed_at
-                .is_some_and(|at| now.duration_since(at) < CROSSING_WINDOW);
-            return;
-        }
-        // A Go peer's Resume clears its one flag: our own Pause no longer holds it (we ask again if
-        // our buffer is still full), and a writer of its that the flag held sleeps until we send
-        // something.
-        if state.owe_resume || state.paused_peer {
-            state.resumed();
-            resume();
-        }
-        state.nudges = 0;
-        state.release();
-    }
-
-    /// Ends the stream; readers drain what is buffered, then see `how`.
-    pub fn close(&self, how: Closed) {
-        let mut state = self.lock();
-        if state.closed.is_none() {
-            state.closed = Some(how);
-        }
-        for waker in [state.read_waker.take(), state.write_waker.take()]
-            .into_iter()
-            .flatten()
-        {
-            waker.wake();
-        }
-    }
-
-    /// Takes up to `max` buffered bytes (one received chunk at most, without copying), or `None` at
-    /// a graceful end. Sends Resume once a paused buffer has drained.
-    fn poll_take(
-        &self,
-        session: &Session,
-        cx: &mut Context<'_>,
-        max: usize,
-    ) -> Poll<io::Result<Option<Bytes>>> {
-        let mut state = self.lock();
-        if let Some(front) = state.buffer.front_mut() {
-            let chunk = front.split_to(front.len().min(max));
-            if front.is_empty() {
-                state.buffer.pop_front();
-            }
-            state.buffered -= chunk.len();
-            if (state.paused_peer || state.owe_resume) && state.buffered < RESUME_BELOW {
-                if state.owe_resume {
-                    // Our Resume clears a Go peer's one flag, so it will never resume us: stop
-                    // holding (as the Go peer itself would).
-                    state.release();
-                }
-                state.resumed();
-                session.send_flow(self.conn_id, MessageType::Resume);
-            }
-            return Poll::Ready(Ok(Some(chunk)));
-        }
-        match &state.closed {
-            Some(Closed::Eof) => Poll::Ready(Ok(None)),
-            Some(Closed::Error(e)) => Poll::Ready(Err(io::Error::other(e.clone()))),
-            None => {
-                state.read_waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.lock().closed.is_some()
-    }
-
-    pub fn buffered(&self) -> usize {
-        self.lock().buffered
-    }
-
-    #[cfg(test)]
-    pub fn describe(&self) -> String {
-        let s = self.lock();
-        format!(
-            "buffered {} held {} paused_peer {} owe {} writer_waiting {}",
-            s.buffered,
-            s.held_by_peer,
-            s.paused_peer,
-            s.owe_resume,
-            s.write_waker.is_some()
-        )
-    }
-}
-
-impl Drop for StreamShared {
-    fn drop(&mut self) {
-        crate::metrics::metrics().tunnel_streams.dec();
-    }
-}
-
 /// A tunnel stream as a byte stream. Dropping it closes the stream (Error `EOF` to the peer).
 pub struct TunnelStream {
     shared: Arc<StreamShared>,
-    session: Arc<Session>,
+    mux: Arc<Mux>,
     sender: PollSender<Bytes>,
-    /// Wakes a writer held by the peer at [`NUDGE_AFTER`].
+    /// Wakes a writer held by the peer when its hold may end by itself (see [`super::buffer`]).
     nudge: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl TunnelStream {
-    pub(crate) fn new(shared: Arc<StreamShared>, session: Arc<Session>) -> Self {
-        let sender = PollSender::new(session.sender());
+    pub(super) fn new(shared: Arc<StreamShared>, mux: Arc<Mux>) -> Self {
+        let sender = PollSender::new(mux.sender());
         Self {
             shared,
-            session,
+            mux,
             sender,
             nudge: None,
         }
@@ -303,8 +55,8 @@ impl TunnelStream {
             return;
         }
         self.shared.close(how);
-        self.session.forget(self.shared.conn_id);
-        self.session.send_soon(
+        self.mux.remove(self.shared.conn_id);
+        self.mux.send_soon(
             self.shared.conn_id,
             MessageType::Error,
             Bytes::from(text.to_string()),
@@ -318,7 +70,10 @@ impl AsyncRead for TunnelStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let taken = ready!(self.shared.poll_take(&self.session, cx, buf.remaining()))?;
+        let conn_id = self.shared.conn_id;
+        let mux = &self.mux;
+        let resume = || mux.send_flow(conn_id, MessageType::Resume);
+        let taken = ready!(self.shared.poll_take(cx, buf.remaining(), resume))?;
         if let Some(chunk) = taken {
             buf.put_slice(&chunk);
         }
@@ -331,32 +86,14 @@ impl TunnelStream {
     /// the session's queue has room (reserved for the next `send_item`).
     fn poll_send_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            let nudge_at = {
-                let mut state = self.shared.lock();
-                if let Some(closed) = &state.closed {
-                    let reason = match closed {
-                        Closed::Eof => "stream closed".to_string(),
-                        Closed::Error(e) => e.clone(),
-                    };
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, reason)));
-                }
-                if !state.held_by_peer {
-                    break;
-                }
-                let nudge_at = state.nudge_at();
-                if nudge_at.is_some_and(|at| tokio::time::Instant::now() >= at) {
-                    state.nudges += 1;
-                    state.release();
-                    state.resumed();
-                    self.session
-                        .send_flow(self.shared.conn_id, MessageType::Resume);
-                    break;
-                }
-                state.write_waker = Some(cx.waker().clone());
-                nudge_at
-            };
-            let Some(nudge_at) = nudge_at else {
-                return Poll::Pending;
+            let conn_id = self.shared.conn_id;
+            let mux = &self.mux;
+            let resume = || mux.send_flow(conn_id, MessageType::Resume);
+            let nudge_at = match self.shared.check_writable(cx, resume) {
+                Writable::Yes => break,
+                Writable::Closed(e) => return Poll::Ready(Err(e)),
+                Writable::Held { nudge_at: None } => return Poll::Pending,
+                Writable::Held { nudge_at: Some(at) } => at,
             };
             let nudge = self
                 .nudge
@@ -385,9 +122,15 @@ impl TunnelStream {
     /// directions end, like `copy_bidirectional`. Target bytes are read straight into Data messages.
     pub async fn relay<T: AsyncRead + AsyncWrite + Unpin>(mut self, target: T) {
         let (mut target_read, mut target_write) = tokio::io::split(target);
-        let (shared, session) = (self.shared.clone(), self.session.clone());
+        let (shared, mux) = (self.shared.clone(), self.mux.clone());
         let downstream = async {
-            let take = || poll_fn(|cx| shared.poll_take(&session, cx, usize::MAX));
+            let conn_id = shared.conn_id;
+            let take = || {
+                poll_fn(|cx| {
+                    let resume = || mux.send_flow(conn_id, MessageType::Resume);
+                    shared.poll_take(cx, usize::MAX, resume)
+                })
+            };
             while let Ok(Some(chunk)) = take().await {
                 if target_write.write_all(&chunk).await.is_err() {
                     break;
@@ -412,7 +155,7 @@ impl TunnelStream {
                 return Ok(());
             }
             poll_fn(|cx| self.poll_send_ready(cx)).await?;
-            let id = self.session.next_message_id();
+            let id = self.mux.next_message_id();
             let message = data_message_in_place(id, self.shared.conn_id, buffer);
             self.send_data(message, read)?;
         }
@@ -432,7 +175,7 @@ impl AsyncWrite for TunnelStream {
         ready!(self.poll_send_ready(cx))?;
         let n = buf.len().min(MAX_DATA);
         let message = self
-            .session
+            .mux
             .message(self.shared.conn_id, MessageType::Data, &buf[..n]);
         self.send_data(message, n)?;
         Poll::Ready(Ok(n))

@@ -1,18 +1,17 @@
 //! First-start setup and the accounts behind the API: the bootstrap password and `admin` user, login
 //! tokens, password changes, and the settings setup writes (`server-url`, `first-login`).
 //!
-//! All of it is one JSON document in the data directory, rewritten atomically on every change.
+//! All of it is one document of the store ([`state`]), changed only through `Document::update`.
 //! Passwords are stored as argon2id hashes and tokens as SHA-256 hashes; neither is ever logged.
 //! Setting `server-url` pins the certificates to its host, for good, through [`Pinning`]: a trait
 //! defined here and implemented by the certificate service, so accounts know nothing of TLS.
 
 mod backoff;
 pub mod bootstrap;
-mod document;
 mod password_gate;
 pub mod secrets;
+mod state;
 
-use std::fmt;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -23,10 +22,10 @@ use governor::Quota;
 use crate::limits::ClientLimiter;
 pub use crate::pki::ServerUrl;
 use crate::pki::SubjectName;
-use crate::state::DataDir;
-use document::{DocumentError, SetupDocument, Token, User};
+use crate::store::{Backend, DataDir, Document, StoreError};
 use password_gate::{Busy, PasswordGate};
 use secrets::{hash_password, hash_token_secret, random_suffix, random_token, same_hash};
+use state::{ACCOUNTS, AccountState, Token, User};
 
 /// Rancher's `password-min-length`.
 pub const PASSWORD_MIN_LENGTH: usize = 12;
@@ -41,81 +40,64 @@ const LOGIN_PER_MINUTE: u32 = 20;
 pub const SERVER_URL: &str = "server-url";
 pub const FIRST_LOGIN: &str = "first-login";
 
-/// Why a setup operation was refused; the HTTP layer maps each to Rancher's status and text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SetupError {
+/// Why an accounts operation was refused; the HTTP layer maps each to Rancher's status and text.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("authentication failed")]
     AuthenticationFailed,
     /// Over the per-client rate or the per-user backoff; retry after the duration.
+    #[error("too many failed login attempts; try again later")]
     TooManyAttempts(Duration),
     /// Every password slot stayed busy (see `PasswordGate`); retry shortly.
+    #[error("too many password checks at once; try again shortly")]
     Busy,
+    #[error("invalid current password")]
     InvalidCurrentPassword,
+    #[error("password must be at least {PASSWORD_MIN_LENGTH} characters")]
     PasswordTooShort,
+    #[error("new password must not be the same as current password")]
     SamePassword,
+    /// A setting's value that is not valid, and why.
+    #[error("{0}")]
     InvalidValue(String),
-    ServerUrlLocked {
-        current: String,
-    },
+    #[error("server-url is already {current}: the hostname cannot be changed after installation")]
+    ServerUrlLocked { current: String },
+    #[error("{0} is readOnly because its value is from environment variable")]
     ReadOnlyFromEnv(&'static str),
-    Storage(String),
+    #[error("cannot save state: {0}")]
+    Storage(#[from] StoreError),
+    #[error("cannot keep the bootstrap password: {0}")]
+    Bootstrap(#[source] std::io::Error),
+    #[error("cannot pin the certificate: {0}")]
+    Pinning(#[source] PinError),
 }
 
-impl fmt::Display for SetupError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SetupError::AuthenticationFailed => f.write_str("authentication failed"),
-            SetupError::TooManyAttempts(_) => {
-                f.write_str("too many failed login attempts; try again later")
-            }
-            SetupError::Busy => f.write_str("too many password checks at once; try again shortly"),
-            SetupError::InvalidCurrentPassword => f.write_str("invalid current password"),
-            SetupError::PasswordTooShort => {
-                write!(
-                    f,
-                    "password must be at least {PASSWORD_MIN_LENGTH} characters"
-                )
-            }
-            SetupError::SamePassword => {
-                f.write_str("new password must not be the same as current password")
-            }
-            SetupError::InvalidValue(reason) => f.write_str(reason),
-            SetupError::ServerUrlLocked { current } => write!(
-                f,
-                "server-url is already {current}: the hostname cannot be changed after installation"
-            ),
-            SetupError::ReadOnlyFromEnv(name) => {
-                write!(
-                    f,
-                    "{name} is readOnly because its value is from environment variable"
-                )
-            }
-            SetupError::Storage(reason) => write!(f, "cannot save state: {reason}"),
-        }
-    }
-}
-
-impl SetupError {
+impl AccountError {
     /// How long a refused caller should wait before trying again (`Retry-After`), if it should.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            SetupError::TooManyAttempts(wait) => Some(*wait),
-            SetupError::Busy => Some(Duration::from_secs(1)),
+            AccountError::TooManyAttempts(wait) => Some(*wait),
+            AccountError::Busy => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
 }
 
-impl From<Busy> for SetupError {
+impl From<Busy> for AccountError {
     fn from(_: Busy) -> Self {
-        SetupError::Busy
+        AccountError::Busy
     }
 }
+
+/// Why the certificates could not be pinned, from whoever implements [`Pinning`].
+pub type PinError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What pinning to server-url's host does to the certificates served.
 pub trait Pinning: Send + Sync {
     /// The certificate pinning to `host` will serve, made but not served yet; `None` when there is
     /// nothing to pin (already pinned, or certificates that are not minted).
-    fn stage<'a>(&'a self, host: &SubjectName) -> Result<Option<Box<dyn StagedPin + 'a>>, String>;
+    fn stage<'a>(&'a self, host: &SubjectName)
+    -> Result<Option<Box<dyn StagedPin + 'a>>, PinError>;
 }
 
 /// A pin made but not served: [`StagedPin::commit`] serves it (once server-url is saved); dropped,
@@ -125,31 +107,16 @@ pub trait StagedPin {
 }
 
 /// Why `corral reset-password` could not reset the admin's password.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ResetError {
+    #[error("no admin in this data directory yet: `corral serve` creates it on first start")]
     NoSetup,
+    #[error("setup.json has no admin user")]
     NoAdmin,
-    Storage(DocumentError),
-}
-
-impl fmt::Display for ResetError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ResetError::NoSetup => f.write_str(
-                "no admin in this data directory yet: `corral serve` creates it on first start",
-            ),
-            ResetError::NoAdmin => f.write_str("setup.json has no admin user"),
-            ResetError::Storage(e) => write!(f, "cannot reset the password: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ResetError {}
-
-impl From<DocumentError> for ResetError {
-    fn from(e: DocumentError) -> Self {
-        ResetError::Storage(e)
-    }
+    #[error("cannot reset the password: {0}")]
+    Storage(#[from] StoreError),
+    #[error("cannot remove the kept bootstrap password: {0}")]
+    Bootstrap(#[source] std::io::Error),
 }
 
 /// Where a setting's value comes from, as norman reports it.
@@ -189,9 +156,9 @@ pub struct Caller {
     pub token_name: String,
 }
 
-/// The setup service.
-pub struct Setup {
-    document: SetupDocument,
+/// The accounts service.
+pub struct Accounts {
+    document: Document<AccountState>,
     dir: DataDir,
     /// `server-url` from `--server-url` / `CATTLE_SERVER_URL`: pinned from boot, read-only.
     env_server_url: Option<ServerUrl>,
@@ -202,19 +169,21 @@ pub struct Setup {
     passwords: PasswordGate,
 }
 
-impl Setup {
-    /// Loads setup state, creating the `admin` user on first start, and pins the resolver if a
-    /// server-url is known. `banner_url` is where the log tells the admin to go.
+impl Accounts {
+    /// Loads the accounts from `store`, creating the `admin` user on first start, and pins the
+    /// certificates if a server-url is known. `dir` keeps the bootstrap password; `banner_url` is
+    /// where the log tells the admin to go.
     pub fn open(
+        store: Arc<dyn Backend>,
         dir: &DataDir,
         bootstrap_password: Option<String>,
         env_server_url: Option<ServerUrl>,
         pins: Arc<dyn Pinning>,
         banner_url: &str,
-    ) -> Result<Self, String> {
-        let (document, stored) = SetupDocument::open(dir).map_err(|e| e.to_string())?;
-        let first_start = stored.is_none();
-        let setup = Self {
+    ) -> Result<Self, AccountError> {
+        let (document, existed) = Document::open(store, ACCOUNTS)?;
+        let first_start = !existed;
+        let accounts = Self {
             document,
             dir: dir.clone(),
             env_server_url,
@@ -227,52 +196,53 @@ impl Setup {
             passwords: PasswordGate::default(),
         };
         if first_start {
-            setup.create_admin(bootstrap_password)?;
+            accounts.create_admin(bootstrap_password)?;
         }
-        if setup.first_login() {
+        if accounts.first_login() {
             bootstrap::log_banner(banner_url, bootstrap::kept(dir).as_deref());
         }
-        if let Some(url) = setup.server_url_value()
-            && let Some(staged) = setup.pins.stage(url.host())?
+        if let Some(url) = accounts.server_url_value()
+            && let Some(staged) = accounts
+                .pins
+                .stage(url.host())
+                .map_err(AccountError::Pinning)?
         {
             staged.commit();
         }
-        Ok(setup)
+        Ok(accounts)
     }
 
     /// Creates `admin` on a first start, with the bootstrap password: one kept by an earlier start
     /// that did not finish (it wins, as Rancher's bootstrap secret does), else `CATTLE_BOOTSTRAP_PASSWORD`,
     /// else a generated one. A generated password is kept (0600) before the admin is written, so a
     /// start that fails after this point loses nothing.
-    fn create_admin(&self, bootstrap_password: Option<String>) -> Result<(), String> {
+    fn create_admin(&self, bootstrap_password: Option<String>) -> Result<(), AccountError> {
         let password = match (bootstrap::kept(&self.dir), bootstrap_password) {
             (Some(kept), _) => kept,
             (None, Some(given)) if !given.is_empty() => given,
             (None, _) => {
                 let generated = random_token(secrets::TOKEN_LENGTH);
-                bootstrap::keep(&self.dir, &generated)
-                    .map_err(|e| format!("cannot keep the bootstrap password: {e}"))?;
+                bootstrap::keep(&self.dir, &generated).map_err(AccountError::Bootstrap)?;
                 generated
             }
         };
         let generated = bootstrap::kept(&self.dir).is_some();
-        self.document
-            .update(|state| {
-                state.created = now();
-                state.users.push(User {
-                    id: format!("user-{}", random_suffix()),
-                    username: "admin".into(),
-                    display_name: "Default Admin".into(),
-                    password_hash: hash_password(&password),
-                    must_change_password: generated || password == "admin",
-                });
-                state.settings.insert(FIRST_LOGIN.into(), "true".into());
-                Ok::<_, SetupError>(())
-            })
-            .map_err(|e| e.to_string())
+        let admin = User {
+            id: format!("user-{}", random_suffix()),
+            username: "admin".into(),
+            display_name: "Default Admin".into(),
+            password_hash: hash_password(&password),
+            must_change_password: generated || password == "admin",
+        };
+        self.document.update(|state| {
+            state.created = now();
+            state.users.push(admin.clone());
+            state.settings.insert(FIRST_LOGIN.into(), "true".into());
+            Ok::<_, AccountError>(())
+        })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, document::Loaded> {
+    fn lock(&self) -> Arc<AccountState> {
         self.document.read()
     }
 
@@ -284,10 +254,10 @@ impl Setup {
         username: &str,
         password: &str,
         client: IpAddr,
-    ) -> Result<IssuedToken, SetupError> {
+    ) -> Result<IssuedToken, AccountError> {
         self.login_limiter
             .check(client)
-            .map_err(SetupError::TooManyAttempts)?;
+            .map_err(AccountError::TooManyAttempts)?;
         let user = self
             .lock()
             .users
@@ -298,21 +268,21 @@ impl Setup {
             // The same work, and the same wait for the gate, as a real check: usernames cannot be
             // probed by timing.
             self.passwords.verify(password, DUMMY_HASH).await?;
-            return Err(SetupError::AuthenticationFailed);
+            return Err(AccountError::AuthenticationFailed);
         };
         self.login_backoff
             .check(&user.id)
-            .map_err(SetupError::TooManyAttempts)?;
+            .map_err(AccountError::TooManyAttempts)?;
         if !self.passwords.verify(password, &user.password_hash).await? {
             self.login_backoff.failed(&user.id);
-            return Err(SetupError::AuthenticationFailed);
+            return Err(AccountError::AuthenticationFailed);
         }
         self.login_backoff.succeeded(&user.id);
         self.issue_token(&user.id, SESSION_TTL_SECS)
     }
 
     /// A new token for `user_id`, valid for `ttl_secs` (logins; kubeconfigs).
-    pub fn issue_token(&self, user_id: &str, ttl_secs: i64) -> Result<IssuedToken, SetupError> {
+    pub fn issue_token(&self, user_id: &str, ttl_secs: i64) -> Result<IssuedToken, AccountError> {
         let name = format!("token-{}", random_suffix());
         let secret = random_token(secrets::TOKEN_LENGTH);
         let created = now();
@@ -328,7 +298,7 @@ impl Setup {
             next.tokens.push(token.clone());
             let excess = next.tokens.len().saturating_sub(MAX_TOKENS);
             next.tokens.drain(..excess);
-            Ok::<_, SetupError>(())
+            Ok::<_, AccountError>(())
         })?;
         Ok(IssuedToken {
             token: format!("{name}:{secret}"),
@@ -363,12 +333,12 @@ impl Setup {
         caller: &Caller,
         current: &str,
         new: &str,
-    ) -> Result<(), SetupError> {
+    ) -> Result<(), AccountError> {
         if new.chars().count() < PASSWORD_MIN_LENGTH {
-            return Err(SetupError::PasswordTooShort);
+            return Err(AccountError::PasswordTooShort);
         }
         if new == current {
-            return Err(SetupError::SamePassword);
+            return Err(AccountError::SamePassword);
         }
         let hash = self
             .lock()
@@ -376,9 +346,9 @@ impl Setup {
             .iter()
             .find(|u| u.id == caller.user_id)
             .map(|u| u.password_hash.clone())
-            .ok_or(SetupError::AuthenticationFailed)?;
+            .ok_or(AccountError::AuthenticationFailed)?;
         if !self.passwords.verify(current, &hash).await? {
-            return Err(SetupError::InvalidCurrentPassword);
+            return Err(AccountError::InvalidCurrentPassword);
         }
         let new_hash = self.passwords.hash(new).await?;
         self.document.update(|next| {
@@ -386,12 +356,12 @@ impl Setup {
                 .users
                 .iter_mut()
                 .find(|u| u.id == caller.user_id)
-                .ok_or(SetupError::AuthenticationFailed)?;
+                .ok_or(AccountError::AuthenticationFailed)?;
             if user.password_hash != hash {
                 // Changed concurrently: the current password checked above is no longer current.
-                return Err(SetupError::InvalidCurrentPassword);
+                return Err(AccountError::InvalidCurrentPassword);
             }
-            user.password_hash = new_hash;
+            user.password_hash = new_hash.clone();
             user.must_change_password = false;
             next.settings.insert(FIRST_LOGIN.into(), "false".into());
             Ok(())
@@ -448,14 +418,15 @@ impl Setup {
 
     /// Sets server-url. The first value pins certificates to its host; the same value again is a
     /// no-op; another host is refused, as is any change when the value comes from the environment.
-    pub fn set_server_url(&self, raw: &str) -> Result<ServerUrl, SetupError> {
+    pub fn set_server_url(&self, raw: &str) -> Result<ServerUrl, AccountError> {
         if self.env_server_url.is_some() {
-            return Err(SetupError::ReadOnlyFromEnv(SERVER_URL));
+            return Err(AccountError::ReadOnlyFromEnv(SERVER_URL));
         }
-        let url = ServerUrl::parse(raw).map_err(SetupError::InvalidValue)?;
-        // The document's lock is held across pinning, so concurrent attempts are ordered and exactly
-        // one first value wins. All or nothing: the pinned certificate is made first but served only
-        // once the setting is saved; when the save fails it is dropped and clients keep what they had.
+        let url = ServerUrl::parse(raw).map_err(AccountError::InvalidValue)?;
+        // The document is locked across pinning, so concurrent attempts are ordered and exactly one
+        // first value wins. All or nothing: the pinned certificate is made first but served only once
+        // the setting is saved; when the save fails (or loses to another writer, and the change is
+        // applied again) it is dropped and clients keep what they had.
         let (url, pending) = self.document.update(|next| {
             let current = next
                 .settings
@@ -463,16 +434,16 @@ impl Setup {
                 .and_then(|v| ServerUrl::parse(v).ok());
             let pending = match current {
                 Some(current) if current.host() != url.host() => {
-                    return Err(SetupError::ServerUrlLocked {
+                    return Err(AccountError::ServerUrlLocked {
                         current: current.to_string(),
                     });
                 }
                 Some(current) if current == url => return Ok((current, None)),
                 Some(_) => None,
-                None => self.pins.stage(url.host()).map_err(SetupError::Storage)?,
+                None => self.pins.stage(url.host()).map_err(AccountError::Pinning)?,
             };
             next.settings.insert(SERVER_URL.into(), url.to_string());
-            Ok((url, pending))
+            Ok((url.clone(), pending))
         })?;
         if let Some(pending) = pending {
             pending.commit();
@@ -482,15 +453,15 @@ impl Setup {
     }
 
     /// Sets first-login explicitly (the UI does so when no password change is needed).
-    pub fn set_first_login(&self, value: &str) -> Result<(), SetupError> {
+    pub fn set_first_login(&self, value: &str) -> Result<(), AccountError> {
         if value != "true" && value != "false" {
-            return Err(SetupError::InvalidValue(format!(
+            return Err(AccountError::InvalidValue(format!(
                 "first-login must be \"true\" or \"false\", not {value:?}"
             )));
         }
         self.document.update(|next| {
             next.settings.insert(FIRST_LOGIN.into(), value.into());
-            Ok::<_, SetupError>(())
+            Ok::<_, AccountError>(())
         })?;
         if value == "false" {
             self.first_login_done();
@@ -506,12 +477,6 @@ impl Setup {
     }
 }
 
-impl From<DocumentError> for SetupError {
-    fn from(e: DocumentError) -> Self {
-        SetupError::Storage(e.to_string())
-    }
-}
-
 /// A valid argon2id hash of a password nobody knows, checked when the username does not exist.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0cwMjmh/+Gl0WkLz5Y8vaHxZ0eTcSxUgjoFBt4r5TdI";
 
@@ -522,21 +487,25 @@ fn now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::DataDir;
+    use crate::store::{DataDir, FileBackend};
 
     /// Certificates that never pin (the tests here are about accounts).
     struct NoPins;
 
     impl Pinning for NoPins {
-        fn stage<'a>(&'a self, _: &SubjectName) -> Result<Option<Box<dyn StagedPin + 'a>>, String> {
+        fn stage<'a>(
+            &'a self,
+            _: &SubjectName,
+        ) -> Result<Option<Box<dyn StagedPin + 'a>>, PinError> {
             Ok(None)
         }
     }
 
-    fn setup() -> (tempfile::TempDir, Setup) {
+    fn setup() -> (tempfile::TempDir, Accounts) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::open(tmp.path()).unwrap();
-        let setup = Setup::open(
+        let setup = Accounts::open(
+            Arc::new(FileBackend::new(dir.clone())),
             &dir,
             Some("a-bootstrap-password".into()),
             None,
@@ -557,23 +526,27 @@ mod tests {
                 .login("nobody", "guess", address(i))
                 .await
                 .unwrap_err();
-            assert_eq!(refused, SetupError::AuthenticationFailed);
+            assert!(
+                matches!(refused, AccountError::AuthenticationFailed),
+                "{refused:?}"
+            );
         }
         let refused = setup
             .login("nobody", "guess", address(999))
             .await
             .unwrap_err();
         assert!(
-            matches!(refused, SetupError::TooManyAttempts(_)),
+            matches!(refused, AccountError::TooManyAttempts(_)),
             "{refused:?}"
         );
         let other_prefix = IpAddr::from([0xfd00, 0, 0, 2, 0, 0, 0, 1]);
-        assert_eq!(
-            setup
-                .login("nobody", "guess", other_prefix)
-                .await
-                .unwrap_err(),
-            SetupError::AuthenticationFailed
+        let refused = setup
+            .login("nobody", "guess", other_prefix)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, AccountError::AuthenticationFailed),
+            "{refused:?}"
         );
     }
 }

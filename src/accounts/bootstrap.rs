@@ -5,10 +5,12 @@
 
 use std::io;
 
-use super::document::{DocumentError, update_stored};
+use std::sync::Arc;
+
 use super::secrets::{TOKEN_LENGTH, hash_password, random_token};
+use super::state::{ACCOUNTS, AccountState};
 use super::{FIRST_LOGIN, ResetError};
-use crate::state::{DataDir, SECRET_MODE, read_optional, write_atomic};
+use crate::store::{Backend, DataDir, Document, SECRET_MODE, read_optional, write_atomic};
 
 /// The kept bootstrap password, if there is one.
 pub fn kept(dir: &DataDir) -> Option<String> {
@@ -63,17 +65,21 @@ pub struct Reset {
 
 /// Sets a new, generated password for `admin` in `dir` and revokes its login tokens (sessions, API
 /// tokens, kubeconfigs): whoever knew the old password may hold one. A running server sees the change
-/// at once (it re-reads `setup.json` when the file changes).
-pub fn reset_password(dir: &DataDir) -> Result<Reset, ResetError> {
+/// at once (it re-reads the accounts document when it changes in the store).
+pub fn reset_password(store: Arc<dyn Backend>, dir: &DataDir) -> Result<Reset, ResetError> {
+    let (document, existed) = Document::<AccountState>::open(store, ACCOUNTS)?;
+    if !existed {
+        return Err(ResetError::NoSetup);
+    }
     let password = random_token(TOKEN_LENGTH);
     let hash = hash_password(&password);
-    let reset = update_stored(dir, |state| {
+    let user_id = document.update(|state| {
         let user = state
             .users
             .iter_mut()
             .find(|u| u.username == "admin")
             .ok_or(ResetError::NoAdmin)?;
-        user.password_hash = hash;
+        user.password_hash = hash.clone();
         user.must_change_password = true;
         let user_id = user.id.clone();
         state.tokens.retain(|t| t.user_id != user_id);
@@ -83,11 +89,7 @@ pub fn reset_password(dir: &DataDir) -> Result<Reset, ResetError> {
             .entry(FIRST_LOGIN.into())
             .or_insert_with(|| "true".into());
         Ok::<_, ResetError>(user_id)
-    })?
-    .ok_or(ResetError::NoSetup)?;
-    forget(dir).map_err(|e| ResetError::Storage(DocumentError::Io(dir.bootstrap_password(), e)))?;
-    Ok(Reset {
-        user_id: reset,
-        password,
-    })
+    })?;
+    forget(dir).map_err(ResetError::Bootstrap)?;
+    Ok(Reset { user_id, password })
 }

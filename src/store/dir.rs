@@ -121,11 +121,6 @@ impl DataDir {
         self.root.join("setup.json")
     }
 
-    /// Locked (`flock`) by whoever rewrites `setup.json`: the server, `corral reset-password`.
-    pub fn setup_lock(&self) -> PathBuf {
-        self.root.join(".setup.lock")
-    }
-
     /// A generated bootstrap password, kept until first login (Rancher's `bootstrap-secret`).
     pub fn bootstrap_password(&self) -> PathBuf {
         self.root.join("bootstrap-password")

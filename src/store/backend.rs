@@ -1,0 +1,154 @@
+//! The seam between documents and where they are kept, and the data-directory implementation.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use super::dir::{DataDir, PUBLIC_MODE, SECRET_MODE, read_optional, write_atomic};
+
+/// A document's name in the store, and whether it holds secrets (written 0600 in the data directory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    pub name: &'static str,
+    pub secret: bool,
+}
+
+impl Key {
+    pub const fn secret(name: &'static str) -> Self {
+        Self { name, secret: true }
+    }
+
+    pub const fn public(name: &'static str) -> Self {
+        Self {
+            name,
+            secret: false,
+        }
+    }
+}
+
+/// Which write of a document is stored: changes with every write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version(u128);
+
+/// Why the store could not read or write a document.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} is unreadable ({source}); restore it or move it away")]
+    Unreadable {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    /// Another writer changed the document between our read and our write.
+    #[error("{0} was changed by another writer")]
+    Conflict(&'static str),
+}
+
+/// Where documents are kept: whole values, versioned, written with compare-and-swap.
+pub trait Backend: Send + Sync + 'static {
+    /// The stored bytes and their version; `None` when there is no such document.
+    fn read(&self, key: Key) -> Result<Option<(Vec<u8>, Version)>, StoreError>;
+    /// The stored version, cheaply (to notice another writer).
+    fn version(&self, key: Key) -> Result<Option<Version>, StoreError>;
+    /// Writes `bytes` if the stored version is still `expected` (`None`: no document yet);
+    /// [`StoreError::Conflict`] otherwise.
+    fn write(
+        &self,
+        key: Key,
+        bytes: &[u8],
+        expected: Option<Version>,
+    ) -> Result<Version, StoreError>;
+}
+
+/// Documents as files of the data directory: atomic writes (temp file, fsync, rename, directory
+/// fsync), an exclusive `flock` on a lock file around each compare-and-swap so that two processes
+/// never interleave, and the file's identity (inode, mtime, length) as its version.
+pub struct FileBackend {
+    dir: DataDir,
+}
+
+impl FileBackend {
+    pub fn new(dir: DataDir) -> Self {
+        Self { dir }
+    }
+
+    fn path(&self, key: Key) -> PathBuf {
+        self.dir.root().join(key.name)
+    }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn version_of(path: &Path) -> Result<Option<Version>, StoreError> {
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            let modified = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+            let stamp = (u128::from(meta.ino()) << 96)
+                ^ ((modified as u128) << 32)
+                ^ u128::from(meta.len());
+            Ok(Some(Version(stamp)))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(path)(e)),
+    }
+}
+
+impl Backend for FileBackend {
+    fn read(&self, key: Key) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
+        let path = self.path(key);
+        // The version first: a write landing between the two makes the next read reload, never miss it.
+        let Some(version) = version_of(&path)? else {
+            return Ok(None);
+        };
+        let bytes = read_optional(&path).map_err(io_error(&path))?;
+        Ok(bytes.map(|bytes| (bytes, version)))
+    }
+
+    fn version(&self, key: Key) -> Result<Option<Version>, StoreError> {
+        version_of(&self.path(key))
+    }
+
+    fn write(
+        &self,
+        key: Key,
+        bytes: &[u8],
+        expected: Option<Version>,
+    ) -> Result<Version, StoreError> {
+        let path = self.path(key);
+        // `.setup.lock` beside `setup.json`: the name earlier versions locked, so they still agree.
+        let stem = key.name.strip_suffix(".json").unwrap_or(key.name);
+        let lock_path = self.dir.root().join(format!(".{stem}.lock"));
+        let _exclusive = lock_file(&lock_path)?;
+        if version_of(&path)? != expected {
+            return Err(StoreError::Conflict(key.name));
+        }
+        let mode = if key.secret { SECRET_MODE } else { PUBLIC_MODE };
+        write_atomic(&path, bytes, mode).map_err(io_error(&path))?;
+        version_of(&path)?.ok_or_else(|| {
+            io_error(&path)(io::Error::new(
+                io::ErrorKind::NotFound,
+                "gone right after it was written",
+            ))
+        })
+    }
+}
+
+/// An exclusive `flock` on `path` (created 0600), held until the file is dropped.
+fn lock_file(path: &Path) -> Result<File, StoreError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(SECRET_MODE)
+        .open(path)
+        .map_err(io_error(path))?;
+    file.lock().map_err(io_error(path))?;
+    Ok(file)
+}

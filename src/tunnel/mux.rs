@@ -1,0 +1,154 @@
+//! What a session's streams share: the outgoing queues, the message and stream ids, and the table of
+//! open streams. The session's I/O loop drains the queues and feeds the table; each
+//! [`TunnelStream`](super::stream::TunnelStream) sends through it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::buffer::{Closed, StreamShared};
+use super::codec::MessageType;
+
+/// Outgoing messages queued per session before writers wait.
+const OUTGOING_QUEUE: usize = 64;
+
+/// What a session's writer drains: data and errors in order on a bounded queue (so writers wait
+/// for room), and Pause/Resume on an unbounded one, enqueued under the stream's lock so they reach
+/// the peer in the order they were decided. (Decided under the lock but queued after it, a Resume
+/// could overtake its Pause and leave the peer paused for good.)
+pub struct Outgoing {
+    pub(super) data: mpsc::Receiver<Bytes>,
+    pub(super) flow: mpsc::UnboundedReceiver<Bytes>,
+}
+
+pub struct Mux {
+    out: mpsc::Sender<Bytes>,
+    flow: mpsc::UnboundedSender<Bytes>,
+    streams: Mutex<HashMap<i64, Arc<StreamShared>>>,
+    next_conn_id: AtomicI64,
+    next_message_id: AtomicI64,
+}
+
+impl Mux {
+    /// A mux, and the receivers its session's writer drains.
+    pub fn new(first_message_id: i64) -> (Self, Outgoing) {
+        let (out, data) = mpsc::channel(OUTGOING_QUEUE);
+        let (flow, flow_rx) = mpsc::unbounded_channel();
+        let mux = Self {
+            out,
+            flow,
+            streams: Mutex::new(HashMap::new()),
+            next_conn_id: AtomicI64::new(1),
+            next_message_id: AtomicI64::new(first_message_id),
+        };
+        let outgoing = Outgoing {
+            data,
+            flow: flow_rx,
+        };
+        (mux, outgoing)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<i64, Arc<StreamShared>>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn sender(&self) -> mpsc::Sender<Bytes> {
+        self.out.clone()
+    }
+
+    /// remotedialer's per-process message counter; receivers ignore it.
+    pub fn next_message_id(&self) -> i64 {
+        self.next_message_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The next stream id a server end opens (2, 3, … as remotedialer).
+    pub fn next_conn_id(&self) -> i64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Encodes a message with the next message id.
+    pub fn message(&self, conn_id: i64, kind: MessageType, payload: &[u8]) -> Bytes {
+        super::codec::encode(self.next_message_id(), conn_id, kind, payload)
+    }
+
+    /// Queues a message, waiting for room.
+    pub async fn send(&self, conn_id: i64, kind: MessageType, payload: Bytes) {
+        let _ = self.out.send(self.message(conn_id, kind, &payload)).await;
+    }
+
+    /// Waits for room in the queue (for a Connect: given up, it leaves nothing behind).
+    pub async fn reserve(&self) -> Option<mpsc::Permit<'_, Bytes>> {
+        self.out.reserve().await.ok()
+    }
+
+    /// Queues a message from synchronous code: at once if there is room, else from a task.
+    pub fn send_soon(&self, conn_id: i64, kind: MessageType, payload: Bytes) {
+        let message = self.message(conn_id, kind, &payload);
+        if let Err(mpsc::error::TrySendError::Full(message)) = self.out.try_send(message) {
+            let out = self.out.clone();
+            tokio::spawn(async move { out.send(message).await });
+        }
+    }
+
+    /// Queues a Pause or Resume. Callers hold the stream's lock, which orders them (see [`Outgoing`]).
+    pub fn send_flow(&self, conn_id: i64, kind: MessageType) {
+        let _ = self.flow.send(self.message(conn_id, kind, &[]));
+    }
+
+    /// A new stream in the table.
+    pub fn insert(&self, conn_id: i64) -> Arc<StreamShared> {
+        let shared = StreamShared::new(conn_id);
+        self.lock().insert(conn_id, shared.clone());
+        shared
+    }
+
+    pub fn get(&self, conn_id: i64) -> Option<Arc<StreamShared>> {
+        self.lock().get(&conn_id).cloned()
+    }
+
+    /// Takes a stream out of the table (it was closed).
+    pub fn remove(&self, conn_id: i64) -> Option<Arc<StreamShared>> {
+        self.lock().remove(&conn_id)
+    }
+
+    /// Every open stream's id (for SyncConnections).
+    pub fn ids(&self) -> Vec<i64> {
+        self.lock().keys().copied().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Closes every stream with `how`, emptying the table.
+    pub fn close_all(&self, how: &Closed) {
+        let streams: Vec<_> = self.lock().drain().map(|(_, s)| s).collect();
+        for stream in streams {
+            stream.close(how.clone());
+        }
+    }
+
+    /// Closes the streams older than `grace` that `listed` does not name, without sending Error
+    /// (remotedialer's SyncConnections rule).
+    pub fn prune_unlisted(&self, listed: &[i64], grace: Duration) {
+        let mut streams = self.lock();
+        let stale: Vec<i64> = streams
+            .iter()
+            .filter(|(id, s)| !listed.contains(id) && s.opened.elapsed() > grace)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            if let Some(stream) = streams.remove(&id) {
+                stream.close(Closed::Error("sync from client".into()));
+            }
+        }
+    }
+}
