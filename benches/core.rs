@@ -6,10 +6,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use corral::certs::CertResolver;
+use corral::certs::CertService;
 use corral::config::{Config, ServeArgs};
 use corral::pki::{CaProfile, CertificateAuthority, LeafFactory, SubjectName, ca_checksum};
-use corral::store::DataDir;
+use corral::store::{DataDir, FileBackend};
 use corral::tunnel::codec::{Message, MessageType};
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -48,8 +48,9 @@ fn minting(c: &mut Criterion) {
         b.iter(|| black_box(factory.mint(&name).unwrap()))
     });
 
-    let resolver = CertResolver::new(
+    let resolver = CertService::new(
         &f.config,
+        Arc::new(FileBackend::new(f.dir.clone())),
         &f.dir,
         LeafFactory::new(&f.dir, f.ca.clone(), 365).unwrap(),
     )
@@ -67,8 +68,9 @@ fn minting(c: &mut Criterion) {
 fn lookup(c: &mut Criterion) {
     let f = fixture();
     let resolver = Arc::new(
-        CertResolver::new(
+        CertService::new(
             &f.config,
+            Arc::new(FileBackend::new(f.dir.clone())),
             &f.dir,
             LeafFactory::new(&f.dir, f.ca.clone(), 365).unwrap(),
         )

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,16 +13,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::accounts::{Accounts, PinError, Pinning, StagedPin};
-use crate::certs::{CertResolver, PendingPin};
+use crate::accounts::{AccountError, Accounts, PinError, Pinning, StagedPin};
+use crate::certs::{CertError, CertService, PendingPin};
 use crate::clusters::Clusters;
-use crate::config::tls::read_cacerts;
-use crate::config::{Cacerts, Config, Termination as TlsTermination};
+use crate::config::tls::{CacertsError, read_cacerts};
+use crate::config::{Cacerts, Config, TlsTermination};
 use crate::http::{AppState, CaSetting, HttpApp};
 use crate::net::{Listener, SelectConfig, Transport};
 use crate::pki::ca::BACKDATE;
-use crate::pki::{CertificateAuthority, LeafFactory, SubjectName, ca_checksum};
-use crate::store::{Backend, DataDir, FileBackend};
+use crate::pki::{CaError, CertificateAuthority, LeafFactory, SubjectName, ca_checksum};
+use crate::store::{Backend, DataDir, FileBackend, StoreError};
 use crate::tunnel::TunnelRegistry;
 
 /// A started server: its listeners are running on the runtime until [`RunningServer::shutdown`].
@@ -67,7 +68,7 @@ impl RunningServer {
 }
 
 /// The certificate service as the listeners ask it for a config.
-struct Selector(Arc<CertResolver>);
+struct Selector(Arc<CertService>);
 
 impl SelectConfig for Selector {
     fn select(&self, hello: &ClientHello<'_>, local: IpAddr, peer: IpAddr) -> Arc<ServerConfig> {
@@ -76,7 +77,7 @@ impl SelectConfig for Selector {
 }
 
 /// The certificate service as accounts pin it.
-struct Pins(Arc<CertResolver>);
+struct Pins(Arc<CertService>);
 
 impl Pinning for Pins {
     fn stage<'a>(
@@ -96,17 +97,33 @@ impl StagedPin for PendingPin<'_> {
     }
 }
 
+/// Why corral could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot use data directory {}: {source}", path.display())]
+    DataDir { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error(transparent)]
+    Cacerts(#[from] CacertsError),
+    #[error(transparent)]
+    Certs(#[from] CertError),
+    #[error(transparent)]
+    Accounts(#[from] AccountError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+}
+
 /// Loads or creates all state and starts every listener. Errors are fatal start-up errors.
-pub async fn start(config: &Config) -> Result<RunningServer, String> {
-    let dir = DataDir::open(&config.data_dir).map_err(|e| {
-        format!(
-            "cannot use data directory {}: {e}",
-            config.data_dir.display()
-        )
+pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
+    let dir = DataDir::open(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
     })?;
     let store: Arc<dyn Backend> = Arc::new(FileBackend::new(dir.clone()));
-    let (ca, created) =
-        CertificateAuthority::load_or_create(&dir, config.ca_profile).map_err(|e| e.to_string())?;
+    let (ca, created) = CertificateAuthority::load_or_create(&dir, config.ca_profile)?;
     let verb = if created { "Created" } else { "Loaded" };
     tracing::info!("{verb} CA {} from {}", ca.subject(), dir.root().display());
     let ca = Arc::new(ca);
@@ -118,11 +135,10 @@ pub async fn start(config: &Config) -> Result<RunningServer, String> {
         tracing::info!("CA checksum: {checksum}");
     }
 
-    let factory =
-        LeafFactory::new(&dir, ca, config.cert_expiration_days).map_err(|e| e.to_string())?;
-    let resolver = Arc::new(CertResolver::new(config, &dir, factory)?);
-    resolver.start_background();
-    if let Some(chain) = resolver.files_chain()
+    let factory = LeafFactory::new(&dir, ca, config.cert_expiration_days)?;
+    let certs = Arc::new(CertService::new(config, store.clone(), &dir, factory)?);
+    certs.start_background();
+    if let Some(chain) = certs.files_chain()
         && let Err(reason) = crate::pki::chain_check::signed_by(&chain, &setting.value)
     {
         tracing::warn!("{reason}");
@@ -145,18 +161,17 @@ pub async fn start(config: &Config) -> Result<RunningServer, String> {
         &dir,
         config.bootstrap_password.clone().map(|s| s.0),
         config.server_url.clone(),
-        Arc::new(Pins(resolver.clone())),
+        Arc::new(Pins(certs.clone())),
         &banner_url(config, https_port),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let shutdown = CancellationToken::new();
     let tunnels = Arc::new(TunnelRegistry::new());
     let app = HttpApp::new(Arc::new(AppState {
         cacerts: setting,
         checksum: checksum.clone(),
         accounts: Arc::new(accounts),
-        resolver: resolver.clone(),
-        clusters: Arc::new(Clusters::open(store.clone()).map_err(|e| e.to_string())?),
+        certs: certs.clone(),
+        clusters: Arc::new(Clusters::open(store.clone())?),
         tunnels: tunnels.clone(),
         agent_wait: config.agent_wait,
         https_port,
@@ -164,7 +179,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, String> {
     .with_shutdown(shutdown.clone());
     let tls = match config.tls.termination {
         TlsTermination::Corral => Transport::Tls {
-            selector: Arc::new(Selector(resolver)),
+            selector: Arc::new(Selector(certs)),
             handshake_timeout: config.handshake_timeout,
         },
         // The proxy in front terminates TLS: both ports speak plain HTTP.
@@ -185,7 +200,10 @@ pub async fn start(config: &Config) -> Result<RunningServer, String> {
             (https, "https", tls.clone(), &mut server.https),
             (http, "http", Transport::Plain, &mut server.http),
         ] {
-            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            let addr = listener.local_addr().map_err(|source| StartError::Bind {
+                addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+                source,
+            })?;
             match (scheme, &transport) {
                 ("https", Transport::Plain) => tracing::info!(
                     "Listening on https://{addr} (plain HTTP: TLS is terminated by the proxy in front)"
@@ -207,7 +225,7 @@ fn banner_url(config: &Config, https_port: u16) -> String {
     if let Some(url) = &config.server_url {
         return url.to_string();
     }
-    let host = match crate::certs::resolver::default_route_ip() {
+    let host = match crate::certs::default_route_ip() {
         Some(IpAddr::V6(ip)) => format!("[{ip}]"),
         Some(ip) => ip.to_string(),
         None => "localhost".into(),
@@ -219,7 +237,7 @@ fn banner_url(config: &Config, https_port: u16) -> String {
 }
 
 /// The `cacerts` setting as the endpoints present it: corral's CA, a given bundle, or nothing.
-fn cacerts_setting(source: &Cacerts, ca: &CertificateAuthority) -> Result<CaSetting, String> {
+fn cacerts_setting(source: &Cacerts, ca: &CertificateAuthority) -> Result<CaSetting, CacertsError> {
     let created = ca.not_before() + BACKDATE;
     let value = match source {
         Cacerts::Generated => ca.cacerts().to_string(),
@@ -231,19 +249,17 @@ fn cacerts_setting(source: &Cacerts, ca: &CertificateAuthority) -> Result<CaSett
 
 /// Binds `ip:port`. `::` is bound dual-stack (IPv4 clients arrive as mapped addresses); where the host
 /// has no IPv6 at all, it falls back to `0.0.0.0`.
-async fn bind(ip: IpAddr, port: u16) -> Result<TcpListener, String> {
+async fn bind(ip: IpAddr, port: u16) -> Result<TcpListener, StartError> {
     let unspecified_v6 = ip.is_ipv6() && ip.is_unspecified();
-    match bind_socket(SocketAddr::new(ip, port), unspecified_v6) {
+    let addr = SocketAddr::new(ip, port);
+    match bind_socket(addr, unspecified_v6) {
         Ok(listener) => Ok(listener),
         Err(e) if unspecified_v6 && e.kind() == io::ErrorKind::AddrNotAvailable => {
             tracing::warn!("IPv6 is unavailable ({e}); listening on IPv4 only");
-            bind_socket(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port), false)
-                .map_err(|e| format!("cannot listen on 0.0.0.0:{port}: {e}"))
+            let addr = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);
+            bind_socket(addr, false).map_err(|source| StartError::Bind { addr, source })
         }
-        Err(e) => Err(format!(
-            "cannot listen on {}: {e}",
-            SocketAddr::new(ip, port)
-        )),
+        Err(source) => Err(StartError::Bind { addr, source }),
     }
 }
 
@@ -264,14 +280,20 @@ fn bind_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// Why `corral ca checksum` has no checksum to print.
+#[derive(Debug, thiserror::Error)]
+pub enum ChecksumError {
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error("no CA in {} yet: `corral serve` creates it on first start", .0.display())]
+    NoCa(PathBuf),
+}
+
 /// The checksum of the CA in `dir`, without creating anything.
-pub fn stored_checksum(dir: &DataDir) -> Result<String, String> {
-    match CertificateAuthority::load(dir).map_err(|e| e.to_string())? {
+pub fn stored_checksum(dir: &DataDir) -> Result<String, ChecksumError> {
+    match CertificateAuthority::load(dir)? {
         Some(ca) => Ok(ca_checksum(ca.cacerts())),
-        None => Err(format!(
-            "no CA in {} yet: `corral serve` creates it on first start",
-            dir.root().display()
-        )),
+        None => Err(ChecksumError::NoCa(dir.root().to_path_buf())),
     }
 }
 

@@ -20,4 +20,5 @@ pub mod metrics;
 pub mod net;
 pub mod pki;
 pub mod store;
+pub mod support;
 pub mod tunnel;

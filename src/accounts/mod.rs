@@ -20,8 +20,8 @@ use std::time::Duration;
 use governor::Quota;
 
 use crate::limits::ClientLimiter;
-pub use crate::pki::ServerUrl;
 use crate::pki::SubjectName;
+pub use crate::pki::{ServerUrl, ServerUrlError};
 use crate::store::{Backend, DataDir, Document, StoreError};
 use password_gate::{Busy, PasswordGate};
 use secrets::{hash_password, hash_token_secret, random_suffix, random_token, same_hash};
@@ -60,6 +60,8 @@ pub enum AccountError {
     /// A setting's value that is not valid, and why.
     #[error("{0}")]
     InvalidValue(String),
+    #[error(transparent)]
+    InvalidServerUrl(#[from] ServerUrlError),
     #[error("server-url is already {current}: the hostname cannot be changed after installation")]
     ServerUrlLocked { current: String },
     #[error("{0} is readOnly because its value is from environment variable")]
@@ -422,7 +424,7 @@ impl Accounts {
         if self.env_server_url.is_some() {
             return Err(AccountError::ReadOnlyFromEnv(SERVER_URL));
         }
-        let url = ServerUrl::parse(raw).map_err(AccountError::InvalidValue)?;
+        let url = ServerUrl::parse(raw)?;
         // The document is locked across pinning, so concurrent attempts are ordered and exactly one
         // first value wins. All or nothing: the pinned certificate is made first but served only once
         // the setting is saved; when the save fails (or loses to another writer, and the change is

@@ -6,6 +6,7 @@
 //! Until the first certificate arrives, clients get the fallback certificate; a failed attempt is
 //! logged and retried with a growing delay.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,14 +18,50 @@ use instant_acme::{
     NewOrder, OrderStatus, RetryPolicy,
 };
 use rustls::ServerConfig;
+use rustls::pki_types::CertificateDer;
 
-use super::byo::parse_pair;
-use super::served::{Served, alpn_challenge_config, unix_now};
+use super::CertError;
+use super::files::{FilesError, parse_pair};
+use super::minter::Minter;
+use super::source::CertSource;
+use super::template::{Served, alpn_challenge_config};
 use crate::config::{AcmeChallenge, AcmeSettings};
 use crate::store::{PUBLIC_MODE, SECRET_MODE, read_optional, write_atomic};
+use crate::support::unix_now;
 
-/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
-pub use crate::pki::ACME_TLS_ALPN;
+/// Why no certificate was obtained (this time: the attempt is repeated).
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    #[error("{0}")]
+    Protocol(#[from] instant_acme::Error),
+    #[error("cannot use {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Account {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("the ACME server offers no {0:?} challenge")]
+    NoChallenge(ChallengeType),
+    #[error("the order is {0:?}, not ready")]
+    NotReady(OrderStatus),
+    #[error("cannot make the key or request: {0}")]
+    Request(#[from] rcgen::Error),
+    #[error("the certificate received: {0}")]
+    Received(#[from] FilesError),
+    #[error("cannot answer the challenge: {0}")]
+    Challenge(#[source] Box<CertError>),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> AcmeError + '_ {
+    move |source| AcmeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// A certificate this close to expiry is renewed (Let's Encrypt's advice: a third of 90 days).
 const RENEW_WITHIN: i64 = 30 * 86_400;
@@ -39,6 +76,8 @@ pub struct AcmeCert {
     /// `<data dir>/acme`: account.json, cert.pem, key.pem.
     dir: PathBuf,
     resumption: bool,
+    /// Serves the fallback certificate until the first certificate arrives.
+    minter: Arc<Minter>,
     current: ArcSwapOption<Served>,
     /// HTTP-01 tokens being validated → their key authorizations.
     challenges: DashMap<String, String>,
@@ -48,14 +87,19 @@ pub struct AcmeCert {
 
 impl AcmeCert {
     /// Restores a stored certificate for the same domains, if there is one.
-    pub fn new(settings: AcmeSettings, data_dir: &Path, resumption: bool) -> Result<Self, String> {
+    pub fn new(
+        settings: AcmeSettings,
+        data_dir: &Path,
+        resumption: bool,
+        minter: Arc<Minter>,
+    ) -> Result<Self, AcmeError> {
         let dir = data_dir.join("acme");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         let acme = Self {
             settings,
             dir,
             resumption,
+            minter,
             current: ArcSwapOption::empty(),
             challenges: DashMap::new(),
             alpn_challenges: DashMap::new(),
@@ -68,22 +112,15 @@ impl AcmeCert {
         Ok(acme)
     }
 
-    pub fn current(&self) -> Option<Arc<Served>> {
-        self.current.load_full()
-    }
-
-    /// The key authorization for an HTTP-01 `token`, while it is being validated.
-    pub fn challenge(&self, token: &str) -> Option<String> {
-        self.challenges.get(token).map(|k| k.clone())
-    }
-
-    /// TLS-ALPN-01: the config to present to a validator asking for `domain` with ALPN `acme-tls/1`.
-    pub fn alpn_challenge(&self, domain: &str) -> Option<Arc<ServerConfig>> {
-        self.alpn_challenges.get(domain).map(|c| c.clone())
+    /// The obtained certificate, or the fallback until there is one.
+    fn current_or_fallback(&self) -> Arc<Served> {
+        self.current
+            .load_full()
+            .unwrap_or_else(|| self.minter.fallback())
     }
 
     /// Obtains and renews for as long as the process runs.
-    pub fn run(self: Arc<Self>) {
+    fn run(self: Arc<Self>) {
         tokio::spawn(async move {
             let mut retry = RETRY_FIRST;
             loop {
@@ -106,17 +143,17 @@ impl AcmeCert {
     }
 
     /// Obtains a certificate unless the current one is good for a while yet.
-    async fn ensure(&self) -> Result<(), String> {
-        if let Some(current) = self.current()
+    async fn ensure(&self) -> Result<(), AcmeError> {
+        if let Some(current) = self.current.load_full()
             && !current.expires_within(unix_now(), RENEW_WITHIN)
         {
             return Ok(());
         }
         let (chain, key) = self.obtain().await?;
         let served = self.serve(chain.as_bytes(), key.as_bytes())?;
-        write_atomic(&self.dir.join("key.pem"), key.as_bytes(), SECRET_MODE)
-            .and_then(|()| write_atomic(&self.dir.join("cert.pem"), chain.as_bytes(), PUBLIC_MODE))
-            .map_err(|e| format!("cannot store the certificate: {e}"))?;
+        let (key_path, cert_path) = (self.dir.join("key.pem"), self.dir.join("cert.pem"));
+        write_atomic(&key_path, key.as_bytes(), SECRET_MODE).map_err(io_error(&key_path))?;
+        write_atomic(&cert_path, chain.as_bytes(), PUBLIC_MODE).map_err(io_error(&cert_path))?;
         self.current.store(Some(Arc::new(served)));
         tracing::info!(
             "ACME: obtained a certificate for {} from {}",
@@ -127,8 +164,11 @@ impl AcmeCert {
     }
 
     /// The stored certificate, if it is for exactly the configured domains.
-    fn restore(&self) -> Result<Option<Served>, String> {
-        let read = |name: &str| read_optional(&self.dir.join(name)).map_err(|e| e.to_string());
+    fn restore(&self) -> Result<Option<Served>, AcmeError> {
+        let read = |name: &str| {
+            let path = self.dir.join(name);
+            read_optional(&path).map_err(io_error(&path))
+        };
         let (Some(chain), Some(key)) = (read("cert.pem")?, read("key.pem")?) else {
             return Ok(None);
         };
@@ -147,23 +187,25 @@ impl AcmeCert {
         Ok((names == wanted).then_some(served))
     }
 
-    fn serve(&self, chain_pem: &[u8], key_pem: &[u8]) -> Result<Served, String> {
-        parse_pair(chain_pem, key_pem, self.resumption)
+    fn serve(&self, chain_pem: &[u8], key_pem: &[u8]) -> Result<Served, AcmeError> {
+        Ok(parse_pair(chain_pem, key_pem, self.resumption)?)
     }
 
     /// The stored account, or a new one (its credentials are a secret: 0600).
-    async fn account(&self) -> Result<Account, String> {
-        let text = |e: instant_acme::Error| e.to_string();
+    async fn account(&self) -> Result<Account, AcmeError> {
         let builder = match &self.settings.ca_cert {
             Some(root) => Account::builder_with_root(root),
             None => Account::builder(),
-        }
-        .map_err(text)?;
+        }?;
         let path = self.dir.join("account.json");
-        if let Some(stored) = read_optional(&path).map_err(|e| e.to_string())? {
+        let unreadable = |source| AcmeError::Account {
+            path: path.clone(),
+            source,
+        };
+        if let Some(stored) = read_optional(&path).map_err(io_error(&path))? {
             let credentials: AccountCredentials =
-                serde_json::from_slice(&stored).map_err(|e| format!("{}: {e}", path.display()))?;
-            return builder.from_credentials(credentials).await.map_err(text);
+                serde_json::from_slice(&stored).map_err(unreadable)?;
+            return Ok(builder.from_credentials(credentials).await?);
         }
         let new = NewAccount {
             contact: &[],
@@ -172,16 +214,14 @@ impl AcmeCert {
         };
         let (account, credentials) = builder
             .create(&new, self.settings.directory.clone(), None)
-            .await
-            .map_err(text)?;
-        let json = serde_json::to_vec(&credentials).map_err(|e| e.to_string())?;
-        write_atomic(&path, &json, SECRET_MODE).map_err(|e| e.to_string())?;
+            .await?;
+        let json = serde_json::to_vec(&credentials).map_err(unreadable)?;
+        write_atomic(&path, &json, SECRET_MODE).map_err(io_error(&path))?;
         Ok(account)
     }
 
     /// One order, answered with HTTP-01: the chain and the new key, as PEM.
-    async fn obtain(&self) -> Result<(String, String), String> {
-        let text = |e: instant_acme::Error| e.to_string();
+    async fn obtain(&self) -> Result<(String, String), AcmeError> {
         let account = self.account().await?;
         let identifiers: Vec<Identifier> = self
             .settings
@@ -189,16 +229,13 @@ impl AcmeCert {
             .iter()
             .map(|d| Identifier::Dns(d.clone()))
             .collect();
-        let mut order = account
-            .new_order(&NewOrder::new(&identifiers))
-            .await
-            .map_err(text)?;
+        let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
         let (mut tokens, mut domains) = (Vec::new(), Vec::new());
         // Whatever happens, the challenge answers are withdrawn afterwards.
         let finished = async {
             let mut authorizations = order.authorizations();
             while let Some(authorization) = authorizations.next().await {
-                let mut authorization = authorization.map_err(text)?;
+                let mut authorization = authorization?;
                 if authorization.status == AuthorizationStatus::Valid {
                     continue;
                 }
@@ -206,8 +243,9 @@ impl AcmeCert {
                     AcmeChallenge::Http01 => ChallengeType::Http01,
                     AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
                 };
-                let missing = format!("the ACME server offers no {kind:?} challenge");
-                let mut challenge = authorization.challenge(kind).ok_or(missing)?;
+                let mut challenge = authorization
+                    .challenge(kind.clone())
+                    .ok_or(AcmeError::NoChallenge(kind))?;
                 let key_authorization = challenge.key_authorization();
                 match self.settings.challenge {
                     AcmeChallenge::Http01 => {
@@ -217,24 +255,24 @@ impl AcmeCert {
                     }
                     AcmeChallenge::TlsAlpn01 => {
                         let domain = challenge.identifier().to_string();
-                        let config = alpn_challenge_config(&domain, key_authorization.digest())?;
+                        let config = alpn_challenge_config(&domain, key_authorization.digest())
+                            .map_err(|e| AcmeError::Challenge(Box::new(e)))?;
                         self.alpn_challenges.insert(domain.clone(), config);
                         domains.push(domain);
                     }
                 }
-                challenge.set_ready().await.map_err(text)?;
+                challenge.set_ready().await?;
             }
             let retries = RetryPolicy::new().timeout(Duration::from_secs(120));
-            let status = order.poll_ready(&retries).await.map_err(text)?;
+            let status = order.poll_ready(&retries).await?;
             if status != OrderStatus::Ready {
-                return Err(format!("the order is {status:?}, not ready"));
+                return Err(AcmeError::NotReady(status));
             }
-            let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+            let key = rcgen::KeyPair::generate()?;
             let csr = rcgen::CertificateParams::new(self.settings.domains.clone())
-                .and_then(|params| params.serialize_request(&key))
-                .map_err(|e| e.to_string())?;
-            order.finalize_csr(csr.der()).await.map_err(text)?;
-            let chain = order.poll_certificate(&retries).await.map_err(text)?;
+                .and_then(|params| params.serialize_request(&key))?;
+            order.finalize_csr(csr.der()).await?;
+            let chain = order.poll_certificate(&retries).await?;
             Ok((chain, key.serialize_pem()))
         }
         .await;
@@ -245,5 +283,33 @@ impl AcmeCert {
             self.alpn_challenges.remove(&domain);
         }
         finished
+    }
+}
+
+impl CertSource for AcmeCert {
+    fn ready(&self, _: Option<&str>, _: IpAddr) -> Option<Arc<ServerConfig>> {
+        Some(self.current_or_fallback().config.clone())
+    }
+
+    fn choose(&self, _: Option<&str>, _: IpAddr, _: IpAddr) -> Arc<Served> {
+        self.current_or_fallback()
+    }
+
+    fn current_leaf(&self) -> CertificateDer<'static> {
+        self.current_or_fallback().leaf().clone()
+    }
+
+    fn start(self: Arc<Self>) {
+        self.run();
+    }
+
+    /// The key authorization for an HTTP-01 `token`, while it is being validated.
+    fn acme_challenge(&self, token: &str) -> Option<String> {
+        self.challenges.get(token).map(|k| k.clone())
+    }
+
+    /// TLS-ALPN-01: the config to present to a validator asking for `domain` with ALPN `acme-tls/1`.
+    fn alpn_challenge(&self, domain: &str) -> Option<Arc<ServerConfig>> {
+        self.alpn_challenges.get(domain).map(|c| c.clone())
     }
 }

@@ -1,24 +1,27 @@
-//! A persisted certificate for a set of names: `shared` mode's single certificate whose SAN list
-//! accumulates every learned name (dynamiclistener's way), and the certificate pinned to server-url.
+//! A certificate for a set of names, kept in the store: `shared` mode's single certificate whose SAN
+//! list accumulates every learned name (dynamiclistener's way), and the certificate pinned to
+//! server-url.
 //!
 //! Readers load the current certificate lock-free; a new name takes the write lock, re-signs with the
-//! same key, persists names and certificate together (one atomic file), then publishes.
+//! same key, stores names and certificate together (one document), then publishes.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
-use super::resolver::Refusal;
-use super::served::{Served, TlsSettings, unix_now};
+use super::CertError;
+use super::admission::Refusal;
+use super::minter::Minter;
+use super::template::Served;
 use crate::pki::ca::pem_encode_certificate;
-use crate::pki::{LeafFactory, MintedLeaf, SubjectName};
-use crate::store::{PUBLIC_MODE, read_optional, write_atomic};
+use crate::pki::{MintedLeaf, SubjectName};
+use crate::store::{Backend, Document, Key, StoreError};
+use crate::support::{lock, unix_now};
 
 /// Above this much SAN text a certificate grows past what some clients accept (the k3s SAN-stuffing
 /// advisory): further names are refused whatever `max-names` says.
@@ -38,11 +41,20 @@ impl std::ops::Deref for CertState {
     }
 }
 
-/// The on-disk form: names and certificate written together, so they always agree.
-#[derive(Serialize, Deserialize)]
-struct Stored {
+/// The stored form: names and certificate written together, so they always agree.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct StoredCert {
     names: Vec<String>,
     certificate: String,
+}
+
+impl StoredCert {
+    fn of(names: &BTreeSet<SubjectName>, leaf: &CertificateDer<'_>) -> Self {
+        Self {
+            names: names.iter().map(SubjectName::as_text).collect(),
+            certificate: pem_encode_certificate(leaf),
+        }
+    }
 }
 
 pub struct PersistedCert {
@@ -51,57 +63,43 @@ pub struct PersistedCert {
     write_lock: Mutex<()>,
     /// Set once the certificate is pinned: no name is ever added again (checked under the lock).
     frozen: AtomicBool,
-    path: PathBuf,
+    document: Document<StoredCert>,
     max_names: usize,
 }
 
-/// Whether names stored on disk join the names asked for when restoring.
+/// Whether names stored before join the names asked for when restoring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Restore {
     /// Shared mode: the stored names are names learned before; keep them all.
     Accumulate,
-    /// The pinned certificate: exactly the names asked for. A stored file for other names (left by
-    /// an earlier host, or by a write the setting never followed) is replaced, never merged.
+    /// The pinned certificate: exactly the names asked for. A stored certificate for other names
+    /// (left by an earlier host, or by a write the setting never followed) is replaced, never merged.
     Exactly,
 }
 
-/// A certificate made but not yet served: [`Staged::publish`] serves it. Holds the write lock, so
-/// nothing is re-signed in between.
-pub struct Staged<'a> {
-    cert: &'a PersistedCert,
-    _guard: MutexGuard<'a, ()>,
-    names: BTreeSet<SubjectName>,
-    served: Arc<Served>,
-    /// Whether it differs from what is served now (a new name was added).
-    changed: bool,
+/// A certificate with one more name, made but not served: see [`PersistedCert::commit_prepared`].
+/// It holds no lock; what was learned in between is not lost (the commit signs again).
+pub struct Prepared {
+    /// What was served when it was made.
+    base: Arc<CertState>,
+    next: CertState,
 }
 
 impl PersistedCert {
-    /// Restores the names and certificate stored at `path` (see [`Restore`] for how the stored names
-    /// count); re-signs only when the stored certificate does not carry exactly these names from this
-    /// CA and key, or is expiring. Writes nothing: `true` when the certificate was minted now and is
-    /// not on disk yet (see [`PersistedCert::persist_current`]).
+    /// Restores the names and certificate stored under `key` (see [`Restore`] for how the stored
+    /// names count); re-signs only when the stored certificate does not carry exactly these names
+    /// from this CA and key, or is expiring. Stores nothing: `true` when the certificate was minted
+    /// now and is not stored yet (see [`PersistedCert::persist_current`]).
     pub fn load_or_mint(
-        path: PathBuf,
+        store: Arc<dyn Backend>,
+        key: Key,
         initial: Vec<SubjectName>,
         restore: Restore,
-        factory: &LeafFactory,
-        tls: &TlsSettings,
+        minter: &Minter,
         max_names: usize,
-        renew_window: i64,
-    ) -> Result<(Self, bool), String> {
-        let stored = read_optional(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-            .and_then(|bytes| match serde_json::from_slice::<Stored>(&bytes) {
-                Ok(stored) => Some(stored),
-                Err(e) => {
-                    tracing::warn!(
-                        "{} is unreadable ({e}); starting a new certificate",
-                        path.display()
-                    );
-                    None
-                }
-            });
+    ) -> Result<(Self, bool), CertError> {
+        let (document, existed) = Document::<StoredCert>::open_or_replace(store, key)?;
+        let stored = existed.then(|| document.read());
         let mut names: BTreeSet<SubjectName> = initial.into_iter().collect();
         let stored_names: BTreeSet<SubjectName> = stored
             .iter()
@@ -111,30 +109,26 @@ impl PersistedCert {
         if restore == Restore::Accumulate {
             names.extend(stored_names.iter().cloned());
         } else if stored.is_some() && stored_names != names {
-            tracing::info!(
-                "{} is for other names; making a new certificate",
-                path.display()
-            );
+            tracing::info!("{} is for other names; making a new certificate", key.name);
         }
         let reusable = stored
             .filter(|_| stored_names == names)
             .and_then(|s| CertificateDer::from_pem_slice(s.certificate.as_bytes()).ok())
-            .and_then(|der| Some((factory.issued_here(&der)?, der)))
+            .and_then(|der| Some((minter.factory().issued_here(&der)?, der)))
             .map(|(not_after, der)| MintedLeaf { der, not_after })
-            .filter(|leaf| leaf.not_after.unix_timestamp() - unix_now() > renew_window);
-        let (leaf, fresh) = match reusable {
-            Some(leaf) => (leaf, false),
-            None => {
-                let list: Vec<_> = names.iter().cloned().collect();
-                (factory.mint(&list).map_err(|e| e.to_string())?, true)
-            }
+            .filter(|leaf| leaf.not_after.unix_timestamp() - unix_now() > minter.renew_window());
+        let (served, fresh) = match reusable {
+            Some(leaf) => (Arc::new(minter.template().serve(leaf)?), false),
+            None => (
+                minter.mint(&names.iter().cloned().collect::<Vec<_>>())?,
+                true,
+            ),
         };
-        let served = Arc::new(tls.serve(leaf).map_err(|e| e.to_string())?);
         let cert = Self {
             current: ArcSwap::from_pointee(CertState { names, served }),
             write_lock: Mutex::new(()),
             frozen: AtomicBool::new(false),
-            path,
+            document,
             max_names,
         };
         Ok((cert, fresh))
@@ -144,10 +138,23 @@ impl PersistedCert {
         self.current.load_full()
     }
 
-    /// Writes the current names and certificate to disk.
-    pub fn persist_current(&self) -> Result<(), String> {
+    /// What the log calls this certificate: where it is kept.
+    pub fn name(&self) -> &'static str {
+        self.document.key().name
+    }
+
+    /// Stores the current names and certificate.
+    pub fn persist_current(&self) -> Result<(), StoreError> {
         let current = self.current();
-        persist(&self.path, &current.names, current.leaf())
+        self.store(&current)
+    }
+
+    fn store(&self, state: &CertState) -> Result<(), StoreError> {
+        let stored = StoredCert::of(&state.names, state.leaf());
+        self.document.update(|value| {
+            *value = stored.clone();
+            Ok::<_, StoreError>(())
+        })
     }
 
     /// No name is added from now on.
@@ -155,129 +162,103 @@ impl PersistedCert {
         self.frozen.store(true, Ordering::Release);
     }
 
-    /// Adds `name` (if new, and within the caps unless `capped` is false): re-sign through `mint`,
-    /// persist, publish.
-    pub fn add(
-        &self,
-        name: SubjectName,
-        capped: bool,
-        mint: impl FnOnce(&[SubjectName]) -> Result<Arc<Served>, Refusal>,
-    ) -> Result<(), Refusal> {
-        let staged = self.stage_add(name.clone(), capped, mint)?;
-        if !staged.changed {
+    /// Adds `name` if it is new and within the caps: re-sign, store, publish.
+    pub fn add(&self, name: SubjectName, minter: &Minter) -> Result<(), Refusal> {
+        let _guard = lock(&self.write_lock);
+        let current = self.current();
+        if current.names.contains(&name) {
             return Ok(());
         }
-        staged.persist().map_err(Refusal::MintFailed)?;
-        staged.publish();
-        tracing::info!("added {name} to {}", self.path.display());
-        Ok(())
-    }
-
-    /// The certificate with `name` added, re-signed but not served yet (unchanged if it has the name).
-    pub fn stage_add(
-        &self,
-        name: SubjectName,
-        capped: bool,
-        mint: impl FnOnce(&[SubjectName]) -> Result<Arc<Served>, Refusal>,
-    ) -> Result<Staged<'_>, Refusal> {
-        let guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.current();
-        let unchanged = |guard| Staged {
-            cert: self,
-            _guard: guard,
-            names: current.names.clone(),
-            served: current.served.clone(),
-            changed: false,
-        };
-        if current.names.contains(&name) {
-            return Ok(unchanged(guard));
-        }
-        if capped && self.frozen.load(Ordering::Acquire) {
+        if self.frozen.load(Ordering::Acquire) {
             return Err(Refusal::Capacity);
         }
         let san_bytes: usize = current.names.iter().map(|n| n.as_text().len()).sum();
-        let full = current.names.len() >= self.max_names
-            || san_bytes + name.as_text().len() > MAX_SAN_BYTES;
-        if capped && full {
+        if current.names.len() >= self.max_names || san_bytes + name.as_text().len() > MAX_SAN_BYTES
+        {
             return Err(Refusal::Capacity);
         }
-        let mut names = current.names.clone();
-        names.insert(name);
-        let list: Vec<_> = names.iter().cloned().collect();
-        let served = mint(&list)?;
-        Ok(Staged {
-            cert: self,
-            _guard: guard,
-            names,
-            served,
-            changed: true,
-        })
+        let next = with_name(&current, name.clone(), minter)?;
+        self.store(&next).map_err(CertError::from)?;
+        self.current.store(Arc::new(next));
+        tracing::info!("added {name} to {}", self.name());
+        Ok(())
+    }
+
+    /// The certificate with `name` added whatever the caps (server-url's host), signed but not
+    /// served; `None` when it has the name already.
+    pub fn prepare_add(
+        &self,
+        name: SubjectName,
+        minter: &Minter,
+    ) -> Result<Option<Prepared>, CertError> {
+        let base = self.current();
+        if base.names.contains(&name) {
+            return Ok(None);
+        }
+        let next = with_name(&base, name, minter)?;
+        Ok(Some(Prepared { base, next }))
+    }
+
+    /// Stores and serves a prepared certificate. If a name was learned since it was prepared, the
+    /// certificate is signed again with every name; if that fails, the prepared one is served (it
+    /// has the name that matters). Served even when it cannot be stored: the error says so.
+    pub fn commit_prepared(&self, prepared: Prepared, minter: &Minter) -> Result<(), StoreError> {
+        let _guard = lock(&self.write_lock);
+        let current = self.current();
+        let mut next = prepared.next;
+        if !Arc::ptr_eq(&current, &prepared.base) {
+            let mut names = current.names.clone();
+            names.extend(next.names.iter().cloned());
+            match minter.mint(&names.iter().cloned().collect::<Vec<_>>()) {
+                Ok(served) => next = CertState { names, served },
+                Err(e) => tracing::warn!(
+                    "cannot sign {} again with the names learned meanwhile ({e}); serving it without them",
+                    self.name()
+                ),
+            }
+        }
+        let stored = self.store(&next);
+        self.current.store(Arc::new(next));
+        stored
     }
 
     /// Re-signs the same names when the certificate is within the renewal window.
-    pub fn renew_if_expiring(
-        &self,
-        renew_window: i64,
-        mint: impl FnOnce(&[SubjectName]) -> Result<Arc<Served>, Refusal>,
-    ) {
-        if !self.current().expires_within(unix_now(), renew_window) {
+    pub fn renew_if_expiring(&self, minter: &Minter) {
+        if !minter.expiring(&self.current()) {
             return;
         }
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = lock(&self.write_lock);
         let current = self.current();
-        if !current.expires_within(unix_now(), renew_window) {
+        if !minter.expiring(&current) {
             return;
         }
-        let renewed = mint(&current.names.iter().cloned().collect::<Vec<_>>()).and_then(|served| {
-            persist(&self.path, &current.names, served.leaf()).map_err(Refusal::MintFailed)?;
-            Ok(served)
+        let names: Vec<_> = current.names.iter().cloned().collect();
+        let renewed = minter.mint(&names).and_then(|served| {
+            let next = CertState {
+                names: current.names.clone(),
+                served,
+            };
+            self.store(&next)?;
+            Ok(next)
         });
         match renewed {
-            Ok(served) => {
-                self.current.store(Arc::new(CertState {
-                    names: current.names.clone(),
-                    served,
-                }));
-                tracing::info!("renewed the certificate in {}", self.path.display());
+            Ok(next) => {
+                self.current.store(Arc::new(next));
+                tracing::info!("renewed the certificate in {}", self.name());
             }
-            Err(e) => tracing::error!(
-                "cannot renew the certificate in {}: {e}",
-                self.path.display()
-            ),
+            Err(e) => tracing::error!("cannot renew the certificate in {}: {e}", self.name()),
         }
     }
 }
 
-impl Staged<'_> {
-    /// Writes the staged names and certificate to disk (not served yet).
-    pub fn persist(&self) -> Result<(), String> {
-        if !self.changed {
-            return Ok(());
-        }
-        persist(&self.cert.path, &self.names, self.served.leaf())
-    }
-
-    /// Serves the staged certificate from the next handshake on.
-    pub fn publish(self) {
-        if self.changed {
-            self.cert.current.store(Arc::new(CertState {
-                names: self.names,
-                served: self.served,
-            }));
-        }
-    }
-}
-
-fn persist(
-    path: &Path,
-    names: &BTreeSet<SubjectName>,
-    leaf: &CertificateDer<'_>,
-) -> Result<(), String> {
-    let stored = Stored {
-        names: names.iter().map(SubjectName::as_text).collect(),
-        certificate: pem_encode_certificate(leaf),
-    };
-    let json = serde_json::to_vec_pretty(&stored).map_err(|e| e.to_string())?;
-    write_atomic(path, &json, PUBLIC_MODE)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+/// `current`'s names and `name`, signed.
+fn with_name(
+    current: &CertState,
+    name: SubjectName,
+    minter: &Minter,
+) -> Result<CertState, CertError> {
+    let mut names = current.names.clone();
+    names.insert(name);
+    let served = minter.mint(&names.iter().cloned().collect::<Vec<_>>())?;
+    Ok(CertState { names, served })
 }

@@ -1,22 +1,31 @@
 //! Configuration: embedded defaults < TOML file (`--config`) < environment < command-line flags.
 //!
-//! clap reads flags and their environment variables; the TOML file fills whatever neither set; the
-//! result is validated once, so a bad value is reported with the setting's name before anything listens.
+//! One struct, [`ServeArgs`], is all four layers: clap reads flags and their environment variables
+//! into it, serde reads the TOML file into it, and the defaults are `config/corral.toml` itself,
+//! embedded in the binary — the file that documents every setting is the one place its default is
+//! written. The layers are merged, then validated once, so a bad value is reported with the
+//! setting's name before anything listens.
 
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::pki::{AllowList, CaProfile, ServerUrl};
 
 pub mod tls;
-pub use tls::{AcmeChallenge, AcmeSettings, Cacerts, Served, Termination, TlsInputs, TlsSetup};
+pub use tls::{
+    AcmeChallenge, AcmeSettings, Cacerts, CertOrigin, TlsInputs, TlsSetup, TlsSetupError,
+    TlsTermination,
+};
+
+/// The documented configuration file, every setting at its default: the bottom layer.
+const EMBEDDED_DEFAULTS: &str = include_str!("../../config/corral.toml");
 
 /// How certificates are chosen for clients before setup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum CertMode {
     /// One leaf per SNI name (or per local IP without SNI), minted on first contact.
@@ -26,18 +35,21 @@ pub enum CertMode {
 }
 
 /// An on/off setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Toggle {
     On,
     Off,
 }
 
-/// The `serve` settings as flags and environment variables; unset ones fall back to the file.
-#[derive(Debug, Default, clap::Args)]
+/// The `serve` settings: as flags and environment variables (clap), as the TOML file and the
+/// embedded defaults (serde). `None` is "not set in this layer".
+#[derive(Debug, Default, Clone, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServeArgs {
     /// TOML configuration file (see config/corral.toml).
     #[arg(long, env = "CORRAL_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Directory holding the CA, keys and state [default: $XDG_DATA_HOME/corral or ~/.local/share/corral].
     #[arg(long, env = "CORRAL_DATA_DIR", value_name = "DIR")]
@@ -107,7 +119,7 @@ pub struct ServeArgs {
     pub server_url: Option<String>,
     /// Who terminates TLS: corral, or a proxy in front (`external`: plain HTTP) [default: corral].
     #[arg(long, env = "CORRAL_TLS", value_name = "corral|external")]
-    pub tls: Option<Termination>,
+    pub tls: Option<TlsTermination>,
     /// Bring-your-own certificate chain (PEM), served as given [default: SSL_DIR/cert.pem if present].
     #[arg(long, env = "CORRAL_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -119,6 +131,7 @@ pub struct ServeArgs {
     pub cacerts: Option<PathBuf>,
     /// The certificate is from a CA clients trust: /cacerts is empty.
     #[arg(long, env = "CORRAL_NO_CACERTS")]
+    #[serde(default)]
     pub no_cacerts: bool,
     /// Where Rancher's layout (cert.pem, key.pem, cacerts.pem) is looked for [default: /etc/rancher/ssl].
     #[arg(long, env = "CORRAL_SSL_DIR", value_name = "DIR")]
@@ -146,37 +159,51 @@ pub struct ServeArgs {
     pub acme_ca_cert: Option<PathBuf>,
 }
 
-/// The same settings as they appear in the TOML file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSettings {
-    data_dir: Option<PathBuf>,
-    bind: Option<Vec<IpAddr>>,
-    https_port: Option<u16>,
-    http_port: Option<u16>,
-    cert_mode: Option<CertMode>,
-    ca_profile: Option<CaProfile>,
-    allowed_names: Option<Vec<String>>,
-    max_names: Option<usize>,
-    mint_rate: Option<u32>,
-    mint_rate_per_client: Option<u32>,
-    cert_expiration_days: Option<u32>,
-    rotate_days: Option<u32>,
-    handshake_timeout: Option<u64>,
-    agent_wait: Option<u64>,
-    max_connections: Option<usize>,
-    session_tickets: Option<Toggle>,
-    server_url: Option<String>,
-    tls: Option<Termination>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    cacerts: Option<PathBuf>,
-    no_cacerts: Option<bool>,
-    ssl_dir: Option<PathBuf>,
-    acme_domains: Option<Vec<String>>,
-    acme_directory: Option<String>,
-    acme_challenge: Option<AcmeChallenge>,
-    acme_ca_cert: Option<PathBuf>,
+impl ServeArgs {
+    /// `config/corral.toml` as embedded: every setting that has a default, at its default.
+    pub fn embedded_defaults() -> Self {
+        toml::from_str(EMBEDDED_DEFAULTS).expect("config/corral.toml parses (a unit test checks)")
+    }
+
+    /// `self` over `under`: each setting set here wins (`no_cacerts` only when set, as a flag is).
+    fn over(self, under: ServeArgs) -> Result<ServeArgs, ConfigError> {
+        let as_map = |settings: &ServeArgs| match serde_json::to_value(settings) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => unreachable!("a struct of plain settings serializes to an object"),
+        };
+        let mut merged = as_map(&under);
+        for (name, value) in as_map(&self) {
+            if !value.is_null() && value != serde_json::Value::Bool(false) {
+                merged.insert(name, value);
+            }
+        }
+        let mut settings: ServeArgs = serde_json::from_value(merged.into())
+            .map_err(|e| invalid("settings", format!("cannot merge the layers: {e}")))?;
+        settings.config = self.config.or(under.config);
+        Ok(settings)
+    }
+
+    /// The TLS inputs, from settings merged over the embedded defaults.
+    pub fn tls_inputs(&self) -> TlsInputs {
+        TlsInputs {
+            termination: self.tls.unwrap_or(TlsTermination::Corral),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            cacerts: self.cacerts.clone(),
+            no_cacerts: self.no_cacerts,
+            ssl_dir: self.ssl_dir.clone().unwrap_or_default(),
+            acme_domains: self
+                .acme_domains
+                .iter()
+                .flatten()
+                .map(|d| d.trim().to_ascii_lowercase())
+                .filter(|d| !d.is_empty())
+                .collect(),
+            acme_directory: self.acme_directory.clone().unwrap_or_default(),
+            acme_challenge: self.acme_challenge.unwrap_or(AcmeChallenge::Http01),
+            acme_ca_cert: self.acme_ca_cert.clone(),
+        }
+    }
 }
 
 /// The validated configuration a server runs with.
@@ -218,31 +245,27 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A setting that could not be used, named as the user wrote it.
-#[derive(Debug)]
-pub struct ConfigError {
-    pub setting: String,
-    pub reason: String,
+/// Why corral will not start with these settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A setting that could not be used, named as the user wrote it.
+    #[error("invalid {setting}: {reason}")]
+    Invalid { setting: String, reason: String },
+    /// A TLS set-up Rancher refuses too: its start-up error, word for word.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
 }
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.setting.is_empty() {
-            // Rancher's own start-up errors, word for word.
-            f.write_str(&self.reason)
-        } else {
-            write!(f, "invalid {}: {}", self.setting, self.reason)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 fn invalid(setting: &str, reason: impl fmt::Display) -> ConfigError {
-    ConfigError {
+    ConfigError::Invalid {
         setting: setting.to_string(),
         reason: reason.to_string(),
     }
+}
+
+/// A setting every layer left unset: only if the embedded defaults lost it (a unit test checks).
+fn given<T>(value: Option<T>, setting: &str) -> Result<T, ConfigError> {
+    value.ok_or_else(|| invalid(setting, "has no value, and no default"))
 }
 
 impl Config {
@@ -250,84 +273,35 @@ impl Config {
     pub fn resolve(args: ServeArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
-            None => FileSettings::default(),
+            None => ServeArgs::default(),
         };
-        let data_dir = args
-            .data_dir
-            .or(file.data_dir)
-            .map_or_else(default_data_dir, Ok)?;
-        let allowed = args
-            .allowed_names
-            .or(file.allowed_names)
-            .unwrap_or_default();
-        let tls = TlsInputs {
-            termination: args.tls.or(file.tls),
-            cert: args.tls_cert.or(file.tls_cert),
-            key: args.tls_key.or(file.tls_key),
-            cacerts: args.cacerts.or(file.cacerts),
-            no_cacerts: args.no_cacerts || file.no_cacerts.unwrap_or(false),
-            ssl_dir: args.ssl_dir.or(file.ssl_dir),
-            acme_domains: args
-                .acme_domains
-                .or(file.acme_domains)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|d| d.trim().to_ascii_lowercase())
-                .filter(|d| !d.is_empty())
-                .collect(),
-            acme_directory: args.acme_directory.or(file.acme_directory),
-            acme_challenge: args.acme_challenge.or(file.acme_challenge),
-            acme_ca_cert: args.acme_ca_cert.or(file.acme_ca_cert),
-        }
-        .resolve()
-        .map_err(|reason| ConfigError {
-            setting: String::new(),
-            reason,
-        })?;
+        let s = args.over(file)?.over(ServeArgs::embedded_defaults())?;
+        let data_dir = s.data_dir.clone().map_or_else(default_data_dir, Ok)?;
+        let tls = s.tls_inputs().resolve()?;
         let config = Config {
             data_dir,
-            bind: args
-                .bind
-                .or(file.bind)
-                .unwrap_or_else(|| vec!["::".parse().unwrap()]),
-            https_port: args.https_port.or(file.https_port).unwrap_or(8443),
-            http_port: args.http_port.or(file.http_port).unwrap_or(8080),
-            cert_mode: args
-                .cert_mode
-                .or(file.cert_mode)
-                .unwrap_or(CertMode::PerHost),
-            ca_profile: args
-                .ca_profile
-                .or(file.ca_profile)
-                .unwrap_or(CaProfile::Cattle),
-            allowed_names: AllowList::new(&allowed).map_err(|e| invalid("allowed-names", e))?,
-            max_names: args.max_names.or(file.max_names).unwrap_or(10_000),
-            mint_rate: Some(args.mint_rate.or(file.mint_rate).unwrap_or(100)).filter(|r| *r > 0),
-            mint_rate_per_client: Some(
-                args.mint_rate_per_client
-                    .or(file.mint_rate_per_client)
-                    .unwrap_or(20),
-            )
-            .filter(|r| *r > 0),
-            cert_expiration_days: args
-                .cert_expiration_days
-                .or(file.cert_expiration_days)
-                .unwrap_or(365),
-            rotate_days: args.rotate_days.or(file.rotate_days).unwrap_or(7),
-            handshake_timeout: Duration::from_secs(
-                args.handshake_timeout
-                    .or(file.handshake_timeout)
-                    .unwrap_or(10),
-            ),
-            agent_wait: Duration::from_secs(args.agent_wait.or(file.agent_wait).unwrap_or(15)),
-            session_tickets: args.session_tickets.or(file.session_tickets) != Some(Toggle::Off),
-            max_connections: args
-                .max_connections
-                .or(file.max_connections)
-                .unwrap_or(10_000),
-            server_url: args
+            bind: given(s.bind, "bind")?,
+            https_port: given(s.https_port, "https-port")?,
+            http_port: given(s.http_port, "http-port")?,
+            cert_mode: given(s.cert_mode, "cert-mode")?,
+            ca_profile: given(s.ca_profile, "ca-profile")?,
+            allowed_names: AllowList::new(&s.allowed_names.unwrap_or_default())
+                .map_err(|e| invalid("allowed-names", e))?,
+            max_names: given(s.max_names, "max-names")?,
+            mint_rate: Some(given(s.mint_rate, "mint-rate")?).filter(|r| *r > 0),
+            mint_rate_per_client: Some(given(s.mint_rate_per_client, "mint-rate-per-client")?)
+                .filter(|r| *r > 0),
+            cert_expiration_days: given(s.cert_expiration_days, "cert-expiration-days")?,
+            rotate_days: given(s.rotate_days, "rotate-days")?,
+            handshake_timeout: Duration::from_secs(given(
+                s.handshake_timeout,
+                "handshake-timeout",
+            )?),
+            agent_wait: Duration::from_secs(given(s.agent_wait, "agent-wait")?),
+            session_tickets: given(s.session_tickets, "session-tickets")? == Toggle::On,
+            max_connections: given(s.max_connections, "max-connections")?,
+            server_url: s
                 .server_url
-                .or(file.server_url)
                 .filter(|u| !u.trim().is_empty())
                 .map(|u| ServerUrl::parse(&u))
                 .transpose()
@@ -374,7 +348,7 @@ impl Config {
     }
 }
 
-fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
+fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
     let setting = format!("config file {}", path.display());
     let text = std::fs::read_to_string(path).map_err(|e| invalid(&setting, e))?;
     toml::from_str(&text).map_err(|e| {
@@ -420,6 +394,74 @@ mod tests {
         ServeArgs {
             data_dir: Some("/tmp/x".into()),
             ..ServeArgs::default()
+        }
+    }
+
+    /// Every setting with a default has it in the embedded file, and `--help` says the same.
+    #[test]
+    fn the_embedded_file_is_every_default() {
+        let defaults = ServeArgs::embedded_defaults();
+        let json = serde_json::to_value(&defaults).unwrap();
+        let unset: Vec<_> = json
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v.is_null())
+            .map(|(k, _)| k.as_str())
+            .collect();
+        // Unset by design: a computed default, or nothing unless given.
+        let optional = [
+            "acme_ca_cert",
+            "acme_domains",
+            "cacerts",
+            "data_dir",
+            "server_url",
+            "tls_cert",
+            "tls_key",
+        ];
+        assert_eq!(unset, optional);
+        let help = {
+            use clap::CommandFactory;
+            #[derive(clap::Parser)]
+            struct Probe {
+                #[command(flatten)]
+                args: ServeArgs,
+            }
+            Probe::command().render_long_help().to_string()
+        };
+        for (flag, value) in [
+            ("--https-port", "8443"),
+            ("--http-port", "8080"),
+            ("--cert-mode", "per-host"),
+            ("--ca-profile", "cattle"),
+            ("--max-names", "10000"),
+            ("--mint-rate ", "100"),
+            ("--mint-rate-per-client", "20"),
+            ("--cert-expiration-days", "365"),
+            ("--rotate-days", "7"),
+            ("--handshake-timeout", "10"),
+            ("--max-connections", "10000"),
+            ("--session-tickets", "on"),
+            ("--agent-wait", "15"),
+            ("--tls ", "corral"),
+            ("--acme-challenge", "http-01"),
+        ] {
+            let at = help
+                .find(flag)
+                .unwrap_or_else(|| panic!("{flag} in --help"));
+            let text = &help[at..];
+            let text = &text[..text.find("\n\n").unwrap_or(text.len())];
+            assert!(
+                text.contains(&format!("[default: {value}]")),
+                "{flag}: {text}"
+            );
+            let key = flag.trim().trim_start_matches("--").replace('-', "_");
+            let embedded = json[key.as_str()].to_string();
+            assert_eq!(
+                embedded.trim_matches('"'),
+                value,
+                "{flag} in config/corral.toml"
+            );
         }
     }
 

@@ -9,10 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
-/// Where Rancher's container expects mounted certificates.
-pub const DEFAULT_SSL_DIR: &str = "/etc/rancher/ssl";
+use serde::{Deserialize, Serialize};
 
 /// Rancher's error when only one of `cert.pem` and `key.pem` is there.
 pub const ONE_OF_CERT_AND_KEY: &str = "invalid SSL configuration found, please set both certificate file and certificate key file (one is missing)";
@@ -21,21 +18,18 @@ pub const ONE_OF_CERT_AND_KEY: &str = "invalid SSL configuration found, please s
 pub const CACERTS_OR_NO_CACERTS: &str = "invalid SSL configuration found, please set cacerts when using self signed certificates or use --no-cacerts when using certificates from a recognized Certificate Authority, do not use both at the same time";
 
 /// Who terminates TLS on the HTTPS port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
-pub enum Termination {
+pub enum TlsTermination {
     /// corral: its own certificates, or the files given.
     Corral,
     /// A proxy in front (ingress, load balancer): corral serves plain HTTP on both ports.
     External,
 }
 
-/// Let's Encrypt's production directory, Rancher's default.
-pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
-
 /// The certificate corral serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Served {
+pub enum CertOrigin {
     /// Minted by corral's CA (per-host or shared).
     Minted,
     /// Bring-your-own: the chain and key from these files, served as given.
@@ -45,7 +39,7 @@ pub enum Served {
 }
 
 /// How the ACME server checks that corral answers for a domain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum AcmeChallenge {
     /// A token under `/.well-known/acme-challenge/` on the HTTP port (port 80 of the domain).
     #[value(name = "http-01")]
@@ -80,92 +74,105 @@ pub enum Cacerts {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSetup {
-    pub termination: Termination,
-    pub served: Served,
+    pub termination: TlsTermination,
+    pub origin: CertOrigin,
     pub cacerts: Cacerts,
 }
 
-/// What the user gave; `None` means "not given" (the ssl directory may still provide it).
-#[derive(Debug, Default)]
+/// What the user gave (over the embedded defaults); `None` means "not given" (the ssl directory may
+/// still provide it).
+#[derive(Debug)]
 pub struct TlsInputs {
-    pub termination: Option<Termination>,
+    pub termination: TlsTermination,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub cacerts: Option<PathBuf>,
     pub no_cacerts: bool,
-    pub ssl_dir: Option<PathBuf>,
+    pub ssl_dir: PathBuf,
     pub acme_domains: Vec<String>,
-    pub acme_directory: Option<String>,
-    pub acme_challenge: Option<AcmeChallenge>,
+    pub acme_directory: String,
+    pub acme_challenge: AcmeChallenge,
     pub acme_ca_cert: Option<PathBuf>,
 }
 
+/// A TLS set-up corral (or Rancher) refuses to start with; the texts are Rancher's where it has one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("--acme-domain needs corral to terminate TLS, not --tls external")]
+    AcmeBehindProxy,
+    #[error("--tls external serves plain HTTP: --tls-cert and --tls-key belong on the proxy")]
+    FilesBehindProxy,
+    #[error("{CACERTS_OR_NO_CACERTS}")]
+    CacertsOrNoCacerts,
+    #[error("{ONE_OF_CERT_AND_KEY}")]
+    OneOfCertAndKey,
+}
+
 impl TlsInputs {
-    /// Decides the set-up; `Err` is the message to stop with.
-    pub fn resolve(self) -> Result<TlsSetup, String> {
-        let dir = self
-            .ssl_dir
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_SSL_DIR));
+    /// Decides the set-up.
+    pub fn resolve(self) -> Result<TlsSetup, TlsSetupError> {
+        let dir = self.ssl_dir;
         let in_dir = |name: &str| Some(dir.join(name)).filter(|p| p.exists());
-        let termination = self.termination.unwrap_or(Termination::Corral);
+        let termination = self.termination;
         // Rancher checks ACME first; it forces an empty cacerts.
         if !self.acme_domains.is_empty() {
-            if termination == Termination::External {
-                return Err(
-                    "--acme-domain needs corral to terminate TLS, not --tls external".into(),
-                );
+            if termination == TlsTermination::External {
+                return Err(TlsSetupError::AcmeBehindProxy);
             }
             return Ok(TlsSetup {
                 termination,
-                served: Served::Acme(AcmeSettings {
+                origin: CertOrigin::Acme(AcmeSettings {
                     domains: self.acme_domains,
-                    directory: self.acme_directory.unwrap_or_else(|| LETS_ENCRYPT.into()),
-                    challenge: self.acme_challenge.unwrap_or(AcmeChallenge::Http01),
+                    directory: self.acme_directory,
+                    challenge: self.acme_challenge,
                     ca_cert: self.acme_ca_cert,
                 }),
                 cacerts: Cacerts::Empty,
             });
         }
         let cacerts_file = self.cacerts.or_else(|| in_dir("cacerts.pem"));
-        if termination == Termination::External {
+        if termination == TlsTermination::External {
             if self.cert.is_some() || self.key.is_some() {
-                return Err("--tls external serves plain HTTP: --tls-cert and --tls-key belong on the proxy".into());
+                return Err(TlsSetupError::FilesBehindProxy);
             }
             return Ok(TlsSetup {
                 termination,
-                served: Served::Minted,
+                origin: CertOrigin::Minted,
                 cacerts: optional_cacerts(cacerts_file, self.no_cacerts)?.unwrap_or(Cacerts::Empty),
             });
         }
         let cert = self.cert.or_else(|| in_dir("cert.pem"));
         let key = self.key.or_else(|| in_dir("key.pem"));
-        let (served, cacerts) = match (cert, key) {
+        let (origin, cacerts) = match (cert, key) {
             (Some(cert), Some(key)) => {
                 let cacerts = match (cacerts_file, self.no_cacerts) {
                     (Some(file), false) => Cacerts::File(file),
                     (None, true) => Cacerts::Empty,
-                    _ => return Err(CACERTS_OR_NO_CACERTS.into()),
+                    _ => return Err(TlsSetupError::CacertsOrNoCacerts),
                 };
-                (Served::Files { cert, key }, cacerts)
+                (CertOrigin::Files { cert, key }, cacerts)
             }
-            (Some(_), None) | (None, Some(_)) => return Err(ONE_OF_CERT_AND_KEY.into()),
+            (Some(_), None) | (None, Some(_)) => return Err(TlsSetupError::OneOfCertAndKey),
             (None, None) => (
-                Served::Minted,
+                CertOrigin::Minted,
                 optional_cacerts(cacerts_file, self.no_cacerts)?.unwrap_or(Cacerts::Generated),
             ),
         };
         Ok(TlsSetup {
             termination,
-            served,
+            origin,
             cacerts,
         })
     }
 }
 
 /// `cacerts` for set-ups where it is optional: a file, `--no-cacerts`, or neither (`None`).
-fn optional_cacerts(file: Option<PathBuf>, no_cacerts: bool) -> Result<Option<Cacerts>, String> {
+fn optional_cacerts(
+    file: Option<PathBuf>,
+    no_cacerts: bool,
+) -> Result<Option<Cacerts>, TlsSetupError> {
     match (file, no_cacerts) {
-        (Some(_), true) => Err(CACERTS_OR_NO_CACERTS.into()),
+        (Some(_), true) => Err(TlsSetupError::CacertsOrNoCacerts),
         (Some(file), false) => Ok(Some(Cacerts::File(file))),
         (None, true) => Ok(Some(Cacerts::Empty)),
         (None, false) => Ok(None),
@@ -174,13 +181,27 @@ fn optional_cacerts(file: Option<PathBuf>, no_cacerts: bool) -> Result<Option<Ca
 
 /// The `cacerts` value from a file: its contents with surrounding whitespace trimmed, as Rancher's
 /// `strings.TrimSpace`.
-pub fn read_cacerts(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read cacerts {}: {e}", path.display()))?;
+pub fn read_cacerts(path: &Path) -> Result<String, CacertsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CacertsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if !text.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(format!("{} holds no PEM certificate", path.display()));
+        return Err(CacertsError::NoCertificate(path.to_path_buf()));
     }
     Ok(text.trim().to_string())
+}
+
+/// Why a `cacerts` file cannot be distributed.
+#[derive(Debug, thiserror::Error)]
+pub enum CacertsError {
+    #[error("cannot read cacerts {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} holds no PEM certificate", .0.display())]
+    NoCertificate(PathBuf),
 }
 
 #[cfg(test)]
@@ -195,20 +216,23 @@ mod tests {
         dir
     }
 
-    fn resolve(files: &[&str], no_cacerts: bool) -> Result<TlsSetup, String> {
+    /// The embedded defaults' inputs, with the ssl directory `dir`.
+    fn inputs(dir: &Path, no_cacerts: bool) -> TlsInputs {
+        let mut settings = crate::config::ServeArgs::embedded_defaults();
+        settings.ssl_dir = Some(dir.into());
+        settings.no_cacerts = no_cacerts;
+        settings.tls_inputs()
+    }
+
+    fn resolve(files: &[&str], no_cacerts: bool) -> Result<TlsSetup, TlsSetupError> {
         let dir = dir_with(files);
-        TlsInputs {
-            ssl_dir: Some(dir.path().into()),
-            no_cacerts,
-            ..TlsInputs::default()
-        }
-        .resolve()
+        inputs(dir.path(), no_cacerts).resolve()
     }
 
     #[test]
     fn rancher_layout_rules() {
         let byo = resolve(&["cert.pem", "key.pem", "cacerts.pem"], false).unwrap();
-        assert!(matches!(byo.served, Served::Files { .. }));
+        assert!(matches!(byo.origin, CertOrigin::Files { .. }));
         assert!(matches!(byo.cacerts, Cacerts::File(_)));
         let public = resolve(&["cert.pem", "key.pem"], true).unwrap();
         assert_eq!(public.cacerts, Cacerts::Empty);
@@ -218,17 +242,17 @@ mod tests {
         ] {
             assert_eq!(
                 resolve(files, no_cacerts),
-                Err(CACERTS_OR_NO_CACERTS.into())
+                Err(TlsSetupError::CacertsOrNoCacerts)
             );
         }
         for files in [&["cert.pem"][..], &["key.pem", "cacerts.pem"][..]] {
-            assert_eq!(resolve(files, false), Err(ONE_OF_CERT_AND_KEY.into()));
+            assert_eq!(resolve(files, false), Err(TlsSetupError::OneOfCertAndKey));
         }
         // Only cacerts.pem: corral's own certificates, the given CA distributed.
         let only_ca = resolve(&["cacerts.pem"], false).unwrap();
         assert_eq!(
-            (only_ca.served, matches!(only_ca.cacerts, Cacerts::File(_))),
-            (Served::Minted, true)
+            (only_ca.origin, matches!(only_ca.cacerts, Cacerts::File(_))),
+            (CertOrigin::Minted, true)
         );
         assert_eq!(resolve(&[], false).unwrap().cacerts, Cacerts::Generated);
         assert_eq!(resolve(&[], true).unwrap().cacerts, Cacerts::Empty);
@@ -237,22 +261,22 @@ mod tests {
     #[test]
     fn external_termination() {
         let dir = dir_with(&["cacerts.pem"]);
-        let external = |no_cacerts| {
+        let external = |dir: &Path, no_cacerts| {
             TlsInputs {
-                termination: Some(Termination::External),
-                ssl_dir: Some(dir.path().into()),
-                no_cacerts,
-                ..TlsInputs::default()
+                termination: TlsTermination::External,
+                ..inputs(dir, no_cacerts)
             }
             .resolve()
         };
-        assert!(matches!(external(false).unwrap().cacerts, Cacerts::File(_)));
-        assert_eq!(external(true), Err(CACERTS_OR_NO_CACERTS.into()));
-        let bare = TlsInputs {
-            termination: Some(Termination::External),
-            ssl_dir: Some("/nonexistent".into()),
-            ..TlsInputs::default()
-        };
-        assert_eq!(bare.resolve().unwrap().cacerts, Cacerts::Empty);
+        assert!(matches!(
+            external(dir.path(), false).unwrap().cacerts,
+            Cacerts::File(_)
+        ));
+        assert_eq!(
+            external(dir.path(), true),
+            Err(TlsSetupError::CacertsOrNoCacerts)
+        );
+        let bare = external(Path::new("/nonexistent"), false);
+        assert_eq!(bare.unwrap().cacerts, Cacerts::Empty);
     }
 }

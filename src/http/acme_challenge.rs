@@ -13,7 +13,7 @@ pub async fn answer(
     State(state): State<Arc<AppState>>,
     Path(token): Path<String>,
 ) -> Response<Body> {
-    match state.resolver.acme_challenge(&token) {
+    match state.certs.acme_challenge(&token) {
         Some(key_authorization) => text_response(StatusCode::OK, "text/plain", key_authorization),
         None => text_response(StatusCode::NOT_FOUND, "text/plain", "no such challenge\n"),
     }

@@ -48,7 +48,7 @@ pub async fn version() -> Response<Body> {
 
 /// `/metrics`: Prometheus text exposition.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response<Body> {
-    let cached = state.resolver.cached_names();
+    let cached = state.certs.cached_names();
     crate::metrics::metrics()
         .cache_entries
         .set(cached.try_into().unwrap_or(i64::MAX));

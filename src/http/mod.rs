@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::accounts::{AccountError, Accounts};
-use crate::certs::CertResolver;
+use crate::certs::CertService;
 
 /// A client has this long to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -63,7 +63,7 @@ pub struct AppState {
     /// The CA checksum, as logged at start.
     pub checksum: String,
     pub accounts: Arc<Accounts>,
-    pub resolver: Arc<CertResolver>,
+    pub certs: Arc<CertService>,
     pub clusters: Arc<crate::clusters::Clusters>,
     pub tunnels: Arc<crate::tunnel::TunnelRegistry>,
     /// How long the cluster proxy waits for an absent agent before answering 503.
@@ -76,7 +76,7 @@ pub struct AppState {
 #[derive(Clone)]
 pub struct HttpApp {
     router: Router,
-    resolver: Arc<CertResolver>,
+    certs: Arc<CertService>,
     https_port: u16,
     /// Fired on shutdown: connections finish the request in flight and close.
     shutdown: CancellationToken,
@@ -84,7 +84,7 @@ pub struct HttpApp {
 
 impl HttpApp {
     pub fn new(state: Arc<AppState>) -> Self {
-        let (resolver, https_port) = (state.resolver.clone(), state.https_port);
+        let (certs, https_port) = (state.certs.clone(), state.https_port);
         let router = Router::new()
             .route("/ping", any(health::ping))
             .route("/healthz", any(health::healthz))
@@ -130,7 +130,7 @@ impl HttpApp {
             .with_state(state);
         Self {
             router,
-            resolver,
+            certs,
             https_port,
             shutdown: CancellationToken::new(),
         }
@@ -235,7 +235,7 @@ impl HttpApp {
                 .headers()
                 .get(header::USER_AGENT)
                 .and_then(|h| h.to_str().ok());
-            self.resolver
+            self.certs
                 .learn_from_host_header(host, agent, info.peer.ip());
         }
         req.extensions_mut().insert(info);
@@ -320,7 +320,9 @@ pub(crate) fn account_error(error: &AccountError) -> Response<Body> {
         AccountError::InvalidCurrentPassword
         | AccountError::PasswordTooShort
         | AccountError::SamePassword => (StatusCode::UNPROCESSABLE_ENTITY, "InvalidBodyContent"),
-        AccountError::InvalidValue(_) => (StatusCode::BAD_REQUEST, "InvalidFormat"),
+        AccountError::InvalidValue(_) | AccountError::InvalidServerUrl(_) => {
+            (StatusCode::BAD_REQUEST, "InvalidFormat")
+        }
         AccountError::ServerUrlLocked { .. } => (StatusCode::CONFLICT, "Conflict"),
         AccountError::ReadOnlyFromEnv(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
         AccountError::Storage(_) | AccountError::Bootstrap(_) | AccountError::Pinning(_) => {

@@ -41,7 +41,7 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Response<Body> {
         "serverUrlSource": source,
         "pinned": !server_url.is_empty(),
         "caChecksum": state.checksum,
-        "certificate": summarize(&state.resolver.current_leaf()),
+        "certificate": summarize(&state.certs.current_leaf()),
     });
     json_response(StatusCode::OK, &body)
 }

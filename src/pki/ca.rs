@@ -23,7 +23,9 @@ const CA_LIFETIME: Duration = Duration::days(3650);
 pub const BACKDATE: Duration = Duration::hours(1);
 
 /// Which naming the CA is created with. Only matters on first start: an existing CA is kept as is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CaProfile {
     /// `CN=cattle-ca, O=the-ranch`, as Rancher 2.x documented it.
@@ -44,49 +46,50 @@ impl CaProfile {
     }
 }
 
+/// corral will not make a new CA over a broken one: agents verify the checksum of this one.
+const KEEP: &str = "corral will not create a new CA over it, because that would change the CA \
+     checksum agents verify; restore the file, or move ca.crt and ca.key away to start over";
+
 /// Why the CA could not be loaded or created.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum CaError {
+    #[error("cannot access {}: {source}", path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
-    Corrupt {
-        path: PathBuf,
-        reason: String,
-    },
-    MissingKey {
-        cert: PathBuf,
-        key: PathBuf,
-    },
+    #[error("the CA in {} is unusable: {reason}; {KEEP}", path.display())]
+    Corrupt { path: PathBuf, reason: Unusable },
+    #[error(
+        "the CA certificate {} exists but its key {} does not; {KEEP}",
+        cert.display(),
+        key.display()
+    )]
+    MissingKey { cert: PathBuf, key: PathBuf },
+    #[error("cannot generate the CA: {0}")]
     Generate(rcgen::Error),
 }
 
-impl fmt::Display for CaError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const KEEP: &str = "corral will not create a new CA over it, because that would change the CA \
-             checksum agents verify; restore the file, or move ca.crt and ca.key away to start over";
-        match self {
-            CaError::Io { path, source } => write!(f, "cannot access {}: {source}", path.display()),
-            CaError::Corrupt { path, reason } => {
-                write!(
-                    f,
-                    "the CA in {} is unusable: {reason}; {KEEP}",
-                    path.display()
-                )
-            }
-            CaError::MissingKey { cert, key } => write!(
-                f,
-                "the CA certificate {} exists but its key {} does not; {KEEP}",
-                cert.display(),
-                key.display()
-            ),
-            CaError::Generate(e) => write!(f, "cannot generate the CA: {e}"),
-        }
-    }
+/// What is wrong with a stored CA certificate or key.
+#[derive(Debug, thiserror::Error)]
+pub enum Unusable {
+    #[error("not text")]
+    NotText,
+    #[error("not a private key ({0})")]
+    NotAKey(rcgen::Error),
+    #[error("no PEM certificate ({0})")]
+    NoPem(rustls::pki_types::pem::Error),
+    #[error("not X.509 ({0})")]
+    NotX509(x509_parser::nom::Err<x509_parser::error::X509Error>),
+    #[error("the certificate is not a CA (basicConstraints CA:TRUE missing)")]
+    NotCa,
+    #[error("ca.key does not match ca.crt")]
+    KeyMismatch,
+    #[error("{0}")]
+    Date(time::error::ComponentRange),
+    #[error("cannot sign with it ({0})")]
+    CannotSign(rcgen::Error),
 }
-
-impl std::error::Error for CaError {}
 
 /// The loaded CA: its certificate as served, and what is needed to sign leaves with it.
 pub struct CertificateAuthority {
@@ -132,19 +135,19 @@ impl CertificateAuthority {
                 key: key_path,
             });
         };
-        let corrupt = |path: &Path, reason: String| CaError::Corrupt {
+        let corrupt = |path: &Path, reason: Unusable| CaError::Corrupt {
             path: path.to_path_buf(),
             reason,
         };
         let key_text =
-            String::from_utf8(key_pem).map_err(|_| corrupt(&key_path, "not text".into()))?;
-        let key = KeyPair::from_pem(&key_text)
-            .map_err(|e| corrupt(&key_path, format!("not a private key ({e})")))?;
+            String::from_utf8(key_pem).map_err(|_| corrupt(&key_path, Unusable::NotText))?;
+        let key =
+            KeyPair::from_pem(&key_text).map_err(|e| corrupt(&key_path, Unusable::NotAKey(e)))?;
         let der = CertificateDer::from_pem_slice(&cert_pem)
-            .map_err(|e| corrupt(&cert_path, format!("no PEM certificate ({e})")))?;
+            .map_err(|e| corrupt(&cert_path, Unusable::NoPem(e)))?;
         let details = inspect(&der, &key).map_err(|reason| corrupt(&cert_path, reason))?;
         let issuer = Issuer::from_ca_cert_der(&der, key)
-            .map_err(|e| corrupt(&cert_path, format!("cannot sign with it ({e})")))?;
+            .map_err(|e| corrupt(&cert_path, Unusable::CannotSign(e)))?;
         Ok(Some(Self::assemble(der, issuer, details)))
     }
 
@@ -226,16 +229,16 @@ struct Details {
     subject: String,
 }
 
-fn inspect(der: &CertificateDer<'_>, key: &KeyPair) -> Result<Details, String> {
-    let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("not X.509 ({e})"))?;
+fn inspect(der: &CertificateDer<'_>, key: &KeyPair) -> Result<Details, Unusable> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(Unusable::NotX509)?;
     if !cert.is_ca() {
-        return Err("the certificate is not a CA (basicConstraints CA:TRUE missing)".into());
+        return Err(Unusable::NotCa);
     }
     if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-        return Err("ca.key does not match ca.crt".into());
+        return Err(Unusable::KeyMismatch);
     }
     let not_before = OffsetDateTime::from_unix_timestamp(cert.validity().not_before.timestamp())
-        .map_err(|e| e.to_string())?;
+        .map_err(Unusable::Date)?;
     Ok(Details {
         not_before,
         subject: go_style_name(cert.subject()),
@@ -255,22 +258,12 @@ pub(crate) fn go_style_name(name: &x509_parser::x509::X509Name<'_>) -> String {
         .join(",")
 }
 
-/// PEM of one certificate, without a trailing newline (the trimmed `cacerts` form).
-pub(crate) fn pem_encode_certificate(der: &CertificateDer<'_>) -> String {
-    let pem = pem_rfc7468_encode("CERTIFICATE", der.as_ref());
-    pem.trim().to_string()
-}
-
-fn pem_rfc7468_encode(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in body.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+/// PEM of one certificate with LF line endings, without a trailing newline (the trimmed `cacerts`
+/// form).
+pub fn pem_encode_certificate(der: &CertificateDer<'_>) -> String {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    let encoded = pem::encode_config(&pem::Pem::new("CERTIFICATE", der.as_ref()), config);
+    encoded.trim_end().to_string()
 }
 
 fn read(path: &Path) -> Result<Option<Vec<u8>>, CaError> {

@@ -51,9 +51,14 @@ pub fn summarize(der: &[u8]) -> Option<CertificateSummary> {
     })
 }
 
+/// Bytes that are not an X.509 certificate, and the parser's reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UnreadableCertificate(#[from] x509_parser::nom::Err<x509_parser::error::X509Error>);
+
 /// A certificate's notBefore and notAfter in unix seconds.
-pub fn validity(der: &[u8]) -> Result<(i64, i64), String> {
-    let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+pub fn validity(der: &[u8]) -> Result<(i64, i64), UnreadableCertificate> {
+    let (_, cert) = X509Certificate::from_der(der)?;
     let validity = cert.validity();
     Ok((
         validity.not_before.timestamp(),

@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 
 pub use ca::{CaError, CaProfile, CertificateAuthority};
 pub use factory::{LeafFactory, MintedLeaf};
-pub use names::{AllowList, NameError, SubjectName};
-pub use server_url::ServerUrl;
+pub use names::{AllowList, AllowListError, NameError, SubjectName};
+pub use server_url::{ServerUrl, ServerUrlError};
 
 /// The body `/cacerts` serves for a `cacerts` value: the value plus one `\n` (empty stays empty).
 /// The ALPN protocol of TLS-ALPN-01 validations (RFC 8737).

@@ -129,6 +129,20 @@ fn check_label(label: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Why an `allowed-names` entry is not a pattern.
+#[derive(Debug, thiserror::Error)]
+pub enum AllowListError {
+    #[error("bad glob {entry:?}: {source}")]
+    Glob {
+        entry: String,
+        source: globset::Error,
+    },
+    #[error("{0}")]
+    Globs(globset::Error),
+    #[error("bad regex: {0}")]
+    Regex(regex::Error),
+}
+
 /// The `allowed-names` setting: globs (`*.lab.test`, `10.0.*`) and regular expressions (`re:^…$`).
 /// An empty list allows every valid name.
 #[derive(Debug, Clone, Default)]
@@ -140,7 +154,7 @@ pub struct AllowList {
 
 impl AllowList {
     /// Builds the list from its entries; each is a glob, or a regex when prefixed with `re:`.
-    pub fn new(entries: &[String]) -> Result<Self, String> {
+    pub fn new(entries: &[String]) -> Result<Self, AllowListError> {
         let mut globs = GlobSetBuilder::new();
         let mut regexes = Vec::new();
         let (mut any_glob, mut patterns) = (false, Vec::new());
@@ -149,19 +163,23 @@ impl AllowList {
             if let Some(re) = entry.strip_prefix("re:") {
                 regexes.push(re.to_string());
             } else {
-                let glob = Glob::new(&entry.to_ascii_lowercase())
-                    .map_err(|e| format!("bad glob {entry:?}: {e}"))?;
+                let glob = Glob::new(&entry.to_ascii_lowercase()).map_err(|source| {
+                    AllowListError::Glob {
+                        entry: entry.into(),
+                        source,
+                    }
+                })?;
                 globs.add(glob);
                 any_glob = true;
             }
         }
         let globs = match any_glob {
-            true => Some(globs.build().map_err(|e| e.to_string())?),
+            true => Some(globs.build().map_err(AllowListError::Globs)?),
             false => None,
         };
         let regexes = match regexes.is_empty() {
             true => None,
-            false => Some(RegexSet::new(&regexes).map_err(|e| format!("bad regex: {e}"))?),
+            false => Some(RegexSet::new(&regexes).map_err(AllowListError::Regex)?),
         };
         Ok(Self {
             globs,

@@ -2,7 +2,27 @@
 
 use std::fmt;
 
-use super::SubjectName;
+use super::{NameError, SubjectName};
+
+/// Why a value is not a server URL (the text is the 400 response's message).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ServerUrlError {
+    #[error("invalid server-url {raw:?}: {source}")]
+    Unparsable {
+        raw: String,
+        source: url::ParseError,
+    },
+    #[error("invalid server-url {0:?}: the scheme must be https")]
+    NotHttps(String),
+    #[error("invalid server-url {0:?}: credentials are not allowed")]
+    Credentials(String),
+    #[error("invalid server-url {0:?}: a path, query or fragment is not allowed")]
+    NotJustHost(String),
+    #[error("invalid server-url {0:?}: no host")]
+    NoHost(String),
+    #[error("invalid server-url host {host:?}: {source}")]
+    Host { host: String, source: NameError },
+}
 
 /// A validated server URL: `https://host[:port]`, nothing else.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,29 +34,28 @@ pub struct ServerUrl {
 
 impl ServerUrl {
     /// Parses and validates a server URL. The error says what is wrong, for a 400 response.
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub fn parse(raw: &str) -> Result<Self, ServerUrlError> {
         let raw = raw.trim();
-        let url = url::Url::parse(raw).map_err(|e| format!("invalid server-url {raw:?}: {e}"))?;
+        let url = url::Url::parse(raw).map_err(|source| ServerUrlError::Unparsable {
+            raw: raw.into(),
+            source,
+        })?;
         if url.scheme() != "https" {
-            return Err(format!(
-                "invalid server-url {raw:?}: the scheme must be https"
-            ));
+            return Err(ServerUrlError::NotHttps(raw.into()));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(format!(
-                "invalid server-url {raw:?}: credentials are not allowed"
-            ));
+            return Err(ServerUrlError::Credentials(raw.into()));
         }
         if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
-            return Err(format!(
-                "invalid server-url {raw:?}: a path, query or fragment is not allowed"
-            ));
+            return Err(ServerUrlError::NotJustHost(raw.into()));
         }
         let host_text = url
             .host_str()
-            .ok_or_else(|| format!("invalid server-url {raw:?}: no host"))?;
-        let host = SubjectName::parse(host_text)
-            .map_err(|e| format!("invalid server-url host {host_text:?}: {e}"))?;
+            .ok_or_else(|| ServerUrlError::NoHost(raw.into()))?;
+        let host = SubjectName::parse(host_text).map_err(|source| ServerUrlError::Host {
+            host: host_text.into(),
+            source,
+        })?;
         let text = match url.port() {
             Some(port) => format!("https://{host_text}:{port}"),
             None => format!("https://{host_text}"),

@@ -46,8 +46,37 @@ where
         Ok((document, existed))
     }
 
+    /// As [`Document::open`], but a stored value that does not parse (an older format, a damaged
+    /// file) is logged and replaced at the first update instead of refusing the start: for documents
+    /// that can be made again (certificates), never for accounts.
+    pub fn open_or_replace(
+        backend: Arc<dyn Backend>,
+        key: Key,
+    ) -> Result<(Self, bool), StoreError> {
+        match Self::open(backend.clone(), key) {
+            Err(e @ StoreError::Unreadable { .. }) => {
+                tracing::warn!("{e}; making it again");
+                let version = backend.version(key)?;
+                let value = Arc::new(T::default());
+                let (changes, _) = watch::channel(value.clone());
+                let document = Self {
+                    backend,
+                    key,
+                    cached: Mutex::new(Cached { value, version }),
+                    changes,
+                };
+                Ok((document, false))
+            }
+            opened => opened,
+        }
+    }
+
+    pub fn key(&self) -> Key {
+        self.key
+    }
+
     fn lock(&self) -> MutexGuard<'_, Cached<T>> {
-        self.cached.lock().unwrap_or_else(|p| p.into_inner())
+        crate::support::lock(&self.cached)
     }
 
     /// The current value, re-read first if another writer changed it.

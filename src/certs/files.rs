@@ -4,15 +4,47 @@
 //! The files are checked every [`RELOAD_EVERY`]. A new pair that does not load (a half-written file, a
 //! key of another certificate) keeps the current certificate, and the reason is logged once.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::served::{Served, serve_files, unix_now};
+use super::source::CertSource;
+use super::template::{Served, serve_files};
+use crate::support::{lock, unix_now};
+
+/// Why a certificate and key could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("unreadable certificate PEM ({0})")]
+    CertificatePem(rustls::pki_types::pem::Error),
+    #[error("no certificate in the chain")]
+    NoCertificate,
+    #[error("unreadable certificate ({0})")]
+    Certificate(crate::pki::inspect::UnreadableCertificate),
+    #[error("no private key ({0})")]
+    Key(rustls::pki_types::pem::Error),
+    #[error("the private key does not match the certificate")]
+    KeyMismatch,
+    #[error("cannot serve the certificate: {0}")]
+    Serve(rustls::Error),
+    #[error("{source} (certificate {}, key {})", cert.display(), key.display())]
+    InFiles {
+        source: Box<FilesError>,
+        cert: PathBuf,
+        key: PathBuf,
+    },
+}
 
 /// How often the files are looked at for a rotation.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(1);
@@ -33,7 +65,7 @@ type Stamp = [(SystemTime, u64); 2];
 impl ByoCert {
     /// Loads the files; an unusable pair is a start-up error. Warnings (an expired certificate) are
     /// logged: Rancher starts with them too.
-    pub fn load(cert: &Path, key: &Path, resumption: bool) -> Result<Self, String> {
+    pub fn load(cert: &Path, key: &Path, resumption: bool) -> Result<Self, FilesError> {
         let stamp = stamp(cert, key);
         let served = load_pair(cert, key, resumption)?;
         Ok(Self {
@@ -49,28 +81,12 @@ impl ByoCert {
         self.current.load_full()
     }
 
-    /// The certificate chain as served.
-    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
-        self.current().chain().to_vec()
-    }
-
-    /// Checks the files every [`RELOAD_EVERY`] for as long as the process runs.
-    pub fn watch(self: Arc<Self>) {
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(RELOAD_EVERY);
-            loop {
-                every.tick().await;
-                self.reload_if_changed();
-            }
-        });
-    }
-
     /// Serves the files anew if they changed since last read; keeps the current certificate if the
     /// new pair does not load.
     fn reload_if_changed(&self) {
         let now = stamp(&self.cert, &self.key);
         {
-            let mut seen = self.stamp.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = lock(&self.stamp);
             if *seen == now {
                 return;
             }
@@ -95,17 +111,19 @@ fn stamp(cert: &Path, key: &Path) -> Option<Stamp> {
 }
 
 /// Reads and checks a chain and its key; an expired certificate is logged, not refused (as Rancher).
-fn load_pair(cert: &Path, key: &Path, resumption: bool) -> Result<Served, String> {
+fn load_pair(cert: &Path, key: &Path, resumption: bool) -> Result<Served, FilesError> {
     let read = |path: &Path| {
-        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        std::fs::read(path).map_err(|source| FilesError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
     };
-    let served = parse_pair(&read(cert)?, &read(key)?, resumption).map_err(|e| {
-        format!(
-            "{e} (certificate {}, key {})",
-            cert.display(),
-            key.display()
-        )
-    })?;
+    let served =
+        parse_pair(&read(cert)?, &read(key)?, resumption).map_err(|e| FilesError::InFiles {
+            source: Box::new(e),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        })?;
     if served.not_after < unix_now() {
         tracing::warn!(
             "the certificate in {} has expired: clients will refuse it",
@@ -116,21 +134,50 @@ fn load_pair(cert: &Path, key: &Path, resumption: bool) -> Result<Served, String
 }
 
 /// A chain (leaf first) and its private key, as PEM, checked and ready to serve.
-pub fn parse_pair(chain_pem: &[u8], key_pem: &[u8], resumption: bool) -> Result<Served, String> {
+pub fn parse_pair(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    resumption: bool,
+) -> Result<Served, FilesError> {
     let chain = CertificateDer::pem_slice_iter(chain_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("unreadable certificate PEM ({e})"))?;
-    let leaf = chain.first().ok_or("no certificate in the chain")?;
-    let (_, not_after) =
-        crate::pki::inspect::validity(leaf).map_err(|e| format!("unreadable certificate ({e})"))?;
-    let key =
-        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("no private key ({e})"))?;
+        .map_err(FilesError::CertificatePem)?;
+    let leaf = chain.first().ok_or(FilesError::NoCertificate)?;
+    let (_, not_after) = crate::pki::inspect::validity(leaf).map_err(FilesError::Certificate)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(FilesError::Key)?;
     serve_files(chain, key, not_after, resumption).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => {
-            "the private key does not match the certificate".to_string()
-        }
-        other => format!("cannot serve the certificate: {other}"),
+        rustls::Error::InconsistentKeys(_) => FilesError::KeyMismatch,
+        other => FilesError::Serve(other),
     })
+}
+
+impl CertSource for ByoCert {
+    fn ready(&self, _: Option<&str>, _: IpAddr) -> Option<Arc<ServerConfig>> {
+        Some(self.current.load().config.clone())
+    }
+
+    fn choose(&self, _: Option<&str>, _: IpAddr, _: IpAddr) -> Arc<Served> {
+        self.current()
+    }
+
+    fn current_leaf(&self) -> CertificateDer<'static> {
+        self.current().leaf().clone()
+    }
+
+    /// Checks the files every [`RELOAD_EVERY`] for as long as the process runs.
+    fn start(self: Arc<Self>) {
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(RELOAD_EVERY);
+            loop {
+                every.tick().await;
+                self.reload_if_changed();
+            }
+        });
+    }
+
+    fn files_chain(&self) -> Option<Vec<CertificateDer<'static>>> {
+        Some(self.current().chain().to_vec())
+    }
 }
 
 #[cfg(test)]
@@ -155,7 +202,10 @@ mod tests {
         assert_eq!(served.chain().len(), 1);
         let (_, other_key) = pair(&["other.lab.test"]);
         let stray = parse_pair(cert.as_bytes(), other_key.as_bytes(), false).unwrap_err();
-        assert_eq!(stray, "the private key does not match the certificate");
+        assert_eq!(
+            stray.to_string(),
+            "the private key does not match the certificate"
+        );
         assert!(parse_pair(b"", key.as_bytes(), false).is_err());
         assert!(parse_pair(cert.as_bytes(), b"not a key", false).is_err());
     }

@@ -1,17 +1,17 @@
-//! A certificate ready to serve: the leaf, and the rustls `ServerConfig` that presents it.
+//! A certificate ready to serve: the leaf, and the rustls `ServerConfig` that presents it; and the
+//! template every minted certificate's config is cloned from.
 //!
 //! Building a `ServerConfig` is done once per minted leaf, not per connection: the accept path only
 //! clones an `Arc`. Everything configs have in common (provider, key, session cache, ALPN) is shared.
 
 use std::sync::Arc;
 
+use super::CertError;
+use crate::pki::{LeafFactory, MintedLeaf};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::{CertifiedKey, SigningKey, SingleCertAndKey};
 use rustls::{ServerConfig, version};
-use time::OffsetDateTime;
-
-use crate::pki::{LeafFactory, MintedLeaf};
 
 /// Sessions remembered for TLS 1.3 resumption, shared by every certificate.
 const SESSION_CACHE_SIZE: usize = 4096;
@@ -48,16 +48,16 @@ impl Served {
     }
 }
 
-/// The parts every served certificate's `ServerConfig` shares, kept as a template that each new
+/// The parts every minted certificate's `ServerConfig` shares, kept as a template that each new
 /// certificate clones (cheaper than building and validating a config per mint).
-pub struct TlsSettings {
+pub struct ConfigTemplate {
     template: ServerConfig,
     key: Arc<dyn SigningKey>,
     ca: CertificateDer<'static>,
 }
 
-impl TlsSettings {
-    /// Settings for leaves from `factory`: TLS 1.2 and 1.3 with aws-lc-rs, ALPN `http/1.1` only (as
+impl ConfigTemplate {
+    /// The template for leaves from `factory`: TLS 1.2 and 1.3 with aws-lc-rs, ALPN `http/1.1` only (as
     /// Rancher's dynamic listener), the chain leaf + CA, resumption on or off.
     pub fn new(factory: &LeafFactory, resumption: bool) -> Result<Self, rustls::Error> {
         let provider = Arc::new(server_provider());
@@ -138,15 +138,13 @@ pub fn serve_files(
 pub fn alpn_challenge_config(
     domain: &str,
     digest: impl AsRef<[u8]>,
-) -> Result<Arc<ServerConfig>, String> {
-    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-    let mut params =
-        rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(|e| e.to_string())?;
+) -> Result<Arc<ServerConfig>, CertError> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec![domain.to_string()])?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest.as_ref())];
-    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key)?;
     let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let (config, _) = single_cert_config(vec![cert.der().clone()], key, false, &[b"acme-tls/1"])
-        .map_err(|e| e.to_string())?;
+    let (config, _) = single_cert_config(vec![cert.der().clone()], key, false, &[b"acme-tls/1"])?;
     Ok(config)
 }
 
@@ -214,9 +212,4 @@ fn server_provider() -> rustls::crypto::CryptoProvider {
         TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
     ];
     provider
-}
-
-/// The current time in unix seconds.
-pub fn unix_now() -> i64 {
-    OffsetDateTime::now_utc().unix_timestamp()
 }

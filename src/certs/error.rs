@@ -1,0 +1,24 @@
+//! Why a certificate could not be made, loaded or kept.
+
+use std::path::PathBuf;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("cannot sign the certificate: {0}")]
+    Sign(#[from] rcgen::Error),
+    #[error("cannot serve the certificate: {0}")]
+    Serve(#[from] rustls::Error),
+    #[error("cannot keep the certificate: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Files(#[from] super::files::FilesError),
+    #[error(transparent)]
+    Acme(#[from] super::acme::AcmeError),
+    #[error("cannot use {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,60 @@
+//! Two helpers every layer uses, kept at the bottom so that nothing imports upward for them.
+
+use std::sync::{Mutex, MutexGuard};
+
+/// Locks `mutex`, ignoring poisoning: a panic elsewhere must not take the server down with it, and
+/// every value kept behind these locks is whole between statements.
+pub fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The current time in unix seconds.
+pub fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// The host part of `host[:port]` or `[v6]:port`, as HTTP authorities write it; `None` when it is
+/// not an authority at all (or carries user information, which no `Host` or address may).
+pub fn authority_host(authority: &str) -> Option<&str> {
+    let parsed: hyper::http::uri::Authority = authority.parse().ok()?;
+    if parsed.as_str().contains('@') {
+        return None;
+    }
+    let host = parsed.host();
+    // `Authority::host` keeps an IPv6 literal's brackets; find the same text in the input.
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let start = authority.find(host)?;
+    Some(&authority[start..start + host.len()])
+}
+
+/// `host:port` (`[v6]:port` for IPv6) split into host and port; `None` without a valid port.
+pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
+    let parsed: hyper::http::uri::Authority = address.parse().ok()?;
+    let port = parsed.port_u16()?;
+    Some((authority_host(address)?, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_ports_of_authorities() {
+        assert_eq!(authority_host("a.test:8443"), Some("a.test"));
+        assert_eq!(authority_host("[::1]:8443"), Some("::1"));
+        assert_eq!(authority_host("[::1]"), Some("::1"));
+        assert_eq!(authority_host("10.0.0.1"), Some("10.0.0.1"));
+        assert_eq!(authority_host("user@a.test"), None);
+        assert_eq!(authority_host(""), None);
+        assert_eq!(split_host_port("a.test:8443"), Some(("a.test", 8443)));
+        assert_eq!(split_host_port("[fd00::1]:6443"), Some(("fd00::1", 6443)));
+        assert_eq!(split_host_port("a.test"), None);
+        assert_eq!(split_host_port("a.test:99999"), None);
+        assert_eq!(split_host_port("a.test:"), None);
+    }
+}
