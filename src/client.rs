@@ -21,6 +21,72 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest response body read.
 const MAX_BODY: usize = 16 << 20;
 
+/// Why a command's request to corral failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid URL {0:?}: {1}")]
+    InvalidUrl(String, url::ParseError),
+    #[error("invalid URL {0:?}: the scheme must be https")]
+    NotHttps(String),
+    #[error("invalid URL {0:?}: no host")]
+    NoHost(String),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("{method} {path}: timed out")]
+    Timeout { method: String, path: String },
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+    #[error("{0}")]
+    Request(#[from] hyper::http::Error),
+    #[error("{method} {path}: {source}")]
+    Exchange {
+        method: String,
+        path: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("bad CA PEM: {0}")]
+    Pem(rustls::pki_types::pem::Error),
+    #[error("bad CA certificate: {0}")]
+    CaCertificate(rustls::Error),
+    #[error("no CA certificate in the PEM")]
+    NoCa,
+    #[error("{0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Why `corral healthcheck` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("invalid --url {0:?}: {1}")]
+    InvalidUrl(String, url::ParseError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{url} answered {status}")]
+    Unhealthy { url: String, status: StatusCode },
+}
+
+/// `corral healthcheck`: a GET of `url` without verifying the certificate (the check runs beside
+/// the server), successful when the answer is.
+pub async fn healthcheck(url: &str) -> Result<(), HealthError> {
+    let parsed = url::Url::parse(url).map_err(|e| HealthError::InvalidUrl(url.into(), e))?;
+    let base = format!(
+        "https://{}",
+        &parsed[url::Position::BeforeHost..url::Position::AfterPort]
+    );
+    let target = Target::parse(&base)?;
+    let insecure = tls_insecure(&[b"http/1.1"]);
+    let (status, _) = target
+        .request(insecure, "GET", parsed.path(), &[], None)
+        .await?;
+    match status.is_success() {
+        true => Ok(()),
+        false => Err(HealthError::Unhealthy {
+            url: url.into(),
+            status,
+        }),
+    }
+}
+
 /// A parsed `https://host[:port]` base URL.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -29,14 +95,14 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn parse(base: &str) -> Result<Self, String> {
-        let url = url::Url::parse(base).map_err(|e| format!("invalid URL {base:?}: {e}"))?;
+    pub fn parse(base: &str) -> Result<Self, ClientError> {
+        let url = url::Url::parse(base).map_err(|e| ClientError::InvalidUrl(base.into(), e))?;
         if url.scheme() != "https" {
-            return Err(format!("invalid URL {base:?}: the scheme must be https"));
+            return Err(ClientError::NotHttps(base.into()));
         }
         let host = url
             .host_str()
-            .ok_or_else(|| format!("invalid URL {base:?}: no host"))?;
+            .ok_or_else(|| ClientError::NoHost(base.into()))?;
         let host = host
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -56,17 +122,17 @@ impl Target {
         }
     }
 
-    pub fn server_name(&self) -> Result<ServerName<'static>, String> {
+    pub fn server_name(&self) -> Result<ServerName<'static>, ConnectError> {
         ServerName::try_from(self.host.clone())
-            .map_err(|e| format!("invalid server name {}: {e}", self.host))
+            .map_err(|source| ConnectError::ServerName(self.host.clone(), source))
     }
 
     /// Opens a TLS connection with `tls`.
     pub async fn connect(
         &self,
         tls: Arc<ClientConfig>,
-    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-        self.handshake(tls).await.map_err(|e| e.to_string())
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+        self.handshake(tls).await
     }
 
     /// Opens a TLS connection with `tls`, telling a certificate for another name from other failures.
@@ -77,10 +143,13 @@ impl Target {
         let authority = self.authority();
         let tcp = TcpStream::connect(&authority)
             .await
-            .map_err(|e| ConnectError::Other(format!("cannot connect to {authority}: {e}")))?;
+            .map_err(|source| ConnectError::Tcp {
+                authority: authority.clone(),
+                source,
+            })?;
         // Small tunnel messages must not wait for Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
-        let name = self.server_name().map_err(ConnectError::Other)?;
+        let name = self.server_name()?;
         TlsConnector::from(tls)
             .connect(name, tcp)
             .await
@@ -89,7 +158,10 @@ impl Target {
                     expected,
                     presented,
                 },
-                None => ConnectError::Other(format!("TLS with {authority} failed: {e}")),
+                None => ConnectError::Tls {
+                    authority: authority.clone(),
+                    source: e,
+                },
             })
     }
 
@@ -101,13 +173,16 @@ impl Target {
         path: &str,
         headers: &[(&str, &str)],
         body: Option<String>,
-    ) -> Result<(StatusCode, Bytes), String> {
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         tokio::time::timeout(
             REQUEST_TIMEOUT,
             self.request_inner(tls, method, path, headers, body),
         )
         .await
-        .map_err(|_| format!("{method} {path}: timed out"))?
+        .map_err(|_| ClientError::Timeout {
+            method: method.into(),
+            path: path.into(),
+        })?
     }
 
     async fn request_inner(
@@ -117,11 +192,15 @@ impl Target {
         path: &str,
         headers: &[(&str, &str)],
         body: Option<String>,
-    ) -> Result<(StatusCode, Bytes), String> {
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let exchange = |source| ClientError::Exchange {
+            method: method.into(),
+            path: path.into(),
+            source,
+        };
         let stream = self.connect(tls).await?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
         let mut builder = Request::builder()
             .method(method)
@@ -130,52 +209,45 @@ impl Target {
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        let request = builder
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| e.to_string())?;
+        let request = builder.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         let response = sender
             .send_request(request)
             .await
-            .map_err(|e| format!("{method} {path}: {e}"))?;
+            .map_err(|e| exchange(e.into()))?;
         let status = response.status();
         let limited = http_body_util::Limited::new(response.into_body(), MAX_BODY);
-        let bytes = limited
-            .collect()
-            .await
-            .map_err(|e| format!("{method} {path}: {e}"))?
-            .to_bytes();
+        let bytes = limited.collect().await.map_err(exchange)?.to_bytes();
         Ok((status, bytes))
     }
 }
 
 /// Why a TLS connection could not be made.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// The certificate verified but names other hosts than the one connected to.
+    #[error(
+        "name mismatch: the certificate is for {}, not {expected}",
+        match presented.is_empty() {
+            true => "no name".to_string(),
+            false => presented.join(", "),
+        }
+    )]
     NameMismatch {
         expected: String,
         presented: Vec<String>,
     },
-    Other(String),
-}
-
-impl std::fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ConnectError::NameMismatch {
-                expected,
-                presented,
-            } => write!(
-                f,
-                "name mismatch: the certificate is for {}, not {expected}",
-                match presented.is_empty() {
-                    true => "no name".to_string(),
-                    false => presented.join(", "),
-                }
-            ),
-            ConnectError::Other(text) => f.write_str(text),
-        }
-    }
+    #[error("cannot connect to {authority}: {source}")]
+    Tcp {
+        authority: String,
+        source: std::io::Error,
+    },
+    #[error("invalid server name {0}: {1}")]
+    ServerName(String, rustls::pki_types::InvalidDnsNameError),
+    #[error("TLS with {authority} failed: {source}")]
+    Tls {
+        authority: String,
+        source: std::io::Error,
+    },
 }
 
 /// The names of a certificate refused for another name: `(expected, presented)`.
@@ -228,20 +300,19 @@ pub fn tls_client(
     trust: Trust<'_>,
     alpn: &[&[u8]],
     versions: &[&'static rustls::SupportedProtocolVersion],
-) -> Result<Arc<ClientConfig>, String> {
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(versions)
-        .map_err(|e| e.to_string())?;
+) -> Result<Arc<ClientConfig>, ClientError> {
+    let builder =
+        ClientConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions)?;
     let mut config = match trust {
         Trust::Pem(pem) => {
             let mut roots = rustls::RootCertStore::empty();
             for cert in CertificateDer::pem_slice_iter(pem) {
                 roots
-                    .add(cert.map_err(|e| format!("bad CA PEM: {e}"))?)
-                    .map_err(|e| format!("bad CA certificate: {e}"))?;
+                    .add(cert.map_err(ClientError::Pem)?)
+                    .map_err(ClientError::CaCertificate)?;
             }
             if roots.is_empty() {
-                return Err("no CA certificate in the PEM".into());
+                return Err(ClientError::NoCa);
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
@@ -255,7 +326,7 @@ pub fn tls_client(
 }
 
 /// TLS trusting only the certificates in `pem`.
-pub fn tls_trusting(pem: &[u8], alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, String> {
+pub fn tls_trusting(pem: &[u8], alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, ClientError> {
     tls_client(provider(), Trust::Pem(pem), alpn, rustls::DEFAULT_VERSIONS)
 }
 

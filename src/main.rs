@@ -39,7 +39,7 @@ enum Command {
     /// Run cluster agent(s): verify the server's CA checksum, open a tunnel, relay the server's dials.
     Agent(corral::agent::AgentArgs),
     /// Print a kubeconfig for a cluster, reached through corral's cluster proxy.
-    Kubeconfig(KubeconfigArgs),
+    Kubeconfig(corral::kubeconfig::KubeconfigArgs),
     /// Exit 0 when the server answers its health check (for a container's HEALTHCHECK).
     Healthcheck {
         /// The health endpoint; the certificate is not verified (the check runs beside the server).
@@ -62,35 +62,6 @@ enum Command {
         #[command(subcommand)]
         command: corral::bench::BenchCommand,
     },
-}
-
-#[derive(clap::Args)]
-struct KubeconfigArgs {
-    /// The corral server.
-    #[arg(
-        long,
-        env = "CATTLE_SERVER",
-        default_value = "https://127.0.0.1:8443",
-        value_name = "URL"
-    )]
-    server: String,
-    /// A login token (`token-xxxxx:secret`).
-    #[arg(
-        long,
-        env = "CORRAL_TOKEN",
-        hide_env_values = true,
-        value_name = "TOKEN"
-    )]
-    token: String,
-    /// The cluster id (`c-xxxxx`).
-    #[arg(long, value_name = "ID")]
-    cluster: String,
-    /// Verify the server against this CA file (e.g. saved from /cacerts).
-    #[arg(long, value_name = "FILE", required_unless_present = "insecure")]
-    cacert: Option<PathBuf>,
-    /// Do not verify the server's certificate.
-    #[arg(long)]
-    insecure: bool,
 }
 
 #[derive(Subcommand)]
@@ -141,29 +112,11 @@ fn healthcheck(url: &str) -> ExitCode {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    runtime.block_on(async {
-        let parsed = match url::Url::parse(url) {
-            Ok(parsed) => parsed,
-            Err(e) => return fail(2, format!("invalid --url {url:?}: {e}")),
-        };
-        let base = format!(
-            "https://{}",
-            &parsed[url::Position::BeforeHost..url::Position::AfterPort]
-        );
-        let target = match corral::client::Target::parse(&base) {
-            Ok(target) => target,
-            Err(e) => return fail(2, e),
-        };
-        let insecure = corral::client::tls_insecure(&[b"http/1.1"]);
-        match target
-            .request(insecure, "GET", parsed.path(), &[], None)
-            .await
-        {
-            Ok((status, _)) if status.is_success() => ExitCode::SUCCESS,
-            Ok((status, _)) => fail(1, format!("{url} answered {status}")),
-            Err(e) => fail(1, e),
-        }
-    })
+    match runtime.block_on(corral::client::healthcheck(url)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ corral::client::HealthError::InvalidUrl(..)) => fail(2, e),
+        Err(e) => fail(1, e),
+    }
 }
 
 /// A bad value that came from an environment variable (its flag is not on the command line), told
@@ -310,52 +263,17 @@ fn bench(command: corral::bench::BenchCommand) -> ExitCode {
     }
 }
 
-fn kubeconfig(args: KubeconfigArgs) -> ExitCode {
+fn kubeconfig(args: corral::kubeconfig::KubeconfigArgs) -> ExitCode {
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    runtime.block_on(async {
-        match fetch_kubeconfig(&args).await {
-            Ok(config) => {
-                print!("{config}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(1, e),
+    match runtime.block_on(corral::kubeconfig::fetch(&args)) {
+        Ok(config) => {
+            print!("{config}");
+            ExitCode::SUCCESS
         }
-    })
-}
-
-async fn fetch_kubeconfig(args: &KubeconfigArgs) -> Result<String, String> {
-    use corral::client::{Target, tls_insecure, tls_trusting};
-    let target = Target::parse(&args.server)?;
-    let tls = match &args.cacert {
-        Some(path) if !args.insecure => {
-            let pem =
-                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            tls_trusting(&pem, &[b"http/1.1"])?
-        }
-        _ => tls_insecure(&[b"http/1.1"]),
-    };
-    let path = format!("/v3/clusters/{}?action=generateKubeconfig", args.cluster);
-    let bearer = format!("Bearer {}", args.token);
-    let (status, body) = target
-        .request(
-            tls,
-            "POST",
-            &path,
-            &[("authorization", bearer.as_str())],
-            None,
-        )
-        .await?;
-    let json: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| format!("unexpected answer ({status}): {e}"))?;
-    match json["config"].as_str() {
-        Some(config) if status.is_success() => Ok(config.to_string()),
-        _ => Err(format!(
-            "{status}: {}",
-            json["message"].as_str().unwrap_or("no kubeconfig")
-        )),
+        Err(e) => fail(1, e),
     }
 }
 

@@ -19,6 +19,17 @@ use crate::tunnel::dial::dial;
 /// How long the server gets to complete its TLS handshake through the tunnel.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Why the agent could not answer TLS for its API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiTlsError {
+    #[error("--address {0:?} needs a port")]
+    NoPort(String),
+    #[error("cannot make the agent's CA: {0}")]
+    Ca(#[from] rcgen::Error),
+    #[error("cannot serve the agent's certificate: {0}")]
+    Serve(#[from] rustls::Error),
+}
+
 /// A CA of the agent's own and the acceptor that presents a certificate from it.
 pub struct ApiTls {
     /// The CA, PEM: what the agent advertises as `caCert`.
@@ -28,25 +39,19 @@ pub struct ApiTls {
 
 impl ApiTls {
     /// A new CA, and a certificate from it for the host of `address` (`host:port`).
-    pub fn new(address: &str) -> Result<Self, String> {
-        let text = |e: rcgen::Error| format!("cannot make the agent's CA: {e}");
-        let host = match address.rsplit_once(':') {
-            Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
-            None => return Err(format!("--address {address:?} needs a port")),
-        };
-        let ca_key = KeyPair::generate().map_err(text)?;
-        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(text)?;
+    pub fn new(address: &str) -> Result<Self, ApiTlsError> {
+        let (host, _) = crate::support::split_host_port(address)
+            .ok_or_else(|| ApiTlsError::NoPort(address.into()))?;
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
         ca.distinguished_name
             .push(DnType::CommonName, "corral-agent-ca");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca.self_signed(&ca_key).map_err(text)?;
+        let ca_cert = ca.self_signed(&ca_key)?;
         let issuer = Issuer::new(ca, ca_key);
         // A host that is an IP literal becomes an IP SAN, anything else a DNS name.
-        let leaf_key = KeyPair::generate().map_err(text)?;
-        let leaf = CertificateParams::new(vec![host.to_string()])
-            .map_err(text)?
-            .signed_by(&leaf_key, &issuer)
-            .map_err(text)?;
+        let leaf_key = KeyPair::generate()?;
+        let leaf = CertificateParams::new(vec![host.to_string()])?.signed_by(&leaf_key, &issuer)?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -55,8 +60,7 @@ impl ApiTls {
                     vec![leaf.der().clone(), ca_cert.der().clone()],
                     PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
                 )
-            })
-            .map_err(|e| format!("cannot serve the agent's certificate: {e}"))?;
+            })?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             ca_pem: ca_cert.pem(),
@@ -92,7 +96,7 @@ pub struct TlsTerminator {
 }
 
 impl TlsTerminator {
-    pub fn new(address: &str) -> Result<Self, String> {
+    pub fn new(address: &str) -> Result<Self, ApiTlsError> {
         Ok(Self {
             tls: ApiTls::new(address)?,
             address: address.to_string(),
@@ -112,7 +116,7 @@ impl TlsTerminator {
     pub async fn serve(self: Arc<Self>, stream: TunnelStream) {
         let mut target = match dial("tcp", &self.address).await {
             Ok(target) => target,
-            Err(text) => return stream.fail(&text),
+            Err(e) => return stream.fail(&e.to_string()),
         };
         if let Some(mut tls) = self.tls.accept(stream).await {
             let _ = tokio::io::copy_bidirectional(&mut tls, &mut target).await;

@@ -24,16 +24,62 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::accounts::secrets::{TOKEN_LENGTH, random_token};
-use crate::client::{ConnectError, Target, tls_insecure, tls_trusting};
-use crate::tunnel::session::{Connector, Serving};
+use crate::client::{ClientError, ConnectError, Target, tls_insecure, tls_trusting};
+use crate::tunnel::session::{Connector, Serving, SessionError};
 use crate::tunnel::{ClusterParams, Role, Session, TunnelStream};
-use api_tls::{ApiTls, TlsTerminator};
+use api_tls::{ApiTls, ApiTlsError, TlsTerminator};
 pub use policy::AllowPolicy;
 use simulated::{SIMULATED_ADDRESS, SimulatedCluster};
 
 /// Pause between tunnel attempts: remotedialer waits 5 s, plus jitter so many agents spread out.
 const RECONNECT_DELAY: Duration = Duration::from_secs(5);
 const RECONNECT_JITTER_MS: u64 = 2_000;
+
+/// Why the agent stopped before opening a tunnel, or why one attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("{url} answered {status}")]
+    Answered {
+        url: String,
+        status: hyper::StatusCode,
+    },
+    #[error(
+        "The environment variable CATTLE_CA_CHECKSUM is set but there is no CA certificate configured at {0}/v3/settings/cacerts"
+    )]
+    NoCa(String),
+    #[error("Configured cacerts checksum ({actual}) does not match given --ca-checksum ({given})")]
+    ChecksumMismatch { actual: String, given: String },
+    #[error("{0}: use the server URL whose host the certificate names (its server-url)")]
+    NameMismatch(ConnectError),
+    #[error("the server's certificate does not verify against its CA: {0}")]
+    Unverified(ConnectError),
+    #[error(transparent)]
+    Allow(#[from] policy::PolicyError),
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is empty: --ca-cert needs the API's CA", .0.display())]
+    EmptyCa(PathBuf),
+    #[error(transparent)]
+    ApiTls(#[from] ApiTlsError),
+    #[error("{0}")]
+    Handshake(tokio_tungstenite::tungstenite::Error),
+    #[error("{0}")]
+    Header(#[from] tokio_tungstenite::tungstenite::http::header::InvalidHeaderValue),
+    #[error("WebSocket handshake timed out")]
+    HandshakeTimeout,
+    #[error("the server answered {status}: {body}")]
+    Refused {
+        status: hyper::StatusCode,
+        body: String,
+    },
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
@@ -87,14 +133,17 @@ pub struct AgentArgs {
 }
 
 /// Everything checked before any tunnel is opened; each failure ends the command.
-pub async fn prepare(args: &AgentArgs) -> Result<Prepared, String> {
+pub async fn prepare(args: &AgentArgs) -> Result<Prepared, AgentError> {
     let target = Target::parse(&args.server)?;
     let insecure = tls_insecure(&[b"http/1.1"]);
     let (status, _) = target
         .request(insecure.clone(), "GET", "/ping", &[], None)
         .await?;
     if !status.is_success() {
-        return Err(format!("{}/ping answered {status}", args.server));
+        return Err(AgentError::Answered {
+            url: format!("{}/ping", args.server),
+            status,
+        });
     }
     let (status, body_json) = target
         .request(
@@ -106,29 +155,26 @@ pub async fn prepare(args: &AgentArgs) -> Result<Prepared, String> {
         )
         .await?;
     if !status.is_success() {
-        return Err(format!(
-            "{}/v3/settings/cacerts answered {status}",
-            args.server
-        ));
+        return Err(AgentError::Answered {
+            url: format!("{}/v3/settings/cacerts", args.server),
+            status,
+        });
     }
     let value = serde_json::from_slice::<serde_json::Value>(&body_json)
         .ok()
         .and_then(|v| v["value"].as_str().map(str::to_string))
         .unwrap_or_default();
     if value.is_empty() {
-        return Err(format!(
-            "The environment variable CATTLE_CA_CHECKSUM is set but there is no CA certificate configured at {}/v3/settings/cacerts",
-            args.server
-        ));
+        return Err(AgentError::NoCa(args.server.clone()));
     }
     // `jq -r .value` prints the value and a newline; that is what agents hash.
     let pem = format!("{value}\n");
     let actual = hex::encode(Sha256::digest(pem.as_bytes()));
     if actual != args.ca_checksum.trim().to_ascii_lowercase() {
-        return Err(format!(
-            "Configured cacerts checksum ({actual}) does not match given --ca-checksum ({})",
-            args.ca_checksum
-        ));
+        return Err(AgentError::ChecksumMismatch {
+            actual,
+            given: args.ca_checksum.clone(),
+        });
     }
     let tls = tls_trusting(pem.as_bytes(), &[b"http/1.1"])?;
     // Like the Go agent's first verified request: a server whose certificate this CA did not sign
@@ -136,15 +182,9 @@ pub async fn prepare(args: &AgentArgs) -> Result<Prepared, String> {
     match target.handshake(tls.clone()).await {
         Ok(_) => {}
         Err(mismatch @ ConnectError::NameMismatch { .. }) => {
-            return Err(format!(
-                "{mismatch}: use the server URL whose host the certificate names (its server-url)"
-            ));
+            return Err(AgentError::NameMismatch(mismatch));
         }
-        Err(ConnectError::Other(e)) => {
-            return Err(format!(
-                "the server's certificate does not verify against its CA: {e}"
-            ));
-        }
+        Err(other) => return Err(AgentError::Unverified(other)),
     }
     let policy = AllowPolicy::parse(&args.allow)?;
     let clusters = if args.simulate {
@@ -170,17 +210,16 @@ pub async fn prepare(args: &AgentArgs) -> Result<Prepared, String> {
 }
 
 /// The params and connector every agent of a real (or plain-HTTP) cluster API shares.
-fn real_cluster(args: &AgentArgs, policy: AllowPolicy) -> Result<Clusters, String> {
+fn real_cluster(args: &AgentArgs, policy: AllowPolicy) -> Result<Clusters, AgentError> {
     let address = args.address.as_deref().unwrap_or("127.0.0.1:6443");
     let (ca_pem, terminator) = match &args.ca_cert {
         Some(path) => {
-            let pem =
-                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let pem = std::fs::read(path).map_err(|source| AgentError::Read {
+                path: path.clone(),
+                source,
+            })?;
             if pem.trim_ascii().is_empty() {
-                return Err(format!(
-                    "{} is empty: --ca-cert needs the API's CA",
-                    path.display()
-                ));
+                return Err(AgentError::EmptyCa(path.clone()));
             }
             (pem, None)
         }
@@ -373,11 +412,11 @@ async fn connect_once(
     params_header: &str,
     connector: &Arc<dyn Connector>,
     path: &str,
-) -> Result<Result<(), String>, String> {
+) -> Result<Result<(), SessionError>, AgentError> {
     let tls = prepared.target.connect(prepared.tls.clone()).await?;
     let url = format!("wss://{}{path}", prepared.target.authority());
-    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
-    let header = |v: &str| HeaderValue::from_str(v).map_err(|e| e.to_string());
+    let mut request = url.into_client_request().map_err(AgentError::Handshake)?;
+    let header = HeaderValue::from_str;
     request
         .headers_mut()
         .insert("X-API-Tunnel-Token", header(token)?);
@@ -391,23 +430,27 @@ async fn connect_once(
     );
     let (ws, _) = tokio::time::timeout(Duration::from_secs(10), handshake)
         .await
-        .map_err(|_| "WebSocket handshake timed out".to_string())?
+        .map_err(|_| AgentError::HandshakeTimeout)?
         .map_err(describe_handshake_error)?;
     tracing::info!("connected to {}{path}", prepared.target.authority());
     let (session, outgoing) = Session::new(Role::Client, "client", Some(connector.clone()));
     Ok(session.run(ws, outgoing).await)
 }
 
-fn describe_handshake_error(error: tokio_tungstenite::tungstenite::Error) -> String {
+fn describe_handshake_error(error: tokio_tungstenite::tungstenite::Error) -> AgentError {
     match error {
         tokio_tungstenite::tungstenite::Error::Http(response) => {
             let body = response
                 .body()
                 .as_deref()
                 .map(String::from_utf8_lossy)
-                .unwrap_or_default();
-            format!("the server answered {}: {body}", response.status())
+                .unwrap_or_default()
+                .into_owned();
+            AgentError::Refused {
+                status: response.status(),
+                body,
+            }
         }
-        other => other.to_string(),
+        other => AgentError::Handshake(other),
     }
 }

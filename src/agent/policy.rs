@@ -1,6 +1,11 @@
 //! `--allow`: what the server may make the agent dial. Rancher's agent allows any `tcp` address and
 //! only the Docker socket over `unix`; corral's default is any `tcp`.
 
+/// An `--allow` entry that is not `PROTO:ADDR`.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --allow {0:?}: expected PROTO:ADDR")]
+pub struct PolicyError(String);
+
 /// One allowed (protocol, address) pattern; `*` as the address allows any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Rule {
@@ -15,20 +20,20 @@ pub struct AllowPolicy {
 
 impl AllowPolicy {
     /// Parses `PROTO:ADDR` entries (`tcp:*`, `tcp:10.43.0.1:443`, `unix:/var/run/docker.sock`).
-    pub fn parse(entries: &[String]) -> Result<Self, String> {
+    pub fn parse(entries: &[String]) -> Result<Self, PolicyError> {
         let rules = entries
             .iter()
             .map(|entry| {
                 let (proto, address) = entry
                     .split_once(':')
                     .filter(|(p, a)| !p.is_empty() && !a.is_empty())
-                    .ok_or_else(|| format!("invalid --allow {entry:?}: expected PROTO:ADDR"))?;
+                    .ok_or_else(|| PolicyError(entry.clone()))?;
                 Ok(Rule {
                     proto: proto.to_string(),
                     address: address.to_string(),
                 })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, PolicyError>>()?;
         Ok(Self { rules })
     }
 

@@ -574,8 +574,15 @@ fn not_found_namespace(name: &str) -> Response<Body> {
     )
 }
 
+/// A namespace name that breaks Kubernetes' DNS-1123 label rule; the text is Kubernetes'.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"
+)]
+struct InvalidLabel;
+
 /// Kubernetes' DNS-1123 label rule for namespace names.
-fn valid_name(name: &str) -> Result<(), &'static str> {
+fn valid_name(name: &str) -> Result<(), InvalidLabel> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -585,9 +592,7 @@ fn valid_name(name: &str) -> Result<(), &'static str> {
         && !name.ends_with('-');
     match ok {
         true => Ok(()),
-        false => Err(
-            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character",
-        ),
+        false => Err(InvalidLabel),
     }
 }
 

@@ -23,10 +23,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::parse_duration;
 use super::report::Recorder;
+use super::{BenchError, parse_duration};
 use crate::client::{Trust, classic_provider, tls_client};
 use crate::config::Toggle;
+use crate::support::lock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TlsVersion {
@@ -143,20 +144,24 @@ impl NameSource {
     }
 }
 
-pub async fn run(args: HandshakeArgs) -> Result<Finished, String> {
+pub async fn run(args: HandshakeArgs) -> Result<Finished, BenchError> {
     let target = with_port(&args.target);
     let addr = target
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {target}: {e}"))?
+        .map_err(|source| BenchError::Resolve {
+            target: target.clone(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| format!("no address for {target}"))?;
-    let host = target.rsplit_once(':').map_or(target.as_str(), |(h, _)| h);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+        .ok_or_else(|| BenchError::NoAddress(target.clone()))?;
+    let host = crate::support::authority_host(&target).unwrap_or(&target);
     let names = match (&args.sni, &args.unique_sni) {
         (Some(sni), _) => NameSource::Fixed(server_name(sni)?),
         (None, Some(suffix)) => {
-            server_name(&format!("x-0.{suffix}"))
-                .map_err(|e| format!("--unique-sni {suffix:?}: {e}"))?;
+            server_name(&format!("x-0.{suffix}")).map_err(|e| BenchError::UniqueSni {
+                suffix: suffix.clone(),
+                source: Box::new(e),
+            })?;
             NameSource::Unique {
                 run: crate::accounts::secrets::random_suffix(),
                 suffix: suffix.clone(),
@@ -199,11 +204,7 @@ pub async fn run(args: HandshakeArgs) -> Result<Finished, String> {
         progress.abort();
         eprintln!();
     }
-    let report = plan
-        .recorder
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .report(elapsed);
+    let report = lock(&plan.recorder).report(elapsed);
     let success = report.failed == 0 && (args.allow_fallback || report.fallback == 0);
     let mut text = match args.json {
         true => serde_json::to_string_pretty(&report).unwrap_or_default(),
@@ -226,12 +227,7 @@ pub async fn run(args: HandshakeArgs) -> Result<Finished, String> {
 
 /// `host[:port]`, with port 8443 when none is given (`127.0.0.1`, `[::1]`, `rancher.lab.test`).
 fn with_port(target: &str) -> String {
-    let has_port = match target.rsplit_once(':') {
-        Some((host, port)) => {
-            (host.ends_with(']') || !host.contains(':')) && port.parse::<u16>().is_ok()
-        }
-        None => false,
-    };
+    let has_port = crate::support::split_host_port(target).is_some();
     match (has_port, target.contains(':') && !target.starts_with('[')) {
         (true, _) => target.to_string(),
         (false, true) => format!("[{target}]:{DEFAULT_PORT}"),
@@ -239,11 +235,14 @@ fn with_port(target: &str) -> String {
     }
 }
 
-fn server_name(name: &str) -> Result<ServerName<'static>, String> {
-    ServerName::try_from(name.to_string()).map_err(|e| format!("invalid server name {name:?}: {e}"))
+fn server_name(name: &str) -> Result<ServerName<'static>, BenchError> {
+    ServerName::try_from(name.to_string()).map_err(|source| BenchError::ServerName {
+        name: name.into(),
+        source,
+    })
 }
 
-fn client_config(args: &HandshakeArgs) -> Result<Arc<ClientConfig>, String> {
+fn client_config(args: &HandshakeArgs) -> Result<Arc<ClientConfig>, BenchError> {
     let versions: &[&'static rustls::SupportedProtocolVersion] = match args.tls {
         TlsVersion::V12 => &[&rustls::version::TLS12],
         TlsVersion::V13 => &[&rustls::version::TLS13],
@@ -252,12 +251,14 @@ fn client_config(args: &HandshakeArgs) -> Result<Arc<ClientConfig>, String> {
     let pem;
     let trust = match &args.ca {
         Some(path) => {
-            pem =
-                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            pem = std::fs::read(path).map_err(|source| BenchError::Read {
+                path: path.clone(),
+                source,
+            })?;
             Trust::Pem(&pem)
         }
         None if args.insecure => Trust::Anything,
-        None => return Err("pass --ca FILE or --insecure".into()),
+        None => return Err(BenchError::NoTrust),
     };
     let mut config = (*tls_client(classic_provider(), trust, &[b"http/1.1"], versions)?).clone();
     config.resumption = match args.resumption {

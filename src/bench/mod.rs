@@ -12,8 +12,59 @@ pub enum BenchCommand {
     Tunnel(tunnel::TunnelArgs),
 }
 
+/// Why a load generator could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("invalid duration {0:?}")]
+    Duration(String),
+    #[error("invalid duration unit in {0:?} (use ms, s or m)")]
+    DurationUnit(String),
+    #[error("duration {0:?} is too long")]
+    DurationRange(String),
+    #[error("cannot resolve {target}: {source}")]
+    Resolve {
+        target: String,
+        source: std::io::Error,
+    },
+    #[error("no address for {0}")]
+    NoAddress(String),
+    #[error("invalid server name {name:?}: {source}")]
+    ServerName {
+        name: String,
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    #[error("--unique-sni {suffix:?}: {source}")]
+    UniqueSni {
+        suffix: String,
+        source: Box<BenchError>,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("pass --ca FILE or --insecure")]
+    NoTrust,
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Sign(#[from] rcgen::Error),
+    #[error("{0}")]
+    Tls(#[from] rustls::Error),
+    #[error("{0}")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("short transfer: direct {direct}, tunnel {tunnel} of {expected} bytes")]
+    ShortTransfer {
+        direct: usize,
+        tunnel: usize,
+        expected: usize,
+    },
+}
+
 /// Parses durations such as `10s`, `500ms`, `2m`.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, BenchError> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -21,18 +72,15 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
-        .map_err(|_| format!("invalid duration {text:?}"))?;
+        .map_err(|_| BenchError::Duration(text.into()))?;
     let seconds = match unit {
         "" | "s" => value,
         "ms" => value / 1000.0,
         "m" => value * 60.0,
-        _ => {
-            return Err(format!(
-                "invalid duration unit in {text:?} (use ms, s or m)"
-            ));
-        }
+        _ => return Err(BenchError::DurationUnit(text.into())),
     };
-    Ok(std::time::Duration::from_secs_f64(seconds))
+    std::time::Duration::try_from_secs_f64(seconds)
+        .map_err(|_| BenchError::DurationRange(text.into()))
 }
 
 #[cfg(test)]
@@ -43,5 +91,7 @@ mod tests {
         assert_eq!(super::parse_duration("250ms").unwrap().as_millis(), 250);
         assert_eq!(super::parse_duration("2m").unwrap().as_secs(), 120);
         assert!(super::parse_duration("1h").is_err());
+        // Past what a Duration holds: refused, not a panic.
+        assert!(super::parse_duration("99999999999999999999999999m").is_err());
     }
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::BenchError;
 use crate::client::tls_insecure;
 use crate::tunnel::{Role, Session, websocket};
 
@@ -39,7 +40,7 @@ pub struct TunnelReport {
     pub stream_opens_per_s: f64,
 }
 
-pub async fn run(args: TunnelArgs) -> Result<String, String> {
+pub async fn run(args: TunnelArgs) -> Result<String, BenchError> {
     let bytes = args.megabytes << 20;
     let (server_tls, _) = self_signed()?;
     let source = spawn_server(None, move |mut s| async move {
@@ -66,32 +67,25 @@ pub async fn run(args: TunnelArgs) -> Result<String, String> {
         let got = drain(&mut tls).await;
         direct_rates.push(mib_per_s(got, started));
         let started = Instant::now();
-        let mut stream = server
-            .open_stream("tcp", &source.to_string())
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut stream = server.open_stream("tcp", &source.to_string()).await?;
         let got_tunnel = drain(&mut stream).await;
         tunnel_rates.push(mib_per_s(got_tunnel, started));
         if got != bytes || got_tunnel != bytes {
-            return Err(format!(
-                "short transfer: direct {got}, tunnel {got_tunnel} of {bytes} bytes"
-            ));
+            return Err(BenchError::ShortTransfer {
+                direct: got,
+                tunnel: got_tunnel,
+                expected: bytes,
+            });
         }
     }
     let (direct_rate, tunnel_rate) = (median(&mut direct_rates), median(&mut tunnel_rates));
 
     let started = Instant::now();
     for _ in 0..args.streams {
-        let mut stream = server
-            .open_stream("tcp", &echo.to_string())
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut stream = server.open_stream("tcp", &echo.to_string()).await?;
         let mut byte = [7u8; 1];
-        stream.write_all(&byte).await.map_err(|e| e.to_string())?;
-        stream
-            .read_exact(&mut byte)
-            .await
-            .map_err(|e| e.to_string())?;
+        stream.write_all(&byte).await?;
+        stream.read_exact(&mut byte).await?;
     }
     let opens = args.streams as f64 / started.elapsed().as_secs_f64();
     let report = TunnelReport {
@@ -147,17 +141,14 @@ async fn drain<R: AsyncReadExt + Unpin>(input: &mut R) -> usize {
     total
 }
 
-fn self_signed() -> Result<(Arc<rustls::ServerConfig>, String), String> {
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
-        .map_err(|e| e.to_string())?;
+fn self_signed() -> Result<(Arc<rustls::ServerConfig>, String), BenchError> {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])?;
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(vec![certified.cert.der().clone()], key)
-        .map_err(|e| e.to_string())?;
+        .with_single_cert(vec![certified.cert.der().clone()], key)?;
     Ok((Arc::new(config), certified.cert.pem()))
 }
 
@@ -165,15 +156,13 @@ fn self_signed() -> Result<(Arc<rustls::ServerConfig>, String), String> {
 async fn spawn_server<F, Fut>(
     tls: Option<Arc<rustls::ServerConfig>>,
     serve: F,
-) -> Result<SocketAddr, String>
+) -> Result<SocketAddr, BenchError>
 where
     F: Fn(Box<dyn crate::tunnel::session::Io>) -> Fut + Send + Sync + 'static + Clone,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let _ = tcp.set_nodelay(true);
@@ -197,8 +186,8 @@ where
 
 async fn connect_tls(
     addr: SocketAddr,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, BenchError> {
+    let tcp = TcpStream::connect(addr).await?;
     let _ = tcp.set_nodelay(true);
     tokio_rustls::TlsConnector::from(tls_insecure(&[]))
         .connect(
@@ -206,15 +195,13 @@ async fn connect_tls(
             tcp,
         )
         .await
-        .map_err(|e| e.to_string())
+        .map_err(BenchError::Io)
 }
 
 /// A server session and a client session joined by a TLS WebSocket on loopback.
-async fn tunnel_pair(server_tls: Arc<rustls::ServerConfig>) -> Result<Arc<Session>, String> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+async fn tunnel_pair(server_tls: Arc<rustls::ServerConfig>) -> Result<Arc<Session>, BenchError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
     let (server, server_rx) = Session::new(Role::Server, "bench", None);
     let server_side = server.clone();
     tokio::spawn(async move {
@@ -240,8 +227,7 @@ async fn tunnel_pair(server_tls: Arc<rustls::ServerConfig>) -> Result<Arc<Sessio
         tls,
         Some(websocket::config()),
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     let (client, client_rx) = Session::new(
         Role::Client,
         "client",

@@ -30,6 +30,33 @@ const HOP_BY_HOP: [&str; 8] = [
     "transfer-encoding",
 ];
 
+/// Why the proxy could not reach a cluster's API through its tunnel (a 502 says so).
+#[derive(Debug, thiserror::Error)]
+enum ProxyError {
+    #[error("{0}")]
+    Stream(std::io::Error),
+    #[error("the agent's caCert is not base64: {0}")]
+    CaNotBase64(base64::DecodeError),
+    #[error(transparent)]
+    Ca(#[from] crate::client::ClientError),
+    #[error("bad address {0}")]
+    Address(String),
+    #[error("TLS to {address} failed: {source}")]
+    Tls {
+        address: String,
+        source: std::io::Error,
+    },
+}
+
+/// Why a request cannot be forwarded as it is (a 400 says so).
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("bad path: {0}")]
+    Path(#[from] axum::http::uri::InvalidUri),
+    #[error("{0}")]
+    Header(#[from] axum::http::header::InvalidHeaderValue),
+}
+
 /// Forwards `req` to `path_and_query` on `cluster_id`'s API, waiting up to `wait` for its agent.
 pub async fn forward(
     registry: &TunnelRegistry,
@@ -45,7 +72,7 @@ pub async fn forward(
             "cluster agent disconnected",
         );
     };
-    let bad_gateway = |e: String| {
+    let bad_gateway = |e: &dyn std::fmt::Display| {
         error(
             StatusCode::BAD_GATEWAY,
             &format!("cluster {cluster_id}: {e}"),
@@ -55,12 +82,12 @@ pub async fn forward(
         let stream = session
             .open_stream("tcp", &params.address)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ProxyError::Stream)?;
         tls_to_target(stream, &params).await
     };
     let io = match tokio::time::timeout_at(deadline, opening).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return bad_gateway(e),
+        Ok(Err(e)) => return bad_gateway(&e),
         Err(_) => {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -74,7 +101,7 @@ pub async fn forward(
     let (mut sender, connection) =
         match hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io)).await {
             Ok(pair) => pair,
-            Err(e) => return bad_gateway(e.to_string()),
+            Err(e) => return bad_gateway(&e),
         };
     tokio::spawn(connection.with_upgrades());
 
@@ -82,11 +109,11 @@ pub async fn forward(
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     let outgoing = match outgoing_request(req, path_and_query, &params, upgrading) {
         Ok(outgoing) => outgoing,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
     };
     let mut response = match sender.send_request(outgoing).await {
         Ok(response) => response,
-        Err(e) => return bad_gateway(e.to_string()),
+        Err(e) => return bad_gateway(&e),
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
@@ -112,11 +139,9 @@ fn outgoing_request(
     path_and_query: &str,
     params: &ClusterParams,
     upgrading: bool,
-) -> Result<Request<Body>, String> {
+) -> Result<Request<Body>, RequestError> {
     let (mut parts, body) = req.into_parts();
-    parts.uri = path_and_query
-        .parse::<Uri>()
-        .map_err(|e| format!("bad path: {e}"))?;
+    parts.uri = path_and_query.parse::<Uri>()?;
     parts.version = axum::http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers, upgrading);
     let headers = &mut parts.headers;
@@ -138,10 +163,9 @@ fn outgoing_request(
     for name in claimed {
         headers.remove(name);
     }
-    let bearer =
-        HeaderValue::from_str(&format!("Bearer {}", params.token)).map_err(|e| e.to_string())?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {}", params.token))?;
     headers.insert(header::AUTHORIZATION, bearer);
-    let host = HeaderValue::from_str(&params.address).map_err(|e| e.to_string())?;
+    let host = HeaderValue::from_str(&params.address)?;
     headers.insert(header::HOST, host);
     Ok(Request::from_parts(parts, body))
 }
@@ -183,21 +207,22 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 async fn tls_to_target(
     stream: TunnelStream,
     params: &ClusterParams,
-) -> Result<tokio_rustls::client::TlsStream<TunnelStream>, String> {
+) -> Result<tokio_rustls::client::TlsStream<TunnelStream>, ProxyError> {
     let pem = base64::engine::general_purpose::STANDARD
         .decode(params.ca_cert.trim())
-        .map_err(|e| format!("the agent's caCert is not base64: {e}"))?;
+        .map_err(ProxyError::CaNotBase64)?;
     let tls = crate::client::tls_trusting(&pem, &[b"http/1.1"])?;
-    let host = match params.address.rsplit_once(':') {
-        Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
-        None => params.address.as_str(),
-    };
-    let name =
-        ServerName::try_from(host.to_string()).map_err(|e| format!("bad address {host}: {e}"))?;
+    let host = crate::support::authority_host(&params.address)
+        .ok_or_else(|| ProxyError::Address(params.address.clone()))?;
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| ProxyError::Address(format!("{host}: {e}")))?;
     tokio_rustls::TlsConnector::from(Arc::clone(&tls))
         .connect(name, stream)
         .await
-        .map_err(|e| format!("TLS to {} failed: {e}", params.address))
+        .map_err(|source| ProxyError::Tls {
+            address: params.address.clone(),
+            source,
+        })
 }
 
 fn error(status: StatusCode, text: &str) -> Response<Body> {

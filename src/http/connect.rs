@@ -55,6 +55,6 @@ fn authorize(
         .get("x-api-tunnel-params")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let params = ClusterParams::from_header(raw).map_err(|text| bad(&text))?;
+    let params = ClusterParams::from_header(raw).map_err(|e| bad(&e.to_string()))?;
     Ok((cluster.id, params))
 }

@@ -57,34 +57,25 @@ impl fmt::Display for SubjectName {
 }
 
 /// Why a client-supplied name was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
+    #[error("empty name")]
     Empty,
+    #[error("name is {0} characters, over {MAX_NAME_LEN}")]
     TooLong(usize),
+    #[error("a label is over {MAX_LABEL_LEN} characters")]
     LabelTooLong,
+    #[error("empty label")]
     EmptyLabel,
+    #[error("wildcards are not accepted from clients")]
     Wildcard,
+    #[error("character {0:?} is not allowed in a DNS name")]
     BadCharacter(char),
+    #[error("a label starts or ends with '-'")]
     HyphenAtLabelEdge,
+    #[error("the last label is all digits")]
     AllNumericTld,
 }
-
-impl fmt::Display for NameError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NameError::Empty => f.write_str("empty name"),
-            NameError::TooLong(n) => write!(f, "name is {n} characters, over {MAX_NAME_LEN}"),
-            NameError::LabelTooLong => write!(f, "a label is over {MAX_LABEL_LEN} characters"),
-            NameError::EmptyLabel => f.write_str("empty label"),
-            NameError::Wildcard => f.write_str("wildcards are not accepted from clients"),
-            NameError::BadCharacter(c) => write!(f, "character {c:?} is not allowed in a DNS name"),
-            NameError::HyphenAtLabelEdge => f.write_str("a label starts or ends with '-'"),
-            NameError::AllNumericTld => f.write_str("the last label is all digits"),
-        }
-    }
-}
-
-impl std::error::Error for NameError {}
 
 /// Lower-cases and validates a DNS name (letters, digits, `-`, `_` in labels; dots between labels).
 fn validate_dns_name(raw: &str) -> Result<String, NameError> {

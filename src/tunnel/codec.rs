@@ -8,8 +8,6 @@
 //! is a legacy field: senders always write 15000 (ms), receivers read and ignore it. The payload runs
 //! to the end of the WebSocket message.
 
-use std::fmt;
-
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// The deadline every current remotedialer writes on Data and Connect (ms).
@@ -78,22 +76,13 @@ pub struct Message {
 }
 
 /// Why bytes are not a tunnel message. Any of these ends the tunnel that sent them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    #[error("truncated message: no {0}")]
     Truncated(&'static str),
+    #[error("malformed varint in {0}")]
     VarintOverflow(&'static str),
 }
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DecodeError::Truncated(field) => write!(f, "truncated message: no {field}"),
-            DecodeError::VarintOverflow(field) => write!(f, "malformed varint in {field}"),
-        }
-    }
-}
-
-impl std::error::Error for DecodeError {}
 
 impl Message {
     pub fn new(id: i64, conn_id: i64, kind: MessageType, payload: impl Into<Bytes>) -> Self {

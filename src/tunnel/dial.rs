@@ -24,8 +24,30 @@ impl<F: Fn(&str, &str) -> bool + Send + Sync + 'static> Connector for F {
 pub async fn dial_and_relay(proto: String, address: String, stream: TunnelStream) {
     match dial(&proto, &address).await {
         Ok(target) => stream.relay(target).await,
-        Err(text) => stream.fail(&text),
+        Err(e) => stream.fail(&e.to_string()),
     }
+}
+
+/// A failed dial, worded as Go's `net.Dial` words it.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("dial {proto} {address}: i/o timeout")]
+    Timeout { proto: String, address: String },
+    #[error("dial {proto}: address {address}: missing port in address")]
+    MissingPort { proto: String, address: String },
+    #[error("dial {proto}: address {address}: invalid port")]
+    InvalidPort { proto: String, address: String },
+    #[error("dial {proto}: lookup {host}: no such host")]
+    NoSuchHost { proto: String, host: String },
+    /// `reason`: the C library's text for the error number, lower-cased as Go's syscall table has it.
+    #[error("dial {proto} {address}: connect: {reason}")]
+    Connect {
+        proto: String,
+        address: String,
+        reason: String,
+    },
+    #[error("dial {proto} {address}: unknown network {proto}")]
+    UnknownNetwork { proto: String, address: String },
 }
 
 /// How long a client waits for a dial the server asked for (remotedialer's client dialer).
@@ -33,14 +55,17 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Dials `proto`/`address` within [`DIAL_TIMEOUT`]: `tcp` addresses or `unix` socket paths. The error
 /// is Go's text for the failure.
-pub async fn dial(proto: &str, address: &str) -> Result<Box<dyn Io>, String> {
+pub async fn dial(proto: &str, address: &str) -> Result<Box<dyn Io>, DialError> {
     match tokio::time::timeout(DIAL_TIMEOUT, dial_now(proto, address)).await {
         Ok(result) => result,
-        Err(_) => Err(format!("dial {proto} {address}: i/o timeout")),
+        Err(_) => Err(DialError::Timeout {
+            proto: proto.into(),
+            address: address.into(),
+        }),
     }
 }
 
-async fn dial_now(proto: &str, address: &str) -> Result<Box<dyn Io>, String> {
+async fn dial_now(proto: &str, address: &str) -> Result<Box<dyn Io>, DialError> {
     match proto {
         "tcp" | "tcp4" | "tcp6" => {
             // Each address in turn; the error is the first one's, naming the address tried (Go's
@@ -64,20 +89,28 @@ async fn dial_now(proto: &str, address: &str) -> Result<Box<dyn Io>, String> {
             Ok(stream) => Ok(Box::new(stream)),
             Err(e) => Err(connect_error(proto, address, &e)),
         },
-        other => Err(format!("dial {other} {address}: unknown network {other}")),
+        other => Err(DialError::UnknownNetwork {
+            proto: other.into(),
+            address: address.into(),
+        }),
     }
 }
 
 /// `host:port` to socket addresses, as Go's resolver reports its failures.
-async fn resolve(proto: &str, address: &str) -> Result<Vec<std::net::SocketAddr>, String> {
+async fn resolve(proto: &str, address: &str) -> Result<Vec<std::net::SocketAddr>, DialError> {
     let Some((host, port)) = address.rsplit_once(':') else {
-        return Err(format!(
-            "dial {proto}: address {address}: missing port in address"
-        ));
+        return Err(DialError::MissingPort {
+            proto: proto.into(),
+            address: address.into(),
+        });
     };
+    // Go's own split: the last colon, brackets around an IPv6 host.
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if port.parse::<u16>().is_err() {
-        return Err(format!("dial {proto}: address {address}: invalid port"));
+        return Err(DialError::InvalidPort {
+            proto: proto.into(),
+            address: address.into(),
+        });
     }
     let found: Vec<_> = match tokio::net::lookup_host(address).await {
         Ok(found) => found
@@ -95,15 +128,21 @@ async fn resolve(proto: &str, address: &str) -> Result<Vec<std::net::SocketAddr>
     Ok(found)
 }
 
-fn lookup_error(proto: &str, host: &str) -> String {
-    format!("dial {proto}: lookup {host}: no such host")
+fn lookup_error(proto: &str, host: &str) -> DialError {
+    DialError::NoSuchHost {
+        proto: proto.into(),
+        host: host.into(),
+    }
 }
 
 /// Go's `dial <proto> <address>: connect: <errno text>`: the C library's text for the error number,
 /// lower-cased as Go's syscall table has it.
-fn connect_error(proto: &str, address: &str, error: &io::Error) -> String {
+fn connect_error(proto: &str, address: &str, error: &io::Error) -> DialError {
     if error.kind() == io::ErrorKind::TimedOut {
-        return format!("dial {proto} {address}: i/o timeout");
+        return DialError::Timeout {
+            proto: proto.into(),
+            address: address.into(),
+        };
     }
     let reason = match error.raw_os_error() {
         Some(code) => {
@@ -120,7 +159,11 @@ fn connect_error(proto: &str, address: &str, error: &io::Error) -> String {
         }
         None => error.to_string(),
     };
-    format!("dial {proto} {address}: connect: {reason}")
+    DialError::Connect {
+        proto: proto.into(),
+        address: address.into(),
+        reason,
+    }
 }
 
 #[cfg(test)]
@@ -130,7 +173,7 @@ mod tests {
     async fn failure(proto: &str, address: &str) -> String {
         match dial(proto, address).await {
             Ok(_) => panic!("{proto}/{address} connected"),
-            Err(text) => text,
+            Err(e) => e.to_string(),
         }
     }
 
@@ -146,7 +189,7 @@ mod tests {
             "a name from /etc/hosts (no DNS query leaves the machine)"
         );
         assert_eq!(
-            lookup_error("tcp", "nosuch.invalid"),
+            lookup_error("tcp", "nosuch.invalid").to_string(),
             "dial tcp: lookup nosuch.invalid: no such host"
         );
         assert_eq!(
@@ -163,7 +206,7 @@ mod tests {
         );
         let timed_out = io::Error::from(io::ErrorKind::TimedOut);
         assert_eq!(
-            connect_error("tcp", "10.255.255.1:443", &timed_out),
+            connect_error("tcp", "10.255.255.1:443", &timed_out).to_string(),
             "dial tcp 10.255.255.1:443: i/o timeout"
         );
     }

@@ -3,6 +3,7 @@
 
 pub mod buffer;
 pub mod codec;
+mod connection;
 pub mod dial;
 #[cfg(test)]
 mod go_model;

@@ -32,29 +32,45 @@ struct TunnelParams {
     node: Option<serde_json::Value>,
 }
 
+/// Why `X-API-Tunnel-Params` was refused: the text of Rancher's 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamsError {
+    #[error("illegal base64 data in X-API-Tunnel-Params: {0}")]
+    Base64(base64::DecodeError),
+    /// serde_json's errors are neither `Clone` nor `PartialEq`: its text is kept.
+    #[error("invalid X-API-Tunnel-Params: {0}")]
+    Json(String),
+    #[error("node agents are not supported by corral")]
+    NodeAgent,
+    #[error("missing node or cluster registration info")]
+    Missing,
+    #[error("invalid input, {0} empty")]
+    Empty(&'static str),
+}
+
 impl ClusterParams {
-    /// Parses `X-API-Tunnel-Params` (base64 of JSON); `Err` is the text of Rancher's 400.
-    pub fn from_header(raw: &str) -> Result<Self, String> {
+    /// Parses `X-API-Tunnel-Params` (base64 of JSON).
+    pub fn from_header(raw: &str) -> Result<Self, ParamsError> {
         use base64::Engine;
         let json = base64::engine::general_purpose::STANDARD
             .decode(raw.trim())
-            .map_err(|e| format!("illegal base64 data in X-API-Tunnel-Params: {e}"))?;
-        let params: TunnelParams = serde_json::from_slice(&json)
-            .map_err(|e| format!("invalid X-API-Tunnel-Params: {e}"))?;
+            .map_err(ParamsError::Base64)?;
+        let params: TunnelParams =
+            serde_json::from_slice(&json).map_err(|e| ParamsError::Json(e.to_string()))?;
         let Some(cluster) = params.cluster else {
             return Err(match params.node {
-                Some(_) => "node agents are not supported by corral".into(),
-                None => "missing node or cluster registration info".into(),
+                Some(_) => ParamsError::NodeAgent,
+                None => ParamsError::Missing,
             });
         };
         if cluster.address.trim().is_empty() {
-            return Err("invalid input, address empty".into());
+            return Err(ParamsError::Empty("address"));
         }
         if cluster.token.trim().is_empty() {
-            return Err("invalid input, token empty".into());
+            return Err(ParamsError::Empty("token"));
         }
         if cluster.ca_cert.trim().is_empty() {
-            return Err("invalid input, caCert empty".into());
+            return Err(ParamsError::Empty("caCert"));
         }
         Ok(cluster)
     }
@@ -216,12 +232,10 @@ mod tests {
             ),
         ];
         for (json, text) in cases {
-            assert_eq!(
-                ClusterParams::from_header(&encode(json)),
-                Err(text.to_string())
-            );
+            let refused = ClusterParams::from_header(&encode(json)).unwrap_err();
+            assert_eq!(refused.to_string(), text);
         }
-        let bad = ClusterParams::from_header("%%%").unwrap_err();
+        let bad = ClusterParams::from_header("%%%").unwrap_err().to_string();
         assert!(bad.starts_with("illegal base64 data"), "{bad}");
     }
 

@@ -11,16 +11,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
 
 use super::buffer::Closed;
 use super::codec::{Message, MessageType, decode_sync, encode_sync};
+pub use super::connection::SessionError;
+use super::connection::{self, CLOSE_TIMEOUT, Incoming};
 use super::mux::Mux;
 pub use super::mux::Outgoing;
 use super::stream::TunnelStream;
@@ -34,8 +34,6 @@ pub const PING_WAIT: Duration = Duration::from_secs(60);
 pub const WRITE_TIMEOUT: Duration = PING_WAIT;
 /// A client reports its streams this often.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(60);
-/// How long a session being closed here tries to send its close frame.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Streams younger than this are not pruned by SyncConnections: the client may not have seen their
 /// Connect yet when it sent the list.
 const SYNC_GRACE: Duration = Duration::from_secs(5);
@@ -166,94 +164,80 @@ impl Session {
         self: &Arc<Self>,
         ws: WebSocketStream<S>,
         outgoing: Outgoing,
-    ) -> Result<(), String>
+    ) -> Result<(), SessionError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let (mut sink, mut incoming) = ws.split();
+        let (mut reader, mut writer) = connection::split(ws, WRITE_TIMEOUT);
         let Outgoing {
             data: mut outgoing,
             mut flow,
         } = outgoing;
         let client = self.role == Role::Client;
-        let writer = async {
+        let writing = async {
             let mut ping = tokio::time::interval(PING_INTERVAL);
             let mut sync = tokio::time::interval_at(Instant::now() + SYNC_INTERVAL, SYNC_INTERVAL);
             loop {
-                let frame = tokio::select! {
+                let message = tokio::select! {
                     message = outgoing.recv() => match message {
-                        Some(bytes) => WsMessage::Binary(bytes),
+                        Some(bytes) => Some(bytes),
                         None => return Ok(()),
                     },
                     // Closed here (shutdown): tell the peer, briefly, before the socket goes.
                     _ = self.cancel.cancelled() => {
-                        let close = sink.send(WsMessage::Close(None));
-                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+                        writer.close().await;
                         return Ok(());
                     }
-                    Some(bytes) = flow.recv() => WsMessage::Binary(bytes),
-                    _ = ping.tick(), if client => WsMessage::Ping(Bytes::new()),
-                    _ = sync.tick(), if client => WsMessage::Binary(self.sync_message()),
+                    Some(bytes) = flow.recv() => Some(bytes),
+                    _ = ping.tick(), if client => None,
+                    _ = sync.tick(), if client => Some(self.sync_message()),
                 };
                 // One deadline for the frame and whatever is batched with it: a peer that does not
                 // take our writes for WRITE_TIMEOUT ends the session.
                 let deadline = Instant::now() + WRITE_TIMEOUT;
-                let write = |result: Result<Result<(), WsError>, _>| match result {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) if peer_went_away(&e) => Err(None),
-                    Ok(Err(e)) => Err(Some(format!("write: {e}"))),
-                    Err(_) => Err(Some(format!(
-                        "write: the peer took nothing for {WRITE_TIMEOUT:?}"
-                    ))),
-                };
-                write(tokio::time::timeout_at(deadline, sink.feed(frame)).await)?;
+                match message {
+                    Some(bytes) => writer.feed(bytes, deadline).await?,
+                    None => writer.ping(deadline).await?,
+                }
                 // Batch whatever else is queued into the same flush: fewer TLS records and syscalls.
                 while let Ok(bytes) = flow.try_recv().or_else(|_| outgoing.try_recv()) {
-                    let frame = WsMessage::Binary(bytes);
-                    write(tokio::time::timeout_at(deadline, sink.feed(frame)).await)?;
+                    writer.feed(bytes, deadline).await?;
                 }
-                write(tokio::time::timeout_at(deadline, sink.flush()).await)?;
+                writer.flush(deadline).await?;
             }
         };
-        let reader = async {
+        let reading = async {
             // The liveness deadline covers handling a message too: handling can wait for room in the
             // outgoing queue, and no ping is read meanwhile.
             let mut deadline = Instant::now() + PING_WAIT;
-            let dead = || {
-                format!(
-                    "no {} for {PING_WAIT:?}",
-                    if client { "pong" } else { "ping" }
-                )
+            let silent = || SessionError::Silent {
+                waiting_for: if client { "pong" } else { "ping" },
+                after: PING_WAIT,
             };
             loop {
-                let next = tokio::time::timeout_at(deadline, incoming.next())
+                let next = tokio::time::timeout_at(deadline, reader.next())
                     .await
-                    .map_err(|_| dead())?;
-                let frame = match next {
-                    Some(Ok(frame)) => frame,
-                    Some(Err(e)) if peer_went_away(&e) => return Ok(()),
-                    Some(Err(e)) => return Err(format!("read: {e}")),
-                    None => return Ok(()),
-                };
-                match frame {
-                    WsMessage::Binary(bytes) => {
-                        let message = Message::decode(bytes).map_err(|e| e.to_string())?;
+                    .map_err(|_| silent())??;
+                match next {
+                    Incoming::Message(message) => {
                         tokio::time::timeout_at(deadline, self.dispatch(message))
                             .await
-                            .map_err(|_| dead())??;
+                            .map_err(|_| silent())??;
                     }
-                    WsMessage::Text(_) => return Err("wrong websocket message type".into()),
-                    WsMessage::Ping(_) if !client => deadline = Instant::now() + PING_WAIT,
-                    WsMessage::Pong(_) if client => deadline = Instant::now() + PING_WAIT,
-                    WsMessage::Close(_) => return Ok(()),
-                    _ => {}
+                    Incoming::Ping if !client => deadline = Instant::now() + PING_WAIT,
+                    Incoming::Pong if client => deadline = Instant::now() + PING_WAIT,
+                    Incoming::End => return Ok(()),
+                    Incoming::Ping | Incoming::Pong => {}
                 }
             }
         };
         let result = tokio::select! {
             // A peer that went away while we wrote ends the session as a close does.
-            result = writer => result.or_else(|e: Option<String>| e.map_or(Ok(()), Err)),
-            result = reader => result,
+            result = writing => match result {
+                Err(SessionError::PeerGone) => Ok(()),
+                other => other,
+            },
+            result = reading => result,
             // The writer sends the close frame; a writer stuck on a peer that does not read is not
             // waited for longer than that.
             _ = async {
@@ -271,7 +255,7 @@ impl Session {
             .message(0, MessageType::SyncConnections, &encode_sync(&ids))
     }
 
-    async fn dispatch(self: &Arc<Self>, message: Message) -> Result<(), String> {
+    async fn dispatch(self: &Arc<Self>, message: Message) -> Result<(), SessionError> {
         let conn_id = message.conn_id;
         match message.kind {
             MessageType::Data => match self.mux.get(conn_id) {
@@ -289,7 +273,7 @@ impl Session {
                 }
             },
             MessageType::Connect => match self.role {
-                Role::Server => return Err("connect not allowed".into()),
+                Role::Server => return Err(SessionError::ConnectNotAllowed),
                 Role::Client => self.client_connect(conn_id, &message.text()).await,
             },
             MessageType::Error => {
@@ -310,7 +294,7 @@ impl Session {
                 }
             }
             MessageType::SyncConnections if self.role == Role::Server => {
-                let listed = decode_sync(&message.payload).map_err(|e| e.to_string())?;
+                let listed = decode_sync(&message.payload)?;
                 self.mux.prune_unlisted(&listed, SYNC_GRACE);
             }
             _ => tracing::trace!("ignoring tunnel message type {:?}", message.kind),
@@ -338,25 +322,6 @@ impl Session {
     }
 }
 
-/// Whether a WebSocket error only says the peer is gone (it hung up, with or without a close
-/// frame or TLS close_notify): the end of a session, not a fault worth a warning.
-fn peer_went_away(error: &WsError) -> bool {
-    use std::io::ErrorKind;
-    use tokio_tungstenite::tungstenite::error::ProtocolError;
-    match error {
-        WsError::ConnectionClosed | WsError::AlreadyClosed => true,
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => true,
-        WsError::Io(e) => matches!(
-            e.kind(),
-            ErrorKind::UnexpectedEof
-                | ErrorKind::ConnectionReset
-                | ErrorKind::ConnectionAborted
-                | ErrorKind::BrokenPipe
-        ),
-        _ => false,
-    }
-}
-
 fn disconnected() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::NotConnected, "tunnel disconnect")
 }
@@ -364,7 +329,9 @@ fn disconnected() -> std::io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::SinkExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
     use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
 
     fn allow_all() -> Arc<dyn Connector> {
@@ -495,7 +462,12 @@ mod tests {
         let _silent_client = WebSocketStream::from_raw_socket(b, WsRole::Client, None).await;
         let (server, rx) = Session::new(Role::Server, "c-test", None);
         let result = server.run(server_ws, rx).await;
-        assert!(result.unwrap_err().starts_with("no ping for 60s"));
+        assert!(
+            result
+                .unwrap_err()
+                .to_string()
+                .starts_with("no ping for 60s")
+        );
     }
 
     /// A peer that floods Data for unknown streams, then neither reads nor pings: the Errors the
