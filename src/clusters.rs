@@ -10,6 +10,7 @@ use crate::accounts::secrets::{
     TOKEN_LENGTH, hash_token_secret, random_suffix, random_token, same_hash,
 };
 use crate::store::{Backend, Document, Key, StoreError};
+use crate::support::unix_now;
 
 /// Where the clusters are kept; it holds registration-token hashes.
 pub const CLUSTERS: Key = Key::secret("clusters.json");
@@ -91,7 +92,7 @@ impl Clusters {
             let cluster = Cluster {
                 id: format!("c-{}", random_suffix()),
                 name: name.to_string(),
-                created: now(),
+                created: unix_now(),
                 tokens: Vec::new(),
             };
             doc.clusters.push(cluster.clone());
@@ -110,7 +111,7 @@ impl Clusters {
     /// A new registration token for `cluster_id`.
     pub fn create_token(&self, cluster_id: &str) -> Result<IssuedRegistrationToken, ClusterError> {
         let token = random_token(TOKEN_LENGTH);
-        let created = now();
+        let created = unix_now();
         let id = format!("crt-{}", random_suffix());
         self.document.update(|doc| {
             let cluster = doc
@@ -144,10 +145,6 @@ impl Clusters {
             .find(|c| c.tokens.iter().any(|t| same_hash(&t.hash, &hash)))
             .cloned()
     }
-}
-
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Corral, corral_bin, get, metric, open_fds, rss_kib, sha256_hex, stress_full, stress_size,
-    tls_connect, try_request,
+    tls_connect, try_admin_token, try_request,
 };
 use rand::Rng;
 use serde_json::{Value, json};
@@ -318,7 +318,9 @@ async fn oversized_headers_and_bodies_are_refused() {
     // Every API body is capped at 64 KiB, before parsing: a larger declared body is refused without
     // being read (an authenticated caller, so that the cap, not a 401, answers). generateKubeconfig
     // reads no body, so it is not in the list.
-    let token = login(addr, BOOTSTRAP).await.expect("admin logs in");
+    let token = try_admin_token(addr, BOOTSTRAP)
+        .await
+        .expect("admin logs in");
     for endpoint in [
         ("POST", "/v3-public/localProviders/local?action=login"),
         ("POST", "/v1-public/login"),
@@ -334,20 +336,6 @@ async fn oversized_headers_and_bodies_are_refused() {
 }
 
 const BOOTSTRAP: &str = "crash-test-bootstrap";
-
-async fn login(addr: SocketAddr, password: &str) -> Option<String> {
-    let body = json!({"username": "admin", "password": password}).to_string();
-    let response = try_request(
-        addr,
-        "POST",
-        "/v3-public/localProviders/local?action=login",
-        None,
-        Some(&body),
-    )
-    .await?;
-    let value: Value = serde_json::from_str(&response.body).ok()?;
-    value["token"].as_str().map(str::to_string)
-}
 
 /// Setup writes, as fast as they go: a password change, server-url, a cluster and its token.
 async fn mutate(addr: SocketAddr, token: String, current: String, next: String) {
@@ -470,7 +458,7 @@ async fn sigkill_at_random_moments_never_tears_state() {
         // Either the newest password or the one before it works: never neither.
         let mut token = None;
         for password in passwords.iter().rev().take(2) {
-            if let Some(t) = login(addr, password).await {
+            if let Some(t) = try_admin_token(addr, password).await {
                 token = Some((t, password.clone()));
                 break;
             }
@@ -510,7 +498,7 @@ async fn a_login_flood_is_answered_within_bounded_memory() {
                     Some([127, 0, 10, host].into()),
                     addr,
                     "POST",
-                    "/v3-public/localProviders/local?action=login",
+                    common::LOGIN,
                     &[],
                     Some(&body),
                 )

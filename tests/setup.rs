@@ -7,10 +7,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::webdriver::Browser;
-use common::{Corral, HttpResponse, request, request_from, sans, tls_connect};
+use common::{Corral, HttpResponse, LOGIN, login, request, request_from, sans, tls_connect};
 use serde_json::Value;
 
-const LOGIN: &str = "/v3-public/localProviders/local?action=login";
 const NEW_PASSWORD: &str = "a-much-better-password";
 
 fn bootstrap_password(corral: &Corral) -> String {
@@ -19,11 +18,6 @@ fn bootstrap_password(corral: &Corral) -> String {
         .iter()
         .find_map(|l| l.split("Bootstrap Password: ").nth(1).map(str::to_string))
         .expect("the banner shows the bootstrap password")
-}
-
-async fn login(addr: SocketAddr, username: &str, password: &str) -> HttpResponse {
-    let body = serde_json::json!({ "username": username, "password": password }).to_string();
-    request(addr, "POST", LOGIN, &[], Some(&body)).await
 }
 
 async fn token(addr: SocketAddr, password: &str) -> String {

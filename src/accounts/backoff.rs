@@ -31,7 +31,7 @@ struct Failures {
 impl LoginBackoff {
     /// `Err(wait)` while `user_id` must wait before the next attempt.
     pub fn check(&self, user_id: &str) -> Result<(), Duration> {
-        let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let users = crate::support::lock(&self.users);
         match users.get(user_id) {
             Some(f) if f.blocked_until > Instant::now() => Err(f.blocked_until - Instant::now()),
             _ => Ok(()),
@@ -39,7 +39,7 @@ impl LoginBackoff {
     }
 
     pub fn failed(&self, user_id: &str) {
-        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let mut users = crate::support::lock(&self.users);
         let failures = users.entry(user_id.to_string()).or_insert(Failures {
             count: 0,
             blocked_until: Instant::now(),
@@ -52,7 +52,7 @@ impl LoginBackoff {
     }
 
     pub fn succeeded(&self, user_id: &str) {
-        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let mut users = crate::support::lock(&self.users);
         users.remove(user_id);
     }
 }

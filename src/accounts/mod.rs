@@ -23,6 +23,7 @@ use crate::limits::ClientLimiter;
 use crate::pki::SubjectName;
 pub use crate::pki::{ServerUrl, ServerUrlError};
 use crate::store::{Backend, DataDir, Document, StoreError};
+use crate::support::unix_now;
 use password_gate::{Busy, PasswordGate};
 use secrets::{hash_password, hash_token_secret, random_suffix, random_token, same_hash};
 use state::{ACCOUNTS, AccountState, Token, User};
@@ -237,7 +238,7 @@ impl Accounts {
             must_change_password: generated || password == "admin",
         };
         self.document.update(|state| {
-            state.created = now();
+            state.created = unix_now();
             state.users.push(admin.clone());
             state.settings.insert(FIRST_LOGIN.into(), "true".into());
             Ok::<_, AccountError>(())
@@ -287,7 +288,7 @@ impl Accounts {
     pub fn issue_token(&self, user_id: &str, ttl_secs: i64) -> Result<IssuedToken, AccountError> {
         let name = format!("token-{}", random_suffix());
         let secret = random_token(secrets::TOKEN_LENGTH);
-        let created = now();
+        let created = unix_now();
         let token = Token {
             name: name.clone(),
             secret_hash: hash_token_secret(&secret),
@@ -318,7 +319,7 @@ impl Accounts {
         let hash = hash_token_secret(secret);
         let state = self.lock();
         let token = state.tokens.iter().find(|t| t.name == name)?;
-        if !same_hash(&token.secret_hash, &hash) || token.expires_at <= now() {
+        if !same_hash(&token.secret_hash, &hash) || token.expires_at <= unix_now() {
             return None;
         }
         let user = state.users.iter().find(|u| u.id == token.user_id)?;
@@ -481,10 +482,6 @@ impl Accounts {
 
 /// A valid argon2id hash of a password nobody knows, checked when the username does not exist.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0cwMjmh/+Gl0WkLz5Y8vaHxZ0eTcSxUgjoFBt4r5TdI";
-
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
 
 #[cfg(test)]
 mod tests {

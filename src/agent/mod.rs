@@ -133,7 +133,7 @@ pub struct AgentArgs {
 }
 
 /// Everything checked before any tunnel is opened; each failure ends the command.
-pub async fn prepare(args: &AgentArgs) -> Result<Prepared, AgentError> {
+pub async fn prepare(args: &AgentArgs) -> Result<PreparedAgent, AgentError> {
     let target = Target::parse(&args.server)?;
     let insecure = tls_insecure(&[b"http/1.1"]);
     let (status, _) = target
@@ -193,7 +193,7 @@ pub async fn prepare(args: &AgentArgs) -> Result<Prepared, AgentError> {
             "simulating {} cluster(s) at {address}: each API is served in-process, nothing listens",
             args.count
         );
-        Clusters::Simulated {
+        ClusterApis::Simulated {
             tls: Arc::new(ApiTls::new(address)?),
             router: simulated::router(),
             policy: Arc::new(policy),
@@ -202,7 +202,7 @@ pub async fn prepare(args: &AgentArgs) -> Result<Prepared, AgentError> {
     } else {
         real_cluster(args, policy)?
     };
-    Ok(Prepared {
+    Ok(PreparedAgent {
         target,
         tls,
         clusters,
@@ -210,7 +210,7 @@ pub async fn prepare(args: &AgentArgs) -> Result<Prepared, AgentError> {
 }
 
 /// The params and connector every agent of a real (or plain-HTTP) cluster API shares.
-fn real_cluster(args: &AgentArgs, policy: AllowPolicy) -> Result<Clusters, AgentError> {
+fn real_cluster(args: &AgentArgs, policy: AllowPolicy) -> Result<ClusterApis, AgentError> {
     let address = args.address.as_deref().unwrap_or("127.0.0.1:6443");
     let (ca_pem, terminator) = match &args.ca_cert {
         Some(path) => {
@@ -248,7 +248,7 @@ fn real_cluster(args: &AgentArgs, policy: AllowPolicy) -> Result<Clusters, Agent
         ca_cert: base64::engine::general_purpose::STANDARD.encode(ca_pem),
         token,
     };
-    Ok(Clusters::Shared {
+    Ok(ClusterApis::Shared {
         params_header: params_header(&params),
         connector: Arc::new(AgentConnector { policy, terminator }),
     })
@@ -307,14 +307,14 @@ impl Connector for SimulatedConnector {
 }
 
 /// What every agent of this process shares.
-pub struct Prepared {
+pub struct PreparedAgent {
     target: Target,
     tls: Arc<ClientConfig>,
-    clusters: Clusters,
+    clusters: ClusterApis,
 }
 
 /// What the agents advertise, and how they serve the server's Connects.
-enum Clusters {
+enum ClusterApis {
     /// One real (or plain-HTTP) cluster API, the same for every agent.
     Shared {
         params_header: String,
@@ -329,15 +329,15 @@ enum Clusters {
     },
 }
 
-impl Prepared {
+impl PreparedAgent {
     /// One agent's params header and connector (for a simulated cluster, a new cluster).
     fn agent(&self) -> (String, Arc<dyn Connector>) {
         match &self.clusters {
-            Clusters::Shared {
+            ClusterApis::Shared {
                 params_header,
                 connector,
             } => (params_header.clone(), connector.clone()),
-            Clusters::Simulated {
+            ClusterApis::Simulated {
                 tls,
                 router,
                 policy,
@@ -363,7 +363,7 @@ impl Prepared {
 }
 
 /// Runs `args.count` agents until the process is stopped.
-pub async fn run(args: AgentArgs, prepared: Prepared) {
+pub async fn run(args: AgentArgs, prepared: PreparedAgent) {
     let prepared = Arc::new(prepared);
     let mut agents = tokio::task::JoinSet::new();
     for i in 0..args.count {
@@ -373,7 +373,7 @@ pub async fn run(args: AgentArgs, prepared: Prepared) {
     while agents.join_next().await.is_some() {}
 }
 
-async fn agent_loop(prepared: Arc<Prepared>, token: String, index: usize) {
+async fn agent_loop(prepared: Arc<PreparedAgent>, token: String, index: usize) {
     let (params_header, connector) = prepared.agent();
     let mut registered = false;
     loop {
@@ -407,7 +407,7 @@ async fn agent_loop(prepared: Arc<Prepared>, token: String, index: usize) {
 
 /// One tunnel: the WebSocket handshake (`Err` if refused), then the session until it ends.
 async fn connect_once(
-    prepared: &Prepared,
+    prepared: &PreparedAgent,
     token: &str,
     params_header: &str,
     connector: &Arc<dyn Connector>,

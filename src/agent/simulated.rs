@@ -50,12 +50,12 @@ const UNDELETABLE: [&str; 3] = ["default", "kube-public", "kube-system"];
 pub struct SimulatedCluster {
     /// What the server must present (`Authorization: Bearer …`), advertised as the agent's token.
     token: String,
-    state: Mutex<State>,
+    state: Mutex<ClusterState>,
     /// Watch events as they happen; watchers subscribe.
     events: broadcast::Sender<Arc<Event>>,
 }
 
-struct State {
+struct ClusterState {
     namespaces: BTreeMap<String, Namespace>,
     resource_version: u64,
     /// Recent events, oldest first, for watches from a resourceVersion.
@@ -130,7 +130,7 @@ impl SimulatedCluster {
         let (events, _) = broadcast::channel(16);
         Self {
             token: random_token(TOKEN_LENGTH),
-            state: Mutex::new(State {
+            state: Mutex::new(ClusterState {
                 namespaces,
                 resource_version: INITIAL.len() as u64,
                 history: VecDeque::new(),
@@ -144,8 +144,8 @@ impl SimulatedCluster {
         &self.token
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, ClusterState> {
+        crate::support::lock(&self.state)
     }
 
     /// Serves the API on a Connect's stream: TLS with `tls`, then HTTP/1.1 until the server hangs up.
@@ -170,7 +170,13 @@ impl SimulatedCluster {
     }
 
     /// Records a change: keeps the event, tells watchers.
-    fn changed(&self, state: &mut State, kind: &'static str, name: &str, object: &Namespace) {
+    fn changed(
+        &self,
+        state: &mut ClusterState,
+        kind: &'static str,
+        name: &str,
+        object: &Namespace,
+    ) {
         let event = Arc::new(Event {
             kind,
             name: name.to_string(),

@@ -314,7 +314,7 @@ async fn open_loop(plan: Arc<Plan>, rate: f64, in_flight: usize) {
 }
 
 fn record(plan: &Plan, started: Instant, outcome: Outcome) {
-    let mut recorder = plan.recorder.lock().unwrap_or_else(|p| p.into_inner());
+    let mut recorder = lock(&plan.recorder);
     match outcome {
         Outcome::Ok => {
             recorder.success(started.elapsed());
@@ -446,11 +446,7 @@ async fn progress(plan: Arc<Plan>, began: Instant) {
             plan.failed.load(Ordering::Relaxed),
         );
         let elapsed = began.elapsed().as_secs_f64();
-        let p99 = plan
-            .recorder
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .p99();
+        let p99 = lock(&plan.recorder).p99();
         eprint!(
             "\r{elapsed:6.1}s  ok {ok}  fallback {fallback}  failed {failed}  {:.0}/s  p99 {p99} µs   ",
             ok as f64 / elapsed

@@ -158,7 +158,7 @@ async fn spawn_server<F, Fut>(
     serve: F,
 ) -> Result<SocketAddr, BenchError>
 where
-    F: Fn(Box<dyn crate::tunnel::session::Io>) -> Fut + Send + Sync + 'static + Clone,
+    F: Fn(Box<dyn crate::tunnel::session::Dialed>) -> Fut + Send + Sync + 'static + Clone,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await?;

@@ -79,7 +79,7 @@ pub enum Restore {
 
 /// A certificate with one more name, made but not served: see [`PersistedCert::commit_prepared`].
 /// It holds no lock; what was learned in between is not lost (the commit signs again).
-pub struct Prepared {
+pub struct PreparedName {
     /// What was served when it was made.
     base: Arc<CertState>,
     next: CertState,
@@ -190,19 +190,23 @@ impl PersistedCert {
         &self,
         name: SubjectName,
         minter: &Minter,
-    ) -> Result<Option<Prepared>, CertError> {
+    ) -> Result<Option<PreparedName>, CertError> {
         let base = self.current();
         if base.names.contains(&name) {
             return Ok(None);
         }
         let next = with_name(&base, name, minter)?;
-        Ok(Some(Prepared { base, next }))
+        Ok(Some(PreparedName { base, next }))
     }
 
     /// Stores and serves a prepared certificate. If a name was learned since it was prepared, the
     /// certificate is signed again with every name; if that fails, the prepared one is served (it
     /// has the name that matters). Served even when it cannot be stored: the error says so.
-    pub fn commit_prepared(&self, prepared: Prepared, minter: &Minter) -> Result<(), StoreError> {
+    pub fn commit_prepared(
+        &self,
+        prepared: PreparedName,
+        minter: &Minter,
+    ) -> Result<(), StoreError> {
         let _guard = lock(&self.write_lock);
         let current = self.current();
         let mut next = prepared.next;

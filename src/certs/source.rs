@@ -9,7 +9,7 @@ use rustls::ServerConfig;
 use rustls::pki_types::CertificateDer;
 
 use super::CertError;
-use super::persisted::{PersistedCert, Prepared};
+use super::persisted::{PersistedCert, PreparedName};
 use super::template::Served;
 use crate::pki::SubjectName;
 
@@ -69,6 +69,6 @@ pub enum PinPlan {
     /// The shared certificate with the host added (`None`: it has the host), frozen once pinned.
     Shared {
         cert: Arc<PersistedCert>,
-        prepared: Option<Prepared>,
+        prepared: Option<PreparedName>,
     },
 }

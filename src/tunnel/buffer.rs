@@ -71,7 +71,7 @@ pub enum Writable {
 }
 
 #[derive(Default)]
-pub(super) struct State {
+pub(super) struct BufferState {
     buffer: VecDeque<Bytes>,
     buffered: usize,
     read_waker: Option<Waker>,
@@ -93,7 +93,7 @@ pub(super) struct State {
     nudges: u32,
 }
 
-impl State {
+impl BufferState {
     /// Records a Resume of ours (the caller sends it, under the lock).
     fn resumed(&mut self) {
         self.paused_peer = false;
@@ -126,7 +126,7 @@ pub struct StreamShared {
     pub conn_id: i64,
     /// When the stream was opened: SyncConnections spares young streams (see `Session`).
     pub opened: tokio::time::Instant,
-    state: Mutex<State>,
+    state: Mutex<BufferState>,
 }
 
 impl StreamShared {
@@ -135,12 +135,12 @@ impl StreamShared {
         Arc::new(Self {
             conn_id,
             opened: tokio::time::Instant::now(),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(BufferState::default()),
         })
     }
 
-    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    pub(super) fn lock(&self) -> MutexGuard<'_, BufferState> {
+        crate::support::lock(&self.state)
     }
 
     /// Buffers incoming data; calls `pause` (under the stream's lock) when the peer should now be asked

@@ -5,7 +5,7 @@
 use std::io;
 use std::time::Duration;
 
-use super::session::{Connector, Io, Serving};
+use super::session::{Connector, Dialed, Serving};
 use super::stream::TunnelStream;
 
 /// A rule `(proto, address) -> allowed` is a connector that dials and relays what it allows.
@@ -55,7 +55,7 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Dials `proto`/`address` within [`DIAL_TIMEOUT`]: `tcp` addresses or `unix` socket paths. The error
 /// is Go's text for the failure.
-pub async fn dial(proto: &str, address: &str) -> Result<Box<dyn Io>, DialError> {
+pub async fn dial(proto: &str, address: &str) -> Result<Box<dyn Dialed>, DialError> {
     match tokio::time::timeout(DIAL_TIMEOUT, dial_now(proto, address)).await {
         Ok(result) => result,
         Err(_) => Err(DialError::Timeout {
@@ -65,7 +65,7 @@ pub async fn dial(proto: &str, address: &str) -> Result<Box<dyn Io>, DialError> 
     }
 }
 
-async fn dial_now(proto: &str, address: &str) -> Result<Box<dyn Io>, DialError> {
+async fn dial_now(proto: &str, address: &str) -> Result<Box<dyn Dialed>, DialError> {
     match proto {
         "tcp" | "tcp4" | "tcp6" => {
             // Each address in turn; the error is the first one's, naming the address tried (Go's

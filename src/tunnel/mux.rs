@@ -53,7 +53,7 @@ impl Mux {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<i64, Arc<StreamShared>>> {
-        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+        crate::support::lock(&self.streams)
     }
 
     pub fn sender(&self) -> mpsc::Sender<Bytes> {

@@ -95,7 +95,7 @@ impl TunnelRegistry {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<Entry>>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+        crate::support::lock(&self.sessions)
     }
 
     /// Runs a server session for `key` over `ws` until it ends.

@@ -46,8 +46,8 @@ pub enum Role {
 }
 
 /// A byte stream a client dials for a Connect.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub trait Dialed: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Dialed for T {}
 
 /// What a client end does with the server's Connects: which it allows, and how it serves one (the
 /// usual way, `tunnel::dial::dial_and_relay`, is what a plain `Fn(proto, address) -> bool` rule

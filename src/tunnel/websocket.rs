@@ -25,11 +25,11 @@ pub fn config() -> WebSocketConfig {
 }
 
 /// A refused upgrade: status and gorilla's text.
-pub type Refusal = (StatusCode, &'static str);
+pub type HandshakeRefusal = (StatusCode, &'static str);
 
 /// Checks an upgrade request and prepares the 101 response. The caller returns the response, then
 /// awaits the upgrade with [`accept`].
-pub fn upgrade(req: &mut Request<Body>) -> Result<(Response<Body>, OnUpgrade), Refusal> {
+pub fn upgrade(req: &mut Request<Body>) -> Result<(Response<Body>, OnUpgrade), HandshakeRefusal> {
     let has_token = |name: header::HeaderName, token: &str| {
         req.headers().get_all(name).iter().any(|v| {
             v.to_str()

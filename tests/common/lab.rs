@@ -44,15 +44,7 @@ impl Lab {
 
     /// Logs in through `addr` and creates a cluster and its registration token.
     pub async fn setup(corral: Corral, addr: SocketAddr) -> Lab {
-        let login = json!({"username": "admin", "password": BOOTSTRAP}).to_string();
-        let response = request(
-            addr,
-            "POST",
-            "/v3-public/localProviders/local?action=login",
-            &[],
-            Some(&login),
-        )
-        .await;
+        let response = super::login(addr, "admin", BOOTSTRAP).await;
         let token = body(&response)["token"].as_str().unwrap().to_string();
         let auth = format!("Authorization: Bearer {token}");
         let created = request(

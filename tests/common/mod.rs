@@ -401,11 +401,79 @@ pub async fn request_from(
     headers: &[&str],
     body: Option<&str>,
 ) -> HttpResponse {
-    let text = request_text(addr, method, path, headers, body);
     let handshake = tls_connect_from(source, addr, None, None)
         .await
         .expect("TLS handshake");
-    exchange(handshake.stream, &text).await
+    send(handshake.stream, addr, method, path, headers, body)
+        .await
+        .expect("a response within 20 s")
+}
+
+/// One request through hyper's HTTP/1.1 client on `stream` — a real client's framing, for ordinary
+/// API calls; `None` when the server hangs up or takes over 20 s. (Raw bytes, for malformed
+/// requests, go through [`exchange`].)
+async fn send<S>(
+    stream: S,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: Option<&str>,
+) -> Option<HttpResponse>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let exchange = async {
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.ok()?;
+        tokio::spawn(connection);
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, addr.to_string());
+        for line in headers {
+            let (name, value) = line.split_once(':')?;
+            request = request.header(name.trim(), value.trim());
+        }
+        let body = bytes::Bytes::from(body.unwrap_or_default().to_string());
+        let request = request.body(http_body_util::Full::new(body)).ok()?;
+        let response = sender.send_request(request).await.ok()?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap_or_default()))
+            .collect();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .ok()?
+            .to_bytes();
+        Some(HttpResponse {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .ok()?
+}
+
+/// Where corral (and Rancher) logs users in.
+pub const LOGIN: &str = "/v3-public/localProviders/local?action=login";
+
+/// A login attempt, as the UI sends it.
+pub async fn login(addr: SocketAddr, username: &str, password: &str) -> HttpResponse {
+    let body = serde_json::json!({ "username": username, "password": password }).to_string();
+    request(addr, "POST", LOGIN, &[], Some(&body)).await
+}
+
+/// The admin's session token; `None` when the login fails or the server is gone.
+pub async fn try_admin_token(addr: SocketAddr, password: &str) -> Option<String> {
+    let body = serde_json::json!({ "username": "admin", "password": password }).to_string();
+    let response = try_request(addr, "POST", LOGIN, None, Some(&body)).await?;
+    let value: serde_json::Value = serde_json::from_str(&response.body).ok()?;
+    value["token"].as_str().map(str::to_string)
 }
 
 /// An HTTP/1.1 request with `Connection: close`, extra header lines and a body.
@@ -436,9 +504,8 @@ pub async fn try_request(
 ) -> Option<HttpResponse> {
     let auth = token.map(|t| format!("Authorization: Bearer {t}"));
     let headers: Vec<&str> = auth.iter().map(String::as_str).collect();
-    let request = request_text(addr, method, path, &headers, body);
     let stream = tls_connect(addr, None, None).await.ok()?.stream;
-    try_exchange(stream, &request).await
+    send(stream, addr, method, path, &headers, body).await
 }
 
 /// [`exchange`] for a server that may hang up or die first: `None` instead of a panic.
