@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::accounts::secrets::{
-    TOKEN_LENGTH, hash_token_secret, random_suffix, random_token, same_hash,
-};
+use crate::secrets::{TOKEN_LENGTH, hash_token_secret, random_suffix, random_token, same_hash};
 use crate::store::{Backend, Document, Key, StoreError};
 use crate::support::unix_now;
 

@@ -1,9 +1,10 @@
 //! corral: a Rust server that reproduces Rancher 2.x's TLS front end.
 //!
-//! Modules, one concern each: [`config`] (settings), [`state`] (the data directory and atomic writes),
-//! [`pki`] (CA, minting, names, checksum), [`tls`] (accept loop and certificate selection),
-//! [`http`] (Rancher's endpoints), [`setup`] (bootstrap, users, tokens, server-url),
-//! [`ui`] (the embedded web page), [`server`] (startup wiring).
+//! Layers, each importing only those below it (README, "How the code is laid out"):
+//! [`app`] (composition and shutdown) → [`http`], [`agent`], [`bench`] → [`net`] (listener),
+//! [`certs`] (which certificate a hello gets), [`accounts`], [`clusters`], [`tunnel`],
+//! [`kubeconfig`] → [`pki`], [`store`] (durable state behind one seam), [`config`], [`client`] →
+//! [`metrics`], [`limits`], [`secrets`], [`support`].
 
 pub mod accounts;
 pub mod agent;
@@ -19,6 +20,7 @@ pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod pki;
+pub mod secrets;
 pub mod store;
 pub mod support;
 pub mod tunnel;

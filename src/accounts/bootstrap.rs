@@ -7,9 +7,9 @@ use std::io;
 
 use std::sync::Arc;
 
-use super::secrets::{TOKEN_LENGTH, hash_password, random_token};
 use super::state::{ACCOUNTS, AccountState};
 use super::{FIRST_LOGIN, ResetError};
+use crate::secrets::{TOKEN_LENGTH, hash_password, random_token};
 use crate::store::{Backend, DataDir, Document, SECRET_MODE, read_optional, write_atomic};
 
 /// The kept bootstrap password, if there is one.

@@ -9,7 +9,7 @@
 mod backoff;
 pub mod bootstrap;
 mod password_gate;
-pub mod secrets;
+
 mod state;
 
 use std::net::IpAddr;
@@ -22,10 +22,12 @@ use governor::Quota;
 use crate::limits::ClientLimiter;
 use crate::pki::SubjectName;
 pub use crate::pki::{ServerUrl, ServerUrlError};
+use crate::secrets::{
+    self, hash_password, hash_token_secret, random_suffix, random_token, same_hash,
+};
 use crate::store::{Backend, DataDir, Document, StoreError};
 use crate::support::unix_now;
 use password_gate::{Busy, PasswordGate};
-use secrets::{hash_password, hash_token_secret, random_suffix, random_token, same_hash};
 use state::{ACCOUNTS, AccountState, Token, User};
 
 /// Rancher's `password-min-length`.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use super::secrets::{hash_password, verify_password};
+use crate::secrets::{hash_password, verify_password};
 
 /// How long a password operation may wait for a free slot before the caller is turned away.
 const WAIT: Duration = Duration::from_secs(2);

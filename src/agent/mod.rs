@@ -23,8 +23,8 @@ use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::accounts::secrets::{TOKEN_LENGTH, random_token};
 use crate::client::{ClientError, ConnectError, Target, tls_insecure, tls_trusting};
+use crate::secrets::{TOKEN_LENGTH, random_token};
 use crate::tunnel::session::{Connector, Serving, SessionError};
 use crate::tunnel::{ClusterParams, Role, Session, TunnelStream};
 use api_tls::{ApiTls, ApiTlsError, TlsTerminator};

@@ -28,7 +28,7 @@ use tokio::sync::broadcast;
 use tower::ServiceExt;
 
 use super::api_tls::ApiTls;
-use crate::accounts::secrets::{TOKEN_LENGTH, random_token};
+use crate::secrets::{TOKEN_LENGTH, random_token};
 use crate::tunnel::TunnelStream;
 
 /// The address a simulated agent advertises: the `kubernetes` Service's usual ClusterIP.

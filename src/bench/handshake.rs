@@ -163,7 +163,7 @@ pub async fn run(args: HandshakeArgs) -> Result<Finished, BenchError> {
                 source: Box::new(e),
             })?;
             NameSource::Unique {
-                run: crate::accounts::secrets::random_suffix(),
+                run: crate::secrets::random_suffix(),
                 suffix: suffix.clone(),
             }
         }
