@@ -71,6 +71,8 @@ pub enum AccountError {
     ReadOnlyFromEnv(&'static str),
     #[error("cannot save state: {0}")]
     Storage(#[from] StoreError),
+    #[error("cannot load the accounts: {0}")]
+    Load(#[source] StoreError),
     #[error("cannot keep the bootstrap password: {0}")]
     Bootstrap(#[source] std::io::Error),
     #[error("cannot pin the certificate: {0}")]
@@ -186,7 +188,7 @@ impl Accounts {
         pins: Arc<dyn Pinning>,
         banner_url: &str,
     ) -> Result<Self, AccountError> {
-        let (document, existed) = Document::open(store, ACCOUNTS)?;
+        let (document, existed) = Document::open(store, ACCOUNTS).map_err(AccountError::Load)?;
         let first_start = !existed;
         let accounts = Self {
             document,

@@ -325,9 +325,10 @@ pub(crate) fn account_error(error: &AccountError) -> Response<Body> {
         }
         AccountError::ServerUrlLocked { .. } => (StatusCode::CONFLICT, "Conflict"),
         AccountError::ReadOnlyFromEnv(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
-        AccountError::Storage(_) | AccountError::Bootstrap(_) | AccountError::Pinning(_) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, "ServerError")
-        }
+        AccountError::Storage(_)
+        | AccountError::Load(_)
+        | AccountError::Bootstrap(_)
+        | AccountError::Pinning(_) => (StatusCode::INTERNAL_SERVER_ERROR, "ServerError"),
     };
     let mut response = norman_error(status, code, &error.to_string());
     if let Some(wait) = error.retry_after() {

@@ -36,9 +36,9 @@ pub struct Version(u128);
 pub enum StoreError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("{path} is unreadable ({source}); restore it or move it away")]
+    #[error("{location} is unreadable ({source}); restore it or move it away")]
     Unreadable {
-        path: PathBuf,
+        location: String,
         source: serde_json::Error,
     },
     /// Another writer changed the document between our read and our write.
@@ -52,6 +52,8 @@ pub trait Backend: Send + Sync + 'static {
     fn read(&self, key: Key) -> Result<Option<(Vec<u8>, Version)>, StoreError>;
     /// The stored version, cheaply (to notice another writer).
     fn version(&self, key: Key) -> Result<Option<Version>, StoreError>;
+    /// Where `key` is kept, for messages (a path, a store key).
+    fn location(&self, key: Key) -> String;
     /// Writes `bytes` if the stored version is still `expected` (`None`: no document yet);
     /// [`StoreError::Conflict`] otherwise.
     fn write(
@@ -113,6 +115,10 @@ impl Backend for FileBackend {
 
     fn version(&self, key: Key) -> Result<Option<Version>, StoreError> {
         version_of(&self.path(key))
+    }
+
+    fn location(&self, key: Key) -> String {
+        self.path(key).display().to_string()
     }
 
     fn write(

@@ -35,15 +35,18 @@ where
     pub fn open(backend: Arc<dyn Backend>, key: Key) -> Result<(Self, bool), StoreError> {
         let (value, version) = load::<T>(backend.as_ref(), key)?;
         let existed = version.is_some();
+        Ok((Self::holding(backend, key, value, version), existed))
+    }
+
+    fn holding(backend: Arc<dyn Backend>, key: Key, value: T, version: Option<Version>) -> Self {
         let value = Arc::new(value);
         let (changes, _) = watch::channel(value.clone());
-        let document = Self {
+        Self {
             backend,
             key,
             cached: Mutex::new(Cached { value, version }),
             changes,
-        };
-        Ok((document, existed))
+        }
     }
 
     /// As [`Document::open`], but a stored value that does not parse (an older format, a damaged
@@ -57,15 +60,7 @@ where
             Err(e @ StoreError::Unreadable { .. }) => {
                 tracing::warn!("{e}; making it again");
                 let version = backend.version(key)?;
-                let value = Arc::new(T::default());
-                let (changes, _) = watch::channel(value.clone());
-                let document = Self {
-                    backend,
-                    key,
-                    cached: Mutex::new(Cached { value, version }),
-                    changes,
-                };
-                Ok((document, false))
+                Ok((Self::holding(backend, key, T::default(), version), false))
             }
             opened => opened,
         }
@@ -146,7 +141,7 @@ fn load<T: DeserializeOwned + Default>(
         Some((bytes, version)) => {
             let value =
                 serde_json::from_slice(&bytes).map_err(|source| StoreError::Unreadable {
-                    path: key.name.into(),
+                    location: backend.location(key),
                     source,
                 })?;
             Ok((value, Some(version)))
@@ -211,5 +206,26 @@ mod tests {
         assert_eq!(document.read().len(), 1);
         let stored = std::fs::read_to_string(dir.root().join("settings.json")).unwrap();
         assert!(!stored.contains("\"b\""));
+    }
+
+    /// A damaged document stops `open` (accounts are never silently replaced); `open_or_replace`
+    /// starts from the default and its first update replaces the damaged file.
+    #[test]
+    fn a_damaged_document_is_refused_or_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        std::fs::write(dir.root().join("settings.json"), "{ not json").unwrap();
+        let backend = || Arc::new(FileBackend::new(dir.clone())) as Arc<dyn Backend>;
+        let refused = Document::<Settings>::open(backend(), KEY).err().unwrap();
+        assert!(
+            matches!(refused, StoreError::Unreadable { .. }),
+            "{refused}"
+        );
+        let (document, existed) = Document::<Settings>::open_or_replace(backend(), KEY).unwrap();
+        assert!(!existed);
+        set(&document, "a", "1");
+        let (reopened, existed) = Document::<Settings>::open(backend(), KEY).unwrap();
+        assert!(existed);
+        assert_eq!(reopened.read().get("a").map(String::as_str), Some("1"));
     }
 }
