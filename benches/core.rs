@@ -42,7 +42,7 @@ fn fixture() -> Fixture {
 
 fn minting(c: &mut Criterion) {
     let f = fixture();
-    let factory = LeafFactory::new(&f.dir, f.ca.clone(), 365).unwrap();
+    let factory = LeafFactory::new(&FileBackend::new(f.dir.clone()), f.ca.clone(), 365).unwrap();
     let name = [SubjectName::parse("bench.lab.test").unwrap()];
     c.bench_function("mint a leaf (sign only)", |b| {
         b.iter(|| black_box(factory.mint(&name).unwrap()))
@@ -52,7 +52,7 @@ fn minting(c: &mut Criterion) {
         &f.config,
         Arc::new(FileBackend::new(f.dir.clone())),
         &f.dir,
-        LeafFactory::new(&f.dir, f.ca.clone(), 365).unwrap(),
+        LeafFactory::new(&FileBackend::new(f.dir.clone()), f.ca.clone(), 365).unwrap(),
     )
     .unwrap();
     let local: IpAddr = [127, 0, 0, 1].into();
@@ -72,7 +72,7 @@ fn lookup(c: &mut Criterion) {
             &f.config,
             Arc::new(FileBackend::new(f.dir.clone())),
             &f.dir,
-            LeafFactory::new(&f.dir, f.ca.clone(), 365).unwrap(),
+            LeafFactory::new(&FileBackend::new(f.dir.clone()), f.ca.clone(), 365).unwrap(),
         )
         .unwrap(),
     );

@@ -114,6 +114,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("--store {0:?}: this corral was built without etcd; build it with `--features etcd`")]
+    NoEtcd(String),
 }
 
 /// Loads or creates all state and starts every listener. Errors are fatal start-up errors.
@@ -122,8 +124,11 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         path: config.data_dir.clone(),
         source,
     })?;
-    let store: Arc<dyn Backend> = Arc::new(FileBackend::new(dir.clone()));
-    let (ca, created) = CertificateAuthority::load_or_create(&dir, config.ca_profile)?;
+    let store = open_store(config, &dir)?;
+    let (ca, created) = match config.store {
+        None => CertificateAuthority::load_or_create(&dir, config.ca_profile)?,
+        Some(_) => CertificateAuthority::load_or_create_in(store.clone(), config.ca_profile)?,
+    };
     let verb = if created { "Created" } else { "Loaded" };
     tracing::info!("{verb} CA {} from {}", ca.subject(), dir.root().display());
     let ca = Arc::new(ca);
@@ -135,7 +140,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         tracing::info!("CA checksum: {checksum}");
     }
 
-    let factory = LeafFactory::new(&dir, ca, config.cert_expiration_days)?;
+    let factory = LeafFactory::new(store.as_ref(), ca, config.cert_expiration_days)?;
     let certs = Arc::new(CertService::new(config, store.clone(), &dir, factory)?);
     certs.start_background();
     if let Some(chain) = certs.files_chain()
@@ -158,18 +163,19 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         .map_or(config.https_port, |addr| addr.port());
     let accounts = Accounts::open(
         store.clone(),
-        &dir,
         config.bootstrap_password.clone().map(|s| s.0),
         config.server_url.clone(),
         Arc::new(Pins(certs.clone())),
         &banner_url(config, https_port),
     )?;
+    let accounts = Arc::new(accounts);
+    accounts.follow_store();
     let shutdown = CancellationToken::new();
     let tunnels = Arc::new(TunnelRegistry::new());
     let app = HttpApp::new(Arc::new(AppState {
         cacerts: setting,
         checksum: checksum.clone(),
-        accounts: Arc::new(accounts),
+        accounts: accounts.clone(),
         certs: certs.clone(),
         clusters: Arc::new(Clusters::open(store.clone())?),
         tunnels: tunnels.clone(),
@@ -217,6 +223,21 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         }
     }
     Ok(server)
+}
+
+/// The store `config` names: the data directory, or etcd.
+fn open_store(config: &Config, dir: &DataDir) -> Result<Arc<dyn Backend>, StartError> {
+    let Some(url) = &config.store else {
+        return Ok(Arc::new(FileBackend::new(dir.clone())));
+    };
+    #[cfg(feature = "etcd")]
+    {
+        use crate::store::etcd::{EtcdBackend, EtcdUrl};
+        let backend: Arc<dyn Backend> = EtcdBackend::connect(&EtcdUrl::parse(url)?)?;
+        Ok(backend)
+    }
+    #[cfg(not(feature = "etcd"))]
+    Err(StartError::NoEtcd(url.clone()))
 }
 
 /// Where the welcome banner sends the admin: server-url if set, else the default-route IP (as

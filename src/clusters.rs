@@ -11,7 +11,7 @@ use crate::store::{Backend, Document, Key, StoreError};
 use crate::support::unix_now;
 
 /// Where the clusters are kept; it holds registration-token hashes.
-pub const CLUSTERS: Key = Key::secret("clusters.json");
+pub const CLUSTERS: Key = Key::secret("clusters.json", "corral/clusters");
 
 /// Most clusters one server keeps (a bound on what an admin script gone wrong can create).
 const MAX_CLUSTERS: usize = 10_000;

@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (HTTPS 8443, HTTP 8080 by default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Inspect the CA.
     Ca {
         #[command(subcommand)]
@@ -83,7 +83,7 @@ fn main() -> ExitCode {
         },
     };
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Agent(args) => agent(args),
         Command::Kubeconfig(args) => kubeconfig(args),
         Command::ResetPassword { data_dir } => reset_password(data_dir),
@@ -177,7 +177,7 @@ fn reset_password(data_dir: Option<PathBuf>) -> ExitCode {
     };
     let dir = DataDir::existing(&dir);
     let store = Arc::new(FileBackend::new(dir.clone()));
-    match corral::accounts::bootstrap::reset_password(store, &dir) {
+    match corral::accounts::bootstrap::reset_password(store) {
         Ok(reset) => {
             println!(
                 "New password for default administrator ({}):\n{}",

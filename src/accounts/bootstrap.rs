@@ -3,33 +3,33 @@
 //! show it at every start until then, and a start that fails after printing it loses nothing.
 //! `corral reset-password` sets a new admin password from outside the server.
 
-use std::io;
-
 use std::sync::Arc;
 
 use super::state::{ACCOUNTS, AccountState};
 use super::{FIRST_LOGIN, ResetError};
 use crate::secrets::{TOKEN_LENGTH, hash_password, random_token};
-use crate::store::{Backend, DataDir, Document, SECRET_MODE, read_optional, write_atomic};
+use crate::store::{Backend, Document, Key, StoreError, create_once};
+
+/// Where a generated bootstrap password is kept (Rancher's `cattle-system/bootstrap-secret`).
+pub const BOOTSTRAP: Key = Key::secret("bootstrap-password", "cattle-system/bootstrap-secret");
 
 /// The kept bootstrap password, if there is one.
-pub fn kept(dir: &DataDir) -> Option<String> {
-    let bytes = read_optional(&dir.bootstrap_password()).ok()??;
+pub fn kept(store: &dyn Backend) -> Option<String> {
+    let (bytes, _) = store.read(BOOTSTRAP).ok()??;
     let password = String::from_utf8(bytes).ok()?.trim().to_string();
     (!password.is_empty()).then_some(password)
 }
 
-/// Keeps a generated bootstrap password (0600) until first login.
-pub fn keep(dir: &DataDir, password: &str) -> io::Result<()> {
-    write_atomic(&dir.bootstrap_password(), password.as_bytes(), SECRET_MODE)
+/// Keeps a generated bootstrap password (0600) until first login, unless one is kept already: the
+/// password kept afterwards (ours, or that of a replica that started first).
+pub fn keep(store: &dyn Backend, password: &str) -> Result<String, StoreError> {
+    let kept = create_once(store, BOOTSTRAP, password.as_bytes())?;
+    Ok(String::from_utf8_lossy(&kept).trim().to_string())
 }
 
 /// First login is done (or the password was reset): the bootstrap password is no longer kept.
-pub fn forget(dir: &DataDir) -> io::Result<()> {
-    match std::fs::remove_file(dir.bootstrap_password()) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
+pub fn forget(store: &dyn Backend) -> Result<(), StoreError> {
+    store.delete(BOOTSTRAP)
 }
 
 /// Rancher's welcome banner, one log line per line: with the password while a generated one is
@@ -66,8 +66,8 @@ pub struct Reset {
 /// Sets a new, generated password for `admin` in `dir` and revokes its login tokens (sessions, API
 /// tokens, kubeconfigs): whoever knew the old password may hold one. A running server sees the change
 /// at once (it re-reads the accounts document when it changes in the store).
-pub fn reset_password(store: Arc<dyn Backend>, dir: &DataDir) -> Result<Reset, ResetError> {
-    let (document, existed) = Document::<AccountState>::open(store, ACCOUNTS)?;
+pub fn reset_password(store: Arc<dyn Backend>) -> Result<Reset, ResetError> {
+    let (document, existed) = Document::<AccountState>::open(store.clone(), ACCOUNTS)?;
     if !existed {
         return Err(ResetError::NoSetup);
     }
@@ -90,6 +90,6 @@ pub fn reset_password(store: Arc<dyn Backend>, dir: &DataDir) -> Result<Reset, R
             .or_insert_with(|| "true".into());
         Ok::<_, ResetError>(user_id)
     })?;
-    forget(dir).map_err(ResetError::Bootstrap)?;
+    forget(store.as_ref()).map_err(ResetError::Bootstrap)?;
     Ok(Reset { user_id, password })
 }

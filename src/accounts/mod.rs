@@ -25,7 +25,7 @@ pub use crate::pki::{ServerUrl, ServerUrlError};
 use crate::secrets::{
     self, hash_password, hash_token_secret, random_suffix, random_token, same_hash,
 };
-use crate::store::{Backend, DataDir, Document, StoreError};
+use crate::store::{Backend, Document, StoreError};
 use crate::support::unix_now;
 use password_gate::{Busy, PasswordGate};
 use state::{ACCOUNTS, AccountState, Token, User};
@@ -74,7 +74,7 @@ pub enum AccountError {
     #[error("cannot load the accounts: {0}")]
     Load(#[source] StoreError),
     #[error("cannot keep the bootstrap password: {0}")]
-    Bootstrap(#[source] std::io::Error),
+    Bootstrap(#[source] StoreError),
     #[error("cannot pin the certificate: {0}")]
     Pinning(#[source] PinError),
 }
@@ -84,7 +84,9 @@ impl AccountError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             AccountError::TooManyAttempts(wait) => Some(*wait),
-            AccountError::Busy => Some(Duration::from_secs(1)),
+            AccountError::Busy | AccountError::Storage(StoreError::Unavailable(_)) => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         }
     }
@@ -123,7 +125,7 @@ pub enum ResetError {
     #[error("cannot reset the password: {0}")]
     Storage(#[from] StoreError),
     #[error("cannot remove the kept bootstrap password: {0}")]
-    Bootstrap(#[source] std::io::Error),
+    Bootstrap(#[source] StoreError),
 }
 
 /// Where a setting's value comes from, as norman reports it.
@@ -166,7 +168,7 @@ pub struct Caller {
 /// The accounts service.
 pub struct Accounts {
     document: Document<AccountState>,
-    dir: DataDir,
+    store: Arc<dyn Backend>,
     /// `server-url` from `--server-url` / `CATTLE_SERVER_URL`: pinned from boot, read-only.
     env_server_url: Option<ServerUrl>,
     pins: Arc<dyn Pinning>,
@@ -178,21 +180,20 @@ pub struct Accounts {
 
 impl Accounts {
     /// Loads the accounts from `store`, creating the `admin` user on first start, and pins the
-    /// certificates if a server-url is known. `dir` keeps the bootstrap password; `banner_url` is
-    /// where the log tells the admin to go.
+    /// certificates if a server-url is known. `banner_url` is where the log tells the admin to go.
     pub fn open(
         store: Arc<dyn Backend>,
-        dir: &DataDir,
         bootstrap_password: Option<String>,
         env_server_url: Option<ServerUrl>,
         pins: Arc<dyn Pinning>,
         banner_url: &str,
     ) -> Result<Self, AccountError> {
-        let (document, existed) = Document::open(store, ACCOUNTS).map_err(AccountError::Load)?;
+        let (document, existed) =
+            Document::open(store.clone(), ACCOUNTS).map_err(AccountError::Load)?;
         let first_start = !existed;
         let accounts = Self {
             document,
-            dir: dir.clone(),
+            store,
             env_server_url,
             pins,
             login_limiter: ClientLimiter::new(
@@ -206,7 +207,10 @@ impl Accounts {
             accounts.create_admin(bootstrap_password)?;
         }
         if accounts.first_login() {
-            bootstrap::log_banner(banner_url, bootstrap::kept(dir).as_deref());
+            bootstrap::log_banner(
+                banner_url,
+                bootstrap::kept(accounts.store.as_ref()).as_deref(),
+            );
         }
         if let Some(url) = accounts.server_url_value()
             && let Some(staged) = accounts
@@ -219,21 +223,54 @@ impl Accounts {
         Ok(accounts)
     }
 
+    /// With a store other writers share (replicas on etcd): a change another replica makes takes
+    /// effect here as it happens — above all server-url, which pins this replica's certificates too.
+    pub fn follow_store(self: &Arc<Self>) {
+        let Some(mut changes) = self.store.changes() else {
+            return;
+        };
+        let accounts = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                match changes.recv().await {
+                    Ok(path) if path != ACCOUNTS.path => continue,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+                let Some(accounts) = accounts.upgrade() else {
+                    return;
+                };
+                accounts.pin_to_stored_server_url();
+            }
+        });
+    }
+
+    /// Pins the certificates to server-url's host if it is set and they are not pinned yet.
+    fn pin_to_stored_server_url(&self) {
+        let Some(url) = self.server_url_value() else {
+            return;
+        };
+        match self.pins.stage(url.host()) {
+            Ok(Some(staged)) => staged.commit(),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("server-url is {url}, but pinning failed: {e}"),
+        }
+    }
+
     /// Creates `admin` on a first start, with the bootstrap password: one kept by an earlier start
     /// that did not finish (it wins, as Rancher's bootstrap secret does), else `CATTLE_BOOTSTRAP_PASSWORD`,
     /// else a generated one. A generated password is kept (0600) before the admin is written, so a
-    /// start that fails after this point loses nothing.
+    /// start that fails after this point loses nothing; replicas starting at once on one store keep
+    /// one password and create one admin.
     fn create_admin(&self, bootstrap_password: Option<String>) -> Result<(), AccountError> {
-        let password = match (bootstrap::kept(&self.dir), bootstrap_password) {
+        let store = self.store.as_ref();
+        let password = match (bootstrap::kept(store), bootstrap_password) {
             (Some(kept), _) => kept,
             (None, Some(given)) if !given.is_empty() => given,
-            (None, _) => {
-                let generated = random_token(secrets::TOKEN_LENGTH);
-                bootstrap::keep(&self.dir, &generated).map_err(AccountError::Bootstrap)?;
-                generated
-            }
+            (None, _) => bootstrap::keep(store, &random_token(secrets::TOKEN_LENGTH))
+                .map_err(AccountError::Bootstrap)?,
         };
-        let generated = bootstrap::kept(&self.dir).is_some();
+        let generated = bootstrap::kept(store).is_some();
         let admin = User {
             id: format!("user-{}", random_suffix()),
             username: "admin".into(),
@@ -242,6 +279,9 @@ impl Accounts {
             must_change_password: generated || password == "admin",
         };
         self.document.update(|state| {
+            if state.users.iter().any(|u| u.username == "admin") {
+                return Ok(()); // Another replica was first.
+            }
             state.created = unix_now();
             state.users.push(admin.clone());
             state.settings.insert(FIRST_LOGIN.into(), "true".into());
@@ -380,7 +420,7 @@ impl Accounts {
 
     /// Whether a generated bootstrap password is still kept (first login not done yet).
     pub fn bootstrap_password_generated(&self) -> bool {
-        bootstrap::kept(&self.dir).is_some()
+        bootstrap::kept(self.store.as_ref()).is_some()
     }
 
     /// Whether the admin still has to complete first login.
@@ -478,7 +518,7 @@ impl Accounts {
 
     /// First login is complete: the bootstrap password is no longer kept.
     fn first_login_done(&self) {
-        if let Err(e) = bootstrap::forget(&self.dir) {
+        if let Err(e) = bootstrap::forget(self.store.as_ref()) {
             tracing::warn!("cannot remove the kept bootstrap password: {e}");
         }
     }
@@ -509,7 +549,6 @@ mod tests {
         let dir = DataDir::open(tmp.path()).unwrap();
         let setup = Accounts::open(
             Arc::new(FileBackend::new(dir.clone())),
-            &dir,
             Some("a-bootstrap-password".into()),
             None,
             Arc::new(NoPins),

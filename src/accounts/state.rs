@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::store::Key;
 
 /// Where the accounts document is kept; it holds password and token hashes.
-pub const ACCOUNTS: Key = Key::secret("setup.json");
+pub const ACCOUNTS: Key = Key::secret("setup.json", "corral/accounts");
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -338,8 +338,8 @@ mod tests {
         })
         .unwrap();
         let (ca, _) = CertificateAuthority::load_or_create(&dir, CaProfile::Cattle).unwrap();
-        let factory = LeafFactory::new(&dir, Arc::new(ca), 30).unwrap();
         let store = Arc::new(FileBackend::new(dir.clone()));
+        let factory = LeafFactory::new(store.as_ref(), Arc::new(ca), 30).unwrap();
         (
             tmp,
             CertService::new(&config, store, &dir, factory).unwrap(),

@@ -21,7 +21,7 @@ use crate::pki::{NameError, SubjectName};
 use crate::store::{Backend, Key};
 
 /// Where the certificate pinned to server-url's host is kept.
-pub const PINNED: Key = Key::public("pinned-cert.json");
+pub const PINNED: Key = Key::public("pinned-cert.json", "corral/pinned-cert");
 
 pub struct PerHost {
     leaves: Cache<SubjectName, Arc<Served>>,

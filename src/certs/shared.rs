@@ -19,7 +19,7 @@ use crate::store::{Backend, Key};
 use crate::support::authority_host;
 
 /// Where the shared certificate and its names are kept.
-pub const SHARED: Key = Key::public("shared-cert.json");
+pub const SHARED: Key = Key::public("shared-cert.json", "cattle-system/serving-cert");
 
 pub struct Shared {
     cert: Arc<PersistedCert>,

@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// Directory holding the CA, keys and state [default: $XDG_DATA_HOME/corral or ~/.local/share/corral].
     #[arg(long, env = "CORRAL_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Keep the CA, keys, accounts and clusters in etcd instead, shared by replicas:
+    /// etcd://HOST:PORT[,HOST:PORT…] [default: the data directory].
+    #[arg(long, env = "CORRAL_STORE", value_name = "URL")]
+    pub store: Option<String>,
     /// Addresses to listen on, comma separated [default: :: (all interfaces, IPv4 and IPv6)].
     #[arg(long, env = "CORRAL_BIND", value_delimiter = ',', value_name = "IP")]
     pub bind: Option<Vec<IpAddr>>,
@@ -210,6 +214,8 @@ impl ServeArgs {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// Where durable state is kept: `None` for the data directory, else a store URL (`etcd://…`).
+    pub store: Option<String>,
     pub bind: Vec<IpAddr>,
     pub https_port: u16,
     pub http_port: u16,
@@ -280,6 +286,7 @@ impl Config {
         let tls = s.tls_inputs().resolve()?;
         let config = Config {
             data_dir,
+            store: s.store.clone().filter(|url| !url.trim().is_empty()),
             bind: given(s.bind, "bind")?,
             https_port: given(s.https_port, "https-port")?,
             http_port: given(s.http_port, "http-port")?,
@@ -416,6 +423,7 @@ mod tests {
             "cacerts",
             "data_dir",
             "server_url",
+            "store",
             "tls_cert",
             "tls_key",
         ];

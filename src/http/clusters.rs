@@ -15,6 +15,7 @@ use crate::accounts::SERVER_URL;
 use crate::clusters::{Cluster, ClusterError};
 use crate::kubeconfig::{KubeconfigInput, render};
 use crate::pki::ca_checksum;
+use crate::store::StoreError;
 
 /// Lifetime of a token made for a kubeconfig (Rancher's `kubeconfig-default-token-ttl-minutes`).
 const KUBECONFIG_TOKEN_TTL_SECS: i64 = 30 * 24 * 3600;
@@ -34,6 +35,9 @@ fn cluster_error(error: &ClusterError) -> Response<Body> {
     let (status, code) = match error {
         ClusterError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
         ClusterError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "InvalidBodyContent"),
+        ClusterError::Storage(StoreError::Unavailable(_)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+        }
         ClusterError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "ServerError"),
     };
     norman_error(status, code, &error.to_string())

@@ -37,6 +37,7 @@ use tower::ServiceExt;
 
 use crate::accounts::{AccountError, Accounts};
 use crate::certs::CertService;
+use crate::store::StoreError;
 
 /// A client has this long to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -325,6 +326,9 @@ pub(crate) fn account_error(error: &AccountError) -> Response<Body> {
         }
         AccountError::ServerUrlLocked { .. } => (StatusCode::CONFLICT, "Conflict"),
         AccountError::ReadOnlyFromEnv(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+        AccountError::Storage(StoreError::Unavailable(_)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+        }
         AccountError::Storage(_)
         | AccountError::Load(_)
         | AccountError::Bootstrap(_)

@@ -14,8 +14,25 @@ use rustls::pki_types::pem::PemObject;
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use serde::{Deserialize, Serialize};
+
 use super::{dn_value, random_serial};
-use crate::store::{DataDir, PUBLIC_MODE, SECRET_MODE, read_optional, write_atomic};
+use crate::store::{
+    Backend, DataDir, Document, Key, PUBLIC_MODE, SECRET_MODE, read_optional, write_atomic,
+};
+
+/// Where a distributed store keeps the CA: certificate and key together, in one value, as Rancher's
+/// `cattle-system/tls-rancher` secret has them.
+pub const CA_SECRET: Key = Key::secret("tls-rancher.json", "cattle-system/tls-rancher");
+
+/// The CA as [`CA_SECRET`] keeps it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct CaSecret {
+    #[serde(rename = "tls.crt")]
+    cert: String,
+    #[serde(rename = "tls.key")]
+    key: String,
+}
 
 /// CA lifetime: ten years, as dynamiclistener and Rancher ≤ 2.3 both use.
 const CA_LIFETIME: Duration = Duration::days(3650);
@@ -68,6 +85,8 @@ pub enum CaError {
     MissingKey { cert: PathBuf, key: PathBuf },
     #[error("cannot generate the CA: {0}")]
     Generate(rcgen::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// What is wrong with a stored CA certificate or key.
@@ -135,23 +154,68 @@ impl CertificateAuthority {
                 key: key_path,
             });
         };
+        Self::from_pems(&cert_pem, &cert_path, key_pem, &key_path).map(Some)
+    }
+
+    /// The CA kept in a distributed store ([`CA_SECRET`]), or a new one stored there if there is
+    /// none. Replicas starting at once on an empty store store one CA, and all load it: the
+    /// compare-and-swap lets only the first write in. Returns the CA and whether this call made it.
+    pub fn load_or_create_in(
+        store: std::sync::Arc<dyn Backend>,
+        profile: CaProfile,
+    ) -> Result<(Self, bool), CaError> {
+        let location = PathBuf::from(store.location(CA_SECRET));
+        let (document, _) = Document::<CaSecret>::open(store, CA_SECRET)?;
+        let mut stored = document.read();
+        let mut created = false;
+        if stored.cert.is_empty() {
+            let (cert, key) = Self::generate(profile)?;
+            let ours = CaSecret {
+                cert: cert.pem(),
+                key: key.serialize_pem(),
+            };
+            stored = document.update(|secret| {
+                created = secret.cert.is_empty();
+                if created {
+                    *secret = ours.clone();
+                }
+                Ok::<_, CaError>(std::sync::Arc::new(secret.clone()))
+            })?;
+        }
+        let ca = Self::from_pems(
+            stored.cert.as_bytes(),
+            &location,
+            stored.key.clone().into_bytes(),
+            &location,
+        )?;
+        Ok((ca, created))
+    }
+
+    /// A CA from its certificate and key, PEM; the paths name them in errors.
+    fn from_pems(
+        cert_pem: &[u8],
+        cert_path: &Path,
+        key_pem: Vec<u8>,
+        key_path: &Path,
+    ) -> Result<Self, CaError> {
         let corrupt = |path: &Path, reason: Unusable| CaError::Corrupt {
             path: path.to_path_buf(),
             reason,
         };
         let key_text =
-            String::from_utf8(key_pem).map_err(|_| corrupt(&key_path, Unusable::NotText))?;
+            String::from_utf8(key_pem).map_err(|_| corrupt(key_path, Unusable::NotText))?;
         let key =
-            KeyPair::from_pem(&key_text).map_err(|e| corrupt(&key_path, Unusable::NotAKey(e)))?;
-        let der = CertificateDer::from_pem_slice(&cert_pem)
-            .map_err(|e| corrupt(&cert_path, Unusable::NoPem(e)))?;
-        let details = inspect(&der, &key).map_err(|reason| corrupt(&cert_path, reason))?;
+            KeyPair::from_pem(&key_text).map_err(|e| corrupt(key_path, Unusable::NotAKey(e)))?;
+        let der = CertificateDer::from_pem_slice(cert_pem)
+            .map_err(|e| corrupt(cert_path, Unusable::NoPem(e)))?;
+        let details = inspect(&der, &key).map_err(|reason| corrupt(cert_path, reason))?;
         let issuer = Issuer::from_ca_cert_der(&der, key)
-            .map_err(|e| corrupt(&cert_path, Unusable::CannotSign(e)))?;
-        Ok(Some(Self::assemble(der, issuer, details)))
+            .map_err(|e| corrupt(cert_path, Unusable::CannotSign(e)))?;
+        Ok(Self::assemble(der, issuer, details))
     }
 
-    fn create(dir: &DataDir, profile: CaProfile) -> Result<Self, CaError> {
+    /// A new self-signed CA certificate and its key (`profile`'s names, ten years, P-256).
+    fn generate(profile: CaProfile) -> Result<(rcgen::Certificate, KeyPair), CaError> {
         let now = OffsetDateTime::now_utc();
         let (organization, common_name) = profile.subject(now);
         let mut params = CertificateParams::default();
@@ -173,16 +237,21 @@ impl CertificateAuthority {
             KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::Generate)?;
         params.key_identifier_method = super::key_identifier(key.public_key_raw());
         let cert = params.self_signed(&key).map_err(CaError::Generate)?;
+        Ok((cert, key))
+    }
+
+    fn create(dir: &DataDir, profile: CaProfile) -> Result<Self, CaError> {
+        let (cert, key) = Self::generate(profile)?;
         // Key first: a crash between the two writes leaves a key without a certificate, which `load`
         // treats as "no CA yet", never a certificate whose key is lost.
         persist(&dir.ca_key(), key.serialize_pem().as_bytes(), SECRET_MODE)?;
         persist(&dir.ca_cert(), cert.pem().as_bytes(), PUBLIC_MODE)?;
-        let der = cert.der().clone();
-        let details = inspect(&der, &key).map_err(|reason| CaError::Corrupt {
-            path: dir.ca_cert(),
-            reason,
-        })?;
-        Ok(Self::assemble(der, Issuer::new(params, key), details))
+        Self::from_pems(
+            cert.pem().as_bytes(),
+            &dir.ca_cert(),
+            key.serialize_pem().into_bytes(),
+            &dir.ca_key(),
+        )
     }
 
     fn assemble(
@@ -288,6 +357,24 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::open(&tmp.path().join("data")).unwrap();
         (tmp, dir)
+    }
+
+    /// Replicas starting at once on one empty store: one CA is made, and every replica loads it.
+    #[test]
+    fn replicas_starting_at_once_agree_on_one_ca() {
+        let (_tmp, dir) = data_dir();
+        let starts: Vec<_> = (0..4)
+            .map(|_| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    let store = std::sync::Arc::new(crate::store::FileBackend::new(dir));
+                    CertificateAuthority::load_or_create_in(store, CaProfile::Cattle).unwrap()
+                })
+            })
+            .collect();
+        let cas: Vec<_> = starts.into_iter().map(|s| s.join().unwrap()).collect();
+        assert_eq!(cas.iter().filter(|(_, created)| *created).count(), 1);
+        assert!(cas.iter().all(|(ca, _)| ca.cacerts() == cas[0].0.cacerts()));
     }
 
     #[test]

@@ -15,7 +15,10 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::ca::BACKDATE;
 use super::{CaError, CertificateAuthority, SubjectName, dn_value, random_serial};
-use crate::store::{DataDir, SECRET_MODE, read_optional, write_atomic};
+use crate::store::{Backend, Key, create_once};
+
+/// Where the shared leaf key is kept.
+pub const LEAF_KEY: Key = Key::secret("leaf.key", "corral/leaf-key");
 
 /// A freshly signed leaf.
 #[derive(Debug, Clone)]
@@ -32,13 +35,14 @@ pub struct LeafFactory {
 }
 
 impl LeafFactory {
-    /// A factory whose leaves live `lifetime_days`, using the leaf key stored in `dir` (made if absent).
+    /// A factory whose leaves live `lifetime_days`, using the leaf key kept in `store` (made if
+    /// absent).
     pub fn new(
-        dir: &DataDir,
+        store: &dyn Backend,
         ca: Arc<CertificateAuthority>,
         lifetime_days: u32,
     ) -> Result<Self, CaError> {
-        let key = load_or_create_leaf_key(dir)?;
+        let key = load_or_create_leaf_key(store)?;
         Ok(Self {
             ca,
             key,
@@ -107,23 +111,20 @@ fn san(name: &SubjectName) -> Result<SanType, rcgen::Error> {
 
 /// The leaf key is not pinned by anyone (leaves are re-signed freely), so an unreadable one is
 /// replaced with a warning rather than stopping the server.
-fn load_or_create_leaf_key(dir: &DataDir) -> Result<KeyPair, CaError> {
-    let path = dir.leaf_key();
-    let io_err = |source| CaError::Io {
-        path: path.clone(),
-        source,
-    };
-    if let Some(pem) = read_optional(&path).map_err(io_err)? {
-        match std::str::from_utf8(&pem).ok().map(KeyPair::from_pem) {
-            Some(Ok(key)) => return Ok(key),
-            _ => tracing::warn!(
-                "{} is unreadable; generating a new leaf key",
-                path.display()
-            ),
-        }
-    }
+fn load_or_create_leaf_key(store: &dyn Backend) -> Result<KeyPair, CaError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::Generate)?;
-    write_atomic(&path, key.serialize_pem().as_bytes(), SECRET_MODE).map_err(io_err)?;
+    let pem = key.serialize_pem();
+    // Ours, or that of a replica that started first.
+    let kept = create_once(store, LEAF_KEY, pem.as_bytes())?;
+    if let Some(Ok(kept)) = std::str::from_utf8(&kept).ok().map(KeyPair::from_pem) {
+        return Ok(kept);
+    }
+    tracing::warn!(
+        "{} is unreadable; generating a new leaf key",
+        store.location(LEAF_KEY)
+    );
+    let version = store.version(LEAF_KEY)?;
+    store.write(LEAF_KEY, pem.as_bytes(), version)?;
     Ok(key)
 }
 
@@ -131,13 +132,15 @@ fn load_or_create_leaf_key(dir: &DataDir) -> Result<KeyPair, CaError> {
 mod tests {
     use super::*;
     use crate::pki::CaProfile;
+    use crate::store::{DataDir, FileBackend};
 
     #[test]
     fn leaf_carries_names_and_is_backdated() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::open(tmp.path()).unwrap();
         let (ca, _) = CertificateAuthority::load_or_create(&dir, CaProfile::Cattle).unwrap();
-        let factory = LeafFactory::new(&dir, Arc::new(ca), 365).unwrap();
+        let store = FileBackend::new(dir.clone());
+        let factory = LeafFactory::new(&store, Arc::new(ca), 365).unwrap();
         let names = [
             SubjectName::parse("alpha.lab.test").unwrap(),
             SubjectName::parse("127.0.0.7").unwrap(),
@@ -168,7 +171,8 @@ mod tests {
         let dir = DataDir::open(tmp.path()).unwrap();
         let (ca, _) = CertificateAuthority::load_or_create(&dir, CaProfile::Cattle).unwrap();
         let ca_der = ca.der().to_vec();
-        let factory = LeafFactory::new(&dir, Arc::new(ca), 365).unwrap();
+        let store = FileBackend::new(dir.clone());
+        let factory = LeafFactory::new(&store, Arc::new(ca), 365).unwrap();
         let leaf = factory
             .mint(&[SubjectName::parse("a.lab.test").unwrap()])
             .unwrap();

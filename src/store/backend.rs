@@ -7,21 +7,29 @@ use std::path::{Path, PathBuf};
 
 use super::dir::{DataDir, PUBLIC_MODE, SECRET_MODE, read_optional, write_atomic};
 
-/// A document's name in the store, and whether it holds secrets (written 0600 in the data directory).
+/// Where a value is kept: its file in the data directory (`name`, also what logs call it), its key
+/// under a distributed store's prefix (`path`), and whether it holds secrets (0600 in the data
+/// directory).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key {
     pub name: &'static str,
+    pub path: &'static str,
     pub secret: bool,
 }
 
 impl Key {
-    pub const fn secret(name: &'static str) -> Self {
-        Self { name, secret: true }
-    }
-
-    pub const fn public(name: &'static str) -> Self {
+    pub const fn secret(name: &'static str, path: &'static str) -> Self {
         Self {
             name,
+            path,
+            secret: true,
+        }
+    }
+
+    pub const fn public(name: &'static str, path: &'static str) -> Self {
+        Self {
+            name,
+            path,
             secret: false,
         }
     }
@@ -30,6 +38,17 @@ impl Key {
 /// Which write of a document is stored: changes with every write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Version(u128);
+
+impl Version {
+    /// A backend's own version number (etcd's revision), as a `Version`.
+    pub fn from_raw(raw: u128) -> Self {
+        Self(raw)
+    }
+
+    pub fn raw(self) -> u128 {
+        self.0
+    }
+}
 
 /// Why the store could not read or write a document.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +63,9 @@ pub enum StoreError {
     /// Another writer changed the document between our read and our write.
     #[error("{0} was changed by another writer")]
     Conflict(&'static str),
+    /// The store cannot be reached (or did not answer in time): nothing was written.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Where documents are kept: whole values, versioned, written with compare-and-swap.
@@ -62,6 +84,30 @@ pub trait Backend: Send + Sync + 'static {
         bytes: &[u8],
         expected: Option<Version>,
     ) -> Result<Version, StoreError>;
+    /// Removes `key` (nothing when it is not there).
+    fn delete(&self, key: Key) -> Result<(), StoreError>;
+    /// The paths ([`Key::path`]) of the values other writers change from now on, as they change;
+    /// `None` for a backend that only notices them when read (the data directory:
+    /// [`Backend::version`] on each read).
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        None
+    }
+}
+
+/// Stores `bytes` under `key` unless something is stored there already, and returns what is stored
+/// afterwards: ours, or the value of whoever was first (replicas starting at once agree on one).
+pub fn create_once(backend: &dyn Backend, key: Key, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+    for _ in 0..8 {
+        if let Some((stored, _)) = backend.read(key)? {
+            return Ok(stored);
+        }
+        match backend.write(key, bytes, None) {
+            Ok(_) => return Ok(bytes.to_vec()),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Conflict(key.name))
 }
 
 /// Documents as files of the data directory: atomic writes (temp file, fsync, rename, directory
@@ -143,6 +189,14 @@ impl Backend for FileBackend {
                 "gone right after it was written",
             ))
         })
+    }
+
+    fn delete(&self, key: Key) -> Result<(), StoreError> {
+        let path = self.path(key);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(&path)(e)),
+            _ => Ok(()),
+        }
     }
 }
 

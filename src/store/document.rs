@@ -156,7 +156,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     type Settings = BTreeMap<String, String>;
-    const KEY: Key = Key::secret("settings.json");
+    const KEY: Key = Key::secret("settings.json", "test/settings");
 
     fn set(document: &Document<Settings>, key: &str, value: &str) {
         document

@@ -13,7 +13,9 @@
 mod backend;
 pub mod dir;
 mod document;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 
-pub use backend::{Backend, FileBackend, Key, StoreError, Version};
+pub use backend::{Backend, FileBackend, Key, StoreError, Version, create_once};
 pub use dir::{DataDir, PUBLIC_MODE, SECRET_MODE, read_optional, write_atomic};
 pub use document::Document;

@@ -1,0 +1,368 @@
+//! The store on etcd (v3 API), for replicas that share one installation.
+//!
+//! Every value lives under one prefix (`/corral/` + [`Key::path`]), readable with
+//! `etcdctl get --prefix /corral/`. Reads never leave the process: the whole prefix is loaded at
+//! start and kept current by a watch, so a handshake or a request never waits for etcd, and a
+//! replica keeps serving what it has while etcd is away. Writes are transactions on the key's
+//! revision (compare-and-swap): of replicas writing at once, one wins and the others see a
+//! conflict, re-read and try again (see `Document::update`). A write etcd does not take within
+//! [`REQUEST_TIMEOUT`] fails with [`StoreError::Unavailable`] and changes nothing.
+//!
+//! etcd's client is asynchronous and the [`Backend`] trait is not: the client runs on a runtime of
+//! its own, on its own thread, and a write waits for its answer (off the async workers, through
+//! `block_in_place`, when called from one).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions,
+};
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::broadcast;
+
+use super::backend::{Backend, Key, StoreError, Version};
+
+/// How long a read or write may wait for etcd before it counts as unavailable.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// The first and the longest wait before watching again after the watch broke.
+const REWATCH_FIRST: Duration = Duration::from_millis(200);
+const REWATCH_MAX: Duration = Duration::from_secs(5);
+/// The prefix every value is kept under.
+pub const PREFIX: &str = "/corral/";
+
+/// Where etcd is: `etcd://HOST:PORT[,HOST:PORT…]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdUrl {
+    pub endpoints: Vec<String>,
+}
+
+impl EtcdUrl {
+    pub fn parse(raw: &str) -> Result<Self, StoreError> {
+        let invalid =
+            || StoreError::Unavailable(format!("{raw:?} is not etcd://HOST:PORT[,HOST:PORT…]"));
+        let list = raw.trim().strip_prefix("etcd://").ok_or_else(invalid)?;
+        let endpoints: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|e| match crate::support::split_host_port(e) {
+                Some(_) => Ok(format!("http://{e}")),
+                None => Err(invalid()),
+            })
+            .collect::<Result<_, _>>()?;
+        if endpoints.is_empty() {
+            return Err(invalid());
+        }
+        Ok(Self { endpoints })
+    }
+}
+
+/// A value as last seen: its bytes and etcd's revision of its last change.
+struct Entry {
+    bytes: Vec<u8>,
+    revision: i64,
+}
+
+pub struct EtcdBackend {
+    client: Client,
+    runtime: Handle,
+    /// Every value under the prefix, by path, as of the last event seen.
+    cache: RwLock<HashMap<String, Entry>>,
+    changes: broadcast::Sender<String>,
+}
+
+impl EtcdBackend {
+    /// Connects, loads every value under the prefix and starts following changes. Fails when etcd
+    /// does not answer within [`REQUEST_TIMEOUT`].
+    pub fn connect(url: &EtcdUrl) -> Result<Arc<Self>, StoreError> {
+        let runtime = client_runtime()?;
+        let endpoints = url.endpoints.clone();
+        let options = ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
+        let client = wait_on(&runtime, async move {
+            Client::connect(endpoints, Some(options)).await
+        })?;
+        let (changes, _) = broadcast::channel(256);
+        let backend = Arc::new(Self {
+            client,
+            runtime,
+            cache: RwLock::new(HashMap::new()),
+            changes,
+        });
+        let revision = backend.resync()?;
+        let follower = Arc::downgrade(&backend);
+        backend.runtime.spawn(follow(follower, revision));
+        tracing::info!(
+            "store: etcd at {} ({} values under {PREFIX})",
+            url.endpoints.join(", "),
+            backend.read_cache().len()
+        );
+        Ok(backend)
+    }
+
+    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry>> {
+        self.cache.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Entry>> {
+        self.cache.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads the whole prefix, replaces the cache with it and announces what changed; returns the
+    /// revision it is current as of.
+    fn resync(&self) -> Result<i64, StoreError> {
+        let mut kv = self.client.kv_client();
+        let response = wait_on(&self.runtime, async move {
+            kv.get(PREFIX, Some(GetOptions::new().with_prefix())).await
+        })?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        let mut fresh = HashMap::new();
+        for kv in response.kvs() {
+            if let Some(path) = path_of(kv.key()) {
+                let entry = Entry {
+                    bytes: kv.value().to_vec(),
+                    revision: kv.mod_revision(),
+                };
+                fresh.insert(path, entry);
+            }
+        }
+        let changed: Vec<String> = {
+            let mut cache = self.write_cache();
+            let changed = fresh
+                .iter()
+                .filter(|(path, e)| cache.get(*path).is_none_or(|c| c.revision != e.revision))
+                .map(|(path, _)| path.clone())
+                .chain(cache.keys().filter(|p| !fresh.contains_key(*p)).cloned())
+                .collect();
+            *cache = fresh;
+            changed
+        };
+        for path in changed {
+            let _ = self.changes.send(path);
+        }
+        Ok(revision)
+    }
+
+    /// Applies one watched change, unless the cache has seen it (or a later one) already.
+    fn apply(&self, path: String, entry: Option<Entry>, revision: i64) {
+        {
+            let mut cache = self.write_cache();
+            if cache.get(&path).is_some_and(|c| c.revision >= revision) {
+                return;
+            }
+            match entry {
+                Some(entry) => cache.insert(path.clone(), entry),
+                None => cache.remove(&path),
+            };
+        }
+        let _ = self.changes.send(path);
+    }
+}
+
+/// Follows every change under the prefix from `revision` on, for as long as the backend lives;
+/// after a broken watch (etcd away, a compaction) it loads everything again and watches on.
+async fn follow(backend: std::sync::Weak<EtcdBackend>, mut revision: i64) {
+    let mut wait = REWATCH_FIRST;
+    loop {
+        let Some(strong) = backend.upgrade() else {
+            return;
+        };
+        let mut watcher = strong.client.watch_client();
+        drop(strong);
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        match watcher.watch(PREFIX, Some(options)).await {
+            Ok(mut stream) => loop {
+                let message = stream.message().await;
+                let Some(backend) = backend.upgrade() else {
+                    return;
+                };
+                let response = match message {
+                    Ok(Some(response)) => response,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!("store: the etcd watch broke ({e}); watching again");
+                        break;
+                    }
+                };
+                if response.canceled() || response.compact_revision() > 0 {
+                    break;
+                }
+                for event in response.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    let Some(path) = path_of(kv.key()) else {
+                        continue;
+                    };
+                    let entry = (event.event_type() == EventType::Put).then(|| Entry {
+                        bytes: kv.value().to_vec(),
+                        revision: kv.mod_revision(),
+                    });
+                    backend.apply(path, entry, kv.mod_revision());
+                    revision = revision.max(kv.mod_revision());
+                }
+                wait = REWATCH_FIRST;
+            },
+            Err(e) => tracing::warn!("store: cannot watch etcd ({e}); retrying in {wait:?}"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(REWATCH_MAX);
+        // Whatever happened while not watching is read whole, then watched from there.
+        let Some(strong) = backend.upgrade() else {
+            return;
+        };
+        if let Ok(current) = strong.resync() {
+            revision = current;
+        }
+    }
+}
+
+impl Backend for EtcdBackend {
+    fn read(&self, key: Key) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
+        Ok(self
+            .read_cache()
+            .get(key.path)
+            .map(|e| (e.bytes.clone(), revision_version(e.revision))))
+    }
+
+    fn version(&self, key: Key) -> Result<Option<Version>, StoreError> {
+        Ok(self
+            .read_cache()
+            .get(key.path)
+            .map(|e| revision_version(e.revision)))
+    }
+
+    fn location(&self, key: Key) -> String {
+        format!("etcd {PREFIX}{}", key.path)
+    }
+
+    fn write(
+        &self,
+        key: Key,
+        bytes: &[u8],
+        expected: Option<Version>,
+    ) -> Result<Version, StoreError> {
+        let full = format!("{PREFIX}{}", key.path);
+        let compare = match expected {
+            Some(version) => {
+                Compare::mod_revision(full.clone(), CompareOp::Equal, version_revision(version))
+            }
+            None => Compare::create_revision(full.clone(), CompareOp::Equal, 0),
+        };
+        let txn = Txn::new()
+            .when(vec![compare])
+            .and_then(vec![TxnOp::put(full.clone(), bytes.to_vec(), None)])
+            .or_else(vec![TxnOp::get(full, None)]);
+        let mut kv = self.client.kv_client();
+        let response = wait_on(&self.runtime, async move { kv.txn(txn).await })?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        if response.succeeded() {
+            self.apply(
+                key.path.to_string(),
+                Some(Entry {
+                    bytes: bytes.to_vec(),
+                    revision,
+                }),
+                revision,
+            );
+            return Ok(revision_version(revision));
+        }
+        // Lost to another writer: take what it wrote now, so the retry starts from there.
+        for op in response.op_responses() {
+            if let TxnOpResponse::Get(get) = op {
+                match get.kvs().first() {
+                    Some(kv) => self.apply(
+                        key.path.to_string(),
+                        Some(Entry {
+                            bytes: kv.value().to_vec(),
+                            revision: kv.mod_revision(),
+                        }),
+                        kv.mod_revision(),
+                    ),
+                    None => self.apply(key.path.to_string(), None, revision),
+                }
+            }
+        }
+        Err(StoreError::Conflict(key.name))
+    }
+
+    fn delete(&self, key: Key) -> Result<(), StoreError> {
+        let full = format!("{PREFIX}{}", key.path);
+        let mut kv = self.client.kv_client();
+        let response = wait_on(&self.runtime, async move { kv.delete(full, None).await })?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        self.apply(key.path.to_string(), None, revision);
+        Ok(())
+    }
+
+    fn changes(&self) -> Option<broadcast::Receiver<String>> {
+        Some(self.changes.subscribe())
+    }
+}
+
+fn revision_version(revision: i64) -> Version {
+    Version::from_raw(revision as u128)
+}
+
+fn version_revision(version: Version) -> i64 {
+    version.raw() as i64
+}
+
+/// The path under the prefix of an etcd key; `None` for keys outside it.
+fn path_of(key: &[u8]) -> Option<String> {
+    std::str::from_utf8(key)
+        .ok()?
+        .strip_prefix(PREFIX)
+        .map(str::to_string)
+}
+
+/// A single-threaded runtime on a thread of its own, for etcd's client.
+fn client_runtime() -> Result<Handle, StoreError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("corral-etcd")
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("cannot start etcd's client: {e}")))?;
+    let handle = runtime.handle().clone();
+    // The runtime lives as long as the process: its thread parks on a future that never ends.
+    std::thread::Builder::new()
+        .name("corral-etcd-runtime".into())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))
+        .map_err(|e| StoreError::Unavailable(format!("cannot start etcd's client: {e}")))?;
+    Ok(handle)
+}
+
+/// Runs `request` on the client's runtime and waits for it, at most [`REQUEST_TIMEOUT`] (and off
+/// the async workers when called from one).
+fn wait_on<T, F>(runtime: &Handle, request: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+{
+    let (answer, answered) = std::sync::mpsc::channel();
+    runtime.spawn(async move {
+        let _ = answer.send(tokio::time::timeout(REQUEST_TIMEOUT, request).await);
+    });
+    let wait = || answered.recv();
+    let got = match Handle::try_current() {
+        Ok(current) if current.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    };
+    match got {
+        Ok(Ok(Ok(value))) => Ok(value),
+        Ok(Ok(Err(e))) => Err(StoreError::Unavailable(e.to_string())),
+        Ok(Err(_)) => Err(StoreError::Unavailable(format!(
+            "etcd did not answer within {REQUEST_TIMEOUT:?}"
+        ))),
+        Err(_) => Err(StoreError::Unavailable("etcd's client stopped".into())),
+    }
+}
