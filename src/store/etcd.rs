@@ -5,8 +5,13 @@
 //! start and kept current by a watch, so a handshake or a request never waits for etcd, and a
 //! replica keeps serving what it has while etcd is away. Writes are transactions on the key's
 //! revision (compare-and-swap): of replicas writing at once, one wins and the others see a
-//! conflict, re-read and try again (see `Document::update`). A write etcd does not take within
-//! [`REQUEST_TIMEOUT`] fails with [`StoreError::Unavailable`] and changes nothing.
+//! conflict, re-read and try again (see `Document::update`).
+//!
+//! Each member has a client of its own and a request goes to the member that answered last; one
+//! that fails or does not answer within [`ATTEMPT_TIMEOUT`] sends it to the next (as Go's clientv3
+//! fails over), so a dead member costs one attempt, not the write. A write whose answer was lost may
+//! have been applied: the next member then sees a failed comparison and a value equal to ours, which
+//! counts as written. When no member answers, the request fails with [`StoreError::Unavailable`].
 //!
 //! etcd's client is asynchronous and the [`Backend`] trait is not: the client runs on a runtime of
 //! its own, on its own thread, and a write waits for its answer (off the async workers, through
@@ -14,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -26,8 +32,8 @@ use tokio::sync::broadcast;
 
 use super::backend::{Backend, Key, StoreError, Version};
 
-/// How long a read or write may wait for etcd before it counts as unavailable.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one member may take to answer before the request goes to the next.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The first and the longest wait before watching again after the watch broke.
 const REWATCH_FIRST: Duration = Duration::from_millis(200);
 const REWATCH_MAX: Duration = Duration::from_secs(5);
@@ -67,8 +73,48 @@ struct Entry {
     revision: i64,
 }
 
+/// One client per member, and the member that answered last (where requests go first).
+#[derive(Clone)]
+struct Members {
+    clients: Arc<[Client]>,
+    current: Arc<AtomicUsize>,
+}
+
+impl Members {
+    /// Runs `op` on the current member's client, then on the others in turn while they fail, each
+    /// within [`ATTEMPT_TIMEOUT`].
+    async fn call<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let count = self.clients.len();
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last_error = String::new();
+        for step in 0..count {
+            let index = (first + step) % count;
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, op(self.clients[index].clone())).await {
+                Ok(Ok(value)) => {
+                    self.current.store(index, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Ok(Err(e)) => last_error = e.to_string(),
+                Err(_) => last_error = format!("no answer within {ATTEMPT_TIMEOUT:?}"),
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "no etcd member answered (last: {last_error})"
+        )))
+    }
+
+    /// The client of the member that answered last.
+    fn current(&self) -> Client {
+        self.clients[self.current.load(Ordering::Relaxed) % self.clients.len()].clone()
+    }
+}
+
 pub struct EtcdBackend {
-    client: Client,
+    members: Members,
     runtime: Handle,
     /// Every value under the prefix, by path, as of the last event seen.
     cache: RwLock<HashMap<String, Entry>>,
@@ -76,21 +122,34 @@ pub struct EtcdBackend {
 }
 
 impl EtcdBackend {
-    /// Connects, loads every value under the prefix and starts following changes. Fails when etcd
-    /// does not answer within [`REQUEST_TIMEOUT`].
+    /// Connects, loads every value under the prefix and starts following changes. Fails when no
+    /// member answers.
     pub fn connect(url: &EtcdUrl) -> Result<Arc<Self>, StoreError> {
         let runtime = client_runtime()?;
         let endpoints = url.endpoints.clone();
         let options = ConnectOptions::new()
-            .with_connect_timeout(REQUEST_TIMEOUT)
-            .with_timeout(REQUEST_TIMEOUT)
+            .with_connect_timeout(ATTEMPT_TIMEOUT)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
-        let client = wait_on(&runtime, async move {
-            Client::connect(endpoints, Some(options)).await
-        })?;
+        let clients = runtime
+            .block_on_elsewhere(async move {
+                let mut clients = Vec::new();
+                for endpoint in endpoints {
+                    // Connecting is lazy: a member that is down now is tried when a request needs it.
+                    let client = Client::connect([endpoint], Some(options.clone())).await;
+                    clients.push(client.map_err(|e| {
+                        StoreError::Unavailable(format!("cannot make etcd's client: {e}"))
+                    })?);
+                }
+                Ok::<_, StoreError>(clients)
+            })
+            .ok_or_else(|| StoreError::Unavailable("etcd's client stopped".into()))??;
+        let members = Members {
+            clients: clients.into(),
+            current: Arc::new(AtomicUsize::new(0)),
+        };
         let (changes, _) = broadcast::channel(256);
         let backend = Arc::new(Self {
-            client,
+            members,
             runtime,
             cache: RwLock::new(HashMap::new()),
             changes,
@@ -106,6 +165,17 @@ impl EtcdBackend {
         Ok(backend)
     }
 
+    /// Runs a request (bounded by the members' attempts) on the client's runtime and waits for it.
+    fn wait_on<T, F>(&self, request: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        self.runtime
+            .block_on_elsewhere(request)
+            .unwrap_or_else(|| Err(StoreError::Unavailable("etcd's client stopped".into())))
+    }
+
     fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry>> {
         self.cache.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -117,9 +187,14 @@ impl EtcdBackend {
     /// Loads the whole prefix, replaces the cache with it and announces what changed; returns the
     /// revision it is current as of.
     fn resync(&self) -> Result<i64, StoreError> {
-        let mut kv = self.client.kv_client();
-        let response = wait_on(&self.runtime, async move {
-            kv.get(PREFIX, Some(GetOptions::new().with_prefix())).await
+        let members = self.members.clone();
+        let response = self.wait_on(async move {
+            members
+                .call(|client| async move {
+                    let options = GetOptions::new().with_prefix();
+                    client.kv_client().get(PREFIX, Some(options)).await
+                })
+                .await
         })?;
         let revision = response.header().map_or(0, |h| h.revision());
         let mut fresh = HashMap::new();
@@ -173,7 +248,7 @@ async fn follow(backend: std::sync::Weak<EtcdBackend>, mut revision: i64) {
         let Some(strong) = backend.upgrade() else {
             return;
         };
-        let mut watcher = strong.client.watch_client();
+        let mut watcher = strong.members.current().watch_client();
         drop(strong);
         let options = WatchOptions::new()
             .with_prefix()
@@ -259,8 +334,15 @@ impl Backend for EtcdBackend {
             .when(vec![compare])
             .and_then(vec![TxnOp::put(full.clone(), bytes.to_vec(), None)])
             .or_else(vec![TxnOp::get(full, None)]);
-        let mut kv = self.client.kv_client();
-        let response = wait_on(&self.runtime, async move { kv.txn(txn).await })?;
+        let members = self.members.clone();
+        let response = self.wait_on(async move {
+            members
+                .call(|client| {
+                    let txn = txn.clone();
+                    async move { client.kv_client().txn(txn).await }
+                })
+                .await
+        })?;
         let revision = response.header().map_or(0, |h| h.revision());
         if response.succeeded() {
             self.apply(
@@ -273,9 +355,21 @@ impl Backend for EtcdBackend {
             );
             return Ok(revision_version(revision));
         }
-        // Lost to another writer: take what it wrote now, so the retry starts from there.
+        // Lost to another writer: take what it wrote now, so the retry starts from there. What is
+        // there may be our own value, from an attempt whose answer was lost: then it is written.
         for op in response.op_responses() {
             if let TxnOpResponse::Get(get) = op {
+                if let Some(kv) = get.kvs().first()
+                    && kv.value() == bytes
+                {
+                    let revision = kv.mod_revision();
+                    let entry = Entry {
+                        bytes: bytes.to_vec(),
+                        revision,
+                    };
+                    self.apply(key.path.to_string(), Some(entry), revision);
+                    return Ok(revision_version(revision));
+                }
                 match get.kvs().first() {
                     Some(kv) => self.apply(
                         key.path.to_string(),
@@ -294,8 +388,15 @@ impl Backend for EtcdBackend {
 
     fn delete(&self, key: Key) -> Result<(), StoreError> {
         let full = format!("{PREFIX}{}", key.path);
-        let mut kv = self.client.kv_client();
-        let response = wait_on(&self.runtime, async move { kv.delete(full, None).await })?;
+        let members = self.members.clone();
+        let response = self.wait_on(async move {
+            members
+                .call(|client| {
+                    let full = full.clone();
+                    async move { client.kv_client().delete(full, None).await }
+                })
+                .await
+        })?;
         let revision = response.header().map_or(0, |h| h.revision());
         self.apply(key.path.to_string(), None, revision);
         Ok(())
@@ -339,30 +440,31 @@ fn client_runtime() -> Result<Handle, StoreError> {
     Ok(handle)
 }
 
-/// Runs `request` on the client's runtime and waits for it, at most [`REQUEST_TIMEOUT`] (and off
-/// the async workers when called from one).
-fn wait_on<T, F>(runtime: &Handle, request: F) -> Result<T, StoreError>
-where
-    T: Send + 'static,
-    F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
-{
-    let (answer, answered) = std::sync::mpsc::channel();
-    runtime.spawn(async move {
-        let _ = answer.send(tokio::time::timeout(REQUEST_TIMEOUT, request).await);
-    });
-    let wait = || answered.recv();
-    let got = match Handle::try_current() {
-        Ok(current) if current.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(wait)
+/// Runs `future` on the client's runtime and waits for its answer (off the async workers when
+/// called from one): `None` when the runtime is gone.
+trait BlockOnElsewhere {
+    fn block_on_elsewhere<T, F>(&self, future: F) -> Option<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = T> + Send + 'static;
+}
+
+impl BlockOnElsewhere for Handle {
+    fn block_on_elsewhere<T, F>(&self, future: F) -> Option<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = T> + Send + 'static,
+    {
+        let (answer, answered) = std::sync::mpsc::channel();
+        self.spawn(async move {
+            let _ = answer.send(future.await);
+        });
+        let wait = || answered.recv().ok();
+        match Handle::try_current() {
+            Ok(current) if current.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
         }
-        _ => wait(),
-    };
-    match got {
-        Ok(Ok(Ok(value))) => Ok(value),
-        Ok(Ok(Err(e))) => Err(StoreError::Unavailable(e.to_string())),
-        Ok(Err(_)) => Err(StoreError::Unavailable(format!(
-            "etcd did not answer within {REQUEST_TIMEOUT:?}"
-        ))),
-        Err(_) => Err(StoreError::Unavailable("etcd's client stopped".into())),
     }
 }

@@ -1,0 +1,273 @@
+//! HA: several corral replicas on one real etcd (Debian's `etcd-server`, three members on loopback).
+//! One installation whatever replica a client reaches: one CA, one admin, one server-url; a change on
+//! one replica reaches the others through etcd's watch; etcd going away stops writes, not handshakes.
+#![cfg(feature = "etcd")]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::etcd::EtcdCluster;
+use common::*;
+use serde_json::Value;
+
+/// How long a change on one replica may take to reach the others in these tests (the goal is ≤ 1 s;
+/// the benchmark measures it, the tests only bound it generously for a loaded 2-core machine).
+const PROPAGATION_LIMIT: Duration = Duration::from_secs(10);
+
+/// A replica on `etcd`, with a data directory of its own (which holds nothing durable in store mode).
+fn replica(etcd: &EtcdCluster, dir: &std::path::Path, env: &[(&str, &str)]) -> Corral {
+    Corral::start_in(dir, &["--store", &etcd.url()], env).expect("replica starts")
+}
+
+/// Starts `count` replicas at once (each in its own thread), as a deployment's pods start.
+fn replicas_at_once(
+    etcd: &EtcdCluster,
+    root: &std::path::Path,
+    count: usize,
+    env: &[(&str, &str)],
+) -> Vec<Corral> {
+    std::thread::scope(|scope| {
+        let started: Vec<_> = (0..count)
+            .map(|i| {
+                let dir = root.join(format!("replica-{i}"));
+                scope.spawn(move || replica(etcd, &dir, env))
+            })
+            .collect();
+        started.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn json(response: &HttpResponse) -> Value {
+    serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("{e}: {}", response.body))
+}
+
+fn bearer(token: &str) -> String {
+    format!("Authorization: Bearer {token}")
+}
+
+async fn admin_token(addr: SocketAddr, password: &str) -> String {
+    let response = login(addr, "admin", password).await;
+    assert_eq!(response.status, 201, "{}", response.body);
+    json(&response)["token"].as_str().unwrap().to_string()
+}
+
+async fn put_server_url(addr: SocketAddr, token: &str, value: &str) -> HttpResponse {
+    let body = serde_json::json!({ "value": value }).to_string();
+    let auth = bearer(token);
+    request(
+        addr,
+        "PUT",
+        "/v3/settings/server-url",
+        &[&auth],
+        Some(&body),
+    )
+    .await
+}
+
+async fn leaf_for(addr: SocketAddr, sni: &str) -> Vec<u8> {
+    tls_connect(addr, Some(sni), None)
+        .await
+        .unwrap()
+        .leaf()
+        .to_vec()
+}
+
+fn banner_password(corral: &Corral) -> Option<String> {
+    corral
+        .logs()
+        .iter()
+        .find_map(|l| l.split("Bootstrap Password: ").nth(1).map(str::to_string))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_at_once_on_an_empty_store_make_one_installation() {
+    let etcd = EtcdCluster::start(3);
+    let root = tempfile::tempdir().unwrap();
+    let replicas = replicas_at_once(&etcd, root.path(), 3, &[]);
+
+    // One CA: the same /cacerts and checksum everywhere.
+    let mut cacerts = Vec::new();
+    for corral in &replicas {
+        cacerts.push(corral.cacerts().await);
+    }
+    assert!(cacerts.iter().all(|c| c == &cacerts[0]), "{cacerts:#?}");
+    let checksum = sha256_hex(cacerts[0].as_bytes());
+    for corral in &replicas {
+        assert!(
+            corral.logged(&format!("CA checksum: {checksum}")),
+            "{:#?}",
+            corral.logs()
+        );
+    }
+
+    // One bootstrap password, shown by every replica's banner, and one admin it logs in to.
+    let passwords: Vec<_> = replicas.iter().map(banner_password).collect();
+    assert!(passwords[0].is_some(), "{passwords:?}");
+    assert!(
+        passwords.iter().all(|p| p == &passwords[0]),
+        "{passwords:?}"
+    );
+    let password = passwords[0].clone().unwrap();
+    let mut user_ids = Vec::new();
+    for corral in &replicas {
+        let response = login(corral.https("127.0.0.1"), "admin", &password).await;
+        assert_eq!(response.status, 201, "{}", response.body);
+        user_ids.push(json(&response)["userId"].as_str().unwrap().to_string());
+    }
+    assert!(user_ids.iter().all(|id| id == &user_ids[0]), "{user_ids:?}");
+    let accounts: Value = serde_json::from_str(&etcd.value("/corral/corral/accounts")).unwrap();
+    let admins = accounts["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["username"] == "admin")
+        .count();
+    assert_eq!(admins, 1, "{accounts}");
+
+    // Readable with etcdctl, Rancher's secret names where Rancher has them; nothing durable on disk.
+    let keys = etcd.keys("/corral/");
+    for key in [
+        "/corral/cattle-system/tls-rancher",
+        "/corral/cattle-system/bootstrap-secret",
+        "/corral/corral/accounts",
+        "/corral/corral/leaf-key",
+    ] {
+        assert!(keys.contains(&key.to_string()), "{key} in {keys:?}");
+    }
+    let secret: Value =
+        serde_json::from_str(&etcd.value("/corral/cattle-system/tls-rancher")).unwrap();
+    assert_eq!(
+        secret["tls.crt"].as_str().unwrap().trim(),
+        cacerts[0].trim()
+    );
+    for i in 0..replicas.len() {
+        let dir = root.path().join(format!("replica-{i}"));
+        for file in [
+            "ca.key",
+            "ca.crt",
+            "leaf.key",
+            "setup.json",
+            "bootstrap-password",
+        ] {
+            assert!(!dir.join(file).exists(), "{file} in replica {i}'s data dir");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_url_set_on_one_replica_pins_every_replica() {
+    let etcd = EtcdCluster::start(3);
+    let root = tempfile::tempdir().unwrap();
+    let env = [("CATTLE_BOOTSTRAP_PASSWORD", "ha-bootstrap")];
+    let replicas = replicas_at_once(&etcd, root.path(), 3, &env);
+    let addrs: Vec<SocketAddr> = replicas.iter().map(|c| c.https("127.0.0.1")).collect();
+
+    // Before: every replica mints per name, from the one CA.
+    for addr in &addrs {
+        assert_eq!(
+            sans(&leaf_for(*addr, "before.lab.test").await),
+            ["DNS:before.lab.test"]
+        );
+    }
+    let token = admin_token(addrs[0], "ha-bootstrap").await;
+    let set = put_server_url(addrs[0], &token, "https://ha.lab.test").await;
+    assert_eq!(set.status, 200, "{}", set.body);
+
+    // Replicas 2 and 3 pin ha.lab.test without being asked (bounded poll).
+    for addr in &addrs[1..] {
+        let deadline = Instant::now() + PROPAGATION_LIMIT;
+        loop {
+            let served = sans(&leaf_for(*addr, "other.lab.test").await);
+            if served == ["DNS:ha.lab.test"] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{addr} still serves {served:?} {PROPAGATION_LIMIT:?} after the PUT"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The token issued by replica 1 is good on replica 3, and the 409 rule holds there.
+    let moved = put_server_url(addrs[2], &token, "https://elsewhere.lab.test").await;
+    assert_eq!(moved.status, 409, "{}", moved.body);
+    let again = put_server_url(addrs[1], &token, "https://ha.lab.test").await;
+    assert_eq!(again.status, 200, "{}", again.body);
+
+    // A replica started later pins from the stored setting before it serves anything.
+    let late = replica(&etcd, &root.path().join("late"), &env);
+    assert_eq!(
+        sans(&leaf_for(late.https("127.0.0.1"), "x.lab.test").await),
+        ["DNS:ha.lab.test"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_faults_stop_writes_but_not_handshakes_and_everything_recovers() {
+    let mut etcd = EtcdCluster::start(3);
+    let root = tempfile::tempdir().unwrap();
+    let env = [("CATTLE_BOOTSTRAP_PASSWORD", "ha-bootstrap")];
+    let corral = replica(&etcd, &root.path().join("r"), &env);
+    let addr = corral.https("127.0.0.1");
+    let token = admin_token(addr, "ha-bootstrap").await;
+    let auth = bearer(&token);
+    let create = |name: &'static str| {
+        let auth = auth.clone();
+        async move {
+            let body = serde_json::json!({ "name": name }).to_string();
+            request(addr, "POST", "/v3/clusters", &[&auth], Some(&body)).await
+        }
+    };
+    let minted_before = sans(&leaf_for(addr, "cached.lab.test").await);
+
+    // One member down: the others keep a quorum, and writes go on.
+    etcd.kill(0);
+    let created = create("one-member-down").await;
+    assert_eq!(created.status, 201, "{}", created.body);
+
+    // All of etcd down: handshakes (cached and new names) and authenticated reads go on; writes 503.
+    etcd.kill_all();
+    assert_eq!(
+        sans(&leaf_for(addr, "cached.lab.test").await),
+        minted_before
+    );
+    assert_eq!(
+        sans(&leaf_for(addr, "new-while-down.lab.test").await),
+        ["DNS:new-while-down.lab.test"]
+    );
+    let listed = request(addr, "GET", "/v3/clusters", &[&auth], None).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert!(listed.body.contains("one-member-down"), "{}", listed.body);
+    let refused = create("while-down").await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(
+        json(&refused)["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("store")),
+        "{}",
+        refused.body
+    );
+
+    // etcd back: writes work again (bounded wait for the client to reconnect), nothing was lost.
+    etcd.restart_all();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let created = create("after-recovery").await;
+        if created.status == 201 {
+            break;
+        }
+        assert_eq!(created.status, 503, "{}", created.body);
+        assert!(
+            Instant::now() < deadline,
+            "no write 30 s after etcd came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stored = etcd.value("/corral/corral/clusters");
+    for name in ["one-member-down", "after-recovery"] {
+        assert!(stored.contains(name), "{name} in {stored}");
+    }
+    assert!(!stored.contains("while-down\""), "{stored}");
+}
