@@ -22,6 +22,7 @@ use crate::http::{AppState, CaSetting, HttpApp};
 use crate::net::{Listener, SelectConfig, Transport};
 use crate::pki::ca::BACKDATE;
 use crate::pki::{CaError, CertificateAuthority, LeafFactory, SubjectName, ca_checksum};
+use crate::replicas::Replicas;
 use crate::store::{Backend, DataDir, FileBackend, StoreError};
 use crate::tunnel::TunnelRegistry;
 
@@ -172,6 +173,10 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     accounts.follow_store();
     let shutdown = CancellationToken::new();
     let tunnels = Arc::new(TunnelRegistry::new());
+    let replicas = join_replicas(config, store.clone(), https_port)?;
+    if let Some(replicas) = &replicas {
+        crate::peering::start(replicas.clone(), tunnels.clone(), shutdown.clone());
+    }
     let app = HttpApp::new(Arc::new(AppState {
         cacerts: setting,
         checksum: checksum.clone(),
@@ -179,6 +184,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         certs: certs.clone(),
         clusters: Arc::new(Clusters::open(store.clone())?),
         tunnels: tunnels.clone(),
+        replicas,
         agent_wait: config.agent_wait,
         https_port,
     }))
@@ -223,6 +229,30 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         }
     }
     Ok(server)
+}
+
+/// With a shared store: registers this replica (see [`crate::replicas`]) under the address its
+/// peers reach it at.
+fn join_replicas(
+    config: &Config,
+    store: Arc<dyn Backend>,
+    https_port: u16,
+) -> Result<Option<Arc<Replicas>>, StartError> {
+    let id = match &config.advertise_address {
+        Some(address) => address.clone(),
+        None => {
+            let ip = match config.bind.first() {
+                Some(ip) if !ip.is_unspecified() => *ip,
+                _ => IpAddr::from(Ipv4Addr::LOCALHOST),
+            };
+            SocketAddr::new(ip, https_port).to_string()
+        }
+    };
+    let Some(replicas) = Replicas::join(store, &id)? else {
+        return Ok(None);
+    };
+    tracing::info!("replica {id}: peers reach this replica there (--advertise-address)");
+    Ok(Some(Arc::new(replicas)))
 }
 
 /// The store `config` names: the data directory, or etcd.

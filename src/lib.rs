@@ -1,9 +1,9 @@
 //! corral: a Rust server that reproduces Rancher 2.x's TLS front end.
 //!
 //! Layers, each importing only those below it (README, "How the code is laid out"):
-//! [`app`] (composition and shutdown) → [`http`], [`agent`], [`bench`] → [`net`] (listener),
-//! [`certs`] (which certificate a hello gets), [`accounts`], [`clusters`], [`tunnel`],
-//! [`kubeconfig`] → [`pki`], [`store`] (durable state behind one seam), [`config`], [`client`] →
+//! [`app`] (composition and shutdown) → [`http`], [`agent`], [`bench`], [`peering`] → [`net`]
+//! (listener), [`certs`] (which certificate a hello gets), [`accounts`], [`clusters`], [`tunnel`],
+//! [`replicas`], [`kubeconfig`] → [`pki`], [`store`] (durable state behind one seam), [`config`], [`client`] →
 //! [`metrics`], [`limits`], [`secrets`], [`support`].
 
 pub mod accounts;
@@ -19,7 +19,9 @@ pub mod kubeconfig;
 pub mod limits;
 pub mod metrics;
 pub mod net;
+pub mod peering;
 pub mod pki;
+pub mod replicas;
 pub mod secrets;
 pub mod store;
 pub mod support;

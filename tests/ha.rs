@@ -8,7 +8,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::balancer::Balancer;
 use common::etcd::EtcdCluster;
+use common::lab::{self, Lab};
 use common::*;
 use serde_json::Value;
 
@@ -18,7 +20,8 @@ const PROPAGATION_LIMIT: Duration = Duration::from_secs(10);
 
 /// A replica on `etcd`, with a data directory of its own (which holds nothing durable in store mode).
 fn replica(etcd: &EtcdCluster, dir: &std::path::Path, env: &[(&str, &str)]) -> Corral {
-    Corral::start_in(dir, &["--store", &etcd.url()], env).expect("replica starts")
+    let args = ["--store", &etcd.url(), "--agent-wait", "5"];
+    Corral::start_in(dir, &args, env).expect("replica starts")
 }
 
 /// Starts `count` replicas at once (each in its own thread), as a deployment's pods start.
@@ -270,4 +273,135 @@ async fn etcd_faults_stop_writes_but_not_handshakes_and_everything_recovers() {
         assert!(stored.contains(name), "{name} in {stored}");
     }
     assert!(!stored.contains("while-down\""), "{stored}");
+}
+
+/// Waits until every replica has a peer session from each of the others.
+async fn wait_peered(replicas: &[&Corral]) {
+    let deadline = Instant::now() + PROPAGATION_LIMIT;
+    let peers = replicas.len() - 1;
+    loop {
+        let counts: Vec<usize> = replicas
+            .iter()
+            .map(|c| {
+                c.logs()
+                    .iter()
+                    .filter(|l| l.contains("peer ") && l.ends_with(" connected"))
+                    .count()
+            })
+            .collect();
+        if counts.iter().all(|&n| n >= peers) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "peer sessions: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> Result<String, String> {
+    let output = std::process::Command::new("timeout")
+        .args(["20", "kubectl", "--kubeconfig"])
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .unwrap();
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_balancer_every_replica_reaches_every_agent_and_a_killed_replica_loses_nothing() {
+    let etcd = EtcdCluster::start(3);
+    let root = tempfile::tempdir().unwrap();
+    let env = [("CATTLE_BOOTSTRAP_PASSWORD", lab::BOOTSTRAP)];
+    let mut replicas = replicas_at_once(&etcd, root.path(), 3, &env);
+    let addrs: Vec<SocketAddr> = replicas.iter().map(|c| c.https("127.0.0.1")).collect();
+    let pids: Vec<u32> = replicas.iter().map(Corral::pid).collect();
+    wait_peered(&replicas.iter().collect::<Vec<_>>()).await;
+    let balancer = Balancer::start(&addrs);
+    let lab = Lab::setup(replicas.remove(0), balancer.addr).await;
+    let _agent = lab.simulated_agents(&[&lab.registration], 1);
+    lab.wait_connected(true).await;
+
+    // Every replica reaches the cluster: the one holding the tunnel directly, the others through
+    // it (a relayed dial), and each shows the cluster connected.
+    let holder = {
+        let needle = format!("tunnel for {} connected", lab.cluster);
+        let mut holders = Vec::new();
+        if lab.corral.logged(&needle) {
+            holders.push(0);
+        }
+        for (i, corral) in replicas.iter().enumerate() {
+            if corral.logged(&needle) {
+                holders.push(i + 1);
+            }
+        }
+        assert_eq!(
+            holders.len(),
+            1,
+            "one replica holds the tunnel: {holders:?}"
+        );
+        holders[0]
+    };
+    let version = format!("/k8s/clusters/{}/version", lab.cluster);
+    for (i, addr) in addrs.iter().enumerate() {
+        let deadline = Instant::now() + PROPAGATION_LIMIT;
+        loop {
+            let answer = request(*addr, "GET", &version, &[&lab.auth()], None).await;
+            if answer.status == 200 {
+                assert!(answer.body.contains("corral-simulated"), "{}", answer.body);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {i} (holder {holder}): {} {}",
+                answer.status,
+                answer.body
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let path = format!("/v3/clusters/{}", lab.cluster);
+        let state = json(&request(*addr, "GET", &path, &[&lab.auth()], None).await);
+        assert_eq!(state["connected"], true, "replica {i}: {state}");
+    }
+
+    // kubectl through the balancer, then the replica holding the agent is killed.
+    let kubeconfig = lab.kubeconfig(&lab.cluster).await;
+    let created = kubectl(kubeconfig.path(), &["create", "namespace", "before-kill"]);
+    assert!(created.is_ok(), "{created:?}");
+    let cluster_before = request(balancer.addr, "GET", "/v3/clusters", &[&lab.auth()], None).await;
+    assert!(cluster_before.body.contains(&lab.cluster));
+    std::process::Command::new("kill")
+        .args(["-KILL", &pids[holder].to_string()])
+        .status()
+        .unwrap();
+    let killed = Instant::now();
+
+    // The agent comes back through the balancer to another replica, and kubectl works again.
+    let deadline = killed + Duration::from_secs(60);
+    loop {
+        if let Ok(listed) = kubectl(kubeconfig.path(), &["get", "ns", "before-kill"]) {
+            assert!(listed.contains("Active"), "{listed}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kubectl failed 60 s after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "kubectl through the balancer again {:?} after the kill",
+        killed.elapsed()
+    );
+    // Nothing written before the kill is lost: the cluster, its token's login session, the admin.
+    let after = request(balancer.addr, "GET", "/v3/clusters", &[&lab.auth()], None).await;
+    assert_eq!(after.status, 200, "{}", after.body);
+    assert!(after.body.contains(&lab.cluster), "{}", after.body);
+    assert_eq!(
+        login(balancer.addr, "admin", lab::BOOTSTRAP).await.status,
+        201
+    );
 }

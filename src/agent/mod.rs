@@ -24,9 +24,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::client::{ClientError, ConnectError, Target, tls_insecure, tls_trusting};
+use crate::clusters::ClusterParams;
 use crate::secrets::{TOKEN_LENGTH, random_token};
 use crate::tunnel::session::{Connector, Serving, SessionError};
-use crate::tunnel::{ClusterParams, Role, Session, TunnelStream};
+use crate::tunnel::{Role, Session, TunnelStream};
 use api_tls::{ApiTls, ApiTlsError, TlsTerminator};
 pub use policy::AllowPolicy;
 use simulated::{SIMULATED_ADDRESS, SimulatedCluster};

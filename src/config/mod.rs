@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// etcd://HOST:PORT[,HOST:PORT…] [default: the data directory].
     #[arg(long, env = "CORRAL_STORE", value_name = "URL")]
     pub store: Option<String>,
+    /// With --store: HOST:PORT where the other replicas reach this one's HTTPS port, its peer id
+    /// [default: the first --bind address (127.0.0.1 for ::) and the HTTPS port bound].
+    #[arg(long, env = "CORRAL_ADVERTISE_ADDRESS", value_name = "HOST:PORT")]
+    pub advertise_address: Option<String>,
     /// Addresses to listen on, comma separated [default: :: (all interfaces, IPv4 and IPv6)].
     #[arg(long, env = "CORRAL_BIND", value_delimiter = ',', value_name = "IP")]
     pub bind: Option<Vec<IpAddr>>,
@@ -216,6 +220,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where durable state is kept: `None` for the data directory, else a store URL (`etcd://…`).
     pub store: Option<String>,
+    /// Where peers reach this replica (`None`: computed from the bind address and port).
+    pub advertise_address: Option<String>,
     pub bind: Vec<IpAddr>,
     pub https_port: u16,
     pub http_port: u16,
@@ -287,6 +293,7 @@ impl Config {
         let config = Config {
             data_dir,
             store: s.store.clone().filter(|url| !url.trim().is_empty()),
+            advertise_address: s.advertise_address.clone().filter(|a| !a.trim().is_empty()),
             bind: given(s.bind, "bind")?,
             https_port: given(s.https_port, "https-port")?,
             http_port: given(s.http_port, "http-port")?,
@@ -420,6 +427,7 @@ mod tests {
         let optional = [
             "acme_ca_cert",
             "acme_domains",
+            "advertise_address",
             "cacerts",
             "data_dir",
             "server_url",

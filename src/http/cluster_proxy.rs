@@ -16,7 +16,8 @@ use base64::Engine;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 
-use crate::tunnel::{ClusterParams, TunnelRegistry, TunnelStream};
+use crate::clusters::{ClusterParams, Clusters};
+use crate::tunnel::{TunnelRegistry, TunnelStream};
 
 /// Headers that belong to one hop and are not forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -57,20 +58,39 @@ enum RequestError {
     Header(#[from] axum::http::header::InvalidHeaderValue),
 }
 
+/// How often the proxy looks again for what a peer's agent advertised.
+const PARAMS_POLL: Duration = Duration::from_millis(50);
+
 /// Forwards `req` to `path_and_query` on `cluster_id`'s API, waiting up to `wait` for its agent.
 pub async fn forward(
     registry: &TunnelRegistry,
+    clusters: &Clusters,
     cluster_id: &str,
     wait: Duration,
     mut req: Request<Body>,
     path_and_query: &str,
 ) -> Response<Body> {
     let deadline = tokio::time::Instant::now() + wait;
-    let Some((session, params)) = registry.wait_for(cluster_id, wait).await else {
-        return error(
+    let disconnected = || {
+        error(
             StatusCode::SERVICE_UNAVAILABLE,
             "cluster agent disconnected",
-        );
+        )
+    };
+    let Some(route) = registry.wait_for(cluster_id, wait).await else {
+        return disconnected();
+    };
+    // What the agent advertised: from this replica's own tunnel, or as saved by the replica that
+    // holds it (which can arrive just after that replica's announcement: waited for, within the
+    // same deadline).
+    let params = loop {
+        if let Some(params) = clusters.agent_params(cluster_id) {
+            break params;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return disconnected();
+        }
+        tokio::time::sleep(PARAMS_POLL).await;
     };
     let bad_gateway = |e: &dyn std::fmt::Display| {
         error(
@@ -79,7 +99,7 @@ pub async fn forward(
         )
     };
     let opening = async {
-        let stream = session
+        let stream = route
             .open_stream("tcp", &params.address)
             .await
             .map_err(ProxyError::Stream)?;

@@ -9,9 +9,25 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Request, Response, StatusCode};
 
 use super::{AppState, text_response};
-use crate::tunnel::{ClusterParams, websocket};
+use crate::clusters::ClusterParams;
+use crate::tunnel::websocket;
 
 pub async fn connect(State(state): State<Arc<AppState>>, mut req: Request<Body>) -> Response<Body> {
+    // remotedialer checks for a peer first: a known replica id with its token.
+    if let Some(peer_id) = authenticated_peer(&state, req.headers()) {
+        let (response, on_upgrade) = match websocket::upgrade(&mut req) {
+            Ok(pair) => pair,
+            Err((status, text)) => return text_response(status, "text/plain; charset=utf-8", text),
+        };
+        let tunnels = state.tunnels.clone();
+        tokio::spawn(async move {
+            match websocket::accept(on_upgrade).await {
+                Ok(ws) => tunnels.serve_peer(&peer_id, ws).await,
+                Err(e) => tracing::warn!("peer upgrade for {peer_id} failed: {e}"),
+            }
+        });
+        return response;
+    }
     let (cluster_id, params) = match authorize(&state, req.headers()) {
         Ok(found) => found,
         Err((status, text)) => {
@@ -23,14 +39,24 @@ pub async fn connect(State(state): State<Arc<AppState>>, mut req: Request<Body>)
         Ok(pair) => pair,
         Err((status, text)) => return text_response(status, "text/plain; charset=utf-8", text),
     };
+    state.clusters.record_agent(&cluster_id, params);
     let tunnels = state.tunnels.clone();
     tokio::spawn(async move {
         match websocket::accept(on_upgrade).await {
-            Ok(ws) => tunnels.serve(&cluster_id, params, ws).await,
+            Ok(ws) => tunnels.serve(&cluster_id, ws).await,
             Err(e) => tracing::warn!("tunnel upgrade for {cluster_id} failed: {e}"),
         }
     });
     response
+}
+
+/// The peer replica a request comes from, when it names one (`X-API-Tunnel-ID`) with that replica's
+/// token (`X-API-Tunnel-Token`).
+fn authenticated_peer(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    let replicas = state.replicas.as_ref()?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (id, token) = (header("x-api-tunnel-id")?, header("x-api-tunnel-token")?);
+    replicas.authenticates(id, token).then(|| id.to_string())
 }
 
 /// remotedialer's authorizer chain, reduced to cluster agents: the cluster a registration token

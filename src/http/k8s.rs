@@ -31,6 +31,7 @@ pub async fn cluster_proxy(
     };
     proxy::forward(
         &state.tunnels,
+        &state.clusters,
         &cluster_id,
         state.agent_wait,
         req,

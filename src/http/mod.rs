@@ -67,6 +67,8 @@ pub struct AppState {
     pub certs: Arc<CertService>,
     pub clusters: Arc<crate::clusters::Clusters>,
     pub tunnels: Arc<crate::tunnel::TunnelRegistry>,
+    /// This replica's membership when replicas share a store: who may open peer sessions.
+    pub replicas: Option<Arc<crate::replicas::Replicas>>,
     /// How long the cluster proxy waits for an absent agent before answering 503.
     pub agent_wait: Duration,
     /// The HTTPS port bound: where the HTTP port sends clients that reached corral's own HTTP port.

@@ -92,6 +92,39 @@ pub trait Backend: Send + Sync + 'static {
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
         None
     }
+    /// The values under `prefix` (a path prefix), by path, as last seen. Only a shared store has
+    /// such dynamic keys (replicas registering themselves); the data directory has none.
+    fn list(&self, _prefix: &str) -> Vec<(String, Vec<u8>)> {
+        Vec::new()
+    }
+    /// Keeps `bytes` at `path` for as long as this process is alive and reaches the store: the
+    /// value is removed `ttl` after the last renewal (an etcd lease), and put back when the store
+    /// returns. Dropping the guard removes it. `None` from a backend without leases.
+    fn keep_alive(
+        &self,
+        _path: &str,
+        _bytes: &[u8],
+        _ttl: std::time::Duration,
+    ) -> Result<Option<LeaseGuard>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// A value kept alive by [`Backend::keep_alive`]; dropped, it stops being renewed and is removed.
+pub struct LeaseGuard {
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl LeaseGuard {
+    pub fn new(stop: tokio_util::sync::CancellationToken) -> Self {
+        Self { stop }
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// Stores `bytes` under `key` unless something is stored there already, and returns what is stored

@@ -24,13 +24,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, TxnOpResponse,
-    WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
 };
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
-use super::backend::{Backend, Key, StoreError, Version};
+use super::backend::{Backend, Key, LeaseGuard, StoreError, Version};
 
 /// How long one member may take to answer before the request goes to the next.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -404,6 +405,114 @@ impl Backend for EtcdBackend {
 
     fn changes(&self) -> Option<broadcast::Receiver<String>> {
         Some(self.changes.subscribe())
+    }
+
+    fn list(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        let mut found: Vec<_> = self
+            .read_cache()
+            .iter()
+            .filter(|(path, _)| path.starts_with(prefix))
+            .map(|(path, entry)| (path.clone(), entry.bytes.clone()))
+            .collect();
+        found.sort();
+        found
+    }
+
+    fn keep_alive(
+        &self,
+        path: &str,
+        bytes: &[u8],
+        ttl: Duration,
+    ) -> Result<Option<LeaseGuard>, StoreError> {
+        let stop = CancellationToken::new();
+        let lease = Leased {
+            members: self.members.clone(),
+            key: format!("{PREFIX}{path}"),
+            bytes: bytes.to_vec(),
+            ttl_secs: ttl.as_secs().max(2) as i64,
+        };
+        self.runtime.spawn(lease.keep(stop.clone()));
+        Ok(Some(LeaseGuard::new(stop)))
+    }
+}
+
+/// A value kept under an etcd lease: granted, put, renewed every third of its TTL; granted and put
+/// again when the lease was lost (etcd away for longer than the TTL); revoked when stopped.
+struct Leased {
+    members: Members,
+    key: String,
+    bytes: Vec<u8>,
+    ttl_secs: i64,
+}
+
+impl Leased {
+    async fn keep(self, stop: CancellationToken) {
+        let renew_every = Duration::from_secs((self.ttl_secs as u64 / 3).max(1));
+        let mut lease = None;
+        loop {
+            let id = match lease {
+                Some(id) => id,
+                None => match self.grant_and_put().await {
+                    Ok(id) => id,
+                    Err(e) => {
+                        tracing::debug!("store: cannot keep {}: {e}", self.key);
+                        if sleep_or_stop(&stop, Duration::from_secs(1)).await {
+                            return;
+                        }
+                        continue;
+                    }
+                },
+            };
+            lease = Some(id);
+            if sleep_or_stop(&stop, renew_every).await {
+                let _ = self
+                    .members
+                    .call(|client| async move { client.lease_client().revoke(id).await })
+                    .await;
+                return;
+            }
+            let renewed = self
+                .members
+                .call(|client| async move {
+                    let (mut keeper, mut answers) = client.lease_client().keep_alive(id).await?;
+                    keeper.keep_alive().await?;
+                    Ok(answers.message().await?.map_or(0, |a| a.ttl()))
+                })
+                .await;
+            match renewed {
+                Ok(ttl) if ttl > 0 => {}
+                // Expired (etcd was away too long) or etcd away now: start over with a new lease.
+                Ok(_) | Err(_) => lease = None,
+            }
+        }
+    }
+
+    async fn grant_and_put(&self) -> Result<i64, StoreError> {
+        let ttl = self.ttl_secs;
+        let id = self
+            .members
+            .call(|client| async move { client.lease_client().grant(ttl, None).await })
+            .await?
+            .id();
+        let (key, bytes) = (&self.key, &self.bytes);
+        self.members
+            .call(|client| async move {
+                let options = PutOptions::new().with_lease(id);
+                client
+                    .kv_client()
+                    .put(key.clone(), bytes.clone(), Some(options))
+                    .await
+            })
+            .await?;
+        Ok(id)
+    }
+}
+
+/// Sleeps for `wait` unless stopped first; whether it was stopped.
+async fn sleep_or_stop(stop: &CancellationToken, wait: Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep(wait) => false,
     }
 }
 

@@ -13,6 +13,6 @@ pub mod session;
 pub mod stream;
 pub mod websocket;
 
-pub use registry::{ClusterParams, TunnelRegistry};
+pub use registry::{ClientEvent, Route, TunnelRegistry};
 pub use session::{Role, Session};
 pub use stream::TunnelStream;

@@ -1,122 +1,113 @@
-//! The server's tunnel sessions, by client key (the cluster id), and the dialer that opens streams
-//! through them. With several sessions for one key the oldest serves dials, as in remotedialer.
+//! The server's tunnel sessions, by client key (a cluster id, or `<cluster>:<node>`), and the routes
+//! dials take through them. With several sessions for one key the oldest serves dials, as in
+//! remotedialer. Replicas peer with each other (remotedialer's peering, used by Rancher HA): a peer's
+//! session announces the client keys it holds (AddClient/RemoveClient), and a key with no session
+//! here is reached through the peer that holds it, with the `<key>::<proto>` Connect prefix.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 use tokio_tungstenite::WebSocketStream;
 
 use super::session::{Role, Session};
 use super::stream::TunnelStream;
 
-/// What a cluster agent advertises in `X-API-Tunnel-Params`: where its API is, the CA to verify it
-/// with (base64 of a PEM) and the token to present to it. All three are required, as by Rancher.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterParams {
-    #[serde(default)]
-    pub address: String,
-    #[serde(default, rename = "caCert")]
-    pub ca_cert: String,
-    #[serde(default)]
-    pub token: String,
+/// A client session came or went here: what this replica announces to its peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    Added { key: String, session_key: i64 },
+    Removed { key: String, session_key: i64 },
 }
 
-/// The decoded `X-API-Tunnel-Params` JSON: a cluster agent's params, or a node agent's.
-#[derive(Deserialize)]
-struct TunnelParams {
-    cluster: Option<ClusterParams>,
-    node: Option<serde_json::Value>,
+/// How a dial reaches a client key: its own session here, or a peer that holds one.
+#[derive(Clone)]
+pub struct Route {
+    session: Arc<Session>,
+    /// `Some(key)` when the dial is relayed by a peer: the Connect names the key.
+    relayed_for: Option<String>,
 }
 
-/// Why `X-API-Tunnel-Params` was refused: the text of Rancher's 400.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ParamsError {
-    #[error("illegal base64 data in X-API-Tunnel-Params: {0}")]
-    Base64(base64::DecodeError),
-    /// serde_json's errors are neither `Clone` nor `PartialEq`: its text is kept.
-    #[error("invalid X-API-Tunnel-Params: {0}")]
-    Json(String),
-    #[error("node agents are not supported by corral")]
-    NodeAgent,
-    #[error("missing node or cluster registration info")]
-    Missing,
-    #[error("invalid input, {0} empty")]
-    Empty(&'static str),
-}
+impl Route {
+    /// Opens a stream to `proto`/`address` at the client (see [`Session::open_stream`]).
+    pub async fn open_stream(&self, proto: &str, address: &str) -> std::io::Result<TunnelStream> {
+        match &self.relayed_for {
+            Some(key) => {
+                self.session
+                    .open_stream(&format!("{key}::{proto}"), address)
+                    .await
+            }
+            None => self.session.open_stream(proto, address).await,
+        }
+    }
 
-impl ClusterParams {
-    /// Parses `X-API-Tunnel-Params` (base64 of JSON).
-    pub fn from_header(raw: &str) -> Result<Self, ParamsError> {
-        use base64::Engine;
-        let json = base64::engine::general_purpose::STANDARD
-            .decode(raw.trim())
-            .map_err(ParamsError::Base64)?;
-        let params: TunnelParams =
-            serde_json::from_slice(&json).map_err(|e| ParamsError::Json(e.to_string()))?;
-        let Some(cluster) = params.cluster else {
-            return Err(match params.node {
-                Some(_) => ParamsError::NodeAgent,
-                None => ParamsError::Missing,
-            });
-        };
-        if cluster.address.trim().is_empty() {
-            return Err(ParamsError::Empty("address"));
-        }
-        if cluster.token.trim().is_empty() {
-            return Err(ParamsError::Empty("token"));
-        }
-        if cluster.ca_cert.trim().is_empty() {
-            return Err(ParamsError::Empty("caCert"));
-        }
-        Ok(cluster)
+    /// The peer that relays this route, if it is not a session of this replica.
+    pub fn peer(&self) -> Option<&str> {
+        self.relayed_for.as_ref().map(|_| self.session.client_key())
     }
 }
 
-struct Entry {
-    session: Arc<Session>,
-    params: ClusterParams,
+/// Live sessions: agents' by client key, peers' by peer id.
+pub struct TunnelRegistry {
+    clients: Mutex<HashMap<String, Vec<Arc<Session>>>>,
+    peers: Mutex<HashMap<String, Vec<Arc<Session>>>>,
+    /// Woken whenever a route may have appeared (a session added, a peer's announcement), for
+    /// dials waiting on an agent.
+    added: Arc<Notify>,
+    events: broadcast::Sender<ClientEvent>,
 }
 
-/// Live sessions by client key.
-#[derive(Default)]
-pub struct TunnelRegistry {
-    sessions: Mutex<HashMap<String, Vec<Entry>>>,
-    /// Woken whenever a session is added, for dials waiting on an agent.
-    added: Notify,
+impl Default for TunnelRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
 }
+
+/// Sessions by key, under one lock.
+type Table = HashMap<String, Vec<Arc<Session>>>;
 
 impl TunnelRegistry {
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            clients: Mutex::default(),
+            peers: Mutex::default(),
+            added: Arc::new(Notify::new()),
+            events: broadcast::channel(4096).0,
+        }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<Entry>>> {
-        crate::support::lock(&self.sessions)
+    fn clients(&self) -> MutexGuard<'_, Table> {
+        crate::support::lock(&self.clients)
     }
 
-    /// Runs a server session for `key` over `ws` until it ends.
-    pub async fn serve<S>(&self, key: &str, params: ClusterParams, ws: WebSocketStream<S>)
+    fn peers(&self) -> MutexGuard<'_, Table> {
+        crate::support::lock(&self.peers)
+    }
+
+    /// Runs an agent's server session for `key` over `ws` until it ends.
+    pub async fn serve<S>(&self, key: &str, ws: WebSocketStream<S>)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let (session, outgoing) = Session::new(Role::Server, key, None);
-        self.lock().entry(key.to_string()).or_default().push(Entry {
-            session: session.clone(),
-            params,
+        let session_key = session.session_key();
+        add(&mut self.clients(), key, &session);
+        let _ = self.events.send(ClientEvent::Added {
+            key: key.to_string(),
+            session_key,
         });
         self.added.notify_waiters();
         let sessions = &crate::metrics::metrics().tunnel_sessions;
         sessions.inc();
-        tracing::info!(
-            "tunnel for {key} connected (session {})",
-            session.session_key()
-        );
+        tracing::info!("tunnel for {key} connected (session {session_key})");
         let result = session.run(ws, outgoing).await;
-        self.remove(key, &session);
+        remove(&mut self.clients(), key, &session);
+        let _ = self.events.send(ClientEvent::Removed {
+            key: key.to_string(),
+            session_key,
+        });
         sessions.dec();
         match result {
             Ok(()) => tracing::info!("tunnel for {key} closed"),
@@ -124,62 +115,102 @@ impl TunnelRegistry {
         }
     }
 
-    fn remove(&self, key: &str, session: &Arc<Session>) {
-        let mut sessions = self.lock();
-        if let Some(list) = sessions.get_mut(key) {
-            list.retain(|e| !Arc::ptr_eq(&e.session, session));
-            if list.is_empty() {
-                sessions.remove(key);
-            }
+    /// Runs the session a peer replica opened to us, over `ws`, until it ends. The peer announces
+    /// the keys it holds on it; dials for them go through it.
+    pub async fn serve_peer<S>(&self, peer_id: &str, ws: WebSocketStream<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (session, outgoing) = Session::new_peer(peer_id, self.added.clone());
+        add(&mut self.peers(), peer_id, &session);
+        tracing::info!("peer {peer_id} connected");
+        let result = session.run(ws, outgoing).await;
+        remove(&mut self.peers(), peer_id, &session);
+        match result {
+            Ok(()) => tracing::info!("peer {peer_id} closed"),
+            Err(e) => tracing::warn!("peer {peer_id} ended: {e}"),
         }
     }
 
-    /// The session that serves dials for `key` (the oldest live one) and what its agent advertised.
-    pub fn first(&self, key: &str) -> Option<(Arc<Session>, ClusterParams)> {
-        let sessions = self.lock();
-        let entry = sessions.get(key)?.iter().find(|e| !e.session.is_closed())?;
-        Some((entry.session.clone(), entry.params.clone()))
+    /// The session of this replica that serves dials for `key` (the oldest live one).
+    pub fn local(&self, key: &str) -> Option<Arc<Session>> {
+        let clients = self.clients();
+        clients.get(key)?.iter().find(|s| !s.is_closed()).cloned()
     }
 
-    /// Like [`first`](Self::first), waiting up to `limit` for an agent to connect.
-    pub async fn wait_for(
-        &self,
-        key: &str,
-        limit: Duration,
-    ) -> Option<(Arc<Session>, ClusterParams)> {
+    /// How a dial reaches `key`: a session here, else a peer that announced it.
+    pub fn route(&self, key: &str) -> Option<Route> {
+        if let Some(session) = self.local(key) {
+            return Some(Route {
+                session,
+                relayed_for: None,
+            });
+        }
+        let peers = self.peers();
+        let session = peers
+            .values()
+            .flatten()
+            .find(|s| !s.is_closed() && s.advertises(key))?;
+        Some(Route {
+            session: session.clone(),
+            relayed_for: Some(key.to_string()),
+        })
+    }
+
+    /// Like [`route`](Self::route), waiting up to `limit` for an agent to connect (here or at a
+    /// peer).
+    pub async fn wait_for(&self, key: &str, limit: Duration) -> Option<Route> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let added = self.added.notified();
-            if let Some(found) = self.first(key) {
+            if let Some(found) = self.route(key) {
                 return Some(found);
             }
             if tokio::time::timeout_at(deadline, added).await.is_err() {
-                return self.first(key);
+                return self.route(key);
             }
         }
     }
 
-    /// Ends every session (shutdown); returns how many there were.
+    /// The client sessions of this replica, as peers are told about them on connecting.
+    pub fn local_clients(&self) -> Vec<(String, i64)> {
+        self.clients()
+            .iter()
+            .flat_map(|(key, list)| list.iter().map(|s| (key.clone(), s.session_key())))
+            .collect()
+    }
+
+    /// Client sessions added and removed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ClientEvent> {
+        self.events.subscribe()
+    }
+
+    /// Ends every session (shutdown); returns how many agents' sessions there were.
     pub fn close_all(&self) -> usize {
-        let sessions: Vec<Arc<Session>> = self
-            .lock()
-            .values()
-            .flatten()
-            .map(|entry| entry.session.clone())
-            .collect();
-        for session in &sessions {
+        let clients: Vec<Arc<Session>> = self.clients().values().flatten().cloned().collect();
+        let peers: Vec<Arc<Session>> = self.peers().values().flatten().cloned().collect();
+        for session in clients.iter().chain(&peers) {
             session.close();
         }
-        sessions.len()
+        clients.len()
     }
 
-    /// Sessions still running.
+    /// Sessions still running (agents' and peers').
     pub fn session_count(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
+        let count = |table: &Table| table.values().map(Vec::len).sum::<usize>();
+        count(&self.clients()) + count(&self.peers())
     }
 
+    /// Whether dials for `key` have a way, here or through a peer.
     pub fn is_connected(&self, key: &str) -> bool {
-        self.first(key).is_some()
+        self.route(key).is_some()
+    }
+
+    /// Peers connected to this replica, by id.
+    pub fn peer_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.peers().keys().cloned().collect();
+        ids.sort();
+        ids
     }
 
     /// Opens a stream to `proto`/`address` through `key`'s tunnel.
@@ -189,68 +220,28 @@ impl TunnelRegistry {
         proto: &str,
         address: &str,
     ) -> std::io::Result<TunnelStream> {
-        let (session, _) = self.first(key).ok_or_else(|| {
+        let route = self.route(key).ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::NotConnected,
                 format!("failed to find Session for client {key}"),
             )
         })?;
-        session.open_stream(proto, address).await
+        route.open_stream(proto, address).await
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use base64::Engine;
-    use proptest::prelude::*;
+fn add(table: &mut Table, key: &str, session: &Arc<Session>) {
+    table
+        .entry(key.to_string())
+        .or_default()
+        .push(session.clone());
+}
 
-    fn encode(json: &str) -> String {
-        base64::engine::general_purpose::STANDARD.encode(json)
-    }
-
-    #[test]
-    fn params_errors_use_rancher_texts() {
-        let cases = [
-            ("{}", "missing node or cluster registration info"),
-            (r#"{"node":{}}"#, "node agents are not supported by corral"),
-            (
-                r#"{"cluster":{"token":"t"}}"#,
-                "invalid input, address empty",
-            ),
-            (
-                r#"{"cluster":{"address":"a:1"}}"#,
-                "invalid input, token empty",
-            ),
-            (
-                r#"{"cluster":{"address":"a:1","token":"t","caCert":""}}"#,
-                "invalid input, caCert empty",
-            ),
-            (
-                r#"{"cluster":{"address":"a:1","token":"t"}}"#,
-                "invalid input, caCert empty",
-            ),
-        ];
-        for (json, text) in cases {
-            let refused = ClusterParams::from_header(&encode(json)).unwrap_err();
-            assert_eq!(refused.to_string(), text);
-        }
-        let bad = ClusterParams::from_header("%%%").unwrap_err().to_string();
-        assert!(bad.starts_with("illegal base64 data"), "{bad}");
-    }
-
-    proptest! {
-        #[test]
-        fn any_header_is_parsed_or_refused_without_panic(raw in ".*", bytes: Vec<u8>) {
-            let _ = ClusterParams::from_header(&raw);
-            let _ = ClusterParams::from_header(&base64::engine::general_purpose::STANDARD.encode(&bytes));
-        }
-
-        #[test]
-        fn advertised_params_round_trip(address in "[a-z0-9.:]{1,40}", ca in "[A-Za-z0-9+/=]{1,64}", token in "[!-~]{1,64}") {
-            let params = ClusterParams { address, ca_cert: ca, token };
-            let json = serde_json::json!({ "cluster": params }).to_string();
-            prop_assert_eq!(ClusterParams::from_header(&encode(&json)), Ok(params));
+fn remove(table: &mut Table, key: &str, session: &Arc<Session>) {
+    if let Some(list) = table.get_mut(key) {
+        list.retain(|s| !Arc::ptr_eq(s, session));
+        if list.is_empty() {
+            table.remove(key);
         }
     }
 }

@@ -7,6 +7,7 @@
 //! cannot hold a session (and the dials waiting on it) for ever. A malformed message, a text message
 //! or a Connect to the server ends this tunnel only.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +75,20 @@ pub struct Session {
     cancel: CancellationToken,
     /// Client end: what the server's Connects may reach, and how they are served.
     connector: Option<Arc<dyn Connector>>,
+    /// A peer replica's session: the client keys it announced.
+    announced: Option<Announced>,
+}
+
+/// Most client sessions one peer may announce (a bound on what a peer gone wrong can make us keep).
+const MAX_ANNOUNCED: usize = 200_000;
+/// Most sessions of one client key a peer may announce.
+const MAX_SESSIONS_PER_KEY: usize = 64;
+
+/// What a peer announced with AddClient/RemoveClient: its client sessions, `(key, session key)`.
+struct Announced {
+    clients: std::sync::Mutex<HashMap<String, HashSet<i64>>>,
+    /// Woken on every AddClient, for dials waiting for a route.
+    added: Arc<tokio::sync::Notify>,
 }
 
 impl Session {
@@ -96,8 +111,40 @@ impl Session {
             mux: Arc::new(mux),
             cancel: CancellationToken::new(),
             connector,
+            announced: None,
         });
         (session, outgoing)
+    }
+
+    /// The server end of a session a peer replica opened: it takes AddClient/RemoveClient, and
+    /// wakes `added` when a client key is announced.
+    pub fn new_peer(peer_id: &str, added: Arc<tokio::sync::Notify>) -> (Arc<Self>, Outgoing) {
+        let (session, outgoing) = Self::new(Role::Server, peer_id, None);
+        let mut session = Arc::into_inner(session).expect("a new session is not shared");
+        session.announced = Some(Announced {
+            clients: Default::default(),
+            added,
+        });
+        (Arc::new(session), outgoing)
+    }
+
+    /// Whether this peer's session announced a client session for `key`.
+    pub fn advertises(&self, key: &str) -> bool {
+        self.announced
+            .as_ref()
+            .is_some_and(|a| crate::support::lock(&a.clients).contains_key(key))
+    }
+
+    /// Client end of a peer session: tells the other replica that a client session for `key` came
+    /// (`added`) or went here.
+    pub async fn announce(&self, added: bool, key: &str, session_key: i64) {
+        let kind = if added {
+            MessageType::AddClient
+        } else {
+            MessageType::RemoveClient
+        };
+        let payload = Bytes::from(format!("{key}/{session_key}"));
+        self.mux.send(0, kind, payload).await;
     }
 
     pub fn client_key(&self) -> &str {
@@ -293,6 +340,11 @@ impl Session {
                     });
                 }
             }
+            MessageType::AddClient | MessageType::RemoveClient => {
+                if let Some(announced) = &self.announced {
+                    announced.apply(message.kind == MessageType::AddClient, &message.text());
+                }
+            }
             MessageType::SyncConnections if self.role == Role::Server => {
                 let listed = decode_sync(&message.payload)?;
                 self.mux.prune_unlisted(&listed, SYNC_GRACE);
@@ -319,6 +371,34 @@ impl Session {
         };
         let stream = self.register(conn_id);
         tokio::spawn(connector.serve(proto.to_string(), address.to_string(), stream));
+    }
+}
+
+impl Announced {
+    /// Applies `"<clientKey>/<sessionKey>"` (the key may hold `/`: the session key is after the last).
+    fn apply(&self, added: bool, payload: &str) {
+        let Some((key, session_key)) = payload.rsplit_once('/') else {
+            return;
+        };
+        let Ok(session_key) = session_key.parse::<i64>() else {
+            return;
+        };
+        let mut clients = crate::support::lock(&self.clients);
+        if added {
+            if clients.len() < MAX_ANNOUNCED || clients.contains_key(key) {
+                let sessions = clients.entry(key.to_string()).or_default();
+                if sessions.len() < MAX_SESSIONS_PER_KEY {
+                    sessions.insert(session_key);
+                }
+            }
+            drop(clients);
+            self.added.notify_waiters();
+        } else if let Some(sessions) = clients.get_mut(key) {
+            sessions.remove(&session_key);
+            if sessions.is_empty() {
+                clients.remove(key);
+            }
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! ports, and talk to it with real clients (rustls here; curl and openssl through `Command`).
 #![allow(dead_code)]
 
+pub mod balancer;
 pub mod etcd;
 pub mod hello;
 pub mod lab;

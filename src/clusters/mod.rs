@@ -2,9 +2,17 @@
 //! `/v3/clusterregistrationtokens` manage them. One document of the store; tokens are kept only as
 //! SHA-256 hashes, so a token is shown once, when it is created.
 
-use std::sync::Arc;
+mod params;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
+
+pub use params::{ClusterParams, ParamsError};
 
 use crate::secrets::{TOKEN_LENGTH, hash_token_secret, random_suffix, random_token, same_hash};
 use crate::store::{Backend, Document, Key, StoreError};
@@ -25,6 +33,11 @@ pub struct Cluster {
     pub name: String,
     pub created: i64,
     tokens: Vec<StoredToken>,
+    /// What its agent advertised when it last connected (Rancher's `status.apiEndpoint`,
+    /// `status.caCert` and service-account token): every replica proxies with it, whichever one
+    /// holds the tunnel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    agent: Option<ClusterParams>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,12 +75,85 @@ struct ClusterList {
 
 pub struct Clusters {
     document: Document<ClusterList>,
+    /// What agents connected to this replica advertised, by cluster id: used at once, saved soon.
+    advertised: DashMap<String, ClusterParams>,
+    /// Advertised params not saved yet (saved together, by one task at a time).
+    unsaved: std::sync::Mutex<HashMap<String, ClusterParams>>,
+    saving: AtomicBool,
 }
+
+/// How long a save of advertised params waits for others to batch with.
+const SAVE_BATCH_WAIT: Duration = Duration::from_millis(100);
+/// How long a save that failed (the store away) waits before it tries again.
+const SAVE_RETRY_WAIT: Duration = Duration::from_secs(1);
 
 impl Clusters {
     pub fn open(store: Arc<dyn Backend>) -> Result<Self, StoreError> {
         let (document, _) = Document::open(store, CLUSTERS)?;
-        Ok(Self { document })
+        Ok(Self {
+            document,
+            advertised: DashMap::new(),
+            unsaved: Default::default(),
+            saving: AtomicBool::new(false),
+        })
+    }
+
+    /// What `cluster_id`'s agent advertised: the one connected here, else as last saved by any
+    /// replica.
+    pub fn agent_params(&self, cluster_id: &str) -> Option<ClusterParams> {
+        if let Some(params) = self.advertised.get(cluster_id) {
+            return Some(params.clone());
+        }
+        self.get(cluster_id)?.agent
+    }
+
+    /// An agent of `cluster_id` connected here advertising `params`: used at once, and saved (in
+    /// the background, batched, retried while the store is away) unless the store has them.
+    pub fn record_agent(self: &Arc<Self>, cluster_id: &str, params: ClusterParams) {
+        self.advertised
+            .insert(cluster_id.to_string(), params.clone());
+        if self.get(cluster_id).and_then(|c| c.agent).as_ref() == Some(&params) {
+            return;
+        }
+        crate::support::lock(&self.unsaved).insert(cluster_id.to_string(), params);
+        if !self.saving.swap(true, Ordering::AcqRel) {
+            tokio::spawn(self.clone().save_advertised());
+        }
+    }
+
+    async fn save_advertised(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(SAVE_BATCH_WAIT).await;
+            let batch = std::mem::take(&mut *crate::support::lock(&self.unsaved));
+            if batch.is_empty() {
+                self.saving.store(false, Ordering::Release);
+                // A record made between the take and the flag: save it too.
+                if crate::support::lock(&self.unsaved).is_empty()
+                    || self.saving.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
+                continue;
+            }
+            let saved = self.document.update(|doc| {
+                for cluster in &mut doc.clusters {
+                    if let Some(params) = batch.get(&cluster.id) {
+                        cluster.agent = Some(params.clone());
+                    }
+                }
+                Ok::<_, StoreError>(())
+            });
+            if let Err(e) = saved {
+                tracing::warn!("cannot save what {} agent(s) advertised: {e}", batch.len());
+                {
+                    let mut unsaved = crate::support::lock(&self.unsaved);
+                    for (id, params) in batch {
+                        unsaved.entry(id).or_insert(params);
+                    }
+                }
+                tokio::time::sleep(SAVE_RETRY_WAIT).await;
+            }
+        }
     }
 
     fn read(&self) -> Arc<ClusterList> {
@@ -92,6 +178,7 @@ impl Clusters {
                 name: name.to_string(),
                 created: unix_now(),
                 tokens: Vec::new(),
+                agent: None,
             };
             doc.clusters.push(cluster.clone());
             Ok(cluster)

@@ -1,0 +1,210 @@
+//! Tunnel peering between replicas, as remotedialer's peers (Rancher HA): this replica dials every
+//! other registered replica's `/v3/connect` as a client (`X-API-Tunnel-ID`, `X-API-Tunnel-Token`,
+//! TLS without verification as Rancher's peers, redial after 5 s), announces the agents it holds on
+//! that session (AddClient for each on connecting, then AddClient/RemoveClient as they come and go),
+//! and serves the other replica's relayed dials: a Connect for `<clientKey>::<proto>/<address>` is
+//! dialed through this replica's own tunnel for that key, and the bytes piped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{Target, tls_insecure};
+use crate::replicas::{REPLICAS_PREFIX, Replicas};
+use crate::tunnel::session::{Connector, Serving};
+use crate::tunnel::{ClientEvent, Role, Session, TunnelRegistry, TunnelStream};
+
+/// Wait before dialing a peer again after a failure or a disconnect (remotedialer's).
+const REDIAL_WAIT: Duration = Duration::from_secs(5);
+/// The peer's WebSocket handshake must finish within this (remotedialer's HandshakeTimeOut).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the peer list is read again even without a store event (a missed one costs this much).
+const RESCAN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Keeps one outgoing peer session to every other registered replica until `shutdown`.
+pub fn start(replicas: Arc<Replicas>, tunnels: Arc<TunnelRegistry>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut changes = replicas.changes();
+        let mut dialers: HashMap<String, CancellationToken> = HashMap::new();
+        loop {
+            let others = replicas.others();
+            dialers.retain(|id, stop| {
+                let listed = others.iter().any(|r| &r.id == id);
+                if !listed {
+                    tracing::info!("peer {id} left (its lease expired or it stopped)");
+                    stop.cancel();
+                }
+                listed
+            });
+            for replica in others {
+                if dialers.contains_key(&replica.id) {
+                    continue;
+                }
+                let stop = shutdown.child_token();
+                dialers.insert(replica.id.clone(), stop.clone());
+                let peer = Peer {
+                    id: replica.id,
+                    replicas: replicas.clone(),
+                    tunnels: tunnels.clone(),
+                };
+                tokio::spawn(peer.keep_connected(stop));
+            }
+            let changed = async {
+                match &mut changes {
+                    Some(changes) => loop {
+                        match changes.recv().await {
+                            Ok(path) if !path.starts_with(REPLICAS_PREFIX) => continue,
+                            Ok(_) | Err(RecvError::Lagged(_)) => return,
+                            Err(RecvError::Closed) => std::future::pending::<()>().await,
+                        }
+                    },
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = changed => {}
+                _ = tokio::time::sleep(RESCAN_INTERVAL) => {}
+            }
+        }
+    });
+}
+
+/// Another replica, as this one dials it.
+struct Peer {
+    id: String,
+    replicas: Arc<Replicas>,
+    tunnels: Arc<TunnelRegistry>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PeerError {
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
+    #[error(transparent)]
+    Connect(#[from] crate::client::ConnectError),
+    #[error("{0}")]
+    Handshake(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("invalid header value")]
+    Header(#[from] tokio_tungstenite::tungstenite::http::header::InvalidHeaderValue),
+    #[error("no WebSocket handshake within {HANDSHAKE_TIMEOUT:?}")]
+    Timeout,
+}
+
+impl Peer {
+    async fn keep_connected(self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                result = self.connect_once() => match result {
+                    Ok(()) => tracing::info!("peer session to {} ended", self.id),
+                    Err(e) => tracing::debug!("cannot open a peer session to {}: {e}", self.id),
+                },
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(REDIAL_WAIT) => {}
+            }
+        }
+    }
+
+    /// One peer session: the handshake, then announcements and relayed dials until it ends.
+    async fn connect_once(&self) -> Result<(), PeerError> {
+        let target = Target::parse(&format!("https://{}", self.id))?;
+        let tls = target.connect(tls_insecure(&[b"http/1.1"])).await?;
+        let mut request =
+            format!("wss://{}/v3/connect", target.authority()).into_client_request()?;
+        let headers = request.headers_mut();
+        headers.insert(
+            "X-API-Tunnel-ID",
+            HeaderValue::from_str(self.replicas.id())?,
+        );
+        headers.insert(
+            "X-API-Tunnel-Token",
+            HeaderValue::from_str(self.replicas.token())?,
+        );
+        let handshake = tokio_tungstenite::client_async_with_config(
+            request,
+            tls,
+            Some(crate::tunnel::websocket::config()),
+        );
+        let (ws, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| PeerError::Timeout)??;
+        tracing::info!("peer session to {} open", self.id);
+        let relay: Arc<dyn Connector> = Arc::new(Relay {
+            tunnels: self.tunnels.clone(),
+        });
+        let (session, outgoing) = Session::new(Role::Client, "client", Some(relay));
+        let announcing = announce(session.clone(), self.tunnels.clone());
+        let result = tokio::select! {
+            result = session.run(ws, outgoing) => result,
+            () = announcing => Ok(()),
+        };
+        session.close();
+        if let Err(e) = result {
+            tracing::info!("peer session to {}: {e}", self.id);
+        }
+        Ok(())
+    }
+}
+
+/// Tells the peer about every agent session here, then about each one that comes or goes. A burst
+/// too large to follow (the event queue overflowed) ends the session: the next one starts from the
+/// full list again.
+async fn announce(session: Arc<Session>, tunnels: Arc<TunnelRegistry>) {
+    let mut events = tunnels.subscribe();
+    for (key, session_key) in tunnels.local_clients() {
+        session.announce(true, &key, session_key).await;
+    }
+    loop {
+        match events.recv().await {
+            Ok(ClientEvent::Added { key, session_key }) => {
+                session.announce(true, &key, session_key).await
+            }
+            Ok(ClientEvent::Removed { key, session_key }) => {
+                session.announce(false, &key, session_key).await
+            }
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!("{missed} agent events not announced to a peer: reconnecting");
+                return;
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Serves a peer's relayed dials through this replica's own agent sessions.
+struct Relay {
+    tunnels: Arc<TunnelRegistry>,
+}
+
+impl Connector for Relay {
+    /// remotedialer's peer sessions allow every Connect; only relayed ones (`key::proto`) mean
+    /// anything to a replica, which dials nothing itself.
+    fn allows(&self, proto: &str, _address: &str) -> bool {
+        proto.contains("::")
+    }
+
+    fn serve(&self, proto: String, address: String, stream: TunnelStream) -> Serving {
+        let tunnels = self.tunnels.clone();
+        Box::pin(async move {
+            let Some((key, proto)) = proto.split_once("::") else {
+                return stream.fail(&format!("invalid relayed connect {proto:?}"));
+            };
+            // Only this replica's own sessions: a relay never goes on to a third replica.
+            let Some(agent) = tunnels.local(key) else {
+                return stream.fail(&format!("failed to find Session for client {key}"));
+            };
+            match agent.open_stream(proto, &address).await {
+                Ok(target) => stream.relay(target).await,
+                Err(e) => stream.fail(&e.to_string()),
+            }
+        })
+    }
+}
