@@ -276,6 +276,10 @@ fn banner_url(config: &Config, https_port: u16) -> String {
     if let Some(url) = &config.server_url {
         return url.to_string();
     }
+    // HA: the install's hostname is where the admin goes (through the balancer, on 443).
+    if let Some(hostname) = &config.hostname {
+        return format!("https://{hostname}");
+    }
     let host = match crate::certs::default_route_ip() {
         Some(IpAddr::V6(ip)) => format!("[{ip}]"),
         Some(ip) => ip.to_string(),

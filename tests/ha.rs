@@ -405,3 +405,121 @@ async fn behind_a_balancer_every_replica_reaches_every_agent_and_a_killed_replic
         201
     );
 }
+
+/// Signs, with the installation's CA and leaf key (read from etcd, as an admin with etcdctl could),
+/// a certificate for `hostname` that expires in a day: inside the renewal window.
+fn expiring_ingress_secret(etcd: &EtcdCluster, hostname: &str) -> String {
+    let ca: Value = serde_json::from_str(&etcd.value("/corral/cattle-system/tls-rancher")).unwrap();
+    let ca_key = rcgen::KeyPair::from_pem(ca["tls.key"].as_str().unwrap()).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(ca["tls.crt"].as_str().unwrap(), ca_key).unwrap();
+    let leaf_key_pem = etcd.value("/corral/corral/leaf-key");
+    let leaf_key = rcgen::KeyPair::from_pem(leaf_key_pem.trim()).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![hostname.to_string()]).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(1);
+    let leaf = params.signed_by(&leaf_key, &issuer).unwrap();
+    serde_json::json!({
+        "tls.crt": leaf.pem(),
+        "tls.key": leaf_key_pem,
+        "ca.crt": ca["tls.crt"],
+    })
+    .to_string()
+}
+
+fn renewers(replicas: &[Option<Corral>], hostname: &str) -> Vec<usize> {
+    let needle = format!("renewed the certificate for {hostname}");
+    (0..replicas.len())
+        .filter(|&i| replicas[i].as_ref().is_some_and(|c| c.logged(&needle)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostname_mode_serves_one_stored_certificate_renewed_by_one_replica() {
+    const HOSTNAME: &str = "rancher.lab.test";
+    let etcd = EtcdCluster::start(3);
+    let root = tempfile::tempdir().unwrap();
+    let env = [("CORRAL_HOSTNAME", HOSTNAME)];
+    let mut replicas: Vec<Option<Corral>> = replicas_at_once(&etcd, root.path(), 3, &env)
+        .into_iter()
+        .map(Some)
+        .collect();
+    let addrs: Vec<SocketAddr> = replicas
+        .iter()
+        .map(|c| c.as_ref().unwrap().https("127.0.0.1"))
+        .collect();
+
+    // One certificate, for the hostname only, whatever the client asks for, on every replica.
+    let stored_leaf = || {
+        let secret: Value =
+            serde_json::from_str(&etcd.value("/corral/cattle-system/tls-rancher-ingress")).unwrap();
+        for field in ["tls.crt", "tls.key", "ca.crt"] {
+            assert!(secret[field].as_str().is_some(), "{field} in {secret}");
+        }
+        use rustls::pki_types::pem::PemObject;
+        let pem = secret["tls.crt"].as_str().unwrap().to_string();
+        rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    };
+    let first = stored_leaf();
+    for addr in &addrs {
+        for sni in [HOSTNAME, "other.lab.test"] {
+            assert_eq!(leaf_for(*addr, sni).await, first, "{addr} {sni}");
+        }
+        let no_sni = tls_connect(*addr, None, None).await.unwrap();
+        assert_eq!(no_sni.leaf().to_vec(), first);
+    }
+    assert_eq!(sans(&first), [format!("DNS:{HOSTNAME}")]);
+    let banner = format!("Use https://{HOSTNAME}/dashboard/");
+    assert!(replicas[0].as_ref().unwrap().logged(&banner));
+
+    // A certificate about to expire (as cert-manager would find it): exactly one replica renews
+    // it, and every replica serves the renewal.
+    let put_expiring = || {
+        let secret = expiring_ingress_secret(&etcd, HOSTNAME);
+        etcd.etcdctl(&["put", "/corral/cattle-system/tls-rancher-ingress", &secret]);
+    };
+    put_expiring();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let renewer = loop {
+        let found = renewers(&replicas, HOSTNAME);
+        if let [one] = found[..] {
+            break one;
+        }
+        assert!(found.len() < 2, "several replicas renewed: {found:?}");
+        assert!(Instant::now() < deadline, "nobody renewed within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let renewed = stored_leaf();
+    assert_ne!(renewed, first);
+    for addr in &addrs {
+        let deadline = Instant::now() + PROPAGATION_LIMIT;
+        while leaf_for(*addr, "x.lab.test").await != renewed {
+            assert!(
+                Instant::now() < deadline,
+                "{addr} does not serve the renewal"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // The renewer dies: another replica takes the lease over and renews the next time.
+    let killed = replicas[renewer].take().unwrap();
+    drop(killed);
+    put_expiring();
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let found = renewers(&replicas, HOSTNAME);
+        if let [one] = found[..] {
+            assert_ne!(one, renewer);
+            break;
+        }
+        assert!(found.len() < 2, "several replicas renewed: {found:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no other replica renewed within 45 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

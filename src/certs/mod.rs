@@ -14,6 +14,7 @@ pub mod acme;
 mod admission;
 mod error;
 pub mod files;
+mod ingress;
 mod minter;
 mod per_host;
 mod persisted;
@@ -32,6 +33,7 @@ use rustls::sign::CertifiedKey;
 
 pub use admission::Refusal;
 pub use error::CertError;
+pub use ingress::INGRESS;
 pub use minter::default_route_ip;
 pub use source::CertSource;
 
@@ -99,6 +101,16 @@ impl CertService {
                 config.session_tickets,
                 minter.clone(),
             )?),
+            (CertOrigin::Minted, _) if config.hostname.is_some() => {
+                let hostname = config.hostname.clone().expect("checked");
+                let replica = crate::secrets::random_suffix();
+                Arc::new(ingress::Ingress::open(
+                    hostname,
+                    store,
+                    minter.clone(),
+                    &replica,
+                )?)
+            }
             (CertOrigin::Minted, CertMode::PerHost) => Arc::new(per_host::PerHost::new(
                 config.max_names,
                 minter.clone(),

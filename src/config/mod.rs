@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pki::{AllowList, CaProfile, ServerUrl};
+use crate::pki::{AllowList, CaProfile, ServerUrl, SubjectName};
 
 pub mod tls;
 pub use tls::{
@@ -122,6 +122,10 @@ pub struct ServeArgs {
     /// before answering 503 [default: 15].
     #[arg(long, env = "CORRAL_AGENT_WAIT", value_name = "SECONDS")]
     pub agent_wait: Option<u64>,
+    /// The HA install's hostname (helm's `--set hostname=`): every replica serves one certificate
+    /// for it, issued by the CA and kept as `tls-rancher-ingress`; nothing is minted per name.
+    #[arg(long, env = "CORRAL_HOSTNAME", value_name = "NAME")]
+    pub hostname: Option<String>,
     /// Pin server-url from boot (the HA-style install): one certificate for its host, read-only.
     #[arg(long, env = "CATTLE_SERVER_URL", value_name = "URL")]
     pub server_url: Option<String>,
@@ -241,6 +245,8 @@ pub struct Config {
     /// Whether clients may resume TLS sessions.
     pub session_tickets: bool,
     pub server_url: Option<ServerUrl>,
+    /// `--hostname`: the one DNS name every replica serves a certificate for.
+    pub hostname: Option<SubjectName>,
     /// `CATTLE_BOOTSTRAP_PASSWORD` (environment only, so it never shows in `ps`).
     pub bootstrap_password: Option<Secret>,
     /// Who terminates TLS, which certificate is served, what `/cacerts` says.
@@ -314,6 +320,15 @@ impl Config {
             agent_wait: Duration::from_secs(given(s.agent_wait, "agent-wait")?),
             session_tickets: given(s.session_tickets, "session-tickets")? == Toggle::On,
             max_connections: given(s.max_connections, "max-connections")?,
+            hostname: s
+                .hostname
+                .filter(|h| !h.trim().is_empty())
+                .map(|h| match SubjectName::parse(h.trim()) {
+                    Ok(name @ SubjectName::Dns(_)) if !name.as_text().contains('*') => Ok(name),
+                    Ok(_) => Err(invalid("hostname", format!("{h:?} is not a DNS name"))),
+                    Err(e) => Err(invalid("hostname", e)),
+                })
+                .transpose()?,
             server_url: s
                 .server_url
                 .filter(|u| !u.trim().is_empty())
@@ -430,6 +445,7 @@ mod tests {
             "advertise_address",
             "cacerts",
             "data_dir",
+            "hostname",
             "server_url",
             "store",
             "tls_cert",

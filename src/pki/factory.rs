@@ -54,6 +54,11 @@ impl LeafFactory {
         &self.ca
     }
 
+    /// The shared leaf private key as PEM (for a stored secret's `tls.key`).
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
     /// The shared leaf private key, for rustls.
     pub fn key_der(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()))

@@ -4,6 +4,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::dir::{DataDir, PUBLIC_MODE, SECRET_MODE, read_optional, write_atomic};
 
@@ -107,6 +108,39 @@ pub trait Backend: Send + Sync + 'static {
         _ttl: std::time::Duration,
     ) -> Result<Option<LeaseGuard>, StoreError> {
         Ok(None)
+    }
+    /// Campaigns, in the background and for as long as the result lives, to lead `path` (held as
+    /// `id` under a lease of `ttl`): one process of those campaigning leads at a time; when it dies
+    /// another takes over after `ttl`. `None` from a backend without leases (one process: it
+    /// always leads).
+    fn campaign(
+        &self,
+        _path: &str,
+        _id: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<Option<Leadership>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// Whether this process leads, for work exactly one replica does (renewing the HA certificate).
+#[derive(Clone)]
+pub struct Leadership {
+    leading: Arc<std::sync::atomic::AtomicBool>,
+    _guard: Arc<LeaseGuard>,
+}
+
+impl Leadership {
+    pub fn new(leading: Arc<std::sync::atomic::AtomicBool>, guard: LeaseGuard) -> Self {
+        Self {
+            leading,
+            _guard: Arc::new(guard),
+        }
+    }
+
+    /// Whether this process holds the leadership now.
+    pub fn is_leader(&self) -> bool {
+        self.leading.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

@@ -31,7 +31,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::backend::{Backend, Key, LeaseGuard, StoreError, Version};
+use super::backend::{Backend, Key, Leadership, LeaseGuard, StoreError, Version};
 
 /// How long one member may take to answer before the request goes to the next.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -430,19 +430,42 @@ impl Backend for EtcdBackend {
             key: format!("{PREFIX}{path}"),
             bytes: bytes.to_vec(),
             ttl_secs: ttl.as_secs().max(2) as i64,
+            leading: None,
         };
         self.runtime.spawn(lease.keep(stop.clone()));
         Ok(Some(LeaseGuard::new(stop)))
     }
+
+    fn campaign(
+        &self,
+        path: &str,
+        id: &str,
+        ttl: Duration,
+    ) -> Result<Option<Leadership>, StoreError> {
+        let stop = CancellationToken::new();
+        let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lease = Leased {
+            members: self.members.clone(),
+            key: format!("{PREFIX}{path}"),
+            bytes: id.as_bytes().to_vec(),
+            ttl_secs: ttl.as_secs().max(2) as i64,
+            leading: Some(leading.clone()),
+        };
+        self.runtime.spawn(lease.keep(stop.clone()));
+        Ok(Some(Leadership::new(leading, LeaseGuard::new(stop))))
+    }
 }
 
 /// A value kept under an etcd lease: granted, put, renewed every third of its TTL; granted and put
-/// again when the lease was lost (etcd away for longer than the TTL); revoked when stopped.
+/// again when the lease was lost (etcd away for longer than the TTL); revoked when stopped. With
+/// `leading`, a campaign: the value is put only where there is none (another holder's lease has to
+/// expire first), and `leading` tells whether ours is there.
 struct Leased {
     members: Members,
     key: String,
     bytes: Vec<u8>,
     ttl_secs: i64,
+    leading: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Leased {
@@ -450,10 +473,18 @@ impl Leased {
         let renew_every = Duration::from_secs((self.ttl_secs as u64 / 3).max(1));
         let mut lease = None;
         loop {
+            self.set_leading(lease.is_some());
             let id = match lease {
                 Some(id) => id,
                 None => match self.grant_and_put().await {
-                    Ok(id) => id,
+                    Ok(Some(id)) => id,
+                    // Held by another: try again when its lease may have gone.
+                    Ok(None) => {
+                        if sleep_or_stop(&stop, renew_every).await {
+                            return;
+                        }
+                        continue;
+                    }
                     Err(e) => {
                         tracing::debug!("store: cannot keep {}: {e}", self.key);
                         if sleep_or_stop(&stop, Duration::from_secs(1)).await {
@@ -463,7 +494,11 @@ impl Leased {
                     }
                 },
             };
+            if lease.is_none() && self.leading.is_some() {
+                tracing::info!("store: this replica now holds {}", self.key);
+            }
             lease = Some(id);
+            self.set_leading(true);
             if sleep_or_stop(&stop, renew_every).await {
                 let _ = self
                     .members
@@ -487,7 +522,14 @@ impl Leased {
         }
     }
 
-    async fn grant_and_put(&self) -> Result<i64, StoreError> {
+    fn set_leading(&self, leading: bool) {
+        if let Some(flag) = &self.leading {
+            flag.store(leading, Ordering::Release);
+        }
+    }
+
+    /// A new lease with the value under it; `None` when campaigning and another holds the key.
+    async fn grant_and_put(&self) -> Result<Option<i64>, StoreError> {
         let ttl = self.ttl_secs;
         let id = self
             .members
@@ -495,16 +537,36 @@ impl Leased {
             .await?
             .id();
         let (key, bytes) = (&self.key, &self.bytes);
-        self.members
+        let only_if_absent = self.leading.is_some();
+        let put = self
+            .members
             .call(|client| async move {
-                let options = PutOptions::new().with_lease(id);
-                client
-                    .kv_client()
-                    .put(key.clone(), bytes.clone(), Some(options))
-                    .await
+                let put = TxnOp::put(
+                    key.clone(),
+                    bytes.clone(),
+                    Some(PutOptions::new().with_lease(id)),
+                );
+                let txn = match only_if_absent {
+                    true => Txn::new()
+                        .when(vec![Compare::create_revision(
+                            key.clone(),
+                            CompareOp::Equal,
+                            0,
+                        )])
+                        .and_then(vec![put]),
+                    false => Txn::new().and_then(vec![put]),
+                };
+                client.kv_client().txn(txn).await
             })
             .await?;
-        Ok(id)
+        if put.succeeded() {
+            return Ok(Some(id));
+        }
+        let _ = self
+            .members
+            .call(|client| async move { client.lease_client().revoke(id).await })
+            .await;
+        Ok(None)
     }
 }
 

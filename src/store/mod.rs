@@ -16,6 +16,8 @@ mod document;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 
-pub use backend::{Backend, FileBackend, Key, LeaseGuard, StoreError, Version, create_once};
+pub use backend::{
+    Backend, FileBackend, Key, Leadership, LeaseGuard, StoreError, Version, create_once,
+};
 pub use dir::{DataDir, PUBLIC_MODE, SECRET_MODE, read_optional, write_atomic};
 pub use document::Document;
