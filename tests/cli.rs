@@ -440,3 +440,96 @@ fn the_container_image_is_pinned_unprivileged_and_checked() {
         );
     }
 }
+
+/// The README's HA walkthrough (`<!-- ha-walkthrough -->`): a three-member etcd, three replicas with
+/// `--hostname`, HAProxy, a simulated agent and kubectl through the balancer, then a SIGKILL of the
+/// replica holding the agent — run as written, with free ports instead of the ones it names.
+#[cfg(feature = "etcd")]
+#[test]
+fn the_readme_ha_walkthrough_runs_as_written() {
+    let text = readme();
+    let start = text.find("<!-- ha-walkthrough -->").expect("start marker");
+    let end = text.find("<!-- /ha-walkthrough -->").expect("end marker");
+    let mut script = String::new();
+    let mut in_block = false;
+    for line in text[start..end].lines() {
+        match line.trim() {
+            "```sh" => in_block = true,
+            "```" => in_block = false,
+            _ if in_block => {
+                script.push_str(line);
+                script.push('\n');
+            }
+            _ => {}
+        }
+    }
+    for port in [
+        "2379", "22379", "32379", "2380", "22380", "32380", "8444", "8445", "8446", "8443",
+    ] {
+        let free = common::free_port().to_string();
+        let pattern = regex::Regex::new(&format!(r"\b{port}\b")).unwrap();
+        script = pattern.replace_all(&script, free.as_str()).into_owned();
+    }
+    let bin_dir = std::path::Path::new(common::corral_bin()).parent().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let preamble = "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n";
+    let output = std::process::Command::new("timeout")
+        .args(["240", "bash", "-c", &format!("{preamble}{script}")])
+        .current_dir(work.path())
+        .env(
+            "PATH",
+            format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("HOME", work.path())
+        .env_remove("KUBECONFIG")
+        .env_remove("CATTLE_TOKEN")
+        .env_remove("CORRAL_CONFIG")
+        .env_remove("CORRAL_DATA_DIR")
+        .env_remove("CORRAL_HTTPS_PORT")
+        .env_remove("CORRAL_HTTP_PORT")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let logs = [
+        "replica-0.log",
+        "replica-1.log",
+        "replica-2.log",
+        "agent.log",
+    ]
+    .map(|f| {
+        let text = std::fs::read_to_string(work.path().join(f)).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(30).collect();
+        format!(
+            "== {f}\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+    })
+    .join("\n");
+    let why = format!(
+        "stdout:\n{stdout}\nstderr:\n{}\nlogs:\n{logs}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "the HA walkthrough failed: {why}");
+    let checksums: std::collections::HashSet<&str> =
+        stdout.lines().filter(|l| l.ends_with("  -")).collect();
+    assert_eq!(checksums.len(), 1, "one CA on every replica: {why}");
+    let versions = stdout
+        .lines()
+        .filter(|l| *l == "v1.31.4+corral-simulated")
+        .count();
+    assert_eq!(versions, 3, "every replica reaches the cluster: {why}");
+    for expected in [
+        "namespace/ha created",
+        "/corral/cattle-system/tls-rancher-ingress",
+        "/corral/corral/replicas/",
+        "kubectl works again",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} missing: {why}");
+    }
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("ha ") && l.contains("Active")),
+        "{why}"
+    );
+}

@@ -367,6 +367,43 @@ async fn behind_a_balancer_every_replica_reaches_every_agent_and_a_killed_replic
         assert_eq!(state["connected"], true, "replica {i}: {state}");
     }
 
+    // A node agent's tunnel is reached from every replica too (`<cluster>:<node>` relayed).
+    let web = common::target::serve(None, |_req: hyper::Request<hyper::body::Incoming>| async {
+        common::target::full(hyper::StatusCode::OK, "on the node")
+    })
+    .await;
+    let _node = lab.node_agents("ha-node", 1);
+    let node_id = {
+        let nodes = format!("/v3/nodes?clusterId={}", lab.cluster);
+        let deadline = Instant::now() + PROPAGATION_LIMIT;
+        loop {
+            let listed = json(&request(balancer.addr, "GET", &nodes, &[&lab.auth()], None).await);
+            if listed["data"][0]["state"] == "active" {
+                break listed["data"][0]["id"].as_str().unwrap().to_string();
+            }
+            assert!(Instant::now() < deadline, "{listed}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let through_node = format!("/v3/nodes/{node_id}/proxy/{web}/");
+    for (i, addr) in addrs.iter().enumerate() {
+        let deadline = Instant::now() + PROPAGATION_LIMIT;
+        loop {
+            let answer = request(*addr, "GET", &through_node, &[&lab.auth()], None).await;
+            if answer.status == 200 {
+                assert_eq!(answer.body, "on the node");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {i}: {} {}",
+                answer.status,
+                answer.body
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     // kubectl through the balancer, then the replica holding the agent is killed.
     let kubeconfig = lab.kubeconfig(&lab.cluster).await;
     let created = kubectl(kubeconfig.path(), &["create", "namespace", "before-kill"]);

@@ -1068,3 +1068,75 @@ async fn sigterm_stops_corral_cleanly_and_agents_come_back() {
         "the agent saw a close: {agent_logs}"
     );
 }
+
+/// A node agent (cattle-node-agent): listed under `/v3/nodes` with Rancher's node name and its
+/// state, and a lab user reaches a plain-HTTP service through its tunnel.
+#[tokio::test]
+async fn node_agents_are_listed_and_reach_what_their_node_reaches() {
+    let lab = Lab::start().await;
+    let web = serve(
+        None,
+        |req: hyper::Request<hyper::body::Incoming>| async move {
+            let seen = format!("node web saw {}", req.uri());
+            common::target::full(hyper::StatusCode::OK, seen)
+        },
+    )
+    .await;
+    let mut agent = lab.node_agents("worker-1", 1);
+    // `echo -n worker-1 | md5sum` starts fd8beb38b0b3: Rancher's node name is m- and those 12.
+    let id = format!("{}:m-fd8beb38b0b3", lab.cluster);
+    let nodes_path = format!("/v3/nodes?clusterId={}", lab.cluster);
+    let node_state = |want: &'static str| {
+        let (path, auth, addr) = (nodes_path.clone(), lab.auth(), lab.addr);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let listed = body(&request(addr, "GET", &path, &[&auth], None).await);
+                if listed["data"][0]["state"] == want {
+                    return listed["data"][0].clone();
+                }
+                assert!(Instant::now() < deadline, "node never {want}: {listed}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let node = node_state("active").await;
+    assert_eq!(node["id"], id);
+    assert_eq!(node["nodeName"], "m-fd8beb38b0b3");
+    assert_eq!(node["requestedHostname"], "worker-1");
+    assert_eq!(node["worker"], true);
+    let one = request(
+        lab.addr,
+        "GET",
+        &format!("/v3/nodes/{id}"),
+        &[&lab.auth()],
+        None,
+    )
+    .await;
+    assert_eq!(body(&one)["id"], id);
+    // A node agent is not the cluster's agent.
+    let cluster = request(
+        lab.addr,
+        "GET",
+        &format!("/v3/clusters/{}", lab.cluster),
+        &[&lab.auth()],
+        None,
+    )
+    .await;
+    assert_eq!(body(&cluster)["connected"], false);
+
+    let proxy = format!("/v3/nodes/{id}/proxy/{web}/hello?x=1");
+    let reached = request(lab.addr, "GET", &proxy, &[&lab.auth()], None).await;
+    assert_eq!(
+        (reached.status, reached.body.as_str()),
+        (200, "node web saw /hello?x=1")
+    );
+    let anonymous = request(lab.addr, "GET", &proxy, &[], None).await;
+    assert_eq!(anonymous.status, 401);
+    let unknown = format!("/v3/nodes/{}:m-000000000000/proxy/{web}/", lab.cluster);
+    let missing = request(lab.addr, "GET", &unknown, &[&lab.auth()], None).await;
+    assert_eq!(missing.status, 404, "{}", missing.body);
+
+    agent.kill();
+    node_state("unavailable").await;
+}

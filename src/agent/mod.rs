@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::client::{ClientError, ConnectError, Target, tls_insecure, tls_trusting};
-use crate::clusters::ClusterParams;
+use crate::clusters::{ClusterParams, CustomConfig, NodeParams};
 use crate::secrets::{TOKEN_LENGTH, random_token};
 use crate::tunnel::session::{Connector, Serving, SessionError};
 use crate::tunnel::{Role, Session, TunnelStream};
@@ -131,7 +131,20 @@ pub struct AgentArgs {
     /// Number of agents to run in this process.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub count: usize,
+    /// Connect as a node agent (cattle-node-agent) for the node NAME (its requestedHostname; with
+    /// --count, NAME-0, NAME-1, …), straight to /v3/connect as CATTLE_AGENT_CONNECT=true does. The
+    /// server may dial any tcp address and the Docker socket through it, as Rancher's node agent
+    /// allows.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["simulate", "ca_cert", "sa_token", "address"])]
+    pub node: Option<String>,
 }
+
+/// What Rancher's node agent lets the server dial (its ConnectAuthorizer).
+const NODE_AGENT_RULES: [&str; 3] = [
+    "tcp:*",
+    "unix:/var/run/docker.sock",
+    "npipe://./pipe/docker_engine",
+];
 
 /// Everything checked before any tunnel is opened; each failure ends the command.
 pub async fn prepare(args: &AgentArgs) -> Result<PreparedAgent, AgentError> {
@@ -188,7 +201,17 @@ pub async fn prepare(args: &AgentArgs) -> Result<PreparedAgent, AgentError> {
         Err(other) => return Err(AgentError::Unverified(other)),
     }
     let policy = AllowPolicy::parse(&args.allow)?;
-    let clusters = if args.simulate {
+    let clusters = if let Some(name) = &args.node {
+        let rules: Vec<String> = NODE_AGENT_RULES.iter().map(|r| r.to_string()).collect();
+        ClusterApis::Nodes {
+            name: name.clone(),
+            numbered: args.count > 1,
+            connector: Arc::new(AgentConnector {
+                policy: AllowPolicy::parse(&rules)?,
+                terminator: None,
+            }),
+        }
+    } else if args.simulate {
         let address = args.address.as_deref().unwrap_or(SIMULATED_ADDRESS);
         tracing::info!(
             "simulating {} cluster(s) at {address}: each API is served in-process, nothing listens",
@@ -321,6 +344,13 @@ enum ClusterApis {
         params_header: String,
         connector: Arc<AgentConnector>,
     },
+    /// Node agents: each its own node, dialing what Rancher's node agent allows.
+    Nodes {
+        name: String,
+        /// With --count > 1: agent i is the node `<name>-<i>`.
+        numbered: bool,
+        connector: Arc<AgentConnector>,
+    },
     /// Each agent its own simulated cluster; the TLS identity and the routes are shared.
     Simulated {
         tls: Arc<ApiTls>,
@@ -331,9 +361,33 @@ enum ClusterApis {
 }
 
 impl PreparedAgent {
-    /// One agent's params header and connector (for a simulated cluster, a new cluster).
-    fn agent(&self) -> (String, Arc<dyn Connector>) {
+    /// Agent `index`'s params header and connector (for a simulated cluster, a new cluster).
+    fn agent(&self, index: usize) -> (String, Arc<dyn Connector>) {
         match &self.clusters {
+            ClusterApis::Nodes {
+                name,
+                numbered,
+                connector,
+            } => {
+                let hostname = match numbered {
+                    true => format!("{name}-{index}"),
+                    false => name.clone(),
+                };
+                let params = NodeParams {
+                    requested_hostname: hostname,
+                    custom_config: Some(CustomConfig {
+                        address: "127.0.0.1".into(),
+                        internal_address: "127.0.0.1".into(),
+                        roles: vec!["worker".into()],
+                    }),
+                    worker: true,
+                    ..NodeParams::default()
+                };
+                let header = base64::engine::general_purpose::STANDARD
+                    .encode(serde_json::json!({ "node": params }).to_string());
+                let connector: Arc<dyn Connector> = connector.clone();
+                (header, connector)
+            }
             ClusterApis::Shared {
                 params_header,
                 connector,
@@ -375,8 +429,9 @@ pub async fn run(args: AgentArgs, prepared: PreparedAgent) {
 }
 
 async fn agent_loop(prepared: Arc<PreparedAgent>, token: String, index: usize) {
-    let (params_header, connector) = prepared.agent();
-    let mut registered = false;
+    let (params_header, connector) = prepared.agent(index);
+    // A node agent connects straight to /v3/connect (CATTLE_AGENT_CONNECT=true).
+    let mut registered = matches!(prepared.clusters, ClusterApis::Nodes { .. });
     loop {
         let path = if registered {
             "/v3/connect"

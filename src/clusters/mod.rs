@@ -12,7 +12,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
-pub use params::{ClusterParams, ParamsError};
+pub use params::{AgentParams, ClusterParams, CustomConfig, NodeParams, ParamsError};
 
 use crate::secrets::{TOKEN_LENGTH, hash_token_secret, random_suffix, random_token, same_hash};
 use crate::store::{Backend, Document, Key, StoreError};
@@ -23,6 +23,8 @@ pub const CLUSTERS: Key = Key::secret("clusters.json", "corral/clusters");
 
 /// Most clusters one server keeps (a bound on what an admin script gone wrong can create).
 const MAX_CLUSTERS: usize = 10_000;
+/// Most nodes kept per cluster.
+const MAX_NODES_PER_CLUSTER: usize = 1_000;
 /// Most registration tokens per cluster; the oldest go first.
 const MAX_TOKENS_PER_CLUSTER: usize = 100;
 
@@ -38,6 +40,39 @@ pub struct Cluster {
     /// holds the tunnel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     agent: Option<ClusterParams>,
+    /// Nodes whose node agents connected (cattle-node-agent), as Rancher creates them on register.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    nodes: Vec<Node>,
+}
+
+/// A node of a cluster, as its node agent advertised it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Node {
+    /// `m-` + 12 hex digits (see [`NodeParams::node_id`]).
+    pub id: String,
+    pub cluster_id: String,
+    pub requested_hostname: String,
+    pub address: String,
+    pub internal_address: String,
+    pub etcd: bool,
+    pub control_plane: bool,
+    pub worker: bool,
+    pub created: i64,
+}
+
+impl Node {
+    /// The node's tunnel client key and API id: `<cluster>:<node>`.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.cluster_id, self.id)
+    }
+}
+
+/// What an agent advertised that is not saved yet.
+#[derive(Debug, Clone)]
+enum Unsaved {
+    Cluster(String, ClusterParams),
+    Node(Node),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,8 +112,11 @@ pub struct Clusters {
     document: Document<ClusterList>,
     /// What agents connected to this replica advertised, by cluster id: used at once, saved soon.
     advertised: DashMap<String, ClusterParams>,
-    /// Advertised params not saved yet (saved together, by one task at a time).
-    unsaved: std::sync::Mutex<HashMap<String, ClusterParams>>,
+    /// Nodes whose agents connected to this replica, by `<cluster>:<node>`: listed at once.
+    nodes_seen: DashMap<String, Node>,
+    /// What agents advertised that is not saved yet, by client key (saved together, by one task
+    /// at a time).
+    unsaved: std::sync::Mutex<HashMap<String, Unsaved>>,
     saving: AtomicBool,
 }
 
@@ -93,6 +131,7 @@ impl Clusters {
         Ok(Self {
             document,
             advertised: DashMap::new(),
+            nodes_seen: DashMap::new(),
             unsaved: Default::default(),
             saving: AtomicBool::new(false),
         })
@@ -115,7 +154,63 @@ impl Clusters {
         if self.get(cluster_id).and_then(|c| c.agent).as_ref() == Some(&params) {
             return;
         }
-        crate::support::lock(&self.unsaved).insert(cluster_id.to_string(), params);
+        self.save_soon(
+            cluster_id.to_string(),
+            Unsaved::Cluster(cluster_id.to_string(), params),
+        );
+    }
+
+    /// A node agent of `cluster_id` connected here advertising `params` (Rancher creates or updates
+    /// the node on register): listed at once, saved in the background as [`Clusters::record_agent`]
+    /// saves. Returns the node.
+    pub fn record_node(self: &Arc<Self>, cluster_id: &str, params: &NodeParams) -> Node {
+        let custom = params.custom_config.clone().unwrap_or_default();
+        let id = params.node_id();
+        let stored = self.stored_node(cluster_id, &id);
+        let node = Node {
+            created: stored.as_ref().map_or_else(unix_now, |n| n.created),
+            id,
+            cluster_id: cluster_id.to_string(),
+            requested_hostname: params.requested_hostname.clone(),
+            address: custom.address,
+            internal_address: custom.internal_address,
+            etcd: params.etcd,
+            control_plane: params.control_plane,
+            worker: params.worker,
+        };
+        self.nodes_seen.insert(node.key(), node.clone());
+        if stored.as_ref() != Some(&node) {
+            self.save_soon(node.key(), Unsaved::Node(node.clone()));
+        }
+        node
+    }
+
+    fn stored_node(&self, cluster_id: &str, node_id: &str) -> Option<Node> {
+        let cluster = self.get(cluster_id)?;
+        cluster.nodes.into_iter().find(|n| n.id == node_id)
+    }
+
+    /// The nodes of `cluster_id`: as saved, and those seen here since.
+    pub fn nodes(&self, cluster_id: &str) -> Vec<Node> {
+        let mut nodes: HashMap<String, Node> = self
+            .get(cluster_id)
+            .map(|c| c.nodes)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| (n.key(), n))
+            .collect();
+        for seen in self.nodes_seen.iter() {
+            if seen.cluster_id == cluster_id {
+                nodes.insert(seen.key().clone(), seen.value().clone());
+            }
+        }
+        let mut nodes: Vec<Node> = nodes.into_values().collect();
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        nodes
+    }
+
+    fn save_soon(self: &Arc<Self>, key: String, unsaved: Unsaved) {
+        crate::support::lock(&self.unsaved).insert(key, unsaved);
         if !self.saving.swap(true, Ordering::AcqRel) {
             tokio::spawn(self.clone().save_advertised());
         }
@@ -136,9 +231,18 @@ impl Clusters {
                 continue;
             }
             let saved = self.document.update(|doc| {
-                for cluster in &mut doc.clusters {
-                    if let Some(params) = batch.get(&cluster.id) {
-                        cluster.agent = Some(params.clone());
+                for unsaved in batch.values() {
+                    let cluster_id = match unsaved {
+                        Unsaved::Cluster(id, _) => id,
+                        Unsaved::Node(node) => &node.cluster_id,
+                    };
+                    let Some(cluster) = doc.clusters.iter_mut().find(|c| &c.id == cluster_id)
+                    else {
+                        continue;
+                    };
+                    match unsaved {
+                        Unsaved::Cluster(_, params) => cluster.agent = Some(params.clone()),
+                        Unsaved::Node(node) => upsert_node(&mut cluster.nodes, node),
                     }
                 }
                 Ok::<_, StoreError>(())
@@ -147,8 +251,8 @@ impl Clusters {
                 tracing::warn!("cannot save what {} agent(s) advertised: {e}", batch.len());
                 {
                     let mut unsaved = crate::support::lock(&self.unsaved);
-                    for (id, params) in batch {
-                        unsaved.entry(id).or_insert(params);
+                    for (key, pending) in batch {
+                        unsaved.entry(key).or_insert(pending);
                     }
                 }
                 tokio::time::sleep(SAVE_RETRY_WAIT).await;
@@ -179,6 +283,7 @@ impl Clusters {
                 created: unix_now(),
                 tokens: Vec::new(),
                 agent: None,
+                nodes: Vec::new(),
             };
             doc.clusters.push(cluster.clone());
             Ok(cluster)
@@ -229,6 +334,19 @@ impl Clusters {
             .iter()
             .find(|c| c.tokens.iter().any(|t| same_hash(&t.hash, &hash)))
             .cloned()
+    }
+}
+
+/// Replaces the stored node of the same id, or adds it (up to the per-cluster bound).
+fn upsert_node(nodes: &mut Vec<Node>, node: &Node) {
+    match nodes.iter().position(|n| n.id == node.id) {
+        Some(i) => nodes[i] = node.clone(),
+        None if nodes.len() < MAX_NODES_PER_CLUSTER => nodes.push(node.clone()),
+        None => tracing::warn!(
+            "cluster {} has {MAX_NODES_PER_CLUSTER} nodes: {} is not kept",
+            node.cluster_id,
+            node.id
+        ),
     }
 }
 

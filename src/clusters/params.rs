@@ -15,11 +15,56 @@ pub struct ClusterParams {
     pub token: String,
 }
 
+/// What a node agent (cattle-node-agent) advertises: the host it runs on and its roles. corral
+/// keeps the fields Rancher's node list shows; the rest (`dockerInfo`, labels, taints) is ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeParams {
+    #[serde(default)]
+    pub requested_hostname: String,
+    #[serde(default)]
+    pub custom_config: Option<CustomConfig>,
+    #[serde(default)]
+    pub etcd: bool,
+    #[serde(default)]
+    pub control_plane: bool,
+    #[serde(default)]
+    pub worker: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomConfig {
+    #[serde(default)]
+    pub address: String,
+    #[serde(default)]
+    pub internal_address: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+impl NodeParams {
+    /// Rancher's name for the node: `m-` and the first 12 hex digits of the MD5 of the requested
+    /// hostname.
+    pub fn node_id(&self) -> String {
+        use md5::{Digest, Md5};
+        let digest = hex::encode(Md5::digest(self.requested_hostname.as_bytes()));
+        format!("m-{}", &digest[..12])
+    }
+}
+
+/// What an agent advertised: a cluster agent's params or a node agent's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentParams {
+    Cluster(ClusterParams),
+    Node(NodeParams),
+}
+
 /// The decoded `X-API-Tunnel-Params` JSON: a cluster agent's params, or a node agent's.
 #[derive(Deserialize)]
 struct TunnelParams {
     cluster: Option<ClusterParams>,
-    node: Option<serde_json::Value>,
+    node: Option<NodeParams>,
 }
 
 /// Why `X-API-Tunnel-Params` was refused: the text of Rancher's 400.
@@ -30,16 +75,15 @@ pub enum ParamsError {
     /// serde_json's errors are neither `Clone` nor `PartialEq`: its text is kept.
     #[error("invalid X-API-Tunnel-Params: {0}")]
     Json(String),
-    #[error("node agents are not supported by corral")]
-    NodeAgent,
     #[error("missing node or cluster registration info")]
     Missing,
     #[error("invalid input, {0} empty")]
     Empty(&'static str),
 }
 
-impl ClusterParams {
-    /// Parses `X-API-Tunnel-Params` (base64 of JSON).
+impl AgentParams {
+    /// Parses `X-API-Tunnel-Params` (base64 of JSON). Node params win when both are there, as in
+    /// Rancher's authorizer.
     pub fn from_header(raw: &str) -> Result<Self, ParamsError> {
         use base64::Engine;
         let json = base64::engine::general_purpose::STANDARD
@@ -47,12 +91,23 @@ impl ClusterParams {
             .map_err(ParamsError::Base64)?;
         let params: TunnelParams =
             serde_json::from_slice(&json).map_err(|e| ParamsError::Json(e.to_string()))?;
-        let Some(cluster) = params.cluster else {
-            return Err(match params.node {
-                Some(_) => ParamsError::NodeAgent,
-                None => ParamsError::Missing,
-            });
-        };
+        match (params.node, params.cluster) {
+            (Some(node), _) => {
+                if node.requested_hostname.trim().is_empty() {
+                    return Err(ParamsError::Empty("hostname"));
+                }
+                Ok(Self::Node(node))
+            }
+            (None, Some(cluster)) => cluster.checked().map(Self::Cluster),
+            (None, None) => Err(ParamsError::Missing),
+        }
+    }
+}
+
+impl ClusterParams {
+    /// A cluster agent's params, if Rancher would take them: address, token and caCert all set.
+    fn checked(self) -> Result<Self, ParamsError> {
+        let cluster = self;
         if cluster.address.trim().is_empty() {
             return Err(ParamsError::Empty("address"));
         }
@@ -80,7 +135,7 @@ mod tests {
     fn params_errors_use_rancher_texts() {
         let cases = [
             ("{}", "missing node or cluster registration info"),
-            (r#"{"node":{}}"#, "node agents are not supported by corral"),
+            (r#"{"node":{}}"#, "invalid input, hostname empty"),
             (
                 r#"{"cluster":{"token":"t"}}"#,
                 "invalid input, address empty",
@@ -99,25 +154,32 @@ mod tests {
             ),
         ];
         for (json, text) in cases {
-            let refused = ClusterParams::from_header(&encode(json)).unwrap_err();
+            let refused = AgentParams::from_header(&encode(json)).unwrap_err();
             assert_eq!(refused.to_string(), text);
         }
-        let bad = ClusterParams::from_header("%%%").unwrap_err().to_string();
+        let node = r#"{"node":{"requestedHostname":"worker-1","worker":true,"dockerInfo":{}}}"#;
+        let Ok(AgentParams::Node(node)) = AgentParams::from_header(&encode(node)) else {
+            panic!("node params");
+        };
+        // `echo -n worker-1 | md5sum` = fd8beb38b0b3b008…: Rancher's node name has its first 12.
+        assert_eq!(node.node_id(), "m-fd8beb38b0b3");
+        assert!(node.worker && !node.etcd);
+        let bad = AgentParams::from_header("%%%").unwrap_err().to_string();
         assert!(bad.starts_with("illegal base64 data"), "{bad}");
     }
 
     proptest! {
         #[test]
         fn any_header_is_parsed_or_refused_without_panic(raw in ".*", bytes: Vec<u8>) {
-            let _ = ClusterParams::from_header(&raw);
-            let _ = ClusterParams::from_header(&base64::engine::general_purpose::STANDARD.encode(&bytes));
+            let _ = AgentParams::from_header(&raw);
+            let _ = AgentParams::from_header(&base64::engine::general_purpose::STANDARD.encode(&bytes));
         }
 
         #[test]
         fn advertised_params_round_trip(address in "[a-z0-9.:]{1,40}", ca in "[A-Za-z0-9+/=]{1,64}", token in "[!-~]{1,64}") {
             let params = ClusterParams { address, ca_cert: ca, token };
             let json = serde_json::json!({ "cluster": params }).to_string();
-            prop_assert_eq!(ClusterParams::from_header(&encode(&json)), Ok(params));
+            prop_assert_eq!(AgentParams::from_header(&encode(&json)), Ok(AgentParams::Cluster(params)));
         }
     }
 }

@@ -67,7 +67,7 @@ pub async fn forward(
     clusters: &Clusters,
     cluster_id: &str,
     wait: Duration,
-    mut req: Request<Body>,
+    req: Request<Body>,
     path_and_query: &str,
 ) -> Response<Body> {
     let deadline = tokio::time::Instant::now() + wait;
@@ -118,6 +118,71 @@ pub async fn forward(
             );
         }
     };
+    let upstream = Upstream {
+        host: &params.address,
+        bearer: Some(&params.token),
+        what: format!("cluster {cluster_id}"),
+    };
+    exchange(io, req, path_and_query, upstream).await
+}
+
+/// Forwards `req`, as plain HTTP, to `address` reached through the tunnel of the node agent `key`
+/// (`<cluster>:<node>`), waiting up to `wait` for it: how a lab user reaches something on a node.
+pub async fn forward_to_node(
+    registry: &TunnelRegistry,
+    key: &str,
+    address: &str,
+    wait: Duration,
+    req: Request<Body>,
+    path_and_query: &str,
+) -> Response<Body> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let Some(route) = registry.wait_for(key, wait).await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "node agent disconnected");
+    };
+    let io = match tokio::time::timeout_at(deadline, route.open_stream("tcp", address)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return error(StatusCode::BAD_GATEWAY, &format!("node {key}: {e}")),
+        Err(_) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "node {key}: the agent did not answer within {}s",
+                    wait.as_secs()
+                ),
+            );
+        }
+    };
+    let upstream = Upstream {
+        host: address,
+        bearer: None,
+        what: format!("node {key}"),
+    };
+    exchange(io, req, path_and_query, upstream).await
+}
+
+/// Where a proxied request goes: its `Host`, the bearer token that replaces the caller's (a
+/// cluster's service account; none for a node's plain service), and what to name in errors.
+struct Upstream<'a> {
+    host: &'a str,
+    bearer: Option<&'a str>,
+    what: String,
+}
+
+/// One request over `io` (a stream through a tunnel), upgrades (exec, watch over WebSocket)
+/// included.
+async fn exchange<IO>(
+    io: IO,
+    mut req: Request<Body>,
+    path_and_query: &str,
+    upstream: Upstream<'_>,
+) -> Response<Body>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let bad_gateway = |e: &dyn std::fmt::Display| {
+        error(StatusCode::BAD_GATEWAY, &format!("{}: {e}", upstream.what))
+    };
     let (mut sender, connection) =
         match hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io)).await {
             Ok(pair) => pair,
@@ -127,7 +192,7 @@ pub async fn forward(
 
     let upgrading = is_upgrade(req.headers());
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
-    let outgoing = match outgoing_request(req, path_and_query, &params, upgrading) {
+    let outgoing = match outgoing_request(req, path_and_query, &upstream, upgrading) {
         Ok(outgoing) => outgoing,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
     };
@@ -157,7 +222,7 @@ pub async fn forward(
 fn outgoing_request(
     req: Request<Body>,
     path_and_query: &str,
-    params: &ClusterParams,
+    upstream: &Upstream<'_>,
     upgrading: bool,
 ) -> Result<Request<Body>, RequestError> {
     let (mut parts, body) = req.into_parts();
@@ -183,9 +248,11 @@ fn outgoing_request(
     for name in claimed {
         headers.remove(name);
     }
-    let bearer = HeaderValue::from_str(&format!("Bearer {}", params.token))?;
-    headers.insert(header::AUTHORIZATION, bearer);
-    let host = HeaderValue::from_str(&params.address)?;
+    if let Some(token) = upstream.bearer {
+        let bearer = HeaderValue::from_str(&format!("Bearer {token}"))?;
+        headers.insert(header::AUTHORIZATION, bearer);
+    }
+    let host = HeaderValue::from_str(upstream.host)?;
     headers.insert(header::HOST, host);
     Ok(Request::from_parts(parts, body))
 }
@@ -268,12 +335,12 @@ mod tests {
             .header("accept", "application/json")
             .body(Body::empty())
             .unwrap();
-        let params = ClusterParams {
-            address: "10.43.0.1:443".into(),
-            ca_cert: "x".into(),
-            token: "sa".into(),
+        let upstream = Upstream {
+            host: "10.43.0.1:443",
+            bearer: Some("sa"),
+            what: "cluster c-test".into(),
         };
-        let out = outgoing_request(req, "/api", &params, false).unwrap();
+        let out = outgoing_request(req, "/api", &upstream, false).unwrap();
         let names: Vec<_> = out.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(
             names,
@@ -294,12 +361,12 @@ mod tests {
             .header("sec-websocket-key", "k")
             .body(Body::empty())
             .unwrap();
-        let params = ClusterParams {
-            address: "a:1".into(),
-            ca_cert: "x".into(),
-            token: "t".into(),
+        let upstream = Upstream {
+            host: "a:1",
+            bearer: None,
+            what: "node c-test:m-0".into(),
         };
-        let out = outgoing_request(req, "/ws", &params, true).unwrap();
+        let out = outgoing_request(req, "/ws", &upstream, true).unwrap();
         assert_eq!(out.headers()["upgrade"], "websocket");
         assert_eq!(out.headers()["connection"], "Upgrade");
         assert!(!out.headers().contains_key("x-hop"));

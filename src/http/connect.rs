@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Request, Response, StatusCode};
 
 use super::{AppState, text_response};
-use crate::clusters::ClusterParams;
+use crate::clusters::AgentParams;
 use crate::tunnel::websocket;
 
 pub async fn connect(State(state): State<Arc<AppState>>, mut req: Request<Body>) -> Response<Body> {
@@ -39,12 +39,19 @@ pub async fn connect(State(state): State<Arc<AppState>>, mut req: Request<Body>)
         Ok(pair) => pair,
         Err((status, text)) => return text_response(status, "text/plain; charset=utf-8", text),
     };
-    state.clusters.record_agent(&cluster_id, params);
+    // The tunnel's client key: the cluster for a cluster agent, `<cluster>:<node>` for a node agent.
+    let key = match params {
+        AgentParams::Cluster(params) => {
+            state.clusters.record_agent(&cluster_id, params);
+            cluster_id
+        }
+        AgentParams::Node(params) => state.clusters.record_node(&cluster_id, &params).key(),
+    };
     let tunnels = state.tunnels.clone();
     tokio::spawn(async move {
         match websocket::accept(on_upgrade).await {
-            Ok(ws) => tunnels.serve(&cluster_id, ws).await,
-            Err(e) => tracing::warn!("tunnel upgrade for {cluster_id} failed: {e}"),
+            Ok(ws) => tunnels.serve(&key, ws).await,
+            Err(e) => tracing::warn!("tunnel upgrade for {key} failed: {e}"),
         }
     });
     response
@@ -59,12 +66,12 @@ fn authenticated_peer(state: &AppState, headers: &HeaderMap) -> Option<String> {
     replicas.authenticates(id, token).then(|| id.to_string())
 }
 
-/// remotedialer's authorizer chain, reduced to cluster agents: the cluster a registration token
-/// belongs to, and what its agent advertises.
+/// remotedialer's authorizer chain, reduced to Rancher's agents: the cluster a registration token
+/// belongs to, and what its cluster or node agent advertises.
 fn authorize(
     state: &AppState,
     headers: &HeaderMap,
-) -> Result<(String, ClusterParams), (StatusCode, String)> {
+) -> Result<(String, AgentParams), (StatusCode, String)> {
     let bad = |text: &str| (StatusCode::BAD_REQUEST, text.to_string());
     let token = headers
         .get("x-api-tunnel-token")
@@ -81,6 +88,6 @@ fn authorize(
         .get("x-api-tunnel-params")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let params = ClusterParams::from_header(raw).map_err(|e| bad(&e.to_string()))?;
+    let params = AgentParams::from_header(raw).map_err(|e| bad(&e.to_string()))?;
     Ok((cluster.id, params))
 }

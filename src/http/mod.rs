@@ -10,6 +10,7 @@ mod connect;
 mod health;
 mod k8s;
 mod login;
+mod nodes;
 mod redirect;
 mod settings;
 mod ui;
@@ -115,6 +116,9 @@ impl HttpApp {
                 post(clusters::create_token),
             )
             .route("/v3/import/{file}", get(clusters::import))
+            .route("/v3/nodes", get(nodes::list))
+            .route("/v3/nodes/{id}", get(nodes::get))
+            .route("/v3/nodes/{id}/proxy/{*rest}", any(nodes::proxy))
             .route("/k8s/clusters/{id}", any(k8s::cluster_proxy))
             .route("/k8s/clusters/{id}/", any(k8s::cluster_proxy))
             .route("/k8s/clusters/{id}/{*rest}", any(k8s::cluster_proxy))

@@ -116,6 +116,21 @@ impl Lab {
         Agent(command.spawn().unwrap())
     }
 
+    /// Starts `corral agent --node NAME --count N` (node agents of this lab's cluster).
+    pub fn node_agents(&self, name: &str, count: usize) -> Agent {
+        let mut command = Command::new(corral_bin());
+        command
+            .args(["agent", "--server", &self.server()])
+            .args(["--token", &self.registration])
+            .args(["--ca-checksum", &self.checksum])
+            .args(["--node", name, "--count", &count.to_string()])
+            .env("CORRAL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        Agent(command.spawn().unwrap())
+    }
+
     /// A kubeconfig for `cluster` from `generateKubeconfig`, in a temporary file.
     pub async fn kubeconfig(&self, cluster: &str) -> tempfile::NamedTempFile {
         let path = format!("/v3/clusters/{cluster}?action=generateKubeconfig");
