@@ -25,32 +25,15 @@ need=()
 command -v nginx >/dev/null || need+=(nginx)
 command -v caddy >/dev/null || need+=(caddy)
 command -v jq >/dev/null || need+=(jq)
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
 if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 # shellcheck source=benches/common.sh
 source benches/common.sh
 
-CLK_TCK=$(getconf CLK_TCK)
-# CPU ticks (user + system) of a process and all its threads.
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
-
 ROWS=()
-# run_bench PID BENCH-ARGS…: one client run against the server PID; prints
-# "server-CPU-µs-per-handshake ok failed rate p50 p99".
-run_bench() {
-  local pid=$1; shift
-  local before after json ok
-  before=$(ticks "$pid")
-  # A run with failures still reports (its exit status is 1): the table shows them.
-  json=$(taskset -c "$CLIENT_CPU" "$BIN" bench handshake --insecure --resumption off --tls 1.3 \
-           --concurrency "$CONCURRENCY" --duration "$DURATION" --json "$@") || true
-  after=$(ticks "$pid")
-  ok=$(jq .ok <<<"$json")
-  awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$ok" 'BEGIN { printf "%.0f ", n ? t * 1e6 / hz / n : 0 }'
-  jq -r '"\(.ok) \(.failed) \(.rate_per_second | floor) \(.latency_us.p50) \(.latency_us.p99)"' <<<"$json"
-}
 # add_row LABEL CPU OK FAILED RATE P50 P99: a table row, and CPU_<label up to " ("> for the targets.
 add_row() {
   local label=$1 cpu_us=$2 ok=$3 failed=$4 rate=$5 p50=$6 p99=$7
@@ -60,17 +43,6 @@ add_row() {
 }
 # measure LABEL PID BENCH-ARGS…: one run, one row.
 measure() { local label=$1; shift; add_row "$label" $(run_bench "$@"); }
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b ? a / b : 0 }'; }
-# column_medians RUN…: the median of each column over lines of run_bench's output.
-column_medians() {
-  local col out=()
-  for col in 1 2 3 4 5 6; do
-    out+=("$(median $(printf '%s\n' "$@" | cut -d' ' -f"$col"))")
-  done
-  echo "${out[*]}"
-}
-
 start_corral() { # start_corral NAME PORT [ENV…]
   local name=$1 port=$2; shift 2
   env "$@" CORRAL_LOG=warn taskset -c "$SERVER_CPU" "$BIN" serve --data-dir "$WORK/$name" --bind 127.0.0.1 \
@@ -206,6 +178,10 @@ tunnel_rss_after=$(rss_kib "$TSERVER")
 per_tunnel=$(awk -v a="$tunnel_rss_after" -v b="$tunnel_rss_before" -v n="${open:-0}" 'BEGIN { printf "%.1f", n ? (a - b) / n : 0 }')
 echo "tunnels: ${open:-0} idle, $per_tunnel KiB each on the server" >&2
 
+# A dial relayed through a peer replica (HA) against the same dial through the holder's own tunnel.
+start_etcd 1
+relay_throughput "${RELAY_MIB:-256}" "${RELAY_ROUNDS:-3}"
+
 fresh=$CPU_corral__new_name_per_connection
 caddy_new=$CPU_Caddy_on_demand__new_name_per_connection
 
@@ -246,6 +222,7 @@ mkdir -p "$(dirname "$OUT")"
   echo "| resident memory per cached certificate ($minted names) | $per_name KiB | ≤ 2 KiB |"
   echo "| tunnel bulk throughput vs direct TLS | $(jq -r .ratio <<<"$tunnel_json" | xargs printf '%.2f')× ($(jq -r '.tunnel_mib_per_s | floor' <<<"$tunnel_json") vs $(jq -r '.direct_tls_mib_per_s | floor' <<<"$tunnel_json") MiB/s) | ≥ 0.6× |"
   echo "| server memory per idle agent tunnel (${open:-0} tunnels) | $per_tunnel KiB | ≤ 50 KiB |"
+  echo "| HA: a dial relayed through a peer replica vs the holder's own tunnel (${RELAY_MIB:-256} MiB through the cluster proxy, median of ${RELAY_ROUNDS:-3}) | ${RELAY_RATIO}× ($RELAYED_MIBS vs $DIRECT_MIBS MiB/s) | ≥ 0.5× |"
   echo
   echo "Stream opens through a tunnel: $(jq -r '.stream_opens_per_s | floor' <<<"$tunnel_json")/s (open, one byte each way, close)."
   echo

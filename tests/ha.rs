@@ -560,3 +560,46 @@ async fn hostname_mode_serves_one_stored_certificate_renewed_by_one_replica() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// An agent that reconnects to another replica may advertise another CA and token (each simulated
+/// cluster makes its own): every replica proxies with what the agent advertised on the session the
+/// dial takes, never with what an earlier session advertised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnected_agent_is_proxied_with_what_it_advertised_last() {
+    let etcd = EtcdCluster::start(1);
+    let root = tempfile::tempdir().unwrap();
+    let env = [("CATTLE_BOOTSTRAP_PASSWORD", lab::BOOTSTRAP)];
+    let mut replicas = replicas_at_once(&etcd, root.path(), 2, &env);
+    let other = replicas.pop().unwrap();
+    wait_peered(&[&replicas[0], &other]).await;
+    let lab = Lab::setup(replicas.pop().unwrap(), other.https("127.0.0.1")).await;
+    let addrs = [lab.corral.https("127.0.0.1"), other.https("127.0.0.1")];
+    let version = format!("/k8s/clusters/{}/version", lab.cluster);
+    let answers_everywhere = || async {
+        for (i, addr) in addrs.iter().enumerate() {
+            let deadline = Instant::now() + PROPAGATION_LIMIT;
+            loop {
+                let answer = request(*addr, "GET", &version, &[&lab.auth()], None).await;
+                if answer.status == 200 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "replica {i}: {} {}",
+                    answer.status,
+                    answer.body
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // The first agent on replica 0, reached from both.
+    let first_server = format!("https://{}", addrs[0]);
+    let mut first = lab.simulated_agents_at(&first_server, &[&lab.registration], 1);
+    answers_everywhere().await;
+    first.kill();
+    // A new agent process (a new CA) on replica 1: replica 0 relays, with the new CA.
+    let second_server = format!("https://{}", addrs[1]);
+    let _second = lab.simulated_agents_at(&second_server, &[&lab.registration], 1);
+    answers_everywhere().await;
+}

@@ -39,10 +39,20 @@ pub struct Cluster {
     /// `status.caCert` and service-account token): every replica proxies with it, whichever one
     /// holds the tunnel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    agent: Option<ClusterParams>,
+    agent: Option<Advertised>,
     /// Nodes whose node agents connected (cattle-node-agent), as Rancher creates them on register.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     nodes: Vec<Node>,
+}
+
+/// What a cluster agent advertised on one tunnel session. The session key tells a replica proxying
+/// through a peer whether the saved params belong to the session that peer announced (an agent that
+/// reconnected may advertise a new CA and token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Advertised {
+    pub session: i64,
+    #[serde(flatten)]
+    pub params: ClusterParams,
 }
 
 /// A node of a cluster, as its node agent advertised it.
@@ -71,7 +81,7 @@ impl Node {
 /// What an agent advertised that is not saved yet.
 #[derive(Debug, Clone)]
 enum Unsaved {
-    Cluster(String, ClusterParams),
+    Cluster(String, Advertised),
     Node(Node),
 }
 
@@ -110,8 +120,9 @@ struct ClusterList {
 
 pub struct Clusters {
     document: Document<ClusterList>,
-    /// What agents connected to this replica advertised, by cluster id: used at once, saved soon.
-    advertised: DashMap<String, ClusterParams>,
+    /// What agents connected to this replica advertised, by cluster id and session: used at once,
+    /// saved soon, forgotten when the session ends.
+    advertised: DashMap<(String, i64), ClusterParams>,
     /// Nodes whose agents connected to this replica, by `<cluster>:<node>`: listed at once.
     nodes_seen: DashMap<String, Node>,
     /// What agents advertised that is not saved yet, by client key (saved together, by one task
@@ -137,27 +148,34 @@ impl Clusters {
         })
     }
 
-    /// What `cluster_id`'s agent advertised: the one connected here, else as last saved by any
-    /// replica.
-    pub fn agent_params(&self, cluster_id: &str) -> Option<ClusterParams> {
-        if let Some(params) = self.advertised.get(cluster_id) {
-            return Some(params.clone());
+    /// What `cluster_id`'s agent advertised on one of `sessions` (the sessions a dial can take):
+    /// from an agent connected here, else as saved by the replica holding it. `None` until what was
+    /// saved belongs to one of them.
+    pub fn agent_params(&self, cluster_id: &str, sessions: &[i64]) -> Option<ClusterParams> {
+        for session in sessions {
+            if let Some(params) = self.advertised.get(&(cluster_id.to_string(), *session)) {
+                return Some(params.clone());
+            }
         }
-        self.get(cluster_id)?.agent
+        let saved = self.get(cluster_id)?.agent?;
+        sessions.contains(&saved.session).then_some(saved.params)
     }
 
-    /// An agent of `cluster_id` connected here advertising `params`: used at once, and saved (in
-    /// the background, batched, retried while the store is away) unless the store has them.
-    pub fn record_agent(self: &Arc<Self>, cluster_id: &str, params: ClusterParams) {
+    /// An agent of `cluster_id` connected here, on tunnel session `session`, advertising `params`:
+    /// used at once, and saved (in the background, batched, retried while the store is away).
+    pub fn record_agent(self: &Arc<Self>, cluster_id: &str, session: i64, params: ClusterParams) {
         self.advertised
-            .insert(cluster_id.to_string(), params.clone());
-        if self.get(cluster_id).and_then(|c| c.agent).as_ref() == Some(&params) {
-            return;
-        }
+            .insert((cluster_id.to_string(), session), params.clone());
+        let advertised = Advertised { session, params };
         self.save_soon(
             cluster_id.to_string(),
-            Unsaved::Cluster(cluster_id.to_string(), params),
+            Unsaved::Cluster(cluster_id.to_string(), advertised),
         );
+    }
+
+    /// The tunnel session `session` of `cluster_id`'s agent ended here.
+    pub fn forget_agent(&self, cluster_id: &str, session: i64) {
+        self.advertised.remove(&(cluster_id.to_string(), session));
     }
 
     /// A node agent of `cluster_id` connected here advertising `params` (Rancher creates or updates

@@ -80,11 +80,11 @@ pub async fn forward(
     let Some(route) = registry.wait_for(cluster_id, wait).await else {
         return disconnected();
     };
-    // What the agent advertised: from this replica's own tunnel, or as saved by the replica that
-    // holds it (which can arrive just after that replica's announcement: waited for, within the
-    // same deadline).
+    // What the agent advertised on the session the dial takes: from this replica's own tunnel, or
+    // as saved by the replica that holds it (which can arrive just after that replica's
+    // announcement: waited for, within the same deadline).
     let params = loop {
-        if let Some(params) = clusters.agent_params(cluster_id) {
+        if let Some(params) = clusters.agent_params(cluster_id, &route.sessions()) {
             break params;
         }
         if tokio::time::Instant::now() >= deadline {

@@ -40,19 +40,23 @@ pub async fn connect(State(state): State<Arc<AppState>>, mut req: Request<Body>)
         Err((status, text)) => return text_response(status, "text/plain; charset=utf-8", text),
     };
     // The tunnel's client key: the cluster for a cluster agent, `<cluster>:<node>` for a node agent.
-    let key = match params {
-        AgentParams::Cluster(params) => {
-            state.clusters.record_agent(&cluster_id, params);
-            cluster_id
-        }
-        AgentParams::Node(params) => state.clusters.record_node(&cluster_id, &params).key(),
+    let (key, cluster_params) = match params {
+        AgentParams::Cluster(params) => (cluster_id.clone(), Some(params)),
+        AgentParams::Node(params) => (state.clusters.record_node(&cluster_id, &params).key(), None),
     };
-    let tunnels = state.tunnels.clone();
+    let (tunnels, clusters) = (state.tunnels.clone(), state.clusters.clone());
     tokio::spawn(async move {
-        match websocket::accept(on_upgrade).await {
-            Ok(ws) => tunnels.serve(&key, ws).await,
-            Err(e) => tracing::warn!("tunnel upgrade for {key} failed: {e}"),
-        }
+        let ws = match websocket::accept(on_upgrade).await {
+            Ok(ws) => ws,
+            Err(e) => return tracing::warn!("tunnel upgrade for {key} failed: {e}"),
+        };
+        let record = |session| {
+            if let Some(params) = cluster_params {
+                clusters.record_agent(&cluster_id, session, params);
+            }
+        };
+        let session = tunnels.serve(&key, ws, record).await;
+        clusters.forget_agent(&cluster_id, session);
     });
     response
 }

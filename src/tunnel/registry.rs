@@ -43,6 +43,14 @@ impl Route {
         }
     }
 
+    /// The agent sessions this route reaches: this replica's own, or those the peer announced.
+    pub fn sessions(&self) -> Vec<i64> {
+        match &self.relayed_for {
+            Some(key) => self.session.announced_sessions(key),
+            None => vec![self.session.session_key()],
+        }
+    }
+
     /// The peer that relays this route, if it is not a session of this replica.
     pub fn peer(&self) -> Option<&str> {
         self.relayed_for.as_ref().map(|_| self.session.client_key())
@@ -86,13 +94,20 @@ impl TunnelRegistry {
         crate::support::lock(&self.peers)
     }
 
-    /// Runs an agent's server session for `key` over `ws` until it ends.
-    pub async fn serve<S>(&self, key: &str, ws: WebSocketStream<S>)
+    /// Runs an agent's server session for `key` over `ws` until it ends; `started` is told its
+    /// session key before any dial can take it. Returns the session key.
+    pub async fn serve<S>(
+        &self,
+        key: &str,
+        ws: WebSocketStream<S>,
+        started: impl FnOnce(i64),
+    ) -> i64
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let (session, outgoing) = Session::new(Role::Server, key, None);
         let session_key = session.session_key();
+        started(session_key);
         add(&mut self.clients(), key, &session);
         let _ = self.events.send(ClientEvent::Added {
             key: key.to_string(),
@@ -113,6 +128,7 @@ impl TunnelRegistry {
             Ok(()) => tracing::info!("tunnel for {key} closed"),
             Err(e) => tracing::warn!("tunnel for {key} ended: {e}"),
         }
+        session_key
     }
 
     /// Runs the session a peer replica opened to us, over `ws`, until it ends. The peer announces

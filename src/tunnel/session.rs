@@ -135,6 +135,16 @@ impl Session {
             .is_some_and(|a| crate::support::lock(&a.clients).contains_key(key))
     }
 
+    /// The session keys this peer's session announced for `key`.
+    pub fn announced_sessions(&self, key: &str) -> Vec<i64> {
+        self.announced.as_ref().map_or_else(Vec::new, |a| {
+            crate::support::lock(&a.clients)
+                .get(key)
+                .map(|sessions| sessions.iter().copied().collect())
+                .unwrap_or_default()
+        })
+    }
+
     /// Client end of a peer session: tells the other replica that a client session for `key` came
     /// (`added`) or went here.
     pub async fn announce(&self, added: bool, key: &str, session_key: i64) {

@@ -103,9 +103,14 @@ impl Lab {
 
     /// Starts `corral agent --simulate --count N` with `tokens` (round-robin).
     pub fn simulated_agents(&self, tokens: &[&str], count: usize) -> Agent {
+        self.simulated_agents_at(&self.server(), tokens, count)
+    }
+
+    /// [`Lab::simulated_agents`] connecting to `server` (another replica) instead.
+    pub fn simulated_agents_at(&self, server: &str, tokens: &[&str], count: usize) -> Agent {
         let mut command = Command::new(corral_bin());
         command
-            .args(["agent", "--simulate", "--server", &self.server()])
+            .args(["agent", "--simulate", "--server", server])
             .args(["--token", &tokens.join(",")])
             .args(["--ca-checksum", &self.checksum])
             .args(["--count", &count.to_string()])
