@@ -107,7 +107,7 @@ LB=https://localhost:19750
 CLUSTER=$(curl -sk -X POST "$LB/v3/clusters" -H "$AUTH" -d '{"name":"recovery"}' | jq -r .id)
 REG=$(curl -sk -X POST "$LB/v3/clusterregistrationtokens" -H "$AUTH" -d "{\"clusterId\":\"$CLUSTER\"}" | jq -r .token)
 curl -sk "$LB/cacerts" >"$WORK/ca.pem"
-CATTLE_TOKEN=$REG CORRAL_LOG=warn "$BIN" agent --server "$LB" --ca-checksum "$(sha256sum <"$WORK/ca.pem" | cut -d' ' -f1)" \
+CATTLE_TOKEN=$REG CORRAL_LOG=${AGENT_LOG:-warn} "$BIN" agent --server "$LB" --ca-checksum "$(sha256sum <"$WORK/ca.pem" | cut -d' ' -f1)" \
   --simulate 2>"$WORK/agent.log" &
 PIDS+=($!)
 until curl -sk "$LB/v3/clusters/$CLUSTER" -H "$AUTH" | jq -e .connected >/dev/null; do sleep 0.2; done

@@ -982,6 +982,31 @@ async fn kubectl_drives_simulated_clusters() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
     assert!(kubectl(one.path(), &["delete", "namespace", "lab-one"]).contains("deleted"));
 
+    // kubectl's typed clients may send protobuf (`k8s\0` + runtime.Unknown): taken as a real API
+    // server takes it; a media type the API does not speak is 415, on which clients use JSON.
+    let namespaces = format!("/k8s/clusters/{}/api/v1/namespaces", lab.cluster);
+    let protobuf = String::from_utf8(
+        [
+            &b"k8s\0\x0a\x0f\x0a\x02v1\x12\x09Namespace\x12\x1c\x0a\x14\x0a\x04pbns"[..],
+            &b"\x12\x00\x1a\x00\x22\x00\x2a\x00\x32\x00\x38\x00\x42\x00\x12\x00\x1a\x02\x0a\x00"[..],
+            &b"\x1a\x00\x22\x00"[..],
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let typed = [
+        lab.auth(),
+        "Content-Type: application/vnd.kubernetes.protobuf".to_string(),
+    ];
+    let typed: Vec<&str> = typed.iter().map(String::as_str).collect();
+    let created = request(lab.addr, "POST", &namespaces, &typed, Some(&protobuf)).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert!(kubectl(one.path(), &["get", "ns", "pbns"]).contains("Active"));
+    let cbor = [lab.auth(), "Content-Type: application/cbor".to_string()];
+    let cbor: Vec<&str> = cbor.iter().map(String::as_str).collect();
+    let refused = request(lab.addr, "POST", &namespaces, &cbor, Some("\u{a0}")).await;
+    assert_eq!(refused.status, 415, "{}", refused.body);
+
     let mut seen = String::new();
     let mut stdout = watch.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {

@@ -10,6 +10,7 @@
 
 mod api_tls;
 mod policy;
+mod protobuf;
 pub mod simulated;
 
 use std::path::PathBuf;

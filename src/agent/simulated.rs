@@ -461,8 +461,29 @@ async fn read(
     json_response(StatusCode::OK, &namespace_json(&name, ns, "Active"))
 }
 
+/// A Namespace's name and labels from a JSON body.
+fn parse_json_namespace(body: &[u8]) -> Result<(String, BTreeMap<String, String>), String> {
+    let object: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let labels = object["metadata"]["labels"]
+        .as_object()
+        .map(|labels| {
+            labels
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .take(64)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((name, labels))
+}
+
 async fn create(
     Extension(cluster): Extension<Arc<SimulatedCluster>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
     if body.len() > MAX_BODY {
@@ -473,8 +494,36 @@ async fn create(
             None,
         );
     }
-    let object: Value = match serde_json::from_slice(&body) {
-        Ok(object) => object,
+    let media_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    // kube-apiserver takes JSON and protobuf (what kubectl's typed clients send); anything else is
+    // 415, on which clients fall back to JSON.
+    let parsed = match media_type.as_str() {
+        "application/vnd.kubernetes.protobuf" => super::protobuf::namespace(&body)
+            .ok_or_else(|| "unable to decode the protobuf body".to_string()),
+        "" | "application/json" => parse_json_namespace(&body),
+        other => {
+            return status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                &format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json, application/vnd.kubernetes.protobuf (not {other})"
+                ),
+                None,
+            );
+        }
+    };
+    let (name, labels) = match parsed {
+        Ok(found) => found,
         Err(e) => {
             return status(
                 StatusCode::BAD_REQUEST,
@@ -484,7 +533,7 @@ async fn create(
             );
         }
     };
-    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    let name = name.as_str();
     if let Err(reason) = valid_name(name) {
         return status(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -495,16 +544,6 @@ async fn create(
             Some(name),
         );
     }
-    let labels: BTreeMap<String, String> = object["metadata"]["labels"]
-        .as_object()
-        .map(|labels| {
-            labels
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .take(64)
-                .collect()
-        })
-        .unwrap_or_default();
     let mut state = cluster.lock();
     if state.namespaces.contains_key(name) {
         return status(
