@@ -120,7 +120,7 @@ for round in $(seq 1 "$KILLS"); do
   holder=""
   for i in 0 1 2; do [ "$(sessions_at "${REPLICA_PORTS[$i]}")" = 1 ] && holder=$i; done
   [ -n "$holder" ] || { echo "no replica holds the tunnel" >&2; exit 1; }
-  kill -9 "${REPLICA_PIDS[$holder]}"
+  kill -9 "${REPLICA_PIDS[$holder]}"; wait "${REPLICA_PIDS[$holder]}" 2>/dev/null || true
   start=$(now_ms); agent_ms=""; kubectl_ms=""
   while [ -z "$agent_ms" ] || [ -z "$kubectl_ms" ]; do
     if [ -z "$agent_ms" ]; then
