@@ -17,7 +17,7 @@ use crate::accounts::{AccountError, Accounts, PinError, Pinning, StagedPin};
 use crate::certs::{CertError, CertService, PendingPin};
 use crate::clusters::Clusters;
 use crate::config::tls::{CacertsError, read_cacerts};
-use crate::config::{Cacerts, Config, TlsTermination};
+use crate::config::{Cacerts, Config, StoreSettings, TlsTermination};
 use crate::http::{AppState, CaSetting, HttpApp};
 use crate::net::{Listener, SelectConfig, Transport};
 use crate::pki::ca::BACKDATE;
@@ -125,7 +125,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         path: config.data_dir.clone(),
         source,
     })?;
-    let store = open_store(config, &dir)?;
+    let store = open_backend(config.store.as_ref(), &dir)?;
     let (ca, created) = match config.store {
         None => CertificateAuthority::load_or_create(&dir, config.ca_profile)?,
         Some(_) => CertificateAuthority::load_or_create_in(store.clone(), config.ca_profile)?,
@@ -255,19 +255,28 @@ fn join_replicas(
     Ok(Some(Arc::new(replicas)))
 }
 
-/// The store `config` names: the data directory, or etcd.
-fn open_store(config: &Config, dir: &DataDir) -> Result<Arc<dyn Backend>, StartError> {
-    let Some(url) = &config.store else {
+/// The store: the data directory, or etcd when `store` says so.
+pub fn open_backend(
+    store: Option<&StoreSettings>,
+    dir: &DataDir,
+) -> Result<Arc<dyn Backend>, StartError> {
+    let Some(settings) = store else {
         return Ok(Arc::new(FileBackend::new(dir.clone())));
     };
     #[cfg(feature = "etcd")]
     {
-        use crate::store::etcd::{EtcdBackend, EtcdUrl};
-        let backend: Arc<dyn Backend> = EtcdBackend::connect(&EtcdUrl::parse(url)?)?;
+        use crate::store::etcd::{EtcdBackend, EtcdTls, EtcdUrl};
+        let tls = EtcdTls {
+            ca: settings.ca.clone(),
+            cert: settings.cert.clone(),
+            key: settings.key.clone(),
+        };
+        let backend: Arc<dyn Backend> =
+            EtcdBackend::connect(&EtcdUrl::parse(&settings.url)?, &tls)?;
         Ok(backend)
     }
     #[cfg(not(feature = "etcd"))]
-    Err(StartError::NoEtcd(url.clone()))
+    Err(StartError::NoEtcd(settings.url.clone()))
 }
 
 /// Where the welcome banner sends the admin: server-url if set, else the default-route IP (as
@@ -340,15 +349,27 @@ fn bind_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
 pub enum ChecksumError {
     #[error(transparent)]
     Ca(#[from] CaError),
-    #[error("no CA in {} yet: `corral serve` creates it on first start", .0.display())]
-    NoCa(PathBuf),
+    #[error("no CA in {0} yet: `corral serve` creates it on first start")]
+    NoCa(String),
+    #[error(transparent)]
+    Store(#[from] Box<StartError>),
 }
 
-/// The checksum of the CA in `dir`, without creating anything.
-pub fn stored_checksum(dir: &DataDir) -> Result<String, ChecksumError> {
-    match CertificateAuthority::load(dir)? {
+/// The checksum of the CA in `dir` (or in `store`), without creating anything.
+pub fn stored_checksum(
+    dir: &DataDir,
+    store: Option<&StoreSettings>,
+) -> Result<String, ChecksumError> {
+    let ca = match store {
+        None => CertificateAuthority::load(dir)?,
+        Some(_) => CertificateAuthority::load_in(open_backend(store, dir).map_err(Box::new)?)?,
+    };
+    match ca {
         Some(ca) => Ok(ca_checksum(ca.cacerts())),
-        None => Err(ChecksumError::NoCa(dir.root().to_path_buf())),
+        None => Err(ChecksumError::NoCa(match store {
+            Some(settings) => settings.url.clone(),
+            None => dir.root().display().to_string(),
+        })),
     }
 }
 

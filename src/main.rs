@@ -2,11 +2,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use corral::config::{Config, ServeArgs, default_data_dir};
-use corral::store::{DataDir, FileBackend};
+use corral::config::{Config, ServeArgs, StoreFlags, default_data_dir};
+use corral::store::DataDir;
 
 /// mimalloc: the handshake path allocates and frees many small buffers per connection, which
 /// glibc's malloc serves more slowly (see docs/PERFORMANCE.md).
@@ -56,6 +55,8 @@ enum Command {
         /// Data directory holding the setup state.
         #[arg(long, env = "CORRAL_DATA_DIR", value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreFlags,
     },
     /// Load generators: TLS handshakes, tunnel throughput.
     Bench {
@@ -71,6 +72,8 @@ enum CaCommand {
         /// Data directory holding the CA.
         #[arg(long, env = "CORRAL_DATA_DIR", value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreFlags,
     },
 }
 
@@ -86,17 +89,21 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(*args),
         Command::Agent(args) => agent(args),
         Command::Kubeconfig(args) => kubeconfig(args),
-        Command::ResetPassword { data_dir } => reset_password(data_dir),
+        Command::ResetPassword { data_dir, store } => reset_password(data_dir, store),
         Command::Healthcheck { url } => healthcheck(&url),
         Command::Bench { command } => bench(command),
         Command::Ca {
-            command: CaCommand::Checksum { data_dir },
+            command: CaCommand::Checksum { data_dir, store },
         } => {
             let dir = match data_dir.map_or_else(default_data_dir, Ok) {
                 Ok(dir) => dir,
                 Err(e) => return fail(2, e),
             };
-            match corral::app::stored_checksum(&DataDir::existing(&dir)) {
+            let store = match store.resolve() {
+                Ok(store) => store,
+                Err(e) => return fail(2, e),
+            };
+            match corral::app::stored_checksum(&DataDir::existing(&dir), store.as_ref()) {
                 Ok(sum) => {
                     println!("{sum}");
                     ExitCode::SUCCESS
@@ -170,13 +177,20 @@ fn find_env(command: &clap::Command, long: &str) -> Option<String> {
         })
 }
 
-fn reset_password(data_dir: Option<PathBuf>) -> ExitCode {
+fn reset_password(data_dir: Option<PathBuf>, store: StoreFlags) -> ExitCode {
     let dir = match data_dir.map_or_else(default_data_dir, Ok) {
         Ok(dir) => dir,
         Err(e) => return fail(2, e),
     };
+    let settings = match store.resolve() {
+        Ok(settings) => settings,
+        Err(e) => return fail(2, e),
+    };
     let dir = DataDir::existing(&dir);
-    let store = Arc::new(FileBackend::new(dir.clone()));
+    let store = match corral::app::open_backend(settings.as_ref(), &dir) {
+        Ok(store) => store,
+        Err(e) => return fail(1, e),
+    };
     match corral::accounts::bootstrap::reset_password(store) {
         Ok(reset) => {
             println!(

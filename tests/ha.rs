@@ -603,3 +603,74 @@ async fn a_reconnected_agent_is_proxied_with_what_it_advertised_last() {
     let _second = lab.simulated_agents_at(&second_server, &[&lab.registration], 1);
     answers_everywhere().await;
 }
+
+/// etcd with TLS and client certificates: corral reaches it with `--etcd-ca/--etcd-cert/--etcd-key`,
+/// and without a client certificate it does not start (etcd refuses it), saying so. The commands
+/// that work on the state without serving (`ca checksum`, `reset-password`) take `--store` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_and_the_offline_commands_on_the_store() {
+    let etcd = EtcdCluster::start_tls(1);
+    let tls = etcd.tls().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = (
+        tls.ca.display().to_string(),
+        tls.client_cert.display().to_string(),
+        tls.client_key.display().to_string(),
+    );
+    let url = etcd.url();
+    let with_tls = [
+        "--store",
+        &url,
+        "--etcd-ca",
+        &ca,
+        "--etcd-cert",
+        &cert,
+        "--etcd-key",
+        &key,
+    ];
+    let corral = Corral::start_in(
+        &root.path().join("r"),
+        &with_tls,
+        &[("CATTLE_BOOTSTRAP_PASSWORD", "tls-bootstrap")],
+    )
+    .expect("starts with etcd's TLS");
+    let addr = corral.https("127.0.0.1");
+    let token = admin_token(addr, "tls-bootstrap").await;
+    assert!(
+        etcd.keys("/corral/")
+            .contains(&"/corral/corral/accounts".to_string())
+    );
+
+    // Without a client certificate etcd refuses the connection: no start, and why.
+    let refused = Corral::start_in(
+        &root.path().join("no-cert"),
+        &["--store", &url, "--etcd-ca", &ca],
+        &[],
+    );
+    let output = refused
+        .err()
+        .expect("no start without a client certificate");
+    assert!(output.contains("store is unavailable"), "{output}");
+
+    // `ca checksum --store` prints what the running replica logged; `reset-password --store`
+    // changes the password the running replica checks.
+    let data_dir = root.path().join("offline");
+    let data_dir = data_dir.display().to_string();
+    let offline = [&["--data-dir", data_dir.as_str()][..], &with_tls[..]].concat();
+    let (code, stdout, stderr) = run_corral(&[&["ca", "checksum"][..], &offline].concat(), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        corral.logged(&format!("CA checksum: {}", stdout.trim())),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = run_corral(&[&["reset-password"][..], &offline].concat(), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let new_password = stdout.lines().last().unwrap().trim().to_string();
+    let deadline = Instant::now() + PROPAGATION_LIMIT;
+    while login(addr, "admin", &new_password).await.status != 201 {
+        assert!(Instant::now() < deadline, "the new password never worked");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let old = request(addr, "GET", "/v3/clusters", &[&bearer(&token)], None).await;
+    assert_eq!(old.status, 401, "the old token is revoked: {}", old.body);
+}

@@ -62,6 +62,15 @@ pub struct ServeArgs {
     /// [default: the first --bind address (127.0.0.1 for ::) and the HTTPS port bound].
     #[arg(long, env = "CORRAL_ADVERTISE_ADDRESS", value_name = "HOST:PORT")]
     pub advertise_address: Option<String>,
+    /// With --store: the CA (PEM) that signed etcd's certificate: TLS to etcd.
+    #[arg(long, env = "CORRAL_ETCD_CA", value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// With --store: the client certificate (PEM) presented to etcd (with --etcd-key).
+    #[arg(long, env = "CORRAL_ETCD_CERT", value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+    /// With --store: the client certificate's key (PEM).
+    #[arg(long, env = "CORRAL_ETCD_KEY", value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
     /// Addresses to listen on, comma separated [default: :: (all interfaces, IPv4 and IPv6)].
     #[arg(long, env = "CORRAL_BIND", value_delimiter = ',', value_name = "IP")]
     pub bind: Option<Vec<IpAddr>>,
@@ -218,12 +227,78 @@ impl ServeArgs {
     }
 }
 
+/// etcd, when it keeps the state (`--store`), and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// `etcd://HOST:PORT[,HOST:PORT…]`.
+    pub url: String,
+    /// TLS to etcd: all `None` for plain HTTP.
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl StoreSettings {
+    /// The store settings, if `--store` is given; the etcd TLS flags without it, or a certificate
+    /// without its key, are refused.
+    pub fn resolve(
+        url: Option<String>,
+        ca: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+    ) -> Result<Option<Self>, ConfigError> {
+        let url = url.filter(|u| !u.trim().is_empty());
+        let Some(url) = url else {
+            if ca.is_some() || cert.is_some() || key.is_some() {
+                return Err(invalid("etcd-ca/etcd-cert/etcd-key", "they need --store"));
+            }
+            return Ok(None);
+        };
+        if cert.is_some() != key.is_some() {
+            return Err(invalid(
+                "etcd-cert/etcd-key",
+                "a client certificate needs its key, and a key its certificate",
+            ));
+        }
+        Ok(Some(Self { url, ca, cert, key }))
+    }
+
+    /// Whether etcd is reached over TLS.
+    pub fn tls(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some()
+    }
+}
+
+/// `--store` and etcd's TLS flags, for the commands that read the state without serving
+/// (`reset-password`, `ca checksum`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct StoreFlags {
+    /// Read and change the state in etcd instead of the data directory: etcd://HOST:PORT[,…].
+    #[arg(long, env = "CORRAL_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    /// The CA (PEM) that signed etcd's certificate.
+    #[arg(long, env = "CORRAL_ETCD_CA", value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd.
+    #[arg(long, env = "CORRAL_ETCD_CERT", value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Its key (PEM).
+    #[arg(long, env = "CORRAL_ETCD_KEY", value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
+}
+
+impl StoreFlags {
+    pub fn resolve(self) -> Result<Option<StoreSettings>, ConfigError> {
+        StoreSettings::resolve(self.store, self.etcd_ca, self.etcd_cert, self.etcd_key)
+    }
+}
+
 /// The validated configuration a server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
-    /// Where durable state is kept: `None` for the data directory, else a store URL (`etcd://…`).
-    pub store: Option<String>,
+    /// Where durable state is kept: `None` for the data directory, else etcd.
+    pub store: Option<StoreSettings>,
     /// Where peers reach this replica (`None`: computed from the bind address and port).
     pub advertise_address: Option<String>,
     pub bind: Vec<IpAddr>,
@@ -298,7 +373,12 @@ impl Config {
         let tls = s.tls_inputs().resolve()?;
         let config = Config {
             data_dir,
-            store: s.store.clone().filter(|url| !url.trim().is_empty()),
+            store: StoreSettings::resolve(
+                s.store.clone(),
+                s.etcd_ca.clone(),
+                s.etcd_cert.clone(),
+                s.etcd_key.clone(),
+            )?,
             advertise_address: s.advertise_address.clone().filter(|a| !a.trim().is_empty()),
             bind: given(s.bind, "bind")?,
             https_port: given(s.https_port, "https-port")?,
@@ -445,6 +525,9 @@ mod tests {
             "advertise_address",
             "cacerts",
             "data_dir",
+            "etcd_ca",
+            "etcd_cert",
+            "etcd_key",
             "hostname",
             "server_url",
             "store",

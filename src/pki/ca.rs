@@ -160,6 +160,27 @@ impl CertificateAuthority {
     /// The CA kept in a distributed store ([`CA_SECRET`]), or a new one stored there if there is
     /// none. Replicas starting at once on an empty store store one CA, and all load it: the
     /// compare-and-swap lets only the first write in. Returns the CA and whether this call made it.
+    /// The CA kept in `store`, if there is one (creates nothing).
+    pub fn load_in(store: std::sync::Arc<dyn Backend>) -> Result<Option<Self>, CaError> {
+        let location = PathBuf::from(store.location(CA_SECRET));
+        let Some((bytes, _)) = store.read(CA_SECRET)? else {
+            return Ok(None);
+        };
+        let secret: CaSecret = serde_json::from_slice(&bytes).map_err(|source| {
+            crate::store::StoreError::Unreadable {
+                location: location.display().to_string(),
+                source,
+            }
+        })?;
+        Self::from_pems(
+            secret.cert.as_bytes(),
+            &location,
+            secret.key.into_bytes(),
+            &location,
+        )
+        .map(Some)
+    }
+
     pub fn load_or_create_in(
         store: std::sync::Arc<dyn Backend>,
         profile: CaProfile,

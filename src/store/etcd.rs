@@ -24,8 +24,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    TxnOpResponse, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::broadcast;
@@ -57,7 +57,7 @@ impl EtcdUrl {
             .map(str::trim)
             .filter(|e| !e.is_empty())
             .map(|e| match crate::support::split_host_port(e) {
-                Some(_) => Ok(format!("http://{e}")),
+                Some(_) => Ok(e.to_string()),
                 None => Err(invalid()),
             })
             .collect::<Result<_, _>>()?;
@@ -65,6 +65,37 @@ impl EtcdUrl {
             return Err(invalid());
         }
         Ok(Self { endpoints })
+    }
+}
+
+/// TLS to etcd: the CA that signed its certificate, and a client certificate and key (PEM files).
+#[derive(Debug, Clone, Default)]
+pub struct EtcdTls {
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl EtcdTls {
+    fn enabled(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some()
+    }
+
+    fn options(&self) -> Result<TlsOptions, StoreError> {
+        let read = |path: &std::path::PathBuf| {
+            std::fs::read(path).map_err(|source| StoreError::Io {
+                path: path.clone(),
+                source,
+            })
+        };
+        let mut options = TlsOptions::new();
+        if let Some(ca) = &self.ca {
+            options = options.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            options = options.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(options)
     }
 }
 
@@ -125,12 +156,20 @@ pub struct EtcdBackend {
 impl EtcdBackend {
     /// Connects, loads every value under the prefix and starts following changes. Fails when no
     /// member answers.
-    pub fn connect(url: &EtcdUrl) -> Result<Arc<Self>, StoreError> {
+    pub fn connect(url: &EtcdUrl, tls: &EtcdTls) -> Result<Arc<Self>, StoreError> {
         let runtime = client_runtime()?;
-        let endpoints = url.endpoints.clone();
-        let options = ConnectOptions::new()
+        let scheme = if tls.enabled() { "https" } else { "http" };
+        let endpoints: Vec<String> = url
+            .endpoints
+            .iter()
+            .map(|authority| format!("{scheme}://{authority}"))
+            .collect();
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(ATTEMPT_TIMEOUT)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
+        if tls.enabled() {
+            options = options.with_tls(tls.options()?);
+        }
         let clients = runtime
             .block_on_elsewhere(async move {
                 let mut clients = Vec::new();

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::free_port;
+use super::target::TestPki;
 
 /// How long a member (or the whole cluster) gets to become healthy.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(30);
@@ -22,11 +23,32 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     token: String,
     tmp: tempfile::TempDir,
+    /// With TLS: the files under `tmp` (CA, server and client certificates and keys).
+    tls: Option<TlsFiles>,
+}
+
+/// PEM files of a TLS-only etcd that requires client certificates.
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 impl EtcdCluster {
     /// Starts `size` members and waits until every one answers health checks.
     pub fn start(size: usize) -> Self {
+        Self::start_with(size, false)
+    }
+
+    /// Like [`EtcdCluster::start`], clients served over TLS only, with client certificates
+    /// required (`--client-cert-auth`), from a CA of the test's own.
+    pub fn start_tls(size: usize) -> Self {
+        Self::start_with(size, true)
+    }
+
+    fn start_with(size: usize, tls: bool) -> Self {
         let members = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
@@ -35,16 +57,59 @@ impl EtcdCluster {
                 child: None,
             })
             .collect();
+        let tmp = tempfile::tempdir().unwrap();
+        let tls = tls.then(|| {
+            let pki = TestPki::new("etcd-test-ca");
+            let server = pki.issue(&["127.0.0.1", "localhost"]);
+            let client = pki.issue(&["corral"]);
+            let write = |name: &str, pem: &str| {
+                let path = tmp.path().join(name);
+                std::fs::write(&path, pem).unwrap();
+                path
+            };
+            TlsFiles {
+                ca: write("ca.pem", &pki.ca_pem),
+                server_cert: write("server.pem", &server.cert),
+                server_key: write("server.key", &server.key),
+                client_cert: write("client.pem", &client.cert),
+                client_key: write("client.key", &client.key),
+            }
+        });
         let mut cluster = Self {
             members,
             token: format!("corral-test-{}", std::process::id()),
-            tmp: tempfile::tempdir().unwrap(),
+            tmp,
+            tls,
         };
         for i in 0..size {
             cluster.spawn(i);
         }
         cluster.wait_healthy(&(0..size).collect::<Vec<_>>());
         cluster
+    }
+
+    /// The TLS files, for a cluster from [`EtcdCluster::start_tls`].
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// etcdctl's TLS flags, when the cluster has TLS.
+    fn etcdctl_tls(&self) -> Vec<String> {
+        let Some(tls) = &self.tls else {
+            return Vec::new();
+        };
+        [
+            ("--cacert", &tls.ca),
+            ("--cert", &tls.client_cert),
+            ("--key", &tls.client_key),
+        ]
+        .iter()
+        .map(|(flag, path)| format!("{flag}={}", path.display()))
+        .collect()
     }
 
     /// `etcd://127.0.0.1:P1,127.0.0.1:P2,…`, corral's `--store`.
@@ -73,11 +138,22 @@ impl EtcdCluster {
             .join(",");
         let data_dir = self.data_dir(i);
         let member = &self.members[i];
-        let client = format!("http://127.0.0.1:{}", member.client_port);
+        let client = format!("{}://127.0.0.1:{}", self.scheme(), member.client_port);
         let peer = format!("http://127.0.0.1:{}", member.peer_port);
         let log = std::fs::File::create(self.tmp.path().join(format!("{}.log", member.name)))
             .expect("etcd log file");
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key);
+        }
+        let child = command
             .args(["--name", &member.name])
             .arg("--data-dir")
             .arg(&data_dir)
@@ -132,13 +208,20 @@ impl EtcdCluster {
     fn wait_healthy(&self, members: &[usize]) {
         let endpoints: Vec<String> = members
             .iter()
-            .map(|&i| format!("http://127.0.0.1:{}", self.members[i].client_port))
+            .map(|&i| {
+                format!(
+                    "{}://127.0.0.1:{}",
+                    self.scheme(),
+                    self.members[i].client_port
+                )
+            })
             .collect();
         let deadline = Instant::now() + HEALTHY_WITHIN;
         loop {
             let healthy = Command::new("etcdctl")
                 .env("ETCDCTL_API", "3")
                 .args(["--endpoints", &endpoints.join(","), "--dial-timeout", "1s"])
+                .args(self.etcdctl_tls())
                 .args(["endpoint", "health"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -177,11 +260,12 @@ impl EtcdCluster {
             .members
             .iter()
             .filter(|m| m.child.is_some())
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client_port))
             .collect();
         let output = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
             .args(["--endpoints", &endpoints.join(",")])
+            .args(self.etcdctl_tls())
             .args(args)
             .output()
             .expect("etcdctl (apt-get install etcd-client)");
