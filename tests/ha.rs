@@ -674,3 +674,81 @@ async fn etcd_over_tls_and_the_offline_commands_on_the_store() {
     let old = request(addr, "GET", "/v3/clusters", &[&bearer(&token)], None).await;
     assert_eq!(old.status, 401, "the old token is revoked: {}", old.body);
 }
+
+/// ACME on replicas: the replica holding the orderer lease orders once, and every replica serves the
+/// certificate it stored. The ACME server's HTTP-01 validation goes through a balancer to the
+/// *other* replica only: it answers with what the orderer stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_replicas_order_once_and_any_replica_answers_the_validation() {
+    let etcd = EtcdCluster::start(1);
+    let (http_front, tls_front) = (free_port(), free_port());
+    let pebble = common::pebble::Pebble::start(http_front, tls_front);
+    let directory = format!("https://127.0.0.1:{}/dir", pebble.port);
+    let https_ca = pebble.https_ca();
+    let root = tempfile::tempdir().unwrap();
+    let url = etcd.url();
+    let args = [
+        "--store",
+        &url,
+        "--acme-domain",
+        "corral.lab.test",
+        "--acme-directory",
+        &directory,
+        "--acme-ca-cert",
+        &https_ca,
+        "--acme-challenge",
+        "http-01",
+    ];
+    let replicas: Vec<Corral> = (0..2)
+        .map(|i| Corral::start_in(&root.path().join(format!("r{i}")), &args, &[]).unwrap())
+        .collect();
+    let orderer = {
+        let deadline = Instant::now() + PROPAGATION_LIMIT;
+        loop {
+            let holding: Vec<usize> = (0..2)
+                .filter(|&i| replicas[i].logged("now holds /corral/corral/acme-orderer"))
+                .collect();
+            if let [one] = holding[..] {
+                break one;
+            }
+            assert!(holding.len() < 2, "two orderers");
+            assert!(
+                Instant::now() < deadline,
+                "no replica took the orderer lease"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let other = 1 - orderer;
+    let _http = Balancer::start_on(http_front, &[replicas[other].http()]);
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !replicas[orderer].logged("ACME: obtained a certificate") {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            replicas[orderer].logs().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!replicas[other].logged("ACME: obtained"), "one order only");
+    let pebble_root = pebble.issuing_root().await;
+    let mut leaves = Vec::new();
+    for corral in &replicas {
+        let addr = corral.https("127.0.0.1");
+        let deadline = Instant::now() + PROPAGATION_LIMIT;
+        let leaf = loop {
+            match tls_connect(addr, Some("corral.lab.test"), Some(&pebble_root)).await {
+                Ok(handshake) => break handshake.leaf().to_vec(),
+                Err(e) => assert!(Instant::now() < deadline, "{addr}: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        leaves.push(leaf);
+    }
+    assert_eq!(leaves[0], leaves[1], "one certificate for both");
+    let keys = etcd.keys("/corral/corral/acme");
+    for key in ["acme-account", "acme-cert", "acme-key"] {
+        assert!(keys.contains(&format!("/corral/corral/{key}")), "{keys:?}");
+    }
+}

@@ -1,11 +1,18 @@
 //! Let's Encrypt mode (`--acme-domain`): one certificate for the listed domains from an ACME server,
 //! obtained with HTTP-01 (answered on the HTTP port's `/.well-known/acme-challenge/`) or TLS-ALPN-01
-//! (a certificate for ALPN `acme-tls/1` on the HTTPS port), kept in the data directory and renewed
-//! before it expires. As Rancher's autocert mode, `/cacerts` is empty.
+//! (a certificate for ALPN `acme-tls/1` on the HTTPS port), kept in the store (the data directory's
+//! `acme/`, or etcd) and renewed before it expires. As Rancher's autocert mode, `/cacerts` is empty.
 //!
 //! Until the first certificate arrives, clients get the fallback certificate; a failed attempt is
 //! logged and retried with a growing delay.
+//!
+//! Replicas on a shared store order once for all: the replica holding the `corral/acme-orderer`
+//! lease orders and stores the account, certificate and key; the others serve what is stored and
+//! follow it as it changes. HTTP-01 answers are stored too, so a validation that the balancer sends
+//! to another replica is answered there. (TLS-ALPN-01 answers are not shared: with several replicas
+//! behind a balancer, use HTTP-01.)
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,7 +33,7 @@ use super::minter::Minter;
 use super::source::CertSource;
 use super::template::{Served, alpn_challenge_config};
 use crate::config::{AcmeChallenge, AcmeSettings};
-use crate::store::{PUBLIC_MODE, SECRET_MODE, read_optional, write_atomic};
+use crate::store::{Backend, Key, Leadership, StoreError, put};
 use crate::support::unix_now;
 
 /// Why no certificate was obtained (this time: the attempt is repeated).
@@ -54,7 +61,22 @@ pub enum AcmeError {
     Received(#[from] FilesError),
     #[error("cannot answer the challenge: {0}")]
     Challenge(#[source] Box<CertError>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("another replica orders the certificate (it holds the ACME lease); waiting for it")]
+    OrderedElsewhere,
 }
+
+/// The ACME account's credentials (a secret).
+pub const ACME_ACCOUNT: Key = Key::secret("acme/account.json", "corral/acme-account");
+/// The certificate chain obtained, and its key.
+pub const ACME_CERT: Key = Key::public("acme/cert.pem", "corral/acme-cert");
+pub const ACME_KEY: Key = Key::secret("acme/key.pem", "corral/acme-key");
+/// HTTP-01 answers being validated, token → key authorization (shared stores only).
+pub const ACME_CHALLENGES: Key = Key::secret("acme/challenges.json", "corral/acme-challenges");
+/// The lease of the replica that orders.
+const ORDERER: &str = "corral/acme-orderer";
+const ORDERER_TTL: Duration = Duration::from_secs(10);
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> AcmeError + '_ {
     move |source| AcmeError::Io {
@@ -73,8 +95,12 @@ const RETRY_MAX: Duration = Duration::from_secs(3600);
 
 pub struct AcmeCert {
     settings: AcmeSettings,
-    /// `<data dir>/acme`: account.json, cert.pem, key.pem.
-    dir: PathBuf,
+    /// Where the account, certificate and key are kept (`acme/` of the data directory, or etcd).
+    store: Arc<dyn Backend>,
+    /// `None` when the store has no leases (one process: it orders).
+    leadership: Option<Leadership>,
+    /// Whether other replicas share the store (HTTP-01 answers are stored for them).
+    shared: bool,
     resumption: bool,
     /// Serves the fallback certificate until the first certificate arrives.
     minter: Arc<Minter>,
@@ -90,14 +116,19 @@ impl AcmeCert {
     pub fn new(
         settings: AcmeSettings,
         data_dir: &Path,
+        store: Arc<dyn Backend>,
         resumption: bool,
         minter: Arc<Minter>,
     ) -> Result<Self, AcmeError> {
+        // The data directory's `acme/`, for the file store's keys.
         let dir = data_dir.join("acme");
         std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        let replica = crate::secrets::random_suffix();
         let acme = Self {
             settings,
-            dir,
+            leadership: store.campaign(ORDERER, &replica, ORDERER_TTL)?,
+            shared: store.changes().is_some(),
+            store,
             resumption,
             minter,
             current: ArcSwapOption::empty(),
@@ -119,8 +150,27 @@ impl AcmeCert {
             .unwrap_or_else(|| self.minter.fallback())
     }
 
-    /// Obtains and renews for as long as the process runs.
+    /// Obtains and renews for as long as the process runs; on a shared store, follows the
+    /// certificate another replica stores.
     fn run(self: Arc<Self>) {
+        if let Some(mut changes) = self.store.changes() {
+            let acme = Arc::downgrade(&self);
+            tokio::spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    let relevant = match changes.recv().await {
+                        // The certificate is written after its key: its change means both are there.
+                        Ok(path) => path == ACME_CERT.path,
+                        Err(RecvError::Lagged(_)) => true,
+                        Err(RecvError::Closed) => return,
+                    };
+                    let Some(acme) = acme.upgrade() else { return };
+                    if relevant {
+                        acme.follow();
+                    }
+                }
+            });
+        }
         tokio::spawn(async move {
             let mut retry = RETRY_FIRST;
             loop {
@@ -129,6 +179,8 @@ impl AcmeCert {
                         retry = RETRY_FIRST;
                         tokio::time::sleep(CHECK_EVERY).await;
                     }
+                    // Not this replica's to order: look again soon (the orderer may be gone).
+                    Err(AcmeError::OrderedElsewhere) => tokio::time::sleep(RETRY_FIRST).await,
                     Err(e) => {
                         tracing::warn!(
                             "ACME: no certificate for {} yet ({e}); retrying in {retry:?}",
@@ -149,11 +201,14 @@ impl AcmeCert {
         {
             return Ok(());
         }
+        if !self.leadership.as_ref().is_none_or(Leadership::is_leader) {
+            return Err(AcmeError::OrderedElsewhere);
+        }
         let (chain, key) = self.obtain().await?;
         let served = self.serve(chain.as_bytes(), key.as_bytes())?;
-        let (key_path, cert_path) = (self.dir.join("key.pem"), self.dir.join("cert.pem"));
-        write_atomic(&key_path, key.as_bytes(), SECRET_MODE).map_err(io_error(&key_path))?;
-        write_atomic(&cert_path, chain.as_bytes(), PUBLIC_MODE).map_err(io_error(&cert_path))?;
+        // The key first: a certificate is never stored without its key.
+        put(self.store.as_ref(), ACME_KEY, key.as_bytes())?;
+        put(self.store.as_ref(), ACME_CERT, chain.as_bytes())?;
         self.current.store(Some(Arc::new(served)));
         tracing::info!(
             "ACME: obtained a certificate for {} from {}",
@@ -163,13 +218,28 @@ impl AcmeCert {
         Ok(())
     }
 
+    /// Serves the stored certificate when another replica stored a new one.
+    fn follow(&self) {
+        match self.restore() {
+            Ok(Some(served)) => {
+                let current = self.current.load_full();
+                if current.is_none_or(|c| c.leaf() != served.leaf()) {
+                    tracing::info!(
+                        "ACME: serving the certificate for {} stored by another replica",
+                        self.settings.domains.join(", ")
+                    );
+                    self.current.store(Some(Arc::new(served)));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("ACME: the stored certificate is unusable: {e}"),
+        }
+    }
+
     /// The stored certificate, if it is for exactly the configured domains.
     fn restore(&self) -> Result<Option<Served>, AcmeError> {
-        let read = |name: &str| {
-            let path = self.dir.join(name);
-            read_optional(&path).map_err(io_error(&path))
-        };
-        let (Some(chain), Some(key)) = (read("cert.pem")?, read("key.pem")?) else {
+        let read = |key: Key| Ok::<_, StoreError>(self.store.read(key)?.map(|(bytes, _)| bytes));
+        let (Some(chain), Some(key)) = (read(ACME_CERT)?, read(ACME_KEY)?) else {
             return Ok(None);
         };
         let served = self.serve(&chain, &key)?;
@@ -197,12 +267,12 @@ impl AcmeCert {
             Some(root) => Account::builder_with_root(root),
             None => Account::builder(),
         }?;
-        let path = self.dir.join("account.json");
+        let path = PathBuf::from(self.store.location(ACME_ACCOUNT));
         let unreadable = |source| AcmeError::Account {
             path: path.clone(),
             source,
         };
-        if let Some(stored) = read_optional(&path).map_err(io_error(&path))? {
+        if let Some((stored, _)) = self.store.read(ACME_ACCOUNT)? {
             let credentials: AccountCredentials =
                 serde_json::from_slice(&stored).map_err(unreadable)?;
             return Ok(builder.from_credentials(credentials).await?);
@@ -216,7 +286,7 @@ impl AcmeCert {
             .create(&new, self.settings.directory.clone(), None)
             .await?;
         let json = serde_json::to_vec(&credentials).map_err(unreadable)?;
-        write_atomic(&path, &json, SECRET_MODE).map_err(io_error(&path))?;
+        put(self.store.as_ref(), ACME_ACCOUNT, &json)?;
         Ok(account)
     }
 
@@ -250,7 +320,9 @@ impl AcmeCert {
                 match self.settings.challenge {
                     AcmeChallenge::Http01 => {
                         let answer = key_authorization.as_str().to_string();
-                        self.challenges.insert(challenge.token.clone(), answer);
+                        self.challenges
+                            .insert(challenge.token.clone(), answer.clone());
+                        self.share_answer(&challenge.token, Some(answer))?;
                         tokens.push(challenge.token.clone());
                     }
                     AcmeChallenge::TlsAlpn01 => {
@@ -278,11 +350,49 @@ impl AcmeCert {
         .await;
         for token in tokens {
             self.challenges.remove(&token);
+            if let Err(e) = self.share_answer(&token, None) {
+                tracing::warn!("ACME: cannot withdraw a stored HTTP-01 answer: {e}");
+            }
         }
         for domain in domains {
             self.alpn_challenges.remove(&domain);
         }
         finished
+    }
+}
+
+impl AcmeCert {
+    /// On a shared store, stores (`Some`) or withdraws (`None`) the HTTP-01 answer for `token`, so
+    /// that every replica answers the validation.
+    fn share_answer(&self, token: &str, answer: Option<String>) -> Result<(), StoreError> {
+        if !self.shared {
+            return Ok(());
+        }
+        for _ in 0..8 {
+            let (mut answers, version) = self.stored_answers()?;
+            match &answer {
+                Some(answer) => answers.insert(token.to_string(), answer.clone()),
+                None => answers.remove(token),
+            };
+            let bytes = serde_json::to_vec(&answers).expect("a map of strings serializes");
+            match self.store.write(ACME_CHALLENGES, &bytes, version) {
+                Err(StoreError::Conflict(_)) => continue,
+                other => return other.map(|_| ()),
+            }
+        }
+        Err(StoreError::Conflict(ACME_CHALLENGES.name))
+    }
+
+    fn stored_answers(
+        &self,
+    ) -> Result<(BTreeMap<String, String>, Option<crate::store::Version>), StoreError> {
+        Ok(match self.store.read(ACME_CHALLENGES)? {
+            Some((bytes, version)) => (
+                serde_json::from_slice(&bytes).unwrap_or_default(),
+                Some(version),
+            ),
+            None => (BTreeMap::new(), None),
+        })
     }
 }
 
@@ -305,7 +415,12 @@ impl CertSource for AcmeCert {
 
     /// The key authorization for an HTTP-01 `token`, while it is being validated.
     fn acme_challenge(&self, token: &str) -> Option<String> {
-        self.challenges.get(token).map(|k| k.clone())
+        if let Some(answer) = self.challenges.get(token) {
+            return Some(answer.clone());
+        }
+        // Another replica's order, validated through this one.
+        let (answers, _) = self.shared.then(|| self.stored_answers().ok())??;
+        answers.get(token).cloned()
     }
 
     /// TLS-ALPN-01: the config to present to a validator asking for `domain` with ALPN `acme-tls/1`.

@@ -98,6 +98,7 @@ impl CertService {
             (CertOrigin::Acme(settings), _) => Arc::new(acme::AcmeCert::new(
                 settings.clone(),
                 dir.root(),
+                store.clone(),
                 config.session_tickets,
                 minter.clone(),
             )?),

@@ -177,6 +177,19 @@ pub fn create_once(backend: &dyn Backend, key: Key, bytes: &[u8]) -> Result<Vec<
     Err(StoreError::Conflict(key.name))
 }
 
+/// Stores `bytes` under `key` whatever is there (the last writer wins), retrying a write that lost
+/// a race. For values one writer owns (the ACME order's result, on the replica that ordered it).
+pub fn put(backend: &dyn Backend, key: Key, bytes: &[u8]) -> Result<Version, StoreError> {
+    for _ in 0..8 {
+        let expected = backend.version(key)?;
+        match backend.write(key, bytes, expected) {
+            Err(StoreError::Conflict(_)) => continue,
+            other => return other,
+        }
+    }
+    Err(StoreError::Conflict(key.name))
+}
+
 /// Documents as files of the data directory: atomic writes (temp file, fsync, rename, directory
 /// fsync), an exclusive `flock` on a lock file around each compare-and-swap so that two processes
 /// never interleave, and the file's identity (inode, mtime, length) as its version.
@@ -243,7 +256,11 @@ impl Backend for FileBackend {
         let path = self.path(key);
         // `.setup.lock` beside `setup.json`: the name earlier versions locked, so they still agree.
         let stem = key.name.strip_suffix(".json").unwrap_or(key.name);
-        let lock_path = self.dir.root().join(format!(".{stem}.lock"));
+        // Keys in a subdirectory (`acme/…`) lock beside the others, at the root.
+        let lock_path = self
+            .dir
+            .root()
+            .join(format!(".{}.lock", stem.replace('/', "-")));
         let _exclusive = lock_file(&lock_path)?;
         if version_of(&path)? != expected {
             return Err(StoreError::Conflict(key.name));

@@ -17,7 +17,11 @@ pub struct Balancer {
 impl Balancer {
     /// Starts HAProxy on a free loopback port in front of `backends`.
     pub fn start(backends: &[SocketAddr]) -> Self {
-        let port = free_port();
+        Self::start_on(free_port(), backends)
+    }
+
+    /// Starts HAProxy on loopback port `port` in front of `backends`.
+    pub fn start_on(port: u16, backends: &[SocketAddr]) -> Self {
         let servers: String = backends
             .iter()
             .enumerate()
