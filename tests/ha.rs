@@ -752,3 +752,36 @@ async fn acme_replicas_order_once_and_any_replica_answers_the_validation() {
         assert!(keys.contains(&format!("/corral/corral/{key}")), "{keys:?}");
     }
 }
+
+/// `--cert-mode shared` on replicas: names learned on one replica reach the others, and every
+/// replica ends up serving one certificate with all of them (each write stores the union).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_mode_replicas_converge_on_one_set_of_names() {
+    let etcd = EtcdCluster::start(1);
+    let root = tempfile::tempdir().unwrap();
+    let url = etcd.url();
+    let args = ["--store", &url, "--cert-mode", "shared"];
+    let replicas: Vec<Corral> = (0..2)
+        .map(|i| Corral::start_in(&root.path().join(format!("r{i}")), &args, &[]).unwrap())
+        .collect();
+    let addrs: Vec<SocketAddr> = replicas.iter().map(|c| c.https("127.0.0.1")).collect();
+    leaf_for(addrs[0], "a.lab.test").await;
+    leaf_for(addrs[1], "b.lab.test").await;
+    leaf_for(addrs[0], "c.lab.test").await;
+    for addr in &addrs {
+        let deadline = Instant::now() + PROPAGATION_LIMIT;
+        loop {
+            let served = sans(&leaf_for(*addr, "a.lab.test").await);
+            let has = |name: &str| served.iter().any(|s| s == &format!("DNS:{name}"));
+            if has("a.lab.test") && has("b.lab.test") && has("c.lab.test") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{addr} serves {served:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let stored = etcd.value("/corral/cattle-system/serving-cert");
+    for name in ["a.lab.test", "b.lab.test", "c.lab.test"] {
+        assert!(stored.contains(name), "{name} in {stored}");
+    }
+}

@@ -226,6 +226,64 @@ impl PersistedCert {
         stored
     }
 
+    /// Replicas sharing the store (shared mode): another replica stored the certificate. Names it
+    /// has that this one lacks are taken (its certificate served when it carries exactly the union,
+    /// else signed again); names this one has that the stored one lacks are stored again with the
+    /// union. Every write is a union, so the replicas converge on one set of names.
+    pub fn merge_stored(&self, minter: &Minter) {
+        if self.frozen.load(Ordering::Acquire) {
+            return;
+        }
+        let _guard = lock(&self.write_lock);
+        let stored = self.document.read();
+        let stored_names: BTreeSet<SubjectName> = stored
+            .names
+            .iter()
+            .filter_map(|n| SubjectName::parse(n).ok())
+            .collect();
+        let current = self.current();
+        if stored_names == current.names {
+            return;
+        }
+        let mut names = current.names.clone();
+        for name in &stored_names {
+            let san_bytes: usize = names.iter().map(|n| n.as_text().len()).sum();
+            if names.len() >= self.max_names || san_bytes + name.as_text().len() > MAX_SAN_BYTES {
+                break;
+            }
+            names.insert(name.clone());
+        }
+        // The stored certificate, if it is the union already and ours to serve.
+        let reusable = (names == stored_names)
+            .then(|| CertificateDer::from_pem_slice(stored.certificate.as_bytes()).ok())
+            .flatten()
+            .and_then(|der| Some((minter.factory().issued_here(&der)?, der)))
+            .map(|(not_after, der)| MintedLeaf { der, not_after })
+            .filter(|leaf| leaf.not_after.unix_timestamp() - unix_now() > minter.renew_window())
+            .and_then(|leaf| minter.template().serve(leaf).ok());
+        let next = match reusable {
+            Some(served) => CertState {
+                names,
+                served: Arc::new(served),
+            },
+            None => match minter.mint(&names.iter().cloned().collect::<Vec<_>>()) {
+                Ok(served) => CertState { names, served },
+                Err(e) => return tracing::warn!("cannot merge {}: {e}", self.name()),
+            },
+        };
+        if next.names != stored_names
+            && let Err(e) = self.store(&next)
+        {
+            tracing::warn!("cannot store the merged {}: {e}", self.name());
+        }
+        tracing::info!(
+            "{} now has {} names (merged with another replica's)",
+            self.name(),
+            next.names.len()
+        );
+        self.current.store(Arc::new(next));
+    }
+
     /// Re-signs the same names when the certificate is within the renewal window.
     pub fn renew_if_expiring(&self, minter: &Minter) {
         if !minter.expiring(&self.current()) {

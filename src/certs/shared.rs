@@ -22,6 +22,7 @@ use crate::support::authority_host;
 pub const SHARED: Key = Key::public("shared-cert.json", "cattle-system/serving-cert");
 
 pub struct Shared {
+    store: Arc<dyn Backend>,
     cert: Arc<PersistedCert>,
     minter: Arc<Minter>,
     admission: Arc<Admission>,
@@ -36,7 +37,7 @@ impl Shared {
         admission: Arc<Admission>,
     ) -> Result<Self, CertError> {
         let (cert, fresh) = PersistedCert::load_or_mint(
-            store,
+            store.clone(),
             SHARED,
             initial_names(),
             Restore::Accumulate,
@@ -47,10 +48,16 @@ impl Shared {
             cert.persist_current()?;
         }
         Ok(Self {
+            store,
             cert: Arc::new(cert),
             minter,
             admission,
         })
+    }
+
+    /// Changes other replicas make to the store, when it is shared.
+    fn cert_store_changes(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        self.store.changes()
     }
 
     fn learn(&self, name: SubjectName, client: IpAddr) -> Result<(), Refusal> {
@@ -96,6 +103,30 @@ impl CertSource for Shared {
 
     fn current_leaf(&self) -> CertificateDer<'static> {
         self.cert.current().leaf().clone()
+    }
+
+    /// On a store shared with other replicas: takes the names they learn (and gives them ours).
+    fn start(self: Arc<Self>) {
+        let Some(mut changes) = self.cert_store_changes() else {
+            return;
+        };
+        let shared = Arc::downgrade(&self);
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let relevant = match changes.recv().await {
+                    Ok(path) => path == SHARED.path,
+                    Err(RecvError::Lagged(_)) => true,
+                    Err(RecvError::Closed) => return,
+                };
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                if relevant {
+                    shared.cert.merge_stored(&shared.minter);
+                }
+            }
+        });
     }
 
     fn held(&self) -> usize {
