@@ -15,7 +15,8 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Target, tls_insecure};
-use crate::replicas::{REPLICAS_PREFIX, Replicas};
+use crate::replicas::Replicas;
+use crate::store::Changes;
 use crate::tunnel::session::{Connector, Serving};
 use crate::tunnel::{ClientEvent, Role, Session, TunnelRegistry, TunnelStream};
 
@@ -54,21 +55,9 @@ pub fn start(replicas: Arc<Replicas>, tunnels: Arc<TunnelRegistry>, shutdown: Ca
                 };
                 tokio::spawn(peer.keep_connected(stop));
             }
-            let changed = async {
-                match &mut changes {
-                    Some(changes) => loop {
-                        match changes.recv().await {
-                            Ok(path) if !path.starts_with(REPLICAS_PREFIX) => continue,
-                            Ok(_) | Err(RecvError::Lagged(_)) => return,
-                            Err(RecvError::Closed) => std::future::pending::<()>().await,
-                        }
-                    },
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = changed => {}
+                _ = Changes::next_or_never(&mut changes) => {}
                 _ = tokio::time::sleep(RESCAN_INTERVAL) => {}
             }
         }

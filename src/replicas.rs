@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::secrets::{TOKEN_LENGTH, hash_token_secret, random_token, same_hash};
-use crate::store::{Backend, LeaseGuard, StoreError};
+use crate::store::{Backend, Changes, LeaseGuard, StoreError};
 
 /// Where replicas register, under the store's prefix (`/corral/corral/replicas/<id>`).
 pub const REPLICAS_PREFIX: &str = "corral/replicas/";
@@ -84,9 +84,11 @@ impl Replicas {
             .any(|replica| replica.id == id && same_hash(&replica.token_hash, &hash))
     }
 
-    /// Store changes, to notice replicas coming and going (`None`: the store does not tell).
-    pub fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
-        self.store.changes()
+    /// Replicas coming and going in the store (`None`: the store does not tell).
+    pub fn changes(&self) -> Option<Changes> {
+        Changes::of(self.store.as_ref(), |path| {
+            path.starts_with(REPLICAS_PREFIX)
+        })
     }
 }
 

@@ -269,16 +269,15 @@ fn readme() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap()
 }
 
-/// The README's walkthrough — the `sh` blocks between `<!-- walkthrough -->` and
-/// `<!-- /walkthrough -->` — run as written in one bash, in an empty directory, with the built
-/// `corral` first on the PATH. Only the ports differ: free ones instead of 8443 and 8080.
-#[test]
-fn the_readme_walkthrough_runs_as_written() {
+/// The `sh` blocks of the README between `<!-- NAME -->` and `<!-- /NAME -->`, as one script.
+fn readme_script(name: &str) -> String {
     let text = readme();
     let start = text
-        .find("<!-- walkthrough -->")
-        .expect("the walkthrough's start marker");
-    let end = text.find("<!-- /walkthrough -->").expect("its end marker");
+        .find(&format!("<!-- {name} -->"))
+        .unwrap_or_else(|| panic!("the README's {name} start marker"));
+    let end = text
+        .find(&format!("<!-- /{name} -->"))
+        .unwrap_or_else(|| panic!("its end marker"));
     let mut script = String::new();
     let mut in_block = false;
     for line in text[start..end].lines() {
@@ -292,6 +291,15 @@ fn the_readme_walkthrough_runs_as_written() {
             _ => {}
         }
     }
+    script
+}
+
+/// The README's walkthrough — the `sh` blocks between `<!-- walkthrough -->` and
+/// `<!-- /walkthrough -->` — run as written in one bash, in an empty directory, with the built
+/// `corral` first on the PATH. Only the ports differ: free ones instead of 8443 and 8080.
+#[test]
+fn the_readme_walkthrough_runs_as_written() {
+    let script = readme_script("walkthrough");
     assert!(
         script.contains("corral agent") && script.contains("kubectl"),
         "{script}"
@@ -447,22 +455,7 @@ fn the_container_image_is_pinned_unprivileged_and_checked() {
 #[cfg(feature = "etcd")]
 #[test]
 fn the_readme_ha_walkthrough_runs_as_written() {
-    let text = readme();
-    let start = text.find("<!-- ha-walkthrough -->").expect("start marker");
-    let end = text.find("<!-- /ha-walkthrough -->").expect("end marker");
-    let mut script = String::new();
-    let mut in_block = false;
-    for line in text[start..end].lines() {
-        match line.trim() {
-            "```sh" => in_block = true,
-            "```" => in_block = false,
-            _ if in_block => {
-                script.push_str(line);
-                script.push('\n');
-            }
-            _ => {}
-        }
-    }
+    let mut script = readme_script("ha-walkthrough");
     for port in [
         "2379", "22379", "32379", "2380", "22380", "32380", "8444", "8445", "8446", "8443",
     ] {

@@ -77,6 +77,24 @@ async fn leaf_for(addr: SocketAddr, sni: &str) -> Vec<u8> {
         .to_vec()
 }
 
+/// Polls `path` on `addr` (with `auth`) until it answers 200; its body.
+async fn until_ok(addr: SocketAddr, path: &str, auth: &str, what: &str) -> String {
+    let deadline = Instant::now() + PROPAGATION_LIMIT;
+    loop {
+        let answer = request(addr, "GET", path, &[auth], None).await;
+        if answer.status == 200 {
+            return answer.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} {}",
+            answer.status,
+            answer.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn banner_password(corral: &Corral) -> Option<String> {
     corral
         .logs()
@@ -211,11 +229,14 @@ async fn server_url_set_on_one_replica_pins_every_replica() {
 async fn etcd_faults_stop_writes_but_not_handshakes_and_everything_recovers() {
     let mut etcd = EtcdCluster::start(3);
     let root = tempfile::tempdir().unwrap();
-    let env = [("CATTLE_BOOTSTRAP_PASSWORD", "ha-bootstrap")];
+    let env = [("CATTLE_BOOTSTRAP_PASSWORD", lab::BOOTSTRAP)];
     let corral = replica(&etcd, &root.path().join("r"), &env);
     let addr = corral.https("127.0.0.1");
-    let token = admin_token(addr, "ha-bootstrap").await;
-    let auth = bearer(&token);
+    // An agent's tunnel, open before etcd goes.
+    let lab = Lab::setup(corral, addr).await;
+    let _agent = lab.simulated_agents(&[&lab.registration], 1);
+    lab.wait_connected(true).await;
+    let auth = lab.auth();
     let create = |name: &'static str| {
         let auth = auth.clone();
         async move {
@@ -245,6 +266,9 @@ async fn etcd_faults_stop_writes_but_not_handshakes_and_everything_recovers() {
     assert!(listed.body.contains("one-member-down"), "{}", listed.body);
     let refused = create("while-down").await;
     assert_eq!(refused.status, 503, "{}", refused.body);
+    // The open tunnel goes on: kubectl's requests reach the cluster.
+    let through = lab.proxied("/version").await;
+    assert_eq!(through.status, 200, "{}", through.body);
     assert!(
         json(&refused)["message"]
             .as_str()
@@ -347,21 +371,9 @@ async fn behind_a_balancer_every_replica_reaches_every_agent_and_a_killed_replic
     };
     let version = format!("/k8s/clusters/{}/version", lab.cluster);
     for (i, addr) in addrs.iter().enumerate() {
-        let deadline = Instant::now() + PROPAGATION_LIMIT;
-        loop {
-            let answer = request(*addr, "GET", &version, &[&lab.auth()], None).await;
-            if answer.status == 200 {
-                assert!(answer.body.contains("corral-simulated"), "{}", answer.body);
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replica {i} (holder {holder}): {} {}",
-                answer.status,
-                answer.body
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("replica {i} (holder {holder})");
+        let body = until_ok(*addr, &version, &lab.auth(), &what).await;
+        assert!(body.contains("corral-simulated"), "{body}");
         let path = format!("/v3/clusters/{}", lab.cluster);
         let state = json(&request(*addr, "GET", &path, &[&lab.auth()], None).await);
         assert_eq!(state["connected"], true, "replica {i}: {state}");
@@ -387,21 +399,8 @@ async fn behind_a_balancer_every_replica_reaches_every_agent_and_a_killed_replic
     };
     let through_node = format!("/v3/nodes/{node_id}/proxy/{web}/");
     for (i, addr) in addrs.iter().enumerate() {
-        let deadline = Instant::now() + PROPAGATION_LIMIT;
-        loop {
-            let answer = request(*addr, "GET", &through_node, &[&lab.auth()], None).await;
-            if answer.status == 200 {
-                assert_eq!(answer.body, "on the node");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replica {i}: {} {}",
-                answer.status,
-                answer.body
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let body = until_ok(*addr, &through_node, &lab.auth(), &format!("replica {i}")).await;
+        assert_eq!(body, "on the node");
     }
 
     // kubectl through the balancer, then the replica holding the agent is killed.
@@ -415,6 +414,7 @@ async fn behind_a_balancer_every_replica_reaches_every_agent_and_a_killed_replic
         .status()
         .unwrap();
     let killed = Instant::now();
+    let dead = format!("/corral/corral/replicas/{}", addrs[holder]);
 
     // The agent comes back through the balancer to another replica, and kubectl works again.
     let deadline = killed + Duration::from_secs(60);
@@ -441,6 +441,15 @@ async fn behind_a_balancer_every_replica_reaches_every_agent_and_a_killed_replic
         login(balancer.addr, "admin", lab::BOOTSTRAP).await.status,
         201
     );
+    // The dead replica leaves the peer set when its lease (10 s) expires.
+    let deadline = killed + Duration::from_secs(40);
+    while etcd.keys("/corral/corral/replicas/").contains(&dead) {
+        assert!(
+            Instant::now() < deadline,
+            "{dead} still registered 40 s after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Signs, with the installation's CA and leaf key (read from etcd, as an admin with etcdctl could),
@@ -577,20 +586,7 @@ async fn a_reconnected_agent_is_proxied_with_what_it_advertised_last() {
     let version = format!("/k8s/clusters/{}/version", lab.cluster);
     let answers_everywhere = || async {
         for (i, addr) in addrs.iter().enumerate() {
-            let deadline = Instant::now() + PROPAGATION_LIMIT;
-            loop {
-                let answer = request(*addr, "GET", &version, &[&lab.auth()], None).await;
-                if answer.status == 200 {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "replica {i}: {} {}",
-                    answer.status,
-                    answer.body
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            until_ok(*addr, &version, &lab.auth(), &format!("replica {i}")).await;
         }
     };
     // The first agent on replica 0, reached from both.

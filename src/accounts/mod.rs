@@ -25,7 +25,7 @@ pub use crate::pki::{ServerUrl, ServerUrlError};
 use crate::secrets::{
     self, hash_password, hash_token_secret, random_suffix, random_token, same_hash,
 };
-use crate::store::{Backend, Document, StoreError};
+use crate::store::{Backend, Changes, Document, StoreError};
 use crate::support::unix_now;
 use password_gate::{Busy, PasswordGate};
 use state::{ACCOUNTS, AccountState, Token, User};
@@ -226,17 +226,13 @@ impl Accounts {
     /// With a store other writers share (replicas on etcd): a change another replica makes takes
     /// effect here as it happens — above all server-url, which pins this replica's certificates too.
     pub fn follow_store(self: &Arc<Self>) {
-        let Some(mut changes) = self.store.changes() else {
+        let Some(mut changes) = Changes::of(self.store.as_ref(), |path| path == ACCOUNTS.path)
+        else {
             return;
         };
         let accounts = Arc::downgrade(self);
         tokio::spawn(async move {
-            loop {
-                match changes.recv().await {
-                    Ok(path) if path != ACCOUNTS.path => continue,
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
+            while changes.next().await.is_some() {
                 let Some(accounts) = accounts.upgrade() else {
                     return;
                 };

@@ -33,7 +33,7 @@ use super::minter::Minter;
 use super::source::CertSource;
 use super::template::{Served, alpn_challenge_config};
 use crate::config::{AcmeChallenge, AcmeSettings};
-use crate::store::{Backend, Key, Leadership, StoreError, put};
+use crate::store::{Backend, Changes, Key, Leadership, StoreError, put};
 use crate::support::unix_now;
 
 /// Why no certificate was obtained (this time: the attempt is repeated).
@@ -153,21 +153,13 @@ impl AcmeCert {
     /// Obtains and renews for as long as the process runs; on a shared store, follows the
     /// certificate another replica stores.
     fn run(self: Arc<Self>) {
-        if let Some(mut changes) = self.store.changes() {
+        // The certificate is written after its key: its change means both are there.
+        if let Some(mut changes) = Changes::of(self.store.as_ref(), |path| path == ACME_CERT.path) {
             let acme = Arc::downgrade(&self);
             tokio::spawn(async move {
-                use tokio::sync::broadcast::error::RecvError;
-                loop {
-                    let relevant = match changes.recv().await {
-                        // The certificate is written after its key: its change means both are there.
-                        Ok(path) => path == ACME_CERT.path,
-                        Err(RecvError::Lagged(_)) => true,
-                        Err(RecvError::Closed) => return,
-                    };
+                while changes.next().await.is_some() {
                     let Some(acme) = acme.upgrade() else { return };
-                    if relevant {
-                        acme.follow();
-                    }
+                    acme.follow();
                 }
             });
         }

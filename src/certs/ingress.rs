@@ -23,7 +23,7 @@ use super::source::CertSource;
 use super::template::Served;
 use crate::pki::ca::pem_encode_certificate;
 use crate::pki::{MintedLeaf, SubjectName};
-use crate::store::{Backend, Key, Leadership, StoreError, Version};
+use crate::store::{Backend, Changes, Key, Leadership, StoreError, Version};
 
 /// Where the HA certificate is kept (Rancher's `cattle-system/tls-rancher-ingress`).
 pub const INGRESS: Key = Key::secret(
@@ -211,22 +211,11 @@ impl CertSource for Ingress {
     /// Follows the stored certificate and, on the renewer, renews it.
     fn start(self: Arc<Self>) {
         let ingress = Arc::downgrade(&self);
-        let mut changes = self.store.changes();
+        let mut changes = Changes::of(self.store.as_ref(), |path| path == INGRESS.path);
         tokio::spawn(async move {
             loop {
-                let changed = async {
-                    match &mut changes {
-                        Some(changes) => loop {
-                            match changes.recv().await {
-                                Ok(path) if path != INGRESS.path => continue,
-                                Ok(_) | Err(_) => return true,
-                            }
-                        },
-                        None => std::future::pending().await,
-                    }
-                };
                 let changed = tokio::select! {
-                    _ = changed => true,
+                    _ = Changes::next_or_never(&mut changes) => true,
                     _ = tokio::time::sleep(RENEW_CHECK) => false,
                 };
                 let Some(ingress) = ingress.upgrade() else {

@@ -15,7 +15,7 @@ use super::persisted::{PersistedCert, Restore};
 use super::source::{CertSource, PinPlan};
 use super::template::Served;
 use crate::pki::SubjectName;
-use crate::store::{Backend, Key};
+use crate::store::{Backend, Changes, Key};
 use crate::support::authority_host;
 
 /// Where the shared certificate and its names are kept.
@@ -53,11 +53,6 @@ impl Shared {
             minter,
             admission,
         })
-    }
-
-    /// Changes other replicas make to the store, when it is shared.
-    fn cert_store_changes(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
-        self.store.changes()
     }
 
     fn learn(&self, name: SubjectName, client: IpAddr) -> Result<(), Refusal> {
@@ -107,24 +102,16 @@ impl CertSource for Shared {
 
     /// On a store shared with other replicas: takes the names they learn (and gives them ours).
     fn start(self: Arc<Self>) {
-        let Some(mut changes) = self.cert_store_changes() else {
+        let Some(mut changes) = Changes::of(self.store.as_ref(), |path| path == SHARED.path) else {
             return;
         };
         let shared = Arc::downgrade(&self);
         tokio::spawn(async move {
-            use tokio::sync::broadcast::error::RecvError;
-            loop {
-                let relevant = match changes.recv().await {
-                    Ok(path) => path == SHARED.path,
-                    Err(RecvError::Lagged(_)) => true,
-                    Err(RecvError::Closed) => return,
-                };
+            while changes.next().await.is_some() {
                 let Some(shared) = shared.upgrade() else {
                     return;
                 };
-                if relevant {
-                    shared.cert.merge_stored(&shared.minter);
-                }
+                shared.cert.merge_stored(&shared.minter);
             }
         });
     }

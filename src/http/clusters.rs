@@ -59,7 +59,7 @@ fn cluster_object(state: &AppState, cluster: &Cluster, base: &str) -> Value {
 }
 
 /// `https://<server-url host>` when server-url is set, else the URL the caller used.
-fn server_base(state: &AppState, headers: &HeaderMap) -> String {
+pub(super) fn server_base(state: &AppState, headers: &HeaderMap) -> String {
     match state.accounts.setting(SERVER_URL) {
         Some((url, _)) if !url.is_empty() => url,
         _ => format!("https://{}", host_header(headers)),

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::auth::Authenticated;
 use super::cluster_proxy as proxy;
+use super::clusters::server_base;
 use super::{AppState, json_response, norman_error};
 use crate::clusters::Node;
 
@@ -44,14 +45,6 @@ fn node_object(state: &AppState, node: &Node, base: &str) -> Value {
     })
 }
 
-fn base(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(axum::http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    format!("https://{host}")
-}
-
 /// The nodes of `clusterId` (of every cluster without it).
 pub async fn list(
     State(state): State<Arc<AppState>>,
@@ -59,7 +52,7 @@ pub async fn list(
     Query(query): Query<NodeQuery>,
     headers: HeaderMap,
 ) -> Response<Body> {
-    let base = base(&headers);
+    let base = server_base(&state, &headers);
     let clusters: Vec<String> = match query.cluster_id {
         Some(id) => vec![id],
         None => state.clusters.list().into_iter().map(|c| c.id).collect(),
@@ -100,7 +93,10 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Response<Body> {
     match find(&state, &id) {
-        Some(node) => json_response(StatusCode::OK, &node_object(&state, &node, &base(&headers))),
+        Some(node) => json_response(
+            StatusCode::OK,
+            &node_object(&state, &node, &server_base(&state, &headers)),
+        ),
         None => not_found(&id),
     }
 }

@@ -296,3 +296,46 @@ fn lock_file(path: &Path) -> Result<File, StoreError> {
     file.lock().map_err(io_error(path))?;
     Ok(file)
 }
+
+/// The changes other writers make to some paths of a shared store, for a loop that follows them.
+pub struct Changes {
+    receiver: tokio::sync::broadcast::Receiver<String>,
+    wanted: fn(&str) -> bool,
+}
+
+impl Changes {
+    /// Changes to the paths `wanted` accepts; `None` for a backend that does not tell (the data
+    /// directory).
+    pub fn of(backend: &dyn Backend, wanted: fn(&str) -> bool) -> Option<Self> {
+        Some(Self {
+            receiver: backend.changes()?,
+            wanted,
+        })
+    }
+
+    /// Waits for the next change to a wanted path through `changes`; without changes to follow
+    /// (`None`, or the store gone), waits for ever — for a loop that also runs on a timer.
+    pub async fn next_or_never(changes: &mut Option<Changes>) {
+        let next = match changes {
+            Some(changes) => changes.next().await,
+            None => None,
+        };
+        if next.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Waits for the next change to a wanted path (or for a burst too large to follow, which may
+    /// have held one); `None` once the store is gone.
+    pub async fn next(&mut self) -> Option<()> {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match self.receiver.recv().await {
+                Ok(path) if (self.wanted)(&path) => return Some(()),
+                Ok(_) => continue,
+                Err(RecvError::Lagged(_)) => return Some(()),
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+}

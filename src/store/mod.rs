@@ -17,7 +17,8 @@ mod document;
 pub mod etcd;
 
 pub use backend::{
-    Backend, FileBackend, Key, Leadership, LeaseGuard, StoreError, Version, create_once, put,
+    Backend, Changes, FileBackend, Key, Leadership, LeaseGuard, StoreError, Version, create_once,
+    put,
 };
 pub use dir::{DataDir, PUBLIC_MODE, SECRET_MODE, read_optional, write_atomic};
 pub use document::Document;
