@@ -43,7 +43,31 @@ pub struct CustomConfig {
     pub roles: Vec<String>,
 }
 
+/// The longest hostname or address a node may advertise (a DNS name's limit); what is kept of a
+/// node is bounded, whoever holds a registration token.
+const MAX_NODE_FIELD: usize = 253;
+/// The most roles a node may advertise.
+const MAX_ROLES: usize = 8;
+
 impl NodeParams {
+    fn check_lengths(&self) -> Result<(), ParamsError> {
+        let custom = self.custom_config.clone().unwrap_or_default();
+        let fields = [
+            ("hostname", &self.requested_hostname),
+            ("address", &custom.address),
+            ("internalAddress", &custom.internal_address),
+        ];
+        for (name, value) in fields {
+            if value.len() > MAX_NODE_FIELD {
+                return Err(ParamsError::TooLong(name, MAX_NODE_FIELD));
+            }
+        }
+        if custom.roles.len() > MAX_ROLES || custom.roles.iter().any(|r| r.len() > 32) {
+            return Err(ParamsError::TooLong("roles", MAX_ROLES));
+        }
+        Ok(())
+    }
+
     /// Rancher's name for the node: `m-` and the first 12 hex digits of the MD5 of the requested
     /// hostname.
     pub fn node_id(&self) -> String {
@@ -79,6 +103,8 @@ pub enum ParamsError {
     Missing,
     #[error("invalid input, {0} empty")]
     Empty(&'static str),
+    #[error("invalid input, {0} longer than {1}")]
+    TooLong(&'static str, usize),
 }
 
 impl AgentParams {
@@ -96,6 +122,7 @@ impl AgentParams {
                 if node.requested_hostname.trim().is_empty() {
                     return Err(ParamsError::Empty("hostname"));
                 }
+                node.check_lengths()?;
                 Ok(Self::Node(node))
             }
             (None, Some(cluster)) => cluster.checked().map(Self::Cluster),
@@ -164,6 +191,15 @@ mod tests {
         // `echo -n worker-1 | md5sum` = fd8beb38b0b3b008…: Rancher's node name has its first 12.
         assert_eq!(node.node_id(), "m-fd8beb38b0b3");
         assert!(node.worker && !node.etcd);
+        let long = format!(
+            r#"{{"node":{{"requestedHostname":"{}"}}}}"#,
+            "a".repeat(254)
+        );
+        let refused = AgentParams::from_header(&encode(&long)).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "invalid input, hostname longer than 253"
+        );
         let bad = AgentParams::from_header("%%%").unwrap_err().to_string();
         assert!(bad.starts_with("illegal base64 data"), "{bad}");
     }
