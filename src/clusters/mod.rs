@@ -133,8 +133,10 @@ pub struct Clusters {
 
 /// How long a save of advertised params waits for others to batch with.
 const SAVE_BATCH_WAIT: Duration = Duration::from_millis(100);
-/// How long a save that failed (the store away) waits before it tries again.
-const SAVE_RETRY_WAIT: Duration = Duration::from_secs(1);
+/// How long a save that failed (the store away) waits before it tries again: at first, and at most
+/// (doubling in between, so that an outage is not logged every second).
+const SAVE_RETRY_FIRST: Duration = Duration::from_secs(1);
+const SAVE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 impl Clusters {
     pub fn open(store: Arc<dyn Backend>) -> Result<Self, StoreError> {
@@ -235,6 +237,7 @@ impl Clusters {
     }
 
     async fn save_advertised(self: Arc<Self>) {
+        let mut retry = SAVE_RETRY_FIRST;
         loop {
             tokio::time::sleep(SAVE_BATCH_WAIT).await;
             let batch = std::mem::take(&mut *crate::support::lock(&self.unsaved));
@@ -266,15 +269,21 @@ impl Clusters {
                 Ok::<_, StoreError>(())
             });
             if let Err(e) = saved {
-                tracing::warn!("cannot save what {} agent(s) advertised: {e}", batch.len());
+                tracing::warn!(
+                    "cannot save what {} agent(s) advertised (retrying in {retry:?}): {e}",
+                    batch.len()
+                );
                 {
                     let mut unsaved = crate::support::lock(&self.unsaved);
                     for (key, pending) in batch {
                         unsaved.entry(key).or_insert(pending);
                     }
                 }
-                tokio::time::sleep(SAVE_RETRY_WAIT).await;
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(SAVE_RETRY_MAX);
+                continue;
             }
+            retry = SAVE_RETRY_FIRST;
         }
     }
 
