@@ -1,11 +1,14 @@
-# Build stage: a release binary, with the Rust release the project is tested with.
+# Build stage: a release binary, with the Rust release the project is tested with, and the etcd
+# store (`--store`, for HA replicas), whose client is built from etcd's protobufs.
 FROM rust:1.95-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY config ./config
 COPY benches ./benches
-RUN cargo build --release --locked --bin corral
+RUN cargo build --release --locked --features etcd --bin corral
 
 # Runtime stage: the binary, a data volume, Rancher's container ports, as a user that is not root.
 FROM debian:bookworm-slim

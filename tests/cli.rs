@@ -431,6 +431,11 @@ fn the_container_image_is_pinned_unprivileged_and_checked() {
         "the build stage pins rust {minor}: {dockerfile}"
     );
     assert!(dockerfile.contains("setcap cap_net_bind_service=+ep /usr/local/bin/corral"));
+    // HA replicas run from the image too: the etcd store is built in (with protoc for its client).
+    assert!(
+        dockerfile.contains("--features etcd") && dockerfile.contains("protobuf-compiler"),
+        "{dockerfile}"
+    );
     let user = dockerfile
         .lines()
         .find_map(|l| l.strip_prefix("USER "))
