@@ -81,7 +81,7 @@ enum PeerError {
     Handshake(#[from] tokio_tungstenite::tungstenite::Error),
     #[error("invalid header value")]
     Header(#[from] tokio_tungstenite::tungstenite::http::header::InvalidHeaderValue),
-    #[error("no WebSocket handshake within {HANDSHAKE_TIMEOUT:?}")]
+    #[error("no connection and WebSocket handshake within {HANDSHAKE_TIMEOUT:?}")]
     Timeout,
 }
 
@@ -105,7 +105,6 @@ impl Peer {
     /// One peer session: the handshake, then announcements and relayed dials until it ends.
     async fn connect_once(&self) -> Result<(), PeerError> {
         let target = Target::parse(&format!("https://{}", self.id))?;
-        let tls = target.connect(tls_insecure(&[b"http/1.1"])).await?;
         let mut request =
             format!("wss://{}/v3/connect", target.authority()).into_client_request()?;
         let headers = request.headers_mut();
@@ -117,12 +116,14 @@ impl Peer {
             "X-API-Tunnel-Token",
             HeaderValue::from_str(self.replicas.token())?,
         );
-        let handshake = tokio_tungstenite::client_async_with_config(
-            request,
-            tls,
-            Some(crate::tunnel::websocket::config()),
-        );
-        let (ws, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        // TCP, TLS and the WebSocket handshake share one deadline: a peer that hangs costs 10 s.
+        let handshake = async {
+            let tls = target.connect(tls_insecure(&[b"http/1.1"])).await?;
+            let config = Some(crate::tunnel::websocket::config());
+            let (ws, _) = tokio_tungstenite::client_async_with_config(request, tls, config).await?;
+            Ok::<_, PeerError>(ws)
+        };
+        let ws = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
             .map_err(|_| PeerError::Timeout)??;
         tracing::info!("peer session to {} open", self.id);
