@@ -403,6 +403,19 @@ async fn behind_a_balancer_every_replica_reaches_every_agent_and_a_killed_replic
         assert_eq!(body, "on the node");
     }
 
+    // One key per agent and per node: the clusters document does not grow with agents (etcd takes
+    // at most 1.5 MiB in one write).
+    let keys = etcd.keys("/corral/corral/");
+    assert!(
+        keys.contains(&format!("/corral/corral/cluster-agents/{}", lab.cluster)),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&format!("/corral/corral/nodes/{node_id}")),
+        "{keys:?}"
+    );
+    assert!(!etcd.value("/corral/corral/clusters").contains("caCert"));
+
     // kubectl through the balancer, then the replica holding the agent is killed.
     let kubeconfig = lab.kubeconfig(&lab.cluster).await;
     let created = kubectl(kubeconfig.path(), &["create", "namespace", "before-kill"]);

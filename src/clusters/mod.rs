@@ -120,6 +120,11 @@ struct ClusterList {
 
 pub struct Clusters {
     document: Document<ClusterList>,
+    /// On a store with dynamic paths (etcd), what agents advertised and the nodes are one key each
+    /// (under [`AGENTS_PREFIX`], [`NODES_PREFIX`]): the clusters document stays small however many
+    /// agents connect (etcd takes at most 1.5 MiB in one write). On the data directory, they are
+    /// in the document.
+    store: Arc<dyn Backend>,
     /// What agents connected to this replica advertised, by cluster id and session: used at once,
     /// saved soon, forgotten when the session ends.
     advertised: DashMap<(String, i64), ClusterParams>,
@@ -131,6 +136,11 @@ pub struct Clusters {
     saving: AtomicBool,
 }
 
+/// Where each cluster's advertised params are kept on a store with dynamic paths: `<prefix><id>`.
+pub const AGENTS_PREFIX: &str = "corral/cluster-agents/";
+/// Where each node is kept there: `<prefix><cluster>:<node>`.
+pub const NODES_PREFIX: &str = "corral/nodes/";
+
 /// How long a save of advertised params waits for others to batch with.
 const SAVE_BATCH_WAIT: Duration = Duration::from_millis(100);
 /// How long a save that failed (the store away) waits before it tries again: at first, and at most
@@ -140,9 +150,10 @@ const SAVE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 impl Clusters {
     pub fn open(store: Arc<dyn Backend>) -> Result<Self, StoreError> {
-        let (document, _) = Document::open(store, CLUSTERS)?;
+        let (document, _) = Document::open(store.clone(), CLUSTERS)?;
         Ok(Self {
             document,
+            store,
             advertised: DashMap::new(),
             nodes_seen: DashMap::new(),
             unsaved: Default::default(),
@@ -159,7 +170,15 @@ impl Clusters {
                 return Some(params.clone());
             }
         }
-        let saved = self.get(cluster_id)?.agent?;
+        let saved = match self.store.has_paths() {
+            true => {
+                let bytes = self
+                    .store
+                    .read_path(&format!("{AGENTS_PREFIX}{cluster_id}"))?;
+                serde_json::from_slice::<Advertised>(&bytes).ok()?
+            }
+            false => self.get(cluster_id)?.agent?,
+        };
         sessions.contains(&saved.session).then_some(saved.params)
     }
 
@@ -206,16 +225,28 @@ impl Clusters {
     }
 
     fn stored_node(&self, cluster_id: &str, node_id: &str) -> Option<Node> {
-        let cluster = self.get(cluster_id)?;
-        cluster.nodes.into_iter().find(|n| n.id == node_id)
+        self.stored_nodes(cluster_id)
+            .into_iter()
+            .find(|n| n.id == node_id)
+    }
+
+    /// The nodes of `cluster_id` as saved (by any replica).
+    fn stored_nodes(&self, cluster_id: &str) -> Vec<Node> {
+        if self.store.has_paths() {
+            return self
+                .store
+                .list(&format!("{NODES_PREFIX}{cluster_id}:"))
+                .into_iter()
+                .filter_map(|(_, bytes)| serde_json::from_slice(&bytes).ok())
+                .collect();
+        }
+        self.get(cluster_id).map(|c| c.nodes).unwrap_or_default()
     }
 
     /// The nodes of `cluster_id`: as saved, and those seen here since.
     pub fn nodes(&self, cluster_id: &str) -> Vec<Node> {
         let mut nodes: HashMap<String, Node> = self
-            .get(cluster_id)
-            .map(|c| c.nodes)
-            .unwrap_or_default()
+            .stored_nodes(cluster_id)
             .into_iter()
             .map(|n| (n.key(), n))
             .collect();
@@ -251,23 +282,10 @@ impl Clusters {
                 }
                 continue;
             }
-            let saved = self.document.update(|doc| {
-                for unsaved in batch.values() {
-                    let cluster_id = match unsaved {
-                        Unsaved::Cluster(id, _) => id,
-                        Unsaved::Node(node) => &node.cluster_id,
-                    };
-                    let Some(cluster) = doc.clusters.iter_mut().find(|c| &c.id == cluster_id)
-                    else {
-                        continue;
-                    };
-                    match unsaved {
-                        Unsaved::Cluster(_, params) => cluster.agent = Some(params.clone()),
-                        Unsaved::Node(node) => upsert_node(&mut cluster.nodes, node),
-                    }
-                }
-                Ok::<_, StoreError>(())
-            });
+            let saved = match self.store.has_paths() {
+                true => self.save_each(&batch),
+                false => self.save_in_document(&batch),
+            };
             if let Err(e) = saved {
                 tracing::warn!(
                     "cannot save what {} agent(s) advertised (retrying in {retry:?}): {e}",
@@ -285,6 +303,55 @@ impl Clusters {
             }
             retry = SAVE_RETRY_FIRST;
         }
+    }
+
+    /// Saves a batch in the clusters document (the data directory).
+    fn save_in_document(&self, batch: &HashMap<String, Unsaved>) -> Result<(), StoreError> {
+        self.document.update(|doc| {
+            for unsaved in batch.values() {
+                let cluster_id = match unsaved {
+                    Unsaved::Cluster(id, _) => id,
+                    Unsaved::Node(node) => &node.cluster_id,
+                };
+                let Some(cluster) = doc.clusters.iter_mut().find(|c| &c.id == cluster_id) else {
+                    continue;
+                };
+                match unsaved {
+                    Unsaved::Cluster(_, params) => cluster.agent = Some(params.clone()),
+                    Unsaved::Node(node) => upsert_node(&mut cluster.nodes, node),
+                }
+            }
+            Ok::<_, StoreError>(())
+        })
+    }
+
+    /// Saves a batch one key per object (etcd): a failed key fails the batch, which is retried.
+    fn save_each(&self, batch: &HashMap<String, Unsaved>) -> Result<(), StoreError> {
+        for unsaved in batch.values() {
+            match unsaved {
+                Unsaved::Cluster(id, advertised) => {
+                    let bytes = serde_json::to_vec(advertised).expect("params serialize");
+                    self.store
+                        .put_path(&format!("{AGENTS_PREFIX}{id}"), &bytes)?;
+                }
+                Unsaved::Node(node) => {
+                    let path = format!("{NODES_PREFIX}{}", node.key());
+                    let known = self.store.read_path(&path).is_some();
+                    if !known && self.stored_nodes(&node.cluster_id).len() >= MAX_NODES_PER_CLUSTER
+                    {
+                        tracing::warn!(
+                            "cluster {} has {MAX_NODES_PER_CLUSTER} nodes: {} is not kept",
+                            node.cluster_id,
+                            node.id
+                        );
+                        continue;
+                    }
+                    let bytes = serde_json::to_vec(node).expect("a node serializes");
+                    self.store.put_path(&path, &bytes)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn read(&self) -> Arc<ClusterList> {

@@ -98,6 +98,22 @@ pub trait Backend: Send + Sync + 'static {
     fn list(&self, _prefix: &str) -> Vec<(String, Vec<u8>)> {
         Vec::new()
     }
+    /// Whether this store keeps values at dynamic paths ([`Backend::put_path`],
+    /// [`Backend::read_path`]): one key per object, as etcd holds Kubernetes objects, instead of
+    /// growing one document past what a single write may carry.
+    fn has_paths(&self) -> bool {
+        false
+    }
+    /// Stores `bytes` at `path` whatever is there (one writer owns the path).
+    fn put_path(&self, path: &str, _bytes: &[u8]) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable(format!(
+            "{path}: this store keeps no dynamic paths"
+        )))
+    }
+    /// The value at `path`, as last seen.
+    fn read_path(&self, _path: &str) -> Option<Vec<u8>> {
+        None
+    }
     /// Keeps `bytes` at `path` for as long as this process is alive and reaches the store: the
     /// value is removed `ttl` after the last renewal (an etcd lease), and put back when the store
     /// returns. Dropping the guard removes it. `None` from a backend without leases.

@@ -446,6 +446,35 @@ impl Backend for EtcdBackend {
         Some(self.changes.subscribe())
     }
 
+    fn has_paths(&self) -> bool {
+        true
+    }
+
+    fn put_path(&self, path: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let full = format!("{PREFIX}{path}");
+        let value = bytes.to_vec();
+        let members = self.members.clone();
+        let response = self.wait_on(async move {
+            members
+                .call(|client| {
+                    let (full, value) = (full.clone(), value.clone());
+                    async move { client.kv_client().put(full, value, None).await }
+                })
+                .await
+        })?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        let entry = Entry {
+            bytes: bytes.to_vec(),
+            revision,
+        };
+        self.apply(path.to_string(), Some(entry), revision);
+        Ok(())
+    }
+
+    fn read_path(&self, path: &str) -> Option<Vec<u8>> {
+        self.read_cache().get(path).map(|e| e.bytes.clone())
+    }
+
     fn list(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
         let mut found: Vec<_> = self
             .read_cache()
