@@ -692,22 +692,10 @@ async fn acme_replicas_order_once_and_any_replica_answers_the_validation() {
     let etcd = EtcdCluster::start(1);
     let (http_front, tls_front) = (free_port(), free_port());
     let pebble = common::pebble::Pebble::start(http_front, tls_front);
-    let directory = format!("https://127.0.0.1:{}/dir", pebble.port);
-    let https_ca = pebble.https_ca();
     let root = tempfile::tempdir().unwrap();
-    let url = etcd.url();
-    let args = [
-        "--store",
-        &url,
-        "--acme-domain",
-        "corral.lab.test",
-        "--acme-directory",
-        &directory,
-        "--acme-ca-cert",
-        &https_ca,
-        "--acme-challenge",
-        "http-01",
-    ];
+    let store = ["--store".to_string(), etcd.url()];
+    let args: Vec<String> = [&store[..], &pebble.corral_args("http-01")].concat();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let replicas: Vec<Corral> = (0..2)
         .map(|i| Corral::start_in(&root.path().join(format!("r{i}")), &args, &[]).unwrap())
         .collect();

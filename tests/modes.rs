@@ -458,23 +458,14 @@ async fn acme_obtains_a_certificate_from_pebble(challenge: &str) {
     let (http_port, https_port) = (free_port(), free_port());
     let pebble = Pebble::start(http_port, https_port);
     let data = tempfile::tempdir().unwrap();
-    let directory = format!("https://127.0.0.1:{}/dir", pebble.port);
-    let (http, https) = (http_port.to_string(), https_port.to_string());
-    let https_ca = pebble.https_ca();
-    let args = [
-        "--http-port",
-        &http,
-        "--https-port",
-        &https,
-        "--acme-domain",
-        "corral.lab.test",
-        "--acme-directory",
-        &directory,
-        "--acme-ca-cert",
-        &https_ca,
-        "--acme-challenge",
-        challenge,
+    let ports = [
+        "--http-port".to_string(),
+        http_port.to_string(),
+        "--https-port".to_string(),
+        https_port.to_string(),
     ];
+    let args: Vec<String> = [&ports[..], &pebble.corral_args(challenge)].concat();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let corral = Corral::start_in(&data.path().join("d"), &args, &[]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(90);
     while !corral.logged("ACME: obtained a certificate") {

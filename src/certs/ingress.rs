@@ -15,7 +15,6 @@ use rustls::ServerConfig;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
-use x509_parser::extensions::GeneralName;
 
 use super::CertError;
 use super::minter::Minter;
@@ -118,19 +117,8 @@ impl Ingress {
         let secret: IngressSecret = serde_json::from_slice(bytes).ok()?;
         let der = CertificateDer::from_pem_slice(secret.tls_crt.as_bytes()).ok()?;
         let not_after = self.minter.factory().issued_here(&der)?;
-        let (_, leaf) = x509_parser::parse_x509_certificate(&der).ok()?;
-        let names: Vec<String> = leaf
-            .subject_alternative_name()
-            .ok()??
-            .value
-            .general_names
-            .iter()
-            .map(|name| match name {
-                GeneralName::DNSName(dns) => dns.to_string(),
-                other => format!("{other:?}"),
-            })
-            .collect();
-        if names != [self.hostname.as_text()] {
+        let names = crate::pki::inspect::summarize(&der)?.sans;
+        if names != [format!("DNS:{}", self.hostname.as_text())] {
             return None;
         }
         let served = self

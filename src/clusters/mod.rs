@@ -225,9 +225,23 @@ impl Clusters {
     }
 
     fn stored_node(&self, cluster_id: &str, node_id: &str) -> Option<Node> {
-        self.stored_nodes(cluster_id)
+        if self.store.has_paths() {
+            let bytes = self
+                .store
+                .read_path(&format!("{NODES_PREFIX}{cluster_id}:{node_id}"))?;
+            return serde_json::from_slice(&bytes).ok();
+        }
+        self.get(cluster_id)?
+            .nodes
             .into_iter()
             .find(|n| n.id == node_id)
+    }
+
+    /// The node `node_id` of `cluster_id`: as seen here, else as saved.
+    pub fn node(&self, cluster_id: &str, node_id: &str) -> Option<Node> {
+        let seen = self.nodes_seen.get(&format!("{cluster_id}:{node_id}"));
+        seen.map(|n| n.clone())
+            .or_else(|| self.stored_node(cluster_id, node_id))
     }
 
     /// The nodes of `cluster_id` as saved (by any replica).

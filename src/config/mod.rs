@@ -262,11 +262,6 @@ impl StoreSettings {
         }
         Ok(Some(Self { url, ca, cert, key }))
     }
-
-    /// Whether etcd is reached over TLS.
-    pub fn tls(&self) -> bool {
-        self.ca.is_some() || self.cert.is_some()
-    }
 }
 
 /// `--store` and etcd's TLS flags, for the commands that read the state without serving

@@ -58,6 +58,24 @@ enum RequestError {
     Header(#[from] axum::http::header::InvalidHeaderValue),
 }
 
+/// The path and query to send upstream: what follows the proxy's prefix (`/` when nothing does),
+/// with the caller's query.
+pub fn upstream_target(rest: &str, query: Option<&str>) -> String {
+    let path = if rest.is_empty() { "/" } else { rest };
+    match query {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    }
+}
+
+/// A path segment percent-decoded, as the router reads path parameters (`None`: not UTF-8).
+pub fn decode_segment(raw: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .ok()
+        .map(|decoded| decoded.into_owned())
+}
+
 /// How often the proxy looks again for what a peer's agent advertised.
 const PARAMS_POLL: Duration = Duration::from_millis(50);
 

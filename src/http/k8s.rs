@@ -24,11 +24,7 @@ pub async fn cluster_proxy(
     if state.clusters.get(&cluster_id).is_none() {
         return not_found(&cluster_id);
     }
-    let path = if rest.is_empty() { "/" } else { rest };
-    let path_and_query = match req.uri().query() {
-        Some(query) => format!("{path}?{query}"),
-        None => path.to_string(),
-    };
+    let path_and_query = proxy::upstream_target(rest, req.uri().query());
     proxy::forward(
         &state.tunnels,
         &state.clusters,
@@ -45,11 +41,7 @@ pub async fn cluster_proxy(
 fn split_cluster_path(path: &str) -> Option<(String, &str)> {
     let after = path.strip_prefix(PREFIX)?;
     let (raw_id, rest) = after.split_at(after.find('/').unwrap_or(after.len()));
-    let id = percent_encoding::percent_decode_str(raw_id)
-        .decode_utf8()
-        .ok()?
-        .into_owned();
-    Some((id, rest))
+    Some((proxy::decode_segment(raw_id)?, rest))
 }
 
 fn not_found(cluster_id: &str) -> Response<Body> {

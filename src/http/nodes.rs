@@ -71,11 +71,7 @@ pub async fn list(
 /// The node `<cluster>:<node>`.
 fn find(state: &AppState, id: &str) -> Option<Node> {
     let (cluster_id, node_id) = id.split_once(':')?;
-    state
-        .clusters
-        .nodes(cluster_id)
-        .into_iter()
-        .find(|n| n.id == node_id)
+    state.clusters.node(cluster_id, node_id)
 }
 
 fn not_found(id: &str) -> Response<Body> {
@@ -114,11 +110,7 @@ pub async fn proxy(
     let Some(node) = find(&state, &id) else {
         return not_found(&id);
     };
-    let path = if rest.is_empty() { "/" } else { rest };
-    let path_and_query = match req.uri().query() {
-        Some(query) => format!("{path}?{query}"),
-        None => path.to_string(),
-    };
+    let path_and_query = proxy::upstream_target(rest, req.uri().query());
     proxy::forward_to_node(
         &state.tunnels,
         &node.key(),
@@ -136,15 +128,9 @@ fn split_proxy_path(path: &str) -> Option<(String, String, &str)> {
     let after = path.strip_prefix("/v3/nodes/")?;
     let (raw_id, after) = after.split_once("/proxy/")?;
     let (raw_address, rest) = after.split_at(after.find('/').unwrap_or(after.len()));
-    let decode = |raw: &str| {
-        percent_encoding::percent_decode_str(raw)
-            .decode_utf8()
-            .ok()
-            .map(|s| s.into_owned())
-    };
-    let address = decode(raw_address)?;
+    let address = proxy::decode_segment(raw_address)?;
     crate::support::split_host_port(&address)?;
-    Some((decode(raw_id)?, address, rest))
+    Some((proxy::decode_segment(raw_id)?, address, rest))
 }
 
 #[cfg(test)]

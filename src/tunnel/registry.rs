@@ -50,11 +50,6 @@ impl Route {
             None => vec![self.session.session_key()],
         }
     }
-
-    /// The peer that relays this route, if it is not a session of this replica.
-    pub fn peer(&self) -> Option<&str> {
-        self.relayed_for.as_ref().map(|_| self.session.client_key())
-    }
 }
 
 /// Live sessions: agents' by client key, peers' by peer id.
@@ -220,29 +215,6 @@ impl TunnelRegistry {
     /// Whether dials for `key` have a way, here or through a peer.
     pub fn is_connected(&self, key: &str) -> bool {
         self.route(key).is_some()
-    }
-
-    /// Peers connected to this replica, by id.
-    pub fn peer_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.peers().keys().cloned().collect();
-        ids.sort();
-        ids
-    }
-
-    /// Opens a stream to `proto`/`address` through `key`'s tunnel.
-    pub async fn dial(
-        &self,
-        key: &str,
-        proto: &str,
-        address: &str,
-    ) -> std::io::Result<TunnelStream> {
-        let route = self.route(key).ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::NotConnected,
-                format!("failed to find Session for client {key}"),
-            )
-        })?;
-        route.open_stream(proto, address).await
     }
 }
 

@@ -98,6 +98,25 @@ impl Session {
         client_key: &str,
         connector: Option<Arc<dyn Connector>>,
     ) -> (Arc<Self>, Outgoing) {
+        Self::build(role, client_key, connector, None)
+    }
+
+    /// The server end of a session a peer replica opened: it takes AddClient/RemoveClient, and
+    /// wakes `added` when a client key is announced.
+    pub fn new_peer(peer_id: &str, added: Arc<tokio::sync::Notify>) -> (Arc<Self>, Outgoing) {
+        let announced = Announced {
+            clients: Default::default(),
+            added,
+        };
+        Self::build(Role::Server, peer_id, None, Some(announced))
+    }
+
+    fn build(
+        role: Role,
+        client_key: &str,
+        connector: Option<Arc<dyn Connector>>,
+        announced: Option<Announced>,
+    ) -> (Arc<Self>, Outgoing) {
         let mut rng = rand::rng();
         let session_key = match role {
             Role::Server => rng.random_range(1..i64::MAX),
@@ -111,21 +130,9 @@ impl Session {
             mux: Arc::new(mux),
             cancel: CancellationToken::new(),
             connector,
-            announced: None,
+            announced,
         });
         (session, outgoing)
-    }
-
-    /// The server end of a session a peer replica opened: it takes AddClient/RemoveClient, and
-    /// wakes `added` when a client key is announced.
-    pub fn new_peer(peer_id: &str, added: Arc<tokio::sync::Notify>) -> (Arc<Self>, Outgoing) {
-        let (session, outgoing) = Self::new(Role::Server, peer_id, None);
-        let mut session = Arc::into_inner(session).expect("a new session is not shared");
-        session.announced = Some(Announced {
-            clients: Default::default(),
-            added,
-        });
-        (Arc::new(session), outgoing)
     }
 
     /// Whether this peer's session announced a client session for `key`.

@@ -83,6 +83,22 @@ impl Pebble {
         pebble
     }
 
+    /// corral's flags for a certificate for `corral.lab.test` from this pebble, by `challenge`.
+    pub fn corral_args(&self, challenge: &str) -> Vec<String> {
+        [
+            "--acme-domain",
+            "corral.lab.test",
+            "--acme-directory",
+            &format!("https://127.0.0.1:{}/dir", self.port),
+            "--acme-ca-cert",
+            &self.https_ca(),
+            "--acme-challenge",
+            challenge,
+        ]
+        .map(str::to_string)
+        .to_vec()
+    }
+
     pub fn https_ca(&self) -> String {
         self.dir
             .path()
