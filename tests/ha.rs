@@ -535,15 +535,27 @@ async fn hostname_mode_serves_one_stored_certificate_renewed_by_one_replica() {
 
     // A certificate about to expire (as cert-manager would find it): exactly one replica renews
     // it, and every replica serves the renewal.
+    // Puts an expiring certificate; returns the leaf put.
     let put_expiring = || {
         let secret = expiring_ingress_secret(&etcd, HOSTNAME);
         etcd.etcdctl(&["put", "/corral/cattle-system/tls-rancher-ingress", &secret]);
+        stored_leaf()
     };
     put_expiring();
     let deadline = Instant::now() + Duration::from_secs(30);
+    let holds_lease = |replicas: &[Option<Corral>], i: usize| {
+        replicas[i]
+            .as_ref()
+            .is_some_and(|c| c.logged("now holds /corral/corral/ingress-renewer"))
+    };
     let renewer = loop {
         let found = renewers(&replicas, HOSTNAME);
         if let [one] = found[..] {
+            // The renewal is the lease holder's, not whoever noticed first.
+            assert!(
+                holds_lease(&replicas, one),
+                "replica {one} renewed without the lease"
+            );
             break one;
         }
         assert!(found.len() < 2, "several replicas renewed: {found:?}");
@@ -563,6 +575,16 @@ async fn hostname_mode_serves_one_stored_certificate_renewed_by_one_replica() {
         }
     }
 
+    // Again: the same replica (the holder) renews, no other.
+    let expiring = put_expiring();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while [&expiring, &renewed].contains(&&stored_leaf()) {
+        assert!(Instant::now() < deadline, "the second renewal never came");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(renewers(&replicas, HOSTNAME), [renewer]);
+
     // The renewer dies: another replica takes the lease over and renews the next time.
     let killed = replicas[renewer].take().unwrap();
     drop(killed);
@@ -572,6 +594,10 @@ async fn hostname_mode_serves_one_stored_certificate_renewed_by_one_replica() {
         let found = renewers(&replicas, HOSTNAME);
         if let [one] = found[..] {
             assert_ne!(one, renewer);
+            assert!(
+                holds_lease(&replicas, one),
+                "replica {one} renewed without the lease"
+            );
             break;
         }
         assert!(found.len() < 2, "several replicas renewed: {found:?}");
