@@ -294,6 +294,56 @@ fn readme_script(name: &str) -> String {
     script
 }
 
+/// Runs `script` in bash (stopping at the first failure, its background jobs killed at the end) in
+/// a fresh directory that is also `$HOME`, with the built `corral` first on the PATH, `env` set and
+/// the variables a developer may have exported unset, within `seconds`. Whether it succeeded, its
+/// stdout, and an explanation for a failure: stdout, stderr and the tails of `logs` (files the
+/// script writes).
+fn run_in_bash(
+    script: &str,
+    seconds: u32,
+    env: &[(&str, String)],
+    logs: &[&str],
+) -> (bool, String, String) {
+    let bin_dir = std::path::Path::new(common::corral_bin()).parent().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let preamble = "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n";
+    let output = std::process::Command::new("timeout")
+        .arg(seconds.to_string())
+        .args(["bash", "-c", &format!("{preamble}{script}")])
+        .current_dir(work.path())
+        .env(
+            "PATH",
+            format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("HOME", work.path())
+        .env_remove("KUBECONFIG")
+        .env_remove("CATTLE_TOKEN")
+        .env_remove("CORRAL_CONFIG")
+        .env_remove("CORRAL_DATA_DIR")
+        .env_remove("CORRAL_HTTPS_PORT")
+        .env_remove("CORRAL_HTTP_PORT")
+        .envs(env.iter().map(|(name, value)| (name, value)))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let logs: Vec<String> = logs
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(work.path().join(f)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("== {f}\n{}", tail.join("\n"))
+        })
+        .collect();
+    let why = format!(
+        "stdout:\n{stdout}\nstderr:\n{}\nlogs:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        logs.join("\n")
+    );
+    (output.status.success(), stdout, why)
+}
+
 /// The README's walkthrough — the `sh` blocks between `<!-- walkthrough -->` and
 /// `<!-- /walkthrough -->` — run as written in one bash, in an empty directory, with the built
 /// `corral` first on the PATH. Only the ports differ: free ones instead of 8443 and 8080.
@@ -306,34 +356,12 @@ fn the_readme_walkthrough_runs_as_written() {
     );
     let (https, http) = (common::free_port(), common::free_port());
     let script = script.replace("8443", &https.to_string());
-    let bin_dir = std::path::Path::new(common::corral_bin()).parent().unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let preamble = "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n";
-    let output = std::process::Command::new("timeout")
-        .args(["180", "bash", "-c", &format!("{preamble}{script}")])
-        .current_dir(work.path())
-        .env(
-            "PATH",
-            format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
-        )
-        .env("HOME", work.path())
-        .env("CORRAL_HTTPS_PORT", https.to_string())
-        .env("CORRAL_HTTP_PORT", http.to_string())
-        .env_remove("KUBECONFIG")
-        .env_remove("CATTLE_TOKEN")
-        .env_remove("CORRAL_CONFIG")
-        .env_remove("CORRAL_DATA_DIR")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let logs = ["corral.log", "agent.log"]
-        .map(|f| std::fs::read_to_string(work.path().join(f)).unwrap_or_default())
-        .join("\n");
-    let why = format!(
-        "stdout:\n{stdout}\nstderr:\n{}\nlogs:\n{logs}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "the walkthrough failed: {why}");
+    let env = [
+        ("CORRAL_HTTPS_PORT", https.to_string()),
+        ("CORRAL_HTTP_PORT", http.to_string()),
+    ];
+    let (succeeded, stdout, why) = run_in_bash(&script, 180, &env, &["corral.log", "agent.log"]);
+    assert!(succeeded, "the walkthrough failed: {why}");
     for expected in [
         "pong",
         &format!("\"https://localhost:{https}\""),
@@ -468,46 +496,14 @@ fn the_readme_ha_walkthrough_runs_as_written() {
         let pattern = regex::Regex::new(&format!(r"\b{port}\b")).unwrap();
         script = pattern.replace_all(&script, free.as_str()).into_owned();
     }
-    let bin_dir = std::path::Path::new(common::corral_bin()).parent().unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let preamble = "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n";
-    let output = std::process::Command::new("timeout")
-        .args(["240", "bash", "-c", &format!("{preamble}{script}")])
-        .current_dir(work.path())
-        .env(
-            "PATH",
-            format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
-        )
-        .env("HOME", work.path())
-        .env_remove("KUBECONFIG")
-        .env_remove("CATTLE_TOKEN")
-        .env_remove("CORRAL_CONFIG")
-        .env_remove("CORRAL_DATA_DIR")
-        .env_remove("CORRAL_HTTPS_PORT")
-        .env_remove("CORRAL_HTTP_PORT")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
     let logs = [
         "replica-0.log",
         "replica-1.log",
         "replica-2.log",
         "agent.log",
-    ]
-    .map(|f| {
-        let text = std::fs::read_to_string(work.path().join(f)).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(30).collect();
-        format!(
-            "== {f}\n{}",
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        )
-    })
-    .join("\n");
-    let why = format!(
-        "stdout:\n{stdout}\nstderr:\n{}\nlogs:\n{logs}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "the HA walkthrough failed: {why}");
+    ];
+    let (succeeded, stdout, why) = run_in_bash(&script, 240, &[], &logs);
+    assert!(succeeded, "the HA walkthrough failed: {why}");
     let checksums: std::collections::HashSet<&str> =
         stdout.lines().filter(|l| l.ends_with("  -")).collect();
     assert_eq!(checksums.len(), 1, "one CA on every replica: {why}");

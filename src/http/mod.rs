@@ -76,6 +76,25 @@ pub struct AppState {
     pub https_port: u16,
 }
 
+/// Drives `connection` to its end; on shutdown it is asked to finish gracefully (the request in
+/// flight is answered, then it closes) and still driven to its end.
+async fn until_shutdown<C, T>(
+    mut connection: std::pin::Pin<&mut C>,
+    shutdown: &CancellationToken,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+) -> T
+where
+    C: std::future::Future<Output = T>,
+{
+    tokio::select! {
+        served = connection.as_mut() => served,
+        _ = shutdown.cancelled() => {
+            graceful(connection.as_mut());
+            connection.await
+        }
+    }
+}
+
 /// The HTTP application shared by every connection.
 #[derive(Clone)]
 pub struct HttpApp {
@@ -180,13 +199,7 @@ impl HttpApp {
             .serve_connection(TokioIo::new(io), self.service(info))
             .with_upgrades();
         tokio::pin!(connection);
-        let served = tokio::select! {
-            served = connection.as_mut() => served,
-            _ = self.shutdown.cancelled() => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
-            }
-        };
+        let served = until_shutdown(connection, &self.shutdown, |c| c.graceful_shutdown()).await;
         if let Err(e) = served {
             tracing::debug!("HTTP connection from {}: {e}", info.peer);
         }
@@ -202,13 +215,7 @@ impl HttpApp {
             .max_header_list_size(MAX_HEADER_BYTES as u32)
             .serve_connection(TokioIo::new(io), self.service(info));
         tokio::pin!(connection);
-        let served = tokio::select! {
-            served = connection.as_mut() => served,
-            _ = self.shutdown.cancelled() => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
-            }
-        };
+        let served = until_shutdown(connection, &self.shutdown, |c| c.graceful_shutdown()).await;
         if let Err(e) = served {
             tracing::debug!("HTTP/2 connection from {}: {e}", info.peer);
         }
