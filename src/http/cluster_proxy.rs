@@ -110,12 +110,7 @@ pub async fn forward(
         }
         tokio::time::sleep(PARAMS_POLL).await;
     };
-    let bad_gateway = |e: &dyn std::fmt::Display| {
-        error(
-            StatusCode::BAD_GATEWAY,
-            &format!("cluster {cluster_id}: {e}"),
-        )
-    };
+    let what = format!("cluster {cluster_id}");
     let opening = async {
         let stream = route
             .open_stream("tcp", &params.address)
@@ -123,23 +118,14 @@ pub async fn forward(
             .map_err(ProxyError::Stream)?;
         tls_to_target(stream, &params).await
     };
-    let io = match tokio::time::timeout_at(deadline, opening).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return bad_gateway(&e),
-        Err(_) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!(
-                    "cluster {cluster_id}: the agent did not answer within {}s",
-                    wait.as_secs()
-                ),
-            );
-        }
+    let io = match open_within(deadline, wait, &what, opening).await {
+        Ok(io) => io,
+        Err(response) => return response,
     };
     let upstream = Upstream {
         host: &params.address,
         bearer: Some(&params.token),
-        what: format!("cluster {cluster_id}"),
+        what,
     };
     exchange(io, req, path_and_query, upstream).await
 }
@@ -158,25 +144,38 @@ pub async fn forward_to_node(
     let Some(route) = registry.wait_for(key, wait).await else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "node agent disconnected");
     };
-    let io = match tokio::time::timeout_at(deadline, route.open_stream("tcp", address)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return error(StatusCode::BAD_GATEWAY, &format!("node {key}: {e}")),
-        Err(_) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!(
-                    "node {key}: the agent did not answer within {}s",
-                    wait.as_secs()
-                ),
-            );
-        }
+    let what = format!("node {key}");
+    let io = match open_within(deadline, wait, &what, route.open_stream("tcp", address)).await {
+        Ok(io) => io,
+        Err(response) => return response,
     };
     let upstream = Upstream {
         host: address,
         bearer: None,
-        what: format!("node {key}"),
+        what,
     };
     exchange(io, req, path_and_query, upstream).await
+}
+
+/// Opens the connection to the target through a tunnel by `deadline` (the `wait` that began at the
+/// request): `502` naming `what` when it fails, `503` when the agent does not answer in time.
+async fn open_within<T, E: std::fmt::Display>(
+    deadline: tokio::time::Instant,
+    wait: Duration,
+    what: &str,
+    opening: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, Response<Body>> {
+    match tokio::time::timeout_at(deadline, opening).await {
+        Ok(Ok(io)) => Ok(io),
+        Ok(Err(e)) => Err(error(StatusCode::BAD_GATEWAY, &format!("{what}: {e}"))),
+        Err(_) => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "{what}: the agent did not answer within {}s",
+                wait.as_secs()
+            ),
+        )),
+    }
 }
 
 /// Where a proxied request goes: its `Host`, the bearer token that replaces the caller's (a
