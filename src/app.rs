@@ -272,7 +272,7 @@ pub fn open_backend(
             key: settings.key.clone(),
         };
         let backend: Arc<dyn Backend> =
-            EtcdBackend::connect(&EtcdUrl::parse(&settings.url)?, &tls)?;
+            EtcdBackend::connect(&EtcdUrl::parse(&settings.url)?, &tls, settings.compaction)?;
         Ok(backend)
     }
     #[cfg(not(feature = "etcd"))]

@@ -27,6 +27,9 @@ pub struct Metrics {
     /// Payload bytes relayed through tunnels: `in` (received), `out` (sent).
     pub tunnel_bytes_in: IntCounter,
     pub tunnel_bytes_out: IntCounter,
+    /// Password hashes checked (argon2 runs for logins and password changes, unknown users' dummy
+    /// checks included): what login backoff bounds.
+    pub password_checks: IntCounter,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -73,6 +76,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         tunnel_streams: IntGauge::new("corral_tunnel_streams", "Open streams inside tunnels")?,
         tunnel_bytes_in: tunnel_bytes.with_label_values(&["in"]),
         tunnel_bytes_out: tunnel_bytes.with_label_values(&["out"]),
+        password_checks: IntCounter::new(
+            "corral_password_checks_total",
+            "Password hashes checked (logins, password changes)",
+        )?,
         registry,
     };
     let r = &metrics.registry;
@@ -82,6 +89,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     r.register(Box::new(metrics.names_refused.clone()))?;
     r.register(Box::new(metrics.tunnel_sessions.clone()))?;
     r.register(Box::new(metrics.tunnel_streams.clone()))?;
+    r.register(Box::new(metrics.password_checks.clone()))?;
     r.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ))?;

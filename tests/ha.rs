@@ -138,14 +138,15 @@ async fn replicas_starting_at_once_on_an_empty_store_make_one_installation() {
         user_ids.push(json(&response)["userId"].as_str().unwrap().to_string());
     }
     assert!(user_ids.iter().all(|id| id == &user_ids[0]), "{user_ids:?}");
-    let accounts: Value = serde_json::from_str(&etcd.value("/corral/corral/accounts")).unwrap();
-    let admins = accounts["users"]
-        .as_array()
-        .unwrap()
+    // Users are keys of their own: exactly one admin.
+    let users = etcd.keys("/corral/corral/users/");
+    let admins: Vec<Value> = users
         .iter()
-        .filter(|u| u["username"] == "admin")
-        .count();
-    assert_eq!(admins, 1, "{accounts}");
+        .map(|key| serde_json::from_str(&etcd.value(key)).unwrap())
+        .filter(|u: &Value| u["username"] == "admin")
+        .collect();
+    assert_eq!(admins.len(), 1, "{admins:?}");
+    assert_eq!(admins[0]["id"], user_ids[0].as_str());
 
     // Readable with etcdctl, Rancher's secret names where Rancher has them; nothing durable on disk.
     let keys = etcd.keys("/corral/");
@@ -807,4 +808,79 @@ async fn shared_mode_replicas_converge_on_one_set_of_names() {
     for name in ["a.lab.test", "b.lab.test", "c.lab.test"] {
         assert!(stored.contains(name), "{name} in {stored}");
     }
+}
+
+/// An etcd with a 1 MiB quota (what a lab might give it) takes 300 kubeconfig tokens and 6,000
+/// settings writes — about 1.4 MB of history, past its quota — and still takes logins: a write
+/// costs what it changed (a token is a key of its own), and corral compacts etcd's history itself.
+/// Expired tokens are deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_etcd_keeps_taking_tokens_settings_and_logins() {
+    const QUOTA: u64 = 1 << 20;
+    let etcd = EtcdCluster::start_with_flags(1, &["--quota-backend-bytes", &QUOTA.to_string()]);
+    let root = tempfile::tempdir().unwrap();
+    let password = "small-etcd-bootstrap";
+    let env = [("CATTLE_BOOTSTRAP_PASSWORD", password)];
+    let url = etcd.url();
+    let args = ["--store", &url, "--etcd-compaction-interval", "1"];
+    let corral = Corral::start_in(&root.path().join("r"), &args, &env).unwrap();
+    let addr = corral.https("127.0.0.1");
+    let auth = bearer(&admin_token(addr, password).await);
+    let mut api = KeepAlive::open(addr).await;
+    let created = api
+        .request(
+            "POST",
+            "/v3/clusters",
+            &[&auth],
+            Some(r#"{"name":"quota"}"#),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let kubeconfig = format!(
+        "/v3/clusters/{}?action=generateKubeconfig",
+        json(&created)["id"].as_str().unwrap()
+    );
+    for i in 0..300 {
+        let response = api.request("POST", &kubeconfig, &[&auth], None).await;
+        assert_eq!(response.status, 200, "kubeconfig {i}: {}", response.body);
+    }
+    for i in 0..6000 {
+        let value = ["false", "true"][i % 2];
+        let body = format!(r#"{{"value":"{value}"}}"#);
+        let path = "/v3/settings/first-login";
+        let response = api.request("PUT", path, &[&auth], Some(&body)).await;
+        assert_eq!(response.status, 200, "setting write {i}: {}", response.body);
+    }
+    let size = etcd.db_size();
+    eprintln!("etcd's database after 6,300 writes: {size} bytes (quota {QUOTA})");
+    assert!(size < QUOTA / 2, "{size} bytes: the history is compacted");
+    assert_eq!(login(addr, "admin", password).await.status, 201);
+    assert!(
+        etcd.keys("/corral/corral/tokens/").len() >= 300,
+        "the tokens are keys of their own"
+    );
+
+    // Tokens that expired long ago are deleted (here: by a restarted replica's first sweep).
+    for i in 0..20 {
+        let token = serde_json::json!({"name": format!("token-old{i}"), "secretHash": "00",
+            "userId": "user-x", "created": 1, "expiresAt": 2});
+        let key = format!("/corral/corral/tokens/token-old{i}");
+        etcd.etcdctl(&["put", &key, &token.to_string()]);
+    }
+    drop(api);
+    let dir = corral.stop();
+    let corral = Corral::start_in(&root.path().join("r"), &args, &env).unwrap();
+    assert_eq!(
+        login(corral.https("127.0.0.1"), "admin", password)
+            .await
+            .status,
+        201
+    );
+    let left: Vec<String> = etcd
+        .keys("/corral/corral/tokens/")
+        .into_iter()
+        .filter(|k| k.contains("token-old"))
+        .collect();
+    assert!(left.is_empty(), "expired tokens kept: {left:?}");
+    drop(dir);
 }

@@ -527,3 +527,75 @@ async fn a_login_flood_is_answered_within_bounded_memory() {
     assert!(grew_mib < 128, "memory grew by {grew_mib} MiB");
     assert_eq!(get(addr, None, None, "/ping").await.body, "pong");
 }
+
+/// 320 wrong passwords for admin at once from 160 addresses (within each address's own limits):
+/// at most the per-user bucket's checks run (10, then about one a second), not 320; afterwards the
+/// right password works at once from where the admin logged in before, and within a couple of
+/// seconds from an address it never used: nobody is locked out for minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_guesses_from_many_addresses_runs_few_checks_and_locks_nobody_out() {
+    let password = "flood-bootstrap-password";
+    let tmp = tempfile::tempdir().unwrap();
+    let corral = Corral::start_in(
+        &tmp.path().join("data"),
+        &[],
+        &[("CATTLE_BOOTSTRAP_PASSWORD", password)],
+    )
+    .unwrap();
+    let addr = corral.https("127.0.0.1");
+    let login_from = |source: [u8; 4], password: &str| {
+        let body = json!({"username": "admin", "password": password}).to_string();
+        async move {
+            common::request_from(
+                Some(source.into()),
+                addr,
+                "POST",
+                common::LOGIN,
+                &[],
+                Some(&body),
+            )
+            .await
+        }
+    };
+    assert_eq!(login_from([127, 0, 0, 1], password).await.status, 201);
+    let checks_before = common::metric(addr, "corral_password_checks_total").await;
+    let started = std::time::Instant::now();
+    let guesses: Vec<_> = (1..=160u8)
+        .flat_map(|host| [host, host])
+        .map(|host| tokio::spawn(login_from([127, 0, 20, host], "a-wrong-guess")))
+        .collect();
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for guess in guesses {
+        let response = guess.await.unwrap();
+        if response.status == 429 {
+            let wait: u64 = response.header("retry-after").unwrap().parse().unwrap();
+            assert!(wait <= 2, "{response:?}");
+        }
+        *statuses.entry(response.status).or_default() += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let checks = common::metric(addr, "corral_password_checks_total").await - checks_before;
+    eprintln!("320 guesses in {seconds:.1} s: {statuses:?}, {checks} password checks");
+    assert!(
+        statuses.keys().all(|s| [401, 429, 503].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(
+        checks <= 10.0 + seconds.ceil() + 1.0,
+        "{checks} checks in {seconds:.1} s: the bucket allows 10 and one a second"
+    );
+    // The admin's own address is not slowed at all; a new one by a second or two at most.
+    assert_eq!(login_from([127, 0, 0, 1], password).await.status, 201);
+    let mut status = 0;
+    for _ in 0..3 {
+        let response = login_from([127, 0, 21, 1], password).await;
+        status = response.status;
+        match response.header("retry-after") {
+            Some(wait) if status == 429 => {
+                tokio::time::sleep(Duration::from_secs(wait.parse().unwrap())).await
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(status, 201, "the right password from a new address");
+}

@@ -5,17 +5,17 @@
 
 use std::sync::Arc;
 
-use super::state::{ACCOUNTS, AccountState};
+use super::state::Records;
 use super::{FIRST_LOGIN, ResetError};
 use crate::secrets::{TOKEN_LENGTH, hash_password, random_token};
-use crate::store::{Backend, Document, Key, StoreError, create_once};
+use crate::store::{Backend, Key, StoreError, create_once};
 
 /// Where a generated bootstrap password is kept (Rancher's `cattle-system/bootstrap-secret`).
 pub const BOOTSTRAP: Key = Key::secret("bootstrap-password", "cattle-system/bootstrap-secret");
 
 /// The kept bootstrap password, if there is one.
 pub fn kept(store: &dyn Backend) -> Option<String> {
-    let (bytes, _) = store.read(BOOTSTRAP).ok()??;
+    let (bytes, _) = store.read(&BOOTSTRAP).ok()??;
     let password = String::from_utf8(bytes).ok()?.trim().to_string();
     (!password.is_empty()).then_some(password)
 }
@@ -23,13 +23,13 @@ pub fn kept(store: &dyn Backend) -> Option<String> {
 /// Keeps a generated bootstrap password (0600) until first login, unless one is kept already: the
 /// password kept afterwards (ours, or that of a replica that started first).
 pub fn keep(store: &dyn Backend, password: &str) -> Result<String, StoreError> {
-    let kept = create_once(store, BOOTSTRAP, password.as_bytes())?;
+    let kept = create_once(store, &BOOTSTRAP, password.as_bytes())?;
     Ok(String::from_utf8_lossy(&kept).trim().to_string())
 }
 
 /// First login is done (or the password was reset): the bootstrap password is no longer kept.
 pub fn forget(store: &dyn Backend) -> Result<(), StoreError> {
-    store.delete(BOOTSTRAP)
+    store.delete(&BOOTSTRAP)
 }
 
 /// Rancher's welcome banner, one log line per line: with the password while a generated one is
@@ -63,32 +63,36 @@ pub struct Reset {
     pub password: String,
 }
 
-/// Sets a new, generated password for `admin` in `dir` and revokes its login tokens (sessions, API
-/// tokens, kubeconfigs): whoever knew the old password may hold one. A running server sees the change
-/// at once (it re-reads the accounts document when it changes in the store).
+/// Sets a new, generated password for `admin` and revokes its login tokens (sessions, API tokens,
+/// kubeconfigs): whoever knew the old password may hold one. The password's new version is what
+/// revokes them, at once, wherever they are checked — a running server (or every replica) included,
+/// and logins that were checking the old password when this ran; the tokens are then deleted.
 pub fn reset_password(store: Arc<dyn Backend>) -> Result<Reset, ResetError> {
-    let (document, existed) = Document::<AccountState>::open(store.clone(), ACCOUNTS)?;
+    let (records, existed) = Records::open(store.clone())?;
     if !existed {
         return Err(ResetError::NoSetup);
     }
+    let admin = records.user_named("admin")?.ok_or(ResetError::NoAdmin)?;
+    let user_id = admin.value.id;
     let password = random_token(TOKEN_LENGTH);
     let hash = hash_password(&password);
-    let user_id = document.update(|state| {
-        let user = state
-            .users
-            .iter_mut()
-            .find(|u| u.username == "admin")
-            .ok_or(ResetError::NoAdmin)?;
-        user.password_hash = hash.clone();
-        user.must_change_password = true;
-        let user_id = user.id.clone();
-        state.tokens.retain(|t| t.user_id != user_id);
-        // The setup page asks for a new password again only while first login is not done.
+    records
+        .users
+        .update(&user_id, |user| {
+            user.password_hash = hash.clone();
+            user.must_change_password = true;
+            user.password_version += 1;
+            Ok::<_, ResetError>(())
+        })?
+        .ok_or(ResetError::NoAdmin)?;
+    records.revoke_tokens(&user_id, None)?;
+    // The setup page asks for a new password again only while first login is not done.
+    records.settings.update(|state| {
         state
             .settings
             .entry(FIRST_LOGIN.into())
             .or_insert_with(|| "true".into());
-        Ok::<_, ResetError>(user_id)
+        Ok::<_, ResetError>(())
     })?;
     forget(store.as_ref()).map_err(ResetError::Bootstrap)?;
     Ok(Reset { user_id, password })

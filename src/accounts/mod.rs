@@ -1,8 +1,11 @@
 //! First-start setup and the accounts behind the API: the bootstrap password and `admin` user, login
 //! tokens, password changes, and the settings setup writes (`server-url`, `first-login`).
 //!
-//! All of it is one document of the store ([`state`]), changed only through `Document::update`.
-//! Passwords are stored as argon2id hashes and tokens as SHA-256 hashes; neither is ever logged.
+//! Users and tokens are one store value each, settings one small document ([`state`]). Passwords
+//! are stored as argon2id hashes and tokens as SHA-256 hashes; neither is ever logged. A token is
+//! valid only for the password version it was issued under, so changing or resetting a password
+//! ends every session opened with the old one at once, on every replica — logins still checking
+//! the old password included.
 //! Setting `server-url` pins the certificates to its host, for good, through [`Pinning`]: a trait
 //! defined here and implemented by the certificate service, so accounts know nothing of TLS.
 
@@ -25,10 +28,10 @@ pub use crate::pki::{ServerUrl, ServerUrlError};
 use crate::secrets::{
     self, hash_password, hash_token_secret, random_suffix, random_token, same_hash,
 };
-use crate::store::{Backend, Changes, Document, StoreError};
+use crate::store::{Backend, Changes, StoreError, Stored};
 use crate::support::unix_now;
 use password_gate::{Busy, PasswordGate};
-use state::{ACCOUNTS, AccountState, Token, User};
+use state::{ACCOUNTS, Records, Token, User};
 
 /// Rancher's `password-min-length`.
 pub const PASSWORD_MIN_LENGTH: usize = 12;
@@ -36,6 +39,9 @@ pub const PASSWORD_MIN_LENGTH: usize = 12;
 const SESSION_TTL_SECS: i64 = 960 * 60;
 /// Most login tokens kept; the oldest go first.
 const MAX_TOKENS: usize = 10_000;
+/// How often tokens that can no longer be used (expired, or issued for an old password) are
+/// deleted from the store, at most.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Login attempts per client: a burst of 10, then one every 3 s.
 const LOGIN_BURST: u32 = 10;
 const LOGIN_PER_MINUTE: u32 = 20;
@@ -77,6 +83,9 @@ pub enum AccountError {
     Bootstrap(#[source] StoreError),
     #[error("cannot pin the certificate: {0}")]
     Pinning(#[source] PinError),
+    /// The user's password changed while this login checked the old one.
+    #[error("authentication failed")]
+    PasswordChanged,
 }
 
 impl AccountError {
@@ -167,7 +176,7 @@ pub struct Caller {
 
 /// The accounts service.
 pub struct Accounts {
-    document: Document<AccountState>,
+    records: Records,
     store: Arc<dyn Backend>,
     /// `server-url` from `--server-url` / `CATTLE_SERVER_URL`: pinned from boot, read-only.
     env_server_url: Option<ServerUrl>,
@@ -176,6 +185,14 @@ pub struct Accounts {
     login_backoff: backoff::LoginBackoff,
     /// Bounds the argon2 work running at once: logins, password changes.
     passwords: PasswordGate,
+    /// When unusable tokens were last deleted, and about how many tokens there are since.
+    sweep: std::sync::Mutex<Sweep>,
+}
+
+/// The token sweep's bookkeeping.
+struct Sweep {
+    last: Option<tokio::time::Instant>,
+    tokens: usize,
 }
 
 impl Accounts {
@@ -188,11 +205,10 @@ impl Accounts {
         pins: Arc<dyn Pinning>,
         banner_url: &str,
     ) -> Result<Self, AccountError> {
-        let (document, existed) =
-            Document::open(store.clone(), ACCOUNTS).map_err(AccountError::Load)?;
+        let (records, existed) = Records::open(store.clone()).map_err(AccountError::Load)?;
         let first_start = !existed;
         let accounts = Self {
-            document,
+            records,
             store,
             env_server_url,
             pins,
@@ -202,8 +218,13 @@ impl Accounts {
             ),
             login_backoff: backoff::LoginBackoff::default(),
             passwords: PasswordGate::default(),
+            sweep: std::sync::Mutex::new(Sweep {
+                last: None,
+                tokens: 0,
+            }),
         };
-        if first_start {
+        // Also when a start stopped between settling the admin's id and writing the admin.
+        if first_start || accounts.records.user_named("admin")?.is_none() {
             accounts.create_admin(bootstrap_password)?;
         }
         if accounts.first_login() {
@@ -267,26 +288,34 @@ impl Accounts {
                 .map_err(AccountError::Bootstrap)?,
         };
         let generated = bootstrap::kept(store).is_some();
+        // The admin's id is settled in the settings document first: replicas starting at once
+        // agree on one (the first write wins) and so create one admin.
+        let id = self.records.settings.update(|state| {
+            if state.admin_id.is_empty() {
+                state.admin_id = format!("user-{}", random_suffix());
+            }
+            if state.created == 0 {
+                state.created = unix_now();
+                state.settings.insert(FIRST_LOGIN.into(), "true".into());
+            }
+            Ok::<_, AccountError>(state.admin_id.clone())
+        })?;
         let admin = User {
-            id: format!("user-{}", random_suffix()),
+            id: id.clone(),
             username: "admin".into(),
             display_name: "Default Admin".into(),
             password_hash: hash_password(&password),
             must_change_password: generated || password == "admin",
+            password_version: 0,
         };
-        self.document.update(|state| {
-            if state.users.iter().any(|u| u.username == "admin") {
-                return Ok(()); // Another replica was first.
-            }
-            state.created = unix_now();
-            state.users.push(admin.clone());
-            state.settings.insert(FIRST_LOGIN.into(), "true".into());
-            Ok::<_, AccountError>(())
-        })
+        match self.records.users.create(&id, &admin) {
+            Ok(_) | Err(StoreError::Conflict(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
-    fn lock(&self) -> Arc<AccountState> {
-        self.document.read()
+    fn settings(&self) -> Arc<state::AccountState> {
+        self.records.settings.read()
     }
 
     /// Checks a username and password and issues a session token. Attempts are rate-limited per
@@ -301,31 +330,48 @@ impl Accounts {
         self.login_limiter
             .check(client)
             .map_err(AccountError::TooManyAttempts)?;
-        let user = self
-            .lock()
-            .users
-            .iter()
-            .find(|u| u.username == username)
-            .cloned();
-        let Some(user) = user else {
+        let Some(user) = self.records.user_named(username)? else {
             // The same work, and the same wait for the gate, as a real check: usernames cannot be
             // probed by timing.
             self.passwords.verify(password, DUMMY_HASH).await?;
             return Err(AccountError::AuthenticationFailed);
         };
-        self.login_backoff
-            .check(&user.id)
+        let user = user.value;
+        let attempt = self
+            .login_backoff
+            .begin(&user.id, user.password_version, client)
             .map_err(AccountError::TooManyAttempts)?;
         if !self.passwords.verify(password, &user.password_hash).await? {
-            self.login_backoff.failed(&user.id);
+            attempt.failed();
             return Err(AccountError::AuthenticationFailed);
         }
-        self.login_backoff.succeeded(&user.id);
-        self.issue_token(&user.id, SESSION_TTL_SECS)
+        attempt.succeeded();
+        // Issued for the password version just checked: if it changed meanwhile, no token.
+        self.issue_for(&user.id, user.password_version, SESSION_TTL_SECS)
+            .map_err(|e| match e {
+                AccountError::PasswordChanged => AccountError::AuthenticationFailed,
+                other => other,
+            })
     }
 
-    /// A new token for `user_id`, valid for `ttl_secs` (logins; kubeconfigs).
+    /// A new token for `user_id`, valid for `ttl_secs` (kubeconfigs), under the current password.
     pub fn issue_token(&self, user_id: &str, ttl_secs: i64) -> Result<IssuedToken, AccountError> {
+        let user = self
+            .records
+            .users
+            .get(user_id)?
+            .ok_or(AccountError::AuthenticationFailed)?;
+        self.issue_for(user_id, user.value.password_version, ttl_secs)
+    }
+
+    /// A new token for `user_id` under password version `version`; refused when the password is no
+    /// longer that version once the token is stored (it is then removed again).
+    fn issue_for(
+        &self,
+        user_id: &str,
+        version: u64,
+        ttl_secs: i64,
+    ) -> Result<IssuedToken, AccountError> {
         let name = format!("token-{}", random_suffix());
         let secret = random_token(secrets::TOKEN_LENGTH);
         let created = unix_now();
@@ -335,14 +381,16 @@ impl Accounts {
             user_id: user_id.to_string(),
             created,
             expires_at: created + ttl_secs,
+            password_version: version,
         };
-        self.document.update(|next| {
-            next.tokens.retain(|t| t.expires_at > created);
-            next.tokens.push(token.clone());
-            let excess = next.tokens.len().saturating_sub(MAX_TOKENS);
-            next.tokens.drain(..excess);
-            Ok::<_, AccountError>(())
-        })?;
+        self.records.tokens.create(&name, &token)?;
+        // Checked after the write: a reset that lands before it is seen here; one that lands after
+        // makes the token invalid anyway (its version is old).
+        if !self.current_version_is(user_id, version)? {
+            self.records.tokens.delete(&name)?;
+            return Err(AccountError::PasswordChanged);
+        }
+        self.sweep_soon(1);
         Ok(IssuedToken {
             token: format!("{name}:{secret}"),
             name,
@@ -353,21 +401,81 @@ impl Accounts {
         })
     }
 
-    /// The caller a `token-name:secret` string belongs to, if it is valid and unexpired.
+    fn current_version_is(&self, user_id: &str, version: u64) -> Result<bool, StoreError> {
+        let user = self.records.users.get(user_id)?;
+        Ok(user.is_some_and(|u| u.value.password_version == version))
+    }
+
+    /// The caller a `token-name:secret` string belongs to, if it is valid: unexpired, and issued
+    /// under its user's current password.
     pub fn authenticate(&self, presented: &str) -> Option<Caller> {
         let (name, secret) = presented.split_once(':')?;
         let hash = hash_token_secret(secret);
-        let state = self.lock();
-        let token = state.tokens.iter().find(|t| t.name == name)?;
+        let token = self.records.tokens.get(name).ok()??.value;
         if !same_hash(&token.secret_hash, &hash) || token.expires_at <= unix_now() {
             return None;
         }
-        let user = state.users.iter().find(|u| u.id == token.user_id)?;
+        let user = self.records.users.get(&token.user_id).ok()??.value;
+        if user.password_version != token.password_version {
+            return None;
+        }
         Some(Caller {
-            user_id: user.id.clone(),
-            username: user.username.clone(),
-            token_name: token.name.clone(),
+            user_id: user.id,
+            username: user.username,
+            token_name: token.name,
         })
+    }
+
+    /// Deletes, in the background and at most every [`SWEEP_EVERY`], the tokens that can no longer
+    /// be used; at once when about [`MAX_TOKENS`] are kept. `issued` tokens were just added.
+    fn sweep_soon(&self, issued: usize) {
+        let due = {
+            let mut sweep = crate::support::lock(&self.sweep);
+            sweep.tokens += issued;
+            let due = sweep.tokens >= MAX_TOKENS
+                || sweep.last.is_none_or(|at| at.elapsed() >= SWEEP_EVERY);
+            if due {
+                sweep.last = Some(tokio::time::Instant::now());
+            }
+            due
+        };
+        if due && let Err(e) = self.sweep_tokens() {
+            tracing::warn!("cannot delete unusable tokens: {e}");
+        }
+    }
+
+    /// Deletes every token that is expired, was issued under an old password or for a user that is
+    /// gone, and the oldest beyond [`MAX_TOKENS`]. Replicas may sweep at once: a delete of what is
+    /// gone already is nothing.
+    pub fn sweep_tokens(&self) -> Result<usize, StoreError> {
+        let now = unix_now();
+        let versions: std::collections::HashMap<String, u64> = self
+            .records
+            .users
+            .list()?
+            .into_iter()
+            .map(|(id, user)| (id, user.value.password_version))
+            .collect();
+        let (mut usable, unusable): (Vec<_>, Vec<_>) =
+            self.records.tokens.list()?.into_iter().partition(|(_, t)| {
+                t.value.expires_at > now
+                    && versions.get(&t.value.user_id) == Some(&t.value.password_version)
+            });
+        usable.sort_by_key(|(_, t)| t.value.created);
+        let excess = usable.len().saturating_sub(MAX_TOKENS);
+        let doomed: Vec<String> = unusable
+            .into_iter()
+            .chain(usable.drain(..excess))
+            .map(|(name, _)| name)
+            .collect();
+        for name in &doomed {
+            self.records.tokens.delete(name)?;
+        }
+        crate::support::lock(&self.sweep).tokens = usable.len();
+        if !doomed.is_empty() {
+            tracing::debug!("deleted {} unusable token(s)", doomed.len());
+        }
+        Ok(doomed.len())
     }
 
     /// Changes the caller's password (`currentPassword` must match) and ends first login.
@@ -383,34 +491,47 @@ impl Accounts {
         if new == current {
             return Err(AccountError::SamePassword);
         }
-        let hash = self
-            .lock()
+        let Stored { value: user, .. } = self
+            .records
             .users
-            .iter()
-            .find(|u| u.id == caller.user_id)
-            .map(|u| u.password_hash.clone())
+            .get(&caller.user_id)?
             .ok_or(AccountError::AuthenticationFailed)?;
-        if !self.passwords.verify(current, &hash).await? {
+        if !self.passwords.verify(current, &user.password_hash).await? {
             return Err(AccountError::InvalidCurrentPassword);
         }
         let new_hash = self.passwords.hash(new).await?;
-        self.document.update(|next| {
-            let user = next
-                .users
-                .iter_mut()
-                .find(|u| u.id == caller.user_id)
-                .ok_or(AccountError::AuthenticationFailed)?;
-            if user.password_hash != hash {
-                // Changed concurrently: the current password checked above is no longer current.
-                return Err(AccountError::InvalidCurrentPassword);
-            }
-            user.password_hash = new_hash.clone();
-            user.must_change_password = false;
+        let version = self
+            .records
+            .users
+            .update(&caller.user_id, |stored| {
+                if stored.password_version != user.password_version {
+                    // Changed concurrently: the current password checked above is no longer current.
+                    return Err(AccountError::InvalidCurrentPassword);
+                }
+                stored.password_hash = new_hash.clone();
+                stored.must_change_password = false;
+                stored.password_version += 1;
+                Ok(stored.password_version)
+            })?
+            .ok_or(AccountError::AuthenticationFailed)?;
+        // The session that changed it goes on (as Rancher's UI expects after first login); every
+        // other token of the user was opened with the old password and is revoked.
+        self.records.tokens.update(&caller.token_name, |token| {
+            token.password_version = version;
+            Ok::<_, AccountError>(())
+        })?;
+        let revoked = self
+            .records
+            .revoke_tokens(&caller.user_id, Some(&caller.token_name))?;
+        self.records.settings.update(|next| {
             next.settings.insert(FIRST_LOGIN.into(), "false".into());
-            Ok(())
+            Ok::<_, AccountError>(())
         })?;
         self.first_login_done();
-        tracing::info!("password changed for user {}", caller.username);
+        tracing::info!(
+            "password changed for user {}; {revoked} other token(s) revoked",
+            caller.username
+        );
         Ok(())
     }
 
@@ -421,7 +542,7 @@ impl Accounts {
 
     /// Whether the admin still has to complete first login.
     pub fn first_login(&self) -> bool {
-        self.lock()
+        self.settings()
             .settings
             .get(FIRST_LOGIN)
             .is_none_or(|v| v == "true")
@@ -431,13 +552,16 @@ impl Accounts {
     pub fn setting(&self, name: &str) -> Option<(String, Source)> {
         match name {
             SERVER_URL => Some(
-                match (&self.env_server_url, self.lock().settings.get(SERVER_URL)) {
+                match (
+                    &self.env_server_url,
+                    self.settings().settings.get(SERVER_URL),
+                ) {
                     (Some(url), _) => (url.to_string(), Source::Env),
                     (None, Some(value)) => (value.clone(), Source::Db),
                     (None, None) => (String::new(), Source::Default),
                 },
             ),
-            FIRST_LOGIN => Some(match self.lock().settings.get(FIRST_LOGIN) {
+            FIRST_LOGIN => Some(match self.settings().settings.get(FIRST_LOGIN) {
                 Some(value) => (value.clone(), Source::Db),
                 None => ("true".into(), Source::Default),
             }),
@@ -450,13 +574,13 @@ impl Accounts {
         if let Some(url) = &self.env_server_url {
             return Some(url.clone());
         }
-        let stored = self.lock().settings.get(SERVER_URL).cloned()?;
+        let stored = self.settings().settings.get(SERVER_URL).cloned()?;
         ServerUrl::parse(&stored).ok()
     }
 
     /// When setup state was created (unix seconds).
     pub fn created(&self) -> i64 {
-        self.lock().created
+        self.settings().created
     }
 
     /// Sets server-url. The first value pins certificates to its host; the same value again is a
@@ -470,7 +594,7 @@ impl Accounts {
         // first value wins. All or nothing: the pinned certificate is made first but served only once
         // the setting is saved; when the save fails (or loses to another writer, and the change is
         // applied again) it is dropped and clients keep what they had.
-        let (url, pending) = self.document.update(|next| {
+        let (url, pending) = self.records.settings.update(|next| {
             let current = next
                 .settings
                 .get(SERVER_URL)
@@ -502,7 +626,7 @@ impl Accounts {
                 "first-login must be \"true\" or \"false\", not {value:?}"
             )));
         }
-        self.document.update(|next| {
+        self.records.settings.update(|next| {
             next.settings.insert(FIRST_LOGIN.into(), value.into());
             Ok::<_, AccountError>(())
         })?;
@@ -552,6 +676,112 @@ mod tests {
         )
         .unwrap();
         (tmp, setup)
+    }
+
+    fn admin_id(accounts: &Accounts) -> String {
+        accounts
+            .records
+            .user_named("admin")
+            .unwrap()
+            .unwrap()
+            .value
+            .id
+    }
+
+    /// A reset (here from another process, `corral reset-password`) ends every token of the old
+    /// password: those issued before it, and those of logins that checked the old password before
+    /// the reset and are stored after it.
+    #[tokio::test]
+    async fn no_token_of_the_old_password_outlives_a_reset() {
+        let (tmp, accounts) = setup();
+        let client = IpAddr::from([192, 0, 2, 1]);
+        let before = accounts
+            .login("admin", "a-bootstrap-password", client)
+            .await
+            .unwrap();
+        assert!(accounts.authenticate(&before.token).is_some());
+        let admin = admin_id(&accounts);
+        let checked_version = accounts.records.users.get(&admin).unwrap().unwrap().value;
+        let other = Arc::new(FileBackend::new(DataDir::open(tmp.path()).unwrap()));
+        let reset = bootstrap::reset_password(other).unwrap();
+        assert!(
+            accounts.authenticate(&before.token).is_none(),
+            "issued before"
+        );
+        // A login that checked the old password before the reset, storing its token after it.
+        let late = accounts.issue_for(&admin, checked_version.password_version, 3600);
+        assert!(
+            matches!(late, Err(AccountError::PasswordChanged)),
+            "{late:?}"
+        );
+        assert!(
+            accounts.records.tokens.list().unwrap().is_empty(),
+            "nothing kept"
+        );
+        let after = accounts
+            .login("admin", &reset.password, client)
+            .await
+            .unwrap();
+        assert!(accounts.authenticate(&after.token).is_some());
+    }
+
+    /// changepassword keeps the session that made the change and revokes the user's others.
+    #[tokio::test]
+    async fn a_password_change_keeps_its_own_session_only() {
+        let (_tmp, accounts) = setup();
+        let client = IpAddr::from([192, 0, 2, 1]);
+        let mine = accounts
+            .login("admin", "a-bootstrap-password", client)
+            .await
+            .unwrap();
+        let other = accounts
+            .login("admin", "a-bootstrap-password", client)
+            .await
+            .unwrap();
+        let caller = accounts.authenticate(&mine.token).unwrap();
+        accounts
+            .change_password(&caller, "a-bootstrap-password", "a-new-long-password")
+            .await
+            .unwrap();
+        assert!(accounts.authenticate(&mine.token).is_some());
+        assert!(accounts.authenticate(&other.token).is_none());
+        assert!(
+            accounts.records.tokens.get(&other.name).unwrap().is_none(),
+            "deleted"
+        );
+        let old = accounts
+            .login("admin", "a-bootstrap-password", client)
+            .await;
+        assert!(
+            matches!(old, Err(AccountError::AuthenticationFailed)),
+            "{old:?}"
+        );
+    }
+
+    /// Expired tokens and tokens of an old password are deleted by the sweep; usable ones stay.
+    #[tokio::test]
+    async fn the_sweep_deletes_what_can_no_longer_be_used() {
+        let (_tmp, accounts) = setup();
+        let admin = admin_id(&accounts);
+        let live = accounts.issue_token(&admin, 3600).unwrap();
+        let stale = |name: &str, expires_at: i64, password_version: u64| Token {
+            name: name.into(),
+            secret_hash: String::new(),
+            user_id: admin.clone(),
+            created: 1,
+            expires_at,
+            password_version,
+        };
+        let tokens = &accounts.records.tokens;
+        tokens
+            .create("token-expir", &stale("token-expir", 2, 0))
+            .unwrap();
+        tokens
+            .create("token-oldpw", &stale("token-oldpw", i64::MAX, 7))
+            .unwrap();
+        assert_eq!(accounts.sweep_tokens().unwrap(), 2);
+        let left: Vec<String> = tokens.list().unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(left, [live.name]);
     }
 
     /// One IPv6 host owns a /64: cycling through its addresses does not buy more attempts.

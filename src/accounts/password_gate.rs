@@ -44,7 +44,11 @@ impl PasswordGate {
     /// dummy one, so that they cost, and wait, exactly as much.
     pub async fn verify(&self, password: &str, hash: &str) -> Result<bool, Busy> {
         let (password, hash) = (password.to_string(), hash.to_string());
-        self.run(move || verify_password(&password, &hash)).await
+        self.run(move || {
+            crate::metrics::metrics().password_checks.inc();
+            verify_password(&password, &hash)
+        })
+        .await
     }
 
     /// An argon2id hash of `password`.

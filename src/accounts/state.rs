@@ -1,14 +1,29 @@
-//! What the accounts service keeps: users, login tokens (hashed) and settings, as one document of the
-//! store (`setup.json`, the name it has always had in the data directory).
+//! What the accounts service keeps: users and login tokens (hashed), one store value each, and the
+//! settings setup writes, as one small document (`setup.json`, the name it has always had in the
+//! data directory). Earlier versions kept the users and tokens in that document too; they are moved
+//! out the first time it is opened.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::Key;
+use crate::store::{Backend, Collection, Document, Key, Kind, StoreError, Stored};
 
-/// Where the accounts document is kept; it holds password and token hashes.
+/// Where the settings document is kept.
 pub const ACCOUNTS: Key = Key::secret("setup.json", "corral/accounts");
+/// Users: `users/<id>.json`, `corral/users/<id>`; they hold password hashes.
+pub const USERS: Kind = Kind {
+    dir: "users",
+    prefix: "corral/users/",
+    secret: true,
+};
+/// Login tokens: `tokens/<name>.json`, `corral/tokens/<name>`; they hold token hashes.
+pub const TOKENS: Kind = Kind {
+    dir: "tokens",
+    prefix: "corral/tokens/",
+    secret: true,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -18,6 +33,11 @@ pub struct User {
     pub display_name: String,
     pub password_hash: String,
     pub must_change_password: bool,
+    /// Counts the password's changes. A token is issued for one version and is valid only while
+    /// the password is still that version: a reset ends every session opened with the old one,
+    /// including logins that were still checking it.
+    #[serde(default)]
+    pub password_version: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,6 +48,9 @@ pub struct Token {
     pub user_id: String,
     pub created: i64,
     pub expires_at: i64,
+    /// The user's password version this token was issued for (see [`User::password_version`]).
+    #[serde(default)]
+    pub password_version: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -35,8 +58,131 @@ pub struct Token {
 pub struct AccountState {
     /// When the state was first created (unix seconds): the settings' `created`.
     pub created: i64,
-    pub users: Vec<User>,
-    pub tokens: Vec<Token>,
     /// Settings set through the API (`server-url`, `first-login`).
     pub settings: BTreeMap<String, String>,
+    /// The id of the `admin` created on the first start (settled here before it is created).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub admin_id: String,
+    /// Where earlier versions kept the users and tokens; emptied when the document is opened.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    users: Vec<User>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tokens: Vec<Token>,
+}
+
+/// Everything the accounts keep, on one store.
+pub struct Records {
+    pub settings: Document<AccountState>,
+    pub users: Collection<User>,
+    pub tokens: Collection<Token>,
+}
+
+impl Records {
+    /// Opens the accounts on `store`; `false` when nothing was stored yet (a first start). Users
+    /// and tokens an earlier version kept in the settings document are moved to their own keys
+    /// first, once: each object is written before the document lets go of it, so a start that
+    /// stops half way loses nothing and the next one finishes the move.
+    pub fn open(store: Arc<dyn Backend>) -> Result<(Self, bool), StoreError> {
+        let (settings, existed) = Document::<AccountState>::open(store.clone(), ACCOUNTS)?;
+        let records = Self {
+            settings,
+            users: Collection::new(store.clone(), USERS),
+            tokens: Collection::new(store, TOKENS),
+        };
+        records.move_out_of_the_document()?;
+        Ok((records, existed))
+    }
+
+    fn move_out_of_the_document(&self) -> Result<(), StoreError> {
+        let old = self.settings.read();
+        if old.users.is_empty() && old.tokens.is_empty() {
+            return Ok(());
+        }
+        let created_once = |result: Result<_, StoreError>| match result {
+            Ok(_) | Err(StoreError::Conflict(_)) => Ok(()),
+            Err(e) => Err(e),
+        };
+        for user in &old.users {
+            created_once(self.users.create(&user.id, user))?;
+        }
+        for token in &old.tokens {
+            created_once(self.tokens.create(&token.name, token))?;
+        }
+        self.settings.update(|state| {
+            state.users.clear();
+            state.tokens.clear();
+            Ok::<_, StoreError>(())
+        })?;
+        tracing::info!(
+            "moved {} user(s) and {} token(s) out of {} into keys of their own ({}, {})",
+            old.users.len(),
+            old.tokens.len(),
+            ACCOUNTS.name,
+            USERS.dir,
+            TOKENS.dir
+        );
+        Ok(())
+    }
+
+    /// The user called `username`.
+    pub fn user_named(&self, username: &str) -> Result<Option<Stored<User>>, StoreError> {
+        Ok(self
+            .users
+            .list()?
+            .into_iter()
+            .map(|(_, user)| user)
+            .find(|user| user.value.username == username))
+    }
+
+    /// Removes `user_id`'s tokens but `keep`; how many went.
+    pub fn revoke_tokens(&self, user_id: &str, keep: Option<&str>) -> Result<usize, StoreError> {
+        let mut revoked = 0;
+        for (name, token) in self.tokens.list()? {
+            if token.value.user_id == user_id && Some(name.as_str()) != keep {
+                self.tokens.delete(&name)?;
+                revoked += 1;
+            }
+        }
+        Ok(revoked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DataDir, FileBackend};
+
+    /// A data directory of an earlier version (users and tokens inside setup.json) opens with both
+    /// moved out, unchanged, and a second open finds nothing left to move.
+    #[test]
+    fn users_and_tokens_move_out_of_an_old_setup_document() {
+        let tmp = tempfile::tempdir().unwrap();
+        let old = serde_json::json!({
+            "created": 1700000000,
+            "users": [{"id": "user-abcde", "username": "admin", "displayName": "Default Admin",
+                       "passwordHash": "$argon2id$x", "mustChangePassword": false}],
+            "tokens": [{"name": "token-fghjk", "secretHash": "00", "userId": "user-abcde",
+                        "created": 1700000000, "expiresAt": 4000000000i64}],
+            "settings": {"first-login": "false"}
+        });
+        std::fs::write(tmp.path().join("setup.json"), old.to_string()).unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        let store = || Arc::new(FileBackend::new(dir.clone())) as Arc<dyn Backend>;
+        let (records, existed) = Records::open(store()).unwrap();
+        assert!(existed);
+        let admin = records.user_named("admin").unwrap().unwrap().value;
+        assert_eq!(admin.id, "user-abcde");
+        assert_eq!(admin.password_version, 0);
+        let token = records.tokens.get("token-fghjk").unwrap().unwrap().value;
+        assert_eq!(token.user_id, "user-abcde");
+        let document = std::fs::read_to_string(tmp.path().join("setup.json")).unwrap();
+        assert!(
+            !document.contains("token-fghjk") && !document.contains("argon2"),
+            "{document}"
+        );
+        assert!(document.contains("first-login"));
+        assert!(tmp.path().join("users/user-abcde.json").exists());
+        let (again, _) = Records::open(store()).unwrap();
+        assert_eq!(again.tokens.list().unwrap().len(), 1);
+    }
 }

@@ -199,8 +199,8 @@ impl AcmeCert {
         let (chain, key) = self.obtain().await?;
         let served = self.serve(chain.as_bytes(), key.as_bytes())?;
         // The key first: a certificate is never stored without its key.
-        put(self.store.as_ref(), ACME_KEY, key.as_bytes())?;
-        put(self.store.as_ref(), ACME_CERT, chain.as_bytes())?;
+        put(self.store.as_ref(), &ACME_KEY, key.as_bytes())?;
+        put(self.store.as_ref(), &ACME_CERT, chain.as_bytes())?;
         self.current.store(Some(Arc::new(served)));
         tracing::info!(
             "ACME: obtained a certificate for {} from {}",
@@ -230,7 +230,7 @@ impl AcmeCert {
 
     /// The stored certificate, if it is for exactly the configured domains.
     fn restore(&self) -> Result<Option<Served>, AcmeError> {
-        let read = |key: Key| Ok::<_, StoreError>(self.store.read(key)?.map(|(bytes, _)| bytes));
+        let read = |key: Key| Ok::<_, StoreError>(self.store.read(&key)?.map(|(bytes, _)| bytes));
         let (Some(chain), Some(key)) = (read(ACME_CERT)?, read(ACME_KEY)?) else {
             return Ok(None);
         };
@@ -259,12 +259,12 @@ impl AcmeCert {
             Some(root) => Account::builder_with_root(root),
             None => Account::builder(),
         }?;
-        let path = PathBuf::from(self.store.location(ACME_ACCOUNT));
+        let path = PathBuf::from(self.store.location(&ACME_ACCOUNT));
         let unreadable = |source| AcmeError::Account {
             path: path.clone(),
             source,
         };
-        if let Some((stored, _)) = self.store.read(ACME_ACCOUNT)? {
+        if let Some((stored, _)) = self.store.read(&ACME_ACCOUNT)? {
             let credentials: AccountCredentials =
                 serde_json::from_slice(&stored).map_err(unreadable)?;
             return Ok(builder.from_credentials(credentials).await?);
@@ -278,7 +278,7 @@ impl AcmeCert {
             .create(&new, self.settings.directory.clone(), None)
             .await?;
         let json = serde_json::to_vec(&credentials).map_err(unreadable)?;
-        put(self.store.as_ref(), ACME_ACCOUNT, &json)?;
+        put(self.store.as_ref(), &ACME_ACCOUNT, &json)?;
         Ok(account)
     }
 
@@ -367,18 +367,18 @@ impl AcmeCert {
                 None => answers.remove(token),
             };
             let bytes = serde_json::to_vec(&answers).expect("a map of strings serializes");
-            match self.store.write(ACME_CHALLENGES, &bytes, version) {
+            match self.store.write(&ACME_CHALLENGES, &bytes, version) {
                 Err(StoreError::Conflict(_)) => continue,
                 other => return other.map(|_| ()),
             }
         }
-        Err(StoreError::Conflict(ACME_CHALLENGES.name))
+        Err(StoreError::Conflict(ACME_CHALLENGES.name.to_string()))
     }
 
     fn stored_answers(
         &self,
     ) -> Result<(BTreeMap<String, String>, Option<crate::store::Version>), StoreError> {
-        Ok(match self.store.read(ACME_CHALLENGES)? {
+        Ok(match self.store.read(&ACME_CHALLENGES)? {
             Some((bytes, version)) => (
                 serde_json::from_slice(&bytes).unwrap_or_default(),
                 Some(version),

@@ -99,11 +99,11 @@ impl Ingress {
                 Err(e) => return Err(e),
             }
         }
-        Err(StoreError::Conflict(INGRESS.name).into())
+        Err(StoreError::Conflict(INGRESS.name.to_string()).into())
     }
 
     fn stored(&self) -> Stored {
-        let Ok(Some((bytes, version))) = self.store.read(INGRESS) else {
+        let Ok(Some((bytes, version))) = self.store.read(&INGRESS) else {
             return Stored::Absent;
         };
         match self.parse(&bytes) {
@@ -145,7 +145,7 @@ impl Ingress {
             ca_crt: format!("{ca}\n"),
         };
         let bytes = serde_json::to_vec(&secret).expect("a secret serializes");
-        let version = self.store.write(INGRESS, &bytes, expected)?;
+        let version = self.store.write(&INGRESS, &bytes, expected)?;
         self.adopt(served, version);
         Ok(())
     }

@@ -98,7 +98,7 @@ impl PersistedCert {
         minter: &Minter,
         max_names: usize,
     ) -> Result<(Self, bool), CertError> {
-        let (document, existed) = Document::<StoredCert>::open_or_replace(store, key)?;
+        let (document, existed) = Document::<StoredCert>::open_or_replace(store, key.clone())?;
         let stored = existed.then(|| document.read());
         let mut names: BTreeSet<SubjectName> = initial.into_iter().collect();
         let stored_names: BTreeSet<SubjectName> = stored
@@ -139,8 +139,8 @@ impl PersistedCert {
     }
 
     /// What the log calls this certificate: where it is kept.
-    pub fn name(&self) -> &'static str {
-        self.document.key().name
+    pub fn name(&self) -> &str {
+        &self.document.key().name
     }
 
     /// Stores the current names and certificate.

@@ -71,6 +71,10 @@ pub struct ServeArgs {
     /// With --store: the client certificate's key (PEM).
     #[arg(long, env = "CORRAL_ETCD_KEY", value_name = "FILE")]
     pub etcd_key: Option<PathBuf>,
+    /// With --store: seconds between compactions of etcd's history (kube-apiserver's
+    /// --etcd-compaction-interval); 0 leaves it to etcd's own settings [default: 300].
+    #[arg(long, env = "CORRAL_ETCD_COMPACTION_INTERVAL", value_name = "SECONDS")]
+    pub etcd_compaction_interval: Option<u64>,
     /// Addresses to listen on, comma separated [default: :: (all interfaces, IPv4 and IPv6)].
     #[arg(long, env = "CORRAL_BIND", value_delimiter = ',', value_name = "IP")]
     pub bind: Option<Vec<IpAddr>>,
@@ -236,6 +240,8 @@ pub struct StoreSettings {
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// How often etcd's history is compacted (`None`: not by corral; the offline commands).
+    pub compaction: Option<Duration>,
 }
 
 impl StoreSettings {
@@ -260,7 +266,13 @@ impl StoreSettings {
                 "a client certificate needs its key, and a key its certificate",
             ));
         }
-        Ok(Some(Self { url, ca, cert, key }))
+        Ok(Some(Self {
+            url,
+            ca,
+            cert,
+            key,
+            compaction: None,
+        }))
     }
 }
 
@@ -373,7 +385,11 @@ impl Config {
                 s.etcd_ca.clone(),
                 s.etcd_cert.clone(),
                 s.etcd_key.clone(),
-            )?,
+            )?
+            .map(|store| StoreSettings {
+                compaction: s.etcd_compaction_interval.map(Duration::from_secs),
+                ..store
+            }),
             advertise_address: s.advertise_address.clone().filter(|a| !a.trim().is_empty()),
             bind: given(s.bind, "bind")?,
             https_port: given(s.https_port, "https-port")?,

@@ -328,7 +328,9 @@ pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Res
 /// Rancher's status, code and text for each refusal of the accounts service.
 pub(crate) fn account_error(error: &AccountError) -> Response<Body> {
     let (status, code) = match error {
-        AccountError::AuthenticationFailed => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+        AccountError::AuthenticationFailed | AccountError::PasswordChanged => {
+            (StatusCode::UNAUTHORIZED, "Unauthorized")
+        }
         AccountError::TooManyAttempts(_) => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
         AccountError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
         AccountError::InvalidCurrentPassword

@@ -162,8 +162,8 @@ impl CertificateAuthority {
     /// compare-and-swap lets only the first write in. Returns the CA and whether this call made it.
     /// The CA kept in `store`, if there is one (creates nothing).
     pub fn load_in(store: std::sync::Arc<dyn Backend>) -> Result<Option<Self>, CaError> {
-        let location = PathBuf::from(store.location(CA_SECRET));
-        let Some((bytes, _)) = store.read(CA_SECRET)? else {
+        let location = PathBuf::from(store.location(&CA_SECRET));
+        let Some((bytes, _)) = store.read(&CA_SECRET)? else {
             return Ok(None);
         };
         let secret: CaSecret = serde_json::from_slice(&bytes).map_err(|source| {
@@ -185,7 +185,7 @@ impl CertificateAuthority {
         store: std::sync::Arc<dyn Backend>,
         profile: CaProfile,
     ) -> Result<(Self, bool), CaError> {
-        let location = PathBuf::from(store.location(CA_SECRET));
+        let location = PathBuf::from(store.location(&CA_SECRET));
         let (document, _) = Document::<CaSecret>::open(store, CA_SECRET)?;
         let mut stored = document.read();
         let mut created = false;

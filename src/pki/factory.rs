@@ -120,16 +120,16 @@ fn load_or_create_leaf_key(store: &dyn Backend) -> Result<KeyPair, CaError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::Generate)?;
     let pem = key.serialize_pem();
     // Ours, or that of a replica that started first.
-    let kept = create_once(store, LEAF_KEY, pem.as_bytes())?;
+    let kept = create_once(store, &LEAF_KEY, pem.as_bytes())?;
     if let Some(Ok(kept)) = std::str::from_utf8(&kept).ok().map(KeyPair::from_pem) {
         return Ok(kept);
     }
     tracing::warn!(
         "{} is unreadable; generating a new leaf key",
-        store.location(LEAF_KEY)
+        store.location(&LEAF_KEY)
     );
-    let version = store.version(LEAF_KEY)?;
-    store.write(LEAF_KEY, pem.as_bytes(), version)?;
+    let version = store.version(&LEAF_KEY)?;
+    store.write(&LEAF_KEY, pem.as_bytes(), version)?;
     Ok(key)
 }
 

@@ -1,5 +1,6 @@
 //! The seam between documents and where they are kept, and the data-directory implementation.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -10,30 +11,77 @@ use super::dir::{DataDir, PUBLIC_MODE, SECRET_MODE, read_optional, write_atomic}
 
 /// Where a value is kept: its file in the data directory (`name`, also what logs call it), its key
 /// under a distributed store's prefix (`path`), and whether it holds secrets (0600 in the data
-/// directory).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// directory). Fixed documents are constants; the objects of a [`Kind`] get theirs from
+/// [`Kind::key`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key {
-    pub name: &'static str,
-    pub path: &'static str,
+    pub name: Cow<'static, str>,
+    pub path: Cow<'static, str>,
     pub secret: bool,
+    /// The data directory's lock for writes of this key (`.<lock>.lock`): one per document, one per
+    /// kind for the objects of a kind (so a kind of 10,000 objects has one lock file, not 10,000).
+    lock: Option<&'static str>,
 }
 
 impl Key {
     pub const fn secret(name: &'static str, path: &'static str) -> Self {
         Self {
-            name,
-            path,
+            name: Cow::Borrowed(name),
+            path: Cow::Borrowed(path),
             secret: true,
+            lock: None,
         }
     }
 
     pub const fn public(name: &'static str, path: &'static str) -> Self {
         Self {
-            name,
-            path,
+            name: Cow::Borrowed(name),
+            path: Cow::Borrowed(path),
             secret: false,
+            lock: None,
         }
     }
+}
+
+/// A kind of object kept one value per object, as etcd holds Kubernetes objects: `DIR/<id>.json` in
+/// the data directory, `<prefix><id>` on a shared store. Writing one object costs what it holds,
+/// whatever the number of objects; a kind is listed whole with [`Backend::list_kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kind {
+    /// The data directory's subdirectory (one path segment).
+    pub dir: &'static str,
+    /// The shared store's path prefix, ending in `/`.
+    pub prefix: &'static str,
+    pub secret: bool,
+}
+
+impl Kind {
+    /// The key of object `id`; `None` when `id` cannot name an object: ids come from clients too
+    /// (the name half of a presented token), and one must never reach another file.
+    pub fn key(&self, id: &str) -> Option<Key> {
+        valid_id(id).then(|| Key {
+            name: Cow::Owned(format!("{}/{id}.json", self.dir)),
+            path: Cow::Owned(format!("{}{id}", self.prefix)),
+            secret: self.secret,
+            lock: Some(self.dir),
+        })
+    }
+
+    /// The id of the object a store path names, if it is one of this kind's.
+    pub fn id_of<'a>(&self, path: &'a str) -> Option<&'a str> {
+        path.strip_prefix(self.prefix).filter(|id| valid_id(id))
+    }
+}
+
+/// Object ids are what corral generates (`token-…`, `user-…`, `c-…`): letters, digits, `-`, `_`,
+/// `.` and `:`, not starting with `.`, at most 128 bytes.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 /// Which write of a document is stored: changes with every write.
@@ -61,9 +109,13 @@ pub enum StoreError {
         location: String,
         source: serde_json::Error,
     },
-    /// Another writer changed the document between our read and our write.
+    /// Another writer changed the document between our read and our write (or, for a key written
+    /// only if absent, wrote it first).
     #[error("{0} was changed by another writer")]
-    Conflict(&'static str),
+    Conflict(String),
+    /// An object id that cannot name a stored object (see [`Kind::key`]).
+    #[error("{0:?} is not a valid object id")]
+    InvalidId(String),
     /// The store cannot be reached (or did not answer in time): nothing was written.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
@@ -72,21 +124,23 @@ pub enum StoreError {
 /// Where documents are kept: whole values, versioned, written with compare-and-swap.
 pub trait Backend: Send + Sync + 'static {
     /// The stored bytes and their version; `None` when there is no such document.
-    fn read(&self, key: Key) -> Result<Option<(Vec<u8>, Version)>, StoreError>;
+    fn read(&self, key: &Key) -> Result<Option<(Vec<u8>, Version)>, StoreError>;
     /// The stored version, cheaply (to notice another writer).
-    fn version(&self, key: Key) -> Result<Option<Version>, StoreError>;
+    fn version(&self, key: &Key) -> Result<Option<Version>, StoreError>;
     /// Where `key` is kept, for messages (a path, a store key).
-    fn location(&self, key: Key) -> String;
+    fn location(&self, key: &Key) -> String;
     /// Writes `bytes` if the stored version is still `expected` (`None`: no document yet);
     /// [`StoreError::Conflict`] otherwise.
     fn write(
         &self,
-        key: Key,
+        key: &Key,
         bytes: &[u8],
         expected: Option<Version>,
     ) -> Result<Version, StoreError>;
     /// Removes `key` (nothing when it is not there).
-    fn delete(&self, key: Key) -> Result<(), StoreError>;
+    fn delete(&self, key: &Key) -> Result<(), StoreError>;
+    /// Every object of `kind`: its id, bytes and version, by id.
+    fn list_kind(&self, kind: &Kind) -> Result<Vec<(String, Vec<u8>, Version)>, StoreError>;
     /// The paths ([`Key::path`]) of the values other writers change from now on, as they change;
     /// `None` for a backend that only notices them when read (the data directory:
     /// [`Backend::version`] on each read).
@@ -179,7 +233,7 @@ impl Drop for LeaseGuard {
 
 /// Stores `bytes` under `key` unless something is stored there already, and returns what is stored
 /// afterwards: ours, or the value of whoever was first (replicas starting at once agree on one).
-pub fn create_once(backend: &dyn Backend, key: Key, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
+pub fn create_once(backend: &dyn Backend, key: &Key, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
     for _ in 0..8 {
         if let Some((stored, _)) = backend.read(key)? {
             return Ok(stored);
@@ -190,12 +244,12 @@ pub fn create_once(backend: &dyn Backend, key: Key, bytes: &[u8]) -> Result<Vec<
             Err(e) => return Err(e),
         }
     }
-    Err(StoreError::Conflict(key.name))
+    Err(StoreError::Conflict(key.name.to_string()))
 }
 
 /// Stores `bytes` under `key` whatever is there (the last writer wins), retrying a write that lost
 /// a race. For values one writer owns (the ACME order's result, on the replica that ordered it).
-pub fn put(backend: &dyn Backend, key: Key, bytes: &[u8]) -> Result<Version, StoreError> {
+pub fn put(backend: &dyn Backend, key: &Key, bytes: &[u8]) -> Result<Version, StoreError> {
     for _ in 0..8 {
         let expected = backend.version(key)?;
         match backend.write(key, bytes, expected) {
@@ -203,7 +257,7 @@ pub fn put(backend: &dyn Backend, key: Key, bytes: &[u8]) -> Result<Version, Sto
             other => return other,
         }
     }
-    Err(StoreError::Conflict(key.name))
+    Err(StoreError::Conflict(key.name.to_string()))
 }
 
 /// Documents as files of the data directory: atomic writes (temp file, fsync, rename, directory
@@ -218,8 +272,8 @@ impl FileBackend {
         Self { dir }
     }
 
-    fn path(&self, key: Key) -> PathBuf {
-        self.dir.root().join(key.name)
+    fn path(&self, key: &Key) -> PathBuf {
+        self.dir.root().join(key.name.as_ref())
     }
 }
 
@@ -245,7 +299,7 @@ fn version_of(path: &Path) -> Result<Option<Version>, StoreError> {
 }
 
 impl Backend for FileBackend {
-    fn read(&self, key: Key) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
+    fn read(&self, key: &Key) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
         let path = self.path(key);
         // The version first: a write landing between the two makes the next read reload, never miss it.
         let Some(version) = version_of(&path)? else {
@@ -255,31 +309,37 @@ impl Backend for FileBackend {
         Ok(bytes.map(|bytes| (bytes, version)))
     }
 
-    fn version(&self, key: Key) -> Result<Option<Version>, StoreError> {
+    fn version(&self, key: &Key) -> Result<Option<Version>, StoreError> {
         version_of(&self.path(key))
     }
 
-    fn location(&self, key: Key) -> String {
+    fn location(&self, key: &Key) -> String {
         self.path(key).display().to_string()
     }
 
     fn write(
         &self,
-        key: Key,
+        key: &Key,
         bytes: &[u8],
         expected: Option<Version>,
     ) -> Result<Version, StoreError> {
         let path = self.path(key);
         // `.setup.lock` beside `setup.json`: the name earlier versions locked, so they still agree.
-        let stem = key.name.strip_suffix(".json").unwrap_or(key.name);
-        // Keys in a subdirectory (`acme/…`) lock beside the others, at the root.
-        let lock_path = self
-            .dir
-            .root()
-            .join(format!(".{}.lock", stem.replace('/', "-")));
-        let _exclusive = lock_file(&lock_path)?;
+        // Keys in a subdirectory (`acme/…`) lock beside the others, at the root; a kind's objects
+        // share their kind's lock.
+        let lock = match key.lock {
+            Some(lock) => lock.to_string(),
+            None => {
+                let stem = key.name.strip_suffix(".json").unwrap_or(&key.name);
+                stem.replace('/', "-")
+            }
+        };
+        let _exclusive = lock_file(&self.dir.root().join(format!(".{lock}.lock")))?;
         if version_of(&path)? != expected {
-            return Err(StoreError::Conflict(key.name));
+            return Err(StoreError::Conflict(key.name.to_string()));
+        }
+        if let Some(parent) = path.parent() {
+            create_private_dir(parent).map_err(io_error(parent))?;
         }
         let mode = if key.secret { SECRET_MODE } else { PUBLIC_MODE };
         write_atomic(&path, bytes, mode).map_err(io_error(&path))?;
@@ -291,13 +351,56 @@ impl Backend for FileBackend {
         })
     }
 
-    fn delete(&self, key: Key) -> Result<(), StoreError> {
+    fn delete(&self, key: &Key) -> Result<(), StoreError> {
         let path = self.path(key);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(&path)(e)),
-            _ => Ok(()),
+            // Durable as a write is: a removed token must not come back after a crash.
+            _ => sync_dir(&path),
         }
     }
+
+    fn list_kind(&self, kind: &Kind) -> Result<Vec<(String, Vec<u8>, Version)>, StoreError> {
+        let dir = self.dir.root().join(kind.dir);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_error(&dir)(e)),
+        };
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_error(&dir))?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            // Temporary files of writes in flight start with `.`; `key` refuses them.
+            let Some(key) = kind.key(id) else { continue };
+            // Removed between the listing and the read: not there.
+            if let Some((bytes, version)) = self.read(&key)? {
+                found.push((id.to_string(), bytes, version));
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(found)
+    }
+}
+
+/// Creates `dir` (mode 0700) if it is not there: a kind's directory, made on its first write.
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Makes a removal in the directory of `path` durable.
+fn sync_dir(path: &Path) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))
 }
 
 /// An exclusive `flock` on `path` (created 0600), held until the file is dropped.

@@ -33,7 +33,7 @@ where
     /// Opens the document `key`; the value is `T::default()` when nothing is stored yet, which the
     /// boolean says (a first start).
     pub fn open(backend: Arc<dyn Backend>, key: Key) -> Result<(Self, bool), StoreError> {
-        let (value, version) = load::<T>(backend.as_ref(), key)?;
+        let (value, version) = load::<T>(backend.as_ref(), &key)?;
         let existed = version.is_some();
         Ok((Self::holding(backend, key, value, version), existed))
     }
@@ -56,18 +56,18 @@ where
         backend: Arc<dyn Backend>,
         key: Key,
     ) -> Result<(Self, bool), StoreError> {
-        match Self::open(backend.clone(), key) {
+        match Self::open(backend.clone(), key.clone()) {
             Err(e @ StoreError::Unreadable { .. }) => {
                 tracing::warn!("{e}; making it again");
-                let version = backend.version(key)?;
+                let version = backend.version(&key)?;
                 Ok((Self::holding(backend, key, T::default(), version), false))
             }
             opened => opened,
         }
     }
 
-    pub fn key(&self) -> Key {
-        self.key
+    pub fn key(&self) -> &Key {
+        &self.key
     }
 
     fn lock(&self) -> MutexGuard<'_, Cached<T>> {
@@ -82,14 +82,14 @@ where
     }
 
     fn refresh(&self, cached: &mut Cached<T>) {
-        let stored = match self.backend.version(self.key) {
+        let stored = match self.backend.version(&self.key) {
             Ok(stored) => stored,
             Err(e) => return tracing::warn!("keeping {} in memory: {e}", self.key.name),
         };
         if stored.is_none() || stored == cached.version {
             return;
         }
-        match load(self.backend.as_ref(), self.key) {
+        match load(self.backend.as_ref(), &self.key) {
             Ok((value, version)) => {
                 tracing::info!("{} changed in the store; reloaded it", self.key.name);
                 cached.value = Arc::new(value);
@@ -112,7 +112,7 @@ where
             let mut next = (*cached.value).clone();
             let result = change(&mut next)?;
             let bytes = serde_json::to_vec_pretty(&next).expect("documents serialize");
-            match self.backend.write(self.key, &bytes, cached.version) {
+            match self.backend.write(&self.key, &bytes, cached.version) {
                 Ok(version) => {
                     cached.value = Arc::new(next);
                     cached.version = Some(version);
@@ -123,7 +123,7 @@ where
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(StoreError::Conflict(self.key.name).into())
+        Err(StoreError::Conflict(self.key.name.to_string()).into())
     }
 
     /// Every value from now on, newest first.
@@ -134,7 +134,7 @@ where
 
 fn load<T: DeserializeOwned + Default>(
     backend: &dyn Backend,
-    key: Key,
+    key: &Key,
 ) -> Result<(T, Option<Version>), StoreError> {
     match backend.read(key)? {
         None => Ok((T::default(), None)),
@@ -200,7 +200,7 @@ mod tests {
         set(&document, "a", "1");
         let refused: Result<(), StoreError> = document.update(|settings| {
             settings.insert("b".into(), "2".into());
-            Err(StoreError::Conflict("test"))
+            Err(StoreError::Conflict("test".into()))
         });
         assert!(refused.is_err());
         assert_eq!(document.read().len(), 1);

@@ -17,7 +17,7 @@
 //! its own, on its own thread, and a write waits for its answer (off the async workers, through
 //! `block_in_place`, when called from one).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -31,7 +31,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::backend::{Backend, Key, Leadership, LeaseGuard, StoreError, Version};
+use super::backend::{Backend, Key, Kind, Leadership, LeaseGuard, StoreError, Version};
 
 /// How long one member may take to answer before the request goes to the next.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -40,6 +40,11 @@ const REWATCH_FIRST: Duration = Duration::from_millis(200);
 const REWATCH_MAX: Duration = Duration::from_secs(5);
 /// The prefix every value is kept under.
 pub const PREFIX: &str = "/corral/";
+/// How often etcd's history is compacted by default: kube-apiserver's `--etcd-compaction-interval`.
+pub const COMPACTION_INTERVAL: Duration = Duration::from_secs(300);
+/// Where replicas agree on who compacts (kube-apiserver's `compact_rev_key`): its version counts
+/// the compactions, its value is the revision compacted to.
+const COMPACTION_KEY: &str = "/corral/compact-revision";
 
 /// Where etcd is: `etcd://HOST:PORT[,HOST:PORT…]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,15 +153,21 @@ impl Members {
 pub struct EtcdBackend {
     members: Members,
     runtime: Handle,
-    /// Every value under the prefix, by path, as of the last event seen.
-    cache: RwLock<HashMap<String, Entry>>,
+    /// Every value under the prefix, by path (ordered: a kind is a range), as of the last event
+    /// seen.
+    cache: RwLock<BTreeMap<String, Entry>>,
     changes: broadcast::Sender<String>,
 }
 
 impl EtcdBackend {
-    /// Connects, loads every value under the prefix and starts following changes. Fails when no
+    /// Connects, loads every value under the prefix and starts following changes; with a
+    /// `compaction` interval, keeps etcd's history that short (see [`compact`]). Fails when no
     /// member answers.
-    pub fn connect(url: &EtcdUrl, tls: &EtcdTls) -> Result<Arc<Self>, StoreError> {
+    pub fn connect(
+        url: &EtcdUrl,
+        tls: &EtcdTls,
+        compaction: Option<Duration>,
+    ) -> Result<Arc<Self>, StoreError> {
         let runtime = client_runtime()?;
         let scheme = if tls.enabled() { "https" } else { "http" };
         let endpoints: Vec<String> = url
@@ -191,12 +202,19 @@ impl EtcdBackend {
         let backend = Arc::new(Self {
             members,
             runtime,
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(BTreeMap::new()),
             changes,
         });
         let revision = backend.resync()?;
         let follower = Arc::downgrade(&backend);
         backend.runtime.spawn(follow(follower, revision));
+        if let Some(interval) = compaction.filter(|i| !i.is_zero()) {
+            let members = Arc::downgrade(&backend.members.clients);
+            let current = backend.members.current.clone();
+            backend
+                .runtime
+                .spawn(compact_every(members, current, interval));
+        }
         tracing::info!(
             "store: etcd at {} ({} values under {PREFIX})",
             url.endpoints.join(", "),
@@ -216,11 +234,11 @@ impl EtcdBackend {
             .unwrap_or_else(|| Err(StoreError::Unavailable("etcd's client stopped".into())))
     }
 
-    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry>> {
+    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
         self.cache.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Entry>> {
+    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Entry>> {
         self.cache.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -237,7 +255,7 @@ impl EtcdBackend {
                 .await
         })?;
         let revision = response.header().map_or(0, |h| h.revision());
-        let mut fresh = HashMap::new();
+        let mut fresh = BTreeMap::new();
         for kv in response.kvs() {
             if let Some(path) = path_of(kv.key()) {
                 let entry = Entry {
@@ -278,6 +296,82 @@ impl EtcdBackend {
         }
         let _ = self.changes.send(path);
     }
+}
+
+/// Keeps etcd's history bounded as kube-apiserver does for its etcd: every `interval`, the history
+/// older than the revision seen one interval ago is compacted, so watches (which resume from at
+/// most a few seconds back) never need what is dropped, and etcd's space stays what the live values
+/// take. Every replica runs this; a transaction on [`COMPACTION_KEY`]'s version lets one of them
+/// compact per interval. Runs while the backend lives (`members` upgrades).
+async fn compact_every(
+    members: std::sync::Weak<[Client]>,
+    current: Arc<AtomicUsize>,
+    interval: Duration,
+) {
+    let (mut seen_version, mut last_revision) = (0i64, 0i64);
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(clients) = members.upgrade() else {
+            return;
+        };
+        let members = Members {
+            clients,
+            current: current.clone(),
+        };
+        match compact(&members, seen_version, last_revision).await {
+            Ok((version, revision)) => (seen_version, last_revision) = (version, revision),
+            Err(e) => tracing::debug!("store: compaction skipped: {e}"),
+        }
+    }
+}
+
+/// One round of [`compact_every`]: claims this interval's compaction (the key's version is still
+/// `seen_version`) and compacts to `revision`, the revision seen one interval ago; returns the
+/// key's version and etcd's revision now, for the next round.
+async fn compact(
+    members: &Members,
+    seen_version: i64,
+    revision: i64,
+) -> Result<(i64, i64), StoreError> {
+    let claim = Txn::new()
+        .when(vec![Compare::version(
+            COMPACTION_KEY,
+            CompareOp::Equal,
+            seen_version,
+        )])
+        .and_then(vec![TxnOp::put(COMPACTION_KEY, revision.to_string(), None)])
+        .or_else(vec![TxnOp::get(COMPACTION_KEY, None)]);
+    let response = members
+        .call(|client| {
+            let claim = claim.clone();
+            async move { client.kv_client().txn(claim).await }
+        })
+        .await?;
+    let now = response.header().map_or(0, |h| h.revision());
+    if !response.succeeded() {
+        // Another replica compacted this interval: follow its count.
+        let version = response
+            .op_responses()
+            .into_iter()
+            .find_map(|op| match op {
+                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.version()),
+                _ => None,
+            })
+            .unwrap_or(seen_version);
+        return Ok((version, now));
+    }
+    if revision > 0 {
+        let compacted = members
+            .call(|client| async move { client.kv_client().compact(revision, None).await })
+            .await;
+        match compacted {
+            Ok(_) => tracing::debug!("store: etcd history compacted to revision {revision}"),
+            // Compacted past it already (by hand, or etcd's own --auto-compaction): fine.
+            Err(e) if e.to_string().contains("compacted") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((seen_version + 1, now))
 }
 
 /// Follows every change under the prefix from `revision` on, for as long as the backend lives;
@@ -339,27 +433,27 @@ async fn follow(backend: std::sync::Weak<EtcdBackend>, mut revision: i64) {
 }
 
 impl Backend for EtcdBackend {
-    fn read(&self, key: Key) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
+    fn read(&self, key: &Key) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
         Ok(self
             .read_cache()
-            .get(key.path)
+            .get(key.path.as_ref())
             .map(|e| (e.bytes.clone(), revision_version(e.revision))))
     }
 
-    fn version(&self, key: Key) -> Result<Option<Version>, StoreError> {
+    fn version(&self, key: &Key) -> Result<Option<Version>, StoreError> {
         Ok(self
             .read_cache()
-            .get(key.path)
+            .get(key.path.as_ref())
             .map(|e| revision_version(e.revision)))
     }
 
-    fn location(&self, key: Key) -> String {
+    fn location(&self, key: &Key) -> String {
         format!("etcd {PREFIX}{}", key.path)
     }
 
     fn write(
         &self,
-        key: Key,
+        key: &Key,
         bytes: &[u8],
         expected: Option<Version>,
     ) -> Result<Version, StoreError> {
@@ -423,10 +517,10 @@ impl Backend for EtcdBackend {
                 }
             }
         }
-        Err(StoreError::Conflict(key.name))
+        Err(StoreError::Conflict(key.name.to_string()))
     }
 
-    fn delete(&self, key: Key) -> Result<(), StoreError> {
+    fn delete(&self, key: &Key) -> Result<(), StoreError> {
         let full = format!("{PREFIX}{}", key.path);
         let members = self.members.clone();
         let response = self.wait_on(async move {
@@ -440,6 +534,25 @@ impl Backend for EtcdBackend {
         let revision = response.header().map_or(0, |h| h.revision());
         self.apply(key.path.to_string(), None, revision);
         Ok(())
+    }
+
+    fn list_kind(&self, kind: &Kind) -> Result<Vec<(String, Vec<u8>, Version)>, StoreError> {
+        Ok(self
+            .read_cache()
+            .range::<str, _>((
+                std::ops::Bound::Included(kind.prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(path, _)| path.starts_with(kind.prefix))
+            .filter_map(|(path, entry)| {
+                let id = kind.id_of(path)?;
+                Some((
+                    id.to_string(),
+                    entry.bytes.clone(),
+                    revision_version(entry.revision),
+                ))
+            })
+            .collect())
     }
 
     fn changes(&self) -> Option<broadcast::Receiver<String>> {
@@ -476,14 +589,14 @@ impl Backend for EtcdBackend {
     }
 
     fn list(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
-        let mut found: Vec<_> = self
-            .read_cache()
-            .iter()
-            .filter(|(path, _)| path.starts_with(prefix))
+        self.read_cache()
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(path, _)| path.starts_with(prefix))
             .map(|(path, entry)| (path.clone(), entry.bytes.clone()))
-            .collect();
-        found.sort();
-        found
+            .collect()
     }
 
     fn keep_alive(

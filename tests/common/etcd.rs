@@ -25,6 +25,8 @@ pub struct EtcdCluster {
     tmp: tempfile::TempDir,
     /// With TLS: the files under `tmp` (CA, server and client certificates and keys).
     tls: Option<TlsFiles>,
+    /// More flags for every member.
+    extra: Vec<String>,
 }
 
 /// PEM files of a TLS-only etcd that requires client certificates.
@@ -39,16 +41,21 @@ pub struct TlsFiles {
 impl EtcdCluster {
     /// Starts `size` members and waits until every one answers health checks.
     pub fn start(size: usize) -> Self {
-        Self::start_with(size, false)
+        Self::start_with(size, false, &[])
     }
 
     /// Like [`EtcdCluster::start`], clients served over TLS only, with client certificates
     /// required (`--client-cert-auth`), from a CA of the test's own.
     pub fn start_tls(size: usize) -> Self {
-        Self::start_with(size, true)
+        Self::start_with(size, true, &[])
     }
 
-    fn start_with(size: usize, tls: bool) -> Self {
+    /// Like [`EtcdCluster::start`], with more flags for every member (`--quota-backend-bytes …`).
+    pub fn start_with_flags(size: usize, flags: &[&str]) -> Self {
+        Self::start_with(size, false, flags)
+    }
+
+    fn start_with(size: usize, tls: bool, flags: &[&str]) -> Self {
         let members = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
@@ -80,6 +87,7 @@ impl EtcdCluster {
             token: format!("corral-test-{}", std::process::id()),
             tmp,
             tls,
+            extra: flags.iter().map(|f| f.to_string()).collect(),
         };
         for i in 0..size {
             cluster.spawn(i);
@@ -166,6 +174,7 @@ impl EtcdCluster {
             .args(["--initial-cluster-token", &self.token])
             // Fast elections keep the fault tests short; loopback has no latency to absorb.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -247,6 +256,13 @@ impl EtcdCluster {
             .filter(|l| !l.is_empty())
             .map(str::to_string)
             .collect()
+    }
+
+    /// The database size the first live member reports (`etcdctl endpoint status`), in bytes.
+    pub fn db_size(&self) -> u64 {
+        let status = self.etcdctl(&["endpoint", "status", "-w", "json"]);
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        status[0]["Status"]["dbSize"].as_u64().unwrap()
     }
 
     /// `etcdctl get KEY --print-value-only`.

@@ -614,3 +614,128 @@ pub fn sh(script: &str) -> String {
     );
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
+
+/// Logs `admin` in with `password` over and over from 40 addresses at once, on every server of
+/// `addrs` in turn, while `reset` (run once the logins are under way) resets the password; then
+/// checks every token those logins got: none may work once `reset` has returned, on any server.
+/// Returns how many tokens the logins got (each one issued for the old password).
+pub async fn logins_racing_a_reset(
+    addrs: &[SocketAddr],
+    password: &str,
+    reset: impl FnOnce() + Send + 'static,
+) -> usize {
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let logins: Vec<_> = (1..=40u8)
+        .map(|host| {
+            let (addr, done) = (addrs[host as usize % addrs.len()], done.clone());
+            let body = serde_json::json!({"username": "admin", "password": password}).to_string();
+            tokio::spawn(async move {
+                let mut tokens = Vec::new();
+                let source = Some(IpAddr::from([127, 0, 30, host]));
+                // Each address's burst is 10 logins; keep going a little past the reset.
+                for _ in 0..10 {
+                    let finished = done.load(std::sync::atomic::Ordering::Acquire);
+                    let response =
+                        request_from(source, addr, "POST", LOGIN, &[], Some(&body)).await;
+                    if response.status == 201 {
+                        let value: serde_json::Value =
+                            serde_json::from_str(&response.body).unwrap();
+                        tokens.push(value["token"].as_str().unwrap().to_string());
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    if finished {
+                        break;
+                    }
+                }
+                tokens
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reset_done = done.clone();
+    tokio::task::spawn_blocking(move || {
+        reset();
+        reset_done.store(true, std::sync::atomic::Ordering::Release);
+    })
+    .await
+    .unwrap();
+    let mut tokens = Vec::new();
+    for login in logins {
+        tokens.extend(login.await.unwrap());
+    }
+    for token in &tokens {
+        for addr in addrs {
+            let auth = format!("Authorization: Bearer {token}");
+            let response = request(*addr, "GET", "/v3/settings/server-url", &[&auth], None).await;
+            assert_eq!(
+                response.status,
+                401,
+                "a token of the old password works on {addr} after the reset ({} tokens)",
+                tokens.len()
+            );
+        }
+    }
+    tokens.len()
+}
+
+/// One HTTPS connection (not verified) kept open for many requests, as a script's client keeps it.
+pub struct KeepAlive {
+    addr: SocketAddr,
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+}
+
+impl KeepAlive {
+    pub async fn open(addr: SocketAddr) -> Self {
+        let stream = tls_connect(addr, None, None).await.unwrap().stream;
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        Self { addr, sender }
+    }
+
+    /// One request on the connection; panics when the server does not answer within 20 s.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[&str],
+        body: Option<&str>,
+    ) -> HttpResponse {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, self.addr.to_string());
+        for line in headers {
+            let (name, value) = line.split_once(':').unwrap();
+            request = request.header(name.trim(), value.trim());
+        }
+        let body = bytes::Bytes::from(body.unwrap_or_default().to_string());
+        let request = request.body(http_body_util::Full::new(body)).unwrap();
+        let exchange = async {
+            self.sender
+                .ready()
+                .await
+                .expect("the connection stays open");
+            let response = self.sender.send_request(request).await.unwrap();
+            let status = response.status().as_u16();
+            let headers = response
+                .headers()
+                .iter()
+                .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap_or_default()))
+                .collect();
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            HttpResponse {
+                status,
+                headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), exchange)
+            .await
+            .expect("an answer within 20 s")
+    }
+}

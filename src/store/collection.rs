@@ -1,0 +1,217 @@
+//! The objects of one [`Kind`], one store value each: a write costs what the object holds, whatever
+//! the number of objects (a login writes its token, not every token). Reads go to the backend each
+//! time: etcd's are answered from its watched cache, the data directory's cost a `stat` and, when the
+//! file changed, a read (so `corral reset-password`, another process, is seen at once).
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::backend::{Backend, Key, Kind, StoreError, Version};
+
+/// Compare-and-swap attempts before an update gives up (each one lost to another writer).
+const ATTEMPTS: usize = 8;
+
+/// An object as stored, with the version its next compare-and-swap must name.
+#[derive(Debug, Clone)]
+pub struct Stored<T> {
+    pub value: T,
+    pub version: Version,
+}
+
+pub struct Collection<T> {
+    backend: Arc<dyn Backend>,
+    kind: Kind,
+    _objects: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize + DeserializeOwned> Collection<T> {
+    pub fn new(backend: Arc<dyn Backend>, kind: Kind) -> Self {
+        Self {
+            backend,
+            kind,
+            _objects: PhantomData,
+        }
+    }
+
+    fn key(&self, id: &str) -> Result<Key, StoreError> {
+        self.kind
+            .key(id)
+            .ok_or_else(|| StoreError::InvalidId(id.to_string()))
+    }
+
+    fn parse(&self, key: &Key, bytes: &[u8]) -> Result<T, StoreError> {
+        serde_json::from_slice(bytes).map_err(|source| StoreError::Unreadable {
+            location: self.backend.location(key),
+            source,
+        })
+    }
+
+    /// Object `id`; `None` when there is none (or `id` cannot name one).
+    pub fn get(&self, id: &str) -> Result<Option<Stored<T>>, StoreError> {
+        let Some(key) = self.kind.key(id) else {
+            return Ok(None);
+        };
+        match self.backend.read(&key)? {
+            None => Ok(None),
+            Some((bytes, version)) => Ok(Some(Stored {
+                value: self.parse(&key, &bytes)?,
+                version,
+            })),
+        }
+    }
+
+    /// Every object, by id. One that does not parse is left out, with a warning naming where it is.
+    pub fn list(&self) -> Result<Vec<(String, Stored<T>)>, StoreError> {
+        let mut objects = Vec::new();
+        for (id, bytes, version) in self.backend.list_kind(&self.kind)? {
+            let Some(key) = self.kind.key(&id) else {
+                continue;
+            };
+            match self.parse(&key, &bytes) {
+                Ok(value) => objects.push((id, Stored { value, version })),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+        Ok(objects)
+    }
+
+    /// Stores a new object; [`StoreError::Conflict`] when `id` exists already.
+    pub fn create(&self, id: &str, value: &T) -> Result<Version, StoreError> {
+        self.write(id, value, None)
+    }
+
+    /// Stores `value` if the stored version is still `expected` (`None`: no object yet).
+    pub fn write(
+        &self,
+        id: &str,
+        value: &T,
+        expected: Option<Version>,
+    ) -> Result<Version, StoreError> {
+        let bytes = serde_json::to_vec(value).expect("objects serialize");
+        self.backend.write(&self.key(id)?, &bytes, expected)
+    }
+
+    /// Applies `change` to the newest stored object `id` and stores it (compare-and-swap, retried
+    /// when another writer came first); `None` when there is no such object.
+    pub fn update<R, E: From<StoreError>>(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut T) -> Result<R, E>,
+    ) -> Result<Option<R>, E> {
+        for _ in 0..ATTEMPTS {
+            let Some(Stored { mut value, version }) = self.get(id)? else {
+                return Ok(None);
+            };
+            let result = change(&mut value)?;
+            match self.write(id, &value, Some(version)) {
+                Ok(_) => return Ok(Some(result)),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Conflict(id.to_string()).into())
+    }
+
+    /// Removes object `id` (nothing when it is not there).
+    pub fn delete(&self, id: &str) -> Result<(), StoreError> {
+        match self.kind.key(id) {
+            Some(key) => self.backend.delete(&key),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DataDir, FileBackend};
+    use std::os::unix::fs::PermissionsExt;
+
+    const THINGS: Kind = Kind {
+        dir: "things",
+        prefix: "test/things/",
+        secret: true,
+    };
+
+    fn things(dir: &DataDir) -> Collection<Vec<u32>> {
+        Collection::new(Arc::new(FileBackend::new(dir.clone())), THINGS)
+    }
+
+    /// One file per object (0600 in a 0700 directory); two handles (two processes) see each
+    /// other's writes and conflicts; a removed object is gone for both.
+    #[test]
+    fn objects_are_files_of_their_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        let (ours, theirs) = (things(&dir), things(&dir));
+        ours.create("a", &vec![1]).unwrap();
+        assert!(matches!(
+            theirs.create("a", &vec![2]),
+            Err(StoreError::Conflict(_))
+        ));
+        theirs.create("b", &vec![2]).unwrap();
+        let changed = theirs.update("a", |v| {
+            v.push(10);
+            Ok::<_, StoreError>(v.len())
+        });
+        assert_eq!(changed.unwrap(), Some(2));
+        assert_eq!(ours.get("a").unwrap().unwrap().value, vec![1, 10]);
+        let ids: Vec<String> = ours.list().unwrap().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, ["a", "b"]);
+        let file = tmp.path().join("things/a.json");
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(mode(&tmp.path().join("things")), 0o700);
+        theirs.delete("a").unwrap();
+        assert!(ours.get("a").unwrap().is_none());
+        assert_eq!(ours.update("a", |_| Ok::<_, StoreError>(())).unwrap(), None);
+    }
+
+    /// A stale version loses: the write of whoever read before the other's write is refused.
+    #[test]
+    fn writes_are_compare_and_swap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        let things = things(&dir);
+        let first = things.create("a", &vec![1]).unwrap();
+        things.write("a", &vec![2], Some(first)).unwrap();
+        let stale = things.write("a", &vec![3], Some(first));
+        assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+        assert_eq!(things.get("a").unwrap().unwrap().value, vec![2]);
+    }
+
+    /// Ids that are not corral's own never become paths: a token name from a client cannot read
+    /// another file.
+    #[test]
+    fn hostile_ids_name_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        std::fs::write(tmp.path().join("secret.json"), "[1]").unwrap();
+        let things = things(&dir);
+        for id in ["../secret", "", ".hidden", "a/b", "a\0b", &"x".repeat(200)] {
+            assert!(things.get(id).unwrap().is_none(), "{id:?}");
+            assert!(
+                matches!(things.create(id, &vec![1]), Err(StoreError::InvalidId(_))),
+                "{id:?}"
+            );
+        }
+        std::fs::create_dir_all(tmp.path().join("things")).unwrap();
+        std::fs::write(tmp.path().join("things/broken.json"), "{").unwrap();
+        std::fs::write(tmp.path().join("things/.c.json.corral-tmp-1-2"), "[3]").unwrap();
+        things.create("ok", &vec![1]).unwrap();
+        let ids: Vec<String> = things
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(
+            ids,
+            ["ok"],
+            "a damaged object and a temporary file are left out"
+        );
+    }
+}
