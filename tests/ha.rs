@@ -884,3 +884,23 @@ async fn a_small_etcd_keeps_taking_tokens_settings_and_logins() {
     assert!(left.is_empty(), "expired tokens kept: {left:?}");
     drop(dir);
 }
+
+/// Logins on three replicas while `corral reset-password --store` runs: no token they got outlives
+/// the reset, on any replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_on_every_replica_racing_a_reset_keep_no_session() {
+    let etcd = EtcdCluster::start(1);
+    let root = tempfile::tempdir().unwrap();
+    let env = [("CATTLE_BOOTSTRAP_PASSWORD", "replicas-racing-a-reset")];
+    let replicas = replicas_at_once(&etcd, root.path(), 3, &env);
+    let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.https("127.0.0.1")).collect();
+    let (url, offline) = (etcd.url(), root.path().join("offline"));
+    let reset = move || {
+        let data_dir = offline.display().to_string();
+        let args = ["reset-password", "--store", &url, "--data-dir", &data_dir];
+        let (code, _, stderr) = run_corral(&args, &[]);
+        assert_eq!(code, Some(0), "{stderr}");
+    };
+    let issued = logins_racing_a_reset(&addrs, "replicas-racing-a-reset", reset).await;
+    assert!(issued > 0, "some logins succeeded before the reset");
+}
