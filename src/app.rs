@@ -177,12 +177,19 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     if let Some(replicas) = &replicas {
         crate::peering::start(replicas.clone(), tunnels.clone(), shutdown.clone());
     }
+    let clusters = Arc::new(Clusters::open(
+        store.clone(),
+        replicas.as_ref().map(|r| r.id()),
+    )?);
+    if let Some(replicas) = &replicas {
+        sweep_agent_sessions(clusters.clone(), replicas.clone(), shutdown.clone());
+    }
     let app = HttpApp::new(Arc::new(AppState {
         cacerts: setting,
         checksum: checksum.clone(),
         accounts: accounts.clone(),
         certs: certs.clone(),
-        clusters: Arc::new(Clusters::open(store.clone())?),
+        clusters,
         tunnels: tunnels.clone(),
         replicas,
         agent_wait: config.agent_wait,
@@ -253,6 +260,34 @@ fn join_replicas(
     };
     tracing::info!("replica {id}: peers reach this replica there (--advertise-address)");
     Ok(Some(Arc::new(replicas)))
+}
+
+/// How often a replica deletes what agent sessions that are gone advertised.
+const AGENT_SESSION_SWEEP: Duration = Duration::from_secs(60);
+
+/// Deletes, at start and then every [`AGENT_SESSION_SWEEP`], what agent sessions of replicas that
+/// are gone (or of this replica before it restarted) advertised.
+fn sweep_agent_sessions(clusters: Arc<Clusters>, replicas: Arc<Replicas>, stop: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            let (clusters, replicas) = (clusters.clone(), replicas.clone());
+            let swept = tokio::task::spawn_blocking(move || {
+                let live = replicas.others();
+                clusters.sweep_agent_sessions(|id| live.iter().any(|r| r.id == id))
+            })
+            .await;
+            match swept {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::debug!("deleted what {n} ended agent session(s) advertised"),
+                Ok(Err(e)) => tracing::debug!("agent sessions not swept: {e}"),
+                Err(_) => {}
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(AGENT_SESSION_SWEEP) => {}
+            }
+        }
+    });
 }
 
 /// The store: the data directory, or etcd when `store` says so.

@@ -404,11 +404,12 @@ async fn behind_a_balancer_every_replica_reaches_every_agent_and_a_killed_replic
         assert_eq!(body, "on the node");
     }
 
-    // One key per agent and per node: the clusters document does not grow with agents (etcd takes
-    // at most 1.5 MiB in one write).
+    // One key per agent session and per node: the clusters document does not grow with agents
+    // (etcd takes at most 1.5 MiB in one write).
     let keys = etcd.keys("/corral/corral/");
+    let session_prefix = format!("/corral/corral/cluster-agents/{}:", lab.cluster);
     assert!(
-        keys.contains(&format!("/corral/corral/cluster-agents/{}", lab.cluster)),
+        keys.iter().any(|k| k.starts_with(&session_prefix)),
         "{keys:?}"
     );
     assert!(
@@ -903,4 +904,65 @@ async fn logins_on_every_replica_racing_a_reset_keep_no_session() {
     };
     let issued = logins_racing_a_reset(&addrs, "replicas-racing-a-reset", reset).await;
     assert!(issued > 0, "some logins succeeded before the reset");
+}
+
+/// Two agents of one cluster (two processes, so two CAs and tokens) on one replica, as two agent
+/// replicas or a rolling restart make them: every replica proxies through whichever session the
+/// dial takes, with what that session advertised, and when either ends the others keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_tunnels_for_one_cluster_serve_every_replica_whichever_ends() {
+    let etcd = EtcdCluster::start(1);
+    let root = tempfile::tempdir().unwrap();
+    let env = [("CATTLE_BOOTSTRAP_PASSWORD", lab::BOOTSTRAP)];
+    let mut replicas = replicas_at_once(&etcd, root.path(), 3, &env);
+    let others: Vec<Corral> = replicas.drain(1..).collect();
+    let holder = replicas.pop().unwrap();
+    wait_peered(&[&holder, &others[0], &others[1]]).await;
+    let holder_addr = holder.https("127.0.0.1");
+    let lab = Lab::setup(holder, holder_addr).await;
+    let addrs: Vec<SocketAddr> = std::iter::once(holder_addr)
+        .chain(others.iter().map(|r| r.https("127.0.0.1")))
+        .collect();
+    let version = format!("/k8s/clusters/{}/version", lab.cluster);
+    let tunnels_opened = |n: usize| {
+        let line = format!("tunnel for {} connected", lab.cluster);
+        let deadline = Instant::now() + PROPAGATION_LIMIT;
+        while lab
+            .corral
+            .logs()
+            .iter()
+            .filter(|l| l.contains(&line))
+            .count()
+            < n
+        {
+            assert!(Instant::now() < deadline, "{n} tunnels never opened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let every_replica_answers = |when: &'static str| {
+        let (addrs, version, auth) = (addrs.clone(), version.clone(), lab.auth());
+        async move {
+            for (i, addr) in addrs.iter().enumerate() {
+                until_ok(*addr, &version, &auth, &format!("{when}: replica {i}")).await;
+                for _ in 0..5 {
+                    let answer = request(*addr, "GET", &version, &[&auth], None).await;
+                    assert_eq!(answer.status, 200, "{when}: replica {i}: {}", answer.body);
+                }
+            }
+        }
+    };
+    let server = lab.server();
+    let mut first = lab.simulated_agents_at(&server, &[&lab.registration], 1);
+    tunnels_opened(1);
+    every_replica_answers("one agent").await;
+    let mut second = lab.simulated_agents_at(&server, &[&lab.registration], 1);
+    tunnels_opened(2);
+    every_replica_answers("two agents").await;
+    second.kill();
+    every_replica_answers("the newer one gone").await;
+    let _third = lab.simulated_agents_at(&server, &[&lab.registration], 1);
+    tunnels_opened(3);
+    every_replica_answers("two agents again").await;
+    first.kill();
+    every_replica_answers("the older one gone").await;
 }

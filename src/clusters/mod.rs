@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub use params::{AgentParams, ClusterParams, CustomConfig, NodeParams, ParamsError};
 
 use crate::secrets::{TOKEN_LENGTH, hash_token_secret, random_suffix, random_token, same_hash};
-use crate::store::{Backend, Document, Key, StoreError};
+use crate::store::{Backend, Collection, Document, Key, Kind, StoreError};
 use crate::support::unix_now;
 
 /// Where the clusters are kept; it holds registration-token hashes.
@@ -35,25 +35,31 @@ pub struct Cluster {
     pub name: String,
     pub created: i64,
     tokens: Vec<StoredToken>,
-    /// What its agent advertised when it last connected (Rancher's `status.apiEndpoint`,
-    /// `status.caCert` and service-account token): every replica proxies with it, whichever one
-    /// holds the tunnel.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    agent: Option<Advertised>,
     /// Nodes whose node agents connected (cattle-node-agent), as Rancher creates them on register.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     nodes: Vec<Node>,
 }
 
-/// What a cluster agent advertised on one tunnel session. The session key tells a replica proxying
-/// through a peer whether the saved params belong to the session that peer announced (an agent that
-/// reconnected may advertise a new CA and token).
+/// What a cluster agent advertised on one tunnel session (Rancher's `status.apiEndpoint`,
+/// `status.caCert` and service-account token), kept for the other replicas while the session lives:
+/// a replica proxying through a peer uses what the session its dial takes advertised (two agents of
+/// one cluster, or one that reconnected, may advertise other CAs and tokens).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Advertised {
     pub session: i64,
+    /// The replica holding the session: when it is gone, so is the session.
+    #[serde(default)]
+    pub replica: String,
     #[serde(flatten)]
     pub params: ClusterParams,
 }
+
+/// On a store shared by replicas, what each agent session advertised: `<cluster>:<session>`.
+pub const AGENT_SESSIONS: Kind = Kind {
+    dir: "cluster-agents",
+    prefix: "corral/cluster-agents/",
+    secret: true,
+};
 
 /// A node of a cluster, as its node agent advertised it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,11 +126,15 @@ struct ClusterList {
 
 pub struct Clusters {
     document: Document<ClusterList>,
-    /// On a store with dynamic paths (etcd), what agents advertised and the nodes are one key each
-    /// (under [`AGENTS_PREFIX`], [`NODES_PREFIX`]): the clusters document stays small however many
-    /// agents connect (etcd takes at most 1.5 MiB in one write). On the data directory, they are
-    /// in the document.
+    /// On a store with dynamic paths (etcd), what agent sessions advertised and the nodes are one
+    /// key each ([`AGENT_SESSIONS`], [`NODES_PREFIX`]): the clusters document stays small however
+    /// many agents connect (etcd takes at most 1.5 MiB in one write). On the data directory the
+    /// nodes are in the document, and what agents advertised is not kept (one server: it holds
+    /// every session itself).
     store: Arc<dyn Backend>,
+    agent_sessions: Collection<Advertised>,
+    /// This replica's id, on a store shared by replicas.
+    replica: String,
     /// What agents connected to this replica advertised, by cluster id and session: used at once,
     /// saved soon, forgotten when the session ends.
     advertised: DashMap<(String, i64), ClusterParams>,
@@ -136,8 +146,6 @@ pub struct Clusters {
     saving: AtomicBool,
 }
 
-/// Where each cluster's advertised params are kept on a store with dynamic paths: `<prefix><id>`.
-pub const AGENTS_PREFIX: &str = "corral/cluster-agents/";
 /// Where each node is kept there: `<prefix><cluster>:<node>`.
 pub const NODES_PREFIX: &str = "corral/nodes/";
 
@@ -149,10 +157,13 @@ const SAVE_RETRY_FIRST: Duration = Duration::from_secs(1);
 const SAVE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 impl Clusters {
-    pub fn open(store: Arc<dyn Backend>) -> Result<Self, StoreError> {
+    /// The clusters on `store`; `replica` is this replica's id when replicas share it.
+    pub fn open(store: Arc<dyn Backend>, replica: Option<&str>) -> Result<Self, StoreError> {
         let (document, _) = Document::open(store.clone(), CLUSTERS)?;
         Ok(Self {
             document,
+            agent_sessions: Collection::new(store.clone(), AGENT_SESSIONS),
+            replica: replica.unwrap_or_default().to_string(),
             store,
             advertised: DashMap::new(),
             nodes_seen: DashMap::new(),
@@ -161,42 +172,85 @@ impl Clusters {
         })
     }
 
-    /// What `cluster_id`'s agent advertised on one of `sessions` (the sessions a dial can take):
-    /// from an agent connected here, else as saved by the replica holding it. `None` until what was
-    /// saved belongs to one of them.
+    /// What `cluster_id`'s agent advertised on the session a dial takes, the first of `sessions`
+    /// (oldest first, as the route lists them): from an agent connected here, else as saved by the
+    /// replica holding it. `None` until that session's is known.
     pub fn agent_params(&self, cluster_id: &str, sessions: &[i64]) -> Option<ClusterParams> {
-        for session in sessions {
-            if let Some(params) = self.advertised.get(&(cluster_id.to_string(), *session)) {
-                return Some(params.clone());
-            }
+        let session = *sessions.first()?;
+        if let Some(params) = self.advertised.get(&(cluster_id.to_string(), session)) {
+            return Some(params.clone());
         }
-        let saved = match self.store.has_paths() {
-            true => {
-                let bytes = self
-                    .store
-                    .read_path(&format!("{AGENTS_PREFIX}{cluster_id}"))?;
-                serde_json::from_slice::<Advertised>(&bytes).ok()?
-            }
-            false => self.get(cluster_id)?.agent?,
-        };
-        sessions.contains(&saved.session).then_some(saved.params)
+        if !self.store.has_paths() {
+            return None;
+        }
+        let saved = self
+            .agent_sessions
+            .get(&session_id(cluster_id, session))
+            .ok()??;
+        Some(saved.value.params)
     }
 
     /// An agent of `cluster_id` connected here, on tunnel session `session`, advertising `params`:
-    /// used at once, and saved (in the background, batched, retried while the store is away).
+    /// used at once, and for the other replicas saved (in the background, batched, retried while
+    /// the store is away) until the session ends.
     pub fn record_agent(self: &Arc<Self>, cluster_id: &str, session: i64, params: ClusterParams) {
         self.advertised
             .insert((cluster_id.to_string(), session), params.clone());
-        let advertised = Advertised { session, params };
+        if !self.store.has_paths() {
+            return;
+        }
+        let advertised = Advertised {
+            session,
+            replica: self.replica.clone(),
+            params,
+        };
         self.save_soon(
-            cluster_id.to_string(),
+            session_id(cluster_id, session),
             Unsaved::Cluster(cluster_id.to_string(), advertised),
         );
     }
 
-    /// The tunnel session `session` of `cluster_id`'s agent ended here.
+    /// The tunnel session `session` of `cluster_id`'s agent ended here: what it advertised is
+    /// forgotten, here and in the store.
     pub fn forget_agent(&self, cluster_id: &str, session: i64) {
         self.advertised.remove(&(cluster_id.to_string(), session));
+        if !self.store.has_paths() {
+            return;
+        }
+        let id = session_id(cluster_id, session);
+        crate::support::lock(&self.unsaved).remove(&id);
+        if let Err(e) = self.agent_sessions.delete(&id) {
+            tracing::debug!("what session {id} advertised stays until the next sweep: {e}");
+        }
+    }
+
+    /// Deletes what sessions advertised that no longer exist: sessions of replicas that are gone
+    /// (`live` says which are registered), this replica's own sessions from before it restarted,
+    /// and what an earlier version kept one key per cluster.
+    pub fn sweep_agent_sessions(&self, live: impl Fn(&str) -> bool) -> Result<usize, StoreError> {
+        if !self.store.has_paths() {
+            return Ok(0);
+        }
+        let mut swept = 0;
+        for (id, saved) in self.agent_sessions.list()? {
+            let Some((cluster, _)) = id.split_once(':') else {
+                self.agent_sessions.delete(&id)?;
+                swept += 1;
+                continue;
+            };
+            let saved = saved.value;
+            let gone = match saved.replica == self.replica {
+                true => !self
+                    .advertised
+                    .contains_key(&(cluster.to_string(), saved.session)),
+                false => !live(&saved.replica),
+            };
+            if gone {
+                self.agent_sessions.delete(&id)?;
+                swept += 1;
+            }
+        }
+        Ok(swept)
     }
 
     /// A node agent of `cluster_id` connected here advertising `params` (Rancher creates or updates
@@ -323,16 +377,11 @@ impl Clusters {
     fn save_in_document(&self, batch: &HashMap<String, Unsaved>) -> Result<(), StoreError> {
         self.document.update(|doc| {
             for unsaved in batch.values() {
-                let cluster_id = match unsaved {
-                    Unsaved::Cluster(id, _) => id,
-                    Unsaved::Node(node) => &node.cluster_id,
-                };
-                let Some(cluster) = doc.clusters.iter_mut().find(|c| &c.id == cluster_id) else {
+                let Unsaved::Node(node) = unsaved else {
                     continue;
                 };
-                match unsaved {
-                    Unsaved::Cluster(_, params) => cluster.agent = Some(params.clone()),
-                    Unsaved::Node(node) => upsert_node(&mut cluster.nodes, node),
+                if let Some(cluster) = doc.clusters.iter_mut().find(|c| c.id == node.cluster_id) {
+                    upsert_node(&mut cluster.nodes, node);
                 }
             }
             Ok::<_, StoreError>(())
@@ -343,10 +392,17 @@ impl Clusters {
     fn save_each(&self, batch: &HashMap<String, Unsaved>) -> Result<(), StoreError> {
         for unsaved in batch.values() {
             match unsaved {
-                Unsaved::Cluster(id, advertised) => {
-                    let bytes = serde_json::to_vec(advertised).expect("params serialize");
-                    self.store
-                        .put_path(&format!("{AGENTS_PREFIX}{id}"), &bytes)?;
+                Unsaved::Cluster(cluster_id, advertised) => {
+                    // The session may have ended while this waited: then nothing is saved.
+                    let live = (cluster_id.clone(), advertised.session);
+                    if !self.advertised.contains_key(&live) {
+                        continue;
+                    }
+                    let id = session_id(cluster_id, advertised.session);
+                    match self.agent_sessions.create(&id, advertised) {
+                        Ok(_) | Err(StoreError::Conflict(_)) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
                 Unsaved::Node(node) => {
                     let path = format!("{NODES_PREFIX}{}", node.key());
@@ -390,7 +446,6 @@ impl Clusters {
                 name: name.to_string(),
                 created: unix_now(),
                 tokens: Vec::new(),
-                agent: None,
                 nodes: Vec::new(),
             };
             doc.clusters.push(cluster.clone());
@@ -445,6 +500,11 @@ impl Clusters {
     }
 }
 
+/// The id of what session `session` of `cluster_id` advertised.
+fn session_id(cluster_id: &str, session: i64) -> String {
+    format!("{cluster_id}:{session}")
+}
+
 /// Replaces the stored node of the same id, or adds it (up to the per-cluster bound).
 fn upsert_node(nodes: &mut Vec<Node>, node: &Node) {
     match nodes.iter().position(|n| n.id == node.id) {
@@ -468,7 +528,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::open(tmp.path()).unwrap();
         let store = || Arc::new(FileBackend::new(dir.clone())) as Arc<dyn Backend>;
-        let clusters = Clusters::open(store()).unwrap();
+        let clusters = Clusters::open(store(), None).unwrap();
         let cluster = clusters.create("lab").unwrap();
         assert!(cluster.id.starts_with("c-"));
         let token = clusters.create_token(&cluster.id).unwrap();
@@ -476,7 +536,7 @@ mod tests {
         assert!(clusters.find_by_token("nope").is_none());
         let stored = std::fs::read_to_string(dir.clusters()).unwrap();
         assert!(!stored.contains(&token.token));
-        let reopened = Clusters::open(store()).unwrap();
+        let reopened = Clusters::open(store(), None).unwrap();
         assert_eq!(reopened.find_by_token(&token.token).unwrap().id, cluster.id);
         assert!(matches!(
             clusters.create_token("c-none"),

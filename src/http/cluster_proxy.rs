@@ -95,37 +95,50 @@ pub async fn forward(
             "cluster agent disconnected",
         )
     };
-    let Some(route) = registry.wait_for(cluster_id, wait).await else {
-        return disconnected();
-    };
-    // What the agent advertised on the session the dial takes: from this replica's own tunnel, or
-    // as saved by the replica that holds it (which can arrive just after that replica's
-    // announcement: waited for, within the same deadline).
-    let params = loop {
-        if let Some(params) = clusters.agent_params(cluster_id, &route.sessions()) {
-            break params;
-        }
-        if tokio::time::Instant::now() >= deadline {
+    // A dial relayed by a peer takes that peer's oldest session for the cluster; if it ended just
+    // as this replica chose whose params to use, the dial meets another agent's certificate: the
+    // routes then differ, and the request is tried once more with the new route.
+    let mut retried = false;
+    let (io, params) = loop {
+        let Some(route) = registry.wait_for(cluster_id, wait).await else {
             return disconnected();
+        };
+        let sessions = route.sessions();
+        // What the agent advertised on the session the dial takes: from this replica's own tunnel,
+        // or as saved by the replica that holds it (which can arrive just after that replica's
+        // announcement: waited for, within the same deadline).
+        let params = loop {
+            if let Some(params) = clusters.agent_params(cluster_id, &sessions) {
+                break params;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return disconnected();
+            }
+            tokio::time::sleep(PARAMS_POLL).await;
+        };
+        let what = format!("cluster {cluster_id}");
+        let opening = async {
+            let stream = route
+                .open_stream("tcp", &params.address)
+                .await
+                .map_err(ProxyError::Stream)?;
+            tls_to_target(stream, &params).await
+        };
+        match open_within(deadline, wait, &what, opening).await {
+            Ok(io) => break (io, params),
+            Err(response) => {
+                let moved = registry.route(cluster_id).map(|r| r.sessions()) != Some(sessions);
+                if retried || !moved {
+                    return response;
+                }
+                retried = true;
+            }
         }
-        tokio::time::sleep(PARAMS_POLL).await;
-    };
-    let what = format!("cluster {cluster_id}");
-    let opening = async {
-        let stream = route
-            .open_stream("tcp", &params.address)
-            .await
-            .map_err(ProxyError::Stream)?;
-        tls_to_target(stream, &params).await
-    };
-    let io = match open_within(deadline, wait, &what, opening).await {
-        Ok(io) => io,
-        Err(response) => return response,
     };
     let upstream = Upstream {
         host: &params.address,
         bearer: Some(&params.token),
-        what,
+        what: format!("cluster {cluster_id}"),
     };
     exchange(io, req, path_and_query, upstream).await
 }

@@ -7,7 +7,7 @@
 //! cannot hold a session (and the dials waiting on it) for ever. A malformed message, a text message
 //! or a Connect to the server ends this tunnel only.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,9 +84,11 @@ const MAX_ANNOUNCED: usize = 200_000;
 /// Most sessions of one client key a peer may announce.
 const MAX_SESSIONS_PER_KEY: usize = 64;
 
-/// What a peer announced with AddClient/RemoveClient: its client sessions, `(key, session key)`.
+/// What a peer announced with AddClient/RemoveClient: its client sessions by key, oldest first —
+/// the order in which the peer's own sessions serve dials (the oldest live one), so a replica
+/// relaying through it knows which session its dial will take.
 struct Announced {
-    clients: std::sync::Mutex<HashMap<String, HashSet<i64>>>,
+    clients: std::sync::Mutex<HashMap<String, Vec<i64>>>,
     /// Woken on every AddClient, for dials waiting for a route.
     added: Arc<tokio::sync::Notify>,
 }
@@ -142,12 +144,12 @@ impl Session {
             .is_some_and(|a| crate::support::lock(&a.clients).contains_key(key))
     }
 
-    /// The session keys this peer's session announced for `key`.
+    /// The session keys this peer's session announced for `key`, oldest first.
     pub fn announced_sessions(&self, key: &str) -> Vec<i64> {
         self.announced.as_ref().map_or_else(Vec::new, |a| {
             crate::support::lock(&a.clients)
                 .get(key)
-                .map(|sessions| sessions.iter().copied().collect())
+                .cloned()
                 .unwrap_or_default()
         })
     }
@@ -404,14 +406,14 @@ impl Announced {
         if added {
             if clients.len() < MAX_ANNOUNCED || clients.contains_key(key) {
                 let sessions = clients.entry(key.to_string()).or_default();
-                if sessions.len() < MAX_SESSIONS_PER_KEY {
-                    sessions.insert(session_key);
+                if sessions.len() < MAX_SESSIONS_PER_KEY && !sessions.contains(&session_key) {
+                    sessions.push(session_key);
                 }
             }
             drop(clients);
             self.added.notify_waiters();
         } else if let Some(sessions) = clients.get_mut(key) {
-            sessions.remove(&session_key);
+            sessions.retain(|s| *s != session_key);
             if sessions.is_empty() {
                 clients.remove(key);
             }
