@@ -154,7 +154,7 @@ echo "memory: $per_name KiB per cached certificate over $minted names" >&2
 # Tunnels: throughput against direct TLS, and server memory per idle agent tunnel.
 tunnel_json=$("$BIN" bench tunnel --megabytes 256 --streams 2000 --json)
 env CATTLE_BOOTSTRAP_PASSWORD=bench-bootstrap-password CORRAL_LOG=error "$BIN" serve --data-dir "$WORK/tunnels" \
-  --bind 127.0.0.1 --https-port 19493 --http-port 19494 &
+  --bind 127.0.0.1 --https-port 19493 --http-port 19494 --max-tunnels-per-cluster 0 --max-connections 30000 &
 PIDS+=($!); TSERVER=$!
 wait_port 19493
 S=https://127.0.0.1:19493

@@ -18,7 +18,7 @@ use crate::certs::{CertError, CertService, PendingPin};
 use crate::clusters::Clusters;
 use crate::config::tls::{CacertsError, read_cacerts};
 use crate::config::{Cacerts, Config, StoreSettings, TlsTermination};
-use crate::http::{AppState, CaSetting, HttpApp};
+use crate::http::{AppState, CaSetting, HttpApp, TunnelLimits};
 use crate::net::{Listener, SelectConfig, Transport};
 use crate::pki::ca::BACKDATE;
 use crate::pki::{CaError, CertificateAuthority, LeafFactory, SubjectName, ca_checksum};
@@ -184,6 +184,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     if let Some(replicas) = &replicas {
         sweep_agent_sessions(clusters.clone(), replicas.clone(), shutdown.clone());
     }
+    let max_connections = crate::net::connection_cap(config.max_connections);
     let app = HttpApp::new(Arc::new(AppState {
         cacerts: setting,
         checksum: checksum.clone(),
@@ -191,6 +192,12 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         certs: certs.clone(),
         clusters,
         tunnels: tunnels.clone(),
+        tunnel_limits: TunnelLimits {
+            per_key: config.max_tunnels_per_cluster,
+            slots: Arc::new(tokio::sync::Semaphore::new(crate::net::tunnel_cap(
+                max_connections,
+            ))),
+        },
         replicas,
         agent_wait: config.agent_wait,
         https_port,
@@ -205,7 +212,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         TlsTermination::External => Transport::Plain,
     };
 
-    let limit = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let limit = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let mut server = RunningServer {
         https: Vec::new(),
         http: Vec::new(),

@@ -78,6 +78,8 @@ enum CaCommand {
 }
 
 fn main() -> ExitCode {
+    // Every command may hold many connections (a server, `agent --count`, a load generator).
+    corral::net::raise_open_files_limit();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => match from_environment(&e) {

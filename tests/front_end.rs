@@ -704,6 +704,14 @@ async fn keys_are_private() {
     }
     let stale = dir.join(".clusters.json.tmp-999999");
     std::fs::write(&stale, b"{\"clusters\":[]}").unwrap();
+    // Left by a crash a while ago (a file just created may be a write about to lock it).
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
     let again = Corral::start_in(&dir, &[], &[]).unwrap();
     assert_eq!(mode(&dir.join("ca.key")), 0o600);
     assert_eq!(mode(&dir.join("leaf.key")), 0o600);

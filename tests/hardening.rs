@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::lab::Lab;
 use common::{
     Corral, corral_bin, get, metric, open_fds, rss_kib, sha256_hex, stress_full, stress_size,
     tls_connect, try_admin_token, try_request,
@@ -383,7 +384,10 @@ async fn mutate(addr: SocketAddr, token: String, current: String, next: String) 
 fn assert_state_whole(dir: &Path) {
     for entry in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
         let path = entry.path();
-        if path.extension().is_some_and(|e| e == "json") {
+        // Users and tokens are files of their own, in folders of their kind.
+        if path.is_dir() {
+            assert_state_whole(&path);
+        } else if path.extension().is_some_and(|e| e == "json") {
             let bytes = std::fs::read(&path).unwrap();
             serde_json::from_slice::<Value>(&bytes)
                 .unwrap_or_else(|e| panic!("{} is torn: {e}", path.display()));
@@ -599,4 +603,70 @@ async fn a_flood_of_guesses_from_many_addresses_runs_few_checks_and_locks_nobody
         }
     }
     assert_eq!(status, 201, "the right password from a new address");
+}
+
+/// Tunnels count among the open connections and leave room for everything else; one cluster holds
+/// a few; and however many agents come, corral stays below its open-files limit: accept never
+/// fails with "too many open files" and /ping answers throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_are_bounded_per_cluster_by_the_connections_and_by_open_files() {
+    let sessions = |addr: SocketAddr| async move { metric(addr, "corral_tunnel_sessions").await };
+    let settle = |addr: SocketAddr, want: f64| async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while sessions(addr).await != want {
+            assert!(
+                Instant::now() < deadline,
+                "{} tunnels, not {want}",
+                sessions(addr).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // And no more come.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(sessions(addr).await, want);
+    };
+
+    // Eight agents with one registration token: three tunnels, the others told why.
+    let lab = Lab::start_with(&["--max-tunnels-per-cluster", "3"]).await;
+    let agents = lab.simulated_agents(&[&lab.registration], 8);
+    settle(lab.addr, 3.0).await;
+    let refusal = format!("too many tunnels for {}: at most 3 at once", lab.cluster);
+    assert!(lab.corral.logged(&refusal), "the server says why");
+    let logs = agents.stop_and_logs();
+    assert!(logs.contains(&refusal), "so does the agent: {logs}");
+
+    // Ten connections: tunnels take nine, and a tenth is kept for the rest (/ping).
+    let lab = Lab::start_with(&["--max-connections", "10", "--max-tunnels-per-cluster", "0"]).await;
+    let _agents = lab.simulated_agents(&[&lab.registration], 12);
+    settle(lab.addr, 9.0).await;
+    assert!(
+        lab.corral
+            .logged("too many tunnels: this server holds as many as it may")
+    );
+    assert_eq!(get(lab.addr, None, None, "/ping").await.body, "pong");
+
+    // 150 agents against a corral allowed 128 open files.
+    let tmp = tempfile::tempdir().unwrap();
+    let env = [("CATTLE_BOOTSTRAP_PASSWORD", common::lab::BOOTSTRAP)];
+    let args = ["--max-tunnels-per-cluster", "0", "--agent-wait", "2"];
+    let limited = Corral::start_with_open_files(128, &tmp.path().join("d"), &args, &env).unwrap();
+    let addr = limited.https("127.0.0.1");
+    let lab = Lab::setup(limited, addr).await;
+    let _agents = lab.simulated_agents(&[&lab.registration], 150);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut most = 0.0f64;
+    while Instant::now() < deadline {
+        let ping = tokio::time::timeout(Duration::from_secs(5), get(addr, None, None, "/ping"));
+        assert_eq!(ping.await.expect("/ping answers").body, "pong");
+        most = most.max(sessions(addr).await);
+        assert!(open_fds(lab.corral.pid()) < 128);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("150 agents, 128 open files: {most} tunnels at most");
+    assert!(most > 0.0 && most < 128.0, "{most}");
+    assert!(lab.corral.logged("the open-files limit is 128"));
+    assert!(
+        !lab.corral.logged("Too many open files"),
+        "accept never ran out of files"
+    );
 }

@@ -125,9 +125,14 @@ pub struct ServeArgs {
     /// Seconds a client has to complete its TLS handshake [default: 10].
     #[arg(long, env = "CORRAL_HANDSHAKE_TIMEOUT", value_name = "SECONDS")]
     pub handshake_timeout: Option<u64>,
-    /// Most connections open at once, HTTPS and HTTP together; more wait to be accepted [default: 10000].
+    /// Most connections open at once, HTTPS and HTTP together, tunnels and other upgraded
+    /// connections included; more wait to be accepted [default: 10000].
     #[arg(long, env = "CORRAL_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Most tunnels one cluster (or node, or peer replica) may hold open at once; 0 for no limit
+    /// [default: 10].
+    #[arg(long, env = "CORRAL_MAX_TUNNELS_PER_CLUSTER", value_name = "N")]
+    pub max_tunnels_per_cluster: Option<usize>,
     /// TLS session resumption (tickets and a session cache) [default: on]; off forces full handshakes.
     #[arg(long, env = "CORRAL_SESSION_TICKETS", value_name = "on|off")]
     pub session_tickets: Option<Toggle>,
@@ -324,6 +329,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     pub agent_wait: Duration,
     pub max_connections: usize,
+    /// Tunnels per cluster, node or peer at once (`None`: no limit).
+    pub max_tunnels_per_cluster: Option<usize>,
     /// Whether clients may resume TLS sessions.
     pub session_tickets: bool,
     pub server_url: Option<ServerUrl>,
@@ -411,6 +418,11 @@ impl Config {
             agent_wait: Duration::from_secs(given(s.agent_wait, "agent-wait")?),
             session_tickets: given(s.session_tickets, "session-tickets")? == Toggle::On,
             max_connections: given(s.max_connections, "max-connections")?,
+            max_tunnels_per_cluster: Some(given(
+                s.max_tunnels_per_cluster,
+                "max-tunnels-per-cluster",
+            )?)
+            .filter(|n| *n > 0),
             hostname: s
                 .hostname
                 .filter(|h| !h.trim().is_empty())
@@ -567,6 +579,7 @@ mod tests {
             ("--rotate-days", "7"),
             ("--handshake-timeout", "10"),
             ("--max-connections", "10000"),
+            ("--max-tunnels-per-cluster", "10"),
             ("--session-tickets", "on"),
             ("--agent-wait", "15"),
             ("--tls ", "corral"),

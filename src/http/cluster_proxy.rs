@@ -222,6 +222,8 @@ where
 
     let upgrading = is_upgrade(req.headers());
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+    // An upgraded exchange (exec, port-forward) keeps its connection's place while it lasts.
+    let slot = req.extensions().get::<super::ConnectionSlot>().cloned();
     let outgoing = match outgoing_request(req, path_and_query, &upstream, upgrading) {
         Ok(outgoing) => outgoing,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
@@ -242,6 +244,7 @@ where
                 )
                 .await;
             }
+            drop(slot);
         });
         return response.map(|_| Body::empty());
     }

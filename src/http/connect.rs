@@ -1,6 +1,8 @@
 //! `/v3/connect` and `/v3/connect/register`: agents open their tunnel here. Authentication runs
 //! before the WebSocket upgrade, as remotedialer's server does: no token → 401 `failed
-//! authentication`; an unknown token or bad params → 400 with Rancher's texts.
+//! authentication`; an unknown token or bad params → 400 with Rancher's texts. Then the tunnel
+//! must find room: among its cluster's (or node's, or peer's) tunnels, `429`; among all tunnels,
+//! `503`. A tunnel keeps its connection's place among the open connections while it lives.
 
 use std::sync::Arc;
 
@@ -8,13 +10,64 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Request, Response, StatusCode};
 
-use super::{AppState, text_response};
+use super::{AppState, ConnectionSlot, text_response};
 use crate::clusters::AgentParams;
+use crate::tunnel::registry::Reservation;
 use crate::tunnel::websocket;
+
+/// What a tunnel holds while it lives: its connection's place, its place among all tunnels and
+/// among its key's.
+struct TunnelPlaces {
+    _connection: Option<ConnectionSlot>,
+    _tunnel: tokio::sync::OwnedSemaphorePermit,
+    _key: Option<Reservation>,
+}
+
+/// Room for one more tunnel for `key`, or the refusal to answer.
+fn room_for(
+    state: &AppState,
+    req: &Request<Body>,
+    key: &str,
+) -> Result<TunnelPlaces, Response<Body>> {
+    let refuse = |status: StatusCode, text: String| {
+        tracing::info!("tunnel refused ({status}): {text}");
+        Err(text_response(status, "text/plain; charset=utf-8", text))
+    };
+    let limits = &state.tunnel_limits;
+    let key_place = match limits.per_key {
+        Some(max) => match state.tunnels.reserve(key, max) {
+            Some(place) => Some(place),
+            None => {
+                return refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "too many tunnels for {key}: at most {max} at once (--max-tunnels-per-cluster)"
+                    ),
+                );
+            }
+        },
+        None => None,
+    };
+    let Ok(tunnel) = limits.slots.clone().try_acquire_owned() else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many tunnels: this server holds as many as it may (--max-connections)".into(),
+        );
+    };
+    Ok(TunnelPlaces {
+        _connection: req.extensions().get::<ConnectionSlot>().cloned(),
+        _tunnel: tunnel,
+        _key: key_place,
+    })
+}
 
 pub async fn connect(State(state): State<Arc<AppState>>, mut req: Request<Body>) -> Response<Body> {
     // remotedialer checks for a peer first: a known replica id with its token.
     if let Some(peer_id) = authenticated_peer(&state, req.headers()) {
+        let places = match room_for(&state, &req, &peer_id) {
+            Ok(places) => places,
+            Err(refusal) => return refusal,
+        };
         let (response, on_upgrade) = match websocket::upgrade(&mut req) {
             Ok(pair) => pair,
             Err((status, text)) => return text_response(status, "text/plain; charset=utf-8", text),
@@ -25,6 +78,7 @@ pub async fn connect(State(state): State<Arc<AppState>>, mut req: Request<Body>)
                 Ok(ws) => tunnels.serve_peer(&peer_id, ws).await,
                 Err(e) => tracing::warn!("peer upgrade for {peer_id} failed: {e}"),
             }
+            drop(places);
         });
         return response;
     }
@@ -35,17 +89,29 @@ pub async fn connect(State(state): State<Arc<AppState>>, mut req: Request<Body>)
             return text_response(status, "text/plain; charset=utf-8", text);
         }
     };
+    // The tunnel's client key: the cluster for a cluster agent, `<cluster>:<node>` for a node agent.
+    let key = match &params {
+        AgentParams::Cluster(_) => cluster_id.clone(),
+        AgentParams::Node(params) => format!("{cluster_id}:{}", params.node_id()),
+    };
+    let places = match room_for(&state, &req, &key) {
+        Ok(places) => places,
+        Err(refusal) => return refusal,
+    };
     let (response, on_upgrade) = match websocket::upgrade(&mut req) {
         Ok(pair) => pair,
         Err((status, text)) => return text_response(status, "text/plain; charset=utf-8", text),
     };
-    // The tunnel's client key: the cluster for a cluster agent, `<cluster>:<node>` for a node agent.
-    let (key, cluster_params) = match params {
-        AgentParams::Cluster(params) => (cluster_id.clone(), Some(params)),
-        AgentParams::Node(params) => (state.clusters.record_node(&cluster_id, &params).key(), None),
+    let cluster_params = match params {
+        AgentParams::Cluster(params) => Some(params),
+        AgentParams::Node(params) => {
+            state.clusters.record_node(&cluster_id, &params);
+            None
+        }
     };
     let (tunnels, clusters) = (state.tunnels.clone(), state.clusters.clone());
     tokio::spawn(async move {
+        let _places = places;
         let ws = match websocket::accept(on_upgrade).await {
             Ok(ws) => ws,
             Err(e) => return tracing::warn!("tunnel upgrade for {key} failed: {e}"),

@@ -49,8 +49,9 @@ const MAX_API_BODY: usize = 64 * 1024;
 /// KiB through, so the head is also measured once parsed.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
-/// Facts about the connection a request arrived on, available to handlers as an extension.
-pub use crate::net::ConnInfo;
+/// Facts about the connection a request arrived on, available to handlers as an extension (with
+/// its [`ConnectionSlot`], which an upgrade keeps).
+pub use crate::net::{ConnInfo, ConnectionSlot};
 
 /// What the endpoints read: the `cacerts` setting and when it was created.
 pub struct CaSetting {
@@ -68,12 +69,21 @@ pub struct AppState {
     pub certs: Arc<CertService>,
     pub clusters: Arc<crate::clusters::Clusters>,
     pub tunnels: Arc<crate::tunnel::TunnelRegistry>,
+    pub tunnel_limits: TunnelLimits,
     /// This replica's membership when replicas share a store: who may open peer sessions.
     pub replicas: Option<Arc<crate::replicas::Replicas>>,
     /// How long the cluster proxy waits for an absent agent before answering 503.
     pub agent_wait: Duration,
     /// The HTTPS port bound: where the HTTP port sends clients that reached corral's own HTTP port.
     pub https_port: u16,
+}
+
+/// How many tunnels (agents' and peers') this server holds.
+pub struct TunnelLimits {
+    /// Per client key (a cluster, a node) or peer, at once; `None`: no limit.
+    pub per_key: Option<usize>,
+    /// All together: the connections less a share kept for everything else.
+    pub slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Drives `connection` to its end; on shutdown it is asked to finish gracefully (the request in
@@ -171,6 +181,7 @@ impl HttpApp {
     fn service(
         &self,
         info: ConnInfo,
+        slot: ConnectionSlot,
     ) -> impl hyper::service::Service<
         Request<hyper::body::Incoming>,
         Response = Response<Body>,
@@ -180,14 +191,16 @@ impl HttpApp {
     + Send
     + use<> {
         let app = self.clone();
-        hyper::service::service_fn(move |req| {
+        hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
             let app = app.clone();
+            req.extensions_mut().insert(slot.clone());
             async move { Ok(app.handle(req, info).await) }
         })
     }
 
-    /// Serves HTTP/1.1 on one connection until it closes.
-    pub async fn serve<IO>(&self, io: IO, info: ConnInfo)
+    /// Serves HTTP/1.1 on one connection until it closes (or is upgraded: what it becomes keeps
+    /// `slot`).
+    pub async fn serve<IO>(&self, io: IO, info: ConnInfo, slot: ConnectionSlot)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -196,7 +209,7 @@ impl HttpApp {
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .max_buf_size(MAX_HEADER_BYTES)
-            .serve_connection(TokioIo::new(io), self.service(info))
+            .serve_connection(TokioIo::new(io), self.service(info, slot))
             .with_upgrades();
         tokio::pin!(connection);
         let served = until_shutdown(connection, &self.shutdown, |c| c.graceful_shutdown()).await;
@@ -206,14 +219,14 @@ impl HttpApp {
     }
 
     /// Serves HTTP/2 on one connection (clients that chose `h2` by ALPN: bring-your-own mode only).
-    pub async fn serve_h2<IO>(&self, io: IO, info: ConnInfo)
+    pub async fn serve_h2<IO>(&self, io: IO, info: ConnInfo, slot: ConnectionSlot)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(MAX_HEADER_BYTES as u32)
-            .serve_connection(TokioIo::new(io), self.service(info));
+            .serve_connection(TokioIo::new(io), self.service(info, slot));
         tokio::pin!(connection);
         let served = until_shutdown(connection, &self.shutdown, |c| c.graceful_shutdown()).await;
         if let Err(e) = served {
@@ -278,10 +291,16 @@ fn head_size<B>(req: &Request<B>) -> usize {
 }
 
 impl crate::net::Handler for HttpApp {
-    async fn serve(&self, io: impl crate::net::Io, info: ConnInfo, protocol: crate::net::Protocol) {
+    async fn serve(
+        &self,
+        io: impl crate::net::Io,
+        info: ConnInfo,
+        protocol: crate::net::Protocol,
+        slot: ConnectionSlot,
+    ) {
         match protocol {
-            crate::net::Protocol::Http1 => HttpApp::serve(self, io, info).await,
-            crate::net::Protocol::Http2 => self.serve_h2(io, info).await,
+            crate::net::Protocol::Http1 => HttpApp::serve(self, io, info, slot).await,
+            crate::net::Protocol::Http2 => self.serve_h2(io, info, slot).await,
         }
     }
 }

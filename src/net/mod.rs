@@ -16,7 +16,7 @@ use rustls::ServerConfig;
 use rustls::server::ClientHello;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -53,23 +53,77 @@ pub enum Protocol {
     Http2,
 }
 
+/// A connection's place among the `--max-connections`. The connection's task holds it, and so does
+/// whatever the connection becomes after an HTTP upgrade (an agent's tunnel, a spliced `kubectl
+/// exec`): those outlive the HTTP exchange but hold the same socket, so they count too. The place
+/// is given back when the last holder lets go.
+#[derive(Clone)]
+pub struct ConnectionSlot {
+    _permit: Arc<OwnedSemaphorePermit>,
+}
+
+impl ConnectionSlot {
+    pub fn new(permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            _permit: Arc::new(permit),
+        }
+    }
+}
+
 /// A byte stream a handler serves.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// What a listener hands each accepted (and, over TLS, handshaken) connection to.
 pub trait Handler: Clone + Send + Sync + 'static {
+    /// Serves one connection; `slot` is its place among the open connections, to be kept by
+    /// anything that goes on with the connection after this returns.
     fn serve(
         &self,
         io: impl Io,
         info: ConnInfo,
         protocol: Protocol,
+        slot: ConnectionSlot,
     ) -> impl Future<Output = ()> + Send;
 }
 
 /// Chooses the TLS server config for a ClientHello from `peer` to `local`.
 pub trait SelectConfig: Send + Sync + 'static {
     fn select(&self, hello: &ClientHello<'_>, local: IpAddr, peer: IpAddr) -> Arc<ServerConfig>;
+}
+
+/// Open files kept free below the process's limit for everything but connections: the listeners,
+/// etcd's clients, peer dials, the data directory's writes, ACME.
+const MIN_FILES_HEADROOM: u64 = 64;
+
+/// Raises the open-files soft limit to the hard limit (as Go programs do at start); the limit now.
+pub fn raise_open_files_limit() -> Option<u64> {
+    rlimit::increase_nofile_limit(u64::MAX).ok()
+}
+
+/// How many connections may be open at once: `configured`, or fewer when the open-files limit
+/// would not leave room for everything else (an eighth of it, at least [`MIN_FILES_HEADROOM`]),
+/// so that accepting never fails with "too many open files".
+pub fn connection_cap(configured: usize) -> usize {
+    let Some(limit) = raise_open_files_limit() else {
+        return configured;
+    };
+    let headroom = (limit / 8).max(MIN_FILES_HEADROOM);
+    let room = usize::try_from(limit.saturating_sub(headroom).max(1)).unwrap_or(usize::MAX);
+    if configured <= room {
+        return configured;
+    }
+    tracing::warn!(
+        "the open-files limit is {limit}: at most {room} connections at once, not {configured} \
+         (--max-connections); raise it (ulimit -n, LimitNOFILE) for more"
+    );
+    room
+}
+
+/// How many of `connections` tunnels may hold: all but a tenth, kept for API calls and health
+/// checks, which then always find room.
+pub fn tunnel_cap(connections: usize) -> usize {
+    connections.saturating_sub((connections / 10).max(1)).max(1)
 }
 
 /// Sets the options every connection needs (no Nagle delay, keep-alive) on the listening socket.
@@ -100,8 +154,9 @@ pub struct Listener<H: Handler> {
     bound: Option<SocketAddr>,
     transport: Transport,
     handler: H,
-    /// Caps open connections across all listeners: when it is exhausted, new clients wait in the
-    /// kernel's accept queue instead of taking memory and file descriptors.
+    /// Caps open connections across all listeners, upgraded ones included (see [`ConnectionSlot`]):
+    /// when it is exhausted, new clients wait in the kernel's accept queue instead of taking memory
+    /// and file descriptors.
     limit: Arc<Semaphore>,
 }
 
@@ -131,6 +186,22 @@ impl<H: Handler> Listener<H> {
     pub async fn run(self, shutdown: CancellationToken, connections: TaskTracker) {
         let mut backoff = Duration::from_millis(5);
         loop {
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                _ = shutdown.cancelled() => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(5);
+            // Taken after the accept, so that an idle listener holds no place; while none is free
+            // this listener accepts nothing more (the rest wait in the kernel's queue).
             let permit = tokio::select! {
                 permit = self.limit.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
@@ -138,30 +209,16 @@ impl<H: Handler> Listener<H> {
                 },
                 _ = shutdown.cancelled() => return,
             };
-            let accepted = tokio::select! {
-                accepted = self.listener.accept() => accepted,
-                _ = shutdown.cancelled() => return,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    backoff = Duration::from_millis(5);
-                    let (transport, handler) = (self.transport.clone(), self.handler.clone());
-                    let bound = self.bound;
-                    connections.spawn(async move {
-                        if let Err(e) =
-                            handle_connection(stream, peer, bound, transport, handler).await
-                        {
-                            tracing::debug!("connection from {peer}: {e}");
-                        }
-                        drop(permit);
-                    });
+            let (transport, handler) = (self.transport.clone(), self.handler.clone());
+            let bound = self.bound;
+            let slot = ConnectionSlot::new(permit);
+            connections.spawn(async move {
+                if let Err(e) =
+                    handle_connection(stream, peer, bound, transport, handler, slot).await
+                {
+                    tracing::debug!("connection from {peer}: {e}");
                 }
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}; retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-            }
+            });
         }
     }
 }
@@ -173,6 +230,7 @@ async fn handle_connection<H: Handler>(
     bound: Option<SocketAddr>,
     transport: Transport,
     handler: H,
+    slot: ConnectionSlot,
 ) -> io::Result<()> {
     let local = match bound {
         Some(addr) => addr,
@@ -183,7 +241,7 @@ async fn handle_connection<H: Handler>(
     match transport {
         Transport::Plain => {
             let info = ConnInfo::new(local, peer, false);
-            handler.serve(stream, info, Protocol::Http1).await;
+            handler.serve(stream, info, Protocol::Http1, slot).await;
         }
         Transport::Tls {
             selector,
@@ -208,13 +266,13 @@ async fn handle_connection<H: Handler>(
             metrics.handshakes_ok.inc();
             let info = ConnInfo::new(local, peer, true);
             match tls.get_ref().1.alpn_protocol() {
-                Some(b"h2") => handler.serve(tls, info, Protocol::Http2).await,
+                Some(b"h2") => handler.serve(tls, info, Protocol::Http2, slot).await,
                 // A TLS-ALPN-01 validator only looks at the certificate.
                 Some(ACME_TLS_ALPN) => {
                     let mut tls = tls;
                     let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
                 }
-                _ => handler.serve(tls, info, Protocol::Http1).await,
+                _ => handler.serve(tls, info, Protocol::Http1, slot).await,
             }
         }
     }

@@ -56,6 +56,9 @@ impl Route {
 pub struct TunnelRegistry {
     clients: Mutex<HashMap<String, Vec<Arc<Session>>>>,
     peers: Mutex<HashMap<String, Vec<Arc<Session>>>>,
+    /// Sessions per key (client key or peer id), counted from before the upgrade to their end:
+    /// what bounds how many one registration token can open.
+    reserved: Arc<Mutex<HashMap<String, usize>>>,
     /// Woken whenever a route may have appeared (a session added, a peer's announcement), for
     /// dials waiting on an agent.
     added: Arc<Notify>,
@@ -76,9 +79,25 @@ impl TunnelRegistry {
         Self {
             clients: Mutex::default(),
             peers: Mutex::default(),
+            reserved: Arc::default(),
             added: Arc::new(Notify::new()),
             events: broadcast::channel(4096).0,
         }
+    }
+
+    /// A place for one more session of `key`, if it has fewer than `max` (counting those being
+    /// opened); the place is held until the reservation is dropped.
+    pub fn reserve(&self, key: &str, max: usize) -> Option<Reservation> {
+        let mut reserved = crate::support::lock(&self.reserved);
+        let count = reserved.entry(key.to_string()).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Reservation {
+            key: key.to_string(),
+            reserved: self.reserved.clone(),
+        })
     }
 
     fn clients(&self) -> MutexGuard<'_, Table> {
@@ -215,6 +234,24 @@ impl TunnelRegistry {
     /// Whether dials for `key` have a way, here or through a peer.
     pub fn is_connected(&self, key: &str) -> bool {
         self.route(key).is_some()
+    }
+}
+
+/// One session's place among its key's (see [`TunnelRegistry::reserve`]).
+pub struct Reservation {
+    key: String,
+    reserved: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut reserved = crate::support::lock(&self.reserved);
+        if let Some(count) = reserved.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                reserved.remove(&self.key);
+            }
+        }
     }
 }
 

@@ -35,6 +35,16 @@ impl Lab {
         lab
     }
 
+    /// A lab on a corral started with `extra` flags.
+    pub async fn start_with(extra: &[&str]) -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let corral = Lab::corral(&dir.path().join("d"), extra);
+        let addr = corral.https("127.0.0.1");
+        let mut lab = Lab::setup(corral, addr).await;
+        lab._dir = Some(dir);
+        lab
+    }
+
     /// corral started for a lab: the known bootstrap password, a short agent wait, `extra` flags.
     pub fn corral(data_dir: &std::path::Path, extra: &[&str]) -> Corral {
         let env = [("CATTLE_BOOTSTRAP_PASSWORD", BOOTSTRAP)];

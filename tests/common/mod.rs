@@ -52,7 +52,29 @@ impl Corral {
 
     /// Starts corral on `data_dir`; `Err` carries the exit status and output when it does not start.
     pub fn start_in(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Self, String> {
-        let mut command = Command::new(corral_bin());
+        Self::start_command(Command::new(corral_bin()), data_dir, extra, env)
+    }
+
+    /// Like [`Corral::start_in`], with at most `files` open files (soft and hard: `prlimit`).
+    pub fn start_with_open_files(
+        files: u64,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={files}:{files}"))
+            .arg(corral_bin());
+        Self::start_command(command, data_dir, extra, env)
+    }
+
+    fn start_command(
+        mut command: Command,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         command
             .args(["serve", "--bind", "::"])
             .arg("--data-dir")
