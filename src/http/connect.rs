@@ -23,16 +23,17 @@ struct TunnelPlaces {
     _key: Option<Reservation>,
 }
 
-/// Room for one more tunnel for `key`, or the refusal to answer.
-fn room_for(
-    state: &AppState,
-    req: &Request<Body>,
-    key: &str,
-) -> Result<TunnelPlaces, Response<Body>> {
-    let refuse = |status: StatusCode, text: String| {
-        tracing::info!("tunnel refused ({status}): {text}");
-        Err(text_response(status, "text/plain; charset=utf-8", text))
-    };
+/// Why a tunnel was refused: the status and the text of the answer.
+type Refusal = (StatusCode, String);
+
+fn refused((status, text): Refusal) -> Response<Body> {
+    tracing::info!("tunnel refused ({status}): {text}");
+    text_response(status, "text/plain; charset=utf-8", text)
+}
+
+/// Room for one more tunnel for `key`, or why there is none.
+fn room_for(state: &AppState, req: &Request<Body>, key: &str) -> Result<TunnelPlaces, Refusal> {
+    let refuse = |status: StatusCode, text: String| Err((status, text));
     let limits = &state.tunnel_limits;
     let key_place = match limits.per_key {
         Some(max) => match state.tunnels.reserve(key, max) {
@@ -66,7 +67,7 @@ pub async fn connect(State(state): State<Arc<AppState>>, mut req: Request<Body>)
     if let Some(peer_id) = authenticated_peer(&state, req.headers()) {
         let places = match room_for(&state, &req, &peer_id) {
             Ok(places) => places,
-            Err(refusal) => return refusal,
+            Err(refusal) => return refused(refusal),
         };
         let (response, on_upgrade) = match websocket::upgrade(&mut req) {
             Ok(pair) => pair,
@@ -84,10 +85,7 @@ pub async fn connect(State(state): State<Arc<AppState>>, mut req: Request<Body>)
     }
     let (cluster_id, params) = match authorize(&state, req.headers()) {
         Ok(found) => found,
-        Err((status, text)) => {
-            tracing::info!("tunnel refused ({status}): {text}");
-            return text_response(status, "text/plain; charset=utf-8", text);
-        }
+        Err(refusal) => return refused(refusal),
     };
     // The tunnel's client key: the cluster for a cluster agent, `<cluster>:<node>` for a node agent.
     let key = match &params {
@@ -96,7 +94,7 @@ pub async fn connect(State(state): State<Arc<AppState>>, mut req: Request<Body>)
     };
     let places = match room_for(&state, &req, &key) {
         Ok(places) => places,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refused(refusal),
     };
     let (response, on_upgrade) = match websocket::upgrade(&mut req) {
         Ok(pair) => pair,
