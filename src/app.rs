@@ -141,6 +141,8 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         tracing::info!("CA checksum: {checksum}");
     }
 
+    // Peers prove themselves replicas by a certificate from this CA (or the distributed bundle).
+    let peer_roots = format!("{}\n{}", ca.cacerts(), setting.value);
     let factory = LeafFactory::new(store.as_ref(), ca, config.cert_expiration_days)?;
     let certs = Arc::new(CertService::new(config, store.clone(), &dir, factory)?);
     certs.start_background();
@@ -175,7 +177,18 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     let tunnels = Arc::new(TunnelRegistry::new());
     let replicas = join_replicas(config, store.clone(), https_port)?;
     if let Some(replicas) = &replicas {
-        crate::peering::start(replicas.clone(), tunnels.clone(), shutdown.clone());
+        let served_by = certs.clone();
+        let served: crate::peering::ServedLeaf = Arc::new(move || served_by.current_leaf());
+        let verifier = Arc::new(crate::peering::PeerVerifier::new(
+            peer_roots.as_bytes(),
+            served,
+        ));
+        crate::peering::start(
+            replicas.clone(),
+            tunnels.clone(),
+            verifier,
+            shutdown.clone(),
+        );
     }
     let clusters = Arc::new(Clusters::open(
         store.clone(),
@@ -262,7 +275,8 @@ fn join_replicas(
             SocketAddr::new(ip, https_port).to_string()
         }
     };
-    let Some(replicas) = Replicas::join(store, &id)? else {
+    let shared = config.peer_token.as_ref().map(|t| t.0.as_str());
+    let Some(replicas) = Replicas::join(store, &id, shared)? else {
         return Ok(None);
     };
     tracing::info!("replica {id}: peers reach this replica there (--advertise-address)");

@@ -325,6 +325,25 @@ pub fn tls_client(
     Ok(Arc::new(config))
 }
 
+/// TLS whose server certificates `verifier` decides on (handshake signatures checked as usual).
+pub fn tls_verified_by(
+    verifier: Arc<dyn ServerCertVerifier>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, ClientError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// The signature algorithms corral's TLS clients verify with.
+pub fn signature_algorithms() -> rustls::crypto::WebPkiSupportedAlgorithms {
+    provider().signature_verification_algorithms
+}
+
 /// TLS trusting only the certificates in `pem`.
 pub fn tls_trusting(pem: &[u8], alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, ClientError> {
     tls_client(provider(), Trust::Pem(pem), alpn, rustls::DEFAULT_VERSIONS)

@@ -1,9 +1,13 @@
 //! Tunnel peering between replicas, as remotedialer's peers (Rancher HA): this replica dials every
 //! other registered replica's `/v3/connect` as a client (`X-API-Tunnel-ID`, `X-API-Tunnel-Token`,
-//! TLS without verification as Rancher's peers, redial after 5 s), announces the agents it holds on
-//! that session (AddClient for each on connecting, then AddClient/RemoveClient as they come and go),
-//! and serves the other replica's relayed dials: a Connect for `<clientKey>::<proto>/<address>` is
-//! dialed through this replica's own tunnel for that key, and the bytes piped.
+//! redial after 5 s), announces the agents it holds on that session (AddClient for each on
+//! connecting, then AddClient/RemoveClient as they come and go), and serves the other replica's
+//! relayed dials: a Connect for `<clientKey>::<proto>/<address>` is dialed through this replica's own
+//! tunnel for that key, and the bytes piped.
+//!
+//! Rancher's peers do not verify each other's TLS; a replica here does, before it sends its peer
+//! token: whatever listens at a registered replica's address (a process that took a dead replica's
+//! port) must prove it is one of the installation's replicas ([`PeerVerifier`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +18,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Target, tls_insecure};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::client::{Target, signature_algorithms, tls_verified_by};
 use crate::replicas::Replicas;
 use crate::store::Changes;
 use crate::tunnel::session::{Connector, Serving};
@@ -27,8 +34,106 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the peer list is read again even without a store event (a missed one costs this much).
 const RESCAN_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Keeps one outgoing peer session to every other registered replica until `shutdown`.
-pub fn start(replicas: Arc<Replicas>, tunnels: Arc<TunnelRegistry>, shutdown: CancellationToken) {
+/// The certificate this replica serves now (to a client of 127.0.0.1 without SNI).
+pub type ServedLeaf = Arc<dyn Fn() -> CertificateDer<'static> + Send + Sync>;
+
+/// Decides whether a peer's certificate proves it one of the installation's replicas: its key is
+/// the key this replica serves with (replicas share the leaf key, the bring-your-own files, the
+/// ACME certificate), or it chains to the installation's CA (or the `cacerts` bundle), whose keys
+/// only replicas hold. Its names are not checked: replicas are dialed at their addresses, and serve
+/// certificates for the install's hostname or for whatever names clients asked for.
+#[derive(Debug)]
+pub struct PeerVerifier {
+    roots: rustls::RootCertStore,
+    served: ServedKey,
+}
+
+/// [`ServedLeaf`], for `PeerVerifier`'s `Debug`.
+struct ServedKey(ServedLeaf);
+
+impl std::fmt::Debug for ServedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServedKey")
+    }
+}
+
+impl PeerVerifier {
+    /// Trusts the certificates of `roots_pem` (the CA, the `cacerts` bundle) and the key of what
+    /// `served` returns.
+    pub fn new(roots_pem: &[u8], served: ServedLeaf) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(roots_pem).flatten() {
+            let _ = roots.add(cert);
+        }
+        Self {
+            roots,
+            served: ServedKey(served),
+        }
+    }
+}
+
+/// The subjectPublicKeyInfo of a certificate, as DER.
+fn public_key(der: &[u8]) -> Option<Vec<u8>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.public_key().raw.to_vec())
+}
+
+impl ServerCertVerifier for PeerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ours = public_key(&(self.served.0)());
+        if ours.is_some() && ours == public_key(end_entity) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            signature_algorithms().all,
+        )?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &signature_algorithms())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &signature_algorithms())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        signature_algorithms().supported_schemes()
+    }
+}
+
+/// Keeps one outgoing peer session to every other registered replica until `shutdown`; peers'
+/// certificates are checked by `verifier` before anything is sent.
+pub fn start(
+    replicas: Arc<Replicas>,
+    tunnels: Arc<TunnelRegistry>,
+    verifier: Arc<PeerVerifier>,
+    shutdown: CancellationToken,
+) {
     tokio::spawn(async move {
         let mut changes = replicas.changes();
         let mut dialers: HashMap<String, CancellationToken> = HashMap::new();
@@ -52,6 +157,7 @@ pub fn start(replicas: Arc<Replicas>, tunnels: Arc<TunnelRegistry>, shutdown: Ca
                     id: replica.id,
                     replicas: replicas.clone(),
                     tunnels: tunnels.clone(),
+                    verifier: verifier.clone(),
                 };
                 tokio::spawn(peer.keep_connected(stop));
             }
@@ -69,6 +175,7 @@ struct Peer {
     id: String,
     replicas: Arc<Replicas>,
     tunnels: Arc<TunnelRegistry>,
+    verifier: Arc<PeerVerifier>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +199,13 @@ impl Peer {
                 _ = stop.cancelled() => return,
                 result = self.connect_once() => match result {
                     Ok(()) => tracing::info!("peer session to {} ended", self.id),
+                    Err(PeerError::Connect(e @ crate::client::ConnectError::Tls { .. })) => {
+                        tracing::warn!(
+                            "not sending the peer token to {}: it is not one of this \
+                             installation's replicas ({e})",
+                            self.id
+                        )
+                    }
                     Err(e) => tracing::debug!("cannot open a peer session to {}: {e}", self.id),
                 },
             }
@@ -117,8 +231,10 @@ impl Peer {
             HeaderValue::from_str(self.replicas.token())?,
         );
         // TCP, TLS and the WebSocket handshake share one deadline: a peer that hangs costs 10 s.
+        // The token goes out only after the peer's certificate has proved it a replica.
+        let tls_config = tls_verified_by(self.verifier.clone(), &[b"http/1.1"])?;
         let handshake = async {
-            let tls = target.connect(tls_insecure(&[b"http/1.1"])).await?;
+            let tls = target.connect(tls_config).await?;
             let config = Some(crate::tunnel::websocket::config());
             let (ws, _) = tokio_tungstenite::client_async_with_config(request, tls, config).await?;
             Ok::<_, PeerError>(ws)

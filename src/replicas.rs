@@ -3,6 +3,10 @@
 //! away from the list when its lease expires. This is what Rancher HA gets from the Endpoints of its
 //! peer Service and the shared service-account token; here each replica has a token of its own,
 //! random per process, and only its hash is stored, so the store never holds a usable token.
+//!
+//! For installs that mix in Rancher's own (Go) peers, which all present one shared token and accept
+//! whoever presents it, `CORRAL_PEER_TOKEN` gives every replica that token instead: a replica then
+//! presents it, and accepts any peer that presents it, registered or not, as Rancher does.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,14 +36,20 @@ pub struct Replicas {
     store: Arc<dyn Backend>,
     id: String,
     token: String,
+    /// Whether `token` is the installation's shared token (`CORRAL_PEER_TOKEN`).
+    shared: bool,
     _lease: LeaseGuard,
 }
 
 impl Replicas {
-    /// Registers this replica as `id` (`HOST:PORT`). `None` when the store keeps no leases (the data
-    /// directory: a single replica).
-    pub fn join(store: Arc<dyn Backend>, id: &str) -> Result<Option<Self>, StoreError> {
-        let token = random_token(TOKEN_LENGTH);
+    /// Registers this replica as `id` (`HOST:PORT`), with the installation's `shared` peer token or
+    /// one of its own. `None` when the store keeps no leases (the data directory: a single replica).
+    pub fn join(
+        store: Arc<dyn Backend>,
+        id: &str,
+        shared: Option<&str>,
+    ) -> Result<Option<Self>, StoreError> {
+        let token = shared.map_or_else(|| random_token(TOKEN_LENGTH), str::to_string);
         let entry = Replica {
             id: id.to_string(),
             token_hash: hash_token_secret(&token),
@@ -53,6 +63,7 @@ impl Replicas {
             store,
             id: id.to_string(),
             token,
+            shared: shared.is_some(),
             _lease: lease,
         }))
     }
@@ -76,9 +87,15 @@ impl Replicas {
             .collect()
     }
 
-    /// Whether `id` is another registered replica and `token` is its peer token.
+    /// Whether `id` is another registered replica and `token` is its peer token — or, with a
+    /// shared token, whether `token` is it (any other peer id, as Rancher's peers accept).
     pub fn authenticates(&self, id: &str, token: &str) -> bool {
         let hash = hash_token_secret(token);
+        if self.shared {
+            return !id.is_empty()
+                && id != self.id
+                && same_hash(&hash_token_secret(&self.token), &hash);
+        }
         self.others()
             .iter()
             .any(|replica| replica.id == id && same_hash(&replica.token_hash, &hash))

@@ -6,6 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::balancer::Balancer;
@@ -965,4 +966,93 @@ async fn several_tunnels_for_one_cluster_serve_every_replica_whichever_ends() {
     every_replica_answers("two agents again").await;
     first.kill();
     every_replica_answers("the older one gone").await;
+}
+
+/// A process that takes a dead replica's port while the replica is still registered gets TLS
+/// connections from the others but never their peer token: a replica sends it only to a peer
+/// whose certificate proves it one of the installation's replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_on_a_dead_replicas_port_gets_no_peer_token() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncReadExt;
+    let etcd = EtcdCluster::start(1);
+    let root = tempfile::tempdir().unwrap();
+    let mut replicas = replicas_at_once(&etcd, root.path(), 2, &[]);
+    wait_peered(&[&replicas[0], &replicas[1]]).await;
+    let victim = replicas.pop().unwrap();
+    let port = victim.https_port;
+    drop(victim.stop());
+    let impostor = common::target::TestPki::new("impostor").server_config();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (dials, tokens) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (counted_dials, counted_tokens) = (dials.clone(), tokens.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counted_dials.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, tokens) = (impostor.clone(), counted_tokens.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = tokio_rustls::TlsAcceptor::from(acceptor).accept(tcp).await
+                else {
+                    return;
+                };
+                let mut head = vec![0u8; 4096];
+                let n = tls.read(&mut head).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&head[..n]).to_ascii_lowercase();
+                if head.contains("x-api-tunnel-token") {
+                    tokens.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    // The dead replica stays registered until its lease (10 s) expires; the survivor redials it
+    // every 5 s meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while dials.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the survivor never dialed the impostor"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(tokens.load(Ordering::SeqCst), 0, "the peer token was sent");
+    assert!(replicas[0].logged("not sending the peer token to"));
+}
+
+/// With `CORRAL_PEER_TOKEN`, every replica presents that token and accepts any peer presenting it,
+/// registered or not — how Rancher's Go peers take part; a wrong token is not a peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_peer_token_admits_peers_as_rancher_does() {
+    let etcd = EtcdCluster::start(1);
+    let root = tempfile::tempdir().unwrap();
+    let env = [("CORRAL_PEER_TOKEN", "one-token-for-every-peer")];
+    let replicas = replicas_at_once(&etcd, root.path(), 2, &env);
+    wait_peered(&[&replicas[0], &replicas[1]]).await;
+    let addr = replicas[0].https("127.0.0.1");
+    let open_as_peer = |token: &'static str| async move {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("wss://{addr}/v3/connect")
+            .into_client_request()
+            .unwrap();
+        let headers = request.headers_mut();
+        headers.insert("X-API-Tunnel-ID", "10.0.0.9:443".parse().unwrap());
+        headers.insert("X-API-Tunnel-Token", token.parse().unwrap());
+        let tls = tls_connect(addr, None, None).await.unwrap().stream;
+        tokio_tungstenite::client_async(request, tls).await
+    };
+    let (_ws, response) = open_as_peer("one-token-for-every-peer")
+        .await
+        .expect("a peer");
+    assert_eq!(response.status(), 101);
+    let deadline = Instant::now() + PROPAGATION_LIMIT;
+    while !replicas[0].logged("peer 10.0.0.9:443 connected") {
+        assert!(Instant::now() < deadline, "served as a peer session");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Err(refused) = open_as_peer("another-token").await else {
+        panic!("another token is not a peer's");
+    };
+    assert!(refused.to_string().contains("400"), "{refused}");
 }

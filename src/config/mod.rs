@@ -338,6 +338,8 @@ pub struct Config {
     pub hostname: Option<SubjectName>,
     /// `CATTLE_BOOTSTRAP_PASSWORD` (environment only, so it never shows in `ps`).
     pub bootstrap_password: Option<Secret>,
+    /// `CORRAL_PEER_TOKEN` (environment only): one peer token for every replica, as Rancher's.
+    pub peer_token: Option<Secret>,
     /// Who terminates TLS, which certificate is served, what `/cacerts` says.
     pub tls: TlsSetup,
 }
@@ -441,6 +443,10 @@ impl Config {
             bootstrap_password: std::env::var("CATTLE_BOOTSTRAP_PASSWORD")
                 .ok()
                 .filter(|p| !p.is_empty())
+                .map(Secret),
+            peer_token: std::env::var("CORRAL_PEER_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
                 .map(Secret),
             tls,
         };
