@@ -20,10 +20,11 @@ RUN setcap cap_net_bind_service=+ep /usr/local/bin/corral \
     && useradd --system --uid 10001 --home-dir /var/lib/corral --create-home corral \
     && chmod 0700 /var/lib/corral
 USER corral
-ENV CORRAL_DATA_DIR=/var/lib/corral
+# Settings go in the environment (-e CORRAL_TLS=external, -e CORRAL_HTTPS_PORT=…), where both the
+# server and its health check read them.
+ENV CORRAL_DATA_DIR=/var/lib/corral CORRAL_HTTPS_PORT=443 CORRAL_HTTP_PORT=80
 VOLUME /var/lib/corral
 EXPOSE 80 443
-HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
-    CMD ["corral", "healthcheck", "--url", "https://127.0.0.1:443/healthz"]
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s CMD ["corral", "healthcheck"]
 ENTRYPOINT ["corral"]
-CMD ["serve", "--https-port", "443", "--http-port", "80"]
+CMD ["serve"]

@@ -409,6 +409,32 @@ pub enum ChecksumError {
     NoCa(String),
     #[error(transparent)]
     Store(#[from] Box<StartError>),
+    #[error(transparent)]
+    Cacerts(#[from] CacertsError),
+}
+
+/// The checksum of what `/cacerts` serves with `config` (`None` when it serves nothing), as the
+/// server computes it at start, without creating anything.
+pub fn served_checksum(config: &Config) -> Result<Option<String>, ChecksumError> {
+    let value = match &config.tls.cacerts {
+        Cacerts::Generated => {
+            let dir = DataDir::existing(&config.data_dir);
+            return stored_checksum(&dir, config.store.as_ref()).map(Some);
+        }
+        Cacerts::File(path) => read_cacerts(path)?,
+        Cacerts::Empty => return Ok(None),
+    };
+    Ok(Some(ca_checksum(&value)).filter(|sum| !sum.is_empty()))
+}
+
+/// Where `corral healthcheck` finds the server that `config` describes: `/healthz` on 127.0.0.1 at
+/// its HTTPS port, in plain HTTP when a proxy in front terminates TLS.
+pub fn health_url(config: &Config) -> String {
+    let scheme = match config.tls.termination {
+        TlsTermination::Corral => "https",
+        TlsTermination::External => "http",
+    };
+    format!("{scheme}://127.0.0.1:{}/healthz", config.https_port)
 }
 
 /// The checksum of the CA in `dir` (or in `store`), without creating anything.

@@ -50,6 +50,8 @@ pub enum ClientError {
     CaCertificate(rustls::Error),
     #[error("no CA certificate in the PEM")]
     NoCa,
+    #[error("no system root certificates ({0}): install ca-certificates, or set SSL_CERT_FILE")]
+    NoSystemRoots(String),
     #[error("{0}")]
     Tls(#[from] rustls::Error),
 }
@@ -65,19 +67,32 @@ pub enum HealthError {
     Unhealthy { url: String, status: StatusCode },
 }
 
-/// `corral healthcheck`: a GET of `url` without verifying the certificate (the check runs beside
-/// the server), successful when the answer is.
+/// `corral healthcheck`: a GET of `url` (`https://`, without verifying the certificate: the check
+/// runs beside the server; or `http://`, behind a proxy that terminates TLS), successful when the
+/// answer is.
 pub async fn healthcheck(url: &str) -> Result<(), HealthError> {
     let parsed = url::Url::parse(url).map_err(|e| HealthError::InvalidUrl(url.into(), e))?;
-    let base = format!(
-        "https://{}",
-        &parsed[url::Position::BeforeHost..url::Position::AfterPort]
-    );
-    let target = Target::parse(&base)?;
-    let insecure = tls_insecure(&[b"http/1.1"]);
-    let (status, _) = target
-        .request(insecure, "GET", parsed.path(), &[], None)
-        .await?;
+    let authority = &parsed[url::Position::BeforeHost..url::Position::AfterPort];
+    let target = Target::parse(&format!("https://{authority}"))?;
+    let status = match parsed.scheme() {
+        "http" => {
+            let port = parsed.port_or_known_default().unwrap_or(80);
+            let target = Target { port, ..target };
+            tokio::time::timeout(REQUEST_TIMEOUT, plain_get(&target, parsed.path()))
+                .await
+                .map_err(|_| ClientError::Timeout {
+                    method: "GET".into(),
+                    path: parsed.path().into(),
+                })??
+        }
+        _ => {
+            let insecure = tls_insecure(&[b"http/1.1"]);
+            let (status, _) = target
+                .request(insecure, "GET", parsed.path(), &[], None)
+                .await?;
+            status
+        }
+    };
     match status.is_success() {
         true => Ok(()),
         false => Err(HealthError::Unhealthy {
@@ -85,6 +100,24 @@ pub async fn healthcheck(url: &str) -> Result<(), HealthError> {
             status,
         }),
     }
+}
+
+/// One plain-HTTP GET of `path` on `target`; its status.
+async fn plain_get(target: &Target, path: &str) -> Result<StatusCode, ClientError> {
+    let authority = target.authority();
+    let tcp = TcpStream::connect(&authority)
+        .await
+        .map_err(|source| ConnectError::Tcp {
+            authority: authority.clone(),
+            source,
+        })?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .uri(path)
+        .header(hyper::header::HOST, authority)
+        .body(Full::new(Bytes::new()))?;
+    Ok(sender.send_request(request).await?.status())
 }
 
 /// A parsed `https://host[:port]` base URL.
@@ -342,6 +375,28 @@ pub fn tls_verified_by(
 /// The signature algorithms corral's TLS clients verify with.
 pub fn signature_algorithms() -> rustls::crypto::WebPkiSupportedAlgorithms {
     provider().signature_verification_algorithms
+}
+
+/// TLS trusting the system's roots (the platform's store; `SSL_CERT_FILE` and `SSL_CERT_DIR` when
+/// set), as a Go client without a CA of its own does.
+pub fn tls_system(alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, ClientError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(ClientError::NoSystemRoots(
+            found
+                .errors
+                .first()
+                .map_or_else(|| "none found".to_string(), |e| e.to_string()),
+        ));
+    }
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
 }
 
 /// TLS trusting only the certificates in `pem`.

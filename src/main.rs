@@ -39,15 +39,16 @@ enum Command {
     Agent(corral::agent::AgentArgs),
     /// Print a kubeconfig for a cluster, reached through corral's cluster proxy.
     Kubeconfig(corral::kubeconfig::KubeconfigArgs),
-    /// Exit 0 when the server answers its health check (for a container's HEALTHCHECK).
+    /// Exit 0 when the server answers its health check (for a container's HEALTHCHECK). It reads
+    /// the server's own settings (file, environment, flags) for where that is.
     Healthcheck {
-        /// The health endpoint; the certificate is not verified (the check runs beside the server).
-        #[arg(
-            long,
-            default_value = "https://127.0.0.1:8443/healthz",
-            value_name = "URL"
-        )]
-        url: String,
+        /// The health endpoint, http:// or https:// (the certificate is not verified: the check runs
+        /// beside the server) [default: /healthz on 127.0.0.1 at the configured HTTPS port, over
+        /// plain HTTP with --tls external].
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        #[command(flatten)]
+        serve: Box<ServeArgs>,
     },
     /// Set and print a new password for the admin user (its login tokens stop working); a running
     /// server takes it at once.
@@ -67,14 +68,10 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CaCommand {
-    /// Print the CA checksum agents verify (CATTLE_CA_CHECKSUM).
-    Checksum {
-        /// Data directory holding the CA.
-        #[arg(long, env = "CORRAL_DATA_DIR", value_name = "DIR")]
-        data_dir: Option<PathBuf>,
-        #[command(flatten)]
-        store: StoreFlags,
-    },
+    /// Print the checksum of what /cacerts serves, which agents verify (CATTLE_CA_CHECKSUM): the
+    /// server's settings (file, environment, flags) decide what that is, as for `corral serve`.
+    /// Nothing is printed when /cacerts is empty (a certificate from a public CA).
+    Checksum(Box<ServeArgs>),
 }
 
 fn main() -> ExitCode {
@@ -92,36 +89,49 @@ fn main() -> ExitCode {
         Command::Agent(args) => agent(args),
         Command::Kubeconfig(args) => kubeconfig(args),
         Command::ResetPassword { data_dir, store } => reset_password(data_dir, store),
-        Command::Healthcheck { url } => healthcheck(&url),
+        Command::Healthcheck { url, serve } => healthcheck(url, *serve),
         Command::Bench { command } => bench(command),
         Command::Ca {
-            command: CaCommand::Checksum { data_dir, store },
-        } => {
-            let dir = match data_dir.map_or_else(default_data_dir, Ok) {
-                Ok(dir) => dir,
-                Err(e) => return fail(2, e),
-            };
-            let store = match store.resolve() {
-                Ok(store) => store,
-                Err(e) => return fail(2, e),
-            };
-            match corral::app::stored_checksum(&DataDir::existing(&dir), store.as_ref()) {
-                Ok(sum) => {
-                    println!("{sum}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(1, e),
-            }
-        }
+            command: CaCommand::Checksum(serve),
+        } => ca_checksum(*serve),
     }
 }
 
-fn healthcheck(url: &str) -> ExitCode {
+fn ca_checksum(serve: ServeArgs) -> ExitCode {
+    let config = match Config::resolve(serve) {
+        Ok(config) => config,
+        Err(e) => return fail(2, e),
+    };
+    match corral::app::served_checksum(&config) {
+        Ok(Some(sum)) => {
+            println!("{sum}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            eprintln!(
+                "corral: /cacerts is empty with these settings (a certificate from a public CA, \
+                 ACME, or a proxy without --cacerts): agents verify the server with their system \
+                 roots, and take no checksum"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, e),
+    }
+}
+
+fn healthcheck(url: Option<String>, serve: ServeArgs) -> ExitCode {
+    let url = match url {
+        Some(url) => url,
+        None => match Config::resolve(serve) {
+            Ok(config) => corral::app::health_url(&config),
+            Err(e) => return fail(2, e),
+        },
+    };
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    match runtime.block_on(corral::client::healthcheck(url)) {
+    match runtime.block_on(corral::client::healthcheck(&url)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ corral::client::HealthError::InvalidUrl(..)) => fail(2, e),
         Err(e) => fail(1, e),

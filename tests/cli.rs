@@ -379,12 +379,23 @@ fn the_readme_walkthrough_runs_as_written() {
     );
 }
 
-/// Every flag each command has (from its --help) appears in the README's usage synopsis for it.
+/// Every flag each command has (from its --help) appears in the README's usage synopsis for it; a
+/// command that reads the server's settings may say so (`[flags of corral serve]`) instead of
+/// listing those.
 #[test]
 fn the_usage_synopses_list_every_flag() {
     let text = readme();
     let usage = &text[text.find("## Usage").unwrap()..];
     let usage = &usage[..usage[3..].find("\n## ").map_or(usage.len(), |i| i + 3)];
+    let flags_of = |help: &str| -> Vec<String> {
+        help.lines()
+            .filter_map(|l| l.trim_start().strip_prefix("--"))
+            .filter_map(|l| l.split([' ', '<', '=']).next())
+            .filter(|f| !["help", "version"].contains(f))
+            .map(str::to_string)
+            .collect()
+    };
+    let serve_flags = flags_of(&run_corral(&["serve", "--help"], &[]).1);
     for command in [
         &["serve"][..],
         &["agent"],
@@ -396,12 +407,7 @@ fn the_usage_synopses_list_every_flag() {
         &["bench", "tunnel"],
     ] {
         let (_, help, _) = run_corral(&[command, &["--help"]].concat(), &[]);
-        let flags: Vec<&str> = help
-            .lines()
-            .filter_map(|l| l.trim_start().strip_prefix("--"))
-            .filter_map(|l| l.split([' ', '<', '=']).next())
-            .filter(|f| !["help", "version"].contains(f))
-            .collect();
+        let flags = flags_of(&help);
         assert!(!flags.is_empty(), "{command:?}: {help}");
         // The synopsis: the line that starts with the command and its continuation lines.
         let head = format!("corral {}", command.join(" "));
@@ -414,7 +420,11 @@ fn the_usage_synopses_list_every_flag() {
             }
         }
         assert!(!synopsis.is_empty(), "no synopsis for {head}");
+        let takes_serves = synopsis.contains("[flags of corral serve]") && command != ["serve"];
         for flag in flags {
+            if takes_serves && serve_flags.contains(&flag) {
+                continue;
+            }
             assert!(
                 synopsis.contains(&format!("--{flag}")),
                 "{head}: --{flag} is missing from the README's synopsis"
@@ -424,16 +434,33 @@ fn the_usage_synopses_list_every_flag() {
 }
 
 /// `corral healthcheck` (the image's HEALTHCHECK): 0 against a running corral, 1 against nothing.
+/// Without --url it checks where the server's own settings (here its environment) put it: the
+/// HTTPS port, or plain HTTP there behind a proxy that terminates TLS (`--tls external`).
 #[tokio::test]
 async fn healthcheck_answers_for_the_container() {
     let corral = Corral::start(&[]);
     let url = format!("https://127.0.0.1:{}/healthz", corral.https_port);
     let (code, _, stderr) = run_corral(&["healthcheck", "--url", &url], &[]);
     assert_eq!(code, Some(0), "{stderr}");
+    let port = corral.https_port.to_string();
+    let (code, _, stderr) = run_corral(&["healthcheck"], &[("CORRAL_HTTPS_PORT", &port)]);
+    assert_eq!(code, Some(0), "{stderr}");
     let closed = format!("https://127.0.0.1:{}/healthz", common::free_port());
     let (code, _, stderr) = run_corral(&["healthcheck", "--url", &closed], &[]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("cannot connect"), "{stderr}");
+
+    let external = Corral::start(&["--tls", "external"]);
+    let port = external.https_port.to_string();
+    let env = [
+        ("CORRAL_HTTPS_PORT", port.as_str()),
+        ("CORRAL_TLS", "external"),
+    ];
+    let (code, _, stderr) = run_corral(&["healthcheck"], &env);
+    assert_eq!(code, Some(0), "{stderr}");
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let (code, _, stderr) = run_corral(&["healthcheck", "--url", &url], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
 }
 
 /// The container image (not built here: no Docker engine on these machines) is built with the Rust
@@ -469,8 +496,11 @@ fn the_container_image_is_pinned_unprivileged_and_checked() {
         .find_map(|l| l.strip_prefix("USER "))
         .expect("a USER");
     assert_ne!(user.trim(), "root");
+    // The health check follows the server's settings: both are given by the environment.
     assert!(
-        dockerfile.contains(r#"CMD ["corral", "healthcheck""#),
+        dockerfile.contains(r#"CMD ["corral", "healthcheck"]"#)
+            && dockerfile.contains(r#"CMD ["serve"]"#)
+            && dockerfile.contains("CORRAL_HTTPS_PORT=443"),
         "{dockerfile}"
     );
     let ignore = std::fs::read_to_string(format!("{root}/.dockerignore")).unwrap();

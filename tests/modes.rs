@@ -190,7 +190,18 @@ async fn the_rancher_layout_and_no_cacerts() {
     .await
     .unwrap();
     assert_eq!(handshake.leaf(), &der_of(&leaf.cert));
-    assert_eq!(corral.cacerts().await, format!("{}\n", pki.ca_pem.trim()));
+    let served = corral.cacerts().await;
+    assert_eq!(served, format!("{}\n", pki.ca_pem.trim()));
+    // `corral ca checksum` with the server's settings prints the checksum of what /cacerts serves
+    // (the brought CA), not of corral's own CA.
+    let data_dir = corral.data_dir.display().to_string();
+    let checksum = |extra: &[&str]| {
+        let args = [&["ca", "checksum", "--data-dir", &data_dir][..], extra].concat();
+        run_corral(&args, &[])
+    };
+    let (code, stdout, stderr) = checksum(&["--ssl-dir", &ssl.arg("")]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout.trim(), common::sha256_hex(served.as_bytes()));
     drop(corral);
 
     // A certificate from a CA clients trust: --no-cacerts, and /cacerts is empty (200, no body).
@@ -203,6 +214,57 @@ async fn the_rancher_layout_and_no_cacerts() {
     let value: serde_json::Value = serde_json::from_str(&setting.body).unwrap();
     assert_eq!(value["value"], "");
     assert!(corral.logged("/cacerts is empty"), "{:?}", corral.logs());
+    let (code, stdout, stderr) = checksum(&["--ssl-dir", &public.arg(""), "--no-cacerts"]);
+    assert_eq!((code, stdout.as_str()), (Some(0), ""), "{stderr}");
+    assert!(stderr.contains("/cacerts is empty"), "{stderr}");
+}
+
+/// A server with a certificate from a CA the system trusts (no /cacerts): `corral agent` without
+/// --ca-checksum verifies it with the system roots, as Rancher's agent does — here the test CA,
+/// given as SSL_CERT_FILE. Without that CA among the roots, the agent refuses the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_checksum_the_agent_trusts_the_system_roots() {
+    let pki = TestPki::new("public-ca");
+    let leaf = pki.issue(&["127.0.0.1", "localhost"]);
+    let public = SslDir::new(&leaf, None);
+    let data = tempfile::tempdir().unwrap();
+    let ssl_dir = public.arg("");
+    let corral = Lab::corral(
+        &data.path().join("d"),
+        &["--ssl-dir", &ssl_dir, "--no-cacerts"],
+    );
+    let addr = corral.https("127.0.0.1");
+    let lab = Lab::setup(corral, addr).await;
+    let (_roots_dir, roots) = write_temp(&pki.ca_pem);
+    let agent = |roots: &Path| {
+        Command::new(common::corral_bin())
+            .args(["agent", "--simulate", "--server", &lab.server()])
+            .args(["--token", &lab.registration])
+            .env_remove("CATTLE_CA_CHECKSUM")
+            .env("SSL_CERT_FILE", roots)
+            .env("SSL_CERT_DIR", "/nonexistent")
+            .env("CORRAL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut trusted = agent(&roots);
+    lab.wait_connected(true).await;
+    let version = lab.proxied("/version").await;
+    assert_eq!(version.status, 200, "{}", version.body);
+    let _ = trusted.kill();
+    let _ = trusted.wait();
+
+    let (_other_dir, other_roots) = write_temp(&TestPki::new("another-ca").ca_pem);
+    let refused = agent(&other_roots).wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{logs}");
+    assert!(
+        logs.contains("UnknownIssuer") || logs.contains("unknown issuer"),
+        "{logs}"
+    );
 }
 
 /// `corral serve` with `args` that must not start; its exit code and stderr.

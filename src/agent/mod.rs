@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::client::{ClientError, ConnectError, Target, tls_insecure, tls_trusting};
+use crate::client::{ClientError, ConnectError, Target, tls_insecure, tls_system, tls_trusting};
 use crate::clusters::{ClusterParams, CustomConfig, NodeParams};
 use crate::secrets::{TOKEN_LENGTH, random_token};
 use crate::tunnel::session::{Connector, Serving, SessionError};
@@ -97,9 +97,12 @@ pub struct AgentArgs {
         hide_env_values = true
     )]
     pub token: Vec<String>,
-    /// Expected CA checksum: lower-case hex SHA-256 of the server's CA (CATTLE_CA_CHECKSUM).
+    /// Expected CA checksum: lower-case hex SHA-256 of the server's CA (CATTLE_CA_CHECKSUM). Without
+    /// it (or empty), the server's certificate is verified with the system's roots
+    /// (SSL_CERT_FILE, SSL_CERT_DIR), as Rancher's agent does: for a server with a public or ACME
+    /// certificate.
     #[arg(long, env = "CATTLE_CA_CHECKSUM", value_name = "HEX")]
-    pub ca_checksum: String,
+    pub ca_checksum: Option<String>,
     /// The cluster API address the server should reach through the tunnel [default: 127.0.0.1:6443,
     /// or 10.43.0.1:443 with --simulate].
     #[arg(long, value_name = "HOST:PORT")]
@@ -160,38 +163,20 @@ pub async fn prepare(args: &AgentArgs) -> Result<PreparedAgent, AgentError> {
             status,
         });
     }
-    let (status, body_json) = target
-        .request(
-            insecure,
-            "GET",
-            "/v3/settings/cacerts",
-            &[("accept", "application/json")],
-            None,
-        )
-        .await?;
-    if !status.is_success() {
-        return Err(AgentError::Answered {
-            url: format!("{}/v3/settings/cacerts", args.server),
-            status,
-        });
-    }
-    let value = serde_json::from_slice::<serde_json::Value>(&body_json)
-        .ok()
-        .and_then(|v| v["value"].as_str().map(str::to_string))
-        .unwrap_or_default();
-    if value.is_empty() {
-        return Err(AgentError::NoCa(args.server.clone()));
-    }
-    // `jq -r .value` prints the value and a newline; that is what agents hash.
-    let pem = format!("{value}\n");
-    let actual = hex::encode(Sha256::digest(pem.as_bytes()));
-    if actual != args.ca_checksum.trim().to_ascii_lowercase() {
-        return Err(AgentError::ChecksumMismatch {
-            actual,
-            given: args.ca_checksum.clone(),
-        });
-    }
-    let tls = tls_trusting(pem.as_bytes(), &[b"http/1.1"])?;
+    let checksum = args
+        .ca_checksum
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
+    let tls = match checksum {
+        Some(given) => tls_from_checked_cacerts(args, &target, insecure, given).await?,
+        None => {
+            tracing::info!(
+                "no --ca-checksum: the server's certificate is verified with the system's roots, as Rancher's agent does"
+            );
+            tls_system(&[b"http/1.1"])?
+        }
+    };
     // Like the Go agent's first verified request: a server whose certificate this CA did not sign
     // is refused here, before any tunnel.
     match target.handshake(tls.clone()).await {
@@ -232,6 +217,48 @@ pub async fn prepare(args: &AgentArgs) -> Result<PreparedAgent, AgentError> {
         tls,
         clusters,
     })
+}
+
+/// Fetches the server's `cacerts` without verification, refuses to go on unless its checksum is
+/// `given` (Rancher's agent's texts), and trusts it alone from then on.
+async fn tls_from_checked_cacerts(
+    args: &AgentArgs,
+    target: &Target,
+    insecure: Arc<ClientConfig>,
+    given: &str,
+) -> Result<Arc<ClientConfig>, AgentError> {
+    let (status, body_json) = target
+        .request(
+            insecure,
+            "GET",
+            "/v3/settings/cacerts",
+            &[("accept", "application/json")],
+            None,
+        )
+        .await?;
+    if !status.is_success() {
+        return Err(AgentError::Answered {
+            url: format!("{}/v3/settings/cacerts", args.server),
+            status,
+        });
+    }
+    let value = serde_json::from_slice::<serde_json::Value>(&body_json)
+        .ok()
+        .and_then(|v| v["value"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    if value.is_empty() {
+        return Err(AgentError::NoCa(args.server.clone()));
+    }
+    // `jq -r .value` prints the value and a newline; that is what agents hash.
+    let pem = format!("{value}\n");
+    let actual = hex::encode(Sha256::digest(pem.as_bytes()));
+    if actual != given.to_ascii_lowercase() {
+        return Err(AgentError::ChecksumMismatch {
+            actual,
+            given: given.to_string(),
+        });
+    }
+    Ok(tls_trusting(pem.as_bytes(), &[b"http/1.1"])?)
 }
 
 /// The params and connector every agent of a real (or plain-HTTP) cluster API shares.
