@@ -1161,6 +1161,18 @@ async fn node_agents_are_listed_and_reach_what_their_node_reaches() {
     let unknown = format!("/v3/nodes/{}:m-000000000000/proxy/{web}/", lab.cluster);
     let missing = request(lab.addr, "GET", &unknown, &[&lab.auth()], None).await;
     assert_eq!(missing.status, 404, "{}", missing.body);
+    // A dial the node agent cannot make: the 502 says why, in Go's words, as the cluster proxy's.
+    let closed = common::free_port();
+    let unreachable = format!("/v3/nodes/{id}/proxy/127.0.0.1:{closed}/");
+    let refused = request(lab.addr, "GET", &unreachable, &[&lab.auth()], None).await;
+    assert_eq!(refused.status, 502, "{}", refused.body);
+    assert!(
+        refused.body.contains(&format!(
+            "dial tcp 127.0.0.1:{closed}: connect: connection refused"
+        )),
+        "{}",
+        refused.body
+    );
 
     agent.kill();
     node_state("unavailable").await;

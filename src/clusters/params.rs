@@ -46,11 +46,14 @@ pub struct CustomConfig {
 /// The longest hostname or address a node may advertise (a DNS name's limit); what is kept of a
 /// node is bounded, whoever holds a registration token.
 const MAX_NODE_FIELD: usize = 253;
-/// The most roles a node may advertise.
+/// The most roles a node may advertise, and the longest role.
 const MAX_ROLES: usize = 8;
+const MAX_ROLE: usize = 32;
 
 impl NodeParams {
-    fn check_lengths(&self) -> Result<(), ParamsError> {
+    /// What is kept of a node is bounded and printable: its names end up in logs, in the API and in
+    /// the node's id, whoever holds a registration token.
+    fn check_fields(&self) -> Result<(), ParamsError> {
         let custom = self.custom_config.clone().unwrap_or_default();
         let fields = [
             ("hostname", &self.requested_hostname),
@@ -61,9 +64,20 @@ impl NodeParams {
             if value.len() > MAX_NODE_FIELD {
                 return Err(ParamsError::TooLong(name, MAX_NODE_FIELD));
             }
+            if value.chars().any(char::is_control) {
+                return Err(ParamsError::Control(name));
+            }
         }
-        if custom.roles.len() > MAX_ROLES || custom.roles.iter().any(|r| r.len() > 32) {
-            return Err(ParamsError::TooLong("roles", MAX_ROLES));
+        if custom.roles.len() > MAX_ROLES {
+            return Err(ParamsError::TooMany("roles", MAX_ROLES));
+        }
+        for role in &custom.roles {
+            if role.len() > MAX_ROLE {
+                return Err(ParamsError::TooLong("role", MAX_ROLE));
+            }
+            if role.chars().any(char::is_control) {
+                return Err(ParamsError::Control("role"));
+            }
         }
         Ok(())
     }
@@ -105,6 +119,10 @@ pub enum ParamsError {
     Empty(&'static str),
     #[error("invalid input, {0} longer than {1}")]
     TooLong(&'static str, usize),
+    #[error("invalid input, more than {1} {0}")]
+    TooMany(&'static str, usize),
+    #[error("invalid input, {0} contains a control character")]
+    Control(&'static str),
 }
 
 impl AgentParams {
@@ -122,7 +140,7 @@ impl AgentParams {
                 if node.requested_hostname.trim().is_empty() {
                     return Err(ParamsError::Empty("hostname"));
                 }
-                node.check_lengths()?;
+                node.check_fields()?;
                 Ok(Self::Node(node))
             }
             (None, Some(cluster)) => cluster.checked().map(Self::Cluster),
@@ -199,6 +217,32 @@ mod tests {
         assert_eq!(
             refused.to_string(),
             "invalid input, hostname longer than 253"
+        );
+        let refused = |json: &str| {
+            AgentParams::from_header(&encode(json))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            refused(r#"{"node":{"requestedHostname":"a\u0000b"}}"#),
+            "invalid input, hostname contains a control character"
+        );
+        assert_eq!(
+            refused(r#"{"node":{"requestedHostname":"a\nb"}}"#),
+            "invalid input, hostname contains a control character"
+        );
+        let role = "r".repeat(33);
+        assert_eq!(
+            refused(&format!(
+                r#"{{"node":{{"requestedHostname":"w","customConfig":{{"roles":["{role}"]}}}}}}"#
+            )),
+            "invalid input, role longer than 32"
+        );
+        assert_eq!(
+            refused(
+                r#"{"node":{"requestedHostname":"w","customConfig":{"roles":["a","b","c","d","e","f","g","h","i"]}}}"#
+            ),
+            "invalid input, more than 8 roles"
         );
         let bad = AgentParams::from_header("%%%").unwrap_err().to_string();
         assert!(bad.starts_with("illegal base64 data"), "{bad}");

@@ -210,8 +210,14 @@ async fn exchange<IO>(
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let bad_gateway = |e: &dyn std::fmt::Display| {
-        error(StatusCode::BAD_GATEWAY, &format!("{}: {e}", upstream.what))
+    // hyper says "connection error"; what went wrong is further down (a failed dial through the
+    // tunnel arrives as the stream's error, in Go's words): that is what the caller sees.
+    let bad_gateway = |e: &hyper::Error| {
+        let cause = root_cause(e);
+        error(
+            StatusCode::BAD_GATEWAY,
+            &format!("{}: {cause}", upstream.what),
+        )
     };
     let (mut sender, connection) =
         match hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io)).await {
@@ -271,10 +277,9 @@ fn outgoing_request(
         .keys()
         .filter(|k| {
             let name = k.as_str();
-            name.starts_with("impersonate-")
-                || name == "x-remote-user"
-                || name == "x-remote-group"
-                || name.starts_with("x-remote-extra-")
+            // Every X-Remote-* (an authenticating proxy's user, groups, uid, extras, and whatever
+            // a front proxy may add next), every Impersonate-*.
+            name.starts_with("impersonate-") || name.starts_with("x-remote-")
         })
         .cloned()
         .collect();
@@ -345,6 +350,15 @@ async fn tls_to_target(
         })
 }
 
+/// The innermost error under `error` (its own text when it has no source).
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(source) = current.source() {
+        current = source;
+    }
+    current.to_string()
+}
+
 fn error(status: StatusCode, text: &str) -> Response<Body> {
     super::text_response(status, "text/plain; charset=utf-8", format!("{text}\n"))
 }
@@ -363,6 +377,8 @@ mod tests {
             .header("x-remote-user", "admin")
             .header("x-remote-group", "system:masters")
             .header("x-remote-extra-scopes", "all")
+            .header("x-remote-uid", "0")
+            .header("X-Remote-Anything", "else")
             .header("impersonate-user", "admin")
             .header("authorization", "Bearer caller")
             .header("accept", "application/json")
