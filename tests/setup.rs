@@ -568,15 +568,47 @@ async fn a_browser_completes_setup_through_the_page() {
             .await
     );
 
-    // A mistake is shown inline.
+    // A mistake is shown where the eye is (inside the 1280×900 window), in the page's words.
+    let error_in_view = "const box = document.getElementById('error'); \
+        const r = box.getBoundingClientRect(); \
+        return r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight";
+    browser.type_into("#new-password", "short").await;
+    browser.click("#submit").await;
+    assert!(
+        browser
+            .wait_until(error_in_view, Duration::from_secs(10))
+            .await
+    );
+    let shown = browser.property("#error", "textContent").await;
+    assert_eq!(shown, "The new password must be at least 12 characters.");
     browser
         .type_into("#current", "wrong-bootstrap-password")
         .await;
     browser.type_into("#new-password", NEW_PASSWORD).await;
     browser.type_into("#confirm-password", NEW_PASSWORD).await;
+    browser.eval("window.scrollTo(0, 0); return true").await;
     browser.click("#submit").await;
-    assert!(browser.wait_until("return document.getElementById('error').textContent.includes('authentication failed')", Duration::from_secs(20)).await,
+    assert!(browser.wait_until("return document.getElementById('error').textContent.includes('not the bootstrap password')", Duration::from_secs(20)).await,
         "{}", browser.page_text().await);
+    assert!(
+        browser
+            .wait_until(error_in_view, Duration::from_secs(5))
+            .await,
+        "the error is out of sight"
+    );
+    let shown = browser.property("#error", "textContent").await;
+    assert!(
+        !shown
+            .as_str()
+            .unwrap_or_default()
+            .contains("authentication failed"),
+        "the server's raw text: {shown}"
+    );
+    assert_eq!(
+        browser.eval("return document.activeElement.id").await,
+        "current",
+        "the cursor is in the field to fix"
+    );
     browser.screenshot("setup-2-error").await;
 
     browser.type_into("#current", &password).await;
