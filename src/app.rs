@@ -214,6 +214,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         replicas,
         agent_wait: config.agent_wait,
         https_port,
+        access_log: config.access_log,
     }))
     .with_shutdown(shutdown.clone());
     let tls = match config.tls.termination {

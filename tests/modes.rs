@@ -435,7 +435,7 @@ http {{
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("nginx is installed (.ci/run installs it)");
+            .expect("nginx is installed (.ci/test installs it)");
         let nginx = Nginx {
             child,
             port,

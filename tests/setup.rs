@@ -1041,3 +1041,77 @@ async fn reset_password_takes_effect_on_a_running_server() {
         "{stderr}"
     );
 }
+
+/// `--access-log`: a line per request — method, path, status, duration, client, user — and no
+/// secret: not the password, the token, a `?setup=` password or a registration token in a path.
+/// Off by default.
+#[tokio::test]
+async fn the_access_log_tells_who_did_what_and_no_secret() {
+    let password = "access-log-bootstrap";
+    let tmp = tempfile::tempdir().unwrap();
+    let env = [("CATTLE_BOOTSTRAP_PASSWORD", password)];
+    let corral = Corral::start_in(&tmp.path().join("d"), &["--access-log"], &env).unwrap();
+    let addr = corral.https("127.0.0.1");
+    let token = token(addr, password).await;
+    let auth = bearer(&token);
+    let created = request(
+        addr,
+        "POST",
+        "/v3/clusters",
+        &[&auth],
+        Some(r#"{"name":"a"}"#),
+    )
+    .await;
+    let cluster = json(&created)["id"].as_str().unwrap().to_string();
+    let body = serde_json::json!({ "clusterId": cluster }).to_string();
+    let registration = request(
+        addr,
+        "POST",
+        "/v3/clusterregistrationtokens",
+        &[&auth],
+        Some(&body),
+    )
+    .await;
+    let registration = json(&registration)["token"].as_str().unwrap().to_string();
+    let import = format!("/v3/import/{registration}_{cluster}.yaml");
+    assert_eq!(request(addr, "GET", &import, &[], None).await.status, 200);
+    request(
+        addr,
+        "GET",
+        &format!("/dashboard/?setup={password}"),
+        &[],
+        None,
+    )
+    .await;
+    request(addr, "GET", "/v3/settings/server-url", &[&auth], None).await;
+
+    let logs = corral.logs().join("\n");
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("corral::access"))
+        .collect();
+    let has = |text: &str| lines.iter().any(|l| l.contains(text));
+    assert!(
+        has("POST /v3-public/localProviders/local?action=login 201")
+            && has("client=127.0.0.1 user=-"),
+        "{lines:#?}"
+    );
+    assert!(
+        has("GET /v3/settings/server-url 200") && has("user=admin"),
+        "{lines:#?}"
+    );
+    assert!(
+        has("GET /v3/import/… 200") && has("GET /dashboard/ 200"),
+        "{lines:#?}"
+    );
+    assert!(lines.iter().all(|l| l.contains("ms client=")), "{lines:#?}");
+    let secret = token.split_once(':').unwrap().1;
+    for leaked in [password, secret, registration.as_str()] {
+        assert!(!logs.contains(leaked), "{leaked} in the log");
+    }
+
+    let quiet = Corral::start(&[]);
+    let first_login = "/v3/settings/first-login";
+    request(quiet.https("127.0.0.1"), "GET", first_login, &[], None).await;
+    assert!(!quiet.logged("corral::access"), "off by default");
+}

@@ -187,6 +187,11 @@ pub struct ServeArgs {
     /// CA to trust for the ACME directory's HTTPS (a private ACME server) [default: system roots].
     #[arg(long, env = "CORRAL_ACME_CA_CERT", value_name = "FILE")]
     pub acme_ca_cert: Option<PathBuf>,
+    /// Log every request: method, path (no query but norman's action, no token), status, duration,
+    /// client and user, as Rancher's API audit log at level 1.
+    #[arg(long, env = "CORRAL_ACCESS_LOG")]
+    #[serde(default)]
+    pub access_log: bool,
 }
 
 impl ServeArgs {
@@ -342,6 +347,8 @@ pub struct Config {
     pub peer_token: Option<Secret>,
     /// Who terminates TLS, which certificate is served, what `/cacerts` says.
     pub tls: TlsSetup,
+    /// Whether each request is logged.
+    pub access_log: bool,
 }
 
 /// A secret that must not appear in logs or debug output.
@@ -449,6 +456,7 @@ impl Config {
                 .filter(|t| !t.is_empty())
                 .map(Secret),
             tls,
+            access_log: s.access_log,
         };
         config.validate()?;
         Ok(config)

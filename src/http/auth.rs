@@ -71,10 +71,14 @@ pub async fn rancher_headers(
 ) -> Response<Body> {
     let caller = presented_token(req.headers()).and_then(|t| state.accounts.authenticate(t));
     let authed = caller.is_some();
-    if let Some(caller) = caller {
-        req.extensions_mut().insert(caller);
+    if let Some(caller) = &caller {
+        req.extensions_mut().insert(caller.clone());
     }
     let mut response = next.run(req).await;
+    // Who it was, for the access log around this layer.
+    if let Some(caller) = caller {
+        response.extensions_mut().insert(caller);
+    }
     let headers = response.headers_mut();
     let auth = if authed { "true" } else { "false" };
     headers.insert("x-api-cattle-auth", HeaderValue::from_static(auth));

@@ -1,6 +1,7 @@
 //! HTTP: Rancher's endpoints, one file each, behind Rancher's common response headers; and the plain
 //! HTTP port's redirect rules in front of them.
 
+mod access_log;
 mod acme_challenge;
 mod auth;
 mod cacerts;
@@ -76,6 +77,8 @@ pub struct AppState {
     pub agent_wait: Duration,
     /// The HTTPS port bound: where the HTTP port sends clients that reached corral's own HTTP port.
     pub https_port: u16,
+    /// Whether each request is logged (`--access-log`).
+    pub access_log: bool,
 }
 
 /// How many tunnels (agents' and peers') this server holds.
@@ -162,6 +165,10 @@ impl HttpApp {
             .layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 auth::rancher_headers,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                access_log::log_requests,
             ))
             .with_state(state);
         Self {

@@ -44,7 +44,7 @@ impl Pebble {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .expect("pebble is installed (.ci/run installs it)")
+                .expect("pebble is installed (.ci/test installs it)")
         };
         let dns_server = quiet(Command::new("pebble-challtestsrv").args([
             "-defaultIPv4",

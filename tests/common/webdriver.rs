@@ -31,7 +31,7 @@ impl Browser {
                     .unwrap()
                     .status
                     .success(),
-                "{tool} is missing: apt-get install chromium chromium-driver libnss3-tools (.ci/run does)"
+                "{tool} is missing: apt-get install chromium chromium-driver libnss3-tools (.ci/test does)"
             );
         }
         let home = tempfile::tempdir().unwrap();
