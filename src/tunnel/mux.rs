@@ -10,11 +10,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::buffer::{Closed, StreamShared};
+use super::buffer::{Closed, StreamShared, Tempo};
 use super::codec::MessageType;
 
-/// Outgoing messages queued per session before writers wait.
-const OUTGOING_QUEUE: usize = 64;
+/// Outgoing messages queued per session before writers wait: enough to keep the socket busy, few
+/// enough that a Pause from the peer stops what we send within about a window (a message is at
+/// most 64 KiB).
+const OUTGOING_QUEUE: usize = 16;
 
 /// What a session's writer drains: data and errors in order on a bounded queue (so writers wait
 /// for room), and Pause/Resume on an unbounded one, enqueued under the stream's lock so they reach
@@ -26,6 +28,10 @@ pub struct Outgoing {
 }
 
 pub struct Mux {
+    /// The tunnel's round trip, for the streams' flow control.
+    pub tempo: Tempo,
+    /// A Pause or Resume was queued since the session's reader last looked.
+    flow_queued: std::sync::atomic::AtomicBool,
     out: mpsc::Sender<Bytes>,
     flow: mpsc::UnboundedSender<Bytes>,
     streams: Mutex<HashMap<i64, Arc<StreamShared>>>,
@@ -39,6 +45,8 @@ impl Mux {
         let (out, data) = mpsc::channel(OUTGOING_QUEUE);
         let (flow, flow_rx) = mpsc::unbounded_channel();
         let mux = Self {
+            tempo: Tempo::default(),
+            flow_queued: std::sync::atomic::AtomicBool::new(false),
             out,
             flow,
             streams: Mutex::new(HashMap::new()),
@@ -97,6 +105,13 @@ impl Mux {
     /// Queues a Pause or Resume. Callers hold the stream's lock, which orders them (see [`Outgoing`]).
     pub fn send_flow(&self, conn_id: i64, kind: MessageType) {
         let _ = self.flow.send(self.message(conn_id, kind, &[]));
+        self.flow_queued.store(true, Ordering::Release);
+    }
+
+    /// Whether a Pause or Resume was queued since the last call: the session's reader then lets
+    /// its writer send it before reading on (a Pause sent late lets more Data in).
+    pub fn take_flow_queued(&self) -> bool {
+        self.flow_queued.swap(false, Ordering::AcqRel)
     }
 
     /// A new stream in the table.

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use super::buffer::Closed;
+use super::buffer::{Closed, LateAnswer};
 use super::codec::{Message, MessageType, decode_sync, encode_sync};
 pub use super::connection::SessionError;
 use super::connection::{self, CLOSE_TIMEOUT, Incoming};
@@ -240,6 +240,10 @@ impl Session {
             mut flow,
         } = outgoing;
         let client = self.role == Role::Client;
+        // When our last ping went: its pong gives the tunnel's round trip (for flow control). Both
+        // ends ping: a server's pings are answered by any WebSocket peer, and only a client's keep
+        // the session alive (remotedialer's rule).
+        let ping_sent = std::sync::Mutex::new(None::<Instant>);
         let writing = async {
             let mut ping = tokio::time::interval(PING_INTERVAL);
             let mut sync = tokio::time::interval_at(Instant::now() + SYNC_INTERVAL, SYNC_INTERVAL);
@@ -255,7 +259,7 @@ impl Session {
                         return Ok(());
                     }
                     Some(bytes) = flow.recv() => Some(bytes),
-                    _ = ping.tick(), if client => None,
+                    _ = ping.tick() => None,
                     _ = sync.tick(), if client => Some(self.sync_message()),
                 };
                 // One deadline for the frame and whatever is batched with it: a peer that does not
@@ -263,7 +267,10 @@ impl Session {
                 let deadline = Instant::now() + WRITE_TIMEOUT;
                 match message {
                     Some(bytes) => writer.feed(bytes, deadline).await?,
-                    None => writer.ping(deadline).await?,
+                    None => {
+                        writer.ping(deadline).await?;
+                        *crate::support::lock(&ping_sent) = Some(Instant::now());
+                    }
                 }
                 // Batch whatever else is queued into the same flush: fewer TLS records and syscalls.
                 while let Ok(bytes) = flow.try_recv().or_else(|_| outgoing.try_recv()) {
@@ -289,11 +296,21 @@ impl Session {
                         tokio::time::timeout_at(deadline, self.dispatch(message))
                             .await
                             .map_err(|_| silent())??;
+                        if self.mux.take_flow_queued() {
+                            tokio::task::yield_now().await;
+                        }
                     }
                     Incoming::Ping if !client => deadline = Instant::now() + PING_WAIT,
-                    Incoming::Pong if client => deadline = Instant::now() + PING_WAIT,
+                    Incoming::Pong => {
+                        if let Some(sent) = crate::support::lock(&ping_sent).take() {
+                            self.mux.tempo.measured(sent.elapsed());
+                        }
+                        if client {
+                            deadline = Instant::now() + PING_WAIT;
+                        }
+                    }
                     Incoming::End => return Ok(()),
-                    Incoming::Ping | Incoming::Pong => {}
+                    Incoming::Ping => {}
                 }
             }
         };
@@ -354,9 +371,12 @@ impl Session {
             }
             MessageType::Pause | MessageType::Resume => {
                 if let Some(stream) = self.mux.get(conn_id) {
-                    stream.set_held(message.kind == MessageType::Pause, || {
-                        self.mux.send_flow(conn_id, MessageType::Resume)
-                    });
+                    let held = message.kind == MessageType::Pause;
+                    let late =
+                        stream.set_held(held, || self.mux.send_flow(conn_id, MessageType::Resume));
+                    if let Some(late) = late {
+                        self.answer_later(&stream, late);
+                    }
                 }
             }
             MessageType::AddClient | MessageType::RemoveClient => {
@@ -371,6 +391,23 @@ impl Session {
             _ => tracing::trace!("ignoring tunnel message type {:?}", message.kind),
         }
         Ok(())
+    }
+
+    /// Answers a hold the peer has not ended itself by `late.at`, if it is still on then (see
+    /// [`super::buffer`]): a task per such hold, gone with the stream or the session.
+    fn answer_later(&self, stream: &Arc<super::buffer::StreamShared>, late: LateAnswer) {
+        let (stream, mux) = (Arc::downgrade(stream), Arc::downgrade(&self.mux));
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep_until(late.at) => {}
+                _ = cancel.cancelled() => return,
+            }
+            if let (Some(stream), Some(mux)) = (stream.upgrade(), mux.upgrade()) {
+                let conn_id = stream.conn_id;
+                stream.answer_late(late, || mux.send_flow(conn_id, MessageType::Resume));
+            }
+        });
     }
 
     /// Client side: serves what the server asks for, if the connector allows it.
@@ -620,20 +657,25 @@ mod tests {
         assert!(after.is_err(), "a dial on an ended session fails at once");
     }
 
-    /// The peer's Resume, when it had paused us, is answered with one Resume (waking a Go writer its
-    /// own Resume left asleep). A Pause that arrives right after a Resume of ours may have crossed it
-    /// (a Go peer's one flag then no longer remembers it): held by it, with nothing of the peer's left
-    /// to read, the writer resumes itself after the nudge delay, doubling, at most MAX_NUDGES times
-    /// until the peer resumes it. Any other Pause holds it until the peer's Resume.
+    /// A Pause from a peer whose writer is busy is answered with Resume (waking a Go writer its own
+    /// Pause put to sleep) and holds our writes; after the probe delay a message's worth goes, twice
+    /// as much after each quiet of a few round trips, and past a window our writes go on. Paused
+    /// back after the probe: answered again, and the next probe waits twice as long. A Pause from an idle peer
+    /// waits for its own Resume, which is answered once; unanswered, it is answered after
+    /// `ANSWER_AFTER`. While we pause the peer (our buffer full) nothing is answered, and draining
+    /// our buffer sends the Resume and ends the hold.
     #[tokio::test(start_paused = true)]
-    async fn a_pause_that_may_have_crossed_our_resume_holds_only_until_a_nudge() {
-        use super::super::buffer::{MAX_NUDGES, NUDGE_AFTER};
+    async fn pauses_are_answered_as_the_peers_writer_needs() {
+        use super::super::buffer::{ANSWER_AFTER, MAX_BUFFER, PROBE_AFTER, QUIET_MAX};
         let (server, mut outgoing) = Session::new(Role::Server, "c-test", None);
         let mut stream = server.open_stream("tcp", "10.0.0.1:1").await.unwrap();
         let conn_id = stream.conn_id();
         let connect = outgoing.data.recv().await.unwrap();
         assert_eq!(Message::decode(connect).unwrap().kind, MessageType::Connect);
         let flow = |kind| Message::new(0, conn_id, kind, Bytes::new());
+        let data = |bytes: &'static [u8]| {
+            Message::new(0, conn_id, MessageType::Data, Bytes::from_static(bytes))
+        };
         let sent_flow = |outgoing: &mut Outgoing| {
             outgoing
                 .flow
@@ -641,41 +683,201 @@ mod tests {
                 .ok()
                 .map(|m| Message::decode(m).unwrap().kind)
         };
-        let hour = Duration::from_secs(3600);
+        let sent_data = |outgoing: &mut Outgoing| {
+            let mut count = 0;
+            while outgoing.data.try_recv().is_ok() {
+                count += 1;
+            }
+            count
+        };
+        let mut received = vec![0u8; 1];
 
-        // A Pause with no Resume of ours before it holds the writer, nudge delay or not.
+        // A busy peer's Pause: answered; the writer waits for the probe, which goes alone.
+        server.dispatch(data(b"a")).await.unwrap();
+        stream.read_exact(&mut received).await.unwrap();
         server.dispatch(flow(MessageType::Pause)).await.unwrap();
-        let held = tokio::time::timeout(hour, stream.write_all(b"x")).await;
-        assert!(held.is_err(), "held by the Pause");
-        server.dispatch(flow(MessageType::Resume)).await.unwrap();
         assert_eq!(
             sent_flow(&mut outgoing),
             Some(MessageType::Resume),
             "answered"
         );
-        server.dispatch(flow(MessageType::Resume)).await.unwrap();
-        assert_eq!(sent_flow(&mut outgoing), None, "a Resume is answered once");
-        stream.write_all(b"x").await.unwrap();
-
-        // Pauses right after a Resume of ours: each holds until a nudge, twice as long each time.
-        for nudge in 0..MAX_NUDGES {
-            server.dispatch(flow(MessageType::Pause)).await.unwrap();
-            let started = Instant::now();
-            stream.write_all(b"x").await.unwrap();
-            let delay = NUDGE_AFTER * 2u32.pow(nudge);
-            assert_eq!(started.elapsed(), delay, "nudge {nudge}");
-            assert_eq!(sent_flow(&mut outgoing), Some(MessageType::Resume));
-        }
-        // After MAX_NUDGES, only the peer's Resume releases the writer; it also resets the count.
+        let started = Instant::now();
+        stream.write_all(b"probe").await.unwrap();
+        assert_eq!(started.elapsed(), PROBE_AFTER, "the probe");
+        assert_eq!(sent_data(&mut outgoing), 1);
+        // Paused back: answered, the next probe twice as late.
         server.dispatch(flow(MessageType::Pause)).await.unwrap();
-        let held = tokio::time::timeout(hour, stream.write_all(b"x")).await;
-        assert!(held.is_err(), "held after {MAX_NUDGES} nudges");
-        server.dispatch(flow(MessageType::Resume)).await.unwrap();
         assert_eq!(sent_flow(&mut outgoing), Some(MessageType::Resume));
+        let started = Instant::now();
+        stream.write_all(b"probe").await.unwrap();
+        assert_eq!(started.elapsed(), PROBE_AFTER * 2);
+        // The probe's allowance (64 KiB) goes at once; each quiet after (no round trip measured
+        // here: the longest) doubles it; past a window, the hold ends. Messages are 64 KiB.
+        let message = vec![0u8; 64 * 1024];
+        let started = Instant::now();
+        let mut messages = sent_data(&mut outgoing);
+        for stage in 0..6u32 {
+            for _ in 0..2usize.pow(stage) {
+                stream.write_all(&message).await.unwrap();
+                messages += sent_data(&mut outgoing);
+            }
+            assert_eq!(started.elapsed(), QUIET_MAX * stage, "stage {stage}");
+        }
+        stream.write_all(b"free").await.unwrap();
+        assert_eq!(
+            started.elapsed(),
+            QUIET_MAX * 6,
+            "the last quiet ends the hold"
+        );
+        stream.write_all(b"free").await.unwrap();
+        assert_eq!(started.elapsed(), QUIET_MAX * 6, "then free");
+        messages += sent_data(&mut outgoing);
+        assert_eq!(messages, 1 + 63 + 2, "the second probe, the ramp, two more");
+
+        // An idle peer's Pause waits for its own Resume, answered once.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        server.dispatch(flow(MessageType::Pause)).await.unwrap();
+        assert_eq!(
+            sent_flow(&mut outgoing),
+            None,
+            "its reader drains on its own"
+        );
+        let held = tokio::time::timeout(ANSWER_AFTER / 2, stream.write_all(b"x")).await;
+        assert!(held.is_err(), "held");
+        server.dispatch(flow(MessageType::Resume)).await.unwrap();
+        assert_eq!(
+            sent_flow(&mut outgoing),
+            Some(MessageType::Resume),
+            "wakes its writer"
+        );
+        stream.write_all(b"x").await.unwrap();
+        server.dispatch(flow(MessageType::Resume)).await.unwrap();
+        assert_eq!(
+            sent_flow(&mut outgoing),
+            None,
+            "a Resume alone is not answered"
+        );
+        // Unanswered for ANSWER_AFTER: answered, then probed.
+        tokio::time::sleep(Duration::from_secs(5)).await;
         server.dispatch(flow(MessageType::Pause)).await.unwrap();
         let started = Instant::now();
         stream.write_all(b"x").await.unwrap();
-        assert_eq!(started.elapsed(), NUDGE_AFTER, "counted afresh");
+        assert_eq!(started.elapsed(), ANSWER_AFTER + PROBE_AFTER);
+        assert_eq!(sent_flow(&mut outgoing), Some(MessageType::Resume));
+        server.dispatch(flow(MessageType::Resume)).await.unwrap();
+        let _ = sent_data(&mut outgoing);
+
+        // Our buffer full: we pause the peer; its Pause is not answered; our reader draining sends
+        // the Resume and ends the hold.
+        let chunk = Bytes::from(vec![0u8; 64 * 1024]);
+        for _ in 0..=(MAX_BUFFER / chunk.len()) {
+            let data = Message::new(0, conn_id, MessageType::Data, chunk.clone());
+            server.dispatch(data).await.unwrap();
+        }
+        assert_eq!(
+            sent_flow(&mut outgoing),
+            Some(MessageType::Pause),
+            "over the limit"
+        );
+        server.dispatch(flow(MessageType::Pause)).await.unwrap();
+        assert_eq!(sent_flow(&mut outgoing), None, "we want its writer asleep");
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let held = tokio::time::timeout(ANSWER_AFTER * 2, writer.write_all(b"x")).await;
+        assert!(held.is_err(), "held, and no late answer");
+        assert_eq!(sent_flow(&mut outgoing), None);
+        let mut sink = vec![0u8; MAX_BUFFER];
+        reader.read_exact(&mut sink).await.unwrap();
+        assert_eq!(
+            sent_flow(&mut outgoing),
+            Some(MessageType::Resume),
+            "drained"
+        );
+        let started = Instant::now();
+        writer.write_all(b"x").await.unwrap();
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "the drain ended the hold"
+        );
+    }
+
+    /// Hands each stream the client end is asked to open to the test.
+    struct Handover(tokio::sync::mpsc::UnboundedSender<TunnelStream>);
+
+    impl Connector for Handover {
+        fn allows(&self, _: &str, _: &str) -> bool {
+            true
+        }
+
+        fn serve(&self, _: String, _: String, stream: TunnelStream) -> Serving {
+            let _ = self.0.send(stream);
+            Box::pin(async {})
+        }
+    }
+
+    /// Two corral ends, 64 MiB each way on one stream, each reader stopping once for a while (one
+    /// for two seconds): both finish, and neither end ever holds more than a few windows (the Pause
+    /// threshold and what was in flight when it paused) — however long its reader stops.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_corral_ends_keep_within_their_windows_whatever_their_readers_do() {
+        use super::super::buffer::MAX_BUFFER;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        const TOTAL: usize = 64 << 20;
+        const CHUNK: usize = 32 * 1024;
+        let (handover, mut handed) = tokio::sync::mpsc::unbounded_channel();
+        let (server, client) = pair(Arc::new(Handover(handover))).await;
+        let ours = server.open_stream("tcp", "10.0.0.1:1").await.unwrap();
+        let theirs = handed.recv().await.unwrap();
+        let buffers = [
+            server.mux.get(ours.conn_id()).unwrap(),
+            client.mux.get(theirs.conn_id()).unwrap(),
+        ];
+        let most = Arc::new(AtomicUsize::new(0));
+        let watched = most.clone();
+        let monitor = tokio::spawn(async move {
+            loop {
+                for buffer in &buffers {
+                    watched.fetch_max(buffer.buffered(), Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        let transfer = |stream: TunnelStream, stall: Duration| async move {
+            let (mut reader, mut writer) = tokio::io::split(stream);
+            let writing = async {
+                let chunk = vec![7u8; CHUNK];
+                for _ in 0..TOTAL / CHUNK {
+                    writer.write_all(&chunk).await.unwrap();
+                }
+            };
+            let reading = async {
+                let (mut received, mut stalled) = (0, false);
+                let mut buf = vec![0u8; CHUNK];
+                while received < TOTAL {
+                    let n = reader.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "EOF at {received}");
+                    received += n;
+                    if !stalled && received > TOTAL / 3 {
+                        stalled = true;
+                        tokio::time::sleep(stall).await;
+                    }
+                }
+            };
+            tokio::join!(writing, reading);
+        };
+        let both = async {
+            tokio::join!(
+                transfer(ours, Duration::from_secs(2)),
+                transfer(theirs, Duration::from_millis(300))
+            )
+        };
+        tokio::time::timeout(Duration::from_secs(60), both)
+            .await
+            .expect("both directions finish");
+        monitor.abort();
+        let most = most.load(Ordering::Relaxed);
+        eprintln!("the most either end held: {} KiB", most / 1024);
+        assert!(most < MAX_BUFFER * 3, "{most} bytes held");
     }
 
     #[tokio::test]

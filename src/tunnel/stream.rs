@@ -26,8 +26,8 @@ pub struct TunnelStream {
     shared: Arc<StreamShared>,
     mux: Arc<Mux>,
     sender: PollSender<Bytes>,
-    /// Wakes a writer held by the peer when its hold may end by itself (see [`super::buffer`]).
-    nudge: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Wakes a writer held by the peer when a probe falls due (see [`super::buffer`]).
+    probe: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl TunnelStream {
@@ -37,12 +37,17 @@ impl TunnelStream {
             shared,
             mux,
             sender,
-            nudge: None,
+            probe: None,
         }
     }
 
     pub fn conn_id(&self) -> i64 {
         self.shared.conn_id
+    }
+
+    /// What the peer sent that is not read yet.
+    pub fn buffered(&self) -> usize {
+        self.shared.buffered()
     }
 
     /// Ends the stream with an error the peer sees (e.g. a failed dial).
@@ -86,22 +91,19 @@ impl TunnelStream {
     /// the session's queue has room (reserved for the next `send_item`).
     fn poll_send_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            let conn_id = self.shared.conn_id;
-            let mux = &self.mux;
-            let resume = || mux.send_flow(conn_id, MessageType::Resume);
-            let nudge_at = match self.shared.check_writable(cx, resume) {
+            let until = match self.shared.check_writable(cx, self.mux.tempo.quiet()) {
                 Writable::Yes => break,
                 Writable::Closed(e) => return Poll::Ready(Err(e)),
-                Writable::Held { nudge_at: None } => return Poll::Pending,
-                Writable::Held { nudge_at: Some(at) } => at,
+                Writable::Held { until: None } => return Poll::Pending,
+                Writable::Held { until: Some(at) } => at,
             };
-            let nudge = self
-                .nudge
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(nudge_at)));
-            if nudge.deadline() != nudge_at {
-                nudge.as_mut().reset(nudge_at);
+            let probe = self
+                .probe
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+            if probe.deadline() != until {
+                probe.as_mut().reset(until);
             }
-            if nudge.as_mut().poll(cx).is_pending() {
+            if probe.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
         }
@@ -112,6 +114,7 @@ impl TunnelStream {
     /// Queues an encoded Data message carrying `payload_len` bytes (after `poll_send_ready`).
     fn send_data(&mut self, message: Bytes, payload_len: usize) -> io::Result<()> {
         self.sender.send_item(message).map_err(|_| disconnected())?;
+        self.shared.sent(payload_len);
         crate::metrics::metrics()
             .tunnel_bytes_out
             .inc_by(payload_len as u64);
