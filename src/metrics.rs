@@ -24,6 +24,8 @@ pub struct Metrics {
     pub names_refused: IntCounterVec,
     pub tunnel_sessions: IntGauge,
     pub tunnel_streams: IntGauge,
+    /// Bytes received through tunnels that their streams' readers have not taken yet.
+    pub tunnel_buffered: IntGauge,
     /// Payload bytes relayed through tunnels: `in` (received), `out` (sent).
     pub tunnel_bytes_in: IntCounter,
     pub tunnel_bytes_out: IntCounter,
@@ -74,6 +76,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         )?,
         tunnel_sessions: IntGauge::new("corral_tunnel_sessions", "Open agent tunnel sessions")?,
         tunnel_streams: IntGauge::new("corral_tunnel_streams", "Open streams inside tunnels")?,
+        tunnel_buffered: IntGauge::new(
+            "corral_tunnel_buffered_bytes",
+            "Bytes received through tunnels and not read yet",
+        )?,
         tunnel_bytes_in: tunnel_bytes.with_label_values(&["in"]),
         tunnel_bytes_out: tunnel_bytes.with_label_values(&["out"]),
         password_checks: IntCounter::new(
@@ -89,6 +95,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     r.register(Box::new(metrics.names_refused.clone()))?;
     r.register(Box::new(metrics.tunnel_sessions.clone()))?;
     r.register(Box::new(metrics.tunnel_streams.clone()))?;
+    r.register(Box::new(metrics.tunnel_buffered.clone()))?;
     r.register(Box::new(metrics.password_checks.clone()))?;
     r.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),

@@ -1177,3 +1177,129 @@ async fn node_agents_are_listed_and_reach_what_their_node_reaches() {
     agent.kill();
     node_state("unavailable").await;
 }
+
+/// Watches (or log follows) whose client never reads while the cluster goes on sending — 20 of
+/// them, at about 3 MB/s each: once the kernel's socket buffers are full and the client has taken
+/// nothing for 50 ms, corral pauses the agent at a quarter megabyte, so what corral holds for each
+/// (`corral_tunnel_buffered_bytes`) is that, what was in flight, and the agent's probes (64 KiB
+/// each, at doubling intervals: about 8 in the test's 6 s) — not a whole window (2 MiB, what it
+/// held before), nor what the cluster sends at the client's pace. (The proxy's HTTP client reads
+/// ahead at most 64 KiB.) Memory is reported, and bounded loosely: the allocator keeps some of what
+/// passed through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_whose_client_never_reads_cost_little() {
+    const STREAMS: u64 = 20;
+    let lab = Lab::start().await;
+    let target = serve(None, kube_api).await;
+    let agent = lab.agent(target, None, &[]);
+    lab.wait_connected(true).await;
+    let (pid, agent_pid) = (lab.corral.pid(), agent.pid());
+    let (before, agent_before) = (rss_kib(pid), rss_kib(agent_pid));
+    let request = format!(
+        "GET /k8s/clusters/{}/watch?bytes={} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\r\n",
+        lab.cluster,
+        64 << 20,
+        lab.addr,
+        lab.token
+    );
+    let mut held = Vec::new();
+    for _ in 0..STREAMS {
+        // A client whose socket takes little (what the kernel holds is not corral's).
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(16 * 1024).unwrap();
+        let tcp = socket.connect(lab.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::IpAddress(lab.addr.ip().into());
+        let config = corral::client::tls_insecure(&[b"http/1.1"]);
+        let mut tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        tls.write_all(request.as_bytes()).await.unwrap();
+        held.push(tls);
+    }
+    // Kernel buffers first (up to 4 MiB a socket), then corral's: at 3 MB/s both are full in 4 s.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let buffered = common::metric(lab.addr, "corral_tunnel_buffered_bytes").await as u64;
+    let buffered_per_stream = buffered / 1024 / STREAMS;
+    let per_stream = rss_kib(pid).saturating_sub(before) / STREAMS;
+    let agent_per_stream = rss_kib(agent_pid).saturating_sub(agent_before) / STREAMS;
+    eprintln!(
+        "{STREAMS} watches never read: {buffered_per_stream} KiB each held in the \
+         tunnel; RSS {per_stream} KiB each on the server, {agent_per_stream} KiB on the agent"
+    );
+    assert!(
+        buffered_per_stream > 0 && buffered_per_stream < 1280,
+        "{buffered_per_stream} KiB held a stream"
+    );
+    assert!(per_stream < 8 * 1024, "{per_stream} KiB a stream");
+    assert!(
+        agent_per_stream < 1024,
+        "the agent: {agent_per_stream} KiB a stream"
+    );
+    drop(held);
+}
+
+/// A spliced upgrade (a stuck `kubectl exec`) whose target neither reads nor writes: the caller's
+/// writes back up until the agent pauses corral, and stop being taken. The caller then goes away
+/// (its process killed: its connection reset): corral ends the stream toward the agent within
+/// seconds — not when the agent process dies — and what it held for it is freed. (A caller whose
+/// close waits behind its own unsent bytes cannot be seen leaving: the splice then ends once its
+/// bytes have waited for a minute; a unit test covers that.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_leaves_a_stalled_upgrade_frees_its_stream() {
+    let lab = Lab::start().await;
+    let target = serve(None, kube_api).await;
+    let _agent = lab.agent(target, None, &[]);
+    lab.wait_connected(true).await;
+    let streams = || common::metric(lab.addr, "corral_tunnel_streams");
+    let mut tls = common::tls_connect(lab.addr, None, None)
+        .await
+        .unwrap()
+        .stream;
+    let request = format!(
+        "GET /k8s/clusters/{}/stall HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: Upgrade\r\nUpgrade: corral-stall\r\n\r\n",
+        lab.cluster, lab.addr, lab.token
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tls.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // Write until nothing more is taken for a second (at most 512 MiB).
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut sent = 0usize;
+    while sent < 512 << 20 {
+        match tokio::time::timeout(Duration::from_secs(1), tls.write_all(&chunk)).await {
+            Ok(written) => {
+                written.unwrap();
+                sent += chunk.len();
+            }
+            Err(_) => break,
+        }
+    }
+    assert!(sent < 512 << 20, "the stall never backed up to the caller");
+    assert!(streams().await >= 1.0);
+    let (tcp, _) = tls.get_ref();
+    socket2::SockRef::from(tcp)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(tls);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while streams().await > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stream outlived its caller by 20 s ({} MiB were sent)",
+            sent >> 20
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let held = common::metric(lab.addr, "corral_tunnel_buffered_bytes").await;
+    assert_eq!(held, 0.0, "what it held is freed");
+}

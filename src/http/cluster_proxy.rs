@@ -76,6 +76,9 @@ pub fn decode_segment(raw: &str) -> Option<String> {
         .map(|decoded| decoded.into_owned())
 }
 
+/// The most the proxy's HTTP client reads ahead of its caller from the cluster.
+const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
+
 /// How often the proxy looks again for what a peer's agent advertised.
 const PARAMS_POLL: Duration = Duration::from_millis(50);
 
@@ -219,17 +222,23 @@ where
             &format!("{}: {cause}", upstream.what),
         )
     };
-    let (mut sender, connection) =
-        match hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io)).await {
-            Ok(pair) => pair,
-            Err(e) => return bad_gateway(&e),
-        };
+    let (mut sender, connection) = match hyper::client::conn::http1::Builder::new()
+        // hyper reads ahead up to ~400 KiB by default; what the caller has not taken yet
+        // stays in the tunnel instead, whose flow control holds the agent back.
+        .max_buf_size(UPSTREAM_READ_BUFFER)
+        .handshake::<_, Body>(TokioIo::new(io))
+        .await
+    {
+        Ok(pair) => pair,
+        Err(e) => return bad_gateway(&e),
+    };
     tokio::spawn(connection.with_upgrades());
 
     let upgrading = is_upgrade(req.headers());
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     // An upgraded exchange (exec, port-forward) keeps its connection's place while it lasts.
     let slot = req.extensions().get::<super::ConnectionSlot>().cloned();
+    let caller = req.extensions().get::<super::ConnInfo>().copied();
     let outgoing = match outgoing_request(req, path_and_query, &upstream, upgrading) {
         Ok(outgoing) => outgoing,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
@@ -244,11 +253,7 @@ where
         let target_upgrade = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {
             if let (Ok(client), Ok(target)) = (client_upgrade.await, target_upgrade.await) {
-                let _ = tokio::io::copy_bidirectional(
-                    &mut TokioIo::new(client),
-                    &mut TokioIo::new(target),
-                )
-                .await;
+                splice(TokioIo::new(client), TokioIo::new(target), caller).await;
             }
             drop(slot);
         });
@@ -256,6 +261,118 @@ where
     }
     strip_hop_by_hop(response.headers_mut(), false);
     response.map(Body::new)
+}
+
+/// How long a spliced exchange goes on after its caller left (closed or reset its connection):
+/// what was on its way may still get through.
+const LEAVING_GRACE: Duration = Duration::from_secs(5);
+/// How long the caller's bytes may wait for room toward the cluster (an agent that keeps the
+/// stream paused: a target that reads nothing) before the exchange is given up — the tunnel's own
+/// write deadline. A caller that left while its bytes waited cannot say so: its close waits behind
+/// them.
+const STALLED_WRITE: Duration = crate::tunnel::session::WRITE_TIMEOUT;
+
+/// Bytes both ways between an upgraded caller and the cluster, until either side ends. A caller
+/// that leaves visibly (its connection closed where nothing waits, or reset) ends the splice within
+/// [`LEAVING_GRACE`]; bytes that have waited [`STALLED_WRITE`] for room toward the cluster end it
+/// too. Either way the stream toward the agent ends and its buffers go, as a Go proxy closes both
+/// connections.
+async fn splice<C, T>(mut client: C, target: T, caller: Option<super::ConnInfo>)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut target = WriteWatch::new(target);
+    let waiting_since = target.waiting_since.clone();
+    let left = async {
+        match caller {
+            Some(caller) => {
+                let _ = crate::net::peer_left(&caller).await;
+                tokio::time::sleep(LEAVING_GRACE).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let stalled = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let since = *crate::support::lock(&waiting_since);
+            if since.is_some_and(|at| at.elapsed() >= STALLED_WRITE) {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut target) => {}
+        _ = left => tracing::debug!("the caller of a spliced exchange left: ending it"),
+        _ = stalled => tracing::info!(
+            "a spliced exchange waited {}s for room toward the cluster: ending it",
+            STALLED_WRITE.as_secs()
+        ),
+    }
+}
+
+/// A stream whose writes are watched: since when one has been waiting (`None` while they go).
+struct WriteWatch<T> {
+    inner: T,
+    waiting_since: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+}
+
+impl<T> WriteWatch<T> {
+    fn new(inner: T) -> Self {
+        Self {
+            inner,
+            waiting_since: Arc::default(),
+        }
+    }
+
+    fn note<R>(&self, poll: &std::task::Poll<R>) {
+        let mut since = crate::support::lock(&self.waiting_since);
+        match poll {
+            std::task::Poll::Pending => {
+                since.get_or_insert_with(tokio::time::Instant::now);
+            }
+            std::task::Poll::Ready(_) => *since = None,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteWatch<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteWatch<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let poll = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(&poll);
+        poll
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let poll = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.note(&poll);
+        poll
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 fn outgoing_request(
@@ -420,5 +537,26 @@ mod tests {
         assert_eq!(out.headers()["connection"], "Upgrade");
         assert!(!out.headers().contains_key("x-hop"));
         assert!(out.headers().contains_key("sec-websocket-key"));
+    }
+
+    /// Bytes from the caller that wait for room toward the cluster (it reads nothing) end the
+    /// splice after the stalled-write time, though nothing else happens.
+    #[tokio::test(start_paused = true)]
+    async fn a_splice_whose_bytes_wait_too_long_ends() {
+        use tokio::io::AsyncWriteExt;
+        let (client, mut caller) = tokio::io::duplex(64 * 1024);
+        let (target, _cluster_never_reads) = tokio::io::duplex(64 * 1024);
+        let started = tokio::time::Instant::now();
+        let splicing = tokio::spawn(splice(client, target, None));
+        tokio::spawn(async move {
+            let chunk = vec![0u8; 64 * 1024];
+            while caller.write_all(&chunk).await.is_ok() {}
+        });
+        splicing.await.unwrap();
+        let took = started.elapsed();
+        assert!(
+            took >= STALLED_WRITE && took <= STALLED_WRITE + Duration::from_secs(2),
+            "{took:?}"
+        );
     }
 }

@@ -34,15 +34,41 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Whether the connection is TLS.
     pub secure: bool,
+    /// The connection's socket, for [`peer_left`] (valid while the connection lives).
+    socket: std::os::fd::RawFd,
 }
 
 impl ConnInfo {
-    pub fn new(local: SocketAddr, peer: SocketAddr, secure: bool) -> Self {
+    pub fn new(local: SocketAddr, peer: SocketAddr, secure: bool, socket: &TcpStream) -> Self {
+        use std::os::fd::AsRawFd;
         Self {
             local,
             peer,
             secure,
+            socket: socket.as_raw_fd(),
         }
+    }
+}
+
+/// Resolves once the peer of the connection `info` describes has closed it or reset it — seen on
+/// the socket itself, even while what it sent is still unread (a splice waiting for room toward
+/// the agent reads nothing). The caller must hold the connection meanwhile: its socket is watched
+/// through a duplicate of it.
+pub async fn peer_left(info: &ConnInfo) -> io::Result<()> {
+    use std::os::fd::BorrowedFd;
+    use tokio::io::Interest;
+    use tokio::io::unix::AsyncFd;
+    // SAFETY: the caller holds the connection, which owns the socket, for as long as this runs.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(info.socket) };
+    let duplicate = borrowed.try_clone_to_owned()?;
+    // SAFETY: `duplicate` is an open descriptor this `AsyncFd` owns, and no one else closes it.
+    let watched = unsafe { AsyncFd::register_with_interest(duplicate, Interest::READABLE) }?;
+    loop {
+        let mut ready = watched.readable().await?;
+        if ready.ready().is_read_closed() || ready.ready().is_error() {
+            return Ok(());
+        }
+        ready.clear_ready();
     }
 }
 
@@ -240,7 +266,7 @@ async fn handle_connection<H: Handler>(
     set_connection_options(&socket2::SockRef::from(&stream))?;
     match transport {
         Transport::Plain => {
-            let info = ConnInfo::new(local, peer, false);
+            let info = ConnInfo::new(local, peer, false, &stream);
             handler.serve(stream, info, Protocol::Http1, slot).await;
         }
         Transport::Tls {
@@ -248,6 +274,7 @@ async fn handle_connection<H: Handler>(
             handshake_timeout,
         } => {
             let metrics = crate::metrics::metrics();
+            let info = ConnInfo::new(local, peer, true, &stream);
             let handshaking = handshake(stream, local, peer, selector.as_ref());
             let tls = match tokio::time::timeout(handshake_timeout, handshaking).await {
                 Ok(Ok(tls)) => tls,
@@ -264,7 +291,6 @@ async fn handle_connection<H: Handler>(
                 }
             };
             metrics.handshakes_ok.inc();
-            let info = ConnInfo::new(local, peer, true);
             match tls.get_ref().1.alpn_protocol() {
                 Some(b"h2") => handler.serve(tls, info, Protocol::Http2, slot).await,
                 // A TLS-ALPN-01 validator only looks at the certificate.

@@ -13,7 +13,9 @@
 //! An agent relaying to a target that answers what it reads (remotedialer's `pipe` to `cat`, an
 //! echo, an exec shell) then stops for good: its reader waits for the target, the target for the
 //! agent's writer, the writer for us. So, per stream:
-//! - **We pause the peer** when our buffer passes `MAX_BUFFER`, and say so again to a peer that
+//! - **We pause the peer** when our buffer passes `MAX_BUFFER` — or `RESUME_BELOW` already, when
+//!   our reader has taken nothing for [`READER_STALLED`] (a client that stopped reading does not get
+//!   a window's worth held for it; one that reads gets the whole window) — and say so again to a peer that
 //!   goes on sending: at once when its Data comes after a pause of its own (a probe, below), and for
 //!   every further half window otherwise (what was in flight when it paused is not a reason).
 //!   Draining below `RESUME_BELOW` sends Resume, which also ends a hold of ours (a Go peer's one
@@ -52,6 +54,8 @@ pub const RESUME_BELOW: usize = MAX_BUFFER / 8;
 pub const PROBE_AFTER: Duration = Duration::from_millis(50);
 /// Data after a gap this long, while we pause the peer, is a probe of its: we pause it again.
 const PROBE_GAP: Duration = Duration::from_millis(5);
+/// A reader that has taken nothing for this long has stalled: the peer is paused sooner.
+pub const READER_STALLED: Duration = Duration::from_millis(50);
 /// A probe's first allowance: one message of the largest size.
 const PROBE_BYTES: usize = 64 * 1024;
 /// A peer that sent us Data this recently before pausing us has a busy writer.
@@ -174,6 +178,8 @@ pub(super) struct BufferState {
     holds: u64,
     /// When the peer last sent Data.
     peer_data_at: Option<Instant>,
+    /// When our reader last took data (or the buffer was last empty).
+    taken_at: Option<Instant>,
 }
 
 impl BufferState {
@@ -225,20 +231,27 @@ impl StreamShared {
         if state.closed.is_some() || data.is_empty() {
             return;
         }
-        crate::metrics::metrics()
-            .tunnel_bytes_in
-            .inc_by(data.len() as u64);
+        let metrics = crate::metrics::metrics();
+        metrics.tunnel_bytes_in.inc_by(data.len() as u64);
+        metrics.tunnel_buffered.add(data.len() as i64);
         let now = Instant::now();
         let after_a_gap = state
             .peer_data_at
             .is_none_or(|at| now.duration_since(at) >= PROBE_GAP);
         state.peer_data_at = Some(now);
+        if state.buffered == 0 {
+            state.taken_at = Some(now);
+        }
         state.buffered += data.len();
         state.buffer.push_back(data);
         if let Some(waker) = state.read_waker.take() {
             waker.wake();
         }
-        if state.buffered > MAX_BUFFER {
+        let stalled = state
+            .taken_at
+            .is_some_and(|at| now.duration_since(at) >= READER_STALLED);
+        let limit = if stalled { RESUME_BELOW } else { MAX_BUFFER };
+        if state.buffered > limit {
             let due = match state.paused_peer {
                 None => true,
                 Some(held) => after_a_gap || state.buffered >= held + MAX_BUFFER / 2,
@@ -372,6 +385,10 @@ impl StreamShared {
                 state.buffer.pop_front();
             }
             state.buffered -= chunk.len();
+            state.taken_at = Some(Instant::now());
+            crate::metrics::metrics()
+                .tunnel_buffered
+                .sub(chunk.len() as i64);
             if state.paused_peer.is_some() && state.buffered < RESUME_BELOW {
                 state.paused_peer = None;
                 // Our Resume clears a Go peer's one flag, so it will not resume us: stop holding
@@ -477,6 +494,8 @@ impl StreamShared {
 
 impl Drop for StreamShared {
     fn drop(&mut self) {
-        crate::metrics::metrics().tunnel_streams.dec();
+        let metrics = crate::metrics::metrics();
+        metrics.tunnel_streams.dec();
+        metrics.tunnel_buffered.sub(self.buffered() as i64);
     }
 }

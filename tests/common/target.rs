@@ -143,10 +143,11 @@ pub fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
         .unwrap()
 }
 
-/// The fake Kubernetes API: `/version`, `/big?bytes=N` (streamed), `/slow?ms=N` (answers after N ms),
-/// `/hang` (never answers), `/ws`
-/// (WebSocket echo), `/headers` (the request's header names and its path, as JSON). Every request
-/// needs `Authorization: Bearer SA_TOKEN`.
+/// The fake Kubernetes API: `/version`, `/big?bytes=N` (streamed), `/watch?bytes=N` (streamed at
+/// about 3 MB/s, as a chatty watch), `/slow?ms=N` (answers after N ms),
+/// `/hang` (never answers), `/ws` (WebSocket echo), `/stall` (an upgrade that then neither reads
+/// nor writes, as a stuck exec), `/headers` (the request's header names and its path, as JSON).
+/// Every request needs `Authorization: Bearer SA_TOKEN`.
 pub async fn kube_api(mut req: Request<hyper::body::Incoming>) -> Response<Body> {
     let expected = format!("Bearer {SA_TOKEN}");
     if req
@@ -183,6 +184,26 @@ pub async fn kube_api(mut req: Request<hyper::body::Incoming>) -> Response<Body>
             });
             let body = StreamBody::new(futures_util::stream::iter(chunks));
             Response::new(BodyExt::boxed(body))
+        }
+        "/watch" => {
+            // A chatty watch: 16 KiB events every 5 ms (about 3 MB/s) until `bytes` are sent.
+            let total: usize = query_number(&req, "bytes").unwrap_or(1 << 20);
+            let event = Bytes::from(vec![b'w'; 16 * 1024]);
+            let events = futures_util::stream::unfold(0usize, move |sent| {
+                let event = event.clone();
+                async move {
+                    if sent >= total {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let len = event.len().min(total - sent);
+                    Some((
+                        Ok::<_, Infallible>(Frame::data(event.slice(..len))),
+                        sent + len,
+                    ))
+                }
+            });
+            Response::new(BodyExt::boxed(StreamBody::new(events)))
         }
         "/slow" => {
             let millis: u64 = req
@@ -231,9 +252,36 @@ pub async fn kube_api(mut req: Request<hyper::body::Incoming>) -> Response<Body>
                 .body(Full::new(Bytes::new()).boxed())
                 .unwrap()
         }
+        "/stall" => {
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = upgrade.await {
+                    tokio::time::sleep(Duration::from_secs(120)).await;
+                    drop(upgraded);
+                }
+            });
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("upgrade", "corral-stall")
+                .header("connection", "Upgrade")
+                .body(Full::new(Bytes::new()).boxed())
+                .unwrap()
+        }
         other => full(
             StatusCode::NOT_FOUND,
             format!(r#"{{"kind":"Status","code":404,"message":"no {other}"}}"#),
         ),
     }
+}
+
+/// The number `name=N` in a request's query.
+fn query_number<B>(req: &Request<B>, name: &str) -> Option<usize> {
+    req.uri().query()?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        if key == name {
+            value.parse().ok()
+        } else {
+            None
+        }
+    })
 }
