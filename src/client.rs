@@ -102,15 +102,20 @@ pub async fn healthcheck(url: &str) -> Result<(), HealthError> {
     }
 }
 
+/// A TCP connection to `authority`, its failure naming it.
+async fn connect_tcp(authority: &str) -> Result<TcpStream, ConnectError> {
+    TcpStream::connect(authority)
+        .await
+        .map_err(|source| ConnectError::Tcp {
+            authority: authority.to_string(),
+            source,
+        })
+}
+
 /// One plain-HTTP GET of `path` on `target`; its status.
 async fn plain_get(target: &Target, path: &str) -> Result<StatusCode, ClientError> {
     let authority = target.authority();
-    let tcp = TcpStream::connect(&authority)
-        .await
-        .map_err(|source| ConnectError::Tcp {
-            authority: authority.clone(),
-            source,
-        })?;
+    let tcp = connect_tcp(&authority).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(connection);
     let request = Request::builder()
@@ -174,12 +179,7 @@ impl Target {
         tls: Arc<ClientConfig>,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
         let authority = self.authority();
-        let tcp = TcpStream::connect(&authority)
-            .await
-            .map_err(|source| ConnectError::Tcp {
-                authority: authority.clone(),
-                source,
-            })?;
+        let tcp = connect_tcp(&authority).await?;
         // Small tunnel messages must not wait for Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
         let name = self.server_name()?;
@@ -192,7 +192,7 @@ impl Target {
                     presented,
                 },
                 None => ConnectError::Tls {
-                    authority: authority.clone(),
+                    authority,
                     source: e,
                 },
             })
