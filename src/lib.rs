@@ -1,13 +1,15 @@
 //! corral: a Rust server that reproduces Rancher 2.x's TLS front end.
 //!
 //! Layers, each importing only those below it (README, "How the code is laid out"):
-//! [`app`] (composition and shutdown) → [`http`], [`agent`], [`bench`], [`peering`] → [`net`]
+//! [`app`] (composition and shutdown) → [`http`], [`agent`], [`bench`], [`peering`] → [`api`]
+//! (norman's rules: schemas, URLs, collections, errors) → [`net`]
 //! (listener), [`certs`] (which certificate a hello gets), [`accounts`], [`clusters`], [`tunnel`],
 //! [`replicas`], [`kubeconfig`] → [`pki`], [`store`] (durable state behind one seam), [`config`], [`client`] →
 //! [`metrics`], [`limits`], [`secrets`], [`support`].
 
 pub mod accounts;
 pub mod agent;
+pub mod api;
 pub mod app;
 pub mod bench;
 pub mod certs;

@@ -522,16 +522,26 @@ async fn bad_tunnel_input_ends_only_that_tunnel() {
 async fn registration_tokens_come_with_rancher_commands_and_a_manifest() {
     let lab = Lab::start().await;
     let new_token = json!({ "clusterId": lab.cluster }).to_string();
-    let created = body(
-        &request(
-            lab.addr,
-            "POST",
-            "/v3/clusterregistrationtokens",
-            &[&lab.auth()],
-            Some(&new_token),
-        )
-        .await,
-    );
+    let create = || async {
+        let path = "/v3/clusterregistrationtokens";
+        body(&request(lab.addr, "POST", path, &[&lab.auth()], Some(&new_token)).await)
+    };
+    // As in Rancher, the commands stay empty until server-url is set.
+    let before = create().await;
+    for field in ["manifestUrl", "command", "insecureCommand", "nodeCommand"] {
+        assert_eq!(before[field], "", "{field} before server-url: {before}");
+    }
+    let server_url = json!({ "value": lab.server() }).to_string();
+    let set = request(
+        lab.addr,
+        "PUT",
+        "/v3/settings/server-url",
+        &[&lab.auth()],
+        Some(&server_url),
+    )
+    .await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    let created = create().await;
     let token = created["token"].as_str().unwrap();
     let manifest_url = format!("{}/v3/import/{token}_{}.yaml", lab.server(), lab.cluster);
     assert_eq!(created["manifestUrl"], manifest_url.as_str());

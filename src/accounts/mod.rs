@@ -1,5 +1,6 @@
-//! First-start setup and the accounts behind the API: the bootstrap password and `admin` user, login
-//! tokens, password changes, and the settings setup writes (`server-url`, `first-login`).
+//! First-start setup and the accounts behind the API: the bootstrap password and `admin` user,
+//! users, tokens ([`tokens`]), password changes, Rancher's settings ([`settings`]) and feature
+//! flags ([`features`]).
 //!
 //! Users and tokens are one store value each, settings one small document ([`state`]). Passwords
 //! are stored as argon2id hashes and tokens as SHA-256 hashes; neither is ever logged. A token is
@@ -11,9 +12,18 @@
 
 mod backoff;
 pub mod bootstrap;
+pub mod features;
 mod password_gate;
-
+pub mod settings;
 mod state;
+mod tokens;
+mod users;
+
+pub use features::FeatureView;
+pub use settings::SettingView;
+pub use state::TokenKind;
+pub use tokens::{IssuedToken, TokenRequest, TokenView, clamp_ttl};
+pub use users::UserView;
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -25,18 +35,12 @@ use governor::Quota;
 use crate::limits::ClientLimiter;
 use crate::pki::SubjectName;
 pub use crate::pki::{ServerUrl, ServerUrlError};
-use crate::secrets::{
-    self, hash_password, hash_token_secret, random_suffix, random_token, same_hash,
-};
-use crate::store::{Backend, Changes, StoreError, Stored};
+use crate::secrets::{self, hash_password, random_suffix, random_token};
+use crate::store::{Backend, Changes, StoreError};
 use crate::support::unix_now;
 use password_gate::{Busy, PasswordGate};
-use state::{ACCOUNTS, Records, Token, User};
+use state::{ACCOUNTS, Records, User};
 
-/// Rancher's `password-min-length`.
-pub const PASSWORD_MIN_LENGTH: usize = 12;
-/// Rancher's `auth-user-session-ttl-minutes` (960).
-const SESSION_TTL_SECS: i64 = 960 * 60;
 /// Most login tokens kept; the oldest go first.
 const MAX_TOKENS: usize = 10_000;
 /// How often tokens that can no longer be used (expired, or issued for an old password) are
@@ -54,6 +58,9 @@ pub const FIRST_LOGIN: &str = "first-login";
 pub enum AccountError {
     #[error("authentication failed")]
     AuthenticationFailed,
+    /// The password was right, but the user is disabled.
+    #[error("Permission Denied")]
+    UserDisabled,
     /// Over the per-client rate or the per-user backoff; retry after the duration.
     #[error("too many failed login attempts; try again later")]
     TooManyAttempts(Duration),
@@ -62,10 +69,33 @@ pub enum AccountError {
     Busy,
     #[error("invalid current password")]
     InvalidCurrentPassword,
-    #[error("password must be at least {PASSWORD_MIN_LENGTH} characters")]
-    PasswordTooShort,
-    #[error("new password must not be the same as current password")]
+    #[error("must specify current password")]
+    NoCurrentPassword,
+    #[error("invalid new password")]
+    NoNewPassword,
+    /// Shorter than `password-min-length` (the number).
+    #[error("Password must be at least {0} characters")]
+    PasswordTooShort(i64),
+    #[error("Password cannot be the same as username")]
+    PasswordIsUsername,
+    #[error("The new password must not be the same as the current password")]
     SamePassword,
+    #[error("user {0} not found")]
+    UserNotFound(String),
+    #[error("{0} not found")]
+    TokenNotFound(String),
+    /// Deleting the session that makes the request (Rancher: logout does that).
+    #[error("Cannot delete token for current session. Use logout instead")]
+    CurrentSession,
+    #[error("settings.management.cattle.io \"{0}\" not found")]
+    SettingNotFound(String),
+    #[error("settings.management.cattle.io \"{0}\" already exists")]
+    SettingExists(String),
+    #[error("features.management.cattle.io \"{0}\" not found")]
+    FeatureNotFound(String),
+    /// A feature whose value is locked (`status.lockedValue`).
+    #[error("feature flag cannot be changed from current value: {0}")]
+    FeatureLocked(bool),
     /// A setting's value that is not valid, and why.
     #[error("{0}")]
     InvalidValue(String),
@@ -74,7 +104,7 @@ pub enum AccountError {
     #[error("server-url is already {current}: the hostname cannot be changed after installation")]
     ServerUrlLocked { current: String },
     #[error("{0} is readOnly because its value is from environment variable")]
-    ReadOnlyFromEnv(&'static str),
+    ReadOnlyFromEnv(String),
     #[error("cannot save state: {0}")]
     Storage(#[from] StoreError),
     #[error("cannot load the accounts: {0}")]
@@ -155,15 +185,13 @@ impl Source {
     }
 }
 
-/// A token handed out by login. `token` is `name:secret`, shown once and never stored.
-#[derive(Debug, Clone)]
-pub struct IssuedToken {
-    pub name: String,
-    pub token: String,
-    pub user_id: String,
-    pub created: i64,
-    pub expires_at: i64,
-    pub description: String,
+/// The token a login asks for (its `responseType`).
+#[derive(Debug, Clone, Copy)]
+pub enum LoginToken<'a> {
+    /// `json` or `cookie`: a session.
+    Session { description: &'a str },
+    /// `kubeconfig` (`cluster_id` empty) or `kubeconfig_<cluster>`.
+    Kubeconfig { cluster_id: &'a str },
 }
 
 /// An authenticated caller.
@@ -172,6 +200,8 @@ pub struct Caller {
     pub user_id: String,
     pub username: String,
     pub token_name: String,
+    /// The token is an API key or kubeconfig token, not a login's session.
+    pub derived: bool,
 }
 
 /// The accounts service.
@@ -180,6 +210,8 @@ pub struct Accounts {
     store: Arc<dyn Backend>,
     /// `server-url` from `--server-url` / `CATTLE_SERVER_URL`: pinned from boot, read-only.
     env_server_url: Option<ServerUrl>,
+    /// Other settings the environment sets (`CATTLE_<NAME>`): read-only.
+    env_settings: std::collections::HashMap<&'static str, String>,
     pins: Arc<dyn Pinning>,
     login_limiter: ClientLimiter,
     login_backoff: backoff::LoginBackoff,
@@ -211,6 +243,7 @@ impl Accounts {
             records,
             store,
             env_server_url,
+            env_settings: settings::from_environment(),
             pins,
             login_limiter: ClientLimiter::new(
                 Quota::per_minute(NonZeroU32::new(LOGIN_PER_MINUTE).unwrap())
@@ -307,6 +340,9 @@ impl Accounts {
             password_hash: hash_password(&password),
             must_change_password: generated || password == "admin",
             password_version: 0,
+            enabled: true,
+            description: String::new(),
+            created: unix_now(),
         };
         match self.records.users.create(&id, &admin) {
             Ok(_) | Err(StoreError::Conflict(_)) => Ok(()),
@@ -326,6 +362,7 @@ impl Accounts {
         username: &str,
         password: &str,
         client: IpAddr,
+        wanted: LoginToken<'_>,
     ) -> Result<IssuedToken, AccountError> {
         self.login_limiter
             .check(client)
@@ -346,193 +383,30 @@ impl Accounts {
             return Err(AccountError::AuthenticationFailed);
         }
         attempt.succeeded();
+        if !user.enabled {
+            return Err(AccountError::UserDisabled);
+        }
         // Issued for the password version just checked: if it changed meanwhile, no token.
-        self.issue_for(&user.id, user.password_version, SESSION_TTL_SECS)
-            .map_err(|e| match e {
-                AccountError::PasswordChanged => AccountError::AuthenticationFailed,
-                other => other,
-            })
-    }
-
-    /// A new token for `user_id`, valid for `ttl_secs` (kubeconfigs), under the current password.
-    pub fn issue_token(&self, user_id: &str, ttl_secs: i64) -> Result<IssuedToken, AccountError> {
-        let user = self
-            .records
-            .users
-            .get(user_id)?
-            .ok_or(AccountError::AuthenticationFailed)?;
-        self.issue_for(user_id, user.value.password_version, ttl_secs)
-    }
-
-    /// A new token for `user_id` under password version `version`; refused when the password is no
-    /// longer that version once the token is stored (it is then removed again).
-    fn issue_for(
-        &self,
-        user_id: &str,
-        version: u64,
-        ttl_secs: i64,
-    ) -> Result<IssuedToken, AccountError> {
-        let name = format!("token-{}", random_suffix());
-        let secret = random_token(secrets::TOKEN_LENGTH);
-        let created = unix_now();
-        let token = Token {
-            name: name.clone(),
-            secret_hash: hash_token_secret(&secret),
-            user_id: user_id.to_string(),
-            created,
-            expires_at: created + ttl_secs,
-            password_version: version,
-        };
-        self.records.tokens.create(&name, &token)?;
-        // Checked after the write: a reset that lands before it is seen here; one that lands after
-        // makes the token invalid anyway (its version is old).
-        if !self.current_version_is(user_id, version)? {
-            self.records.tokens.delete(&name)?;
-            return Err(AccountError::PasswordChanged);
-        }
-        self.sweep_soon(1);
-        Ok(IssuedToken {
-            token: format!("{name}:{secret}"),
-            name,
-            user_id: user_id.to_string(),
-            created,
-            expires_at: token.expires_at,
-            description: String::new(),
-        })
-    }
-
-    fn current_version_is(&self, user_id: &str, version: u64) -> Result<bool, StoreError> {
-        let user = self.records.users.get(user_id)?;
-        Ok(user.is_some_and(|u| u.value.password_version == version))
-    }
-
-    /// The caller a `token-name:secret` string belongs to, if it is valid: unexpired, and issued
-    /// under its user's current password.
-    pub fn authenticate(&self, presented: &str) -> Option<Caller> {
-        let (name, secret) = presented.split_once(':')?;
-        let hash = hash_token_secret(secret);
-        let token = self.records.tokens.get(name).ok()??.value;
-        if !same_hash(&token.secret_hash, &hash) || token.expires_at <= unix_now() {
-            return None;
-        }
-        let user = self.records.users.get(&token.user_id).ok()??.value;
-        if user.password_version != token.password_version {
-            return None;
-        }
-        Some(Caller {
-            user_id: user.id,
-            username: user.username,
-            token_name: token.name,
-        })
-    }
-
-    /// Deletes, in the background and at most every [`SWEEP_EVERY`], the tokens that can no longer
-    /// be used; at once when about [`MAX_TOKENS`] are kept. `issued` tokens were just added.
-    fn sweep_soon(&self, issued: usize) {
-        let due = {
-            let mut sweep = crate::support::lock(&self.sweep);
-            sweep.tokens += issued;
-            let due = sweep.tokens >= MAX_TOKENS
-                || sweep.last.is_none_or(|at| at.elapsed() >= SWEEP_EVERY);
-            if due {
-                sweep.last = Some(tokio::time::Instant::now());
+        let issued = match wanted {
+            LoginToken::Session { description } => {
+                self.issue_session(&user.id, user.password_version, description)
             }
-            due
+            LoginToken::Kubeconfig { cluster_id } => {
+                let max = self.setting_number(settings::TOKEN_MAX_TTL);
+                let kubeconfig = self.setting_number(settings::KUBECONFIG_TOKEN_TTL);
+                let request = TokenRequest {
+                    kind: TokenKind::Kubeconfig,
+                    ttl_ms: clamp_ttl(kubeconfig.saturating_mul(60_000), max),
+                    cluster_id: cluster_id.to_string(),
+                    ..TokenRequest::default()
+                };
+                self.issue_for(&user.id, user.password_version, request)
+            }
         };
-        if due && let Err(e) = self.sweep_tokens() {
-            tracing::warn!("cannot delete unusable tokens: {e}");
-        }
-    }
-
-    /// Deletes every token that is expired, was issued under an old password or for a user that is
-    /// gone, and the oldest beyond [`MAX_TOKENS`]. Replicas may sweep at once: a delete of what is
-    /// gone already is nothing.
-    pub fn sweep_tokens(&self) -> Result<usize, StoreError> {
-        let now = unix_now();
-        let versions: std::collections::HashMap<String, u64> = self
-            .records
-            .users
-            .list()?
-            .into_iter()
-            .map(|(id, user)| (id, user.value.password_version))
-            .collect();
-        let (mut usable, unusable): (Vec<_>, Vec<_>) =
-            self.records.tokens.list()?.into_iter().partition(|(_, t)| {
-                t.value.expires_at > now
-                    && versions.get(&t.value.user_id) == Some(&t.value.password_version)
-            });
-        usable.sort_by_key(|(_, t)| t.value.created);
-        let excess = usable.len().saturating_sub(MAX_TOKENS);
-        let doomed: Vec<String> = unusable
-            .into_iter()
-            .chain(usable.drain(..excess))
-            .map(|(name, _)| name)
-            .collect();
-        for name in &doomed {
-            self.records.tokens.delete(name)?;
-        }
-        crate::support::lock(&self.sweep).tokens = usable.len();
-        if !doomed.is_empty() {
-            tracing::debug!("deleted {} unusable token(s)", doomed.len());
-        }
-        Ok(doomed.len())
-    }
-
-    /// Changes the caller's password (`currentPassword` must match) and ends first login.
-    pub async fn change_password(
-        &self,
-        caller: &Caller,
-        current: &str,
-        new: &str,
-    ) -> Result<(), AccountError> {
-        if new.chars().count() < PASSWORD_MIN_LENGTH {
-            return Err(AccountError::PasswordTooShort);
-        }
-        if new == current {
-            return Err(AccountError::SamePassword);
-        }
-        let Stored { value: user, .. } = self
-            .records
-            .users
-            .get(&caller.user_id)?
-            .ok_or(AccountError::AuthenticationFailed)?;
-        if !self.passwords.verify(current, &user.password_hash).await? {
-            return Err(AccountError::InvalidCurrentPassword);
-        }
-        let new_hash = self.passwords.hash(new).await?;
-        let version = self
-            .records
-            .users
-            .update(&caller.user_id, |stored| {
-                if stored.password_version != user.password_version {
-                    // Changed concurrently: the current password checked above is no longer current.
-                    return Err(AccountError::InvalidCurrentPassword);
-                }
-                stored.password_hash = new_hash.clone();
-                stored.must_change_password = false;
-                stored.password_version += 1;
-                Ok(stored.password_version)
-            })?
-            .ok_or(AccountError::AuthenticationFailed)?;
-        // The session that changed it goes on (as Rancher's UI expects after first login); every
-        // other token of the user was opened with the old password and is revoked.
-        self.records.tokens.update(&caller.token_name, |token| {
-            token.password_version = version;
-            Ok::<_, AccountError>(())
-        })?;
-        let revoked = self
-            .records
-            .revoke_tokens(&caller.user_id, Some(&caller.token_name))?;
-        self.records.settings.update(|next| {
-            next.settings.insert(FIRST_LOGIN.into(), "false".into());
-            Ok::<_, AccountError>(())
-        })?;
-        self.first_login_done();
-        tracing::info!(
-            "password changed for user {}; {revoked} other token(s) revoked",
-            caller.username
-        );
-        Ok(())
+        issued.map_err(|e| match e {
+            AccountError::PasswordChanged => AccountError::AuthenticationFailed,
+            other => other,
+        })
     }
 
     /// Whether a generated bootstrap password is still kept (first login not done yet).
@@ -546,27 +420,6 @@ impl Accounts {
             .settings
             .get(FIRST_LOGIN)
             .is_none_or(|v| v == "true")
-    }
-
-    /// A setting's value and source, for the settings endpoints. `None` for settings corral lacks.
-    pub fn setting(&self, name: &str) -> Option<(String, Source)> {
-        match name {
-            SERVER_URL => Some(
-                match (
-                    &self.env_server_url,
-                    self.settings().settings.get(SERVER_URL),
-                ) {
-                    (Some(url), _) => (url.to_string(), Source::Env),
-                    (None, Some(value)) => (value.clone(), Source::Db),
-                    (None, None) => (String::new(), Source::Default),
-                },
-            ),
-            FIRST_LOGIN => Some(match self.settings().settings.get(FIRST_LOGIN) {
-                Some(value) => (value.clone(), Source::Db),
-                None => ("true".into(), Source::Default),
-            }),
-            _ => None,
-        }
     }
 
     /// The effective server-url, if any.
@@ -587,7 +440,7 @@ impl Accounts {
     /// no-op; another host is refused, as is any change when the value comes from the environment.
     pub fn set_server_url(&self, raw: &str) -> Result<ServerUrl, AccountError> {
         if self.env_server_url.is_some() {
-            return Err(AccountError::ReadOnlyFromEnv(SERVER_URL));
+            return Err(AccountError::ReadOnlyFromEnv(SERVER_URL.to_string()));
         }
         let url = ServerUrl::parse(raw)?;
         // The document is locked across pinning, so concurrent attempts are ordered and exactly one
@@ -652,6 +505,8 @@ mod tests {
     use super::*;
     use crate::store::{DataDir, FileBackend};
 
+    const SESSION: LoginToken<'static> = LoginToken::Session { description: "" };
+
     /// Certificates that never pin (the tests here are about accounts).
     struct NoPins;
 
@@ -696,20 +551,27 @@ mod tests {
         let (tmp, accounts) = setup();
         let client = IpAddr::from([192, 0, 2, 1]);
         let before = accounts
-            .login("admin", "a-bootstrap-password", client)
+            .login("admin", "a-bootstrap-password", client, SESSION)
             .await
             .unwrap();
-        assert!(accounts.authenticate(&before.token).is_some());
+        assert!(accounts.authenticate(&before.token, None).is_some());
         let admin = admin_id(&accounts);
         let checked_version = accounts.records.users.get(&admin).unwrap().unwrap().value;
         let other = Arc::new(FileBackend::new(DataDir::open(tmp.path()).unwrap()));
         let reset = bootstrap::reset_password(other).unwrap();
         assert!(
-            accounts.authenticate(&before.token).is_none(),
+            accounts.authenticate(&before.token, None).is_none(),
             "issued before"
         );
         // A login that checked the old password before the reset, storing its token after it.
-        let late = accounts.issue_for(&admin, checked_version.password_version, 3600);
+        let late = accounts.issue_for(
+            &admin,
+            checked_version.password_version,
+            TokenRequest {
+                ttl_ms: 3_600_000,
+                ..TokenRequest::default()
+            },
+        );
         assert!(
             matches!(late, Err(AccountError::PasswordChanged)),
             "{late:?}"
@@ -719,10 +581,10 @@ mod tests {
             "nothing kept"
         );
         let after = accounts
-            .login("admin", &reset.password, client)
+            .login("admin", &reset.password, client, SESSION)
             .await
             .unwrap();
-        assert!(accounts.authenticate(&after.token).is_some());
+        assert!(accounts.authenticate(&after.token, None).is_some());
     }
 
     /// changepassword keeps the session that made the change and revokes the user's others.
@@ -731,26 +593,26 @@ mod tests {
         let (_tmp, accounts) = setup();
         let client = IpAddr::from([192, 0, 2, 1]);
         let mine = accounts
-            .login("admin", "a-bootstrap-password", client)
+            .login("admin", "a-bootstrap-password", client, SESSION)
             .await
             .unwrap();
         let other = accounts
-            .login("admin", "a-bootstrap-password", client)
+            .login("admin", "a-bootstrap-password", client, SESSION)
             .await
             .unwrap();
-        let caller = accounts.authenticate(&mine.token).unwrap();
+        let caller = accounts.authenticate(&mine.token, None).unwrap();
         accounts
             .change_password(&caller, "a-bootstrap-password", "a-new-long-password")
             .await
             .unwrap();
-        assert!(accounts.authenticate(&mine.token).is_some());
-        assert!(accounts.authenticate(&other.token).is_none());
+        assert!(accounts.authenticate(&mine.token, None).is_some());
+        assert!(accounts.authenticate(&other.token, None).is_none());
         assert!(
-            accounts.records.tokens.get(&other.name).unwrap().is_none(),
+            accounts.records.tokens.get(other.name()).unwrap().is_none(),
             "deleted"
         );
         let old = accounts
-            .login("admin", "a-bootstrap-password", client)
+            .login("admin", "a-bootstrap-password", client, SESSION)
             .await;
         assert!(
             matches!(old, Err(AccountError::AuthenticationFailed)),
@@ -763,14 +625,27 @@ mod tests {
     async fn the_sweep_deletes_what_can_no_longer_be_used() {
         let (_tmp, accounts) = setup();
         let admin = admin_id(&accounts);
-        let live = accounts.issue_token(&admin, 3600).unwrap();
-        let stale = |name: &str, expires_at: i64, password_version: u64| Token {
+        let live = accounts
+            .issue_token(
+                &admin,
+                TokenRequest {
+                    kind: TokenKind::ApiKey,
+                    ttl_ms: 3_600_000,
+                    ..TokenRequest::default()
+                },
+            )
+            .unwrap();
+        let stale = |name: &str, expires_at: i64, password_version: u64| state::Token {
             name: name.into(),
             secret_hash: String::new(),
             user_id: admin.clone(),
             created: 1,
             expires_at,
             password_version,
+            kind: TokenKind::Session,
+            description: String::new(),
+            ttl_ms: 0,
+            cluster_id: String::new(),
         };
         let tokens = &accounts.records.tokens;
         tokens
@@ -781,7 +656,7 @@ mod tests {
             .unwrap();
         assert_eq!(accounts.sweep_tokens().unwrap(), 2);
         let left: Vec<String> = tokens.list().unwrap().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(left, [live.name]);
+        assert_eq!(left, [live.name().to_string()]);
     }
 
     /// One IPv6 host owns a /64: cycling through its addresses does not buy more attempts.
@@ -791,7 +666,7 @@ mod tests {
         let address = |i: u16| IpAddr::from([0xfd00, 0, 0, 1, 0, 0, 0, i]);
         for i in 0..LOGIN_BURST as u16 {
             let refused = setup
-                .login("nobody", "guess", address(i))
+                .login("nobody", "guess", address(i), SESSION)
                 .await
                 .unwrap_err();
             assert!(
@@ -800,7 +675,7 @@ mod tests {
             );
         }
         let refused = setup
-            .login("nobody", "guess", address(999))
+            .login("nobody", "guess", address(999), SESSION)
             .await
             .unwrap_err();
         assert!(
@@ -809,7 +684,7 @@ mod tests {
         );
         let other_prefix = IpAddr::from([0xfd00, 0, 0, 2, 0, 0, 0, 1]);
         let refused = setup
-            .login("nobody", "guess", other_prefix)
+            .login("nobody", "guess", other_prefix, SESSION)
             .await
             .unwrap_err();
         assert!(

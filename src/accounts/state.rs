@@ -38,6 +38,31 @@ pub struct User {
     /// including logins that were still checking it.
     #[serde(default)]
     pub password_version: u64,
+    /// A disabled user cannot log in, and its tokens stop working.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub description: String,
+    /// Unix seconds; 0 for users of versions that did not keep it.
+    #[serde(default)]
+    pub created: i64,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+/// What a token is for; Rancher's `authn.management.cattle.io/kind` label, and `isDerived`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TokenKind {
+    /// A login's session.
+    #[default]
+    Session,
+    /// Made for a kubeconfig (`generateKubeconfig`, login with `responseType: kubeconfig`).
+    Kubeconfig,
+    /// An API key (`POST /v3/tokens`).
+    ApiKey,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,6 +76,33 @@ pub struct Token {
     /// The user's password version this token was issued for (see [`User::password_version`]).
     #[serde(default)]
     pub password_version: u64,
+    #[serde(default)]
+    pub kind: TokenKind,
+    #[serde(default)]
+    pub description: String,
+    /// Milliseconds; 0: never expires (`expires_at` is then 0 too). Tokens of earlier versions
+    /// did not keep it: their lifetime is `expires_at - created`.
+    #[serde(default)]
+    pub ttl_ms: i64,
+    /// Set: the token is valid only for this cluster's proxy (`/k8s/clusters/<id>`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster_id: String,
+}
+
+impl Token {
+    /// Whether the token has expired at `now` (unix seconds).
+    pub fn expired(&self, now: i64) -> bool {
+        self.expires_at != 0 && self.expires_at <= now
+    }
+
+    /// Its lifetime in milliseconds (0: never expires).
+    pub fn ttl_ms(&self) -> i64 {
+        match (self.ttl_ms, self.expires_at) {
+            (0, 0) => 0,
+            (0, expires) => (expires - self.created).max(0) * 1000,
+            (ttl, _) => ttl,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -58,8 +110,11 @@ pub struct Token {
 pub struct AccountState {
     /// When the state was first created (unix seconds): the settings' `created`.
     pub created: i64,
-    /// Settings set through the API (`server-url`, `first-login`).
+    /// Settings' stored values (built-in ones set through the API, and those created there).
     pub settings: BTreeMap<String, String>,
+    /// Feature flags set through the API (`spec.value`); the others have their default.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub features: BTreeMap<String, bool>,
     /// The id of the `admin` created on the first start (settled here before it is created).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub admin_id: String,

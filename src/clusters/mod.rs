@@ -4,7 +4,7 @@
 
 mod params;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -34,6 +34,12 @@ pub struct Cluster {
     pub id: String,
     pub name: String,
     pub created: i64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
     tokens: Vec<StoredToken>,
     /// Nodes whose node agents connected (cattle-node-agent), as Rancher creates them on register.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -99,6 +105,23 @@ struct StoredToken {
     created: i64,
 }
 
+/// A registration token as listed: its secret is not kept, only its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationToken {
+    pub id: String,
+    pub cluster_id: String,
+    pub created: i64,
+}
+
+/// What an update of a cluster changes (`None`: unchanged).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterChange {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
 /// A registration token as created: the secret is here once and nowhere else.
 #[derive(Debug, Clone)]
 pub struct IssuedRegistrationToken {
@@ -110,8 +133,10 @@ pub struct IssuedRegistrationToken {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cluster {0} not found")]
+    #[error("clusters.management.cattle.io \"{0}\" not found")]
     NotFound(String),
+    #[error("clusterregistrationtokens.management.cattle.io \"{0}\" not found")]
+    TokenNotFound(String),
     /// A request that is not valid, and why.
     #[error("{0}")]
     Invalid(String),
@@ -428,11 +453,12 @@ impl Clusters {
         self.document.read()
     }
 
+    /// A new cluster called `name` (its id when `name` is empty).
     pub fn create(&self, name: &str) -> Result<Cluster, ClusterError> {
         let name = name.trim();
-        if name.is_empty() || name.len() > 253 {
+        if name.len() > 253 || name.chars().any(char::is_control) {
             return Err(ClusterError::Invalid(
-                "name must be 1 to 253 characters".into(),
+                "name must be at most 253 characters, none of them control characters".into(),
             ));
         }
         self.document.update(|doc| {
@@ -441,15 +467,117 @@ impl Clusters {
                     "at most {MAX_CLUSTERS} clusters"
                 )));
             }
+            let id = format!("c-{}", random_suffix());
             let cluster = Cluster {
-                id: format!("c-{}", random_suffix()),
-                name: name.to_string(),
+                name: if name.is_empty() {
+                    id.clone()
+                } else {
+                    name.to_string()
+                },
+                id,
                 created: unix_now(),
+                description: String::new(),
+                labels: BTreeMap::new(),
+                annotations: BTreeMap::new(),
                 tokens: Vec::new(),
                 nodes: Vec::new(),
             };
             doc.clusters.push(cluster.clone());
             Ok(cluster)
+        })
+    }
+
+    /// Changes a cluster's name, description, labels or annotations.
+    pub fn update(&self, id: &str, change: ClusterChange) -> Result<Cluster, ClusterError> {
+        if let Some(name) = &change.name
+            && (name.trim().is_empty() || name.len() > 253 || name.chars().any(char::is_control))
+        {
+            return Err(ClusterError::Invalid(
+                "name must be 1 to 253 characters, none of them control characters".into(),
+            ));
+        }
+        self.document.update(|doc| {
+            let cluster = doc
+                .clusters
+                .iter_mut()
+                .find(|c| c.id == id)
+                .ok_or_else(|| ClusterError::NotFound(id.to_string()))?;
+            if let Some(name) = &change.name {
+                cluster.name = name.trim().to_string();
+            }
+            if let Some(description) = &change.description {
+                cluster.description = description.clone();
+            }
+            if let Some(labels) = &change.labels {
+                cluster.labels = labels.clone();
+            }
+            if let Some(annotations) = &change.annotations {
+                cluster.annotations = annotations.clone();
+            }
+            Ok(cluster.clone())
+        })
+    }
+
+    /// Deletes a cluster with its registration tokens (its agents are refused from now on), what
+    /// its agents advertised and its nodes. The caller ends its tunnels.
+    pub fn delete(&self, id: &str) -> Result<Cluster, ClusterError> {
+        let removed = self.document.update(|doc| {
+            let at = doc
+                .clusters
+                .iter()
+                .position(|c| c.id == id)
+                .ok_or_else(|| ClusterError::NotFound(id.to_string()))?;
+            Ok::<_, ClusterError>(doc.clusters.remove(at))
+        })?;
+        self.advertised.retain(|(cluster, _), _| cluster != id);
+        self.nodes_seen.retain(|_, node| node.cluster_id != id);
+        crate::support::lock(&self.unsaved)
+            .retain(|key, _| key != id && !key.starts_with(&format!("{id}:")));
+        if self.store.has_paths() {
+            for (session, _) in self.agent_sessions.list()? {
+                if session.starts_with(&format!("{id}:")) {
+                    self.agent_sessions.delete(&session)?;
+                }
+            }
+            for (path, _) in self.store.list(&format!("{NODES_PREFIX}{id}:")) {
+                self.store.delete_path(&path)?;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The registration tokens of `cluster_id`.
+    pub fn tokens(&self, cluster_id: &str) -> Vec<RegistrationToken> {
+        self.get(cluster_id)
+            .map(|c| {
+                c.tokens
+                    .iter()
+                    .map(|t| RegistrationToken {
+                        id: t.id.clone(),
+                        cluster_id: c.id.clone(),
+                        created: t.created,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Deletes registration token `token_id` of `cluster_id`: agents presenting it are refused.
+    pub fn delete_token(&self, cluster_id: &str, token_id: &str) -> Result<(), ClusterError> {
+        self.document.update(|doc| {
+            let cluster = doc
+                .clusters
+                .iter_mut()
+                .find(|c| c.id == cluster_id)
+                .ok_or_else(|| ClusterError::NotFound(cluster_id.to_string()))?;
+            let before = cluster.tokens.len();
+            cluster.tokens.retain(|t| t.id != token_id);
+            if cluster.tokens.len() == before {
+                return Err(ClusterError::TokenNotFound(format!(
+                    "{cluster_id}:{token_id}"
+                )));
+            }
+            Ok(())
         })
     }
 

@@ -1,6 +1,11 @@
-//! Who is calling: a login token from `Authorization: Bearer token-…:…` or the `R_SESS` cookie.
-//! Also the middleware that puts Rancher's common headers on every response, whose
-//! `X-Api-Cattle-Auth` says whether the caller was authenticated.
+//! Who is calling (`shared/spec/norman-api.md` §5.1): `Authorization: Bearer <name>:<key>`, `Basic`
+//! with the token name as user and its key as password (an API key's access and secret key), or —
+//! only without an `Authorization` header — the `R_SESS` cookie. A token made for one cluster is
+//! good only for that cluster's proxy.
+//!
+//! Also the middleware in front of everything: Rancher's common headers (`X-Api-Cattle-Auth` says
+//! whether the caller was authenticated), and the websocket Origin rule (§12): a browser's upgrade
+//! from another origin is refused.
 
 use std::sync::Arc;
 
@@ -9,34 +14,52 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use axum::middleware::Next;
+use base64::Engine;
 
-use super::{AppState, norman_error};
+use super::AppState;
+use super::norman::{from_browser, must_authenticate};
 use crate::accounts::Caller;
 
 /// The session cookie Rancher sets.
 pub const SESSION_COOKIE: &str = "R_SESS";
 
-/// The token a request presents, if any.
-fn presented_token(headers: &HeaderMap) -> Option<&str> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    bearer.or_else(|| {
-        headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
-    })
+/// The credential a request presents (`<name>:<key>`), if any.
+fn presented_credential(headers: &HeaderMap) -> Option<String> {
+    if let Some(authorization) = headers.get(header::AUTHORIZATION) {
+        let value = authorization.to_str().ok()?.trim();
+        let (scheme, rest) = value.split_once(' ')?;
+        let rest = rest.trim();
+        return if scheme.eq_ignore_ascii_case("bearer") {
+            Some(rest.to_string())
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            // Rancher decodes the URL-safe alphabet; for its token characters both are the same.
+            let engines = [
+                base64::engine::general_purpose::STANDARD,
+                base64::engine::general_purpose::URL_SAFE,
+            ];
+            let decoded = engines.iter().find_map(|e| e.decode(rest).ok())?;
+            String::from_utf8(decoded).ok()
+        } else {
+            None
+        };
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+        .map(str::to_string)
 }
 
-/// An authenticated caller, or norman's 401 `must authenticate`.
+/// The cluster a request's URL is for (`/k8s/clusters/<id>/…`), as a cluster-scoped token is
+/// checked against it.
+fn cluster_in_path(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/k8s/clusters/")?;
+    rest.split('/').next().filter(|id| !id.is_empty())
+}
+
+/// An authenticated caller, or the authentication filter's 401 `must authenticate`.
 pub struct Authenticated(pub Caller);
 
 impl FromRequestParts<Arc<AppState>> for Authenticated {
@@ -52,13 +75,7 @@ impl FromRequestParts<Arc<AppState>> for Authenticated {
             .get::<Caller>()
             .cloned()
             .map(Authenticated)
-            .ok_or_else(|| {
-                norman_error(
-                    StatusCode::UNAUTHORIZED,
-                    "Unauthorized",
-                    "must authenticate",
-                )
-            })
+            .ok_or_else(must_authenticate)
     }
 }
 
@@ -69,7 +86,12 @@ pub async fn rancher_headers(
     mut req: Request<Body>,
     next: Next,
 ) -> Response<Body> {
-    let caller = presented_token(req.headers()).and_then(|t| state.accounts.authenticate(t));
+    if let Some(refused) = foreign_origin_upgrade(req.headers()) {
+        return refused;
+    }
+    let cluster = cluster_in_path(req.uri().path());
+    let caller = presented_credential(req.headers())
+        .and_then(|credential| state.accounts.authenticate(&credential, cluster));
     let authed = caller.is_some();
     if let Some(caller) = &caller {
         req.extensions_mut().insert(caller.clone());
@@ -91,4 +113,129 @@ pub async fn rancher_headers(
         HeaderValue::from_static("no-cache, no-store, must-revalidate"),
     );
     response
+}
+
+/// The body Rancher v2.11 writes: Go's default encoding of norman's error struct, not a norman
+/// body, and (its Content-Type header set too late) sent as plain text.
+const ORIGIN_REFUSED: &str = r#"{"Code":{"Code":"PermissionDenied","Status":403},"Message":"origin not allowed","Cause":null,"FieldName":""}"#;
+
+/// A browser's upgrade whose every `Origin` names another host than the request's `Host`: 403.
+/// Other clients (kubectl, agents) and requests without `Origin` pass.
+fn foreign_origin_upgrade(headers: &HeaderMap) -> Option<Response<Body>> {
+    let upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if !upgrade || !from_browser(headers) {
+        return None;
+    }
+    let origins: Vec<&str> = headers
+        .get_all(header::ORIGIN)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok())?;
+    let same = origins.iter().any(|origin| {
+        url::Url::parse(origin)
+            .ok()
+            .is_some_and(|url| authority(&url).eq_ignore_ascii_case(host))
+    });
+    if same {
+        return None;
+    }
+    Some(super::text_response(
+        StatusCode::FORBIDDEN,
+        "text/plain; charset=utf-8",
+        format!("{ORIGIN_REFUSED}\n"),
+    ))
+}
+
+/// `host[:port]` of a URL as it was written (Go's `url.Host`).
+fn authority(url: &url::Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn credentials_come_from_bearer_basic_or_the_cookie_without_authorization() {
+        let bearer = headers(&[("authorization", "Bearer token-abc:xyz")]);
+        assert_eq!(
+            presented_credential(&bearer).as_deref(),
+            Some("token-abc:xyz")
+        );
+        // "token-abc:xyz" in base64.
+        let basic = headers(&[("authorization", "basic dG9rZW4tYWJjOnh5eg==")]);
+        assert_eq!(
+            presented_credential(&basic).as_deref(),
+            Some("token-abc:xyz")
+        );
+        let cookie = headers(&[("cookie", "CSRF=1; R_SESS=token-abc:xyz")]);
+        assert_eq!(
+            presented_credential(&cookie).as_deref(),
+            Some("token-abc:xyz")
+        );
+        let both = headers(&[
+            ("authorization", "Digest x"),
+            ("cookie", "R_SESS=token-abc:xyz"),
+        ]);
+        assert_eq!(
+            presented_credential(&both),
+            None,
+            "Authorization wins, even a useless one"
+        );
+        assert_eq!(cluster_in_path("/k8s/clusters/c-x/api"), Some("c-x"));
+        assert_eq!(cluster_in_path("/v3/clusters/c-x"), None);
+    }
+
+    #[test]
+    fn only_a_browsers_upgrade_from_another_origin_is_refused() {
+        let base = [
+            ("connection", "keep-alive, Upgrade"),
+            ("user-agent", "Mozilla/5.0"),
+            ("host", "rancher.lab:8443"),
+        ];
+        let with = |origin: &'static str| {
+            let mut h = headers(&base);
+            h.append("origin", HeaderValue::from_static(origin));
+            foreign_origin_upgrade(&h)
+        };
+        let refused = with("https://evil.lab").unwrap();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        assert!(with("https://rancher.lab:8443").is_none());
+        assert!(
+            with("https://rancher.lab").is_some(),
+            "host:port compared as written"
+        );
+        assert!(
+            foreign_origin_upgrade(&headers(&base)).is_none(),
+            "no Origin"
+        );
+        let kubectl = headers(&[
+            ("connection", "Upgrade"),
+            ("user-agent", "kubectl/v1.31"),
+            ("host", "rancher.lab"),
+            ("origin", "https://evil.lab"),
+        ]);
+        assert!(foreign_origin_upgrade(&kubectl).is_none());
+    }
 }

@@ -1,69 +1,53 @@
-//! Clusters, registration tokens, the import manifest and kubeconfig generation under `/v3`.
+//! `/v3/clusters` and `/v3/clusterRegistrationTokens` (`shared/spec/norman-api.md` §11): imported
+//! clusters — create, update (name, description, labels), delete (its tunnels end, its tokens and
+//! what its agents advertised go, its agents are refused) — with the conditions Rancher gives an
+//! imported cluster, `generateKubeconfig`; registration tokens with Rancher's commands; and the
+//! import manifest (`/v3/import/<token>_<cluster>.yaml`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Response, StatusCode};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
-use super::auth::Authenticated;
-use super::login::ActionQuery;
-use super::{AppState, NormanJson, json_response, norman_error, text_response};
-use crate::accounts::SERVER_URL;
-use crate::clusters::{Cluster, ClusterError};
+use super::norman::{Answer, Call, TypeHandler};
+use super::{AppState, account_error, text_response};
+use crate::accounts::settings::{AGENT_IMAGE, DEFAULT_AGENT_IMAGE};
+use crate::accounts::{SERVER_URL, TokenKind, TokenRequest};
+use crate::api::resource::date;
+use crate::api::schema::{Action, DELETE, FieldType, GET, POST, PUT};
+use crate::api::{ApiError, Field, Resource, Schema};
+use crate::clusters::{
+    Cluster, ClusterChange, ClusterError, IssuedRegistrationToken, RegistrationToken,
+};
 use crate::kubeconfig::{KubeconfigInput, render};
 use crate::pki::ca_checksum;
-use crate::store::StoreError;
 
-/// Lifetime of a token made for a kubeconfig (Rancher's `kubeconfig-default-token-ttl-minutes`).
-const KUBECONFIG_TOKEN_TTL_SECS: i64 = 30 * 24 * 3600;
-
-#[derive(Deserialize)]
-pub struct NewCluster {
-    name: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NewToken {
-    cluster_id: String,
-}
-
-fn cluster_error(error: &ClusterError) -> Response<Body> {
-    let (status, code) = match error {
-        ClusterError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
-        ClusterError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "InvalidBodyContent"),
-        ClusterError::Storage(StoreError::Unavailable(_)) => {
-            (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+pub fn cluster_error(error: &ClusterError) -> ApiError {
+    match error {
+        ClusterError::NotFound(_) | ClusterError::TokenNotFound(_) => {
+            ApiError::not_found(error.to_string())
         }
-        ClusterError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "ServerError"),
-    };
-    norman_error(status, code, &error.to_string())
-}
-
-fn cluster_object(state: &AppState, cluster: &Cluster, base: &str) -> Value {
-    let connected = state.tunnels.is_connected(&cluster.id);
-    json!({
-        "baseType": "cluster",
-        "type": "cluster",
-        "id": cluster.id,
-        "name": cluster.name,
-        "createdTS": cluster.created * 1000,
-        "state": if connected { "active" } else { "pending" },
-        "connected": connected,
-        "links": { "self": format!("{base}/v3/clusters/{}", cluster.id) },
-        "actions": { "generateKubeconfig": format!("{base}/v3/clusters/{}?action=generateKubeconfig", cluster.id) },
-    })
-}
-
-/// `https://<server-url host>` when server-url is set, else the URL the caller used.
-pub(super) fn server_base(state: &AppState, headers: &HeaderMap) -> String {
-    match state.accounts.setting(SERVER_URL) {
-        Some((url, _)) if !url.is_empty() => url,
-        _ => format!("https://{}", host_header(headers)),
+        ClusterError::Invalid(_) => ApiError::invalid_body(error.to_string()),
+        ClusterError::Storage(e) => super::store_error(e),
     }
+}
+
+/// `server-url` if set (Rancher's commands are empty until it is), else nothing.
+fn server_url(state: &AppState) -> Option<String> {
+    state
+        .accounts
+        .setting(SERVER_URL)
+        .map(|(url, _)| url)
+        .filter(|url| !url.is_empty())
+}
+
+/// `server-url`, else the root the caller reached (what the import manifest points agents at).
+fn server_base(state: &AppState, headers: &HeaderMap) -> String {
+    server_url(state).unwrap_or_else(|| format!("https://{}", host_header(headers)))
 }
 
 fn host_header(headers: &HeaderMap) -> &str {
@@ -73,117 +57,433 @@ fn host_header(headers: &HeaderMap) -> &str {
         .unwrap_or("localhost")
 }
 
-pub async fn create(
-    State(state): State<Arc<AppState>>,
-    _: Authenticated,
-    headers: HeaderMap,
-    NormanJson(input): NormanJson<NewCluster>,
-) -> Response<Body> {
-    match state.clusters.create(&input.name) {
-        Ok(cluster) => json_response(
-            StatusCode::CREATED,
-            &cluster_object(&state, &cluster, &server_base(&state, &headers)),
-        ),
-        Err(e) => cluster_error(&e),
-    }
+fn condition(kind: &str, holds: bool, at: &Value) -> Value {
+    json!({
+        "type": kind,
+        "status": if holds { "True" } else { "False" },
+        "lastUpdateTime": at,
+    })
 }
 
-pub async fn list(
-    State(state): State<Arc<AppState>>,
-    _: Authenticated,
-    headers: HeaderMap,
-) -> Response<Body> {
-    let base = server_base(&state, &headers);
-    let data: Vec<Value> = state
-        .clusters
-        .list()
+/// A cluster as the API writes it: pending until an agent connects, then active.
+fn cluster_resource(state: &AppState, cluster: &Cluster) -> Resource {
+    let connected = state.tunnels.is_connected(&cluster.id);
+    let created = date(cluster.created);
+    let mut conditions = vec![
+        condition("Pending", true, &created),
+        condition("Provisioned", true, &created),
+        condition("Waiting", connected, &created),
+        condition("BackingNamespaceCreated", true, &created),
+        condition("DefaultProjectCreated", true, &created),
+        condition("SystemProjectCreated", true, &created),
+        condition("InitialRolesPopulated", true, &created),
+        condition("CreatorMadeOwner", true, &created),
+        condition("NoDiskPressure", true, &created),
+        condition("NoMemoryPressure", true, &created),
+    ];
+    let ready = if connected {
+        condition("Ready", true, &created)
+    } else {
+        json!({
+            "type": "Ready", "status": "False", "lastUpdateTime": created,
+            "reason": "Disconnected", "message": "Waiting for API to be available",
+        })
+    };
+    conditions.push(ready);
+    let (state_name, transitioning, message) = if connected {
+        ("active", "no", "")
+    } else {
+        ("pending", "yes", "Waiting for API to be available")
+    };
+    let labels: Map<String, Value> = cluster
+        .labels
         .iter()
-        .map(|c| cluster_object(&state, c, &base))
+        .map(|(k, v)| (k.clone(), v.clone().into()))
         .collect();
-    json_response(
-        StatusCode::OK,
-        &json!({ "type": "collection", "resourceType": "cluster", "data": data }),
-    )
-}
-
-pub async fn get(
-    State(state): State<Arc<AppState>>,
-    _: Authenticated,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response<Body> {
-    match state.clusters.get(&id) {
-        Some(cluster) => json_response(
-            StatusCode::OK,
-            &cluster_object(&state, &cluster, &server_base(&state, &headers)),
-        ),
-        None => cluster_error(&ClusterError::NotFound(id)),
-    }
-}
-
-/// `POST /v3/clusters/<id>?action=generateKubeconfig`.
-pub async fn action(
-    State(state): State<Arc<AppState>>,
-    Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
-    Query(query): Query<ActionQuery>,
-    headers: HeaderMap,
-) -> Response<Body> {
-    if query.action() != Some("generateKubeconfig") {
-        return norman_error(StatusCode::BAD_REQUEST, "InvalidAction", "invalid action");
-    }
-    let Some(cluster) = state.clusters.get(&id) else {
-        return cluster_error(&ClusterError::NotFound(id));
-    };
-    let token = match state
-        .accounts
-        .issue_token(&caller.user_id, KUBECONFIG_TOKEN_TTL_SECS)
+    let annotations: Map<String, Value> = cluster
+        .annotations
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().into()))
+        .collect();
+    let mut resource = Resource::new(&cluster.id)
+        .with("name", cluster.name.as_str())
+        .with("description", cluster.description.as_str())
+        .with("internal", false)
+        .with("driver", "imported")
+        .with("provider", "")
+        .with("connected", connected)
+        .with("conditions", Value::Array(conditions))
+        .with("state", state_name)
+        .with("transitioning", transitioning)
+        .with("transitioningMessage", message)
+        .with("created", created)
+        .with("creatorId", Value::Null)
+        .with("labels", Value::Object(labels))
+        .with("annotations", Value::Object(annotations))
+        .with(
+            "agentImage",
+            state
+                .accounts
+                .setting(AGENT_IMAGE)
+                .map(|(v, _)| v)
+                .unwrap_or_default(),
+        );
+    if let Some(route) = state.tunnels.route(&cluster.id)
+        && let Some(params) = state.clusters.agent_params(&cluster.id, &route.sessions())
     {
-        Ok(token) => token,
-        Err(e) => return super::account_error(&e),
-    };
-    let host = match state.accounts.server_url_value() {
-        Some(url) => url.as_str().trim_start_matches("https://").to_string(),
-        None => host_header(&headers).to_string(),
-    };
-    let config = render(&KubeconfigInput {
-        cluster_id: &cluster.id,
-        cluster_name: &cluster.name,
-        host: &host,
-        cacerts: &state.cacerts.value,
-        token: &token.token,
-    });
-    json_response(
-        StatusCode::OK,
-        &json!({ "baseType": "generateKubeConfigOutput", "type": "generateKubeConfigOutput", "config": config }),
-    )
+        resource = resource
+            .with("apiEndpoint", format!("https://{}", params.address))
+            .with("caCert", params.ca_cert.as_str());
+    }
+    resource
 }
 
-/// `POST /v3/clusterregistrationtokens` `{"clusterId"}`: the token, shown once, with Rancher's commands.
-pub async fn create_token(
-    State(state): State<Arc<AppState>>,
-    _: Authenticated,
-    headers: HeaderMap,
-    NormanJson(input): NormanJson<NewToken>,
-) -> Response<Body> {
-    let token = match state.clusters.create_token(&input.cluster_id) {
-        Ok(token) => token,
-        Err(e) => return cluster_error(&e),
+pub struct Clusters;
+
+#[async_trait]
+impl TypeHandler for Clusters {
+    fn schemas(&self) -> Vec<Schema> {
+        vec![
+            Schema::new("cluster")
+                .methods(&[GET, POST], &[GET, PUT, DELETE])
+                .field("name", Field::of(FieldType::DnsLabel).writable())
+                .field("description", Field::string().writable())
+                .field("internal", Field::boolean())
+                .field("driver", Field::string())
+                .field("provider", Field::string())
+                .field("connected", Field::boolean())
+                .field(
+                    "conditions",
+                    Field::of(FieldType::Array(Box::new(FieldType::Json))),
+                )
+                .field("apiEndpoint", Field::string())
+                .field("caCert", Field::string())
+                .field("agentImage", Field::string())
+                .object_meta()
+                .status_summary()
+                .resource_action(
+                    "generateKubeconfig",
+                    Action {
+                        input: None,
+                        output: Some("generateKubeConfigOutput"),
+                    },
+                ),
+            Schema::new("generateKubeConfigOutput").field("config", Field::string()),
+        ]
+    }
+
+    async fn list(&self, call: &Call<'_>) -> Result<Vec<Resource>, ApiError> {
+        let state = call.state;
+        Ok(state
+            .clusters
+            .list()
+            .iter()
+            .map(|c| cluster_resource(state, c))
+            .collect())
+    }
+
+    async fn get(&self, call: &Call<'_>, id: &str) -> Result<Resource, ApiError> {
+        let cluster = call
+            .state
+            .clusters
+            .get(id)
+            .ok_or_else(|| cluster_error(&ClusterError::NotFound(id.to_string())))?;
+        Ok(cluster_resource(call.state, &cluster))
+    }
+
+    async fn create(&self, call: &Call<'_>, input: Map<String, Value>) -> Result<Answer, ApiError> {
+        let name = input
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let state = call.state;
+        let created = state.clusters.create(name).map_err(|e| cluster_error(&e))?;
+        let change = change_of(&input);
+        let cluster = if change.is_empty() {
+            created
+        } else {
+            state
+                .clusters
+                .update(&created.id, change.into_change())
+                .map_err(|e| cluster_error(&e))?
+        };
+        Ok(Answer::created(
+            "cluster",
+            cluster_resource(state, &cluster),
+        ))
+    }
+
+    async fn update(
+        &self,
+        call: &Call<'_>,
+        id: &str,
+        input: Map<String, Value>,
+    ) -> Result<Resource, ApiError> {
+        let state = call.state;
+        let cluster = state
+            .clusters
+            .update(id, change_of(&input).into_change())
+            .map_err(|e| cluster_error(&e))?;
+        Ok(cluster_resource(state, &cluster))
+    }
+
+    async fn delete(&self, call: &Call<'_>, id: &str) -> Result<Answer, ApiError> {
+        let state = call.state;
+        let before = cluster_resource(
+            state,
+            &state
+                .clusters
+                .get(id)
+                .ok_or_else(|| cluster_error(&ClusterError::NotFound(id.to_string())))?,
+        );
+        state.clusters.delete(id).map_err(|e| cluster_error(&e))?;
+        let closed = state.tunnels.close_cluster(id);
+        tracing::info!(
+            "cluster {id} deleted by {}; {closed} tunnel(s) closed",
+            call.caller()?.username
+        );
+        let removing = before
+            .with("removed", date(crate::support::unix_now()))
+            .with("state", "removing")
+            .with("transitioning", "yes")
+            .with("transitioningMessage", "");
+        Ok(Answer::ok("cluster", removing))
+    }
+
+    async fn action(
+        &self,
+        call: &Call<'_>,
+        id: Option<&str>,
+        name: &str,
+        _: Map<String, Value>,
+    ) -> Result<Answer, ApiError> {
+        let (Some(id), "generateKubeconfig") = (id, name) else {
+            return Err(ApiError::invalid_action(name));
+        };
+        let state = call.state;
+        let cluster = state
+            .clusters
+            .get(id)
+            .ok_or_else(|| cluster_error(&ClusterError::NotFound(id.to_string())))?;
+        let caller = call.caller()?;
+        let request = TokenRequest {
+            kind: TokenKind::Kubeconfig,
+            ..TokenRequest::default()
+        };
+        let token = state
+            .accounts
+            .issue_token(&caller.user_id, request)
+            .map_err(|e| account_error(&e))?;
+        let host = match state.accounts.server_url_value() {
+            Some(url) => url.as_str().trim_start_matches("https://").to_string(),
+            None => host_header(call.headers).to_string(),
+        };
+        let config = render(&KubeconfigInput {
+            cluster_id: &cluster.id,
+            cluster_name: &cluster.name,
+            host: &host,
+            cacerts: &state.cacerts.value,
+            token: &token.token,
+        });
+        let output = Resource::new("").with("config", config);
+        Ok(Answer::ok("generateKubeConfigOutput", output))
+    }
+}
+
+/// The fields of a cluster body that change a cluster.
+#[derive(Default)]
+struct Change {
+    name: Option<String>,
+    description: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+impl Change {
+    fn is_empty(&self) -> bool {
+        self.description.is_none() && self.labels.is_none() && self.annotations.is_none()
+    }
+
+    fn into_change(self) -> ClusterChange {
+        ClusterChange {
+            name: self.name,
+            description: self.description,
+            labels: self.labels,
+            annotations: self.annotations,
+        }
+    }
+}
+
+fn change_of(input: &Map<String, Value>) -> Change {
+    let text = |name: &str| input.get(name).and_then(Value::as_str).map(str::to_string);
+    let map = |name: &str| {
+        input.get(name).and_then(Value::as_object).map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
     };
-    let base = server_base(&state, &headers);
-    let manifest = format!("{base}/v3/import/{}_{}.yaml", token.token, token.cluster_id);
-    let body = json!({
-        "baseType": "clusterRegistrationToken",
-        "type": "clusterRegistrationToken",
-        "id": format!("{}:{}", token.cluster_id, token.id),
-        "clusterId": token.cluster_id,
-        "createdTS": token.created * 1000,
-        "token": token.token,
-        "manifestUrl": manifest,
-        "command": format!("kubectl apply -f {manifest}"),
-        "insecureCommand": format!("curl --insecure -sfL {manifest} | kubectl apply -f -"),
-    });
-    json_response(StatusCode::CREATED, &body)
+    Change {
+        name: text("name"),
+        description: text("description"),
+        labels: map("labels"),
+        annotations: map("annotations"),
+    }
+}
+
+/// What an agent is deployed with: the server, the token and, when the CA is private, its
+/// checksum. Empty until server-url is set, as in Rancher.
+struct Commands {
+    manifest_url: String,
+    command: String,
+    insecure_command: String,
+    node_command: String,
+    windows_node_command: String,
+}
+
+fn commands(state: &AppState, token: &str, cluster_id: &str) -> Commands {
+    let Some(server) = server_url(state) else {
+        return Commands {
+            manifest_url: String::new(),
+            command: String::new(),
+            insecure_command: String::new(),
+            node_command: String::new(),
+            windows_node_command: String::new(),
+        };
+    };
+    let manifest_url = format!("{server}/v3/import/{token}_{cluster_id}.yaml");
+    let checksum = ca_checksum(&state.cacerts.value);
+    let image = state
+        .accounts
+        .setting(AGENT_IMAGE)
+        .map(|(v, _)| v)
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| DEFAULT_AGENT_IMAGE.to_string());
+    let (linux_checksum, windows_checksum) = if checksum.is_empty() {
+        (String::new(), String::new())
+    } else {
+        (
+            format!(" --ca-checksum {checksum}"),
+            format!(" -CaChecksum {checksum}"),
+        )
+    };
+    Commands {
+        command: format!("kubectl apply -f {manifest_url}"),
+        insecure_command: format!("curl --insecure -sfL {manifest_url} | kubectl apply -f -"),
+        node_command: format!(
+            "sudo docker run -d --privileged --restart=unless-stopped --net=host -v /etc/kubernetes:/etc/kubernetes -v /var/run:/var/run {image} --server {server} --token {token}{linux_checksum}"
+        ),
+        windows_node_command: format!(
+            "PowerShell -NoLogo -NonInteractive -Command \"& {{docker run -v c:\\:c:\\host {image} bootstrap --server {server} --token {token}{windows_checksum} | iex}}\""
+        ),
+        manifest_url,
+    }
+}
+
+fn registration_token_resource(
+    state: &AppState,
+    token: &RegistrationToken,
+    secret: Option<&str>,
+) -> Resource {
+    let commands = secret.map(|s| commands(state, s, &token.cluster_id));
+    let field =
+        |pick: fn(&Commands) -> &String| commands.as_ref().map(pick).cloned().unwrap_or_default();
+    Resource::new(format!("{}:{}", token.cluster_id, token.id))
+        .with("name", token.id.as_str())
+        .with("namespaceId", token.cluster_id.as_str())
+        .with("clusterId", token.cluster_id.as_str())
+        .with("token", secret.unwrap_or_default())
+        .with("manifestUrl", field(|c| &c.manifest_url))
+        .with("command", field(|c| &c.command))
+        .with("insecureCommand", field(|c| &c.insecure_command))
+        .with("nodeCommand", field(|c| &c.node_command))
+        .with("windowsNodeCommand", field(|c| &c.windows_node_command))
+        .with("state", "active")
+        .with("transitioning", "no")
+        .with("transitioningMessage", "")
+        .with("created", date(token.created))
+        .with("creatorId", Value::Null)
+}
+
+pub struct RegistrationTokens;
+
+#[async_trait]
+impl TypeHandler for RegistrationTokens {
+    fn schemas(&self) -> Vec<Schema> {
+        vec![
+            Schema::new("clusterRegistrationToken")
+                .methods(&[GET, POST], &[GET, DELETE])
+                .field("name", Field::string())
+                .field("namespaceId", Field::string())
+                .field("clusterId", Field::reference("cluster").create().required())
+                .field("token", Field::string())
+                .field("manifestUrl", Field::string())
+                .field("command", Field::string())
+                .field("insecureCommand", Field::string())
+                .field("nodeCommand", Field::string())
+                .field("windowsNodeCommand", Field::string())
+                .object_meta()
+                .status_summary(),
+        ]
+    }
+
+    async fn list(&self, call: &Call<'_>) -> Result<Vec<Resource>, ApiError> {
+        let state = call.state;
+        Ok(state
+            .clusters
+            .list()
+            .iter()
+            .flat_map(|c| state.clusters.tokens(&c.id))
+            .map(|t| registration_token_resource(state, &t, None))
+            .collect())
+    }
+
+    async fn get(&self, call: &Call<'_>, id: &str) -> Result<Resource, ApiError> {
+        let not_found = || cluster_error(&ClusterError::TokenNotFound(id.to_string()));
+        let (cluster_id, token_id) = id.split_once(':').ok_or_else(not_found)?;
+        let token = call
+            .state
+            .clusters
+            .tokens(cluster_id)
+            .into_iter()
+            .find(|t| t.id == token_id)
+            .ok_or_else(not_found)?;
+        Ok(registration_token_resource(call.state, &token, None))
+    }
+
+    async fn create(&self, call: &Call<'_>, input: Map<String, Value>) -> Result<Answer, ApiError> {
+        let cluster_id = input
+            .get("clusterId")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let state = call.state;
+        let IssuedRegistrationToken {
+            id,
+            cluster_id,
+            token,
+            created,
+        } = state
+            .clusters
+            .create_token(cluster_id)
+            .map_err(|e| cluster_error(&e))?;
+        let listed = RegistrationToken {
+            id,
+            cluster_id,
+            created,
+        };
+        let resource = registration_token_resource(state, &listed, Some(&token));
+        Ok(Answer::created("clusterRegistrationToken", resource))
+    }
+
+    async fn delete(&self, call: &Call<'_>, id: &str) -> Result<Answer, ApiError> {
+        let before = self.get(call, id).await?;
+        let (cluster_id, token_id) = id.split_once(':').unwrap_or_default();
+        call.state
+            .clusters
+            .delete_token(cluster_id, token_id)
+            .map_err(|e| cluster_error(&e))?;
+        Ok(Answer::ok("clusterRegistrationToken", before))
+    }
 }
 
 /// `GET /v3/import/<token>_<clusterId>.yaml`: the agent manifest. The token in the path is the
@@ -193,25 +493,38 @@ pub async fn import(
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Response<Body> {
-    let not_found = || norman_error(StatusCode::NOT_FOUND, "NotFound", "not found");
+    let not_found = || {
+        text_response(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "registration token not found\n",
+        )
+    };
     let Some((token, cluster_id)) = file.strip_suffix(".yaml").and_then(|f| f.rsplit_once('_'))
     else {
         return not_found();
     };
     match state.clusters.find_by_token(token) {
         Some(cluster) if cluster.id == cluster_id => {
+            let image = state
+                .accounts
+                .setting(AGENT_IMAGE)
+                .map(|(v, _)| v)
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| DEFAULT_AGENT_IMAGE.to_string());
             let manifest = import_manifest(
                 &server_base(&state, &headers),
                 token,
                 &ca_checksum(&state.cacerts.value),
+                &image,
             );
-            text_response(StatusCode::OK, "application/yaml", manifest)
+            text_response(StatusCode::OK, "text/plain", manifest)
         }
         _ => not_found(),
     }
 }
 
-fn import_manifest(server: &str, token: &str, checksum: &str) -> String {
+fn import_manifest(server: &str, token: &str, checksum: &str, image: &str) -> String {
     use base64::Engine;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let checksum_env = match checksum.is_empty() {
@@ -273,7 +586,7 @@ spec:
       serviceAccountName: cattle
       containers:
         - name: cluster-register
-          image: rancher/rancher-agent:v2.12.0
+          image: {image}
           env:
             - name: CATTLE_SERVER
               value: "{server}"

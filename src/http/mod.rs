@@ -4,42 +4,41 @@
 mod access_log;
 mod acme_challenge;
 mod auth;
+mod auth_configs;
 mod cacerts;
 mod cluster_proxy;
 mod clusters;
 mod connect;
+mod features;
 mod health;
 mod k8s;
 mod login;
 mod nodes;
+pub mod norman;
 mod redirect;
 mod settings;
+mod tokens;
 mod ui;
 mod users;
-
-/// The API's request bodies, public for the fuzz targets and property tests of their parsing.
-pub use clusters::{NewCluster, NewToken};
-pub use login::LoginInput;
-pub use settings::SettingInput;
-pub use users::ChangePassword;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequest};
-use axum::http::{Extensions, HeaderMap, Request, Response, StatusCode, header};
+use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Request, Response, StatusCode, header};
 use axum::routing::{any, get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::accounts::{AccountError, Accounts};
+use crate::api::ApiError;
 use crate::certs::CertService;
 use crate::store::StoreError;
+use norman::TypeHandler;
 
 /// A client has this long to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -132,29 +131,21 @@ impl HttpApp {
                 "/.well-known/acme-challenge/{token}",
                 get(acme_challenge::answer),
             )
-            .route("/v3-public/localProviders/local", post(login::v3_public))
             .route("/v1-public/login", post(login::v1_public))
-            .route("/v3/users", post(users::action))
-            .route("/v3/settings/{name}", any(settings::setting))
+            .route("/v3", any(norman::dispatch))
+            .route("/v3/", any(norman::dispatch))
+            .route("/v3/{*rest}", any(norman::dispatch))
+            .route("/v3-public", any(norman::dispatch))
+            .route("/v3-public/", any(norman::dispatch))
+            .route("/v3-public/{*rest}", any(norman::dispatch))
             .route("/v3/connect", any(connect::connect))
             .route("/v3/connect/register", any(connect::connect))
-            .route("/v3/clusters", post(clusters::create).get(clusters::list))
-            .route(
-                "/v3/clusters/{id}",
-                get(clusters::get).post(clusters::action),
-            )
-            .route(
-                "/v3/clusterregistrationtokens",
-                post(clusters::create_token),
-            )
             .route("/v3/import/{file}", get(clusters::import))
-            .route("/v3/nodes", get(nodes::list))
-            .route("/v3/nodes/{id}", get(nodes::get))
             .route("/v3/nodes/{id}/proxy/{*rest}", any(nodes::proxy))
             .route("/k8s/clusters/{id}", any(k8s::cluster_proxy))
             .route("/k8s/clusters/{id}/", any(k8s::cluster_proxy))
             .route("/k8s/clusters/{id}/{*rest}", any(k8s::cluster_proxy))
-            .route("/", get(ui::page))
+            .route("/", get(root))
             .route("/dashboard", get(ui::page))
             .route("/dashboard/", get(ui::page))
             .route("/dashboard/{*rest}", get(ui::page))
@@ -314,11 +305,46 @@ impl crate::net::Handler for HttpApp {
 
 /// Go's `http.NotFound`.
 async fn not_found() -> Response<Body> {
+    not_found_page()
+}
+
+fn not_found_page() -> Response<Body> {
     text_response(
         StatusCode::NOT_FOUND,
         "text/plain; charset=utf-8",
         "404 page not found\n",
     )
+}
+
+/// `GET /`: a browser gets the setup and status page; any other client norman's API roots.
+async fn root(req: Request<Body>) -> Response<Body> {
+    if norman::from_browser(req.headers()) {
+        return ui::page().await;
+    }
+    let secure = req.extensions().get::<ConnInfo>().is_some_and(|c| c.secure);
+    norman::roots(req.headers(), secure).await
+}
+
+/// The types `/v3` serves, each declared once by its handler.
+fn handlers_v3() -> Vec<Arc<dyn TypeHandler>> {
+    vec![
+        Arc::new(clusters::Clusters),
+        Arc::new(clusters::RegistrationTokens),
+        Arc::new(nodes::Nodes),
+        Arc::new(settings::Settings),
+        Arc::new(features::Features),
+        Arc::new(users::Users),
+        Arc::new(tokens::Tokens),
+        Arc::new(auth_configs::AuthConfigs),
+    ]
+}
+
+/// The types `/v3-public` serves.
+fn handlers_v3_public() -> Vec<Arc<dyn TypeHandler>> {
+    vec![
+        Arc::new(login::AuthProviders),
+        Arc::new(login::LocalProvider),
+    ]
 }
 
 /// A response with a fixed content type and body.
@@ -334,16 +360,14 @@ pub(crate) fn text_response(
         .expect("static headers are valid")
 }
 
-/// norman's error body: `{"baseType":"error","code":…,"message":…,"status":…,"type":"error"}`.
-pub(crate) fn norman_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({
-        "baseType": "error",
-        "code": code,
-        "message": message,
-        "status": status.as_u16(),
-        "type": "error",
-    });
-    json_response(status, &body)
+/// norman's error body, for the routes outside the norman dispatcher (the node proxy).
+pub(crate) fn norman_error(
+    status: StatusCode,
+    code: &'static str,
+    message: &str,
+) -> Response<Body> {
+    let error = ApiError::new(status, code, message);
+    json_response(status, &error.body())
 }
 
 /// Compact JSON with a trailing newline, as Go's `json.Encoder` writes it.
@@ -351,106 +375,87 @@ pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Res
     text_response(status, "application/json", format!("{body}\n"))
 }
 
+/// A store that cannot be written: 503 when it cannot be reached (what to do, not the transport's
+/// error chain), 409 when another writer won, else a server error.
+pub(crate) fn store_error(error: &StoreError) -> ApiError {
+    match error {
+        StoreError::Unavailable(detail) => {
+            tracing::warn!("store unavailable: {detail}");
+            ApiError::store_unavailable()
+        }
+        StoreError::Conflict(_) => ApiError::conflict(
+            "the object was changed by another request at the same time; try again",
+        ),
+        StoreError::InvalidId(id) => ApiError::not_found(format!("{id} not found")),
+        // The file system's own words (`No space left on device`) say what to do.
+        other => ApiError::server_error(format!("cannot save state: {other}")),
+    }
+}
+
 /// Rancher's status, code and text for each refusal of the accounts service.
-pub(crate) fn account_error(error: &AccountError) -> Response<Body> {
-    let (status, code) = match error {
+pub(crate) fn account_error(error: &AccountError) -> ApiError {
+    use StatusCode as S;
+    let message = error.to_string();
+    let api = match error {
         AccountError::AuthenticationFailed | AccountError::PasswordChanged => {
-            (StatusCode::UNAUTHORIZED, "Unauthorized")
+            ApiError::new(S::UNAUTHORIZED, "Unauthorized", message)
         }
-        AccountError::TooManyAttempts(_) => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
-        AccountError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+        AccountError::UserDisabled => ApiError::permission_denied(message),
+        AccountError::TooManyAttempts(_) => {
+            ApiError::new(S::TOO_MANY_REQUESTS, "TooManyRequests", message)
+        }
+        AccountError::Busy => ApiError::new(S::SERVICE_UNAVAILABLE, "ServiceUnavailable", message),
         AccountError::InvalidCurrentPassword
-        | AccountError::PasswordTooShort
-        | AccountError::SamePassword => (StatusCode::UNPROCESSABLE_ENTITY, "InvalidBodyContent"),
-        AccountError::InvalidValue(_) | AccountError::InvalidServerUrl(_) => {
-            (StatusCode::BAD_REQUEST, "InvalidFormat")
+        | AccountError::NoCurrentPassword
+        | AccountError::NoNewPassword
+        | AccountError::PasswordTooShort(_)
+        | AccountError::PasswordIsUsername
+        | AccountError::SamePassword
+        | AccountError::InvalidValue(_)
+        | AccountError::InvalidServerUrl(_)
+        | AccountError::FeatureLocked(_) => ApiError::invalid_body(message),
+        AccountError::ServerUrlLocked { .. } => ApiError::conflict(message),
+        AccountError::ReadOnlyFromEnv(_) => ApiError::refused(message),
+        AccountError::UserNotFound(id) => {
+            ApiError::not_found(format!("users.management.cattle.io \"{id}\" not found"))
         }
-        AccountError::ServerUrlLocked { .. } => (StatusCode::CONFLICT, "Conflict"),
-        AccountError::ReadOnlyFromEnv(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
-        AccountError::Storage(StoreError::Unavailable(_)) => {
-            (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+        AccountError::TokenNotFound(_)
+        | AccountError::SettingNotFound(_)
+        | AccountError::FeatureNotFound(_) => ApiError::not_found(message),
+        AccountError::SettingExists(_) => ApiError::already_exists(message),
+        // The token API labels every other status ServerError.
+        AccountError::CurrentSession => ApiError::new(S::BAD_REQUEST, "ServerError", message),
+        AccountError::Storage(e) => store_error(e),
+        AccountError::Load(_) | AccountError::Bootstrap(_) | AccountError::Pinning(_) => {
+            tracing::error!("{message}");
+            ApiError::server_error(message)
         }
-        AccountError::Storage(_)
-        | AccountError::Load(_)
-        | AccountError::Bootstrap(_)
-        | AccountError::Pinning(_) => (StatusCode::INTERNAL_SERVER_ERROR, "ServerError"),
     };
-    let mut response = norman_error(status, code, &error.to_string());
-    if let Some(wait) = error.retry_after() {
+    match error.retry_after() {
         // Whole seconds, rounded up: a client that waits this long is not refused again at once.
-        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            header::HeaderValue::from(seconds.max(1)),
-        );
+        Some(wait) => api.retry_after(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)),
+        None => api,
     }
-    response
-}
-
-/// A JSON request body, parsed whatever its Content-Type (norman does the same); a bad body is
-/// norman's 400.
-pub(crate) struct NormanJson<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for NormanJson<T> {
-    type Rejection = Response<Body>;
-
-    async fn from_request(req: Request<Body>, state: &S) -> Result<Self, Self::Rejection> {
-        let too_large =
-            |text: &str| norman_error(StatusCode::PAYLOAD_TOO_LARGE, "InvalidBodyContent", text);
-        // A declared length over the limit is refused before a byte of it is read.
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX_API_BODY as u64) {
-            return Err(too_large("length limit exceeded"));
-        }
-        // The header-read timeout does not cover bodies: a body trickled in slowly is cut off too.
-        let bytes = tokio::time::timeout(HEADER_READ_TIMEOUT, Bytes::from_request(req, state))
-            .await
-            .map_err(|_| {
-                norman_error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "InvalidBodyContent",
-                    "request body not received in time",
-                )
-            })?
-            .map_err(|e| too_large(&e.body_text()))?;
-        serde_json::from_slice(&bytes).map(NormanJson).map_err(|e| {
-            norman_error(
-                StatusCode::BAD_REQUEST,
-                "InvalidBodyContent",
-                &format!("failed to parse request body: {e}"),
-            )
-        })
-    }
-}
-
-/// `scheme://host` of a request: https when it came over TLS or a terminating proxy says so.
-pub(crate) fn base_url(headers: &HeaderMap, extensions: &Extensions) -> String {
-    let secure = extensions.get::<ConnInfo>().is_some_and(|i| i.secure);
-    let forwarded = headers
-        .get("x-forwarded-proto")
-        .is_some_and(|p| p == "https" || p == "wss");
-    let scheme = if secure || forwarded { "https" } else { "http" };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    format!("{scheme}://{host}")
 }
 
 #[cfg(test)]
 mod body_tests {
-    use super::*;
+    use crate::api::input::{Op, admit, parse_object};
     use proptest::prelude::*;
 
+    /// A body through what the dispatcher does with it: parsed, then admitted against every
+    /// schema the API serves, for a create and an update.
     fn parse_all(bytes: &[u8]) {
-        let _ = serde_json::from_slice::<LoginInput>(bytes);
-        let _ = serde_json::from_slice::<SettingInput>(bytes);
-        let _ = serde_json::from_slice::<ChangePassword>(bytes);
-        let _ = serde_json::from_slice::<NewCluster>(bytes);
-        let _ = serde_json::from_slice::<NewToken>(bytes);
+        let Ok(body) = parse_object(bytes) else {
+            return;
+        };
+        let registry = &super::norman::api().registry;
+        for version in registry.versions() {
+            for schema in registry.schemas(version) {
+                let _ = admit(schema, Op::Create, body.clone());
+                let _ = admit(schema, Op::Update, body.clone());
+            }
+        }
     }
 
     proptest! {
@@ -476,6 +481,8 @@ mod body_tests {
             Just("clusterId".to_string()),
             Just("currentPassword".to_string()),
             Just("newPassword".to_string()),
+            Just("labels".to_string()),
+            Just("ttl".to_string()),
             "[a-z]{1,8}",
         ];
         let leaf = prop_oneof![

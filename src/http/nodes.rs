@@ -5,67 +5,50 @@
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Request, Response, StatusCode};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use axum::extract::State;
+use axum::http::{Request, Response, StatusCode};
+use serde_json::Value;
 
 use super::auth::Authenticated;
 use super::cluster_proxy as proxy;
-use super::clusters::server_base;
-use super::{AppState, json_response, norman_error};
+use super::norman::{Call, TypeHandler};
+use super::{AppState, norman_error};
+use crate::api::resource::date;
+use crate::api::schema::GET;
+use crate::api::{ApiError, Field, Resource, Schema};
 use crate::clusters::Node;
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeQuery {
-    cluster_id: Option<String>,
-}
+pub struct Nodes;
 
-fn node_object(state: &AppState, node: &Node, base: &str) -> Value {
+fn resource(state: &AppState, node: &Node) -> Resource {
     let key = node.key();
     let connected = state.tunnels.is_connected(&key);
-    json!({
-        "baseType": "node",
-        "type": "node",
-        "id": key,
-        "clusterId": node.cluster_id,
-        "nodeName": node.id,
-        "hostname": node.requested_hostname,
-        "requestedHostname": node.requested_hostname,
-        "ipAddress": node.address,
-        "internalIpAddress": node.internal_address,
-        "etcd": node.etcd,
-        "controlPlane": node.control_plane,
-        "worker": node.worker,
-        "createdTS": node.created * 1000,
-        "state": if connected { "active" } else { "unavailable" },
-        "links": { "self": format!("{base}/v3/nodes/{key}") },
-    })
-}
-
-/// The nodes of `clusterId` (of every cluster without it).
-pub async fn list(
-    State(state): State<Arc<AppState>>,
-    _: Authenticated,
-    Query(query): Query<NodeQuery>,
-    headers: HeaderMap,
-) -> Response<Body> {
-    let base = server_base(&state, &headers);
-    let clusters: Vec<String> = match query.cluster_id {
-        Some(id) => vec![id],
-        None => state.clusters.list().into_iter().map(|c| c.id).collect(),
-    };
-    let data: Vec<Value> = clusters
-        .iter()
-        .flat_map(|id| state.clusters.nodes(id))
-        .map(|node| node_object(&state, &node, &base))
-        .collect();
-    json_response(
-        StatusCode::OK,
-        &json!({ "type": "collection", "resourceType": "node", "data": data }),
-    )
+    Resource::new(&key)
+        .with("name", node.requested_hostname.as_str())
+        .with("namespaceId", node.cluster_id.as_str())
+        .with("clusterId", node.cluster_id.as_str())
+        .with("nodeName", node.id.as_str())
+        .with("hostname", node.requested_hostname.as_str())
+        .with("requestedHostname", node.requested_hostname.as_str())
+        .with("ipAddress", node.address.as_str())
+        .with("internalIpAddress", node.internal_address.as_str())
+        .with("etcd", node.etcd)
+        .with("controlPlane", node.control_plane)
+        .with("worker", node.worker)
+        .with("state", if connected { "active" } else { "unavailable" })
+        .with("transitioning", if connected { "no" } else { "error" })
+        .with(
+            "transitioningMessage",
+            if connected {
+                ""
+            } else {
+                "node agent is not connected"
+            },
+        )
+        .with("created", date(node.created))
+        .with("creatorId", Value::Null)
 }
 
 /// The node `<cluster>:<node>`.
@@ -74,26 +57,50 @@ fn find(state: &AppState, id: &str) -> Option<Node> {
     state.clusters.node(cluster_id, node_id)
 }
 
-fn not_found(id: &str) -> Response<Body> {
-    norman_error(
-        StatusCode::NOT_FOUND,
-        "NotFound",
-        &format!("nodes.management.cattle.io \"{id}\" not found"),
-    )
+fn not_found_message(id: &str) -> String {
+    format!("nodes.management.cattle.io \"{id}\" not found")
 }
 
-pub async fn get(
-    State(state): State<Arc<AppState>>,
-    _: Authenticated,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response<Body> {
-    match find(&state, &id) {
-        Some(node) => json_response(
-            StatusCode::OK,
-            &node_object(&state, &node, &server_base(&state, &headers)),
-        ),
-        None => not_found(&id),
+#[async_trait]
+impl TypeHandler for Nodes {
+    fn schemas(&self) -> Vec<Schema> {
+        vec![
+            Schema::new("node")
+                .methods(&[GET], &[GET])
+                .field("name", Field::string())
+                .field("namespaceId", Field::string())
+                .field("clusterId", Field::reference("cluster"))
+                .field("nodeName", Field::string())
+                .field("hostname", Field::string())
+                .field("requestedHostname", Field::string())
+                .field("ipAddress", Field::string())
+                .field("internalIpAddress", Field::string())
+                .field("etcd", Field::boolean())
+                .field("controlPlane", Field::boolean())
+                .field("worker", Field::boolean())
+                .object_meta()
+                .status_summary(),
+        ]
+    }
+
+    /// Every cluster's nodes; `?clusterId=` filters them as any field filter does.
+    async fn list(&self, call: &Call<'_>) -> Result<Vec<Resource>, ApiError> {
+        let state = call.state;
+        let clusters: Vec<String> = match call.query.get("clusterId") {
+            Some(id) => vec![id.to_string()],
+            None => state.clusters.list().into_iter().map(|c| c.id).collect(),
+        };
+        Ok(clusters
+            .iter()
+            .flat_map(|id| state.clusters.nodes(id))
+            .map(|node| resource(state, &node))
+            .collect())
+    }
+
+    async fn get(&self, call: &Call<'_>, id: &str) -> Result<Resource, ApiError> {
+        let node =
+            find(call.state, id).ok_or_else(|| ApiError::not_found(not_found_message(id)))?;
+        Ok(resource(call.state, &node))
     }
 }
 
@@ -108,7 +115,7 @@ pub async fn proxy(
         return norman_error(StatusCode::NOT_FOUND, "NotFound", "not found");
     };
     let Some(node) = find(&state, &id) else {
-        return not_found(&id);
+        return norman_error(StatusCode::NOT_FOUND, "NotFound", &not_found_message(&id));
     };
     let path_and_query = proxy::upstream_target(rest, req.uri().query());
     proxy::forward_to_node(

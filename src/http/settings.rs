@@ -1,156 +1,69 @@
-//! `/v3/settings/<name>`: norman's view of Rancher settings.
-//!
-//! `cacerts` and `first-login` are readable without login (as in Rancher); every other read, and
-//! every write, needs a login. `cacerts` is read-only; `server-url` pins certificates when first set.
+//! `/v3/settings`: Rancher's settings (`shared/spec/norman-api.md` §9). Seven are readable without
+//! login; `cacerts` is read-only and holds the CA that `/cacerts` serves; one set by the
+//! environment is read-only too; `server-url` pins the certificates when first set.
 
-use std::sync::Arc;
-
-use axum::body::Body;
-use axum::extract::{FromRequest, FromRequestParts, Path, State};
-use axum::http::{Method, Request, Response, StatusCode, header};
-use serde::Deserialize;
-use serde_json::json;
+use async_trait::async_trait;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
-use super::auth::Authenticated;
-use super::{AppState, NormanJson, account_error, base_url, json_response, norman_error};
-use crate::accounts::{FIRST_LOGIN, SERVER_URL, Source};
+use super::account_error;
+use super::norman::{Answer, Call, TypeHandler};
+use crate::accounts::settings::{CACERTS, is_public};
+use crate::accounts::{SettingView, Source};
+use crate::api::resource::date;
+use crate::api::schema::{DELETE, GET, POST, PUT};
+use crate::api::{ApiError, Field, Resource, Schema};
 
-/// norman's fixed `Expires` date.
-const NORMAN_EXPIRES: &str = "Wed 24 Feb 1982 18:42:00 GMT";
-/// Settings anyone may read.
-const PUBLIC_SETTINGS: [&str; 2] = ["cacerts", FIRST_LOGIN];
+pub struct Settings;
 
-/// One setting as the API shows it.
-struct Setting {
-    name: String,
-    value: String,
-    default: &'static str,
-    source: Source,
-    created: OffsetDateTime,
+fn not_found(name: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "settings.management.cattle.io \"{name}\" not found"
+    ))
 }
 
-#[derive(Deserialize)]
-pub struct SettingInput {
-    value: String,
-}
-
-pub async fn setting(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-    req: Request<Body>,
-) -> Response<Body> {
-    let (mut parts, body) = req.into_parts();
-    let base = base_url(&parts.headers, &parts.extensions);
-    let public_read = parts.method == Method::GET && PUBLIC_SETTINGS.contains(&name.as_str());
-    if !public_read
-        && let Err(rejection) = Authenticated::from_request_parts(&mut parts, &state).await
-    {
-        return rejection;
-    }
-    let method = parts.method.clone();
-    if method == Method::GET {
-        return match lookup(&state, &name) {
-            Some(setting) => setting_response(&setting, &base),
-            None => not_found(&name),
-        };
-    }
-    if method != Method::PUT {
-        return norman_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "method not allowed",
-        );
-    }
-    let req = Request::from_parts(parts, body);
-    let NormanJson(input) = match NormanJson::<SettingInput>::from_request(req, &state).await {
-        Ok(input) => input,
-        Err(rejection) => return rejection,
-    };
-    let result = match name.as_str() {
-        "cacerts" => {
-            return norman_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "MethodNotAllowed",
-                "cacerts is readOnly",
-            );
-        }
-        SERVER_URL => state.accounts.set_server_url(&input.value).map(drop),
-        FIRST_LOGIN => state.accounts.set_first_login(&input.value),
-        _ => return not_found(&name),
-    };
-    match result.map(|()| lookup(&state, &name)) {
-        Ok(Some(setting)) => setting_response(&setting, &base),
-        Ok(None) => not_found(&name),
-        Err(e) => account_error(&e),
-    }
-}
-
-fn not_found(name: &str) -> Response<Body> {
-    norman_error(
-        StatusCode::NOT_FOUND,
-        "NotFound",
-        &format!("setting {name} not found"),
-    )
-}
-
-fn lookup(state: &AppState, name: &str) -> Option<Setting> {
-    if name == "cacerts" {
+/// The setting as the API shows it: `cacerts` from the CA this server distributes.
+fn view(call: &Call<'_>, name: &str) -> Option<(SettingView, OffsetDateTime)> {
+    let state = call.state;
+    if name == CACERTS {
         let value = state.cacerts.value.clone();
         let source = if value.is_empty() {
             Source::Default
         } else {
             Source::Db
         };
-        return Some(Setting {
-            name: name.into(),
+        let view = SettingView {
+            name: CACERTS.into(),
             value,
-            default: "",
+            default: String::new(),
             source,
-            created: state.cacerts.created,
-        });
+        };
+        return Some((view, state.cacerts.created));
     }
-    let (value, source) = state.accounts.setting(name)?;
-    Some(Setting {
-        name: name.into(),
-        value,
-        default: if name == FIRST_LOGIN { "true" } else { "" },
-        source,
-        created: OffsetDateTime::from_unix_timestamp(state.accounts.created())
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-    })
+    let created = OffsetDateTime::from_unix_timestamp(state.accounts.created())
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    Some((state.accounts.setting_view(name)?, created))
 }
 
-/// norman's JSON for a setting (keys sorted, as Go's encoder writes maps) with its headers.
-fn setting_response(setting: &Setting, base: &str) -> Response<Body> {
-    let uuid = uuid_for(&setting.name, setting.created);
-    let body = json!({
-        "baseType": "setting",
-        "created": setting.created.format(&Rfc3339).unwrap_or_default(),
-        "createdTS": setting.created.unix_timestamp() * 1000,
-        "creatorId": null,
-        "customized": setting.value != setting.default,
-        "default": setting.default,
-        "id": setting.name,
-        "links": { "self": format!("{base}/v3/settings/{}", setting.name) },
-        "name": setting.name,
-        "source": setting.source.as_str(),
-        "type": "setting",
-        "uuid": uuid,
-        "value": setting.value,
-    });
-    let mut response = json_response(StatusCode::OK, &body);
-    let headers = response.headers_mut();
-    headers.insert(
-        header::EXPIRES,
-        header::HeaderValue::from_static(NORMAN_EXPIRES),
-    );
-    if let Ok(schemas) = format!("{base}/v3/schemas").parse() {
-        headers.insert("x-api-schemas", schemas);
+fn resource(setting: &SettingView, created: OffsetDateTime) -> Resource {
+    let mut resource = Resource::new(&setting.name)
+        .with("name", setting.name.as_str())
+        .with("value", setting.value.as_str())
+        .with("default", setting.default.as_str())
+        .with("customized", setting.customized())
+        .with("source", setting.source.as_str())
+        .with("created", date(created.unix_timestamp()))
+        .with("creatorId", Value::Null)
+        .with("uuid", uuid_for(&setting.name, created));
+    // Read-only settings offer no update (Rancher's formatter drops the link).
+    if setting.name == CACERTS || setting.source == Source::Env {
+        resource = resource.without_link("update");
     }
-    response
+    if setting.name == CACERTS {
+        resource = resource.without_link("remove");
+    }
+    resource
 }
 
 /// A stable UUID-shaped id for a setting object.
@@ -167,4 +80,94 @@ fn uuid_for(name: &str, created: OffsetDateTime) -> String {
         &digest[16..20],
         &digest[20..32]
     )
+}
+
+/// `value` of a body, as Rancher's setting store reads it.
+fn value_of(input: &Map<String, Value>) -> Result<&str, ApiError> {
+    match input.get("value") {
+        Some(Value::String(value)) => Ok(value),
+        Some(_) => Err(ApiError::server_error("value not string")),
+        None => Err(ApiError::server_error("value not found")),
+    }
+}
+
+#[async_trait]
+impl TypeHandler for Settings {
+    fn schemas(&self) -> Vec<Schema> {
+        vec![
+            Schema::new("setting")
+                .methods(&[GET, POST], &[GET, PUT, DELETE])
+                .field("name", Field::string().create().required())
+                .field("value", Field::string().writable().required())
+                .field("default", Field::string())
+                .field("customized", Field::boolean())
+                .field("source", Field::one_of(&["db", "default", "env"]))
+                .object_meta(),
+        ]
+    }
+
+    fn public_read(&self, id: Option<&str>) -> bool {
+        id.is_some_and(is_public)
+    }
+
+    async fn list(&self, call: &Call<'_>) -> Result<Vec<Resource>, ApiError> {
+        Ok(call
+            .state
+            .accounts
+            .settings_list()
+            .iter()
+            .filter_map(|s| view(call, &s.name))
+            .map(|(setting, created)| resource(&setting, created))
+            .collect())
+    }
+
+    async fn get(&self, call: &Call<'_>, id: &str) -> Result<Resource, ApiError> {
+        let (setting, created) = view(call, id).ok_or_else(|| not_found(id))?;
+        Ok(resource(&setting, created))
+    }
+
+    async fn create(&self, call: &Call<'_>, input: Map<String, Value>) -> Result<Answer, ApiError> {
+        let name = input
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if name == CACERTS {
+            return Err(ApiError::refused("cacerts is readOnly"));
+        }
+        let setting = call
+            .state
+            .accounts
+            .create_setting(name, value_of(&input)?)
+            .map_err(|e| account_error(&e))?;
+        let (setting, created) = view(call, &setting.name).ok_or_else(|| not_found(name))?;
+        Ok(Answer::created("setting", resource(&setting, created)))
+    }
+
+    async fn update(
+        &self,
+        call: &Call<'_>,
+        id: &str,
+        input: Map<String, Value>,
+    ) -> Result<Resource, ApiError> {
+        if id == CACERTS {
+            return Err(ApiError::refused("cacerts is readOnly"));
+        }
+        call.state
+            .accounts
+            .update_setting(id, value_of(&input)?)
+            .map_err(|e| account_error(&e))?;
+        self.get(call, id).await
+    }
+
+    async fn delete(&self, call: &Call<'_>, id: &str) -> Result<Answer, ApiError> {
+        if id == CACERTS {
+            return Err(ApiError::refused("Cannot delete readOnly setting cacerts."));
+        }
+        let before = self.get(call, id).await?;
+        call.state
+            .accounts
+            .delete_setting(id)
+            .map_err(|e| account_error(&e))?;
+        Ok(Answer::ok("setting", before))
+    }
 }

@@ -1,38 +1,140 @@
-//! `POST /v3/users?action=changepassword`: `{currentPassword, newPassword}`; ends first login.
+//! `/v3/users` (`shared/spec/norman-api.md` §6): the users, read side (`?username=`, `?me=true`),
+//! `changepassword` for the caller and `setpassword` for an admin. Creating, updating and deleting
+//! users is not served yet (the schema does not offer it).
 
-use std::sync::Arc;
+use async_trait::async_trait;
+use serde_json::{Map, Value, json};
 
-use axum::body::Body;
-use axum::extract::{Query, State};
-use axum::http::{Response, StatusCode};
-use serde::Deserialize;
+use super::account_error;
+use super::norman::{Answer, Call, TypeHandler};
+use crate::accounts::{AccountError, UserView};
+use crate::api::resource::date;
+use crate::api::schema::{Action, GET};
+use crate::api::{ApiError, Field, Resource, Schema};
 
-use super::auth::Authenticated;
-use super::login::ActionQuery;
-use super::{AppState, NormanJson, account_error, json_response, norman_error};
+pub struct Users;
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ChangePassword {
-    current_password: String,
-    new_password: String,
+fn resource(user: &UserView, caller_id: Option<&str>) -> Resource {
+    Resource::new(&user.id)
+        .with("name", user.display_name.as_str())
+        .with("username", user.username.as_str())
+        .with("description", user.description.as_str())
+        .with("enabled", user.enabled)
+        .with("mustChangePassword", user.must_change_password)
+        .with("principalIds", json!([user.principal_id()]))
+        .with("me", caller_id == Some(user.id.as_str()))
+        .with("conditions", json!([]))
+        .with("state", if user.enabled { "active" } else { "inactive" })
+        .with("transitioning", "no")
+        .with("transitioningMessage", "")
+        .with("created", date(user.created))
+        .with("creatorId", Value::Null)
+        .with("labels", json!({}))
+        .with("annotations", json!({}))
 }
 
-pub async fn action(
-    State(state): State<Arc<AppState>>,
-    Authenticated(caller): Authenticated,
-    Query(query): Query<ActionQuery>,
-    NormanJson(input): NormanJson<ChangePassword>,
-) -> Response<Body> {
-    if query.action() != Some("changepassword") {
-        return norman_error(StatusCode::BAD_REQUEST, "InvalidAction", "invalid action");
+fn text<'a>(input: &'a Map<String, Value>, name: &str) -> &'a str {
+    input.get(name).and_then(Value::as_str).unwrap_or_default()
+}
+
+#[async_trait]
+impl TypeHandler for Users {
+    fn schemas(&self) -> Vec<Schema> {
+        vec![
+            Schema::new("user")
+                .methods(&[GET], &[GET])
+                .field("name", Field::string())
+                .field("username", Field::string())
+                .field("password", Field::password().create().write_only())
+                .field("description", Field::string())
+                .field("enabled", Field::boolean().default(true.into()))
+                .field("mustChangePassword", Field::boolean())
+                .field(
+                    "principalIds",
+                    Field::of(crate::api::schema::FieldType::Array(Box::new(
+                        crate::api::schema::FieldType::Reference("principal"),
+                    ))),
+                )
+                .field("me", Field::boolean())
+                .field("conditions", Field::json())
+                .object_meta()
+                .status_summary()
+                .resource_action(
+                    "setpassword",
+                    Action {
+                        input: Some("setPasswordInput"),
+                        output: Some("user"),
+                    },
+                )
+                .collection_action(
+                    "changepassword",
+                    Action {
+                        input: Some("changePasswordInput"),
+                        output: None,
+                    },
+                ),
+            Schema::new("changePasswordInput")
+                .field("currentPassword", Field::string().create().required())
+                .field("newPassword", Field::string().create().required()),
+            Schema::new("setPasswordInput")
+                .field("newPassword", Field::string().create().required()),
+        ]
     }
-    match state
-        .accounts
-        .change_password(&caller, &input.current_password, &input.new_password)
-        .await
-    {
-        Ok(()) => json_response(StatusCode::OK, &serde_json::json!({})),
-        Err(e) => account_error(&e),
+
+    async fn list(&self, call: &Call<'_>) -> Result<Vec<Resource>, ApiError> {
+        let caller = call.caller()?;
+        Ok(call
+            .state
+            .accounts
+            .users_list()
+            .map_err(|e| account_error(&e))?
+            .iter()
+            .map(|u| resource(u, Some(&caller.user_id)))
+            .collect())
+    }
+
+    async fn get(&self, call: &Call<'_>, id: &str) -> Result<Resource, ApiError> {
+        let caller = call.caller()?;
+        let user = call
+            .state
+            .accounts
+            .user(id)
+            .map_err(|e| account_error(&e))?;
+        Ok(resource(&user, Some(&caller.user_id)))
+    }
+
+    async fn action(
+        &self,
+        call: &Call<'_>,
+        id: Option<&str>,
+        name: &str,
+        input: Map<String, Value>,
+    ) -> Result<Answer, ApiError> {
+        let caller = call.caller()?;
+        let accounts = &call.state.accounts;
+        match (name, id) {
+            ("changepassword", None) => {
+                accounts
+                    .change_password(
+                        caller,
+                        text(&input, "currentPassword"),
+                        text(&input, "newPassword"),
+                    )
+                    .await
+                    .map_err(|e| account_error(&e))?;
+                Ok(Answer::Empty)
+            }
+            ("setpassword", Some(id)) => {
+                let user = accounts
+                    .set_password(caller, id, text(&input, "newPassword"))
+                    .await
+                    .map_err(|e| match e {
+                        AccountError::NoNewPassword => ApiError::server_error("Invalid password"),
+                        other => account_error(&other),
+                    })?;
+                Ok(Answer::ok("user", resource(&user, Some(&caller.user_id))))
+            }
+            _ => Err(ApiError::invalid_action(name)),
+        }
     }
 }

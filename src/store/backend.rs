@@ -168,6 +168,10 @@ pub trait Backend: Send + Sync + 'static {
     fn read_path(&self, _path: &str) -> Option<Vec<u8>> {
         None
     }
+    /// Removes the value at `path` (nothing when there is none, or no dynamic paths).
+    fn delete_path(&self, _path: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Keeps `bytes` at `path` for as long as this process is alive and reaches the store: the
     /// value is removed `ttl` after the last renewal (an etcd lease), and put back when the store
     /// returns. Dropping the guard removes it. `None` from a backend without leases.

@@ -521,7 +521,11 @@ impl Backend for EtcdBackend {
     }
 
     fn delete(&self, key: &Key) -> Result<(), StoreError> {
-        let full = format!("{PREFIX}{}", key.path);
+        self.delete_path(&key.path)
+    }
+
+    fn delete_path(&self, path: &str) -> Result<(), StoreError> {
+        let full = format!("{PREFIX}{path}");
         let members = self.members.clone();
         let response = self.wait_on(async move {
             members
@@ -532,7 +536,7 @@ impl Backend for EtcdBackend {
                 .await
         })?;
         let revision = response.header().map_or(0, |h| h.revision());
-        self.apply(key.path.to_string(), None, revision);
+        self.apply(path.to_string(), None, revision);
         Ok(())
     }
 

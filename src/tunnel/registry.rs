@@ -225,6 +225,27 @@ impl TunnelRegistry {
         clients.len()
     }
 
+    /// Ends this replica's sessions of cluster `cluster_id` and of its nodes (`<cluster>:<node>`),
+    /// as when the cluster is deleted; returns how many there were.
+    pub fn close_cluster(&self, cluster_id: &str) -> usize {
+        let node_prefix = format!("{cluster_id}:");
+        let doomed: Vec<Arc<Session>> = self
+            .clients()
+            .iter()
+            .filter(|(key, _)| *key == cluster_id || key.starts_with(&node_prefix))
+            .flat_map(|(_, list)| list.iter().cloned())
+            .collect();
+        for session in &doomed {
+            session.close();
+        }
+        doomed.len()
+    }
+
+    /// The client keys of this replica's sessions.
+    pub fn local_keys(&self) -> Vec<String> {
+        self.clients().keys().cloned().collect()
+    }
+
     /// Sessions still running (agents' and peers').
     pub fn session_count(&self) -> usize {
         let count = |table: &Table| table.values().map(Vec::len).sum::<usize>();

@@ -192,6 +192,22 @@ impl Lab {
         panic!("cluster never became connected={connected}");
     }
 
+    /// Waits up to `limit` for this corral to log that the cluster's tunnel ended, then that its
+    /// agent, coming back, was refused (the cluster was deleted).
+    pub async fn wait_tunnel_ended_and_refused(&self, limit: Duration) {
+        let ended = format!("tunnel for {} ", self.cluster);
+        let deadline = Instant::now() + limit;
+        let logged = |matches: &dyn Fn(&str) -> bool| self.corral.logs().iter().any(|l| matches(l));
+        while !logged(&|l| l.contains(&ended) && (l.contains(" closed") || l.contains(" ended"))) {
+            assert!(Instant::now() < deadline, "the tunnel outlived its cluster");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        while !logged(&|l| l.contains("tunnel refused")) {
+            assert!(Instant::now() < deadline, "the agent never came back");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn proxied(&self, path: &str) -> HttpResponse {
         let full = format!("/k8s/clusters/{}{path}", self.cluster);
         request(self.addr, "GET", &full, &[&self.auth()], None).await

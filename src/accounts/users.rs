@@ -1,0 +1,185 @@
+//! Users as the API shows them, and their passwords: Rancher's rules (`password-min-length`, not
+//! the username, not the current one), `changepassword` for the caller and `setpassword` for an
+//! admin (`shared/spec/norman-api.md` §6). A new password ends every session opened with the old
+//! one, but the caller's own.
+
+use super::settings::PASSWORD_MIN;
+use super::{AccountError, Accounts, Caller, FIRST_LOGIN};
+use crate::store::Stored;
+
+/// A user as the API shows it (never its password).
+#[derive(Debug, Clone)]
+pub struct UserView {
+    pub id: String,
+    pub username: String,
+    pub display_name: String,
+    pub description: String,
+    pub enabled: bool,
+    pub must_change_password: bool,
+    /// Unix seconds.
+    pub created: i64,
+}
+
+impl UserView {
+    /// Its principal: `local://<id>`.
+    pub fn principal_id(&self) -> String {
+        format!("local://{}", self.id)
+    }
+}
+
+impl Accounts {
+    fn view(&self, user: super::state::User) -> UserView {
+        let created = match user.created {
+            0 => self.created(),
+            at => at,
+        };
+        UserView {
+            id: user.id,
+            username: user.username,
+            display_name: user.display_name,
+            description: user.description,
+            enabled: user.enabled,
+            must_change_password: user.must_change_password,
+            created,
+        }
+    }
+
+    pub fn users_list(&self) -> Result<Vec<UserView>, AccountError> {
+        Ok(self
+            .records
+            .users
+            .list()?
+            .into_iter()
+            .map(|(_, user)| self.view(user.value))
+            .collect())
+    }
+
+    pub fn user(&self, id: &str) -> Result<UserView, AccountError> {
+        let user = self
+            .records
+            .users
+            .get(id)?
+            .ok_or_else(|| AccountError::UserNotFound(id.to_string()))?;
+        Ok(self.view(user.value))
+    }
+
+    /// The shortest password allowed (`password-min-length`).
+    pub fn password_min_length(&self) -> i64 {
+        self.setting_number(PASSWORD_MIN).max(1)
+    }
+
+    /// Rancher's rules for a new password of `username`.
+    fn check_new_password(&self, username: &str, new: &str) -> Result<(), AccountError> {
+        let min = self.password_min_length();
+        if (new.chars().count() as i64) < min {
+            return Err(AccountError::PasswordTooShort(min));
+        }
+        if new == username {
+            return Err(AccountError::PasswordIsUsername);
+        }
+        Ok(())
+    }
+
+    /// Changes the caller's password (`current` must match) and ends first login. The rules are
+    /// checked before the current password, as Rancher does.
+    pub async fn change_password(
+        &self,
+        caller: &Caller,
+        current: &str,
+        new: &str,
+    ) -> Result<(), AccountError> {
+        if current.is_empty() {
+            return Err(AccountError::NoCurrentPassword);
+        }
+        if new.is_empty() {
+            return Err(AccountError::NoNewPassword);
+        }
+        self.check_new_password(&caller.username, new)?;
+        if new == current {
+            return Err(AccountError::SamePassword);
+        }
+        let Stored { value: user, .. } = self
+            .records
+            .users
+            .get(&caller.user_id)?
+            .ok_or(AccountError::AuthenticationFailed)?;
+        if !self.passwords.verify(current, &user.password_hash).await? {
+            return Err(AccountError::InvalidCurrentPassword);
+        }
+        let new_hash = self.passwords.hash(new).await?;
+        self.replace_password(caller, &user.id, user.password_version, new_hash)
+            .map_err(|e| match e {
+                // Changed concurrently: the current password checked above is no longer current.
+                AccountError::PasswordChanged => AccountError::InvalidCurrentPassword,
+                other => other,
+            })?;
+        Ok(())
+    }
+
+    /// An admin sets `user_id`'s password.
+    pub async fn set_password(
+        &self,
+        caller: &Caller,
+        user_id: &str,
+        new: &str,
+    ) -> Result<UserView, AccountError> {
+        if new.is_empty() {
+            return Err(AccountError::NoNewPassword);
+        }
+        let user = self.user(user_id)?;
+        self.check_new_password(&user.username, new)?;
+        let version = self
+            .records
+            .users
+            .get(user_id)?
+            .ok_or_else(|| AccountError::UserNotFound(user_id.to_string()))?
+            .value
+            .password_version;
+        let new_hash = self.passwords.hash(new).await?;
+        self.replace_password(caller, user_id, version, new_hash)?;
+        self.user(user_id)
+    }
+
+    /// Stores `new_hash` as `user_id`'s password if its password is still version `version`, and
+    /// ends every other session of the old one (the caller's own, if it is that user's, goes on:
+    /// Rancher's UI goes on after first login). First login is over.
+    fn replace_password(
+        &self,
+        caller: &Caller,
+        user_id: &str,
+        version: u64,
+        new_hash: String,
+    ) -> Result<(), AccountError> {
+        let new_version = self
+            .records
+            .users
+            .update(user_id, |stored| {
+                if stored.password_version != version {
+                    return Err(AccountError::PasswordChanged);
+                }
+                stored.password_hash = new_hash.clone();
+                stored.must_change_password = false;
+                stored.password_version += 1;
+                Ok(stored.password_version)
+            })?
+            .ok_or_else(|| AccountError::UserNotFound(user_id.to_string()))?;
+        let keep = (caller.user_id == user_id).then_some(caller.token_name.as_str());
+        if let Some(own) = keep {
+            self.records.tokens.update(own, |token| {
+                token.password_version = new_version;
+                Ok::<_, AccountError>(())
+            })?;
+        }
+        let revoked = self.records.revoke_tokens(user_id, keep)?;
+        self.records.settings.update(|next| {
+            next.settings.insert(FIRST_LOGIN.into(), "false".into());
+            Ok::<_, AccountError>(())
+        })?;
+        self.first_login_done();
+        tracing::info!(
+            "password of user {user_id} changed by {}; {revoked} other token(s) revoked",
+            caller.username
+        );
+        Ok(())
+    }
+}
