@@ -196,6 +196,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     )?);
     if let Some(replicas) = &replicas {
         sweep_agent_sessions(clusters.clone(), replicas.clone(), shutdown.clone());
+        close_deleted_clusters(clusters.clone(), tunnels.clone(), shutdown.clone());
     }
     let max_connections = crate::net::connection_cap(config.max_connections);
     let app = HttpApp::new(Arc::new(AppState {
@@ -308,6 +309,41 @@ fn sweep_agent_sessions(clusters: Arc<Clusters>, replicas: Arc<Replicas>, stop: 
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(AGENT_SESSION_SWEEP) => {}
             }
+        }
+    });
+}
+
+/// How often a replica looks for tunnels of clusters another replica deleted.
+const DELETED_CLUSTER_CHECK: Duration = Duration::from_secs(2);
+
+/// Ends, every [`DELETED_CLUSTER_CHECK`], this replica's tunnels of clusters that are gone: a
+/// cluster deleted through another replica (which can only end its own) loses its agents here too.
+/// Reading the clusters costs a version check on the store's watched cache.
+fn close_deleted_clusters(
+    clusters: Arc<Clusters>,
+    tunnels: Arc<TunnelRegistry>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(DELETED_CLUSTER_CHECK) => {}
+            }
+            let (clusters, tunnels) = (clusters.clone(), tunnels.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                let gone: std::collections::BTreeSet<String> = tunnels
+                    .local_keys()
+                    .into_iter()
+                    .filter_map(|key| key.split(':').next().map(str::to_string))
+                    .filter(|cluster| clusters.get(cluster).is_none())
+                    .collect();
+                for cluster in gone {
+                    let closed = tunnels.close_cluster(&cluster);
+                    tracing::info!("cluster {cluster} was deleted: ended its {closed} tunnel(s)");
+                }
+            })
+            .await;
         }
     });
 }

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use common::balancer::Balancer;
 use common::etcd::EtcdCluster;
 use common::lab::{self, Lab};
@@ -268,6 +269,12 @@ async fn etcd_faults_stop_writes_but_not_handshakes_and_everything_recovers() {
     assert!(listed.body.contains("one-member-down"), "{}", listed.body);
     let refused = create("while-down").await;
     assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(
+        json(&refused)["code"],
+        "ServiceUnavailable",
+        "{}",
+        refused.body
+    );
     // The open tunnel goes on: kubectl's requests reach the cluster.
     let through = lab.proxied("/version").await;
     assert_eq!(through.status, 200, "{}", through.body);
@@ -1055,4 +1062,118 @@ async fn a_shared_peer_token_admits_peers_as_rancher_does() {
         panic!("another token is not a peer's");
     };
     assert!(refused.to_string().contains("400"), "{refused}");
+}
+
+/// One installation through the API, whichever replica is asked: an API key made on one replica
+/// works on the others and, deleted there, is refused everywhere; so is a session logged out of on
+/// another replica; a cluster deleted through a
+/// replica that does not hold its tunnel loses the tunnel anyway, and its agent is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_and_cluster_deletions_reach_every_replica() {
+    let etcd = EtcdCluster::start(1);
+    let root = tempfile::tempdir().unwrap();
+    let env = [("CATTLE_BOOTSTRAP_PASSWORD", lab::BOOTSTRAP)];
+    let mut replicas = replicas_at_once(&etcd, root.path(), 2, &env);
+    let other = replicas.pop().unwrap();
+    let holder = replicas.pop().unwrap();
+    wait_peered(&[&holder, &other]).await;
+    let holder_addr = holder.https("127.0.0.1");
+    let other_addr = other.https("127.0.0.1");
+    let lab = Lab::setup(holder, holder_addr).await;
+
+    let created = request(
+        holder_addr,
+        "POST",
+        "/v3/tokens",
+        &[&lab.auth()],
+        Some(r#"{"type":"token","description":"ci"}"#),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let key = json(&created);
+    let (name, secret) = (
+        key["name"].as_str().unwrap(),
+        key["token"].as_str().unwrap(),
+    );
+    let (_, secret_part) = secret.split_once(':').unwrap();
+    let basic = format!(
+        "Authorization: Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{name}:{secret_part}"))
+    );
+    for (i, addr) in [holder_addr, other_addr].into_iter().enumerate() {
+        let me = until_ok(addr, "/v3/users?me=true", &basic, &format!("replica {i}")).await;
+        assert!(me.contains("\"username\":\"admin\""), "{me}");
+    }
+    let deleted = request(
+        other_addr,
+        "DELETE",
+        &format!("/v3/tokens/{name}"),
+        &[&lab.auth()],
+        None,
+    )
+    .await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    let deadline = Instant::now() + PROPAGATION_LIMIT;
+    loop {
+        let refused = request(holder_addr, "GET", "/v3/users?me=true", &[&basic], None).await;
+        if refused.status == 401 {
+            assert_eq!(
+                json(&refused)["message"],
+                "must authenticate",
+                "{}",
+                refused.body
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deleted key still works: {}",
+            refused.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A session made on the holder, logged out of through the other replica: refused on both.
+    let session = admin_token(holder_addr, lab::BOOTSTRAP).await;
+    let logout = request(
+        other_addr,
+        "POST",
+        "/v3/tokens?action=logout",
+        &[&bearer(&session)],
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(logout.status, 200, "{}", logout.body);
+    for addr in [other_addr, holder_addr] {
+        let deadline = Instant::now() + PROPAGATION_LIMIT;
+        while request(addr, "GET", "/v3/tokens", &[&bearer(&session)], None)
+            .await
+            .status
+            != 401
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{addr} took a logged-out session"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let _agent = lab.simulated_agents_at(&lab.server(), &[&lab.registration], 1);
+    let version = format!("/k8s/clusters/{}/version", lab.cluster);
+    until_ok(other_addr, &version, &lab.auth(), "through the holder").await;
+    let gone = request(
+        other_addr,
+        "DELETE",
+        &format!("/v3/clusters/{}", lab.cluster),
+        &[&lab.auth()],
+        None,
+    )
+    .await;
+    assert_eq!(gone.status, 200, "{}", gone.body);
+    // The holder ends the tunnel, and refuses the agent when it comes back.
+    lab.wait_tunnel_ended_and_refused(PROPAGATION_LIMIT).await;
+    for addr in [holder_addr, other_addr] {
+        let answer = request(addr, "GET", &version, &[&lab.auth()], None).await;
+        assert_eq!(answer.status, 404, "{}", answer.body);
+    }
 }
