@@ -246,6 +246,22 @@ async fn errors_carry_rancher_s_status_code_and_message() {
         "clusters.management.cattle.io \"c-nope\" not found"
     );
 
+    // A link, as a path segment or `?link=`: the object is looked up first; norman serves none.
+    for path in [
+        format!("/v3/clusters/{}/nodes", lab.cluster),
+        format!("/v3/clusters/{}?link=nodes", lab.cluster),
+    ] {
+        let response = request(lab.addr, "GET", &path, &[&auth], None).await;
+        assert_eq!(response.status, 404, "{path}");
+        assert_eq!(json_of(&response)["message"], "Link not found", "{path}");
+    }
+    let (status, body) = call("GET", "/v3/clusters/c-nope/nodes", None).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(
+        body["message"],
+        "clusters.management.cattle.io \"c-nope\" not found"
+    );
+
     let (status, body) = call("PATCH", "/v3/clusters", Some("{}")).await;
     assert_eq!(status, 405);
     assert_eq!(body["code"], "MethodNotAllow");

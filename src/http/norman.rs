@@ -284,12 +284,19 @@ pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request<Body>) ->
         Ok(p) => p.version,
         Err(_) => V3,
     };
-    let path = match path {
+    let mut path = match path {
         Ok(path) => path,
         Err(e) => return error_response(&urls, &version, &e),
     };
     let caller = req.extensions().get::<Caller>().cloned();
     let query = Query::parse(req.uri().query());
+    // `?link=` names a link as a third path segment does.
+    if path.link.is_none() {
+        path.link = query
+            .get("link")
+            .filter(|l| !l.is_empty())
+            .map(str::to_string);
+    }
     let schema = path
         .type_name
         .as_deref()
