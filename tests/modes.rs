@@ -6,10 +6,11 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::lab::Lab;
+use common::nginx::Nginx;
 use common::pebble::Pebble;
 use common::target::{IssuedPem, TestPki, VERSION_JSON, kube_api, serve};
 use common::{Corral, free_port, get, request, run_corral, serial, tls_connect};
@@ -380,87 +381,6 @@ async fn a_chain_cacerts_does_not_sign_is_served_with_a_warning() {
     );
 }
 
-/// nginx terminating TLS for `backend` (corral's plain port), as an ingress would; killed on drop.
-struct Nginx {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Nginx {
-    fn start(backend: SocketAddr, leaf: &IssuedPem) -> Nginx {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-        std::fs::write(path("cert.pem"), &leaf.cert).unwrap();
-        std::fs::write(path("key.pem"), &leaf.key).unwrap();
-        let config = format!(
-            r#"daemon off;
-master_process off;
-worker_processes 1;
-error_log {dir}/error.log;
-pid {dir}/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
-  server {{
-    listen 127.0.0.1:{port} ssl;
-    ssl_certificate {dir}/cert.pem;
-    ssl_certificate_key {dir}/key.pem;
-    location / {{
-      proxy_pass http://{backend};
-      proxy_http_version 1.1;
-      proxy_set_header Host $host:$server_port;
-      proxy_set_header X-Forwarded-Proto https;
-      proxy_set_header Upgrade $http_upgrade;
-      proxy_set_header Connection $connection_upgrade;
-      proxy_read_timeout 900s;
-      proxy_buffering off;
-    }}
-  }}
-}}
-"#,
-            dir = dir.path().display()
-        );
-        std::fs::write(path("nginx.conf"), config).unwrap();
-        let child = Command::new("nginx")
-            .args(["-p", &path(""), "-c", &path("nginx.conf")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx is installed (.ci/test installs it)");
-        let nginx = Nginx {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(nginx.addr()).is_err() {
-            assert!(Instant::now() < deadline, "nginx did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        nginx
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn write_temp(contents: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cacerts.pem");
@@ -489,7 +409,10 @@ async fn external_termination_behind_nginx_carries_requests_and_a_tunnel() {
     )
     .await;
     assert_eq!(direct.status, 302);
-    let nginx = Nginx::start(backend, &balancer.issue(&["127.0.0.1", "localhost"]));
+    let nginx = {
+        let leaf = balancer.issue(&["127.0.0.1", "localhost"]);
+        Nginx::proxying(backend, &leaf.cert, &leaf.key)
+    };
 
     // Through nginx: HTTPS with the balancer's certificate; /cacerts is the balancer's CA.
     let lab = Lab::setup(corral, nginx.addr()).await;

@@ -1,8 +1,10 @@
 //! `corral bench`: load generators for corral's two hot paths, the TLS handshake and the tunnel.
 
+pub mod deployment;
 pub mod handshake;
 pub mod report;
 pub mod tunnel;
+pub mod verify;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
@@ -45,6 +47,17 @@ pub enum BenchError {
     },
     #[error("pass --ca FILE or --insecure")]
     NoTrust,
+    #[error("--ca {}: {reason}", path.display())]
+    Ca {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("{0}")]
+    Http(String),
+    #[error("{0} must be more than 0")]
+    Zero(&'static str),
+    #[error("cannot read the CPU time in {0}")]
+    ProcStat(String),
     #[error(transparent)]
     Client(#[from] crate::client::ClientError),
     #[error("{0}")]

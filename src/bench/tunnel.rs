@@ -1,6 +1,7 @@
 //! `corral bench tunnel`: the tunnel's cost, measured in one process on loopback. A bulk transfer
 //! through a tunnel (TLS WebSocket, server session → client session → target) against the same
-//! transfer over a direct TLS connection, and how fast streams open through the tunnel.
+//! transfer over a direct TLS connection, and how fast streams open through the tunnel. With
+//! `--server`, a running deployment instead (`deployment`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +29,36 @@ pub struct TunnelArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Measure a running corral instead: requests through its cluster proxy to a connected agent
+    /// (and, with --node, a bulk download through a node agent's tunnel).
+    #[arg(long, value_name = "URL", requires_all = ["token", "cluster"])]
+    pub server: Option<String>,
+    /// An API token of that server (`token-xxxxx:secret`).
+    #[arg(
+        long,
+        env = "CORRAL_TOKEN",
+        hide_env_values = true,
+        requires = "server"
+    )]
+    pub token: Option<String>,
+    /// The cluster whose agent is connected.
+    #[arg(long, requires = "server")]
+    pub cluster: Option<String>,
+    /// A node (`m-…`) of that cluster whose node agent is connected on this machine: the bulk
+    /// download goes through it.
+    #[arg(long, requires = "server")]
+    pub node: Option<String>,
+    /// Verify the server against this CA (its /cacerts).
+    #[arg(
+        long,
+        conflicts_with = "insecure",
+        value_name = "FILE",
+        requires = "server"
+    )]
+    pub ca: Option<std::path::PathBuf>,
+    /// Do not verify the server's certificate.
+    #[arg(long, requires = "server")]
+    pub insecure: bool,
 }
 
 #[derive(Serialize)]
@@ -41,6 +72,24 @@ pub struct TunnelReport {
 }
 
 pub async fn run(args: TunnelArgs) -> Result<String, BenchError> {
+    if let (Some(server), Some(token), Some(cluster)) = (&args.server, &args.token, &args.cluster) {
+        let report = super::deployment::run(super::deployment::Deployment {
+            server: server.clone(),
+            token: token.clone(),
+            cluster: cluster.clone(),
+            node: args.node.clone(),
+            ca: args.ca.clone(),
+            insecure: args.insecure,
+            requests: args.streams,
+            megabytes: args.megabytes,
+            rounds: args.rounds,
+        })
+        .await?;
+        return Ok(match args.json {
+            true => serde_json::to_string_pretty(&report).unwrap_or_default(),
+            false => report.text(),
+        });
+    }
     let bytes = args.megabytes << 20;
     let (server_tls, _) = self_signed()?;
     let source = spawn_server(None, move |mut s| async move {
@@ -108,16 +157,16 @@ pub async fn run(args: TunnelArgs) -> Result<String, BenchError> {
     })
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(super) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
 
-fn mib_per_s(bytes: usize, since: Instant) -> f64 {
+pub(super) fn mib_per_s(bytes: usize, since: Instant) -> f64 {
     bytes as f64 / (1 << 20) as f64 / since.elapsed().as_secs_f64()
 }
 
-async fn write_zeros<W: AsyncWriteExt + Unpin>(out: &mut W, mut left: usize) {
+pub(super) async fn write_zeros<W: AsyncWriteExt + Unpin>(out: &mut W, mut left: usize) {
     let chunk = vec![0u8; 64 * 1024];
     while left > 0 {
         let n = left.min(chunk.len());
@@ -129,7 +178,7 @@ async fn write_zeros<W: AsyncWriteExt + Unpin>(out: &mut W, mut left: usize) {
     let _ = out.shutdown().await;
 }
 
-async fn drain<R: AsyncReadExt + Unpin>(input: &mut R) -> usize {
+pub(super) async fn drain<R: AsyncReadExt + Unpin>(input: &mut R) -> usize {
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0;
     while let Ok(n) = input.read(&mut buf).await {
@@ -141,7 +190,7 @@ async fn drain<R: AsyncReadExt + Unpin>(input: &mut R) -> usize {
     total
 }
 
-fn self_signed() -> Result<(Arc<rustls::ServerConfig>, String), BenchError> {
+pub(super) fn self_signed() -> Result<(Arc<rustls::ServerConfig>, String), BenchError> {
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])?;
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -184,7 +233,7 @@ where
     Ok(addr)
 }
 
-async fn connect_tls(
+pub(super) async fn connect_tls(
     addr: SocketAddr,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, BenchError> {
     let tcp = TcpStream::connect(addr).await?;

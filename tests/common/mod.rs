@@ -6,6 +6,7 @@ pub mod balancer;
 pub mod etcd;
 pub mod hello;
 pub mod lab;
+pub mod nginx;
 pub mod pebble;
 pub mod target;
 pub mod webdriver;
