@@ -104,7 +104,7 @@ fn ca_checksum(serve: ServeArgs) -> ExitCode {
     };
     match corral::app::served_checksum(&config) {
         Ok(Some(sum)) => {
-            println!("{sum}");
+            print_out(&format!("{sum}\n"));
             ExitCode::SUCCESS
         }
         Ok(None) => {
@@ -205,10 +205,10 @@ fn reset_password(data_dir: Option<PathBuf>, store: StoreFlags) -> ExitCode {
     };
     match corral::accounts::bootstrap::reset_password(store) {
         Ok(reset) => {
-            println!(
-                "New password for default administrator ({}):\n{}",
+            print_out(&format!(
+                "New password for default administrator ({}):\n{}\n",
                 reset.user_id, reset.password
-            );
+            ));
             ExitCode::SUCCESS
         }
         Err(e) => fail(1, e.to_string()),
@@ -279,7 +279,7 @@ fn bench(command: corral::bench::BenchCommand) -> ExitCode {
     });
     match result {
         Ok((report, success)) => {
-            println!("{}", report.trim_end());
+            print_out(&format!("{}\n", report.trim_end()));
             match success {
                 true => ExitCode::SUCCESS,
                 false => ExitCode::from(1),
@@ -296,7 +296,7 @@ fn kubeconfig(args: corral::kubeconfig::KubeconfigArgs) -> ExitCode {
     };
     match runtime.block_on(corral::kubeconfig::fetch(&args)) {
         Ok(config) => {
-            print!("{config}");
+            print_out(&config);
             ExitCode::SUCCESS
         }
         Err(e) => fail(1, e),
@@ -326,4 +326,12 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term.recv() => {}
     }
+}
+
+/// Writes a command's output to stdout. A reader that went away (`| head`) is not an error worth
+/// a panic, as `println!` would make it.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }

@@ -447,6 +447,16 @@ async fn resumed_handshakes_are_counted_apart_and_a_warmup_is_not_counted() {
     assert_eq!(report["ok"], 20, "{report}");
     assert_eq!(report["inputs"]["warmup_s"], 1.0);
 
+    // A reader that goes away before the report is written (`| head`, `| true`) is no panic.
+    let errors = tempfile::NamedTempFile::new().unwrap();
+    sh(&format!(
+        "sleep 0 | {} bench handshake --target {target} --insecure --count 5 2>{} | true",
+        common::corral_bin(),
+        errors.path().display()
+    ));
+    let stderr = std::fs::read_to_string(errors.path()).unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
     for (flag, value) in [("--count", "0"), ("--duration", "0s")] {
         let (code, _, stderr) = run_corral(
             &[

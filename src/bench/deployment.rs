@@ -68,14 +68,7 @@ type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
 pub async fn run(args: Deployment) -> Result<DeploymentReport, BenchError> {
     let target = Target::parse(&args.server)?;
-    let pem = match &args.ca {
-        Some(path) => Some(std::fs::read(path).map_err(|source| BenchError::Read {
-            path: path.clone(),
-            source,
-        })?),
-        None if args.insecure => None,
-        None => return Err(BenchError::NoTrust),
-    };
+    let pem = super::trusted_pem(args.ca.as_deref(), args.insecure)?;
     let trust = pem.as_deref().map_or(Trust::Anything, Trust::Pem);
     let tls = tls_client(
         classic_provider(),
@@ -226,23 +219,23 @@ async fn bulk(
 ) -> Result<Bulk, BenchError> {
     let bytes = args.megabytes.max(1) << 20;
     let plain = serve_bytes(None, bytes).await?;
-    let (server_tls, _) = super::tunnel::self_signed()?;
+    let (server_tls, _) = super::loopback::self_signed()?;
     let direct = serve_bytes(Some(server_tls), bytes).await?;
     let through = format!("/v3/nodes/{}:{node}/proxy/{plain}/bulk", args.cluster);
     let (mut direct_rates, mut proxied_rates) = (Vec::new(), Vec::new());
     for _ in 0..args.rounds.max(1) {
         let started = Instant::now();
-        let mut stream = super::tunnel::connect_tls(direct).await?;
+        let mut stream = super::loopback::connect_tls(direct).await?;
         stream
             .write_all(b"GET /bulk HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
             .await?;
-        let got = super::tunnel::drain(&mut stream).await;
-        direct_rates.push(super::tunnel::mib_per_s(got, started));
+        let got = super::loopback::drain(&mut stream).await;
+        direct_rates.push(super::loopback::mib_per_s(got, started));
 
         let mut sender = connect(target, tls.clone()).await?;
         let started = Instant::now();
         let got_proxied = fetch(&mut sender, target, &through, auth).await?;
-        proxied_rates.push(super::tunnel::mib_per_s(got_proxied, started));
+        proxied_rates.push(super::loopback::mib_per_s(got_proxied, started));
         if got_proxied != bytes || got < bytes {
             return Err(BenchError::ShortTransfer {
                 direct: got,
@@ -251,8 +244,8 @@ async fn bulk(
             });
         }
     }
-    let direct_rate = super::tunnel::median(&mut direct_rates);
-    let proxied_rate = super::tunnel::median(&mut proxied_rates);
+    let direct_rate = super::loopback::median(&mut direct_rates);
+    let proxied_rate = super::loopback::median(&mut proxied_rates);
     Ok(Bulk {
         node: node.to_string(),
         megabytes: args.megabytes.max(1),
@@ -293,7 +286,7 @@ async fn serve_bytes(
                     "HTTP/1.1 200 OK\r\nContent-Length: {bytes}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
                 );
                 if stream.write_all(answer.as_bytes()).await.is_ok() {
-                    super::tunnel::write_zeros(&mut stream, bytes).await;
+                    super::loopback::write_zeros(&mut stream, bytes).await;
                 }
             });
         }

@@ -421,14 +421,7 @@ fn client_config(
         TlsVersion::V13 => &[&rustls::version::TLS13],
         TlsVersion::Any => rustls::DEFAULT_VERSIONS,
     };
-    let pem = match &args.ca {
-        Some(path) => Some(std::fs::read(path).map_err(|source| BenchError::Read {
-            path: path.clone(),
-            source,
-        })?),
-        None if args.insecure => None,
-        None => return Err(BenchError::NoTrust),
-    };
+    let pem = super::trusted_pem(args.ca.as_deref(), args.insecure)?;
     let provider = classic_provider();
     let verifier = Arc::new(
         BenchVerifier::new(provider.clone(), pem.as_deref()).map_err(|reason| BenchError::Ca {

@@ -2,6 +2,7 @@
 
 pub mod deployment;
 pub mod handshake;
+mod loopback;
 pub mod report;
 pub mod tunnel;
 pub mod verify;
@@ -74,6 +75,23 @@ pub enum BenchError {
         tunnel: usize,
         expected: usize,
     },
+}
+
+/// What `--ca FILE` holds, or `None` with `--insecure`; neither is an error.
+fn trusted_pem(
+    ca: Option<&std::path::Path>,
+    insecure: bool,
+) -> Result<Option<Vec<u8>>, BenchError> {
+    match ca {
+        Some(path) => std::fs::read(path)
+            .map(Some)
+            .map_err(|source| BenchError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        None if insecure => Ok(None),
+        None => Err(BenchError::NoTrust),
+    }
 }
 
 /// Parses durations such as `10s`, `500ms`, `2m`.

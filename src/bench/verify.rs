@@ -228,6 +228,13 @@ mod tests {
         if is_ca {
             params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         }
+        // A subject of its own: rcgen's default one would name every test certificate alike, and
+        // a verifier would take one for the issuer of another.
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("{} {}", names[0], rand::random::<u32>()),
+        );
         let cert = params.self_signed(&key).unwrap();
         (cert.pem(), cert.der().clone())
     }
@@ -263,6 +270,9 @@ mod tests {
     fn a_leaf_of_a_ca_in_ca_verifies_and_a_stranger_is_refused_in_words() {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.distinguished_name = rcgen::DistinguishedName::new();
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "bench test CA");
         ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
         let issuer = rcgen::Issuer::new(ca, ca_key);
