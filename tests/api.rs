@@ -309,6 +309,50 @@ async fn errors_carry_rancher_s_status_code_and_message() {
         "{body}"
     );
 
+    // A setting's name is a Kubernetes object name.
+    let (status, body) = call(
+        "POST",
+        "/v3/settings",
+        Some(r#"{"name":"a/b","value":"1"}"#),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("InvalidFormat")),
+        "{body}"
+    );
+    assert_eq!(body["fieldName"], "name");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid value a/b: a lowercase RFC 1123 subdomain")
+    );
+    // The settings are one stored document: they are bounded, and a full one refuses with words.
+    let big = "v".repeat(60_000);
+    let mut refused = None;
+    for i in 0..25 {
+        let body = json!({ "name": format!("big-{i}"), "value": big }).to_string();
+        let response = request(lab.addr, "POST", "/v3/settings", &[&auth], Some(&body)).await;
+        if response.status != 201 {
+            refused = Some((i, response));
+            break;
+        }
+    }
+    let (taken, refused) = refused.expect("a bound on the settings");
+    assert!(
+        (15..=18).contains(&taken),
+        "{taken} settings of 60 KB taken"
+    );
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(
+        refused.body.contains("the settings are full"),
+        "{}",
+        refused.body
+    );
+    let listed = request(lab.addr, "GET", "/v3/settings", &[&auth], None).await;
+    assert_eq!(listed.status, 200);
+
     let (status, body) = call("POST", "/v3/clusterregistrationtokens", Some("{}")).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["code"], "MissingRequired");

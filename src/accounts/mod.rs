@@ -91,6 +91,13 @@ pub enum AccountError {
     SettingNotFound(String),
     #[error("settings.management.cattle.io \"{0}\" already exists")]
     SettingExists(String),
+    /// The stored settings would pass their bounds (count or bytes).
+    #[error(
+        "the settings are full: at most {} created settings and {} KiB of names and values; delete some first",
+        settings::MAX_CREATED_SETTINGS,
+        settings::MAX_SETTINGS_BYTES / 1024
+    )]
+    SettingsFull,
     #[error("features.management.cattle.io \"{0}\" not found")]
     FeatureNotFound(String),
     /// A feature whose value is locked (`status.lockedValue`).

@@ -213,7 +213,8 @@ impl Accounts {
             .unwrap_or(0)
     }
 
-    /// Creates a setting that does not exist yet (built-in ones always exist).
+    /// Creates a setting that does not exist yet (built-in ones always exist), while the stored
+    /// settings stay within [`MAX_CREATED_SETTINGS`] and [`MAX_SETTINGS_BYTES`].
     pub fn create_setting(&self, name: &str, value: &str) -> Result<SettingView, AccountError> {
         if name.is_empty() || name.len() > 253 || name.chars().any(char::is_control) {
             return Err(AccountError::InvalidValue(format!(
@@ -226,8 +227,16 @@ impl Accounts {
             if exists || next.settings.contains_key(name) {
                 return Err(AccountError::SettingExists(name.to_string()));
             }
+            let created = next
+                .settings
+                .keys()
+                .filter(|n| definition(n).is_none())
+                .count();
+            if created >= MAX_CREATED_SETTINGS {
+                return Err(AccountError::SettingsFull);
+            }
             next.settings.insert(name.to_string(), value.to_string());
-            Ok(())
+            within_budget(&next.settings)
         })?;
         self.setting_view(name)
             .ok_or_else(|| AccountError::SettingNotFound(name.to_string()))
@@ -252,7 +261,7 @@ impl Accounts {
                         return Err(missing());
                     }
                     next.settings.insert(name.to_string(), value.to_string());
-                    Ok(())
+                    within_budget(&next.settings)
                 })?;
             }
         }
@@ -278,6 +287,23 @@ impl Accounts {
             Ok::<_, AccountError>(())
         })?;
         Ok(())
+    }
+}
+
+/// Settings an admin may create besides the built-in ones.
+pub const MAX_CREATED_SETTINGS: usize = 1000;
+/// Bytes of names and values the stored settings hold at most: they are one document, which etcd
+/// takes in one write of at most 1.5 MiB.
+pub const MAX_SETTINGS_BYTES: usize = 1 << 20;
+
+/// Refuses a change that would make the stored settings larger than [`MAX_SETTINGS_BYTES`].
+fn within_budget(
+    settings: &std::collections::BTreeMap<String, String>,
+) -> Result<(), AccountError> {
+    let bytes: usize = settings.iter().map(|(n, v)| n.len() + v.len()).sum();
+    match bytes > MAX_SETTINGS_BYTES {
+        true => Err(AccountError::SettingsFull),
+        false => Ok(()),
     }
 }
 

@@ -153,6 +153,22 @@ pub fn is_dns_label(text: &str) -> bool {
         && bytes[bytes.len() - 1] != b'-'
 }
 
+/// Kubernetes' words for a name that is not an RFC 1123 subdomain (the rule for object names).
+const DNS_SUBDOMAIN_RULE: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+
+/// RFC 1123 subdomain, as Kubernetes checks an object's name: labels joined by `.`, ≤ 253.
+pub fn is_dns_subdomain(text: &str) -> bool {
+    text.len() <= 253 && text.split('.').all(is_dns_label)
+}
+
+/// The error for an object name Kubernetes would refuse (`field` says which field carried it).
+pub fn invalid_object_name(field: &str, text: &str) -> ApiError {
+    ApiError {
+        message: format!("invalid value {text}: {DNS_SUBDOMAIN_RULE}"),
+        ..ApiError::field("InvalidFormat", field)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::schema::{GET, POST};
@@ -241,6 +257,9 @@ mod tests {
         );
         assert_eq!(parse_object(b"[1]").unwrap_err().status.as_u16(), 422);
         assert!(is_dns_label("my-cluster-1"));
+        assert!(is_dns_subdomain("ui-pl") && is_dns_subdomain("a.b-c.d"));
+        assert!(!is_dns_subdomain("a/b") && !is_dns_subdomain("A") && !is_dns_subdomain("a..b"));
+        assert!(!is_dns_subdomain(&"a".repeat(254)));
         assert!(!is_dns_label("My_Cluster") && !is_dns_label("-x") && !is_dns_label(""));
     }
 }

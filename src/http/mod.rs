@@ -412,6 +412,7 @@ pub(crate) fn account_error(error: &AccountError) -> ApiError {
         | AccountError::PasswordIsUsername
         | AccountError::SamePassword
         | AccountError::InvalidValue(_)
+        | AccountError::SettingsFull
         | AccountError::InvalidServerUrl(_)
         | AccountError::FeatureLocked(_) => ApiError::invalid_body(message),
         AccountError::ServerUrlLocked { .. } => ApiError::conflict(message),

@@ -134,6 +134,10 @@ impl TypeHandler for Settings {
         if name == CACERTS {
             return Err(ApiError::refused("cacerts is readOnly"));
         }
+        // A setting is a Kubernetes object in Rancher: its name follows the object-name rule.
+        if !crate::api::input::is_dns_subdomain(name) {
+            return Err(crate::api::input::invalid_object_name("name", name));
+        }
         let setting = call
             .state
             .accounts
