@@ -353,6 +353,27 @@ async fn errors_carry_rancher_s_status_code_and_message() {
     let listed = request(lab.addr, "GET", "/v3/settings", &[&auth], None).await;
     assert_eq!(listed.status, 200);
 
+    // A cluster cannot grow the clusters document without bound, and a refused create leaves
+    // nothing behind.
+    let before = json_of(&request(lab.addr, "GET", "/v3/clusters", &[&auth], None).await);
+    let huge = json!({ "name": "huge", "annotations": { "a": "x".repeat(5000) } }).to_string();
+    let refused = request(lab.addr, "POST", "/v3/clusters", &[&auth], Some(&huge)).await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(
+        refused.body.contains("annotations must hold at most"),
+        "{}",
+        refused.body
+    );
+    let after = json_of(&request(lab.addr, "GET", "/v3/clusters", &[&auth], None).await);
+    assert_eq!(
+        after["data"].as_array().unwrap().len(),
+        before["data"].as_array().unwrap().len()
+    );
+    let long_label = json!({ "labels": { "env": "v".repeat(64) } }).to_string();
+    let path = format!("/v3/clusters/{}", lab.cluster);
+    let refused = request(lab.addr, "PUT", &path, &[&auth], Some(&long_label)).await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+
     let (status, body) = call("POST", "/v3/clusterregistrationtokens", Some("{}")).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["code"], "MissingRequired");

@@ -122,6 +122,52 @@ pub struct ClusterChange {
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
+/// A cluster's description holds at most this many bytes.
+const MAX_DESCRIPTION: usize = 1024;
+/// Labels a cluster holds at most; each as Kubernetes bounds them (key ≤ 317 bytes: a 253-byte
+/// prefix, `/`, a 63-byte name; value ≤ 63).
+const MAX_LABELS: usize = 64;
+/// Bytes of annotation keys and values a cluster holds at most. Kubernetes allows 256 KiB per
+/// object; every cluster is in one stored document here, which etcd takes in one write of at most
+/// 1.5 MiB, so a cluster gets far less.
+const MAX_ANNOTATION_BYTES: usize = 4096;
+
+impl ClusterChange {
+    /// Refuses what would let one cluster grow the clusters document without bound.
+    pub fn check_bounds(&self) -> Result<(), ClusterError> {
+        let invalid = |what: String| Err(ClusterError::Invalid(what));
+        if self
+            .description
+            .as_ref()
+            .is_some_and(|d| d.len() > MAX_DESCRIPTION)
+        {
+            return invalid(format!(
+                "description must be at most {MAX_DESCRIPTION} bytes"
+            ));
+        }
+        if let Some(labels) = &self.labels {
+            if labels.len() > MAX_LABELS {
+                return invalid(format!("at most {MAX_LABELS} labels"));
+            }
+            if let Some((key, _)) = labels.iter().find(|(k, v)| k.len() > 317 || v.len() > 63) {
+                return invalid(format!(
+                    "label {key:?}: a label's key must be at most 317 bytes and its value at most 63"
+                ));
+            }
+        }
+        let annotation_bytes = self
+            .annotations
+            .as_ref()
+            .map_or(0, |a| a.iter().map(|(k, v)| k.len() + v.len()).sum());
+        if annotation_bytes > MAX_ANNOTATION_BYTES {
+            return invalid(format!(
+                "annotations must hold at most {MAX_ANNOTATION_BYTES} bytes of keys and values"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A registration token as created: the secret is here once and nowhere else.
 #[derive(Debug, Clone)]
 pub struct IssuedRegistrationToken {
@@ -496,6 +542,7 @@ impl Clusters {
                 "name must be 1 to 253 characters, none of them control characters".into(),
             ));
         }
+        change.check_bounds()?;
         self.document.update(|doc| {
             let cluster = doc
                 .clusters

@@ -197,8 +197,14 @@ impl TypeHandler for Clusters {
             .and_then(Value::as_str)
             .unwrap_or_default();
         let state = call.state;
-        let created = state.clusters.create(name).map_err(|e| cluster_error(&e))?;
         let change = change_of(&input);
+        // Checked before the cluster exists: a refused create leaves nothing behind.
+        change
+            .clone()
+            .into_change()
+            .check_bounds()
+            .map_err(|e| cluster_error(&e))?;
+        let created = state.clusters.create(name).map_err(|e| cluster_error(&e))?;
         let cluster = if change.is_empty() {
             created
         } else {
@@ -291,7 +297,7 @@ impl TypeHandler for Clusters {
 }
 
 /// The fields of a cluster body that change a cluster.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Change {
     name: Option<String>,
     description: Option<String>,
