@@ -544,11 +544,7 @@ impl Clusters {
         }
         change.check_bounds()?;
         self.document.update(|doc| {
-            let cluster = doc
-                .clusters
-                .iter_mut()
-                .find(|c| c.id == id)
-                .ok_or_else(|| ClusterError::NotFound(id.to_string()))?;
+            let cluster = cluster_mut(doc, id)?;
             if let Some(name) = &change.name {
                 cluster.name = name.trim().to_string();
             }
@@ -612,11 +608,7 @@ impl Clusters {
     /// Deletes registration token `token_id` of `cluster_id`: agents presenting it are refused.
     pub fn delete_token(&self, cluster_id: &str, token_id: &str) -> Result<(), ClusterError> {
         self.document.update(|doc| {
-            let cluster = doc
-                .clusters
-                .iter_mut()
-                .find(|c| c.id == cluster_id)
-                .ok_or_else(|| ClusterError::NotFound(cluster_id.to_string()))?;
+            let cluster = cluster_mut(doc, cluster_id)?;
             let before = cluster.tokens.len();
             cluster.tokens.retain(|t| t.id != token_id);
             if cluster.tokens.len() == before {
@@ -642,11 +634,7 @@ impl Clusters {
         let created = unix_now();
         let id = format!("crt-{}", random_suffix());
         self.document.update(|doc| {
-            let cluster = doc
-                .clusters
-                .iter_mut()
-                .find(|c| c.id == cluster_id)
-                .ok_or_else(|| ClusterError::NotFound(cluster_id.to_string()))?;
+            let cluster = cluster_mut(doc, cluster_id)?;
             cluster.tokens.push(StoredToken {
                 id: id.clone(),
                 hash: hash_token_secret(&token),
@@ -673,6 +661,14 @@ impl Clusters {
             .find(|c| c.tokens.iter().any(|t| same_hash(&t.hash, &hash)))
             .cloned()
     }
+}
+
+/// Cluster `id` in `list`, to change.
+fn cluster_mut<'a>(list: &'a mut ClusterList, id: &str) -> Result<&'a mut Cluster, ClusterError> {
+    list.clusters
+        .iter_mut()
+        .find(|c| c.id == id)
+        .ok_or_else(|| ClusterError::NotFound(id.to_string()))
 }
 
 /// The id of what session `session` of `cluster_id` advertised.
