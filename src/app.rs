@@ -332,11 +332,12 @@ fn close_deleted_clusters(
             }
             let (clusters, tunnels) = (clusters.clone(), tunnels.clone());
             let _ = tokio::task::spawn_blocking(move || {
+                let known = clusters.ids();
                 let gone: std::collections::BTreeSet<String> = tunnels
                     .local_keys()
                     .into_iter()
                     .filter_map(|key| key.split(':').next().map(str::to_string))
-                    .filter(|cluster| clusters.get(cluster).is_none())
+                    .filter(|cluster| !known.contains(cluster))
                     .collect();
                 for cluster in gone {
                     let closed = tunnels.close_cluster(&cluster);

@@ -113,6 +113,20 @@ pub struct RegistrationToken {
     pub created: i64,
 }
 
+impl Cluster {
+    /// This cluster's registration tokens (their secrets are not kept).
+    pub fn registration_tokens(&self) -> Vec<RegistrationToken> {
+        self.tokens
+            .iter()
+            .map(|t| RegistrationToken {
+                id: t.id.clone(),
+                cluster_id: self.id.clone(),
+                created: t.created,
+            })
+            .collect()
+    }
+}
+
 /// What an update of a cluster changes (`None`: unchanged).
 #[derive(Debug, Clone, Default)]
 pub struct ClusterChange {
@@ -592,16 +606,7 @@ impl Clusters {
     /// The registration tokens of `cluster_id`.
     pub fn tokens(&self, cluster_id: &str) -> Vec<RegistrationToken> {
         self.get(cluster_id)
-            .map(|c| {
-                c.tokens
-                    .iter()
-                    .map(|t| RegistrationToken {
-                        id: t.id.clone(),
-                        cluster_id: c.id.clone(),
-                        created: t.created,
-                    })
-                    .collect()
-            })
+            .map(|c| c.registration_tokens())
             .unwrap_or_default()
     }
 
@@ -618,6 +623,11 @@ impl Clusters {
             }
             Ok(())
         })
+    }
+
+    /// The ids of every cluster, read at once.
+    pub fn ids(&self) -> std::collections::HashSet<String> {
+        self.read().clusters.iter().map(|c| c.id.clone()).collect()
     }
 
     pub fn list(&self) -> Vec<Cluster> {

@@ -7,6 +7,7 @@
 //! whether the caller was authenticated), and the websocket Origin rule (§12): a browser's upgrade
 //! from another origin is refused.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -23,14 +24,14 @@ use crate::accounts::Caller;
 /// The session cookie Rancher sets.
 pub const SESSION_COOKIE: &str = "R_SESS";
 
-/// The credential a request presents (`<name>:<key>`), if any.
-fn presented_credential(headers: &HeaderMap) -> Option<String> {
+/// The credential a request presents (`<name>:<key>`), if any; borrowed unless it was encoded.
+fn presented_credential(headers: &HeaderMap) -> Option<Cow<'_, str>> {
     if let Some(authorization) = headers.get(header::AUTHORIZATION) {
         let value = authorization.to_str().ok()?.trim();
         let (scheme, rest) = value.split_once(' ')?;
         let rest = rest.trim();
         return if scheme.eq_ignore_ascii_case("bearer") {
-            Some(rest.to_string())
+            Some(Cow::Borrowed(rest))
         } else if scheme.eq_ignore_ascii_case("basic") {
             // Rancher decodes the URL-safe alphabet; for its token characters both are the same.
             let engines = [
@@ -38,7 +39,7 @@ fn presented_credential(headers: &HeaderMap) -> Option<String> {
                 base64::engine::general_purpose::URL_SAFE,
             ];
             let decoded = engines.iter().find_map(|e| e.decode(rest).ok())?;
-            String::from_utf8(decoded).ok()
+            String::from_utf8(decoded).ok().map(Cow::Owned)
         } else {
             None
         };
@@ -49,7 +50,7 @@ fn presented_credential(headers: &HeaderMap) -> Option<String> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .find_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
-        .map(str::to_string)
+        .map(Cow::Borrowed)
 }
 
 /// The cluster a request's URL is for (`/k8s/clusters/<id>/…`), as a cluster-scoped token is
@@ -122,12 +123,7 @@ const ORIGIN_REFUSED: &str = r#"{"Code":{"Code":"PermissionDenied","Status":403}
 /// A browser's upgrade whose every `Origin` names another host than the request's `Host`: 403.
 /// Other clients (kubectl, agents) and requests without `Origin` pass.
 fn foreign_origin_upgrade(headers: &HeaderMap) -> Option<Response<Body>> {
-    let upgrade = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let upgrade = crate::support::header_has_token(headers, header::CONNECTION, "upgrade");
     if !upgrade || !from_browser(headers) {
         return None;
     }

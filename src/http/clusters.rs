@@ -4,7 +4,6 @@
 //! imported cluster, `generateKubeconfig`; registration tokens with Rancher's commands; and the
 //! import manifest (`/v3/import/<token>_<cluster>.yaml`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -65,9 +64,19 @@ fn condition(kind: &str, holds: bool, at: &Value) -> Value {
     })
 }
 
+/// The `agentImage` every cluster shows (the setting, read once per answer).
+fn agent_image(state: &AppState) -> String {
+    state
+        .accounts
+        .setting(AGENT_IMAGE)
+        .map(|(v, _)| v)
+        .unwrap_or_default()
+}
+
 /// A cluster as the API writes it: pending until an agent connects, then active.
-fn cluster_resource(state: &AppState, cluster: &Cluster) -> Resource {
-    let connected = state.tunnels.is_connected(&cluster.id);
+fn cluster_resource(state: &AppState, cluster: &Cluster, agent_image: &str) -> Resource {
+    let route = state.tunnels.route(&cluster.id);
+    let connected = route.is_some();
     let created = date(cluster.created);
     let mut conditions = vec![
         condition("Pending", true, &created),
@@ -120,15 +129,8 @@ fn cluster_resource(state: &AppState, cluster: &Cluster) -> Resource {
         .with("creatorId", Value::Null)
         .with("labels", Value::Object(labels))
         .with("annotations", Value::Object(annotations))
-        .with(
-            "agentImage",
-            state
-                .accounts
-                .setting(AGENT_IMAGE)
-                .map(|(v, _)| v)
-                .unwrap_or_default(),
-        );
-    if let Some(route) = state.tunnels.route(&cluster.id)
+        .with("agentImage", agent_image);
+    if let Some(route) = route
         && let Some(params) = state.clusters.agent_params(&cluster.id, &route.sessions())
     {
         resource = resource
@@ -174,11 +176,12 @@ impl TypeHandler for Clusters {
 
     async fn list(&self, call: &Call<'_>) -> Result<Vec<Resource>, ApiError> {
         let state = call.state;
+        let image = agent_image(state);
         Ok(state
             .clusters
             .list()
             .iter()
-            .map(|c| cluster_resource(state, c))
+            .map(|c| cluster_resource(state, c, &image))
             .collect())
     }
 
@@ -188,7 +191,11 @@ impl TypeHandler for Clusters {
             .clusters
             .get(id)
             .ok_or_else(|| cluster_error(&ClusterError::NotFound(id.to_string())))?;
-        Ok(cluster_resource(call.state, &cluster))
+        Ok(cluster_resource(
+            call.state,
+            &cluster,
+            &agent_image(call.state),
+        ))
     }
 
     async fn create(&self, call: &Call<'_>, input: Map<String, Value>) -> Result<Answer, ApiError> {
@@ -197,25 +204,27 @@ impl TypeHandler for Clusters {
             .and_then(Value::as_str)
             .unwrap_or_default();
         let state = call.state;
-        let change = change_of(&input);
+        // The name is the create's; the rest, if any, is applied as an update.
+        let change = ClusterChange {
+            name: None,
+            ..change_of(&input)
+        };
         // Checked before the cluster exists: a refused create leaves nothing behind.
-        change
-            .clone()
-            .into_change()
-            .check_bounds()
-            .map_err(|e| cluster_error(&e))?;
+        change.check_bounds().map_err(|e| cluster_error(&e))?;
         let created = state.clusters.create(name).map_err(|e| cluster_error(&e))?;
-        let cluster = if change.is_empty() {
+        let unchanged =
+            change.description.is_none() && change.labels.is_none() && change.annotations.is_none();
+        let cluster = if unchanged {
             created
         } else {
             state
                 .clusters
-                .update(&created.id, change.into_change())
+                .update(&created.id, change)
                 .map_err(|e| cluster_error(&e))?
         };
         Ok(Answer::created(
             "cluster",
-            cluster_resource(state, &cluster),
+            cluster_resource(state, &cluster, &agent_image(state)),
         ))
     }
 
@@ -228,9 +237,9 @@ impl TypeHandler for Clusters {
         let state = call.state;
         let cluster = state
             .clusters
-            .update(id, change_of(&input).into_change())
+            .update(id, change_of(&input))
             .map_err(|e| cluster_error(&e))?;
-        Ok(cluster_resource(state, &cluster))
+        Ok(cluster_resource(state, &cluster, &agent_image(state)))
     }
 
     async fn delete(&self, call: &Call<'_>, id: &str) -> Result<Answer, ApiError> {
@@ -241,6 +250,7 @@ impl TypeHandler for Clusters {
                 .clusters
                 .get(id)
                 .ok_or_else(|| cluster_error(&ClusterError::NotFound(id.to_string())))?,
+            &agent_image(state),
         );
         state.clusters.delete(id).map_err(|e| cluster_error(&e))?;
         let closed = state.tunnels.close_cluster(id);
@@ -296,31 +306,8 @@ impl TypeHandler for Clusters {
     }
 }
 
-/// The fields of a cluster body that change a cluster.
-#[derive(Default, Clone)]
-struct Change {
-    name: Option<String>,
-    description: Option<String>,
-    labels: Option<BTreeMap<String, String>>,
-    annotations: Option<BTreeMap<String, String>>,
-}
-
-impl Change {
-    fn is_empty(&self) -> bool {
-        self.description.is_none() && self.labels.is_none() && self.annotations.is_none()
-    }
-
-    fn into_change(self) -> ClusterChange {
-        ClusterChange {
-            name: self.name,
-            description: self.description,
-            labels: self.labels,
-            annotations: self.annotations,
-        }
-    }
-}
-
-fn change_of(input: &Map<String, Value>) -> Change {
+/// What a cluster body changes.
+fn change_of(input: &Map<String, Value>) -> ClusterChange {
     let text = |name: &str| input.get(name).and_then(Value::as_str).map(str::to_string);
     let map = |name: &str| {
         input.get(name).and_then(Value::as_object).map(|m| {
@@ -329,7 +316,7 @@ fn change_of(input: &Map<String, Value>) -> Change {
                 .collect()
         })
     };
-    Change {
+    ClusterChange {
         name: text("name"),
         description: text("description"),
         labels: map("labels"),
@@ -439,7 +426,7 @@ impl TypeHandler for RegistrationTokens {
             .clusters
             .list()
             .iter()
-            .flat_map(|c| state.clusters.tokens(&c.id))
+            .flat_map(Cluster::registration_tokens)
             .map(|t| registration_token_resource(state, &t, None))
             .collect())
     }

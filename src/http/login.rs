@@ -203,8 +203,9 @@ pub async fn v1_public(
     req: Request<Body>,
 ) -> Response<Body> {
     let urls = Urls::from_request(req.headers(), conn.secure);
+    let (parts, body) = req.into_parts();
     let answer = async {
-        let body = parse_object(&read_body(req).await?)?;
+        let body = parse_object(&read_body(&parts.headers, body).await?)?;
         let input: LoginInput =
             serde_json::from_value(Value::Object(body)).map_err(|_| ApiError::invalid_body(""))?;
         match input.kind.as_deref() {

@@ -207,11 +207,16 @@ fn respond(
             HeaderValue::from_static("application/json"),
         );
     }
+    norman_headers(headers, urls, version);
+    response
+}
+
+/// The headers norman puts on every answer: its fixed `Expires`, and where the schemas are.
+fn norman_headers(headers: &mut HeaderMap, urls: &Urls, version: &Version) {
     headers.insert(header::EXPIRES, HeaderValue::from_static(NORMAN_EXPIRES));
     if let Ok(schemas) = HeaderValue::from_str(&urls.schemas(version)) {
         headers.insert("x-api-schemas", schemas);
     }
-    response
 }
 
 /// An error, written as norman writes it.
@@ -236,9 +241,8 @@ pub fn must_authenticate() -> Response<Body> {
 
 /// Reads a request body within the API's limits: 413 past 64 KiB (a declared length over it is
 /// refused before a byte is read), 408 when it does not arrive within 30 s.
-pub async fn read_body(req: Request<Body>) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
+pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let too_large = || {
@@ -251,7 +255,7 @@ pub async fn read_body(req: Request<Body>) -> Result<Bytes, ApiError> {
     if declared.is_some_and(|n| n > MAX_API_BODY as u64) {
         return Err(too_large());
     }
-    let limited = req.map(|b| Body::new(http_body_util::Limited::new(b, MAX_API_BODY)));
+    let limited = Request::new(Body::new(http_body_util::Limited::new(body, MAX_API_BODY)));
     match tokio::time::timeout(HEADER_READ_TIMEOUT, Bytes::from_request(limited, &())).await {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(_)) => Err(too_large()),
@@ -318,21 +322,11 @@ pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request<Body>) ->
         conn: conn.as_ref(),
         query: &query,
     };
-    let request = Request::from_parts(parts.clone(), body);
     let render_options = RenderOptions {
         created: false,
         action_links: parts.headers.contains_key("x-api-action-links"),
     };
-    let answer = route(
-        api,
-        &call,
-        &path,
-        schema.as_deref(),
-        handler,
-        &parts.method,
-        request,
-    )
-    .await;
+    let answer = route(api, &call, &path, schema, handler, &parts.method, body).await;
     match answer {
         Ok(Routed::Answer(answer)) => write(api, &urls, &version, answer, render_options),
         Ok(Routed::Collection(schema, items)) => {
@@ -366,10 +360,10 @@ async fn route(
     api: &Api,
     call: &Call<'_>,
     path: &ApiPath,
-    schema: Option<&Schema>,
+    schema: Option<Arc<Schema>>,
     handler: Option<&Arc<dyn TypeHandler>>,
     http_method: &axum::http::Method,
-    request: Request<Body>,
+    body: Body,
 ) -> Result<Routed, ApiError> {
     let version = call.version;
     let method = effective_method(http_method, call.query)?;
@@ -386,10 +380,6 @@ async fn route(
     let Some(schema) = schema else {
         return Err(ApiError::no_schema(type_name));
     };
-    let schema = api
-        .registry
-        .lookup(&version, schema.id)
-        .ok_or_else(|| ApiError::no_schema(type_name))?;
     let action = call
         .query
         .action()
@@ -412,7 +402,7 @@ async fn route(
                 if !schema.collection_actions.contains_key(action) {
                     return Err(ApiError::invalid_action(action));
                 }
-                let input = parse_object(&read_body(request).await?)?;
+                let input = parse_object(&read_body(call.headers, body).await?)?;
                 return Ok(Routed::Answer(
                     handler.action(call, None, action, input).await?,
                 ));
@@ -426,7 +416,7 @@ async fn route(
                     handler.list(call).await?,
                 )),
                 POST => {
-                    let body = parse_object(&read_body(request).await?)?;
+                    let body = parse_object(&read_body(call.headers, body).await?)?;
                     let input = admit(&schema, Op::Create, body)?;
                     Ok(Routed::Answer(handler.create(call, input).await?))
                 }
@@ -439,7 +429,7 @@ async fn route(
                     return Err(ApiError::invalid_action(action));
                 }
                 handler.get(call, id).await?;
-                let input = parse_object(&read_body(request).await?)?;
+                let input = parse_object(&read_body(call.headers, body).await?)?;
                 return Ok(Routed::Answer(
                     handler.action(call, Some(id), action, input).await?,
                 ));
@@ -454,7 +444,7 @@ async fn route(
                 ))),
                 PUT => {
                     handler.get(call, id).await?;
-                    let body = parse_object(&read_body(request).await?)?;
+                    let body = parse_object(&read_body(call.headers, body).await?)?;
                     let input = admit(&schema, Op::Update, body)?;
                     let updated = handler.update(call, id, input).await?;
                     Ok(Routed::Answer(Answer::ok(schema.id, updated)))
@@ -569,11 +559,7 @@ fn write(
         Answer::Empty => respond(urls, version, StatusCode::OK, None),
         Answer::NoContent => respond(urls, version, StatusCode::NO_CONTENT, None),
         Answer::Raw(mut response) => {
-            let headers = response.headers_mut();
-            headers.insert(header::EXPIRES, HeaderValue::from_static(NORMAN_EXPIRES));
-            if let Ok(schemas) = HeaderValue::from_str(&urls.schemas(version)) {
-                headers.insert("x-api-schemas", schemas);
-            }
+            norman_headers(response.headers_mut(), urls, version);
             response
         }
     }

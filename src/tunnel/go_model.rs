@@ -230,6 +230,28 @@ mod tests {
 
     const CHUNK: usize = 32 * 1024;
 
+    /// corral's server session and a Go-model agent joined by a socket of `buffer` bytes, and one
+    /// stream opened between them: corral's end, and the Go end.
+    async fn corral_and_go(
+        buffer: usize,
+    ) -> (
+        Arc<Session>,
+        Arc<GoConn>,
+        crate::tunnel::stream::TunnelStream,
+    ) {
+        let (a, b) = tokio::io::duplex(buffer);
+        let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, None).await;
+        let client_ws = WebSocketStream::from_raw_socket(b, WsRole::Client, None).await;
+        let (server, outgoing) = Session::new(Role::Server, "c-go", None);
+        let running = server.clone();
+        tokio::spawn(async move { running.run(server_ws, outgoing).await });
+        let (connects, mut connected) = mpsc::unbounded_channel();
+        tokio::spawn(run_client(client_ws, connects));
+        let stream = server.open_stream("tcp", "10.43.0.1:443").await.unwrap();
+        let go = connected.recv().await.unwrap();
+        (server, go, stream)
+    }
+
     fn pattern(offset: usize, len: usize) -> Vec<u8> {
         (offset..offset + len).map(|i| (i % 251) as u8).collect()
     }
@@ -240,17 +262,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn both_directions_complete_with_a_go_peers_single_paused_flag() {
         const TOTAL: usize = 64 << 20;
-        let (a, b) = tokio::io::duplex(1 << 20);
-        let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, None).await;
-        let client_ws = WebSocketStream::from_raw_socket(b, WsRole::Client, None).await;
-        let (server, outgoing) = Session::new(Role::Server, "c-go", None);
-        let running = server.clone();
-        tokio::spawn(async move { running.run(server_ws, outgoing).await });
-        let (connects, mut connected) = mpsc::unbounded_channel();
-        tokio::spawn(run_client(client_ws, connects));
-
-        let stream = server.open_stream("tcp", "10.43.0.1:443").await.unwrap();
-        let go = connected.recv().await.unwrap();
+        let (server, go, stream) = corral_and_go(1 << 20).await;
         let (mut corral_read, mut corral_write) = tokio::io::split(stream);
 
         let transfer = async {
@@ -322,16 +334,7 @@ mod tests {
         use rand::{Rng, SeedableRng};
         const TOTAL: usize = 64 << 20;
         for seed in 0..4u64 {
-            let (a, b) = tokio::io::duplex(64 * 1024);
-            let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, None).await;
-            let client_ws = WebSocketStream::from_raw_socket(b, WsRole::Client, None).await;
-            let (server, outgoing) = Session::new(Role::Server, "c-go", None);
-            let running = server.clone();
-            tokio::spawn(async move { running.run(server_ws, outgoing).await });
-            let (connects, mut connected) = mpsc::unbounded_channel();
-            tokio::spawn(run_client(client_ws, connects));
-            let stream = server.open_stream("tcp", "10.43.0.1:443").await.unwrap();
-            let go = connected.recv().await.unwrap();
+            let (server, go, stream) = corral_and_go(64 * 1024).await;
             let (mut corral_read, mut corral_write) = tokio::io::split(stream);
             // The echo server's socket: what the agent copied to it and it has not echoed back.
             let (to_target, mut from_agent) = mpsc::channel::<Vec<u8>>(8);

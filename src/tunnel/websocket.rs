@@ -34,10 +34,7 @@ pub type HandshakeRefusal = (StatusCode, &'static str);
 /// awaits the upgrade with [`accept`].
 pub fn upgrade(req: &mut Request<Body>) -> Result<(Response<Body>, OnUpgrade), HandshakeRefusal> {
     let has_token = |name: header::HeaderName, token: &str| {
-        req.headers().get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
+        crate::support::header_has_token(req.headers(), name, token)
     };
     if !has_token(header::CONNECTION, "upgrade") {
         return Err((
