@@ -159,18 +159,22 @@ impl Accounts {
     /// CA) and those created through the API.
     pub fn settings_list(&self) -> Vec<SettingView> {
         let stored = self.settings();
-        let builtin = CATALOG.iter().filter_map(|d| self.setting_view(d.name));
+        let builtin = CATALOG.iter().filter_map(|d| self.view_in(&stored, d.name));
         let created = stored
             .settings
             .keys()
             .filter(|name| definition(name).is_none())
-            .filter_map(|name| self.setting_view(name));
+            .filter_map(|name| self.view_in(&stored, name));
         builtin.chain(created).collect()
     }
 
     /// One setting, if it exists.
     pub fn setting_view(&self, name: &str) -> Option<SettingView> {
-        let stored = self.settings();
+        self.view_in(&self.settings(), name)
+    }
+
+    /// Setting `name` as `stored` (one read of the settings) holds it, with the environment's.
+    fn view_in(&self, stored: &super::state::AccountState, name: &str) -> Option<SettingView> {
         let value = stored.settings.get(name);
         let default = match definition(name) {
             Some(d) => d.default,
