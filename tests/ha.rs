@@ -1135,6 +1135,14 @@ async fn api_keys_and_cluster_deletions_reach_every_replica() {
 
     // A session made on the holder, logged out of through the other replica: refused on both.
     let session = admin_token(holder_addr, lab::BOOTSTRAP).await;
+    // Each replica learns of a new session through its store watch, as Rancher's caches do.
+    until_ok(
+        other_addr,
+        "/v3/tokens",
+        &bearer(&session),
+        "the session reaching the other replica",
+    )
+    .await;
     let logout = request(
         other_addr,
         "POST",
