@@ -14,8 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -25,7 +23,7 @@ use crate::client::{Target, signature_algorithms, tls_verified_by};
 use crate::replicas::Replicas;
 use crate::store::Changes;
 use crate::tunnel::session::{Connector, Serving};
-use crate::tunnel::{ClientEvent, Role, Session, TunnelRegistry, TunnelStream};
+use crate::tunnel::{ClientEvent, Role, Session, TunnelRegistry, TunnelStream, websocket};
 
 /// Wait before dialing a peer again after a failure or a disconnect (remotedialer's).
 const REDIAL_WAIT: Duration = Duration::from_secs(5);
@@ -185,9 +183,7 @@ enum PeerError {
     #[error(transparent)]
     Connect(#[from] crate::client::ConnectError),
     #[error("{0}")]
-    Handshake(#[from] tokio_tungstenite::tungstenite::Error),
-    #[error("invalid header value")]
-    Header(#[from] tokio_tungstenite::tungstenite::http::header::InvalidHeaderValue),
+    Handshake(#[from] websocket::HandshakeError),
     #[error("no connection and WebSocket handshake within {HANDSHAKE_TIMEOUT:?}")]
     Timeout,
 }
@@ -219,24 +215,17 @@ impl Peer {
     /// One peer session: the handshake, then announcements and relayed dials until it ends.
     async fn connect_once(&self) -> Result<(), PeerError> {
         let target = Target::parse(&format!("https://{}", self.id))?;
-        let mut request =
-            format!("wss://{}/v3/connect", target.authority()).into_client_request()?;
-        let headers = request.headers_mut();
-        headers.insert(
-            "X-API-Tunnel-ID",
-            HeaderValue::from_str(self.replicas.id())?,
-        );
-        headers.insert(
-            "X-API-Tunnel-Token",
-            HeaderValue::from_str(self.replicas.token())?,
-        );
         // TCP, TLS and the WebSocket handshake share one deadline: a peer that hangs costs 10 s.
         // The token goes out only after the peer's certificate has proved it a replica.
         let tls_config = tls_verified_by(self.verifier.clone(), &[b"http/1.1"])?;
         let handshake = async {
             let tls = target.connect(tls_config).await?;
-            let config = Some(crate::tunnel::websocket::config());
-            let (ws, _) = tokio_tungstenite::client_async_with_config(request, tls, config).await?;
+            let headers = [
+                ("X-API-Tunnel-ID", self.replicas.id()),
+                ("X-API-Tunnel-Token", self.replicas.token()),
+            ];
+            let authority = target.authority();
+            let ws = websocket::connect(tls, &authority, "/v3/connect", &headers).await?;
             Ok::<_, PeerError>(ws)
         };
         let ws = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)

@@ -21,8 +21,6 @@ use base64::Engine;
 use rand::Rng;
 use rustls::ClientConfig;
 use sha2::{Digest, Sha256};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::client::{ClientError, ConnectError, Target, tls_insecure, tls_system, tls_trusting};
 use crate::clusters::{ClusterParams, CustomConfig, NodeParams};
@@ -71,9 +69,7 @@ pub enum AgentError {
     #[error(transparent)]
     ApiTls(#[from] ApiTlsError),
     #[error("{0}")]
-    Handshake(tokio_tungstenite::tungstenite::Error),
-    #[error("{0}")]
-    Header(#[from] tokio_tungstenite::tungstenite::http::header::InvalidHeaderValue),
+    Handshake(crate::tunnel::websocket::HandshakeError),
     #[error("WebSocket handshake timed out")]
     HandshakeTimeout,
     #[error("the server answered {status}: {body}")]
@@ -498,21 +494,13 @@ async fn connect_once(
     path: &str,
 ) -> Result<Result<(), SessionError>, AgentError> {
     let tls = prepared.target.connect(prepared.tls.clone()).await?;
-    let url = format!("wss://{}{path}", prepared.target.authority());
-    let mut request = url.into_client_request().map_err(AgentError::Handshake)?;
-    let header = HeaderValue::from_str;
-    request
-        .headers_mut()
-        .insert("X-API-Tunnel-Token", header(token)?);
-    request
-        .headers_mut()
-        .insert("X-API-Tunnel-Params", header(params_header)?);
-    let handshake = tokio_tungstenite::client_async_with_config(
-        request,
-        tls,
-        Some(crate::tunnel::websocket::config()),
-    );
-    let (ws, _) = tokio::time::timeout(Duration::from_secs(10), handshake)
+    let authority = prepared.target.authority();
+    let headers = [
+        ("X-API-Tunnel-Token", token),
+        ("X-API-Tunnel-Params", params_header),
+    ];
+    let handshake = crate::tunnel::websocket::connect(tls, &authority, path, &headers);
+    let ws = tokio::time::timeout(Duration::from_secs(10), handshake)
         .await
         .map_err(|_| AgentError::HandshakeTimeout)?
         .map_err(describe_handshake_error)?;
@@ -521,19 +509,10 @@ async fn connect_once(
     Ok(session.run(ws, outgoing).await)
 }
 
-fn describe_handshake_error(error: tokio_tungstenite::tungstenite::Error) -> AgentError {
+fn describe_handshake_error(error: crate::tunnel::websocket::HandshakeError) -> AgentError {
     match error {
-        tokio_tungstenite::tungstenite::Error::Http(response) => {
-            let body = response
-                .body()
-                .as_deref()
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default()
-                .into_owned();
-            AgentError::Refused {
-                status: response.status(),
-                body,
-            }
+        crate::tunnel::websocket::HandshakeError::Refused { status, body } => {
+            AgentError::Refused { status, body }
         }
         other => AgentError::Handshake(other),
     }

@@ -68,7 +68,7 @@ pub enum BenchError {
     #[error("{0}")]
     Tls(#[from] rustls::Error),
     #[error("{0}")]
-    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    WebSocket(#[from] crate::tunnel::websocket::HandshakeError),
     #[error("short transfer: direct {direct}, tunnel {tunnel} of {expected} bytes")]
     ShortTransfer {
         direct: usize,

@@ -195,6 +195,7 @@ async fn tunnel_pair(server_tls: Arc<rustls::ServerConfig>) -> Result<Arc<Sessio
     let addr = listener.local_addr()?;
     let (server, server_rx) = Session::new(Role::Server, "bench", None);
     let server_side = server.clone();
+    let server_rx_slot = Arc::new(std::sync::Mutex::new(Some(server_rx)));
     tokio::spawn(async move {
         let Ok((tcp, _)) = listener.accept().await else {
             return;
@@ -206,19 +207,37 @@ async fn tunnel_pair(server_tls: Arc<rustls::ServerConfig>) -> Result<Arc<Sessio
         else {
             return;
         };
-        if let Ok(ws) =
-            tokio_tungstenite::accept_async_with_config(tls, Some(websocket::config())).await
-        {
-            let _ = server_side.run(ws, server_rx).await;
-        }
+        // The server half of the handshake, as the HTTP server does it.
+        let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+            let server = server_side.clone();
+            let server_rx = server_rx_slot.lock().ok().and_then(|mut rx| rx.take());
+            let mut req = req.map(axum::body::Body::new);
+            async move {
+                let (response, on_upgrade) = match websocket::upgrade(&mut req) {
+                    Ok(upgrade) => upgrade,
+                    Err((status, text)) => {
+                        let mut refused = hyper::Response::new(axum::body::Body::from(text));
+                        *refused.status_mut() = status;
+                        return Ok::<_, std::convert::Infallible>(refused);
+                    }
+                };
+                if let Some(server_rx) = server_rx {
+                    tokio::spawn(async move {
+                        if let Ok(ws) = websocket::accept(on_upgrade).await {
+                            let _ = server.run(ws, server_rx).await;
+                        }
+                    });
+                }
+                Ok(response)
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+            .with_upgrades()
+            .await;
     });
     let tls = connect_tls(addr).await?;
-    let (ws, _) = tokio_tungstenite::client_async_with_config(
-        format!("wss://{addr}/v3/connect"),
-        tls,
-        Some(websocket::config()),
-    )
-    .await?;
+    let ws = websocket::connect(tls, &addr.to_string(), "/v3/connect", &[]).await?;
     let (client, client_rx) = Session::new(
         Role::Client,
         "client",

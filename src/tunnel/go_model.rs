@@ -240,7 +240,7 @@ mod tests {
         crate::tunnel::stream::TunnelStream,
     ) {
         let (a, b) = tokio::io::duplex(buffer);
-        let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, None).await;
+        let server_ws = crate::tunnel::session::WebSocket::server(a, Bytes::new());
         let client_ws = WebSocketStream::from_raw_socket(b, WsRole::Client, None).await;
         let (server, outgoing) = Session::new(Role::Server, "c-go", None);
         let running = server.clone();

@@ -5,6 +5,7 @@ pub mod buffer;
 pub mod codec;
 mod connection;
 pub mod dial;
+pub mod frame;
 #[cfg(test)]
 mod go_model;
 pub mod mux;

@@ -2,7 +2,7 @@
 //! open streams. The session's I/O loop drains the queues and feeds the table; each
 //! [`TunnelStream`](super::stream::TunnelStream) sends through it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -24,7 +24,38 @@ const OUTGOING_QUEUE: usize = 16;
 /// could overtake its Pause and leave the peer paused for good.)
 pub struct Outgoing {
     pub(super) data: mpsc::Receiver<Bytes>,
-    pub(super) flow: mpsc::UnboundedReceiver<Bytes>,
+    pub(super) flow: Arc<FlowQueue>,
+}
+
+/// The Pause/Resume queue: unbounded, as few are ever waiting (one per stream at most between
+/// two writes), and unlike a channel it allocates nothing until used — it is in every idle tunnel.
+#[derive(Default)]
+pub struct FlowQueue {
+    queued: Mutex<VecDeque<Bytes>>,
+    ready: tokio::sync::Notify,
+}
+
+impl FlowQueue {
+    fn push(&self, message: Bytes) {
+        crate::support::lock(&self.queued).push_back(message);
+        self.ready.notify_one();
+    }
+
+    /// The next queued message, if any.
+    pub fn try_pop(&self) -> Option<Bytes> {
+        crate::support::lock(&self.queued).pop_front()
+    }
+
+    /// Waits for the next message.
+    pub async fn pop(&self) -> Bytes {
+        loop {
+            if let Some(message) = self.try_pop() {
+                return message;
+            }
+            // A push after the check leaves a permit, so this wakes.
+            self.ready.notified().await;
+        }
+    }
 }
 
 pub struct Mux {
@@ -33,7 +64,7 @@ pub struct Mux {
     /// A Pause or Resume was queued since the session's reader last looked.
     flow_queued: std::sync::atomic::AtomicBool,
     out: mpsc::Sender<Bytes>,
-    flow: mpsc::UnboundedSender<Bytes>,
+    flow: Arc<FlowQueue>,
     streams: Mutex<HashMap<i64, Arc<StreamShared>>>,
     next_conn_id: AtomicI64,
     next_message_id: AtomicI64,
@@ -43,20 +74,17 @@ impl Mux {
     /// A mux, and the receivers its session's writer drains.
     pub fn new(first_message_id: i64) -> (Self, Outgoing) {
         let (out, data) = mpsc::channel(OUTGOING_QUEUE);
-        let (flow, flow_rx) = mpsc::unbounded_channel();
+        let flow = Arc::new(FlowQueue::default());
         let mux = Self {
             tempo: Tempo::default(),
             flow_queued: std::sync::atomic::AtomicBool::new(false),
             out,
-            flow,
+            flow: flow.clone(),
             streams: Mutex::new(HashMap::new()),
             next_conn_id: AtomicI64::new(1),
             next_message_id: AtomicI64::new(first_message_id),
         };
-        let outgoing = Outgoing {
-            data,
-            flow: flow_rx,
-        };
+        let outgoing = Outgoing { data, flow };
         (mux, outgoing)
     }
 
@@ -104,7 +132,7 @@ impl Mux {
 
     /// Queues a Pause or Resume. Callers hold the stream's lock, which orders them (see [`Outgoing`]).
     pub fn send_flow(&self, conn_id: i64, kind: MessageType) {
-        let _ = self.flow.send(self.message(conn_id, kind, &[]));
+        self.flow.push(self.message(conn_id, kind, &[]));
         self.flow_queued.store(true, Ordering::Release);
     }
 

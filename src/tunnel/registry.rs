@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::connection::WebSocket;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, broadcast};
-use tokio_tungstenite::WebSocketStream;
 
 use super::session::{Role, Session};
 use super::stream::TunnelStream;
@@ -110,12 +110,7 @@ impl TunnelRegistry {
 
     /// Runs an agent's server session for `key` over `ws` until it ends; `started` is told its
     /// session key before any dial can take it. Returns the session key.
-    pub async fn serve<S>(
-        &self,
-        key: &str,
-        ws: WebSocketStream<S>,
-        started: impl FnOnce(i64),
-    ) -> i64
+    pub async fn serve<S>(&self, key: &str, ws: WebSocket<S>, started: impl FnOnce(i64)) -> i64
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -147,7 +142,7 @@ impl TunnelRegistry {
 
     /// Runs the session a peer replica opened to us, over `ws`, until it ends. The peer announces
     /// the keys it holds on it; dials for them go through it.
-    pub async fn serve_peer<S>(&self, peer_id: &str, ws: WebSocketStream<S>)
+    pub async fn serve_peer<S>(&self, peer_id: &str, ws: WebSocket<S>)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {

@@ -15,12 +15,12 @@ use bytes::Bytes;
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::buffer::{Closed, LateAnswer};
 use super::codec::{Message, MessageType, decode_sync, encode_sync};
 pub use super::connection::SessionError;
+pub use super::connection::WebSocket;
 use super::connection::{self, CLOSE_TIMEOUT, Incoming};
 use super::mux::Mux;
 pub use super::mux::Outgoing;
@@ -228,16 +228,17 @@ impl Session {
     /// Runs the session over `ws` until either end stops; then closes it.
     pub async fn run<S>(
         self: &Arc<Self>,
-        ws: WebSocketStream<S>,
+        ws: WebSocket<S>,
         outgoing: Outgoing,
     ) -> Result<(), SessionError>
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite,
     {
         let (mut reader, mut writer) = connection::split(ws, WRITE_TIMEOUT);
+        let pongs = writer.pongs();
         let Outgoing {
             data: mut outgoing,
-            mut flow,
+            flow,
         } = outgoing;
         let client = self.role == Role::Client;
         // When our last ping went: its pong gives the tunnel's round trip (for flow control). Both
@@ -258,22 +259,26 @@ impl Session {
                         writer.close().await;
                         return Ok(());
                     }
-                    Some(bytes) = flow.recv() => Some(bytes),
-                    _ = ping.tick() => None,
+                    bytes = flow.pop() => Some(bytes),
+                    () = pongs.wait() => {
+                        writer.pong();
+                        None
+                    }
+                    _ = ping.tick() => {
+                        writer.ping();
+                        *crate::support::lock(&ping_sent) = Some(Instant::now());
+                        None
+                    }
                     _ = sync.tick(), if client => Some(self.sync_message()),
                 };
                 // One deadline for the frame and whatever is batched with it: a peer that does not
                 // take our writes for WRITE_TIMEOUT ends the session.
                 let deadline = Instant::now() + WRITE_TIMEOUT;
-                match message {
-                    Some(bytes) => writer.feed(bytes, deadline).await?,
-                    None => {
-                        writer.ping(deadline).await?;
-                        *crate::support::lock(&ping_sent) = Some(Instant::now());
-                    }
+                if let Some(bytes) = message {
+                    writer.feed(bytes, deadline).await?;
                 }
                 // Batch whatever else is queued into the same flush: fewer TLS records and syscalls.
-                while let Ok(bytes) = flow.try_recv().or_else(|_| outgoing.try_recv()) {
+                while let Some(bytes) = flow.try_pop().or_else(|| outgoing.try_recv().ok()) {
                     writer.feed(bytes, deadline).await?;
                 }
                 writer.flush(deadline).await?;
@@ -477,8 +482,8 @@ mod tests {
     /// A server and a client session joined by an in-memory WebSocket.
     async fn pair(policy: Arc<dyn Connector>) -> (Arc<Session>, Arc<Session>) {
         let (a, b) = tokio::io::duplex(1 << 16);
-        let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, None).await;
-        let client_ws = WebSocketStream::from_raw_socket(b, WsRole::Client, None).await;
+        let server_ws = WebSocket::server(a, Bytes::new());
+        let client_ws = WebSocket::client(b, Bytes::new());
         let (server, server_rx) = Session::new(Role::Server, "c-test", None);
         let (client, client_rx) = Session::new(Role::Client, "client", Some(policy));
         let (s, c) = (server.clone(), client.clone());
@@ -594,8 +599,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_server_drops_a_client_that_never_pings() {
         let (a, b) = tokio::io::duplex(1 << 16);
-        let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, None).await;
-        let _silent_client = WebSocketStream::from_raw_socket(b, WsRole::Client, None).await;
+        let server_ws = WebSocket::server(a, Bytes::new());
+        let _silent_client =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(b, WsRole::Client, None).await;
         let (server, rx) = Session::new(Role::Server, "c-test", None);
         let result = server.run(server_ws, rx).await;
         assert!(
@@ -613,8 +619,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_stops_reading_cannot_hold_the_session() {
         let (a, b) = tokio::io::duplex(8 * 1024);
-        let server_ws = WebSocketStream::from_raw_socket(a, WsRole::Server, None).await;
-        let mut peer = WebSocketStream::from_raw_socket(b, WsRole::Client, None).await;
+        let server_ws = WebSocket::server(a, Bytes::new());
+        let mut peer =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(b, WsRole::Client, None).await;
         let (server, rx) = Session::new(Role::Server, "c-stuck", None);
         tokio::spawn(async move {
             for i in 0..100_000 {
@@ -679,8 +686,7 @@ mod tests {
         let sent_flow = |outgoing: &mut Outgoing| {
             outgoing
                 .flow
-                .try_recv()
-                .ok()
+                .try_pop()
                 .map(|m| Message::decode(m).unwrap().kind)
         };
         let sent_data = |outgoing: &mut Outgoing| {
