@@ -37,6 +37,10 @@ const WRITE_BATCH: usize = 32 * 1024;
 const COPY_BELOW: usize = 1024;
 /// Buffers handed to one vectored write.
 const MAX_SLICES: usize = 64;
+/// Room made for a payload at a time: a peer that announces a 16 MiB frame and sends nothing gets
+/// no 16 MiB allocation for it. Above the largest Data message (64 KiB and its header), so those
+/// are read into one allocation.
+const RESERVE_STEP: usize = 256 * 1024;
 
 /// Why a session ended other than by either end closing it.
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +225,9 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
             };
             while buffer.len() - start < header.len {
                 let want = header.len - (buffer.len() - start);
+                if buffer.capacity() == buffer.len() {
+                    buffer.reserve(want.min(RESERVE_STEP));
+                }
                 let read = read_some(&mut self.io, &mut self.read_ahead, &mut buffer.limit(want))
                     .await
                     .map_err(SessionError::Read)?;
@@ -286,7 +293,7 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
             frame::CONTINUATION if !self.fragmented => Err(FrameError::StrayContinuation)?,
             frame::BINARY if self.fragmented => Err(FrameError::Interleaved)?,
             frame::BINARY | frame::CONTINUATION => {
-                self.body.reserve(header.len);
+                self.body.reserve(header.len.min(RESERVE_STEP));
                 self.body.len()
             }
             _ => {
@@ -599,5 +606,24 @@ mod tests {
         };
         assert_eq!(&first.payload[..], b"hi");
         assert!(matches!(reader.next().await.unwrap(), Incoming::End));
+    }
+
+    #[tokio::test]
+    async fn an_announced_frame_gets_room_only_as_its_bytes_arrive() {
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let (mut reader, _writer) =
+            split(WebSocket::server(a, Bytes::new()), Duration::from_secs(5));
+        let mut head = BytesMut::new();
+        frame::encode_header(&mut head, frame::BINARY, MAX_MESSAGE, Some([0; 4]));
+        b.write_all(&head).await.unwrap();
+        b.write_all(&[0u8; 100_000]).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(200), reader.next()).await;
+        assert!(waited.is_err(), "the frame is not complete");
+        assert_eq!(reader.body.len(), 100_000, "what arrived is kept");
+        assert!(
+            reader.body.capacity() < 1 << 20,
+            "{} bytes reserved for 100,000 received",
+            reader.body.capacity()
+        );
     }
 }
