@@ -68,15 +68,11 @@ pub enum AgentError {
     EmptyCa(PathBuf),
     #[error(transparent)]
     ApiTls(#[from] ApiTlsError),
+    /// Refused (status and body), or not a WebSocket answer.
     #[error("{0}")]
-    Handshake(crate::tunnel::websocket::HandshakeError),
+    Handshake(#[from] crate::tunnel::websocket::HandshakeError),
     #[error("WebSocket handshake timed out")]
     HandshakeTimeout,
-    #[error("the server answered {status}: {body}")]
-    Refused {
-        status: hyper::StatusCode,
-        body: String,
-    },
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -502,18 +498,8 @@ async fn connect_once(
     let handshake = crate::tunnel::websocket::connect(tls, &authority, path, &headers);
     let ws = tokio::time::timeout(Duration::from_secs(10), handshake)
         .await
-        .map_err(|_| AgentError::HandshakeTimeout)?
-        .map_err(describe_handshake_error)?;
+        .map_err(|_| AgentError::HandshakeTimeout)??;
     tracing::info!("connected to {}{path}", prepared.target.authority());
     let (session, outgoing) = Session::new(Role::Client, "client", Some(connector.clone()));
     Ok(session.run(ws, outgoing).await)
-}
-
-fn describe_handshake_error(error: crate::tunnel::websocket::HandshakeError) -> AgentError {
-    match error {
-        crate::tunnel::websocket::HandshakeError::Refused { status, body } => {
-            AgentError::Refused { status, body }
-        }
-        other => AgentError::Handshake(other),
-    }
 }

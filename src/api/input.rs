@@ -14,6 +14,11 @@ pub enum Op {
     Update,
 }
 
+/// A string field of a body, as handlers read one: absent or not a string, it is empty.
+pub fn text<'a>(input: &'a Map<String, Value>, name: &str) -> &'a str {
+    input.get(name).and_then(Value::as_str).unwrap_or_default()
+}
+
 /// A body as a JSON object; an empty body is `{}`. Anything else is norman's 422.
 pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {

@@ -25,7 +25,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::report::{Completed, Inputs, OpenLoop, Recorder, ServerCpu};
+use x509_parser::certificate::X509Certificate;
+
+use super::report::{Completed, Inputs, Negotiated, OpenLoop, Recorder, ServerCpu};
 use super::verify::{BenchVerifier, certificate_error_in_words};
 use super::{BenchError, parse_duration};
 use crate::client::classic_provider;
@@ -137,7 +139,7 @@ enum Outcome {
     /// Completed: a fallback when `served_instead` is set.
     Completed {
         resumed: bool,
-        negotiated: String,
+        negotiated: Negotiated,
         served_instead: Option<String>,
     },
     /// Failed; the kind, without names, so that failures group.
@@ -546,12 +548,11 @@ async fn one(plan: &Plan, n: u64) -> Outcome {
             .peer_certificates()
             .and_then(|chain| chain.first());
         let served_instead = match leaf {
-            Some(leaf) if covers(leaf, &name) => None,
-            Some(leaf) => Some(describe(leaf)),
+            Some(leaf) => served_instead(leaf, &name),
             None => Some("no certificate".into()),
         };
         let resumed = connection.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-        let negotiated = negotiated(connection);
+        let negotiated = Negotiated::of(connection);
         if served_instead.is_none()
             && let Some(path) = &plan.request
         {
@@ -593,28 +594,16 @@ async fn one(plan: &Plan, n: u64) -> Outcome {
     }
 }
 
-/// `TLSv1_3 TLS13_AES_256_GCM_SHA384 X25519`: what a connection negotiated.
-fn negotiated(connection: &rustls::ClientConnection) -> String {
-    let version = connection
-        .protocol_version()
-        .map(|v| format!("{v:?}"))
-        .unwrap_or_default();
-    let suite = connection
-        .negotiated_cipher_suite()
-        .map(|s| format!("{:?}", s.suite()))
-        .unwrap_or_default();
-    let group = connection
-        .negotiated_key_exchange_group()
-        .map(|g| format!("{:?}", g.name()))
-        .unwrap_or_else(|| "(resumed)".into());
-    format!("{version} {suite} {group}")
+/// `None` when `leaf` has a SAN for `name`; otherwise the certificate, as a user recognises it.
+fn served_instead(leaf: &[u8], name: &ServerName<'_>) -> Option<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
+        return Some("an unparsable certificate".into());
+    };
+    (!covers(&cert, name)).then(|| describe(&cert))
 }
 
 /// A certificate as a user recognises it: subject, SANs, issuer.
-fn describe(leaf: &rustls::pki_types::CertificateDer<'_>) -> String {
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
-        return "an unparsable certificate".into();
-    };
+fn describe(cert: &X509Certificate<'_>) -> String {
     let sans: Vec<String> = cert
         .subject_alternative_name()
         .ok()
@@ -663,12 +652,9 @@ fn classify_tls_error(error: &std::io::Error) -> Outcome {
     }
 }
 
-/// Whether `leaf` has a SAN for `name` (a DNS name, `*.` wildcards over one label; or an IP).
-fn covers(leaf: &rustls::pki_types::CertificateDer<'_>, name: &ServerName<'_>) -> bool {
+/// Whether `cert` has a SAN for `name` (a DNS name, `*.` wildcards over one label; or an IP).
+fn covers(cert: &X509Certificate<'_>, name: &ServerName<'_>) -> bool {
     use x509_parser::extensions::GeneralName;
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
-        return false;
-    };
     let Ok(Some(sans)) = cert.subject_alternative_name() else {
         return false;
     };
@@ -739,12 +725,12 @@ mod tests {
         ])
         .unwrap();
         let leaf = params.self_signed(&key).unwrap().der().clone();
-        let name = |n: &str| ServerName::try_from(n.to_string()).unwrap();
-        assert!(covers(&leaf, &name("A.lab.test")));
-        assert!(covers(&leaf, &name("x.w.lab.test")));
-        assert!(!covers(&leaf, &name("x.y.w.lab.test")), "one label only");
-        assert!(!covers(&leaf, &name("b.lab.test")));
-        assert!(covers(&leaf, &name("127.0.0.1")));
-        assert!(!covers(&leaf, &name("127.0.0.2")));
+        let covers = |n: &str| served_instead(&leaf, &ServerName::try_from(n).unwrap()).is_none();
+        assert!(covers("A.lab.test"));
+        assert!(covers("x.w.lab.test"));
+        assert!(!covers("x.y.w.lab.test"), "one label only");
+        assert!(!covers("b.lab.test"));
+        assert!(covers("127.0.0.1"));
+        assert!(!covers("127.0.0.2"));
     }
 }

@@ -19,8 +19,46 @@ pub struct Recorder {
     failures: BTreeMap<String, u64>,
     full: u64,
     resumed: u64,
-    negotiated: BTreeMap<String, u64>,
+    /// Few distinct values in a run: a list, searched.
+    negotiated: Vec<(Negotiated, u64)>,
     served_instead: BTreeMap<String, u64>,
+}
+
+/// What a connection negotiated: version, cipher suite and key-exchange group (none when
+/// resumed). Kept as rustls's values and written out only in the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated {
+    version: Option<rustls::ProtocolVersion>,
+    suite: Option<rustls::CipherSuite>,
+    group: Option<rustls::NamedGroup>,
+}
+
+impl Negotiated {
+    pub fn of(connection: &rustls::ClientConnection) -> Self {
+        Self {
+            version: connection.protocol_version(),
+            suite: connection.negotiated_cipher_suite().map(|s| s.suite()),
+            group: connection.negotiated_key_exchange_group().map(|g| g.name()),
+        }
+    }
+
+    /// `TLSv1_3 TLS13_AES_256_GCM_SHA384 X25519`.
+    fn text(&self) -> String {
+        let version = self.version.map(|v| format!("{v:?}")).unwrap_or_default();
+        let suite = self.suite.map(|s| format!("{s:?}")).unwrap_or_default();
+        let group = self
+            .group
+            .map_or_else(|| "(resumed)".into(), |g| format!("{g:?}"));
+        format!("{version} {suite} {group}")
+    }
+}
+
+/// Counts one more `value` in a list of few distinct values.
+pub fn tally<T: PartialEq>(counts: &mut Vec<(T, u64)>, value: T) {
+    match counts.iter_mut().find(|(seen, _)| *seen == value) {
+        Some((_, count)) => *count += 1,
+        None => counts.push((value, 1)),
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -36,7 +74,7 @@ impl Default for Recorder {
             failures: BTreeMap::new(),
             full: 0,
             resumed: 0,
-            negotiated: BTreeMap::new(),
+            negotiated: Vec::new(),
             served_instead: BTreeMap::new(),
         }
     }
@@ -46,8 +84,7 @@ impl Default for Recorder {
 pub struct Completed {
     pub latency: Duration,
     pub resumed: bool,
-    /// Version, cipher suite and key-exchange group, e.g. `TLSv1_3 TLS13_AES_256_GCM_SHA384 X25519`.
-    pub negotiated: String,
+    pub negotiated: Negotiated,
     /// For a fallback, the certificate served instead (subject, SANs, issuer).
     pub served_instead: Option<String>,
 }
@@ -80,7 +117,7 @@ impl Recorder {
             true => self.resumed += 1,
             false => self.full += 1,
         }
-        *self.negotiated.entry(handshake.negotiated).or_default() += 1;
+        tally(&mut self.negotiated, handshake.negotiated);
     }
 
     pub fn failure(&mut self, kind: &str) {
@@ -108,7 +145,11 @@ impl Recorder {
             fallback_latency_us: Latency::of(&self.fallback),
             full: self.full,
             resumed: self.resumed,
-            negotiated: self.negotiated.clone(),
+            negotiated: self
+                .negotiated
+                .iter()
+                .map(|(negotiated, count)| (negotiated.text(), *count))
+                .collect(),
             signature_schemes: BTreeMap::new(),
             served_instead: self.served_instead.clone(),
             open_loop: None,

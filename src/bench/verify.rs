@@ -15,6 +15,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, Error, SignatureScheme};
 
+use super::report::tally;
 use crate::support::lock;
 
 /// The bench's verifier; see the module's documentation.
@@ -27,7 +28,8 @@ pub struct BenchVerifier {
     /// The certificates of `--ca`, each trusted as a server certificate too; empty: `--insecure`.
     direct: Vec<CertificateDer<'static>>,
     /// How many handshakes the server signed with each scheme.
-    schemes: Mutex<BTreeMap<String, u64>>,
+    /// Signatures verified, per scheme (a handful in a run: a list, searched; named in `schemes`).
+    schemes: Mutex<Vec<(SignatureScheme, u64)>>,
 }
 
 impl BenchVerifier {
@@ -72,13 +74,22 @@ impl BenchVerifier {
 
     /// Signature schemes the server signed handshakes with, and how often.
     pub fn schemes(&self) -> BTreeMap<String, u64> {
-        lock(&self.schemes).clone()
+        lock(&self.schemes)
+            .iter()
+            .map(|(scheme, count)| (format!("{scheme:?}"), *count))
+            .collect()
     }
 
-    fn count(&self, scheme: SignatureScheme) {
-        *lock(&self.schemes)
-            .entry(format!("{scheme:?}"))
-            .or_default() += 1;
+    /// Counts a signature that verified.
+    fn counted(
+        &self,
+        scheme: SignatureScheme,
+        valid: Result<HandshakeSignatureValid, Error>,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        if valid.is_ok() {
+            tally(&mut lock(&self.schemes), scheme);
+        }
+        valid
     }
 
     /// Whether certificates are verified at all (`--ca`, not `--insecure`).
@@ -129,14 +140,9 @@ impl ServerCertVerifier for BenchVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        let valid = rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )?;
-        self.count(dss.scheme);
-        Ok(valid)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        let valid = rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms);
+        self.counted(dss.scheme, valid)
     }
 
     fn verify_tls13_signature(
@@ -145,14 +151,9 @@ impl ServerCertVerifier for BenchVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        let valid = rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )?;
-        self.count(dss.scheme);
-        Ok(valid)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        let valid = rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms);
+        self.counted(dss.scheme, valid)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

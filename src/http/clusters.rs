@@ -16,6 +16,7 @@ use super::norman::{Answer, Call, TypeHandler};
 use super::{AppState, account_error, text_response};
 use crate::accounts::settings::{AGENT_IMAGE, DEFAULT_AGENT_IMAGE};
 use crate::accounts::{SERVER_URL, TokenKind, TokenRequest};
+use crate::api::input::text;
 use crate::api::resource::date;
 use crate::api::schema::{Action, DELETE, FieldType, GET, POST, PUT};
 use crate::api::{ApiError, Field, Resource, Schema};
@@ -199,10 +200,7 @@ impl TypeHandler for Clusters {
     }
 
     async fn create(&self, call: &Call<'_>, input: Map<String, Value>) -> Result<Answer, ApiError> {
-        let name = input
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let name = text(&input, "name");
         let state = call.state;
         // The name is the create's; the rest, if any, is applied as an update.
         let change = ClusterChange {
@@ -445,10 +443,7 @@ impl TypeHandler for RegistrationTokens {
     }
 
     async fn create(&self, call: &Call<'_>, input: Map<String, Value>) -> Result<Answer, ApiError> {
-        let cluster_id = input
-            .get("clusterId")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let cluster_id = text(&input, "clusterId");
         let state = call.state;
         let IssuedRegistrationToken {
             id,

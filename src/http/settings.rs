@@ -11,6 +11,7 @@ use super::account_error;
 use super::norman::{Answer, Call, TypeHandler};
 use crate::accounts::settings::{CACERTS, is_public};
 use crate::accounts::{SettingView, Source};
+use crate::api::input::text;
 use crate::api::resource::date;
 use crate::api::schema::{DELETE, GET, POST, PUT};
 use crate::api::{ApiError, Field, Resource, Schema};
@@ -127,10 +128,7 @@ impl TypeHandler for Settings {
     }
 
     async fn create(&self, call: &Call<'_>, input: Map<String, Value>) -> Result<Answer, ApiError> {
-        let name = input
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let name = text(&input, "name");
         if name == CACERTS {
             return Err(ApiError::refused("cacerts is readOnly"));
         }

@@ -11,6 +11,7 @@ use super::account_error;
 use super::auth::SESSION_COOKIE;
 use super::norman::{Answer, Call, TypeHandler};
 use crate::accounts::{Caller, IssuedToken, TokenKind, TokenRequest, TokenView, UserView};
+use crate::api::input::text;
 use crate::api::resource::date;
 use crate::api::schema::{Action, DELETE, GET, POST, PUT};
 use crate::api::{ApiError, Field, Resource, Schema};
@@ -166,18 +167,12 @@ impl TypeHandler for Tokens {
 
     async fn create(&self, call: &Call<'_>, input: Map<String, Value>) -> Result<Answer, ApiError> {
         let caller = call.caller()?;
-        let text = |name: &str| {
-            input
-                .get(name)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string()
-        };
+        let owned = |name: &str| text(&input, name).to_string();
         let request = TokenRequest {
             kind: TokenKind::ApiKey,
-            description: text("description"),
+            description: owned("description"),
             ttl_ms: input.get("ttl").and_then(Value::as_i64).unwrap_or(0),
-            cluster_id: text("clusterId"),
+            cluster_id: owned("clusterId"),
         };
         let accounts = &call.state.accounts;
         let issued = accounts

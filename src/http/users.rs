@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 use super::account_error;
 use super::norman::{Answer, Call, TypeHandler};
 use crate::accounts::{AccountError, UserView};
+use crate::api::input::text;
 use crate::api::resource::date;
 use crate::api::schema::{Action, GET};
 use crate::api::{ApiError, Field, Resource, Schema};
@@ -31,10 +32,6 @@ fn resource(user: &UserView, caller_id: Option<&str>) -> Resource {
         .with("creatorId", Value::Null)
         .with("labels", json!({}))
         .with("annotations", json!({}))
-}
-
-fn text<'a>(input: &'a Map<String, Value>, name: &str) -> &'a str {
-    input.get(name).and_then(Value::as_str).unwrap_or_default()
 }
 
 #[async_trait]

@@ -446,6 +446,13 @@ mod tests {
     use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
     use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
 
+    /// Bounds a step of a test: a framing bug makes it fail, not hang.
+    async fn soon<T>(step: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), step)
+            .await
+            .expect("no answer within 10 s")
+    }
+
     /// Our server end, and tungstenite's client end (an independent implementation) on a pipe.
     async fn server_and_peer() -> (
         FrameReader<tokio::io::DuplexStream>,
@@ -493,8 +500,8 @@ mod tests {
             }
         }
         peer.flush().await.unwrap();
-        assert!(matches!(reader.next().await.unwrap(), Incoming::Ping));
-        let Incoming::Message(got) = reader.next().await.unwrap() else {
+        assert!(matches!(soon(reader.next()).await.unwrap(), Incoming::Ping));
+        let Incoming::Message(got) = soon(reader.next()).await.unwrap() else {
             panic!("not a message")
         };
         assert_eq!((got.conn_id, got.kind), (3, MessageType::Data));
@@ -513,18 +520,108 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            peer.next().await.unwrap().unwrap(),
+            soon(peer.next()).await.unwrap().unwrap(),
             WsMessage::Pong(Bytes::from_static(b"mid"))
         );
-        let WsMessage::Binary(back) = peer.next().await.unwrap().unwrap() else {
+        let WsMessage::Binary(back) = soon(peer.next()).await.unwrap().unwrap() else {
             panic!("not binary")
         };
         assert_eq!(&Message::decode(back).unwrap().payload[..], b"back");
     }
 
+    /// A stream that takes at most `step` bytes a call, as a socket under pressure does (a batch
+    /// goes out over many calls, split inside buffers), and says whether it takes vectored writes.
+    struct Trickle {
+        inner: tokio::io::DuplexStream,
+        step: usize,
+        vectored: bool,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let step = self.step.min(buf.len());
+            Pin::new(&mut self.inner).poll_write(cx, &buf[..step])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let gathered: Vec<u8> = bufs
+                .iter()
+                .flat_map(|b| b.iter().copied())
+                .take(self.step)
+                .collect();
+            Pin::new(&mut self.inner).poll_write(cx, &gathered)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// Frames of every size class, batched and flushed at once, arrive whole and in order: with
+    /// large payloads written beside their headers (vectored) or each frame as one buffer, taken
+    /// all at once or a little at a time.
     #[tokio::test]
     async fn large_and_small_writes_in_one_batch_arrive_in_order() {
-        let (_reader, mut writer, mut peer) = server_and_peer().await;
+        for (step, vectored) in [(usize::MAX, true), (1000, true), (1000, false)] {
+            let (inner, theirs) = tokio::io::duplex(1 << 20);
+            let ours = Trickle {
+                inner,
+                step,
+                vectored,
+            };
+            batch_arrives_in_order(ours, theirs, vectored).await;
+        }
+    }
+
+    async fn batch_arrives_in_order<S: AsyncRead + AsyncWrite>(
+        ours: S,
+        theirs: tokio::io::DuplexStream,
+        vectored: bool,
+    ) {
+        let (_reader, mut writer) = split(
+            WebSocket::server(ours, Bytes::new()),
+            Duration::from_secs(5),
+        );
+        assert_eq!(writer.vectored, vectored);
+        let config = WebSocketConfig::default().max_frame_size(None);
+        let mut peer = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            theirs,
+            WsRole::Client,
+            Some(config),
+        )
+        .await;
         let deadline = Instant::now() + Duration::from_secs(5);
         let sizes = [1usize, 70_000, 5, 200_000, 1023, 1024, 0];
         for (i, size) in sizes.iter().enumerate() {
@@ -537,7 +634,7 @@ mod tests {
         writer.ping();
         writer.flush(deadline).await.unwrap();
         for (i, size) in sizes.iter().enumerate() {
-            let WsMessage::Binary(bytes) = peer.next().await.unwrap().unwrap() else {
+            let WsMessage::Binary(bytes) = soon(peer.next()).await.unwrap().unwrap() else {
                 panic!("not binary")
             };
             let message = Message::decode(bytes).unwrap();
@@ -545,7 +642,7 @@ mod tests {
             assert!(message.payload.iter().all(|b| *b == i as u8));
         }
         assert!(matches!(
-            peer.next().await.unwrap().unwrap(),
+            soon(peer.next()).await.unwrap().unwrap(),
             WsMessage::Ping(_)
         ));
     }
@@ -575,7 +672,7 @@ mod tests {
             let (mut reader, _writer) =
                 split(WebSocket::server(a, Bytes::new()), Duration::from_secs(5));
             b.write_all(&bytes).await.unwrap();
-            let error = match reader.next().await {
+            let error = match soon(reader.next()).await {
                 Err(e) => e.to_string(),
                 Ok(_) => "accepted".into(),
             };
@@ -601,11 +698,11 @@ mod tests {
         b.write_all(&whole[1..]).await.unwrap();
         b.write_all(&[0x82, 0x7E, 0x01]).await.unwrap();
         drop(b);
-        let Incoming::Message(first) = reader.next().await.unwrap() else {
+        let Incoming::Message(first) = soon(reader.next()).await.unwrap() else {
             panic!("not a message")
         };
         assert_eq!(&first.payload[..], b"hi");
-        assert!(matches!(reader.next().await.unwrap(), Incoming::End));
+        assert!(matches!(soon(reader.next()).await.unwrap(), Incoming::End));
     }
 
     #[tokio::test]

@@ -596,6 +596,45 @@ mod tests {
         drop((listed, young));
     }
 
+    /// Two corral ends keep each other alive past the ping wait: the server answers the client's
+    /// pings, and only pongs keep a client's session (remotedialer's rule).
+    #[tokio::test(start_paused = true)]
+    async fn answered_pings_keep_both_ends_alive() {
+        let (server, client) = pair(allow_all()).await;
+        tokio::time::sleep(PING_WAIT * 3).await;
+        assert!(!client.is_closed(), "the client saw no pong");
+        assert!(!server.is_closed());
+    }
+
+    /// Another implementation's ping is answered with its payload, as its read deadline needs.
+    #[tokio::test]
+    async fn a_peers_ping_is_answered_with_its_payload() {
+        use futures_util::StreamExt;
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (server, rx) = Session::new(Role::Server, "c-test", None);
+        let running = server.clone();
+        tokio::spawn(async move { running.run(WebSocket::server(a, Bytes::new()), rx).await });
+        let mut peer =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(b, WsRole::Client, None).await;
+        peer.send(WsMessage::Ping(Bytes::from_static(b"keep")))
+            .await
+            .unwrap();
+        let answer = async {
+            loop {
+                match peer.next().await.unwrap().unwrap() {
+                    WsMessage::Pong(payload) => return payload,
+                    // The server's own ping, which tungstenite answers.
+                    WsMessage::Ping(_) => continue,
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        let payload = tokio::time::timeout(Duration::from_secs(5), answer)
+            .await
+            .expect("no pong");
+        assert_eq!(&payload[..], b"keep");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_server_drops_a_client_that_never_pings() {
         let (a, b) = tokio::io::duplex(1 << 16);

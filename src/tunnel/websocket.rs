@@ -2,6 +2,7 @@
 //! with gorilla's status codes and texts for requests that are not WebSocket upgrades, and the
 //! client's (agents, peer replicas), which keeps whatever the server sent straight after its 101.
 
+use std::fmt::Write as _;
 use std::io;
 
 use axum::body::Body;
@@ -114,7 +115,7 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         if value.contains(['\r', '\n']) || name.contains(['\r', '\n', ':']) {
             return Err(HandshakeError::LineBreak(name.to_string()));
         }
-        request.push_str(&format!("{name}: {value}\r\n"));
+        let _ = write!(request, "{name}: {value}\r\n");
     }
     request.push_str("\r\n");
     io.write_all(request.as_bytes()).await?;
@@ -188,6 +189,13 @@ mod tests {
     use crate::tunnel::codec::{Message, MessageType, encode};
     use crate::tunnel::connection::{Incoming, split};
 
+    /// Bounds a step of a test: a handshake bug makes it fail, not hang.
+    async fn soon<T>(step: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(std::time::Duration::from_secs(10), step)
+            .await
+            .expect("no answer within 10 s")
+    }
+
     /// A server that answers the upgrade with `answer(key)` in one write, and what it was asked.
     async fn answering(
         answer: impl FnOnce(&str) -> Vec<u8> + Send + 'static,
@@ -233,21 +241,21 @@ mod tests {
             answer
         })
         .await;
-        let ws = connect(
+        let ws = soon(connect(
             io,
             "corral.lab.test:443",
             "/v3/connect",
             &[("X-API-Tunnel-Token", "t")],
-        )
+        ))
         .await
         .unwrap();
         let (mut reader, writer) = split(ws, std::time::Duration::from_secs(5));
-        let Incoming::Message(Message { payload, .. }) = reader.next().await.unwrap() else {
+        let Incoming::Message(Message { payload, .. }) = soon(reader.next()).await.unwrap() else {
             panic!("the frame sent with the 101 was lost")
         };
         assert_eq!(&payload[..], b"straight after");
         drop((reader, writer));
-        let request = asked.await.unwrap();
+        let request = soon(asked).await.unwrap();
         assert!(request.starts_with("GET /v3/connect HTTP/1.1\r\nHost: corral.lab.test:443\r\n"));
         assert!(
             request.contains("\r\nX-API-Tunnel-Token: t\r\n"),
@@ -261,7 +269,7 @@ mod tests {
             b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 29\r\n\r\nfailed authentication: nope\r\n".to_vec()
         })
         .await;
-        match connect(io, "h", "/v3/connect", &[]).await {
+        match soon(connect(io, "h", "/v3/connect", &[])).await {
             Err(HandshakeError::Refused { status, body }) => {
                 assert_eq!(status, StatusCode::UNAUTHORIZED);
                 assert_eq!(body, "failed authentication: nope\r\n");
@@ -272,7 +280,10 @@ mod tests {
             b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: wrong\r\n\r\n".to_vec()
         })
         .await;
-        let error = connect(io, "h", "/", &[]).await.map(|_| ()).unwrap_err();
+        let error = soon(connect(io, "h", "/", &[]))
+            .await
+            .map(|_| ())
+            .unwrap_err();
         assert_eq!(
             error.to_string(),
             "not a websocket handshake answer: wrong Sec-WebSocket-Accept"
