@@ -122,7 +122,7 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     io.flush().await?;
 
     let mut read = BytesMut::with_capacity(1024);
-    let (status, head_len, accept, content_length) = loop {
+    let (status, head_len, answer) = loop {
         if io.read_buf(&mut read).await? == 0 {
             return Err(HandshakeError::Invalid(
                 "the server closed before answering",
@@ -134,15 +134,16 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(httparse::Status::Complete(head_len)) => {
                 let status = StatusCode::from_u16(answer.code.unwrap_or(0))
                     .map_err(|_| HandshakeError::Invalid("bad status code"))?;
-                let field = |name: &str| {
-                    answer
-                        .headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case(name))
-                        .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
-                };
-                let length = field("content-length").and_then(|v| v.parse::<usize>().ok());
-                break (status, head_len, field("sec-websocket-accept"), length);
+                let mut headers = header::HeaderMap::new();
+                for field in answer.headers.iter() {
+                    if let (Ok(name), Ok(value)) = (
+                        header::HeaderName::from_bytes(field.name.as_bytes()),
+                        header::HeaderValue::from_bytes(field.value),
+                    ) {
+                        headers.append(name, value);
+                    }
+                }
+                break (status, head_len, headers);
             }
             Ok(httparse::Status::Partial) if read.len() < MAX_ANSWER_HEAD => continue,
             Ok(httparse::Status::Partial) => {
@@ -153,10 +154,23 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let rest = read.split_off(head_len).freeze();
     if status != StatusCode::SWITCHING_PROTOCOLS {
+        let content_length = answer
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<usize>().ok());
         let body = refusal_body(&mut io, rest, content_length).await;
         return Err(HandshakeError::Refused { status, body });
     }
-    if accept.as_deref() != Some(derive_accept_key(key.as_bytes()).as_str()) {
+    // RFC 6455 §4.1: the 101 must name the upgrade, and prove it read our key.
+    let has_token = |name, token| crate::support::header_has_token(&answer, name, token);
+    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
+        return Err(HandshakeError::Invalid(
+            "no 'Upgrade: websocket' and 'Connection: Upgrade'",
+        ));
+    }
+    let accept = answer
+        .get(header::SEC_WEBSOCKET_ACCEPT)
+        .map(|v| v.as_bytes());
+    if accept != Some(derive_accept_key(key.as_bytes()).as_bytes()) {
         return Err(HandshakeError::Invalid("wrong Sec-WebSocket-Accept"));
     }
     Ok(WebSocket::client(io, rest))
@@ -276,18 +290,29 @@ mod tests {
             }
             other => panic!("{:?}", other.map(|_| ())),
         }
-        let (io, _asked) = answering(|_| {
-            b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: wrong\r\n\r\n".to_vec()
-        })
-        .await;
-        let error = soon(connect(io, "h", "/", &[]))
-            .await
-            .map(|_| ())
-            .unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "not a websocket handshake answer: wrong Sec-WebSocket-Accept"
-        );
+        for (answer, expected) in [
+            (
+                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: wrong",
+                "wrong Sec-WebSocket-Accept",
+            ),
+            (
+                "Connection: Upgrade\r\nSec-WebSocket-Accept: wrong",
+                "no 'Upgrade: websocket' and 'Connection: Upgrade'",
+            ),
+        ] {
+            let (io, _asked) = answering(move |_| {
+                format!("HTTP/1.1 101 Switching Protocols\r\n{answer}\r\n\r\n").into_bytes()
+            })
+            .await;
+            let error = soon(connect(io, "h", "/", &[]))
+                .await
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("not a websocket handshake answer: {expected}")
+            );
+        }
         let (io, _) = tokio::io::duplex(64);
         let error = connect(io, "h", "/", &[("X-Evil", "a\r\nb")])
             .await
