@@ -147,6 +147,19 @@ const MAX_LABELS: usize = 64;
 const MAX_ANNOTATION_BYTES: usize = 4096;
 
 impl ClusterChange {
+    /// Sets what the change gives of the description, labels and annotations.
+    fn apply_details(&self, cluster: &mut Cluster) {
+        if let Some(description) = &self.description {
+            cluster.description = description.clone();
+        }
+        if let Some(labels) = &self.labels {
+            cluster.labels = labels.clone();
+        }
+        if let Some(annotations) = &self.annotations {
+            cluster.annotations = annotations.clone();
+        }
+    }
+
     /// Refuses what would let one cluster grow the clusters document without bound.
     pub fn check_bounds(&self) -> Result<(), ClusterError> {
         let invalid = |what: String| Err(ClusterError::Invalid(what));
@@ -513,14 +526,16 @@ impl Clusters {
         self.document.read()
     }
 
-    /// A new cluster called `name` (its id when `name` is empty).
-    pub fn create(&self, name: &str) -> Result<Cluster, ClusterError> {
-        let name = name.trim();
-        if name.len() > 253 || name.chars().any(char::is_control) {
+    /// A new cluster named as `change` says (its id when it gives no name or an empty one), with
+    /// the rest of `change`: one write.
+    pub fn create(&self, change: &ClusterChange) -> Result<Cluster, ClusterError> {
+        let name = change.name.as_deref().unwrap_or_default().trim();
+        if !fits_name(name) {
             return Err(ClusterError::Invalid(
                 "name must be at most 253 characters, none of them control characters".into(),
             ));
         }
+        change.check_bounds()?;
         self.document.update(|doc| {
             if doc.clusters.len() >= MAX_CLUSTERS {
                 return Err(ClusterError::Invalid(format!(
@@ -528,7 +543,7 @@ impl Clusters {
                 )));
             }
             let id = format!("c-{}", random_suffix());
-            let cluster = Cluster {
+            let mut cluster = Cluster {
                 name: if name.is_empty() {
                     id.clone()
                 } else {
@@ -542,6 +557,7 @@ impl Clusters {
                 tokens: Vec::new(),
                 nodes: Vec::new(),
             };
+            change.apply_details(&mut cluster);
             doc.clusters.push(cluster.clone());
             Ok(cluster)
         })
@@ -550,7 +566,7 @@ impl Clusters {
     /// Changes a cluster's name, description, labels or annotations.
     pub fn update(&self, id: &str, change: ClusterChange) -> Result<Cluster, ClusterError> {
         if let Some(name) = &change.name
-            && (name.trim().is_empty() || name.len() > 253 || name.chars().any(char::is_control))
+            && (name.trim().is_empty() || !fits_name(name))
         {
             return Err(ClusterError::Invalid(
                 "name must be 1 to 253 characters, none of them control characters".into(),
@@ -562,15 +578,7 @@ impl Clusters {
             if let Some(name) = &change.name {
                 cluster.name = name.trim().to_string();
             }
-            if let Some(description) = &change.description {
-                cluster.description = description.clone();
-            }
-            if let Some(labels) = &change.labels {
-                cluster.labels = labels.clone();
-            }
-            if let Some(annotations) = &change.annotations {
-                cluster.annotations = annotations.clone();
-            }
+            change.apply_details(cluster);
             Ok(cluster.clone())
         })
     }
@@ -588,11 +596,11 @@ impl Clusters {
         })?;
         self.advertised.retain(|(cluster, _), _| cluster != id);
         self.nodes_seen.retain(|_, node| node.cluster_id != id);
-        crate::support::lock(&self.unsaved)
-            .retain(|key, _| key != id && !key.starts_with(&format!("{id}:")));
+        let prefix = format!("{id}:");
+        crate::support::lock(&self.unsaved).retain(|key, _| key != id && !key.starts_with(&prefix));
         if self.store.has_paths() {
             for (session, _) in self.agent_sessions.list()? {
-                if session.starts_with(&format!("{id}:")) {
+                if session.starts_with(&prefix) {
                     self.agent_sessions.delete(&session)?;
                 }
             }
@@ -673,6 +681,11 @@ impl Clusters {
     }
 }
 
+/// Whether a cluster name fits: at most 253 bytes, no control characters.
+fn fits_name(name: &str) -> bool {
+    name.len() <= 253 && !name.chars().any(char::is_control)
+}
+
 /// Cluster `id` in `list`, to change.
 fn cluster_mut<'a>(list: &'a mut ClusterList, id: &str) -> Result<&'a mut Cluster, ClusterError> {
     list.clusters
@@ -710,7 +723,11 @@ mod tests {
         let dir = DataDir::open(tmp.path()).unwrap();
         let store = || Arc::new(FileBackend::new(dir.clone())) as Arc<dyn Backend>;
         let clusters = Clusters::open(store(), None).unwrap();
-        let cluster = clusters.create("lab").unwrap();
+        let named = ClusterChange {
+            name: Some("lab".into()),
+            ..ClusterChange::default()
+        };
+        let cluster = clusters.create(&named).unwrap();
         assert!(cluster.id.starts_with("c-"));
         let token = clusters.create_token(&cluster.id).unwrap();
         assert_eq!(clusters.find_by_token(&token.token).unwrap().id, cluster.id);

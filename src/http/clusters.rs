@@ -36,6 +36,14 @@ pub fn cluster_error(error: &ClusterError) -> ApiError {
     }
 }
 
+/// Cluster `id`, or norman's 404 with Kubernetes' text.
+fn find(state: &AppState, id: &str) -> Result<Cluster, ApiError> {
+    state
+        .clusters
+        .get(id)
+        .ok_or_else(|| cluster_error(&ClusterError::NotFound(id.to_string())))
+}
+
 /// `server-url` if set (Rancher's commands are empty until it is), else nothing.
 fn server_url(state: &AppState) -> Option<String> {
     state
@@ -74,6 +82,13 @@ fn agent_image(state: &AppState) -> String {
         .unwrap_or_default()
 }
 
+/// The image agents are deployed with: the setting, or Rancher's default when it is set empty.
+fn deployed_image(state: &AppState) -> String {
+    Some(agent_image(state))
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| DEFAULT_AGENT_IMAGE.to_string())
+}
+
 /// A cluster as the API writes it: pending until an agent connects, then active.
 fn cluster_resource(state: &AppState, cluster: &Cluster, agent_image: &str) -> Resource {
     let route = state.tunnels.route(&cluster.id);
@@ -105,16 +120,11 @@ fn cluster_resource(state: &AppState, cluster: &Cluster, agent_image: &str) -> R
     } else {
         ("pending", "yes", "Waiting for API to be available")
     };
-    let labels: Map<String, Value> = cluster
-        .labels
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone().into()))
-        .collect();
-    let annotations: Map<String, Value> = cluster
-        .annotations
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone().into()))
-        .collect();
+    let object = |map: &std::collections::BTreeMap<String, String>| -> Map<String, Value> {
+        map.iter()
+            .map(|(k, v)| (k.clone(), v.clone().into()))
+            .collect()
+    };
     let mut resource = Resource::new(&cluster.id)
         .with("name", cluster.name.as_str())
         .with("description", cluster.description.as_str())
@@ -128,8 +138,8 @@ fn cluster_resource(state: &AppState, cluster: &Cluster, agent_image: &str) -> R
         .with("transitioningMessage", message)
         .with("created", created)
         .with("creatorId", Value::Null)
-        .with("labels", Value::Object(labels))
-        .with("annotations", Value::Object(annotations))
+        .with("labels", Value::Object(object(&cluster.labels)))
+        .with("annotations", Value::Object(object(&cluster.annotations)))
         .with("agentImage", agent_image);
     if let Some(route) = route
         && let Some(params) = state.clusters.agent_params(&cluster.id, &route.sessions())
@@ -187,11 +197,7 @@ impl TypeHandler for Clusters {
     }
 
     async fn get(&self, call: &Call<'_>, id: &str) -> Result<Resource, ApiError> {
-        let cluster = call
-            .state
-            .clusters
-            .get(id)
-            .ok_or_else(|| cluster_error(&ClusterError::NotFound(id.to_string())))?;
+        let cluster = find(call.state, id)?;
         Ok(cluster_resource(
             call.state,
             &cluster,
@@ -200,26 +206,11 @@ impl TypeHandler for Clusters {
     }
 
     async fn create(&self, call: &Call<'_>, input: Map<String, Value>) -> Result<Answer, ApiError> {
-        let name = text(&input, "name");
         let state = call.state;
-        // The name is the create's; the rest, if any, is applied as an update.
-        let change = ClusterChange {
-            name: None,
-            ..change_of(&input)
-        };
-        // Checked before the cluster exists: a refused create leaves nothing behind.
-        change.check_bounds().map_err(|e| cluster_error(&e))?;
-        let created = state.clusters.create(name).map_err(|e| cluster_error(&e))?;
-        let unchanged =
-            change.description.is_none() && change.labels.is_none() && change.annotations.is_none();
-        let cluster = if unchanged {
-            created
-        } else {
-            state
-                .clusters
-                .update(&created.id, change)
-                .map_err(|e| cluster_error(&e))?
-        };
+        let cluster = state
+            .clusters
+            .create(&change_of(&input))
+            .map_err(|e| cluster_error(&e))?;
         Ok(Answer::created(
             "cluster",
             cluster_resource(state, &cluster, &agent_image(state)),
@@ -242,14 +233,7 @@ impl TypeHandler for Clusters {
 
     async fn delete(&self, call: &Call<'_>, id: &str) -> Result<Answer, ApiError> {
         let state = call.state;
-        let before = cluster_resource(
-            state,
-            &state
-                .clusters
-                .get(id)
-                .ok_or_else(|| cluster_error(&ClusterError::NotFound(id.to_string())))?,
-            &agent_image(state),
-        );
+        let before = cluster_resource(state, &find(state, id)?, &agent_image(state));
         state.clusters.delete(id).map_err(|e| cluster_error(&e))?;
         let closed = state.tunnels.close_cluster(id);
         tracing::info!(
@@ -275,10 +259,7 @@ impl TypeHandler for Clusters {
             return Err(ApiError::invalid_action(name));
         };
         let state = call.state;
-        let cluster = state
-            .clusters
-            .get(id)
-            .ok_or_else(|| cluster_error(&ClusterError::NotFound(id.to_string())))?;
+        let cluster = find(state, id)?;
         let caller = call.caller()?;
         let request = TokenRequest {
             kind: TokenKind::Kubeconfig,
@@ -324,6 +305,7 @@ fn change_of(input: &Map<String, Value>) -> ClusterChange {
 
 /// What an agent is deployed with: the server, the token and, when the CA is private, its
 /// checksum. Empty until server-url is set, as in Rancher.
+#[derive(Default)]
 struct Commands {
     manifest_url: String,
     command: String,
@@ -334,22 +316,11 @@ struct Commands {
 
 fn commands(state: &AppState, token: &str, cluster_id: &str) -> Commands {
     let Some(server) = server_url(state) else {
-        return Commands {
-            manifest_url: String::new(),
-            command: String::new(),
-            insecure_command: String::new(),
-            node_command: String::new(),
-            windows_node_command: String::new(),
-        };
+        return Commands::default();
     };
     let manifest_url = format!("{server}/v3/import/{token}_{cluster_id}.yaml");
     let checksum = ca_checksum(&state.cacerts.value);
-    let image = state
-        .accounts
-        .setting(AGENT_IMAGE)
-        .map(|(v, _)| v)
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| DEFAULT_AGENT_IMAGE.to_string());
+    let image = deployed_image(state);
     let (linux_checksum, windows_checksum) = if checksum.is_empty() {
         (String::new(), String::new())
     } else {
@@ -494,12 +465,7 @@ pub async fn import(
     };
     match state.clusters.find_by_token(token) {
         Some(cluster) if cluster.id == cluster_id => {
-            let image = state
-                .accounts
-                .setting(AGENT_IMAGE)
-                .map(|(v, _)| v)
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| DEFAULT_AGENT_IMAGE.to_string());
+            let image = deployed_image(&state);
             let manifest = import_manifest(
                 &server_base(&state, &headers),
                 token,
