@@ -173,6 +173,8 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     )?;
     let accounts = Arc::new(accounts);
     accounts.follow_store();
+    accounts.follow_access_changes();
+    accounts.follow_token_changes();
     let shutdown = CancellationToken::new();
     let tunnels = Arc::new(TunnelRegistry::new());
     let replicas = join_replicas(config, store.clone(), https_port)?;
@@ -216,6 +218,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         agent_wait: config.agent_wait,
         https_port,
         access_log: config.access_log,
+        downstream: Default::default(),
     }))
     .with_shutdown(shutdown.clone());
     let tls = match config.tls.termination {

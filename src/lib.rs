@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod net;
 pub mod peering;
 pub mod pki;
+pub mod rbac;
 pub mod replicas;
 pub mod secrets;
 pub mod store;

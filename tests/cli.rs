@@ -242,6 +242,7 @@ fn the_readme_walkthrough_runs_as_written() {
         "Server Version: v1.31.4+corral-simulated",
         "kube-system",
         "namespace/lab created",
+        "simulated-node-1",
     ] {
         assert!(stdout.contains(expected), "{expected:?} missing: {why}");
     }
@@ -251,6 +252,9 @@ fn the_readme_walkthrough_runs_as_written() {
             .any(|l| l.starts_with("lab ") && l.contains("Active")),
         "{why}"
     );
+    // Step 5: the member may not create a namespace, and the cluster said so.
+    assert!(stdout.lines().any(|l| l == "no"), "can-i: {why}");
+    assert!(!stdout.contains("namespace/alices created"), "{why}");
 }
 
 /// Every flag each command has (from its --help) appears in the README's usage synopsis for it; a

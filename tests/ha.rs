@@ -14,7 +14,7 @@ use common::balancer::Balancer;
 use common::etcd::EtcdCluster;
 use common::lab::{self, Lab};
 use common::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// How long a change on one replica may take to reach the others in these tests (the goal is ≤ 1 s;
 /// the benchmark measures it, the tests only bound it generously for a loaded 2-core machine).
@@ -1183,5 +1183,116 @@ async fn api_keys_and_cluster_deletions_reach_every_replica() {
     for addr in [holder_addr, other_addr] {
         let answer = request(addr, "GET", &version, &[&lab.auth()], None).await;
         assert_eq!(answer.status, 404, "{}", answer.body);
+    }
+}
+
+/// A user made on one replica logs in on the other; a cluster binding made on one decides what
+/// the user sees on the other; a user disabled on one is refused on the other. Each within the
+/// propagation limit (a second or so on this machine: the store's watch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_their_bindings_reach_every_replica() {
+    let etcd = EtcdCluster::start(1);
+    let root = tempfile::tempdir().unwrap();
+    let env = [("CATTLE_BOOTSTRAP_PASSWORD", lab::BOOTSTRAP)];
+    let mut replicas = replicas_at_once(&etcd, root.path(), 2, &env);
+    let other = replicas.pop().unwrap();
+    let holder = replicas.pop().unwrap();
+    wait_peered(&[&holder, &other]).await;
+    let holder_addr = holder.https("127.0.0.1");
+    let other_addr = other.https("127.0.0.1");
+    let lab = Lab::setup(holder, holder_addr).await;
+
+    let alice = request(
+        holder_addr,
+        "POST",
+        "/v3/users",
+        &[&lab.auth()],
+        Some(r#"{"username":"alice","password":"alice-password-1"}"#),
+    )
+    .await;
+    assert_eq!(alice.status, 201, "{}", alice.body);
+    let alice_id = json(&alice)["id"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    let session = loop {
+        let answer = login(other_addr, "alice", "alice-password-1").await;
+        if answer.status == 201 {
+            break json(&answer)["token"].as_str().unwrap().to_string();
+        }
+        assert!(
+            started.elapsed() < PROPAGATION_LIMIT,
+            "the new user never logged in on the other replica: {}",
+            answer.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let clusters = until_ok(other_addr, "/v3/clusters", &bearer(&session), "alice").await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&clusters).unwrap()["data"],
+        json!([])
+    );
+
+    let binding = json!({"clusterId": lab.cluster, "roleTemplateId": "cluster-member",
+                         "userId": alice_id})
+    .to_string();
+    let bound = request(
+        holder_addr,
+        "POST",
+        "/v3/clusterroletemplatebindings",
+        &[&lab.auth()],
+        Some(&binding),
+    )
+    .await;
+    assert_eq!(bound.status, 201, "{}", bound.body);
+    let started = Instant::now();
+    loop {
+        let seen = request(
+            other_addr,
+            "GET",
+            "/v3/clusters",
+            &[&bearer(&session)],
+            None,
+        )
+        .await;
+        if seen.body.contains(&lab.cluster) {
+            eprintln!(
+                "the binding took effect on the other replica after {:?}",
+                started.elapsed()
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < PROPAGATION_LIMIT,
+            "the binding never reached the other replica: {}",
+            seen.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let disabled = request(
+        other_addr,
+        "PUT",
+        &format!("/v3/users/{alice_id}"),
+        &[&lab.auth()],
+        Some(r#"{"enabled":false}"#),
+    )
+    .await;
+    assert_eq!(disabled.status, 200, "{}", disabled.body);
+    let started = Instant::now();
+    while request(
+        holder_addr,
+        "GET",
+        "/v3/clusters",
+        &[&bearer(&session)],
+        None,
+    )
+    .await
+    .status
+        != 401
+    {
+        assert!(
+            started.elapsed() < PROPAGATION_LIMIT,
+            "the disabled user still works on the holder"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -831,7 +831,8 @@ async fn the_proxy_reads_ids_as_routed_and_forwards_only_end_to_end_headers() {
         "X-Remote-User: admin".to_string(),
         "X-Remote-Group: system:masters".to_string(),
         "X-Remote-Extra-Scopes: all".to_string(),
-        "Impersonate-User: admin".to_string(),
+        "Impersonate-Group: system:masters".to_string(),
+        "Impersonate-Extra-Scopes: all".to_string(),
         "Accept: application/json".to_string(),
     ];
     let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
@@ -848,16 +849,29 @@ async fn the_proxy_reads_ids_as_routed_and_forwards_only_end_to_end_headers() {
         "x-remote-user",
         "x-remote-group",
         "x-remote-extra-scopes",
-        "impersonate-user",
+        "impersonate-extra-scopes",
     ] {
         assert!(
             !names.contains(&gone),
             "{gone} reached the cluster: {names:?}"
         );
     }
-    assert!(
-        names.contains(&"accept") && names.contains(&"authorization"),
-        "{names:?}"
+    // Who the caller is, corral says (the caller's own groups and extras without a user of its
+    // own are dropped, as Rancher drops them).
+    for set in [
+        "accept",
+        "authorization",
+        "impersonate-user",
+        "impersonate-group",
+        "impersonate-extra-requesttokenid",
+        "impersonate-extra-principalid",
+    ] {
+        assert!(names.contains(&set), "{set} missing: {names:?}");
+    }
+    let groups = names.iter().filter(|n| **n == "impersonate-group").count();
+    assert_eq!(
+        groups, 2,
+        "system:authenticated and system:cattle:authenticated"
     );
 
     // An id that names no cluster: 404 at once, not after --agent-wait.

@@ -13,17 +13,26 @@
 mod backoff;
 pub mod bootstrap;
 pub mod features;
+mod index;
 mod password_gate;
+mod role_templates;
+mod roles;
 pub mod settings;
 mod state;
 mod tokens;
 mod users;
 
 pub use features::FeatureView;
+pub use role_templates::{
+    ClusterBindingSpec, ClusterGrants, DownstreamBinding, DownstreamRbac, MAX_CLUSTER_BINDINGS,
+    MAX_CUSTOM_TEMPLATES, RoleTemplateView, TemplateSpec,
+};
+pub use roles::{BindingSpec, GlobalRoleView, MAX_BINDINGS, MAX_CUSTOM_ROLES, RoleSpec};
 pub use settings::SettingView;
 pub use state::TokenKind;
+pub use state::{ClusterRoleTemplateBinding, GlobalRoleBinding};
 pub use tokens::{IssuedToken, TokenRequest, TokenView, clamp_ttl};
-pub use users::UserView;
+pub use users::{MAX_USERS, NewUser, UserChange, UserView};
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -41,8 +50,8 @@ use crate::support::unix_now;
 use password_gate::{Busy, PasswordGate};
 use state::{ACCOUNTS, Records, User};
 
-/// Most login tokens kept; the oldest go first.
-const MAX_TOKENS: usize = 10_000;
+/// Most tokens kept (sessions, kubeconfig tokens, API keys of every user); the oldest go first.
+const MAX_TOKENS: usize = 100_000;
 /// How often tokens that can no longer be used (expired, or issued for an old password) are
 /// deleted from the store, at most.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -123,6 +132,61 @@ pub enum AccountError {
     /// The user's password changed while this login checked the old one.
     #[error("authentication failed")]
     PasswordChanged,
+    #[error("invalid username")]
+    UsernameMissing,
+    #[error("invalid password")]
+    PasswordMissing,
+    #[error("Username is already in use.")]
+    UsernameTaken,
+    #[error("You cannot deactivate yourself")]
+    CannotDeactivateSelf,
+    #[error("You cannot delete yourself")]
+    CannotDeleteSelf,
+    /// More objects of a kind than corral keeps (the kind, the bound).
+    #[error("at most {1} {0} are kept; delete some first")]
+    TooMany(&'static str, usize),
+    #[error("globalroles.management.cattle.io \"{0}\" not found")]
+    RoleNotFound(String),
+    #[error("globalrolebindings.management.cattle.io \"{0}\" not found")]
+    BindingNotFound(String),
+    #[error("cannot delete builtin global roles")]
+    BuiltinRoleDelete,
+    #[error("must contain field [groupPrincipalId] OR field [userId]")]
+    BindingSubject,
+    /// Rancher's webhook refused a grant the caller does not hold (403 `Forbidden`).
+    #[error("admission webhook \"{webhook}\" denied the request: {message}")]
+    Escalation {
+        webhook: &'static str,
+        message: String,
+    },
+    #[error("roletemplates.management.cattle.io \"{0}\" not found")]
+    TemplateNotFound(String),
+    /// A binding names a template that cannot be read (Rancher: a server error).
+    #[error("Error getting role template: roletemplates.management.cattle.io \"{0}\" not found")]
+    TemplateLookup(String),
+    #[error("cannot delete builtin role templates")]
+    BuiltinTemplateDelete,
+    #[error("roletemplate [{id}] cannot be deleted because roletemplate [{by}] inherits from it")]
+    TemplateInherited { id: String, by: String },
+    #[error("clusterroletemplatebindings.management.cattle.io \"{0}\" not found")]
+    ClusterBindingNotFound(String),
+    #[error("Request does not have a valid roleTemplateId")]
+    NoRoleTemplateId,
+    #[error("Role is locked and cannot be assigned")]
+    TemplateLocked,
+    /// A cluster binding of a template of another context (the context).
+    #[error("Cannot reference context [{0}] from [cluster] context")]
+    WrongContext(String),
+    #[error(
+        "must target a user [userId]/[userPrincipalId] OR a group [groupId]/[groupPrincipalId]"
+    )]
+    ClusterBindingSubject,
+    /// Rancher's webhook refused the object (400 `BadRequest`).
+    #[error("admission webhook \"{webhook}\" denied the request: {message}")]
+    Webhook {
+        webhook: &'static str,
+        message: String,
+    },
 }
 
 impl AccountError {
@@ -226,6 +290,28 @@ pub struct Accounts {
     passwords: PasswordGate,
     /// When unusable tokens were last deleted, and about how many tokens there are since.
     sweep: std::sync::Mutex<Sweep>,
+    /// Held while a user is created: one username check and create at a time.
+    user_writes: std::sync::Mutex<()>,
+    /// Counts changes to who may do what (roles, bindings, templates, users), here or — through
+    /// the store's watch — on another replica: what is derived from them is valid for one value.
+    rbac_generation: std::sync::atomic::AtomicU64,
+    /// Who is bound to what, for one generation.
+    index: std::sync::Mutex<Option<Arc<index::AccessIndex>>>,
+    /// Each user's tokens by name; `None` until first needed, or after a change too large to follow.
+    token_index: std::sync::Mutex<Option<tokens::TokenIndex>>,
+}
+
+/// Whether a store path holds what decides who may do what.
+fn decides_access(path: &str) -> bool {
+    [
+        state::GLOBAL_ROLES.prefix,
+        state::GLOBAL_ROLE_BINDINGS.prefix,
+        state::ROLE_TEMPLATES.prefix,
+        state::CLUSTER_BINDINGS.prefix,
+        state::USERS.prefix,
+    ]
+    .iter()
+    .any(|prefix| path.starts_with(prefix))
 }
 
 /// The token sweep's bookkeeping.
@@ -262,11 +348,16 @@ impl Accounts {
                 last: None,
                 tokens: 0,
             }),
+            user_writes: std::sync::Mutex::new(()),
+            rbac_generation: std::sync::atomic::AtomicU64::new(0),
+            index: std::sync::Mutex::new(None),
+            token_index: std::sync::Mutex::new(None),
         };
         // Also when a start stopped between settling the admin's id and writing the admin.
         if first_start || accounts.records.user_named("admin")?.is_none() {
             accounts.create_admin(bootstrap_password)?;
         }
+        accounts.bind_first_admin()?;
         if accounts.first_login() {
             bootstrap::log_banner(
                 banner_url,
@@ -302,6 +393,56 @@ impl Accounts {
         });
     }
 
+    /// Follows changes other replicas make to roles, bindings and users: what was derived from
+    /// them (cached rules, what downstream clusters were told) is read again.
+    pub fn follow_access_changes(self: &Arc<Self>) {
+        let Some(mut changes) = Changes::of(self.store.as_ref(), decides_access) else {
+            return;
+        };
+        let accounts = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while changes.next().await.is_some() {
+                let Some(accounts) = accounts.upgrade() else {
+                    return;
+                };
+                accounts.access_changed();
+            }
+        });
+    }
+
+    /// Follows the tokens other replicas make and delete, for the token index.
+    pub fn follow_token_changes(self: &Arc<Self>) {
+        let Some(mut changes) = Changes::of(self.store.as_ref(), |path| {
+            path.starts_with(state::TOKENS.prefix)
+        }) else {
+            return;
+        };
+        let accounts = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(changed) = changes.next_path().await {
+                let Some(accounts) = accounts.upgrade() else {
+                    return;
+                };
+                match changed.as_deref().and_then(|p| state::TOKENS.id_of(p)) {
+                    Some(name) => accounts.token_changed(name),
+                    None => accounts.token_index_reset(),
+                }
+            }
+        });
+    }
+
+    /// Who may do what changed: every derived answer is stale.
+    pub(crate) fn access_changed(&self) {
+        self.rbac_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The current generation of who may do what (see [`Accounts::access_changed`]).
+    pub fn rbac_generation(&self) -> u64 {
+        self.rbac_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Pins the certificates to server-url's host if it is set and they are not pinned yet.
     fn pin_to_stored_server_url(&self) {
         let Some(url) = self.server_url_value() else {
@@ -334,6 +475,8 @@ impl Accounts {
             if state.admin_id.is_empty() {
                 state.admin_id = format!("user-{}", random_suffix());
             }
+            // (Re)made: bound to `admin` next (a deleted admin lost its binding with it).
+            state.admin_bound = false;
             if state.created == 0 {
                 state.created = unix_now();
                 state.settings.insert(FIRST_LOGIN.into(), "true".into());
@@ -374,7 +517,12 @@ impl Accounts {
         self.login_limiter
             .check(client)
             .map_err(AccountError::TooManyAttempts)?;
-        let Some(user) = self.records.user_named(username)? else {
+        let id = self.index()?.user_ids.get(username).cloned();
+        let user = match id {
+            Some(id) => self.records.users.get(&id)?,
+            None => None,
+        };
+        let Some(user) = user else {
             // The same work, and the same wait for the gate, as a real check: usernames cannot be
             // probed by timing.
             self.passwords.verify(password, DUMMY_HASH).await?;

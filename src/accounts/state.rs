@@ -25,6 +25,32 @@ pub const TOKENS: Kind = Kind {
     secret: true,
 };
 
+/// Custom global roles, and what may change of a builtin one (`newUserDefault`).
+pub const GLOBAL_ROLES: Kind = Kind {
+    dir: "globalroles",
+    prefix: "corral/globalroles/",
+    secret: false,
+};
+/// Global role bindings.
+pub const GLOBAL_ROLE_BINDINGS: Kind = Kind {
+    dir: "globalrolebindings",
+    prefix: "corral/globalrolebindings/",
+    secret: false,
+};
+
+/// Custom role templates, and what may change of a builtin one.
+pub const ROLE_TEMPLATES: Kind = Kind {
+    dir: "roletemplates",
+    prefix: "corral/roletemplates/",
+    secret: false,
+};
+/// Cluster role template bindings (`<cluster>:crtb-…`).
+pub const CLUSTER_BINDINGS: Kind = Kind {
+    dir: "clusterroletemplatebindings",
+    prefix: "corral/clusterroletemplatebindings/",
+    secret: false,
+};
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct User {
@@ -50,6 +76,98 @@ pub struct User {
 
 fn enabled() -> bool {
     true
+}
+
+/// A custom global role as stored; of a builtin one, only `new_user_default` counts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredRole {
+    pub id: String,
+    #[serde(default)]
+    pub display_name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub rules: Vec<crate::rbac::PolicyRule>,
+    #[serde(default)]
+    pub new_user_default: bool,
+    #[serde(default)]
+    pub inherited_cluster_roles: Vec<String>,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created: i64,
+    #[serde(default)]
+    pub creator_id: String,
+}
+
+/// A custom role template as stored; of a builtin one, only `locked` and the creator defaults.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredRoleTemplate {
+    pub id: String,
+    #[serde(default)]
+    pub display_name: String,
+    #[serde(default)]
+    pub description: String,
+    pub context: String,
+    #[serde(default)]
+    pub rules: Vec<crate::rbac::PolicyRule>,
+    #[serde(default)]
+    pub hidden: bool,
+    #[serde(default)]
+    pub locked: bool,
+    #[serde(default)]
+    pub administrative: bool,
+    #[serde(default)]
+    pub cluster_creator_default: bool,
+    #[serde(default)]
+    pub project_creator_default: bool,
+    #[serde(default)]
+    pub role_template_ids: Vec<String>,
+    #[serde(default)]
+    pub created: i64,
+    #[serde(default)]
+    pub creator_id: String,
+}
+
+/// A role template bound to a user or a group in one cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterRoleTemplateBinding {
+    pub id: String,
+    pub cluster_id: String,
+    pub role_template_id: String,
+    #[serde(default)]
+    pub user_id: String,
+    #[serde(default)]
+    pub user_principal_id: String,
+    #[serde(default)]
+    pub group_id: String,
+    #[serde(default)]
+    pub group_principal_id: String,
+    #[serde(default)]
+    pub created: i64,
+    #[serde(default)]
+    pub creator_id: String,
+}
+
+/// A global role bound to a user (`user_id`) or a group (`group_principal_id`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GlobalRoleBinding {
+    pub id: String,
+    pub global_role_id: String,
+    #[serde(default)]
+    pub user_id: String,
+    #[serde(default)]
+    pub group_principal_id: String,
+    #[serde(default)]
+    pub user_principal_id: String,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created: i64,
+    #[serde(default)]
+    pub creator_id: String,
 }
 
 /// What a token is for; Rancher's `authn.management.cattle.io/kind` label, and `isDerived`.
@@ -118,6 +236,9 @@ pub struct AccountState {
     /// The id of the `admin` created on the first start (settled here before it is created).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub admin_id: String,
+    /// The first admin was bound to the `admin` global role (once; earlier versions had no roles).
+    #[serde(default)]
+    pub admin_bound: bool,
     /// Where earlier versions kept the users and tokens; emptied when the document is opened.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     users: Vec<User>,
@@ -130,6 +251,10 @@ pub struct Records {
     pub settings: Document<AccountState>,
     pub users: Collection<User>,
     pub tokens: Collection<Token>,
+    pub roles: Collection<StoredRole>,
+    pub bindings: Collection<GlobalRoleBinding>,
+    pub templates: Collection<StoredRoleTemplate>,
+    pub cluster_bindings: Collection<ClusterRoleTemplateBinding>,
 }
 
 impl Records {
@@ -142,7 +267,11 @@ impl Records {
         let records = Self {
             settings,
             users: Collection::new(store.clone(), USERS),
-            tokens: Collection::new(store, TOKENS),
+            tokens: Collection::new(store.clone(), TOKENS),
+            roles: Collection::new(store.clone(), GLOBAL_ROLES),
+            bindings: Collection::new(store.clone(), GLOBAL_ROLE_BINDINGS),
+            templates: Collection::new(store.clone(), ROLE_TEMPLATES),
+            cluster_bindings: Collection::new(store, CLUSTER_BINDINGS),
         };
         records.move_out_of_the_document()?;
         Ok((records, existed))
@@ -189,7 +318,7 @@ impl Records {
             .find(|user| user.value.username == username))
     }
 
-    /// Removes `user_id`'s tokens but `keep`; how many went.
+    /// Removes `user_id`'s tokens but `keep`; how many went. (The caller resets the token index.)
     pub fn revoke_tokens(&self, user_id: &str, keep: Option<&str>) -> Result<usize, StoreError> {
         let mut revoked = 0;
         for (name, token) in self.tokens.list()? {

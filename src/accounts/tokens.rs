@@ -64,6 +64,41 @@ impl TokenView {
     }
 }
 
+/// Which tokens each user has, by name: what `GET /v3/tokens` reads instead of every token.
+#[derive(Default)]
+pub(super) struct TokenIndex {
+    by_user: std::collections::HashMap<String, std::collections::BTreeSet<String>>,
+    user_of: std::collections::HashMap<String, String>,
+}
+
+impl TokenIndex {
+    fn add(&mut self, user_id: &str, name: &str) {
+        self.by_user
+            .entry(user_id.to_string())
+            .or_default()
+            .insert(name.to_string());
+        self.user_of.insert(name.to_string(), user_id.to_string());
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some(user) = self.user_of.remove(name)
+            && let Some(names) = self.by_user.get_mut(&user)
+        {
+            names.remove(name);
+            if names.is_empty() {
+                self.by_user.remove(&user);
+            }
+        }
+    }
+
+    fn names_of(&self, user_id: &str) -> Vec<String> {
+        self.by_user
+            .get(user_id)
+            .map(|names| names.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
 /// What a new token is.
 #[derive(Debug, Clone, Default)]
 pub struct TokenRequest {
@@ -174,6 +209,7 @@ impl Accounts {
             cluster_id: request.cluster_id,
         };
         self.records.tokens.create(&name, &token)?;
+        self.token_index_add(user_id, &name);
         // Checked after the write: a reset that lands before it is seen here; one that lands after
         // makes the token invalid anyway (its version is old).
         if !self.current_version_is(user_id, version)? {
@@ -217,30 +253,81 @@ impl Accounts {
         })
     }
 
-    /// `user_id`'s tokens that can still be used.
+    /// `user_id`'s tokens that can still be used: those the token index names for it, each read.
     pub fn tokens_of(&self, user_id: &str) -> Result<Vec<TokenView>, AccountError> {
         let version = self
             .records
             .users
             .get(user_id)?
             .map(|u| u.value.password_version);
-        Ok(self
-            .records
-            .tokens
-            .list()?
-            .into_iter()
-            .map(|(_, t)| t.value)
-            .filter(|t| t.user_id == user_id && Some(t.password_version) == version)
-            .map(|t| TokenView::of(&t))
-            .collect())
+        let mut views = Vec::new();
+        for name in self.token_names_of(user_id)? {
+            let Some(token) = self.records.tokens.get(&name)? else {
+                continue;
+            };
+            let token = token.value;
+            if token.user_id == user_id && Some(token.password_version) == version {
+                views.push(TokenView::of(&token));
+            }
+        }
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(views)
     }
 
     /// `user_id`'s token `name`; another user's is not found.
     pub fn token_of(&self, user_id: &str, name: &str) -> Result<TokenView, AccountError> {
-        self.tokens_of(user_id)?
-            .into_iter()
-            .find(|t| t.name == name)
-            .ok_or_else(|| AccountError::TokenNotFound(name.to_string()))
+        let not_found = || AccountError::TokenNotFound(name.to_string());
+        let token = self.records.tokens.get(name)?.ok_or_else(not_found)?.value;
+        let version = self
+            .records
+            .users
+            .get(user_id)?
+            .map(|u| u.value.password_version);
+        if token.user_id != user_id || Some(token.password_version) != version {
+            return Err(not_found());
+        }
+        Ok(TokenView::of(&token))
+    }
+
+    /// The names of `user_id`'s tokens (and maybe of some since deleted), from the token index:
+    /// built from every token when there is none, then kept as tokens come and go.
+    fn token_names_of(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        if let Some(index) = crate::support::lock(&self.token_index).as_ref() {
+            return Ok(index.names_of(user_id));
+        }
+        let mut index = TokenIndex::default();
+        for (name, token) in self.records.tokens.list()? {
+            index.add(&token.value.user_id, &name);
+        }
+        let names = index.names_of(user_id);
+        *crate::support::lock(&self.token_index) = Some(index);
+        Ok(names)
+    }
+
+    fn token_index_add(&self, user_id: &str, name: &str) {
+        if let Some(index) = crate::support::lock(&self.token_index).as_mut() {
+            index.add(user_id, name);
+        }
+    }
+
+    fn token_index_remove(&self, name: &str) {
+        if let Some(index) = crate::support::lock(&self.token_index).as_mut() {
+            index.remove(name);
+        }
+    }
+
+    /// Forgets the token index (rebuilt at its next use), after changes to many tokens.
+    pub(super) fn token_index_reset(&self) {
+        *crate::support::lock(&self.token_index) = None;
+    }
+
+    /// Follows token `name` after another writer changed it: added to the index if it exists.
+    pub(super) fn token_changed(&self, name: &str) {
+        match self.records.tokens.get(name) {
+            Ok(Some(token)) => self.token_index_add(&token.value.user_id, name),
+            Ok(None) => self.token_index_remove(name),
+            Err(_) => self.token_index_reset(),
+        }
     }
 
     /// Deletes the caller's token `name`; the session making the request is refused (logout ends
@@ -251,12 +338,14 @@ impl Accounts {
             return Err(AccountError::CurrentSession);
         }
         self.records.tokens.delete(name)?;
+        self.token_index_remove(name);
         Ok(())
     }
 
     /// Ends the caller's own token.
     pub fn logout(&self, caller: &Caller) -> Result<(), AccountError> {
         self.records.tokens.delete(&caller.token_name)?;
+        self.token_index_remove(&caller.token_name);
         tracing::info!("user {} logged out", caller.username);
         Ok(())
     }
@@ -305,6 +394,7 @@ impl Accounts {
             .collect();
         for name in &doomed {
             self.records.tokens.delete(name)?;
+            self.token_index_remove(name);
         }
         crate::support::lock(&self.sweep).tokens = usable.len();
         if !doomed.is_empty() {

@@ -4,8 +4,35 @@
 //! one, but the caller's own.
 
 use super::settings::PASSWORD_MIN;
+use super::state::User;
 use super::{AccountError, Accounts, Caller, FIRST_LOGIN};
-use crate::store::Stored;
+use crate::secrets::random_suffix;
+use crate::store::{StoreError, Stored};
+use crate::support::unix_now;
+
+/// Most users kept.
+pub const MAX_USERS: usize = 100_000;
+
+/// A new user (`POST /v3/users`): username and password are required, but norman does not say so
+/// (Rancher's store refuses them missing with a server error).
+#[derive(Debug, Clone, Default)]
+pub struct NewUser {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub display_name: String,
+    pub description: String,
+    pub enabled: bool,
+    pub must_change_password: bool,
+}
+
+/// A change to a user (`PUT /v3/users/<id>`): what is `Some` changes.
+#[derive(Debug, Clone, Default)]
+pub struct UserChange {
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    pub enabled: Option<bool>,
+    pub must_change_password: Option<bool>,
+}
 
 /// A user as the API shows it (never its password).
 #[derive(Debug, Clone)]
@@ -61,6 +88,126 @@ impl Accounts {
             .get(id)?
             .ok_or_else(|| AccountError::UserNotFound(id.to_string()))?;
         Ok(self.view(user.value))
+    }
+
+    /// Creates a local user, with Rancher's checks in its order: a username, a password, the
+    /// password rules, a username nobody has. No global role is bound (Rancher binds none on
+    /// `POST /v3/users`; the client binds one next).
+    pub async fn create_user(
+        &self,
+        caller: &Caller,
+        new: NewUser,
+    ) -> Result<UserView, AccountError> {
+        let username = new.username.filter(|u| !u.is_empty());
+        let username = username.ok_or(AccountError::UsernameMissing)?;
+        let password = new.password.filter(|p| !p.is_empty());
+        let password = password.ok_or(AccountError::PasswordMissing)?;
+        self.check_new_password(&username, &password)?;
+        if self.index()?.user_ids.contains_key(&username) {
+            return Err(AccountError::UsernameTaken);
+        }
+        let password_hash = self.passwords.hash(&password).await?;
+        // One create at a time here, so two of the same username cannot both pass the check above.
+        let _one = crate::support::lock(&self.user_writes);
+        if self.records.user_named(&username)?.is_some() {
+            return Err(AccountError::UsernameTaken);
+        }
+        if self.records.users.list()?.len() >= MAX_USERS {
+            return Err(AccountError::TooMany("users", MAX_USERS));
+        }
+        let mut user = User {
+            id: String::new(),
+            username,
+            display_name: new.display_name,
+            password_hash,
+            must_change_password: new.must_change_password,
+            password_version: 0,
+            enabled: new.enabled,
+            description: new.description,
+            created: unix_now(),
+        };
+        // A generated id can be taken (5 characters): another one then.
+        for _ in 0..8 {
+            user.id = format!("u-{}", random_suffix());
+            match self.records.users.create(&user.id, &user) {
+                Ok(_) => {
+                    // A new username to find at login.
+                    self.access_changed();
+                    tracing::info!(
+                        "user {} ({}) created by {}",
+                        user.id,
+                        user.username,
+                        caller.username
+                    );
+                    return Ok(self.view(user));
+                }
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Conflict(user.id).into())
+    }
+
+    /// Changes a user's name, description, `enabled` and `mustChangePassword`. Nobody disables
+    /// themselves; a disabled user's tokens stop working at once (they are checked against it).
+    pub fn update_user(
+        &self,
+        caller: &Caller,
+        id: &str,
+        change: UserChange,
+    ) -> Result<UserView, AccountError> {
+        if id == caller.user_id && change.enabled == Some(false) {
+            return Err(AccountError::CannotDeactivateSelf);
+        }
+        let user = self
+            .records
+            .users
+            .update(id, |user| {
+                if let Some(name) = &change.display_name {
+                    user.display_name = name.clone();
+                }
+                if let Some(description) = &change.description {
+                    user.description = description.clone();
+                }
+                if let Some(enabled) = change.enabled {
+                    user.enabled = enabled;
+                }
+                if let Some(must) = change.must_change_password {
+                    user.must_change_password = must;
+                }
+                Ok::<_, AccountError>(user.clone())
+            })?
+            .ok_or_else(|| AccountError::UserNotFound(id.to_string()))?;
+        if change.enabled.is_some() {
+            let state = if user.enabled { "enabled" } else { "disabled" };
+            tracing::info!("user {id} {state} by {}", caller.username);
+        }
+        Ok(self.view(user))
+    }
+
+    /// Deletes a user with its tokens and global role bindings. Nobody deletes themselves.
+    pub fn delete_user(&self, caller: &Caller, id: &str) -> Result<(), AccountError> {
+        if id == caller.user_id {
+            return Err(AccountError::CannotDeleteSelf);
+        }
+        self.user(id)?;
+        // The user first: its tokens stop working at once, whatever happens to the rest.
+        self.records.users.delete(id)?;
+        let revoked = self.records.revoke_tokens(id, None)?;
+        self.token_index_reset();
+        let mut unbound = 0;
+        for (binding_id, binding) in self.records.bindings.list()? {
+            if binding.value.user_id == id {
+                self.records.bindings.delete(&binding_id)?;
+                unbound += 1;
+            }
+        }
+        self.access_changed();
+        tracing::info!(
+            "user {id} deleted by {} with {revoked} token(s) and {unbound} global role binding(s)",
+            caller.username
+        );
+        Ok(())
     }
 
     /// The shortest password allowed (`password-min-length`).
@@ -171,6 +318,7 @@ impl Accounts {
             })?;
         }
         let revoked = self.records.revoke_tokens(user_id, keep)?;
+        self.token_index_reset();
         self.records.settings.update(|next| {
             next.settings.insert(FIRST_LOGIN.into(), "false".into());
             Ok::<_, AccountError>(())

@@ -12,6 +12,7 @@ mod api_tls;
 mod policy;
 mod protobuf;
 pub mod simulated;
+mod simulated_rbac;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,9 +1,11 @@
 //! `corral agent --simulate`: a downstream cluster without a cluster. Each simulated agent advertises
 //! the usual in-cluster API address and serves the Connects to it in-process — nothing listens on the
 //! network — over TLS with the agent's own CA, as a small in-memory Kubernetes API: `/version`,
-//! `/healthz`, `/livez`, `/readyz`, legacy discovery (`/api`, `/api/v1`, `/apis`) and namespaces
-//! (list, get, create, delete, watch). Enough for `kubectl version`, `kubectl get ns`, `kubectl
-//! create namespace x` and `kubectl get ns -w` through corral's proxy.
+//! `/healthz`, `/livez`, `/readyz`, legacy discovery (`/api`, `/api/v1`, `/apis`), namespaces
+//! (list, get, create, delete, watch), one node, and RBAC ([`super::simulated_rbac`]):
+//! ClusterRoles, ClusterRoleBindings and the self reviews, applied to the user corral's proxy
+//! impersonates. Enough for `kubectl version`, `kubectl get ns`/`nodes`, `kubectl create namespace
+//! x`, `kubectl get ns -w` and `kubectl auth can-i` through corral's proxy.
 //!
 //! One cluster's state is a few namespaces and a short event history, so a process can simulate
 //! hundreds of clusters; the router and the TLS identity are shared by all of them.
@@ -28,6 +30,7 @@ use tokio::sync::broadcast;
 use tower::ServiceExt;
 
 use super::api_tls::ApiTls;
+use super::simulated_rbac::{self as rbac, Attributes, Identity, Kind, Rbac};
 use crate::secrets::{TOKEN_LENGTH, random_token};
 use crate::tunnel::TunnelStream;
 
@@ -43,6 +46,8 @@ const HISTORY: usize = 64;
 const MAX_BODY: usize = 64 * 1024;
 /// Namespaces every cluster starts with.
 const INITIAL: [&str; 4] = ["default", "kube-node-lease", "kube-public", "kube-system"];
+/// The one node of a simulated cluster.
+const NODE: &str = "simulated-node-1";
 /// Namespaces Kubernetes refuses to delete.
 const UNDELETABLE: [&str; 3] = ["default", "kube-public", "kube-system"];
 
@@ -53,6 +58,9 @@ pub struct SimulatedCluster {
     state: Mutex<ClusterState>,
     /// Watch events as they happen; watchers subscribe.
     events: broadcast::Sender<Arc<Event>>,
+    rbac: Mutex<Rbac>,
+    /// When the cluster (and its node) started.
+    created: OffsetDateTime,
 }
 
 struct ClusterState {
@@ -129,6 +137,8 @@ impl SimulatedCluster {
             .collect();
         let (events, _) = broadcast::channel(16);
         Self {
+            rbac: Mutex::new(Rbac::new(&rfc3339(created), uid)),
+            created,
             token: random_token(TOKEN_LENGTH),
             state: Mutex::new(ClusterState {
                 namespaces,
@@ -209,7 +219,27 @@ pub fn router() -> Router {
         .route("/apis", get(api_groups))
         .route("/api/v1/namespaces", get(list_or_watch).post(create))
         .route("/api/v1/namespaces/{name}", get(read).delete(delete))
+        .route("/api/v1/nodes", get(list_nodes))
+        .route("/api/v1/nodes/{name}", get(read_node))
+        .route("/apis/{group}/{version}", get(group_resources))
+        .route(
+            "/apis/rbac.authorization.k8s.io/v1/{kind}",
+            get(rbac_list).post(rbac_create),
+        )
+        .route(
+            "/apis/rbac.authorization.k8s.io/v1/{kind}/{name}",
+            get(rbac_read).put(rbac_replace).delete(rbac_delete),
+        )
+        .route(
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            axum::routing::post(access_review),
+        )
+        .route(
+            "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+            axum::routing::post(rules_review),
+        )
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(authorize))
         .layer(axum::middleware::from_fn(authenticate))
 }
 
@@ -235,6 +265,47 @@ async fn authenticate(req: Request<Body>, next: axum::middleware::Next) -> Respo
             None,
         );
     }
+    next.run(req).await
+}
+
+/// RBAC, as kube-apiserver applies it after authentication: the service account may do anything,
+/// a user it impersonates what the cluster's bindings grant; a refusal is its 403 Status.
+async fn authorize(mut req: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
+    let Some(cluster) = req.extensions().get::<Arc<SimulatedCluster>>().cloned() else {
+        return next.run(req).await;
+    };
+    let who = Identity::of(req.headers());
+    let attributes = Attributes::of(req.method(), req.uri().path(), req.uri().query());
+    let allowed = crate::support::lock(&cluster.rbac).allows(&who, &attributes);
+    if !allowed {
+        let mut body = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": attributes.forbidden(&who.user),
+            "reason": "Forbidden",
+            "code": 403,
+        });
+        if let Attributes::Resource {
+            group,
+            resource,
+            name,
+            ..
+        } = &attributes
+        {
+            let mut details = json!({"kind": resource});
+            if !group.is_empty() {
+                details["group"] = group.as_str().into();
+            }
+            if let Some(name) = name {
+                details["name"] = name.as_str().into();
+            }
+            body["details"] = details;
+        }
+        return json_response(StatusCode::FORBIDDEN, &body);
+    }
+    req.extensions_mut().insert(who);
     next.run(req).await
 }
 
@@ -286,16 +357,308 @@ async fn api_v1_resources() -> Response<Body> {
                 "kind": "Namespace",
                 "verbs": ["create", "delete", "get", "list", "watch"],
                 "shortNames": ["ns"],
+            }, {
+                "name": "nodes",
+                "singularName": "node",
+                "namespaced": false,
+                "kind": "Node",
+                "verbs": ["get", "list"],
+                "shortNames": ["no"],
             }],
         }),
     )
 }
 
+/// A group's resources: name, kind and verbs.
+type GroupResources = &'static [(&'static str, &'static str, &'static [&'static str])];
+
+/// The API groups served besides the core one, and their resources.
+const GROUPS: [(&str, GroupResources); 2] = [
+    (
+        rbac::RBAC_GROUP,
+        &[
+            (
+                "clusterroles",
+                "ClusterRole",
+                &["create", "delete", "get", "list", "update"],
+            ),
+            (
+                "clusterrolebindings",
+                "ClusterRoleBinding",
+                &["create", "delete", "get", "list", "update"],
+            ),
+        ],
+    ),
+    (
+        "authorization.k8s.io",
+        &[
+            (
+                "selfsubjectaccessreviews",
+                "SelfSubjectAccessReview",
+                &["create"],
+            ),
+            (
+                "selfsubjectrulesreviews",
+                "SelfSubjectRulesReview",
+                &["create"],
+            ),
+        ],
+    ),
+];
+
 async fn api_groups() -> Response<Body> {
+    let groups: Vec<Value> = GROUPS
+        .iter()
+        .map(|(name, _)| {
+            let version = json!({"groupVersion": format!("{name}/v1"), "version": "v1"});
+            json!({"name": name, "versions": [version], "preferredVersion": version})
+        })
+        .collect();
     json_response(
         StatusCode::OK,
-        &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
+        &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
     )
+}
+
+async fn group_resources(Path((group, version)): Path<(String, String)>) -> Response<Body> {
+    let Some((_, resources)) = GROUPS.iter().find(|(name, _)| *name == group) else {
+        return not_found().await;
+    };
+    if version != "v1" {
+        return not_found().await;
+    }
+    let resources: Vec<Value> = resources
+        .iter()
+        .map(|(name, kind, verbs)| {
+            json!({"name": name, "singularName": "", "namespaced": false, "kind": kind, "verbs": verbs})
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": format!("{group}/v1"),
+            "resources": resources,
+        }),
+    )
+}
+
+fn node_json(cluster: &SimulatedCluster) -> Value {
+    json!({
+        "kind": "Node",
+        "apiVersion": "v1",
+        "metadata": {
+            "name": NODE,
+            "uid": "00000000-0000-4000-8000-000000000001",
+            "resourceVersion": "1",
+            "creationTimestamp": rfc3339(cluster.created),
+            "labels": {
+                "kubernetes.io/hostname": NODE,
+                "kubernetes.io/os": "linux",
+                "node-role.kubernetes.io/control-plane": "true",
+            },
+        },
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "message": "kubelet is posting ready status"}],
+            "nodeInfo": {"kubeletVersion": GIT_VERSION, "osImage": "corral simulated",
+                         "architecture": "amd64", "operatingSystem": "linux"},
+        },
+    })
+}
+
+fn node_table(cluster: &SimulatedCluster) -> Value {
+    let column = |name: &str, format: &str| json!({"name": name, "type": "string", "format": format, "description": "", "priority": 0});
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": "1"},
+        "columnDefinitions": [column("Name", "name"), column("Status", ""), column("Roles", ""),
+                              column("Age", ""), column("Version", "")],
+        "rows": [{
+            "cells": [NODE, "Ready", "control-plane", age(cluster.created), GIT_VERSION],
+            "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                       "metadata": {"name": NODE, "resourceVersion": "1",
+                                    "creationTimestamp": rfc3339(cluster.created)}},
+        }],
+    })
+}
+
+async fn list_nodes(
+    Extension(cluster): Extension<Arc<SimulatedCluster>>,
+    headers: HeaderMap,
+) -> Response<Body> {
+    if wants_table(&headers) {
+        return json_response(StatusCode::OK, &node_table(&cluster));
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"},
+                "items": [node_json(&cluster)]}),
+    )
+}
+
+async fn read_node(
+    Extension(cluster): Extension<Arc<SimulatedCluster>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response<Body> {
+    if name != NODE {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("nodes \"{name}\" not found"),
+            None,
+        );
+    }
+    if wants_table(&headers) {
+        return json_response(StatusCode::OK, &node_table(&cluster));
+    }
+    json_response(StatusCode::OK, &node_json(&cluster))
+}
+
+fn refused(refusal: rbac::Refusal) -> Response<Body> {
+    let code = StatusCode::from_u16(refusal.code).unwrap_or(StatusCode::BAD_REQUEST);
+    status(code, refusal.reason, &refusal.message, None)
+}
+
+/// The kind a path names; `None` is the apiserver's plain 404.
+fn rbac_kind(kind: &str) -> Result<Kind, rbac::Refusal> {
+    Kind::from_path(kind).ok_or(rbac::Refusal {
+        code: 404,
+        reason: "NotFound",
+        message: "the server could not find the requested resource".into(),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SelectorQuery {
+    #[serde(default)]
+    label_selector: String,
+}
+
+async fn rbac_list(
+    Extension(cluster): Extension<Arc<SimulatedCluster>>,
+    Path(kind): Path<String>,
+    Query(query): Query<SelectorQuery>,
+) -> Response<Body> {
+    let kind = match rbac_kind(&kind) {
+        Ok(kind) => kind,
+        Err(refusal) => return refused(refusal),
+    };
+    let list = crate::support::lock(&cluster.rbac).list(kind, &query.label_selector);
+    json_response(StatusCode::OK, &list)
+}
+
+async fn rbac_read(
+    Extension(cluster): Extension<Arc<SimulatedCluster>>,
+    Path((kind, name)): Path<(String, String)>,
+) -> Response<Body> {
+    let kind = match rbac_kind(&kind) {
+        Ok(kind) => kind,
+        Err(refusal) => return refused(refusal),
+    };
+    match crate::support::lock(&cluster.rbac).get(kind, &name) {
+        Ok(object) => json_response(StatusCode::OK, &object),
+        Err(refusal) => refused(refusal),
+    }
+}
+
+/// A JSON body within the size limit, or why the apiserver refuses it.
+fn json_body(body: &Bytes) -> Result<Value, rbac::Refusal> {
+    if body.len() > MAX_BODY {
+        return Err(rbac::Refusal {
+            code: 413,
+            reason: "RequestEntityTooLarge",
+            message: "request body too large".into(),
+        });
+    }
+    serde_json::from_slice(body).map_err(|e| rbac::Refusal {
+        code: 400,
+        reason: "BadRequest",
+        message: format!("the body of the request was in an unknown format: {e}"),
+    })
+}
+
+async fn rbac_write(
+    cluster: &SimulatedCluster,
+    kind: &str,
+    name: Option<&str>,
+    body: &Bytes,
+) -> Response<Body> {
+    let kind = match rbac_kind(kind) {
+        Ok(kind) => kind,
+        Err(refusal) => return refused(refusal),
+    };
+    let object = match json_body(body) {
+        Ok(object) => object,
+        Err(refusal) => return refused(refusal),
+    };
+    let now = rfc3339(OffsetDateTime::now_utc());
+    let written = crate::support::lock(&cluster.rbac).write(kind, name, &object, &now, uid());
+    match written {
+        Ok(object) if name.is_some() => json_response(StatusCode::OK, &object),
+        Ok(object) => json_response(StatusCode::CREATED, &object),
+        Err(refusal) => refused(refusal),
+    }
+}
+
+async fn rbac_create(
+    Extension(cluster): Extension<Arc<SimulatedCluster>>,
+    Path(kind): Path<String>,
+    body: Bytes,
+) -> Response<Body> {
+    rbac_write(&cluster, &kind, None, &body).await
+}
+
+async fn rbac_replace(
+    Extension(cluster): Extension<Arc<SimulatedCluster>>,
+    Path((kind, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response<Body> {
+    rbac_write(&cluster, &kind, Some(&name), &body).await
+}
+
+async fn rbac_delete(
+    Extension(cluster): Extension<Arc<SimulatedCluster>>,
+    Path((kind, name)): Path<(String, String)>,
+) -> Response<Body> {
+    let kind = match rbac_kind(&kind) {
+        Ok(kind) => kind,
+        Err(refusal) => return refused(refusal),
+    };
+    match crate::support::lock(&cluster.rbac).delete(kind, &name) {
+        Ok(object) => json_response(StatusCode::OK, &object),
+        Err(refusal) => refused(refusal),
+    }
+}
+
+async fn access_review(
+    Extension(cluster): Extension<Arc<SimulatedCluster>>,
+    Extension(who): Extension<Identity>,
+    body: Bytes,
+) -> Response<Body> {
+    let review = match json_body(&body) {
+        Ok(review) => review,
+        Err(refusal) => return refused(refusal),
+    };
+    let answer = rbac::access_review(&crate::support::lock(&cluster.rbac), &who, &review);
+    json_response(StatusCode::CREATED, &answer)
+}
+
+async fn rules_review(
+    Extension(cluster): Extension<Arc<SimulatedCluster>>,
+    Extension(who): Extension<Identity>,
+    body: Bytes,
+) -> Response<Body> {
+    let review = match json_body(&body) {
+        Ok(review) => review,
+        Err(refusal) => return refused(refusal),
+    };
+    let answer = rbac::rules_review(&crate::support::lock(&cluster.rbac), &who, &review);
+    json_response(StatusCode::CREATED, &answer)
 }
 
 #[derive(Deserialize)]

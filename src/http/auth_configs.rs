@@ -60,6 +60,10 @@ impl TypeHandler for AuthConfigs {
         std::iter::once(collection).chain(providers).collect()
     }
 
+    fn rbac_resource(&self) -> Option<&'static str> {
+        Some("authconfigs")
+    }
+
     async fn list(&self, call: &Call<'_>) -> Result<Vec<Resource>, ApiError> {
         let created = date(call.state.accounts.created());
         Ok(PROVIDERS

@@ -56,6 +56,8 @@ enum RequestError {
     Path(#[from] axum::http::uri::InvalidUri),
     #[error("{0}")]
     Header(#[from] axum::http::header::InvalidHeaderValue),
+    #[error("{0}")]
+    HeaderName(#[from] axum::http::header::InvalidHeaderName),
 }
 
 /// The path and query to send upstream: what follows the proxy's prefix (`/` when nothing does),
@@ -90,6 +92,7 @@ pub async fn forward(
     wait: Duration,
     req: Request<Body>,
     path_and_query: &str,
+    impersonate: Option<&Impersonation>,
 ) -> Response<Body> {
     let deadline = tokio::time::Instant::now() + wait;
     let disconnected = || {
@@ -142,6 +145,7 @@ pub async fn forward(
         host: &params.address,
         bearer: Some(&params.token),
         what: format!("cluster {cluster_id}"),
+        impersonate,
     };
     exchange(io, req, path_and_query, upstream).await
 }
@@ -169,6 +173,7 @@ pub async fn forward_to_node(
         host: address,
         bearer: None,
         what,
+        impersonate: None,
     };
     exchange(io, req, path_and_query, upstream).await
 }
@@ -200,6 +205,18 @@ struct Upstream<'a> {
     host: &'a str,
     bearer: Option<&'a str>,
     what: String,
+    /// Who the cluster should take the request to be from (Rancher's impersonation headers).
+    impersonate: Option<&'a Impersonation>,
+}
+
+/// Who a proxied request is from, for the cluster's RBAC: Rancher sends `Impersonate-User`, one
+/// `Impersonate-Group` per group and `Impersonate-Extra-<key>` per extra beside the service
+/// account's token.
+#[derive(Debug, Clone, Default)]
+pub struct Impersonation {
+    pub user: String,
+    pub groups: Vec<String>,
+    pub extras: Vec<(String, String)>,
 }
 
 /// One request over `io` (a stream through a tunnel), upgrades (exec, watch over WebSocket)
@@ -407,6 +424,17 @@ fn outgoing_request(
         let bearer = HeaderValue::from_str(&format!("Bearer {token}"))?;
         headers.insert(header::AUTHORIZATION, bearer);
     }
+    if let Some(who) = upstream.impersonate {
+        headers.insert("impersonate-user", HeaderValue::from_str(&who.user)?);
+        for group in &who.groups {
+            headers.append("impersonate-group", HeaderValue::from_str(group)?);
+        }
+        for (key, value) in &who.extras {
+            let name =
+                axum::http::HeaderName::from_bytes(format!("impersonate-extra-{key}").as_bytes())?;
+            headers.append(name, HeaderValue::from_str(value)?);
+        }
+    }
     let host = HeaderValue::from_str(upstream.host)?;
     headers.insert(header::HOST, host);
     Ok(Request::from_parts(parts, body))
@@ -505,6 +533,7 @@ mod tests {
             host: "10.43.0.1:443",
             bearer: Some("sa"),
             what: "cluster c-test".into(),
+            impersonate: None,
         };
         let out = outgoing_request(req, "/api", &upstream, false).unwrap();
         let names: Vec<_> = out.headers().keys().map(|k| k.as_str()).collect();
@@ -531,6 +560,7 @@ mod tests {
             host: "a:1",
             bearer: None,
             what: "node c-test:m-0".into(),
+            impersonate: None,
         };
         let out = outgoing_request(req, "/ws", &upstream, true).unwrap();
         assert_eq!(out.headers()["upgrade"], "websocket");

@@ -12,7 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Response, StatusCode};
 use serde_json::{Map, Value, json};
 
-use super::norman::{Answer, Call, TypeHandler};
+use super::norman::{Answer, Call, Scope, TypeHandler};
 use super::{AppState, account_error, text_response};
 use crate::accounts::settings::{AGENT_IMAGE, DEFAULT_AGENT_IMAGE};
 use crate::accounts::{SERVER_URL, TokenKind, TokenRequest};
@@ -185,6 +185,22 @@ impl TypeHandler for Clusters {
         ]
     }
 
+    fn rbac_resource(&self) -> Option<&'static str> {
+        Some("clusters")
+    }
+
+    fn scope(&self) -> Scope {
+        Scope::Cluster
+    }
+
+    /// A kubeconfig is for whoever may see the cluster.
+    fn action_verb(&self, action: &str, on_object: bool) -> Option<&'static str> {
+        match action {
+            "generateKubeconfig" => Some("get"),
+            _ => on_object.then_some("update"),
+        }
+    }
+
     async fn list(&self, call: &Call<'_>) -> Result<Vec<Resource>, ApiError> {
         let state = call.state;
         let image = agent_image(state);
@@ -211,6 +227,11 @@ impl TypeHandler for Clusters {
             .clusters
             .create(&change_of(&input))
             .map_err(|e| cluster_error(&e))?;
+        // Its creator owns it (Rancher's creator-cluster-owner binding).
+        state
+            .accounts
+            .bind_cluster_creator(&cluster.id, &call.caller()?.user_id)
+            .map_err(|e| account_error(&e))?;
         Ok(Answer::created(
             "cluster",
             cluster_resource(state, &cluster, &agent_image(state)),
@@ -236,6 +257,10 @@ impl TypeHandler for Clusters {
         let before = cluster_resource(state, &find(state, id)?, &agent_image(state));
         state.clusters.delete(id).map_err(|e| cluster_error(&e))?;
         let closed = state.tunnels.close_cluster(id);
+        // Its bindings go with it (Rancher's are in the cluster's namespace).
+        if let Err(e) = state.accounts.forget_cluster(id) {
+            tracing::warn!("cluster {id} deleted, but its role bindings were not: {e}");
+        }
         tracing::info!(
             "cluster {id} deleted by {}; {closed} tunnel(s) closed",
             call.caller()?.username
@@ -389,6 +414,14 @@ impl TypeHandler for RegistrationTokens {
         ]
     }
 
+    fn rbac_resource(&self) -> Option<&'static str> {
+        Some("clusterregistrationtokens")
+    }
+
+    fn scope(&self) -> Scope {
+        Scope::InCluster
+    }
+
     async fn list(&self, call: &Call<'_>) -> Result<Vec<Resource>, ApiError> {
         let state = call.state;
         Ok(state
@@ -415,6 +448,12 @@ impl TypeHandler for RegistrationTokens {
 
     async fn create(&self, call: &Call<'_>, input: Map<String, Value>) -> Result<Answer, ApiError> {
         let cluster_id = text(&input, "clusterId");
+        call.require_in_cluster(
+            cluster_id,
+            "create",
+            "clusterregistrationtokens",
+            "clusterRegistrationToken",
+        )?;
         let state = call.state;
         let IssuedRegistrationToken {
             id,

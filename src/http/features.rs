@@ -54,6 +54,10 @@ impl TypeHandler for Features {
         ]
     }
 
+    fn rbac_resource(&self) -> Option<&'static str> {
+        Some("features")
+    }
+
     async fn list(&self, call: &Call<'_>) -> Result<Vec<Resource>, ApiError> {
         Ok(call
             .state

@@ -1,20 +1,26 @@
-//! `/k8s/clusters/<id>/…`: a logged-in caller reaches a cluster's API through its agent's tunnel.
+//! `/k8s/clusters/<id>/…`: a logged-in caller reaches a cluster's API through its agent's tunnel,
+//! if its rules let it see the cluster (to others, the cluster does not exist). The request goes
+//! with the agent's service-account token and Rancher's impersonation headers, so the cluster's
+//! own RBAC applies to the caller; the cluster is told first what its users are bound to
+//! ([`super::downstream_rbac`]).
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{Request, Response, StatusCode};
+use axum::http::{HeaderMap, Request, Response, StatusCode, header};
 
 use super::auth::Authenticated;
-use super::cluster_proxy as proxy;
+use super::cluster_proxy::{self as proxy, Impersonation};
 use super::{AppState, text_response};
+use crate::accounts::Caller;
+use crate::rbac::Request as RbacRequest;
 
 const PREFIX: &str = "/k8s/clusters/";
 
 pub async fn cluster_proxy(
     State(state): State<Arc<AppState>>,
-    Authenticated(_caller): Authenticated,
+    Authenticated(caller): Authenticated,
     req: Request<Body>,
 ) -> Response<Body> {
     let Some((cluster_id, rest)) = split_cluster_path(req.uri().path()) else {
@@ -24,6 +30,24 @@ pub async fn cluster_proxy(
     if state.clusters.get(&cluster_id).is_none() {
         return not_found(&cluster_id);
     }
+    let see = RbacRequest::management("get", "clusters", Some(&cluster_id));
+    match state.accounts.may(&caller.user_id, &cluster_id, &see) {
+        Ok(true) => {}
+        Ok(false) => return not_found(&cluster_id),
+        Err(e) => return super::norman_error_of(&super::account_error(&e)),
+    }
+    let identity = match identity(&state, &caller, req.headers()) {
+        Ok(identity) => identity,
+        // Rancher's plain-text refusal.
+        Err(what) => {
+            return text_response(
+                StatusCode::FORBIDDEN,
+                "text/plain; charset=utf-8",
+                format!("not allowed to impersonate {what}\n"),
+            );
+        }
+    };
+    super::downstream_rbac::ensure(&state, &cluster_id).await;
     let path_and_query = proxy::upstream_target(rest, req.uri().query());
     proxy::forward(
         &state.tunnels,
@@ -32,8 +56,81 @@ pub async fn cluster_proxy(
         state.agent_wait,
         req,
         &path_and_query,
+        Some(&identity),
     )
     .await
+}
+
+/// Who the cluster is told the request is from: the caller, with Rancher's groups and extras; or,
+/// when the caller impersonates someone itself and may (global `impersonate` rights, as admins
+/// have), that one. A caller that may not is refused; the error names what it may not impersonate.
+fn identity(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+) -> Result<Impersonation, &'static str> {
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect()
+    };
+    let Some(user) = values("impersonate-user").into_iter().next() else {
+        // Groups and extras without a user are the caller's to drop, as Rancher deletes them.
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        return Ok(Impersonation {
+            user: caller.user_id.clone(),
+            groups: vec![
+                "system:authenticated".into(),
+                "system:cattle:authenticated".into(),
+            ],
+            extras: vec![
+                ("principalid".into(), format!("local://{}", caller.user_id)),
+                ("requesthost".into(), host.to_string()),
+                ("requesttokenid".into(), caller.token_name.clone()),
+                ("username".into(), caller.username.clone()),
+            ],
+        });
+    };
+    let may = |resource: &str| {
+        let asked = RbacRequest {
+            verb: "impersonate",
+            group: "",
+            resource,
+            name: None,
+        };
+        state
+            .accounts
+            .grants(&caller.user_id)
+            .is_ok_and(|grants| grants.allows(&asked))
+    };
+    if !may("users") {
+        return Err("user");
+    }
+    let groups = values("impersonate-group");
+    if !groups.is_empty() && !may("groups") {
+        return Err("group");
+    }
+    let extras: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let key = name.as_str().strip_prefix("impersonate-extra-")?;
+            Some((key.to_string(), value.to_str().ok()?.to_string()))
+        })
+        .collect();
+    if !extras.is_empty() && !may("userextras") {
+        return Err("extras");
+    }
+    Ok(Impersonation {
+        user,
+        groups: groups.into_iter().take(64).collect(),
+        extras: extras.into_iter().take(64).collect(),
+    })
 }
 
 /// `/k8s/clusters/<id><rest>` → the cluster id, percent-decoded as the router reads path segments,

@@ -9,13 +9,17 @@ mod cacerts;
 mod cluster_proxy;
 mod clusters;
 mod connect;
+pub mod downstream_rbac;
 mod features;
+mod global_roles;
 mod health;
 mod k8s;
 mod login;
 mod nodes;
 pub mod norman;
+mod principals;
 mod redirect;
+mod role_templates;
 mod settings;
 mod tokens;
 mod ui;
@@ -78,6 +82,8 @@ pub struct AppState {
     pub https_port: u16,
     /// Whether each request is logged (`--access-log`).
     pub access_log: bool,
+    /// What each downstream cluster was told of its users.
+    pub downstream: downstream_rbac::DownstreamSync,
 }
 
 /// How many tunnels (agents' and peers') this server holds.
@@ -334,6 +340,11 @@ fn handlers_v3() -> Vec<Arc<dyn TypeHandler>> {
         Arc::new(settings::Settings),
         Arc::new(features::Features),
         Arc::new(users::Users),
+        Arc::new(principals::Principals),
+        Arc::new(global_roles::GlobalRoles),
+        Arc::new(global_roles::GlobalRoleBindings),
+        Arc::new(role_templates::RoleTemplates),
+        Arc::new(role_templates::ClusterRoleTemplateBindings),
         Arc::new(tokens::Tokens),
         Arc::new(auth_configs::AuthConfigs),
     ]
@@ -368,6 +379,11 @@ pub(crate) fn norman_error(
 ) -> Response<Body> {
     let error = ApiError::new(status, code, message);
     json_response(status, &error.body())
+}
+
+/// An API error as a norman body, outside the norman dispatcher.
+pub(crate) fn norman_error_of(error: &ApiError) -> Response<Body> {
+    json_response(error.status, &error.body())
 }
 
 /// Compact JSON with a trailing newline, as Go's `json.Encoder` writes it.
@@ -416,6 +432,41 @@ pub(crate) fn account_error(error: &AccountError) -> ApiError {
         | AccountError::InvalidServerUrl(_)
         | AccountError::FeatureLocked(_) => ApiError::invalid_body(message),
         AccountError::ServerUrlLocked { .. } => ApiError::conflict(message),
+        AccountError::UsernameMissing | AccountError::PasswordMissing => {
+            ApiError::server_error(message)
+        }
+        AccountError::UsernameTaken => {
+            ApiError::new(S::UNPROCESSABLE_ENTITY, "NotUnique", message).on_field("username")
+        }
+        AccountError::CannotDeactivateSelf | AccountError::CannotDeleteSelf => {
+            ApiError::new(S::UNPROCESSABLE_ENTITY, "InvalidAction", message)
+        }
+        AccountError::TooMany(..) => {
+            ApiError::new(S::UNPROCESSABLE_ENTITY, "MaxLimitExceeded", message)
+        }
+        AccountError::RoleNotFound(_) | AccountError::BindingNotFound(_) => {
+            ApiError::not_found(message)
+        }
+        AccountError::BuiltinRoleDelete | AccountError::BuiltinTemplateDelete => {
+            ApiError::permission_denied(message)
+        }
+        AccountError::TemplateNotFound(_) | AccountError::ClusterBindingNotFound(_) => {
+            ApiError::not_found(message)
+        }
+        AccountError::TemplateLookup(_) => ApiError::server_error(message),
+        AccountError::TemplateInherited { .. } => ApiError::conflict(message),
+        AccountError::NoRoleTemplateId => {
+            ApiError::new(S::UNPROCESSABLE_ENTITY, "MissingRequired", message)
+        }
+        AccountError::TemplateLocked => {
+            ApiError::new(S::UNPROCESSABLE_ENTITY, "InvalidState", message)
+        }
+        AccountError::WrongContext(_) | AccountError::ClusterBindingSubject => {
+            ApiError::invalid_body(message)
+        }
+        AccountError::BindingSubject => ApiError::invalid_body(message),
+        AccountError::Escalation { .. } => ApiError::new(S::FORBIDDEN, "Forbidden", message),
+        AccountError::Webhook { .. } => ApiError::new(S::BAD_REQUEST, "BadRequest", message),
         AccountError::ReadOnlyFromEnv(_) => ApiError::refused(message),
         AccountError::UserNotFound(id) => {
             ApiError::not_found(format!("users.management.cattle.io \"{id}\" not found"))

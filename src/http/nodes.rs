@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::auth::Authenticated;
 use super::cluster_proxy as proxy;
-use super::norman::{Call, TypeHandler};
+use super::norman::{Call, Scope, TypeHandler};
 use super::{AppState, norman_error};
 use crate::api::resource::date;
 use crate::api::schema::GET;
@@ -84,6 +84,14 @@ impl TypeHandler for Nodes {
     }
 
     /// Every cluster's nodes; `?clusterId=` filters them as any field filter does.
+    fn rbac_resource(&self) -> Option<&'static str> {
+        Some("nodes")
+    }
+
+    fn scope(&self) -> Scope {
+        Scope::InCluster
+    }
+
     async fn list(&self, call: &Call<'_>) -> Result<Vec<Resource>, ApiError> {
         let state = call.state;
         let clusters: Vec<String> = match call.query.get("clusterId") {
@@ -108,12 +116,22 @@ impl TypeHandler for Nodes {
 /// by the node's agent.
 pub async fn proxy(
     State(state): State<Arc<AppState>>,
-    _: Authenticated,
+    Authenticated(caller): Authenticated,
     req: Request<Body>,
 ) -> Response<Body> {
     let Some((id, address, rest)) = split_proxy_path(req.uri().path()) else {
         return norman_error(StatusCode::NOT_FOUND, "NotFound", "not found");
     };
+    // A node the caller may not see does not exist for it.
+    let cluster = id.split_once(':').map_or(id.as_str(), |(c, _)| c);
+    let see = crate::rbac::Request::management("get", "nodes", Some(&id));
+    match state.accounts.may(&caller.user_id, cluster, &see) {
+        Ok(true) => {}
+        Ok(false) => {
+            return norman_error(StatusCode::NOT_FOUND, "NotFound", &not_found_message(&id));
+        }
+        Err(e) => return super::norman_error_of(&super::account_error(&e)),
+    }
     let Some(node) = find(&state, &id) else {
         return norman_error(StatusCode::NOT_FOUND, "NotFound", &not_found_message(&id));
     };

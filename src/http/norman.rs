@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use serde_json::{Map, Value, json};
 
 use super::{AppState, ConnInfo, HEADER_READ_TIMEOUT, MAX_API_BODY};
-use crate::accounts::Caller;
+use crate::accounts::{Caller, ClusterGrants};
 use crate::api::collection::{CollectionContext, collection};
 use crate::api::error::MUST_AUTHENTICATE;
 use crate::api::input::{Op, admit, parse_object};
@@ -23,6 +23,7 @@ use crate::api::resource::{RenderOptions, render};
 use crate::api::schema::{DELETE, GET, POST, PUT, Registry, Schema, V3, V3_PUBLIC, Version};
 use crate::api::urls::Urls;
 use crate::api::{ApiError, Resource};
+use crate::rbac::{Grants, Request as RbacRequest};
 
 /// norman's fixed `Expires` date.
 const NORMAN_EXPIRES: &str = "Wed 24 Feb 1982 18:42:00 GMT";
@@ -37,9 +38,86 @@ pub struct Call<'a> {
     pub headers: &'a HeaderMap,
     pub conn: Option<&'a ConnInfo>,
     pub query: &'a Query,
+    /// The caller's global rules, read once per request when first needed.
+    grants: std::sync::OnceLock<Grants>,
+    /// What the caller is bound to in each cluster, read once when first needed.
+    cluster_grants: std::sync::OnceLock<ClusterGrants>,
 }
 
 impl Call<'_> {
+    /// The caller's global rules (none for a caller-less public read).
+    pub fn grants(&self) -> Result<&Grants, ApiError> {
+        if let Some(grants) = self.grants.get() {
+            return Ok(grants);
+        }
+        let grants = match self.caller {
+            Some(caller) => self
+                .state
+                .accounts
+                .grants(&caller.user_id)
+                .map_err(|e| super::account_error(&e))?,
+            None => Grants::default(),
+        };
+        Ok(self.grants.get_or_init(|| grants))
+    }
+
+    /// Whether the caller's global rules allow `verb` on management `resource` (object `name`).
+    pub fn may(&self, verb: &str, resource: &str, name: Option<&str>) -> Result<bool, ApiError> {
+        Ok(self
+            .grants()?
+            .allows(&RbacRequest::management(verb, resource, name)))
+    }
+
+    /// What the caller is bound to, per cluster.
+    pub fn cluster_grants(&self) -> Result<&ClusterGrants, ApiError> {
+        if let Some(grants) = self.cluster_grants.get() {
+            return Ok(grants);
+        }
+        let grants = match self.caller {
+            Some(caller) => self
+                .state
+                .accounts
+                .cluster_grants(&caller.user_id)
+                .map_err(|e| super::account_error(&e))?,
+            None => ClusterGrants::default(),
+        };
+        Ok(self.cluster_grants.get_or_init(|| grants))
+    }
+
+    /// Whether the caller may `verb` on management `resource` (object `name`) in `cluster`: by
+    /// its global rules, or by what it is bound to there.
+    pub fn may_in_cluster(
+        &self,
+        cluster: &str,
+        verb: &str,
+        resource: &str,
+        name: Option<&str>,
+    ) -> Result<bool, ApiError> {
+        if self.may(verb, resource, name)? {
+            return Ok(true);
+        }
+        let request = RbacRequest::management(verb, resource, name);
+        Ok(self
+            .cluster_grants()?
+            .in_cluster(cluster)
+            .is_some_and(|grants| grants.allows(&request)))
+    }
+
+    /// norman's refusal unless the caller may `verb` `resource` in `cluster` (a create whose
+    /// cluster is in the body).
+    pub fn require_in_cluster(
+        &self,
+        cluster: &str,
+        verb: &str,
+        resource: &str,
+        schema: &str,
+    ) -> Result<(), ApiError> {
+        if self.caller.is_none() || self.may_in_cluster(cluster, verb, resource, None)? {
+            return Ok(());
+        }
+        Err(denied(verb, schema))
+    }
+
     /// The caller, on a route that needed one.
     pub fn caller(&self) -> Result<&Caller, ApiError> {
         self.caller.ok_or_else(|| {
@@ -50,6 +128,18 @@ impl Call<'_> {
             )
         })
     }
+}
+
+/// Where a type's objects live, for the rules that decide who may use them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Global objects (users, settings): the caller's global rules.
+    Global,
+    /// Clusters themselves: also what the caller is bound to in the cluster.
+    Cluster,
+    /// Objects of one cluster, ids `<cluster>:<name>` (nodes, registration tokens, bindings):
+    /// also what the caller is bound to in that cluster.
+    InCluster,
 }
 
 /// What a handler answers besides an object of its own type.
@@ -70,6 +160,8 @@ pub enum Answer {
     NoContent,
     /// A response of the handler's own making (cookies).
     Raw(Response<Body>),
+    /// A collection of objects of schema `schema` (an action's output: principal search).
+    Collection(&'static str, Vec<Resource>),
 }
 
 impl Answer {
@@ -102,6 +194,45 @@ pub trait TypeHandler: Send + Sync {
     /// Whether a GET of the collection (`id` `None`) or of `id` needs no login.
     fn public_read(&self, _id: Option<&str>) -> bool {
         false
+    }
+
+    /// The Kubernetes resource this type is, whose verbs the caller's rules must grant
+    /// (`users`); `None`: every caller may use what the type offers, and the handler decides
+    /// what it shows (tokens: the caller's own).
+    fn rbac_resource(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// The verb an action needs: on an object `update`, on the collection none, unless the type
+    /// says otherwise.
+    fn action_verb(&self, _action: &str, on_object: bool) -> Option<&'static str> {
+        on_object.then_some("update")
+    }
+
+    /// Where this type's objects live, for the rules that apply to them.
+    fn scope(&self) -> Scope {
+        Scope::Global
+    }
+
+    /// Whether the caller may `verb` object `id` (`None`: the collection): what its rules grant
+    /// on [`TypeHandler::rbac_resource`] — its global rules, and for objects of a cluster what it
+    /// is bound to there. A create in a cluster is checked by the handler, which reads the
+    /// cluster from the body ([`Call::require_in_cluster`]).
+    fn allows(&self, call: &Call<'_>, verb: &str, id: Option<&str>) -> Result<bool, ApiError> {
+        let (Some(resource), Some(_)) = (self.rbac_resource(), call.caller) else {
+            return Ok(true);
+        };
+        let cluster = match (self.scope(), id) {
+            (Scope::Global, _) => None,
+            (Scope::Cluster, Some(id)) => Some(id),
+            (Scope::InCluster, Some(id)) => Some(id.split_once(':').map_or(id, |(c, _)| c)),
+            (Scope::InCluster, None) if verb == "create" => return Ok(true),
+            (_, None) => None,
+        };
+        match cluster {
+            Some(cluster) => call.may_in_cluster(cluster, verb, resource, id),
+            None => call.may(verb, resource, id),
+        }
     }
 
     async fn list(&self, call: &Call<'_>) -> Result<Vec<Resource>, ApiError>;
@@ -321,12 +452,22 @@ pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request<Body>) ->
         headers: &parts.headers,
         conn: conn.as_ref(),
         query: &query,
+        grants: std::sync::OnceLock::new(),
+        cluster_grants: std::sync::OnceLock::new(),
     };
     let render_options = RenderOptions {
         created: false,
         action_links: parts.headers.contains_key("x-api-action-links"),
     };
-    let answer = route(api, &call, &path, schema, handler, &parts.method, body).await;
+    let answer = match route(api, &call, &path, schema, handler, &parts.method, body).await {
+        Ok(Routed::Answer(Answer::Collection(of, items))) => {
+            match api.registry.lookup(&version, of) {
+                Some(schema) => Ok(Routed::Collection(schema, items)),
+                None => Err(ApiError::server_error(format!("no schema {of}"))),
+            }
+        }
+        other => other,
+    };
     match answer {
         Ok(Routed::Answer(answer)) => write(api, &urls, &version, answer, render_options),
         Ok(Routed::Collection(schema, items)) => {
@@ -402,6 +543,9 @@ async fn route(
                 if !schema.collection_actions.contains_key(action) {
                     return Err(ApiError::invalid_action(action));
                 }
+                if let Some(verb) = handler.action_verb(action, false) {
+                    require(handler, call, &schema, verb, None)?;
+                }
                 let input = parse_object(&read_body(call.headers, body).await?)?;
                 return Ok(Routed::Answer(
                     handler.action(call, None, action, input).await?,
@@ -411,11 +555,17 @@ async fn route(
                 return Err(ApiError::method_not_allowed(method));
             }
             match method {
-                GET => Ok(Routed::Collection(
-                    schema.clone(),
-                    handler.list(call).await?,
-                )),
+                GET => {
+                    let mut visible = Vec::new();
+                    for item in handler.list(call).await? {
+                        if handler.allows(call, "get", Some(&item.id))? {
+                            visible.push(permitted(handler, call, &schema, item)?);
+                        }
+                    }
+                    Ok(Routed::Collection(schema.clone(), visible))
+                }
                 POST => {
+                    require(handler, call, &schema, "create", None)?;
                     let body = parse_object(&read_body(call.headers, body).await?)?;
                     let input = admit(&schema, Op::Create, body)?;
                     Ok(Routed::Answer(handler.create(call, input).await?))
@@ -428,7 +578,11 @@ async fn route(
                 if !schema.resource_actions.contains_key(action) {
                     return Err(ApiError::invalid_action(action));
                 }
+                require(handler, call, &schema, "get", Some(id))?;
                 handler.get(call, id).await?;
+                if let Some(verb) = handler.action_verb(action, true) {
+                    require(handler, call, &schema, verb, Some(id))?;
+                }
                 let input = parse_object(&read_body(call.headers, body).await?)?;
                 return Ok(Routed::Answer(
                     handler.action(call, Some(id), action, input).await?,
@@ -437,13 +591,16 @@ async fn route(
             if !schema.resource_methods.contains(&method) {
                 return Err(ApiError::method_not_allowed(method));
             }
+            require(handler, call, &schema, "get", Some(id))?;
             match method {
-                GET => Ok(Routed::Answer(Answer::ok(
-                    schema.id,
-                    handler.get(call, id).await?,
-                ))),
+                GET => {
+                    let found = handler.get(call, id).await?;
+                    let found = permitted(handler, call, &schema, found)?;
+                    Ok(Routed::Answer(Answer::ok(schema.id, found)))
+                }
                 PUT => {
                     handler.get(call, id).await?;
+                    require(handler, call, &schema, "update", Some(id))?;
                     let body = parse_object(&read_body(call.headers, body).await?)?;
                     let input = admit(&schema, Op::Update, body)?;
                     let updated = handler.update(call, id, input).await?;
@@ -451,12 +608,68 @@ async fn route(
                 }
                 DELETE => {
                     handler.get(call, id).await?;
+                    require(handler, call, &schema, "delete", Some(id))?;
                     Ok(Routed::Answer(handler.delete(call, id).await?))
                 }
                 other => Err(ApiError::method_not_allowed(other)),
             }
         }
     }
+}
+
+/// norman's refusal when the caller's rules do not grant `verb` (Rancher's access control
+/// writes it with the trailing space).
+fn require(
+    handler: &Arc<dyn TypeHandler>,
+    call: &Call<'_>,
+    schema: &Schema,
+    verb: &str,
+    id: Option<&str>,
+) -> Result<(), ApiError> {
+    if handler.allows(call, verb, id)? {
+        return Ok(());
+    }
+    Err(denied(verb, schema.id))
+}
+
+/// Rancher's access control's refusal (with its trailing space).
+pub fn denied(verb: &str, schema: &str) -> ApiError {
+    ApiError::permission_denied(format!("can not {verb} {schema} "))
+}
+
+/// An object as the caller sees it: without the `update` and `remove` links and the actions its
+/// rules do not let it use.
+fn permitted(
+    handler: &Arc<dyn TypeHandler>,
+    call: &Call<'_>,
+    schema: &Schema,
+    mut resource: Resource,
+) -> Result<Resource, ApiError> {
+    let id = resource.id.clone();
+    if !handler.allows(call, "update", Some(&id))? {
+        resource = resource.without_link("update");
+    }
+    if !handler.allows(call, "delete", Some(&id))? {
+        resource = resource.without_link("remove");
+    }
+    let offered: Vec<&'static str> = match &resource.actions {
+        Some(actions) => actions.clone(),
+        None => schema.resource_actions.keys().copied().collect(),
+    };
+    let mut usable = Vec::new();
+    for action in &offered {
+        let allowed = match handler.action_verb(action, true) {
+            Some(verb) => handler.allows(call, verb, Some(&id))?,
+            None => true,
+        };
+        if allowed {
+            usable.push(*action);
+        }
+    }
+    if usable.len() != offered.len() {
+        resource = resource.only_actions(usable);
+    }
+    Ok(resource)
 }
 
 /// `/v3/schemas`, `/v3/schemas/<id>` and `/v3/apiRoots`.
@@ -561,6 +774,11 @@ fn write(
         Answer::Raw(mut response) => {
             norman_headers(response.headers_mut(), urls, version);
             response
+        }
+        // `dispatch` writes collections (they need the request's path and query).
+        Answer::Collection(of, _) => {
+            let misplaced = ApiError::server_error(format!("a collection of {of} outside /v3"));
+            error_response(urls, version, &misplaced)
         }
     }
 }

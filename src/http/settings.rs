@@ -111,6 +111,21 @@ impl TypeHandler for Settings {
         id.is_some_and(is_public)
     }
 
+    fn rbac_resource(&self) -> Option<&'static str> {
+        Some("settings")
+    }
+
+    /// The public settings are read by anyone; the rest as the caller's rules say.
+    fn allows(&self, call: &Call<'_>, verb: &str, id: Option<&str>) -> Result<bool, ApiError> {
+        if verb == "get" && id.is_some_and(is_public) {
+            return Ok(true);
+        }
+        match call.caller {
+            Some(_) => call.may(verb, "settings", id),
+            None => Ok(true),
+        }
+    }
+
     async fn list(&self, call: &Call<'_>) -> Result<Vec<Resource>, ApiError> {
         Ok(call
             .state

@@ -1,19 +1,32 @@
-//! `/v3/users` (`shared/spec/norman-api.md` §6): the users, read side (`?username=`, `?me=true`),
-//! `changepassword` for the caller and `setpassword` for an admin. Creating, updating and deleting
-//! users is not served yet (the schema does not offer it).
+//! `/v3/users` (`shared/spec/norman-api.md` §6): local users — create, update, delete, filters
+//! (`?username=`, `?me=true`), `changepassword` for the caller and `setpassword` for whoever may
+//! update users. The dispatcher applies the caller's rules: without rights on `users`, a caller
+//! sees only itself.
 
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::account_error;
 use super::norman::{Answer, Call, TypeHandler};
-use crate::accounts::{AccountError, UserView};
+use crate::accounts::{AccountError, NewUser, UserChange, UserView};
 use crate::api::input::text;
 use crate::api::resource::date;
-use crate::api::schema::{Action, GET};
+use crate::api::schema::{Action, DELETE, GET, POST, PUT};
 use crate::api::{ApiError, Field, Resource, Schema};
 
 pub struct Users;
+
+/// Longest username or display name, and description, taken.
+const MAX_NAME: u64 = 256;
+const MAX_DESCRIPTION: u64 = 1024;
+
+fn flag(input: &Map<String, Value>, name: &str) -> Option<bool> {
+    input.get(name).and_then(Value::as_bool)
+}
+
+fn owned(input: &Map<String, Value>, name: &str) -> Option<String> {
+    input.get(name).and_then(Value::as_str).map(str::to_string)
+}
 
 fn resource(user: &UserView, caller_id: Option<&str>) -> Resource {
     Resource::new(&user.id)
@@ -39,13 +52,16 @@ impl TypeHandler for Users {
     fn schemas(&self) -> Vec<Schema> {
         vec![
             Schema::new("user")
-                .methods(&[GET], &[GET])
-                .field("name", Field::string())
-                .field("username", Field::string())
+                .methods(&[GET, POST], &[GET, PUT, DELETE])
+                .field("name", Field::string().writable().max_length(MAX_NAME))
+                .field("username", Field::string().create().max_length(MAX_NAME))
                 .field("password", Field::password().create().write_only())
-                .field("description", Field::string())
-                .field("enabled", Field::boolean().default(true.into()))
-                .field("mustChangePassword", Field::boolean())
+                .field(
+                    "description",
+                    Field::string().writable().max_length(MAX_DESCRIPTION),
+                )
+                .field("enabled", Field::boolean().writable().default(true.into()))
+                .field("mustChangePassword", Field::boolean().writable())
                 .field(
                     "principalIds",
                     Field::of(crate::api::schema::FieldType::Array(Box::new(
@@ -78,11 +94,22 @@ impl TypeHandler for Users {
         ]
     }
 
+    fn rbac_resource(&self) -> Option<&'static str> {
+        Some("users")
+    }
+
     async fn list(&self, call: &Call<'_>) -> Result<Vec<Resource>, ApiError> {
         let caller = call.caller()?;
-        Ok(call
-            .state
-            .accounts
+        let accounts = &call.state.accounts;
+        // A caller whose rules name no users but itself sees only itself: read that one user,
+        // not every user to filter them all out.
+        if !call.may("list", "users", None)? && !call.may("get", "users", None)? {
+            let me = accounts
+                .user(&caller.user_id)
+                .map_err(|e| account_error(&e))?;
+            return Ok(vec![resource(&me, Some(&caller.user_id))]);
+        }
+        Ok(accounts
             .users_list()
             .map_err(|e| account_error(&e))?
             .iter()
@@ -98,6 +125,59 @@ impl TypeHandler for Users {
             .user(id)
             .map_err(|e| account_error(&e))?;
         Ok(resource(&user, Some(&caller.user_id)))
+    }
+
+    async fn create(&self, call: &Call<'_>, input: Map<String, Value>) -> Result<Answer, ApiError> {
+        let caller = call.caller()?;
+        let new = NewUser {
+            username: owned(&input, "username"),
+            password: owned(&input, "password"),
+            display_name: text(&input, "name").to_string(),
+            description: text(&input, "description").to_string(),
+            enabled: flag(&input, "enabled").unwrap_or(true),
+            must_change_password: flag(&input, "mustChangePassword").unwrap_or(false),
+        };
+        let user = call
+            .state
+            .accounts
+            .create_user(caller, new)
+            .await
+            .map_err(|e| account_error(&e))?;
+        Ok(Answer::created(
+            "user",
+            resource(&user, Some(&caller.user_id)),
+        ))
+    }
+
+    async fn update(
+        &self,
+        call: &Call<'_>,
+        id: &str,
+        input: Map<String, Value>,
+    ) -> Result<Resource, ApiError> {
+        let caller = call.caller()?;
+        let change = UserChange {
+            display_name: owned(&input, "name"),
+            description: owned(&input, "description"),
+            enabled: flag(&input, "enabled"),
+            must_change_password: flag(&input, "mustChangePassword"),
+        };
+        let user = call
+            .state
+            .accounts
+            .update_user(caller, id, change)
+            .map_err(|e| account_error(&e))?;
+        Ok(resource(&user, Some(&caller.user_id)))
+    }
+
+    async fn delete(&self, call: &Call<'_>, id: &str) -> Result<Answer, ApiError> {
+        let caller = call.caller()?;
+        let accounts = &call.state.accounts;
+        let user = accounts.user(id).map_err(|e| account_error(&e))?;
+        accounts
+            .delete_user(caller, id)
+            .map_err(|e| account_error(&e))?;
+        Ok(Answer::ok("user", resource(&user, Some(&caller.user_id))))
     }
 
     async fn action(

@@ -448,6 +448,20 @@ impl Changes {
         }
     }
 
+    /// Waits for the next change to a wanted path: `Some(Some(path))`, or `Some(None)` after a
+    /// burst too large to follow (which may have held any); `None` once the store is gone.
+    pub async fn next_path(&mut self) -> Option<Option<String>> {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match self.receiver.recv().await {
+                Ok(path) if (self.wanted)(&path) => return Some(Some(path)),
+                Ok(_) => continue,
+                Err(RecvError::Lagged(_)) => return Some(None),
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+
     /// Waits for the next change to a wanted path (or for a burst too large to follow, which may
     /// have held one); `None` once the store is gone.
     pub async fn next(&mut self) -> Option<()> {

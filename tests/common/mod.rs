@@ -8,6 +8,7 @@ pub mod hello;
 pub mod lab;
 pub mod nginx;
 pub mod pebble;
+pub mod python;
 pub mod target;
 pub mod webdriver;
 

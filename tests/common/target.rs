@@ -164,7 +164,7 @@ pub async fn kube_api(mut req: Request<hyper::body::Incoming>) -> Response<Body>
     match req.uri().path() {
         "/version" => full(StatusCode::OK, VERSION_JSON),
         "/headers" => {
-            let names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
+            let names: Vec<&str> = req.headers().iter().map(|(k, _)| k.as_str()).collect();
             full(
                 StatusCode::OK,
                 serde_json::json!({ "headers": names, "uri": req.uri().to_string() }).to_string(),

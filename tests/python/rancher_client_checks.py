@@ -165,5 +165,140 @@ def password():
     ok("changed back")
 
 
+def message_of(call, status, code, message):
+    """`call` must fail with `status`, `code` and exactly `message`."""
+    error = api_error(call, status, code)
+    assert error.message == message, (message, error)
+    return error
+
+
+def has_link(obj, name):
+    """Whether `obj` has link `name` (RestObject's getattr falls back to dict methods, such as
+    `update`, so hasattr cannot tell)."""
+    return name in obj.links.__dict__
+
+
+def login(username, password):
+    public = rancher.Client(url=BASE + "/v3-public")
+    local = [p for p in public.list_auth_provider().data if p.id == "local"][0]
+    return client(token=local.login(username=username, password=password,
+                                     responseType="json").token)
+
+
+def users():
+    """The admin makes a standard user, binds it, and the user's own client sees what Rancher
+    would show it (shared/spec/norman-api.md §6-8)."""
+    c = client(token=TOKEN)
+    admin = c.list_user(me=True).data[0]
+    message_of(lambda: c.create_user(username="alice", password="short"), 422,
+               "InvalidBodyContent", "Password must be at least 12 characters")
+    message_of(lambda: c.create_user(username="alice-the-user", password="alice-the-user"), 422,
+               "InvalidBodyContent", "Password cannot be the same as username")
+    message_of(lambda: c.create_user(username="alice"), 500, "ServerError", "invalid password")
+    message_of(lambda: c.create_user(password="alice-password-1"), 500, "ServerError",
+               "invalid username")
+    alice = c.create_user(username="alice", password="alice-password-1", name="Alice",
+                          mustChangePassword=False)
+    assert alice.type == "user" and alice.id.startswith("u-"), alice
+    assert alice.principalIds == ["local://" + alice.id], alice
+    assert not hasattr(alice, "password"), alice
+    taken = message_of(lambda: c.create_user(username="alice", password="another-password-1"),
+                       422, "NotUnique", "Username is already in use.")
+    assert taken.fieldName == "username", taken
+    assert c.list_global_role_binding(userId=alice.id).data == [], "no binding on create"
+    ok("users created with Rancher's checks")
+
+    message_of(lambda: c.create_global_role_binding(globalRoleId="user"), 422,
+               "InvalidBodyContent", "must contain field [groupPrincipalId] OR field [userId]")
+    message_of(lambda: c.create_global_role_binding(globalRoleId="nope", userId=alice.id), 404,
+               "NotFound", 'globalroles.management.cattle.io "nope" not found')
+    api_error(lambda: c.create_global_role_binding(userId=alice.id), 422, "MissingRequired")
+    grb = c.create_global_role_binding(globalRoleId="user", userId=alice.id)
+    assert grb.id.startswith("grb-") and grb.userId == alice.id, grb
+    user_role = c.by_id_global_role("user")
+    assert user_role.builtin and user_role.newUserDefault, user_role
+    assert not has_link(user_role, "remove"), user_role.links
+    message_of(lambda: c.delete(user_role), 403, "PermissionDenied",
+               "cannot delete builtin global roles")
+    changed = c.update(user_role, name="renamed", newUserDefault=False)
+    assert changed.name == "User" and changed.newUserDefault is False, changed
+    c.update(changed, newUserDefault=True)
+    assert "admin" in [r.id for r in c.list_global_role().data]
+    ok("global roles and bindings")
+
+    owned = c.create_cluster(name="py-owned")
+    member = c.create_cluster(name="py-member")
+    hidden = c.create_cluster(name="py-hidden")
+    message_of(lambda: c.create_cluster_role_template_binding(clusterId=owned.id,
+                                                              userId=alice.id),
+               422, "MissingRequired", "Request does not have a valid roleTemplateId")
+    message_of(lambda: c.create_cluster_role_template_binding(
+        clusterId=owned.id, roleTemplateId="project-owner", userId=alice.id), 422,
+        "InvalidBodyContent", "Cannot reference context [project] from [cluster] context")
+    message_of(lambda: c.create_cluster_role_template_binding(
+        clusterId=owned.id, roleTemplateId="cluster-owner"), 422, "InvalidBodyContent",
+        "must target a user [userId]/[userPrincipalId] OR a group [groupId]/[groupPrincipalId]")
+    message_of(lambda: c.create_cluster_role_template_binding(
+        clusterId=owned.id, roleTemplateId="nope", userId=alice.id), 500, "ServerError",
+        'Error getting role template: roletemplates.management.cattle.io "nope" not found')
+    crtb = c.create_cluster_role_template_binding(clusterId=owned.id,
+                                                  roleTemplateId="cluster-owner",
+                                                  userId=alice.id)
+    assert crtb.id.startswith(owned.id + ":crtb-") and crtb.namespaceId == owned.id, crtb
+    c.create_cluster_role_template_binding(clusterId=member.id, roleTemplateId="cluster-member",
+                                           userId=alice.id)
+    templates = {t.id: t for t in c.list_role_template().data}
+    assert templates["cluster-owner"].context == "cluster", templates["cluster-owner"]
+    assert templates["cluster-owner"].clusterCreatorDefault is True
+    assert templates["project-owner"].context == "project"
+    ok("cluster membership")
+
+    a = login("alice", "alice-password-1")
+    assert [u.id for u in a.list_user().data] == [alice.id], "a user sees itself only"
+    assert a.list_user(me=True).data[0].username == "alice"
+    message_of(lambda: a.by_id_user(admin.id), 403, "PermissionDenied", "can not get user ")
+    names = [s.name for s in a.list_setting().data]
+    assert "server-url" in names, names
+    server_version = a.by_id_setting("server-version")
+    assert not has_link(server_version, "update"), server_version.links
+    message_of(lambda: a.update(server_version, value="x"), 403, "PermissionDenied",
+               "can not update setting ")
+    assert a.list_auth_config().data == [], "standard users see no auth configs"
+    assert len(a.list_feature().data) > 0
+    ok("a standard user's view")
+
+    seen = sorted(cl.id for cl in a.list_cluster().data)
+    assert seen == sorted([owned.id, member.id]), (seen, owned.id, member.id)
+    message_of(lambda: a.by_id_cluster(hidden.id), 403, "PermissionDenied", "can not get cluster ")
+    a.update(a.by_id_cluster(owned.id), description="alice owns it")
+    as_member = a.by_id_cluster(member.id)
+    assert not has_link(as_member, "update"), as_member.links
+    message_of(lambda: a.update_by_id_cluster(member.id, description="x"), 403,
+               "PermissionDenied", "can not update cluster ")
+    config = a.action(as_member, "generateKubeconfig").config
+    assert member.id in config, config
+    mine = a.create_cluster(name="py-alice")
+    assert mine.id in [cl.id for cl in a.list_cluster().data], "its creator owns it"
+    message_of(lambda: a.create_global_role_binding(globalRoleId="admin", userId=alice.id), 403,
+               "PermissionDenied", "can not create globalRoleBinding ")
+    ok("clusters by membership")
+
+    message_of(lambda: c.update(c.by_id_user(admin.id), enabled=False), 422, "InvalidAction",
+               "You cannot deactivate yourself")
+    message_of(lambda: c.delete(c.by_id_user(admin.id)), 422, "InvalidAction",
+               "You cannot delete yourself")
+    disabled = c.update(c.by_id_user(alice.id), enabled=False)
+    assert disabled.enabled is False and disabled.state == "inactive", disabled
+    must_authenticate(lambda: a.list_cluster())
+    c.update(disabled, enabled=True)
+    assert len(a.list_cluster().data) == 3, "enabled again, the same token works"
+    c.delete(c.by_id_user(alice.id))
+    must_authenticate(lambda: a.list_cluster())
+    assert c.list_global_role_binding(userId=alice.id).data == [], "its bindings went too"
+    for cluster in (owned, member, hidden, mine):
+        c.delete(c.by_id_cluster(cluster.id))
+    ok("self-protection, disabling and deleting")
+
+
 {"discovery": discovery, "clusters": clusters, "settings": settings, "tokens": tokens,
- "password": password}[SCENARIO]()
+ "password": password, "users": users}[SCENARIO]()
