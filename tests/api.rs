@@ -565,3 +565,55 @@ async fn deleting_a_cluster_ends_its_tunnel_and_refuses_its_agent() {
     );
     assert_eq!(tokens["data"], json!([]), "{tokens}");
 }
+
+/// A request refused before its body arrived (a method the type does not allow, an action that
+/// does not exist) leaves the connection open for the next one, as Go's server does. Python's
+/// http.client sends the headers and the body in two writes and then reuses the connection: a
+/// server that answered and closed without reading the body failed that client's next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_before_its_body_arrived_keeps_its_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let lab = Lab::start().await;
+    let body = format!("{{\"value\":\"{}\"}}", "x".repeat(4000));
+    for (method, path) in [
+        ("PUT", "/v3/nodes/c-x:m-y"),
+        ("POST", "/v3/users?action=nope"),
+    ] {
+        let mut tls = tls_connect(lab.addr, None, None).await.unwrap().stream;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            lab.addr,
+            lab.auth(),
+            body.len()
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        tls.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The server may have answered already; the body follows as the client sends it.
+        let _ = tls.write_all(body.as_bytes()).await;
+        let _ = tls.flush().await;
+        let next = format!(
+            "GET /v3/users?me=true HTTP/1.1\r\nHost: {}\r\n{}\r\n\r\n",
+            lab.addr,
+            lab.auth()
+        );
+        let _ = tls.write_all(next.as_bytes()).await;
+        let _ = tls.flush().await;
+        let mut answers = Vec::new();
+        let mut buffer = [0u8; 16 * 1024];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !String::from_utf8_lossy(&answers).contains("\"username\":\"admin\"") {
+            match tokio::time::timeout_at(deadline, tls.read(&mut buffer)).await {
+                Ok(Ok(n)) if n > 0 => answers.extend_from_slice(&buffer[..n]),
+                _ => break,
+            }
+        }
+        let text = String::from_utf8_lossy(&answers);
+        assert_eq!(
+            text.matches("HTTP/1.1 ").count(),
+            2,
+            "{method} {path}: both answered on one connection: {text}"
+        );
+        assert!(text.contains("\"username\":\"admin\""), "{text}");
+    }
+}

@@ -459,7 +459,14 @@ pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request<Body>) ->
         created: false,
         action_links: parts.headers.contains_key("x-api-action-links"),
     };
-    let answer = match route(api, &call, &path, schema, handler, &parts.method, body).await {
+    // The body is read before anything can refuse the request: a refusal that left it unread
+    // would make hyper close the connection, and a client reusing it (Python's requests does)
+    // would meet a closed socket on its next request. Go's server drains it too.
+    let body = match read_body(&parts.headers, body).await {
+        Ok(body) => body,
+        Err(e) => return error_response(&urls, &version, &e),
+    };
+    let answer = match route(api, &call, &path, schema, handler, &parts.method, &body).await {
         Ok(Routed::Answer(Answer::Collection(of, items))) => {
             match api.registry.lookup(&version, of) {
                 Some(schema) => Ok(Routed::Collection(schema, items)),
@@ -504,7 +511,7 @@ async fn route(
     schema: Option<Arc<Schema>>,
     handler: Option<&Arc<dyn TypeHandler>>,
     http_method: &axum::http::Method,
-    body: Body,
+    body: &Bytes,
 ) -> Result<Routed, ApiError> {
     let version = call.version;
     let method = effective_method(http_method, call.query)?;
@@ -546,7 +553,7 @@ async fn route(
                 if let Some(verb) = handler.action_verb(action, false) {
                     require(handler, call, &schema, verb, None)?;
                 }
-                let input = parse_object(&read_body(call.headers, body).await?)?;
+                let input = parse_object(body)?;
                 return Ok(Routed::Answer(
                     handler.action(call, None, action, input).await?,
                 ));
@@ -566,7 +573,7 @@ async fn route(
                 }
                 POST => {
                     require(handler, call, &schema, "create", None)?;
-                    let body = parse_object(&read_body(call.headers, body).await?)?;
+                    let body = parse_object(body)?;
                     let input = admit(&schema, Op::Create, body)?;
                     Ok(Routed::Answer(handler.create(call, input).await?))
                 }
@@ -583,7 +590,7 @@ async fn route(
                 if let Some(verb) = handler.action_verb(action, true) {
                     require(handler, call, &schema, verb, Some(id))?;
                 }
-                let input = parse_object(&read_body(call.headers, body).await?)?;
+                let input = parse_object(body)?;
                 return Ok(Routed::Answer(
                     handler.action(call, Some(id), action, input).await?,
                 ));
@@ -601,7 +608,7 @@ async fn route(
                 PUT => {
                     handler.get(call, id).await?;
                     require(handler, call, &schema, "update", Some(id))?;
-                    let body = parse_object(&read_body(call.headers, body).await?)?;
+                    let body = parse_object(body)?;
                     let input = admit(&schema, Op::Update, body)?;
                     let updated = handler.update(call, id, input).await?;
                     Ok(Routed::Answer(Answer::ok(schema.id, updated)))
