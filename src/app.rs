@@ -173,8 +173,6 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     )?;
     let accounts = Arc::new(accounts);
     accounts.follow_store();
-    accounts.follow_access_changes();
-    accounts.follow_token_changes();
     let shutdown = CancellationToken::new();
     let tunnels = Arc::new(TunnelRegistry::new());
     let replicas = join_replicas(config, store.clone(), https_port)?;

@@ -47,6 +47,7 @@ pub use crate::pki::{ServerUrl, ServerUrlError};
 use crate::secrets::{self, hash_password, random_suffix, random_token};
 use crate::store::{Backend, Changes, StoreError};
 use crate::support::unix_now;
+use index::Reindex;
 use password_gate::{Busy, PasswordGate};
 use state::{ACCOUNTS, Records, User};
 
@@ -292,11 +293,9 @@ pub struct Accounts {
     sweep: std::sync::Mutex<Sweep>,
     /// Held while a user is created: one username check and create at a time.
     user_writes: std::sync::Mutex<()>,
-    /// Counts changes to who may do what (roles, bindings, templates, users), here or — through
-    /// the store's watch — on another replica: what is derived from them is valid for one value.
-    rbac_generation: std::sync::atomic::AtomicU64,
-    /// Who is bound to what, for one generation.
-    index: std::sync::Mutex<Option<Arc<index::AccessIndex>>>,
+    /// Who is bound to what and who is called what; `None` until first needed, or after a change
+    /// too large to follow.
+    index: std::sync::Mutex<Option<index::AccessIndex>>,
     /// Each user's tokens by name; `None` until first needed, or after a change too large to follow.
     token_index: std::sync::Mutex<Option<tokens::TokenIndex>>,
 }
@@ -349,7 +348,6 @@ impl Accounts {
                 tokens: 0,
             }),
             user_writes: std::sync::Mutex::new(()),
-            rbac_generation: std::sync::atomic::AtomicU64::new(0),
             index: std::sync::Mutex::new(None),
             token_index: std::sync::Mutex::new(None),
         };
@@ -375,72 +373,44 @@ impl Accounts {
         Ok(accounts)
     }
 
-    /// With a store other writers share (replicas on etcd): a change another replica makes takes
-    /// effect here as it happens — above all server-url, which pins this replica's certificates too.
+    /// With a store other writers share (replicas on etcd), follows what other replicas change:
+    /// server-url (which pins this replica's certificates too), who may do what (what was derived
+    /// from it is read again), and tokens (for the token index).
     pub fn follow_store(self: &Arc<Self>) {
-        let Some(mut changes) = Changes::of(self.store.as_ref(), |path| path == ACCOUNTS.path)
-        else {
+        self.follow(
+            |path| path == ACCOUNTS.path,
+            |accounts, _| accounts.pin_to_stored_server_url(),
+        );
+        self.follow(decides_access, |accounts, path| {
+            accounts.reindex(
+                path.and_then(Reindex::of_path)
+                    .unwrap_or(Reindex::Everything),
+            )
+        });
+        self.follow(
+            |path| path.starts_with(state::TOKENS.prefix),
+            |accounts, path| match path.and_then(|p| state::TOKENS.id_of(p)) {
+                Some(name) => accounts.token_changed(name),
+                None => accounts.token_index_reset(),
+            },
+        );
+    }
+
+    /// Calls `changed` with each changed path `wanted` accepts (`None`: a burst too large to
+    /// follow, which may have held any), for as long as the accounts and the store last.
+    fn follow(self: &Arc<Self>, wanted: fn(&str) -> bool, changed: fn(&Accounts, Option<&str>)) {
+        let Some(mut changes) = Changes::of(self.store.as_ref(), wanted) else {
             return;
         };
         let accounts = Arc::downgrade(self);
         tokio::spawn(async move {
-            while changes.next().await.is_some() {
+            while let Some(path) = changes.next_path().await {
                 let Some(accounts) = accounts.upgrade() else {
                     return;
                 };
-                accounts.pin_to_stored_server_url();
+                changed(&accounts, path.as_deref());
             }
         });
-    }
-
-    /// Follows changes other replicas make to roles, bindings and users: what was derived from
-    /// them (cached rules, what downstream clusters were told) is read again.
-    pub fn follow_access_changes(self: &Arc<Self>) {
-        let Some(mut changes) = Changes::of(self.store.as_ref(), decides_access) else {
-            return;
-        };
-        let accounts = Arc::downgrade(self);
-        tokio::spawn(async move {
-            while changes.next().await.is_some() {
-                let Some(accounts) = accounts.upgrade() else {
-                    return;
-                };
-                accounts.access_changed();
-            }
-        });
-    }
-
-    /// Follows the tokens other replicas make and delete, for the token index.
-    pub fn follow_token_changes(self: &Arc<Self>) {
-        let Some(mut changes) = Changes::of(self.store.as_ref(), |path| {
-            path.starts_with(state::TOKENS.prefix)
-        }) else {
-            return;
-        };
-        let accounts = Arc::downgrade(self);
-        tokio::spawn(async move {
-            while let Some(changed) = changes.next_path().await {
-                let Some(accounts) = accounts.upgrade() else {
-                    return;
-                };
-                match changed.as_deref().and_then(|p| state::TOKENS.id_of(p)) {
-                    Some(name) => accounts.token_changed(name),
-                    None => accounts.token_index_reset(),
-                }
-            }
-        });
-    }
-
-    /// Who may do what changed: every derived answer is stale.
-    pub(crate) fn access_changed(&self) {
-        self.rbac_generation
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-    }
-
-    /// The current generation of who may do what (see [`Accounts::access_changed`]).
-    pub fn rbac_generation(&self) -> u64 {
-        self.rbac_generation
-            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Pins the certificates to server-url's host if it is set and they are not pinned yet.
@@ -517,7 +487,7 @@ impl Accounts {
         self.login_limiter
             .check(client)
             .map_err(AccountError::TooManyAttempts)?;
-        let id = self.index()?.user_ids.get(username).cloned();
+        let id = self.with_index(|index| index.user_id(username).cloned())?;
         let user = match id {
             Some(id) => self.records.users.get(&id)?,
             None => None,

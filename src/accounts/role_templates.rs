@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use super::index::Reindex;
 use super::state::{ClusterRoleTemplateBinding, StoredRoleTemplate};
 use super::{AccountError, Accounts, Caller};
 use crate::rbac::{Grants, MANAGEMENT, PolicyRule, Request};
@@ -494,7 +495,7 @@ impl Accounts {
             creator_id: caller.user_id.clone(),
         };
         self.records.templates.create(&id, &template)?;
-        self.access_changed();
+        self.reindex(Reindex::Templates);
         tracing::info!("role template {id} created by {}", caller.username);
         Ok(template.view())
     }
@@ -534,7 +535,7 @@ impl Accounts {
                     Err(e) => return Err(e.into()),
                 }
             }
-            self.access_changed();
+            self.reindex(Reindex::Templates);
             tracing::info!("builtin role template {id} updated by {}", caller.username);
             return self.role_template(id);
         }
@@ -587,7 +588,7 @@ impl Accounts {
                 Ok::<_, AccountError>(t.view())
             })?
             .ok_or_else(|| AccountError::TemplateNotFound(id.to_string()))?;
-        self.access_changed();
+        self.reindex(Reindex::Templates);
         Ok(updated)
     }
 
@@ -611,7 +612,7 @@ impl Accounts {
             });
         }
         self.records.templates.delete(id)?;
-        self.access_changed();
+        self.reindex(Reindex::Templates);
         tracing::info!("role template {id} deleted by {}", caller.username);
         Ok(())
     }
@@ -678,7 +679,7 @@ impl Accounts {
         let rules = Self::template_rules(&templates, &template_id)?;
         let cluster = spec.cluster_id.clone();
         self.refuse_escalation_in(caller, &cluster, &rules)?;
-        if self.records.cluster_bindings.list()?.len() >= MAX_CLUSTER_BINDINGS {
+        if self.with_index(|index| index.cluster_binding_count())? >= MAX_CLUSTER_BINDINGS {
             return Err(AccountError::TooMany(
                 "cluster role template bindings",
                 MAX_CLUSTER_BINDINGS,
@@ -697,7 +698,7 @@ impl Accounts {
             creator_id: caller.user_id.clone(),
         };
         self.records.cluster_bindings.create(&id, &binding)?;
-        self.access_changed();
+        self.reindex(Reindex::ClusterBinding(id.clone()));
         tracing::info!(
             "{} bound as {} in cluster {} by {}",
             binding.user_id,
@@ -715,7 +716,7 @@ impl Accounts {
     ) -> Result<(), AccountError> {
         let binding = self.cluster_role_template_binding(id)?;
         self.records.cluster_bindings.delete(id)?;
-        self.access_changed();
+        self.reindex(Reindex::ClusterBinding(id.to_string()));
         tracing::info!(
             "{} unbound as {} in cluster {} by {}",
             binding.user_id,
@@ -753,8 +754,8 @@ impl Accounts {
                 Ok(_) | Err(StoreError::Conflict(_)) => {}
                 Err(e) => return Err(e.into()),
             }
+            self.reindex(Reindex::ClusterBinding(id));
         }
-        self.access_changed();
         Ok(())
     }
 
@@ -767,24 +768,26 @@ impl Accounts {
                 gone += 1;
             }
         }
-        self.access_changed();
+        self.reindex(Reindex::Everything);
         Ok(gone)
     }
 
     /// What `user_id` may do in each cluster it is bound in: its templates' rules and `get` on
     /// the cluster.
     pub fn cluster_grants(&self, user_id: &str) -> Result<ClusterGrants, AccountError> {
-        let index = self.index()?;
         let mut rules: HashMap<String, Vec<PolicyRule>> = HashMap::new();
-        for binding in index.cluster_bindings_of.get(user_id).into_iter().flatten() {
-            let own = rules.entry(binding.cluster_id.clone()).or_insert_with(|| {
-                vec![mgmt(&["clusters"], &["get"]).named(&[binding.cluster_id.as_str()])]
-            });
-            // A binding to a template since deleted grants nothing more.
-            if let Ok(found) = Self::template_rules(&index.templates, &binding.role_template_id) {
-                own.extend(found);
+        self.with_index(|index| {
+            for binding in index.cluster_bindings_of(user_id) {
+                let own = rules.entry(binding.cluster_id.clone()).or_insert_with(|| {
+                    vec![mgmt(&["clusters"], &["get"]).named(&[binding.cluster_id.as_str()])]
+                });
+                // A binding to a template since deleted grants nothing more.
+                let template = &binding.role_template_id;
+                if let Ok(found) = Self::template_rules(&index.templates, template) {
+                    own.extend(found);
+                }
             }
-        }
+        })?;
         let by_cluster = rules
             .into_iter()
             .map(|(cluster, rules)| (cluster, Grants::new(rules)))
@@ -794,14 +797,15 @@ impl Accounts {
 
     /// What cluster `cluster_id` must hold downstream for its users (see [`DownstreamRbac`]).
     pub fn downstream_rbac(&self, cluster_id: &str) -> Result<DownstreamRbac, AccountError> {
-        let index = self.index()?;
+        self.with_index(|index| Self::downstream_of(index, cluster_id))?
+    }
+
+    fn downstream_of(
+        index: &super::index::AccessIndex,
+        cluster_id: &str,
+    ) -> Result<DownstreamRbac, AccountError> {
         let mut wanted = DownstreamRbac::default();
-        for binding in index
-            .cluster_bindings_in
-            .get(cluster_id)
-            .into_iter()
-            .flatten()
-        {
+        for binding in index.cluster_bindings_in(cluster_id) {
             if binding.user_id.is_empty() {
                 continue;
             }

@@ -6,6 +6,7 @@
 //! Builtin roles live in the code, so an upgrade brings their rules up to date; the store keeps
 //! only what may change of them (`newUserDefault`), and custom roles and bindings, one key each.
 
+use super::index::Reindex;
 use super::state::{GlobalRoleBinding, StoredRole};
 use super::{AccountError, Accounts, Caller};
 use crate::rbac::{Grants, MANAGEMENT, PolicyRule, Request};
@@ -256,7 +257,7 @@ impl Accounts {
             creator_id: caller.user_id.clone(),
         };
         self.records.roles.create(&id, &role)?;
-        self.access_changed();
+        self.reindex(Reindex::Roles);
         tracing::info!("global role {id} created by {}", caller.username);
         Ok(role.view())
     }
@@ -292,7 +293,7 @@ impl Accounts {
                     Err(e) => return Err(e.into()),
                 }
             }
-            self.access_changed();
+            self.reindex(Reindex::Roles);
             return self.global_role(id);
         }
         if let Some(rules) = &spec.rules {
@@ -321,7 +322,7 @@ impl Accounts {
                 Ok::<_, AccountError>(role.view())
             })?
             .ok_or_else(|| AccountError::RoleNotFound(id.to_string()))?;
-        self.access_changed();
+        self.reindex(Reindex::Roles);
         Ok(updated)
     }
 
@@ -339,7 +340,7 @@ impl Accounts {
             }
         }
         self.records.roles.delete(id)?;
-        self.access_changed();
+        self.reindex(Reindex::Everything);
         tracing::info!(
             "global role {id} deleted by {} with {unbound} binding(s)",
             caller.username
@@ -395,7 +396,7 @@ impl Accounts {
             &id,
             &role.rules,
         )?;
-        if self.records.bindings.list()?.len() >= MAX_BINDINGS {
+        if self.with_index(|index| index.global_binding_count())? >= MAX_BINDINGS {
             return Err(AccountError::TooMany("global role bindings", MAX_BINDINGS));
         }
         let binding = GlobalRoleBinding {
@@ -408,7 +409,7 @@ impl Accounts {
             creator_id: caller.user_id.clone(),
         };
         self.records.bindings.create(&id, &binding)?;
-        self.access_changed();
+        self.reindex(Reindex::GlobalBinding(id.clone()));
         tracing::info!(
             "global role {} bound to {}{} by {}",
             binding.global_role_id,
@@ -426,7 +427,7 @@ impl Accounts {
     ) -> Result<(), AccountError> {
         let binding = self.global_role_binding(id)?;
         self.records.bindings.delete(id)?;
-        self.access_changed();
+        self.reindex(Reindex::GlobalBinding(id.to_string()));
         tracing::info!(
             "global role binding {id} ({} of {}) deleted by {}",
             binding.global_role_id,
@@ -462,19 +463,20 @@ impl Accounts {
             state.admin_bound = true;
             Ok::<_, AccountError>(())
         })?;
-        self.access_changed();
+        self.reindex(Reindex::GlobalBinding(id));
         Ok(())
     }
 
     /// What `user_id` may do: the rules of every role bound to it, and `get` on its own user.
     pub fn grants(&self, user_id: &str) -> Result<Grants, AccountError> {
-        let index = self.index()?;
         let mut rules = vec![mgmt(&["users"], &["get"]).named(&[user_id])];
-        for bound in index.roles_of.get(user_id).into_iter().flatten() {
-            if let Some(role) = index.roles.iter().find(|r| r.id == *bound) {
-                rules.extend(role.rules.iter().cloned());
+        self.with_index(|index| {
+            for bound in index.roles_of(user_id) {
+                if let Some(role) = index.roles.iter().find(|r| r.id == *bound) {
+                    rules.extend(role.rules.iter().cloned());
+                }
             }
-        }
+        })?;
         Ok(Grants::new(rules))
     }
 

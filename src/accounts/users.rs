@@ -3,6 +3,7 @@
 //! admin (`shared/spec/norman-api.md` §6). A new password ends every session opened with the old
 //! one, but the caller's own.
 
+use super::index::Reindex;
 use super::settings::PASSWORD_MIN;
 use super::state::User;
 use super::{AccountError, Accounts, Caller, FIRST_LOGIN};
@@ -103,16 +104,21 @@ impl Accounts {
         let password = new.password.filter(|p| !p.is_empty());
         let password = password.ok_or(AccountError::PasswordMissing)?;
         self.check_new_password(&username, &password)?;
-        if self.index()?.user_ids.contains_key(&username) {
+        let taken = |accounts: &Self| {
+            accounts.with_index(|index| (index.user_id(&username).is_some(), index.user_count()))
+        };
+        if taken(self)?.0 {
             return Err(AccountError::UsernameTaken);
         }
         let password_hash = self.passwords.hash(&password).await?;
-        // One create at a time here, so two of the same username cannot both pass the check above.
+        // One create at a time here, so two of the same username cannot both pass the check.
+        // (Replicas creating one username at once can: Rancher's check is a cache's too.)
         let _one = crate::support::lock(&self.user_writes);
-        if self.records.user_named(&username)?.is_some() {
+        let (exists, users) = taken(self)?;
+        if exists {
             return Err(AccountError::UsernameTaken);
         }
-        if self.records.users.list()?.len() >= MAX_USERS {
+        if users >= MAX_USERS {
             return Err(AccountError::TooMany("users", MAX_USERS));
         }
         let mut user = User {
@@ -131,8 +137,7 @@ impl Accounts {
             user.id = format!("u-{}", random_suffix());
             match self.records.users.create(&user.id, &user) {
                 Ok(_) => {
-                    // A new username to find at login.
-                    self.access_changed();
+                    self.reindex(Reindex::User(user.id.clone()));
                     tracing::info!(
                         "user {} ({}) created by {}",
                         user.id,
@@ -202,7 +207,7 @@ impl Accounts {
                 unbound += 1;
             }
         }
-        self.access_changed();
+        self.reindex(Reindex::Everything);
         tracing::info!(
             "user {id} deleted by {} with {revoked} token(s) and {unbound} global role binding(s)",
             caller.username

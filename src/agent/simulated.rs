@@ -224,11 +224,11 @@ pub fn router() -> Router {
         .route("/apis/{group}/{version}", get(group_resources))
         .route(
             "/apis/rbac.authorization.k8s.io/v1/{kind}",
-            get(rbac_list).post(rbac_create),
+            get(rbac_collection).post(rbac_collection),
         )
         .route(
             "/apis/rbac.authorization.k8s.io/v1/{kind}/{name}",
-            get(rbac_read).put(rbac_replace).delete(rbac_delete),
+            get(rbac_object).put(rbac_object).delete(rbac_object),
         )
         .route(
             "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
@@ -518,54 +518,6 @@ async fn read_node(
     json_response(StatusCode::OK, &node_json(&cluster))
 }
 
-fn refused(refusal: rbac::Refusal) -> Response<Body> {
-    let code = StatusCode::from_u16(refusal.code).unwrap_or(StatusCode::BAD_REQUEST);
-    status(code, refusal.reason, &refusal.message, None)
-}
-
-/// The kind a path names; `None` is the apiserver's plain 404.
-fn rbac_kind(kind: &str) -> Result<Kind, rbac::Refusal> {
-    Kind::from_path(kind).ok_or(rbac::Refusal {
-        code: 404,
-        reason: "NotFound",
-        message: "the server could not find the requested resource".into(),
-    })
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SelectorQuery {
-    #[serde(default)]
-    label_selector: String,
-}
-
-async fn rbac_list(
-    Extension(cluster): Extension<Arc<SimulatedCluster>>,
-    Path(kind): Path<String>,
-    Query(query): Query<SelectorQuery>,
-) -> Response<Body> {
-    let kind = match rbac_kind(&kind) {
-        Ok(kind) => kind,
-        Err(refusal) => return refused(refusal),
-    };
-    let list = crate::support::lock(&cluster.rbac).list(kind, &query.label_selector);
-    json_response(StatusCode::OK, &list)
-}
-
-async fn rbac_read(
-    Extension(cluster): Extension<Arc<SimulatedCluster>>,
-    Path((kind, name)): Path<(String, String)>,
-) -> Response<Body> {
-    let kind = match rbac_kind(&kind) {
-        Ok(kind) => kind,
-        Err(refusal) => return refused(refusal),
-    };
-    match crate::support::lock(&cluster.rbac).get(kind, &name) {
-        Ok(object) => json_response(StatusCode::OK, &object),
-        Err(refusal) => refused(refusal),
-    }
-}
-
 /// A JSON body within the size limit, or why the apiserver refuses it.
 fn json_body(body: &Bytes) -> Result<Value, rbac::Refusal> {
     if body.len() > MAX_BODY {
@@ -582,56 +534,87 @@ fn json_body(body: &Bytes) -> Result<Value, rbac::Refusal> {
     })
 }
 
-async fn rbac_write(
-    cluster: &SimulatedCluster,
-    kind: &str,
-    name: Option<&str>,
-    body: &Bytes,
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SelectorQuery {
+    #[serde(default)]
+    label_selector: String,
+}
+
+/// `/apis/rbac.authorization.k8s.io/v1/<kind>`: list (with `labelSelector`) or create.
+async fn rbac_collection(
+    Extension(cluster): Extension<Arc<SimulatedCluster>>,
+    method: axum::http::Method,
+    Path(kind): Path<String>,
+    Query(query): Query<SelectorQuery>,
+    body: Bytes,
 ) -> Response<Body> {
-    let kind = match rbac_kind(kind) {
-        Ok(kind) => kind,
-        Err(refusal) => return refused(refusal),
-    };
-    let object = match json_body(body) {
-        Ok(object) => object,
-        Err(refusal) => return refused(refusal),
-    };
-    let now = rfc3339(OffsetDateTime::now_utc());
-    let written = crate::support::lock(&cluster.rbac).write(kind, name, &object, &now, uid());
-    match written {
-        Ok(object) if name.is_some() => json_response(StatusCode::OK, &object),
-        Ok(object) => json_response(StatusCode::CREATED, &object),
-        Err(refusal) => refused(refusal),
+    answer(rbac_call(
+        &cluster,
+        &method,
+        &kind,
+        None,
+        &query.label_selector,
+        &body,
+    ))
+}
+
+/// `/apis/rbac.authorization.k8s.io/v1/<kind>/<name>`: read, replace or delete.
+async fn rbac_object(
+    Extension(cluster): Extension<Arc<SimulatedCluster>>,
+    method: axum::http::Method,
+    Path((kind, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response<Body> {
+    answer(rbac_call(&cluster, &method, &kind, Some(&name), "", &body))
+}
+
+fn answer(result: Result<(StatusCode, Value), rbac::Refusal>) -> Response<Body> {
+    match result {
+        Ok((code, object)) => json_response(code, &object),
+        Err(refusal) => {
+            let code = StatusCode::from_u16(refusal.code).unwrap_or(StatusCode::BAD_REQUEST);
+            status(code, refusal.reason, &refusal.message, None)
+        }
     }
 }
 
-async fn rbac_create(
-    Extension(cluster): Extension<Arc<SimulatedCluster>>,
-    Path(kind): Path<String>,
-    body: Bytes,
-) -> Response<Body> {
-    rbac_write(&cluster, &kind, None, &body).await
-}
-
-async fn rbac_replace(
-    Extension(cluster): Extension<Arc<SimulatedCluster>>,
-    Path((kind, name)): Path<(String, String)>,
-    body: Bytes,
-) -> Response<Body> {
-    rbac_write(&cluster, &kind, Some(&name), &body).await
-}
-
-async fn rbac_delete(
-    Extension(cluster): Extension<Arc<SimulatedCluster>>,
-    Path((kind, name)): Path<(String, String)>,
-) -> Response<Body> {
-    let kind = match rbac_kind(&kind) {
-        Ok(kind) => kind,
-        Err(refusal) => return refused(refusal),
-    };
-    match crate::support::lock(&cluster.rbac).delete(kind, &name) {
-        Ok(object) => json_response(StatusCode::OK, &object),
-        Err(refusal) => refused(refusal),
+/// One request on ClusterRoles or ClusterRoleBindings, as kube-apiserver answers it.
+fn rbac_call(
+    cluster: &SimulatedCluster,
+    method: &axum::http::Method,
+    kind: &str,
+    name: Option<&str>,
+    selector: &str,
+    body: &Bytes,
+) -> Result<(StatusCode, Value), rbac::Refusal> {
+    use axum::http::Method;
+    let kind = Kind::from_path(kind).ok_or_else(|| {
+        rbac::Refusal::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+        )
+    })?;
+    let mut rbac = crate::support::lock(&cluster.rbac);
+    let now = || rfc3339(OffsetDateTime::now_utc());
+    match (method, name) {
+        (&Method::GET, None) => Ok((StatusCode::OK, rbac.list(kind, selector))),
+        (&Method::GET, Some(name)) => Ok((StatusCode::OK, rbac.get(kind, name)?)),
+        (&Method::POST, None) => {
+            let written = rbac.write(kind, None, &json_body(body)?, &now(), uid())?;
+            Ok((StatusCode::CREATED, written))
+        }
+        (&Method::PUT, Some(name)) => {
+            let written = rbac.write(kind, Some(name), &json_body(body)?, &now(), uid())?;
+            Ok((StatusCode::OK, written))
+        }
+        (&Method::DELETE, Some(name)) => Ok((StatusCode::OK, rbac.delete(kind, name)?)),
+        _ => Err(rbac::Refusal::new(
+            405,
+            "MethodNotAllowed",
+            format!("the server does not allow this method on the requested resource ({method})"),
+        )),
     }
 }
 
@@ -642,7 +625,7 @@ async fn access_review(
 ) -> Response<Body> {
     let review = match json_body(&body) {
         Ok(review) => review,
-        Err(refusal) => return refused(refusal),
+        Err(refusal) => return answer(Err(refusal)),
     };
     let answer = rbac::access_review(&crate::support::lock(&cluster.rbac), &who, &review);
     json_response(StatusCode::CREATED, &answer)
@@ -655,7 +638,7 @@ async fn rules_review(
 ) -> Response<Body> {
     let review = match json_body(&body) {
         Ok(review) => review,
-        Err(refusal) => return refused(refusal),
+        Err(refusal) => return answer(Err(refusal)),
     };
     let answer = rbac::rules_review(&crate::support::lock(&cluster.rbac), &who, &review);
     json_response(StatusCode::CREATED, &answer)

@@ -186,6 +186,18 @@ struct Stored<T> {
     content: T,
 }
 
+impl<T> Stored<T> {
+    fn metadata(&self, name: &str) -> Value {
+        json!({
+            "name": name,
+            "uid": self.uid,
+            "resourceVersion": self.resource_version.to_string(),
+            "creationTimestamp": self.created,
+            "labels": self.labels,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Binding {
     subjects: Vec<Subject>,
@@ -390,36 +402,17 @@ impl Rbac {
     }
 
     fn object(&self, kind: Kind, name: &str) -> Option<Value> {
-        let meta = |labels: &BTreeMap<String, String>, uid: &str, created: &str, version: u64| {
-            json!({
-                "name": name,
-                "uid": uid,
-                "resourceVersion": version.to_string(),
-                "creationTimestamp": created,
-                "labels": labels,
-            })
-        };
         let header = json!({"apiVersion": format!("{RBAC_GROUP}/v1"), "kind": kind.kind()});
         let mut object = header;
         match kind {
             Kind::ClusterRoles => {
                 let role = self.roles.get(name)?;
-                object["metadata"] = meta(
-                    &role.labels,
-                    &role.uid,
-                    &role.created,
-                    role.resource_version,
-                );
+                object["metadata"] = role.metadata(name);
                 object["rules"] = json!(role.content);
             }
             Kind::ClusterRoleBindings => {
                 let binding = self.bindings.get(name)?;
-                object["metadata"] = meta(
-                    &binding.labels,
-                    &binding.uid,
-                    &binding.created,
-                    binding.resource_version,
-                );
+                object["metadata"] = binding.metadata(name);
                 object["subjects"] = json!(binding.content.subjects);
                 object["roleRef"] = json!({
                     "apiGroup": RBAC_GROUP,
@@ -458,7 +451,8 @@ impl Rbac {
         })
     }
 
-    /// Creates (`replace` false) or replaces an object from its JSON.
+    /// Creates (`path_name` `None`) or replaces (the object named in the path) an object from its
+    /// JSON.
     pub fn write(
         &mut self,
         kind: Kind,

@@ -16,18 +16,47 @@ use crate::rbac::PolicyRule;
 pub struct GlobalRoles;
 pub struct GlobalRoleBindings;
 
-fn rule_list() -> Field {
+/// A field of Kubernetes policy rules (role rules).
+pub(super) fn rule_list() -> Field {
     Field::of(FieldType::Array(Box::new(FieldType::Object("policyRule"))))
+}
+
+/// The rules of a body's field `name`, if it has one; 422 `InvalidFormat` when they are not
+/// Kubernetes policy rules.
+pub(super) fn rules_in(
+    input: &Map<String, Value>,
+    name: &str,
+) -> Result<Option<Vec<PolicyRule>>, ApiError> {
+    input
+        .get(name)
+        .map(|value| {
+            serde_json::from_value::<Vec<PolicyRule>>(value.clone())
+                .map_err(|_| ApiError::field("InvalidFormat", name))
+        })
+        .transpose()
+}
+
+/// The strings of a body's array field `name`, if it has one.
+pub(super) fn strings_in(input: &Map<String, Value>, name: &str) -> Option<Vec<String>> {
+    input.get(name).map(|value| {
+        value
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|item| item.as_str().map(str::to_string))
+            .collect()
+    })
 }
 
 fn reference_list(to: &'static str) -> Field {
     Field::of(FieldType::Array(Box::new(FieldType::Reference(to))))
 }
 
-fn creator(id: &str) -> Value {
-    match id {
+/// A reference that may be unset: `null` when empty, as norman writes it.
+pub(super) fn optional(value: &str) -> Value {
+    match value {
         "" => Value::Null,
-        id => id.into(),
+        value => value.into(),
     }
 }
 
@@ -42,7 +71,7 @@ fn role_resource(role: &GlobalRoleView) -> Resource {
         .with("status", json!({"summary": "Completed", "conditions": []}))
         .with("state", "active")
         .with("created", date(role.created))
-        .with("creatorId", creator(&role.creator_id))
+        .with("creatorId", optional(&role.creator_id))
         .with("labels", json!({}))
         .with("annotations", json!({}));
     // Rancher leaves `remove` out of builtin roles.
@@ -53,10 +82,6 @@ fn role_resource(role: &GlobalRoleView) -> Resource {
 }
 
 fn binding_resource(binding: &GlobalRoleBinding) -> Resource {
-    let optional = |v: &str| match v {
-        "" => Value::Null,
-        v => v.into(),
-    };
     Resource::new(&binding.id)
         .with("globalRoleId", binding.global_role_id.as_str())
         .with("userId", optional(&binding.user_id))
@@ -65,7 +90,7 @@ fn binding_resource(binding: &GlobalRoleBinding) -> Resource {
         .with("status", json!({"summary": "Completed", "conditions": []}))
         .with("state", "active")
         .with("created", date(binding.created))
-        .with("creatorId", creator(&binding.creator_id))
+        .with("creatorId", optional(&binding.creator_id))
         .with("labels", json!({}))
         .with("annotations", json!({}))
 }
@@ -73,29 +98,12 @@ fn binding_resource(binding: &GlobalRoleBinding) -> Resource {
 /// What a role body says; `rules` must be Kubernetes policy rules.
 fn role_spec(input: &Map<String, Value>) -> Result<RoleSpec, ApiError> {
     let text = |name: &str| input.get(name).and_then(Value::as_str).map(str::to_string);
-    let rules = match input.get("rules") {
-        None => None,
-        Some(value) => Some(
-            serde_json::from_value::<Vec<PolicyRule>>(value.clone())
-                .map_err(|_| ApiError::field("InvalidFormat", "rules"))?,
-        ),
-    };
-    let inherited = input.get("inheritedClusterRoles").map(|v| {
-        v.as_array()
-            .map(|items| {
-                items
-                    .iter()
-                    .filter_map(|i| i.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    });
     Ok(RoleSpec {
         display_name: text("name"),
         description: text("description"),
-        rules,
+        rules: rules_in(input, "rules")?,
         new_user_default: input.get("newUserDefault").and_then(Value::as_bool),
-        inherited_cluster_roles: inherited,
+        inherited_cluster_roles: strings_in(input, "inheritedClusterRoles"),
     })
 }
 

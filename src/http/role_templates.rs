@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::account_error;
+use super::global_roles::{optional, rule_list, rules_in, strings_in};
 use super::norman::{Answer, Call, Scope, TypeHandler};
 use crate::accounts::{
     ClusterBindingSpec, ClusterRoleTemplateBinding, RoleTemplateView, TemplateSpec,
@@ -13,21 +14,9 @@ use crate::accounts::{
 use crate::api::resource::date;
 use crate::api::schema::{DELETE, FieldType, GET, POST, PUT};
 use crate::api::{ApiError, Field, Resource, Schema};
-use crate::rbac::PolicyRule;
 
 pub struct RoleTemplates;
 pub struct ClusterRoleTemplateBindings;
-
-fn rule_list() -> Field {
-    Field::of(FieldType::Array(Box::new(FieldType::Object("policyRule"))))
-}
-
-fn optional(value: &str) -> Value {
-    match value {
-        "" => Value::Null,
-        value => value.into(),
-    }
-}
 
 fn template_resource(template: &RoleTemplateView) -> Resource {
     let resource = Resource::new(&template.id)
@@ -79,31 +68,17 @@ fn binding_resource(binding: &ClusterRoleTemplateBinding) -> Resource {
 fn template_spec(input: &Map<String, Value>) -> Result<TemplateSpec, ApiError> {
     let text = |name: &str| input.get(name).and_then(Value::as_str).map(str::to_string);
     let flag = |name: &str| input.get(name).and_then(Value::as_bool);
-    let rules = match input.get("rules") {
-        None => None,
-        Some(value) => Some(
-            serde_json::from_value::<Vec<PolicyRule>>(value.clone())
-                .map_err(|_| ApiError::field("InvalidFormat", "rules"))?,
-        ),
-    };
-    let inherited = input.get("roleTemplateIds").map(|v| {
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i.as_str().map(str::to_string))
-            .collect()
-    });
     Ok(TemplateSpec {
         display_name: text("name"),
         description: text("description"),
         context: text("context"),
-        rules,
+        rules: rules_in(input, "rules")?,
         hidden: flag("hidden"),
         locked: flag("locked"),
         administrative: flag("administrative"),
         cluster_creator_default: flag("clusterCreatorDefault"),
         project_creator_default: flag("projectCreatorDefault"),
-        role_template_ids: inherited,
+        role_template_ids: strings_in(input, "roleTemplateIds"),
     })
 }
 

@@ -465,14 +465,6 @@ impl Changes {
     /// Waits for the next change to a wanted path (or for a burst too large to follow, which may
     /// have held one); `None` once the store is gone.
     pub async fn next(&mut self) -> Option<()> {
-        use tokio::sync::broadcast::error::RecvError;
-        loop {
-            match self.receiver.recv().await {
-                Ok(path) if (self.wanted)(&path) => return Some(()),
-                Ok(_) => continue,
-                Err(RecvError::Lagged(_)) => return Some(()),
-                Err(RecvError::Closed) => return None,
-            }
-        }
+        self.next_path().await.map(|_| ())
     }
 }
