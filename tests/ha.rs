@@ -97,6 +97,21 @@ async fn until_ok(addr: SocketAddr, path: &str, auth: &str, what: &str) -> Strin
     }
 }
 
+/// One etcd, two peered replicas: a lab set up on the first (the holder), and the other. The etcd
+/// and the replicas' root directory live as long as what is returned.
+async fn two_replicas() -> (EtcdCluster, tempfile::TempDir, Lab, Corral) {
+    let etcd = EtcdCluster::start(1);
+    let root = tempfile::tempdir().unwrap();
+    let env = [("CATTLE_BOOTSTRAP_PASSWORD", lab::BOOTSTRAP)];
+    let mut replicas = replicas_at_once(&etcd, root.path(), 2, &env);
+    let other = replicas.pop().unwrap();
+    let holder = replicas.pop().unwrap();
+    wait_peered(&[&holder, &other]).await;
+    let holder_addr = holder.https("127.0.0.1");
+    let lab = Lab::setup(holder, holder_addr).await;
+    (etcd, root, lab, other)
+}
+
 fn banner_password(corral: &Corral) -> Option<String> {
     corral
         .logs()
@@ -1070,16 +1085,8 @@ async fn a_shared_peer_token_admits_peers_as_rancher_does() {
 /// replica that does not hold its tunnel loses the tunnel anyway, and its agent is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_and_cluster_deletions_reach_every_replica() {
-    let etcd = EtcdCluster::start(1);
-    let root = tempfile::tempdir().unwrap();
-    let env = [("CATTLE_BOOTSTRAP_PASSWORD", lab::BOOTSTRAP)];
-    let mut replicas = replicas_at_once(&etcd, root.path(), 2, &env);
-    let other = replicas.pop().unwrap();
-    let holder = replicas.pop().unwrap();
-    wait_peered(&[&holder, &other]).await;
-    let holder_addr = holder.https("127.0.0.1");
-    let other_addr = other.https("127.0.0.1");
-    let lab = Lab::setup(holder, holder_addr).await;
+    let (_etcd, _root, lab, other) = two_replicas().await;
+    let (holder_addr, other_addr) = (lab.addr, other.https("127.0.0.1"));
 
     let created = request(
         holder_addr,
@@ -1191,16 +1198,8 @@ async fn api_keys_and_cluster_deletions_reach_every_replica() {
 /// propagation limit (a second or so on this machine: the store's watch).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_and_their_bindings_reach_every_replica() {
-    let etcd = EtcdCluster::start(1);
-    let root = tempfile::tempdir().unwrap();
-    let env = [("CATTLE_BOOTSTRAP_PASSWORD", lab::BOOTSTRAP)];
-    let mut replicas = replicas_at_once(&etcd, root.path(), 2, &env);
-    let other = replicas.pop().unwrap();
-    let holder = replicas.pop().unwrap();
-    wait_peered(&[&holder, &other]).await;
-    let holder_addr = holder.https("127.0.0.1");
-    let other_addr = other.https("127.0.0.1");
-    let lab = Lab::setup(holder, holder_addr).await;
+    let (_etcd, _root, lab, other) = two_replicas().await;
+    let (holder_addr, other_addr) = (lab.addr, other.https("127.0.0.1"));
 
     let alice = request(
         holder_addr,

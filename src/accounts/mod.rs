@@ -622,6 +622,17 @@ impl Accounts {
     }
 }
 
+/// Ids for [`crate::store::Collection::create_generated`]: `first` (already named in what was
+/// checked), then `<prefix>` and five random characters, as Rancher's generateName.
+fn names_from(first: String, prefix: String) -> impl Fn() -> String {
+    let first = std::cell::Cell::new(Some(first));
+    move || {
+        first
+            .take()
+            .unwrap_or_else(|| format!("{prefix}{}", random_suffix()))
+    }
+}
+
 /// A valid argon2id hash of a password nobody knows, checked when the username does not exist.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0cwMjmh/+Gl0WkLz5Y8vaHxZ0eTcSxUgjoFBt4r5TdI";
 

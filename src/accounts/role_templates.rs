@@ -478,9 +478,8 @@ impl Accounts {
                 MAX_CUSTOM_TEMPLATES,
             ));
         }
-        let id = format!("rt-{}", random_suffix());
-        let template = StoredRoleTemplate {
-            id: id.clone(),
+        let made = StoredRoleTemplate {
+            id: String::new(),
             display_name: spec.display_name.unwrap_or_default(),
             description: spec.description.unwrap_or_default(),
             context,
@@ -494,7 +493,13 @@ impl Accounts {
             created: unix_now(),
             creator_id: caller.user_id.clone(),
         };
-        self.records.templates.create(&id, &template)?;
+        let (id, template) = self.records.templates.create_generated(
+            || format!("rt-{}", random_suffix()),
+            |id| StoredRoleTemplate {
+                id: id.to_string(),
+                ..made.clone()
+            },
+        )?;
         self.reindex(Reindex::Templates);
         tracing::info!("role template {id} created by {}", caller.username);
         Ok(template.view())
@@ -685,10 +690,9 @@ impl Accounts {
                 MAX_CLUSTER_BINDINGS,
             ));
         }
-        let id = format!("{cluster}:crtb-{}", random_suffix());
-        let binding = ClusterRoleTemplateBinding {
-            id: id.clone(),
-            cluster_id: cluster,
+        let made = ClusterRoleTemplateBinding {
+            id: String::new(),
+            cluster_id: cluster.clone(),
             role_template_id: template_id,
             user_id: spec.user_id.unwrap_or_default(),
             user_principal_id: spec.user_principal_id.unwrap_or_default(),
@@ -697,8 +701,14 @@ impl Accounts {
             created: unix_now(),
             creator_id: caller.user_id.clone(),
         };
-        self.records.cluster_bindings.create(&id, &binding)?;
-        self.reindex(Reindex::ClusterBinding(id.clone()));
+        let (id, binding) = self.records.cluster_bindings.create_generated(
+            || format!("{cluster}:crtb-{}", random_suffix()),
+            |id| ClusterRoleTemplateBinding {
+                id: id.to_string(),
+                ..made.clone()
+            },
+        )?;
+        self.reindex(Reindex::ClusterBinding(id));
         tracing::info!(
             "{} bound as {} in cluster {} by {}",
             binding.user_id,

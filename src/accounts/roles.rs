@@ -246,8 +246,8 @@ impl Accounts {
         if self.records.roles.list()?.len() >= MAX_CUSTOM_ROLES {
             return Err(AccountError::TooMany("global roles", MAX_CUSTOM_ROLES));
         }
-        let role = StoredRole {
-            id: id.clone(),
+        let template = StoredRole {
+            id: String::new(),
             display_name: spec.display_name.unwrap_or_default(),
             description: spec.description.unwrap_or_default(),
             rules,
@@ -256,7 +256,13 @@ impl Accounts {
             created: unix_now(),
             creator_id: caller.user_id.clone(),
         };
-        self.records.roles.create(&id, &role)?;
+        let (id, role) =
+            self.records
+                .roles
+                .create_generated(super::names_from(id, "gr-".into()), |id| StoredRole {
+                    id: id.to_string(),
+                    ..template.clone()
+                })?;
         self.reindex(Reindex::Roles);
         tracing::info!("global role {id} created by {}", caller.username);
         Ok(role.view())
@@ -399,8 +405,8 @@ impl Accounts {
         if self.with_index(|index| index.global_binding_count())? >= MAX_BINDINGS {
             return Err(AccountError::TooMany("global role bindings", MAX_BINDINGS));
         }
-        let binding = GlobalRoleBinding {
-            id: id.clone(),
+        let template = GlobalRoleBinding {
+            id: String::new(),
             global_role_id: role.id,
             user_id: spec.user_id.unwrap_or_default(),
             group_principal_id: spec.group_principal_id.unwrap_or_default(),
@@ -408,8 +414,16 @@ impl Accounts {
             created: unix_now(),
             creator_id: caller.user_id.clone(),
         };
-        self.records.bindings.create(&id, &binding)?;
-        self.reindex(Reindex::GlobalBinding(id.clone()));
+        let (id, binding) =
+            self.records
+                .bindings
+                .create_generated(super::names_from(id, "grb-".into()), |id| {
+                    GlobalRoleBinding {
+                        id: id.to_string(),
+                        ..template.clone()
+                    }
+                })?;
+        self.reindex(Reindex::GlobalBinding(id));
         tracing::info!(
             "global role {} bound to {}{} by {}",
             binding.global_role_id,

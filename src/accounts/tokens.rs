@@ -186,7 +186,7 @@ impl Accounts {
         version: u64,
         request: TokenRequest,
     ) -> Result<IssuedToken, AccountError> {
-        let name = match request.kind {
+        let name = || match request.kind {
             TokenKind::Kubeconfig => kubeconfig_name(user_id, &request.cluster_id),
             _ => format!("token-{}", random_suffix()),
         };
@@ -196,19 +196,22 @@ impl Accounts {
             0 => 0,
             ttl => created.saturating_add((ttl + 999) / 1000),
         };
-        let token = Token {
-            name: name.clone(),
+        let made = Token {
+            name: String::new(),
             secret_hash: hash_token_secret(&secret),
             user_id: user_id.to_string(),
             created,
             expires_at,
             password_version: version,
             kind: request.kind,
-            description: request.description,
+            description: request.description.clone(),
             ttl_ms: request.ttl_ms,
-            cluster_id: request.cluster_id,
+            cluster_id: request.cluster_id.clone(),
         };
-        self.records.tokens.create(&name, &token)?;
+        let (name, token) = self.records.tokens.create_generated(name, |name| Token {
+            name: name.to_string(),
+            ..made.clone()
+        })?;
         self.token_index_add(user_id, &name);
         // Checked after the write: a reset that lands before it is seen here; one that lands after
         // makes the token invalid anyway (its version is old).

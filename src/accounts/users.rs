@@ -8,7 +8,7 @@ use super::settings::PASSWORD_MIN;
 use super::state::User;
 use super::{AccountError, Accounts, Caller, FIRST_LOGIN};
 use crate::secrets::random_suffix;
-use crate::store::{StoreError, Stored};
+use crate::store::Stored;
 use crate::support::unix_now;
 
 /// Most users kept.
@@ -121,7 +121,7 @@ impl Accounts {
         if users >= MAX_USERS {
             return Err(AccountError::TooMany("users", MAX_USERS));
         }
-        let mut user = User {
+        let template = User {
             id: String::new(),
             username,
             display_name: new.display_name,
@@ -132,25 +132,20 @@ impl Accounts {
             description: new.description,
             created: unix_now(),
         };
-        // A generated id can be taken (5 characters): another one then.
-        for _ in 0..8 {
-            user.id = format!("u-{}", random_suffix());
-            match self.records.users.create(&user.id, &user) {
-                Ok(_) => {
-                    self.reindex(Reindex::User(user.id.clone()));
-                    tracing::info!(
-                        "user {} ({}) created by {}",
-                        user.id,
-                        user.username,
-                        caller.username
-                    );
-                    return Ok(self.view(user));
-                }
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(StoreError::Conflict(user.id).into())
+        let (id, user) = self.records.users.create_generated(
+            || format!("u-{}", random_suffix()),
+            |id| User {
+                id: id.to_string(),
+                ..template.clone()
+            },
+        )?;
+        self.reindex(Reindex::User(id.clone()));
+        tracing::info!(
+            "user {id} ({}) created by {}",
+            user.username,
+            caller.username
+        );
+        Ok(self.view(user))
     }
 
     /// Changes a user's name, description, `enabled` and `mustChangePassword`. Nobody disables

@@ -542,7 +542,12 @@ impl Clusters {
                     "at most {MAX_CLUSTERS} clusters"
                 )));
             }
-            let id = format!("c-{}", random_suffix());
+            // Five random characters collide now and then among thousands of clusters.
+            let taken = |id: &String| doc.clusters.iter().any(|c| c.id == *id);
+            let id = (0..8)
+                .map(|_| format!("c-{}", random_suffix()))
+                .find(|id| !taken(id))
+                .ok_or_else(|| ClusterError::Invalid("no free cluster id; try again".into()))?;
             let mut cluster = Cluster {
                 name: if name.is_empty() {
                     id.clone()

@@ -83,6 +83,28 @@ impl<T: Serialize + DeserializeOwned> Collection<T> {
         self.write(id, value, None)
     }
 
+    /// Stores a new object under a generated id (`generate`, e.g. `grb-` and five random
+    /// characters, as Rancher's generateName), trying another id when one is taken: among
+    /// thousands of objects, five characters collide now and then. `make` builds the object for
+    /// its id; the id and the object stored are returned.
+    pub fn create_generated(
+        &self,
+        generate: impl Fn() -> String,
+        make: impl Fn(&str) -> T,
+    ) -> Result<(String, T), StoreError> {
+        let mut last = StoreError::Conflict(String::new());
+        for _ in 0..ATTEMPTS {
+            let id = generate();
+            let value = make(&id);
+            match self.create(&id, &value) {
+                Ok(_) => return Ok((id, value)),
+                Err(StoreError::Conflict(taken)) => last = StoreError::Conflict(taken),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
     /// Stores `value` if the stored version is still `expected` (`None`: no object yet).
     pub fn write(
         &self,
@@ -138,6 +160,31 @@ mod tests {
 
     fn things(dir: &DataDir) -> Collection<Vec<u32>> {
         Collection::new(Arc::new(FileBackend::new(dir.clone())), THINGS)
+    }
+
+    /// A generated id that is taken is not an error: the next one is tried; ids that are all
+    /// taken give the conflict after a bounded number of tries.
+    #[test]
+    fn a_taken_generated_id_makes_another() {
+        let tmp = tempfile::tempdir().unwrap();
+        let things = things(&DataDir::open(tmp.path()).unwrap());
+        things.create("x-1", &vec![1]).unwrap();
+        let next = std::cell::Cell::new(0);
+        let generate = || {
+            next.set(next.get() + 1);
+            format!("x-{}", next.get())
+        };
+        let (id, value) = things
+            .create_generated(generate, |id| vec![id.len() as u32])
+            .unwrap();
+        assert_eq!((id.as_str(), value), ("x-2", vec![3]));
+        assert_eq!(
+            things.get("x-1").unwrap().unwrap().value,
+            vec![1],
+            "untouched"
+        );
+        let always = things.create_generated(|| "x-1".to_string(), |_| vec![9]);
+        assert!(matches!(always, Err(StoreError::Conflict(_))), "{always:?}");
     }
 
     /// One file per object (0600 in a 0700 directory); two handles (two processes) see each
