@@ -10,7 +10,8 @@ USERS users (each bound to the `user` global role), TOKENS API keys and one clus
 sends ROUNDS requests of each path on one kept-alive connection and prints the server's CPU per
 request (utime + stime from /proc/<pid>/stat); and it times logins (wall clock: argon2 dominates).
 The last lines are the ratios grown ÷ small: authorization that reads every binding or token per
-request would grow with them. Loopback only.
+request would grow with them. With MEASURE_ONLY=1, on a data directory grown before: measure only
+(after a restart, say). Loopback only.
 """
 
 import http.client
@@ -74,6 +75,9 @@ def measure(label, auth):
 
 admin = {"Authorization": "Bearer " + login("admin", PASSWORD)}
 first = "bench-user-0"
+if os.environ.get("MEASURE_ONLY"):
+    measure("grown", {"Authorization": "Bearer " + login(first, USER_PASSWORD)})
+    sys.exit(0)
 made = post("/v3/users", {"username": first, "password": USER_PASSWORD}, admin)
 post("/v3/globalrolebindings", {"globalRoleId": "user", "userId": made["id"]}, admin)
 cluster = post("/v3/clusters", {"name": "bench-0"}, admin)

@@ -6,48 +6,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::role_templates::RoleTemplateView;
+use super::role_templates::{DownstreamBinding, DownstreamRbac, RoleTemplateView};
 use super::roles::GlobalRoleView;
-use super::state::{self, ClusterRoleTemplateBinding, GlobalRoleBinding};
+use super::state::{ClusterRoleTemplateBinding, GlobalRoleBinding, Reindex};
 use super::{AccountError, Accounts};
 use crate::rbac::{Grants, Request};
-
-/// What changed, for the index to read again.
-#[derive(Debug, Clone)]
-pub(super) enum Reindex {
-    User(String),
-    GlobalBinding(String),
-    ClusterBinding(String),
-    /// A global role (the roles are few: all are read again).
-    Roles,
-    /// A role template (likewise).
-    Templates,
-    /// Many objects at once, or a change too large to follow: the index is read again whole.
-    Everything,
-}
-
-impl Reindex {
-    /// What a changed store path is, if it is one the index follows.
-    pub(super) fn of_path(path: &str) -> Option<Self> {
-        let id = |kind: &crate::store::Kind| kind.id_of(path).map(str::to_string);
-        if let Some(user) = id(&state::USERS) {
-            return Some(Self::User(user));
-        }
-        if let Some(binding) = id(&state::GLOBAL_ROLE_BINDINGS) {
-            return Some(Self::GlobalBinding(binding));
-        }
-        if let Some(binding) = id(&state::CLUSTER_BINDINGS) {
-            return Some(Self::ClusterBinding(binding));
-        }
-        if path.starts_with(state::GLOBAL_ROLES.prefix) {
-            return Some(Self::Roles);
-        }
-        if path.starts_with(state::ROLE_TEMPLATES.prefix) {
-            return Some(Self::Templates);
-        }
-        None
-    }
-}
 
 #[derive(Default)]
 pub(super) struct AccessIndex {
@@ -174,6 +137,45 @@ impl AccessIndex {
                 .insert(id.to_string());
             self.cluster_bindings.insert(id.to_string(), binding);
         }
+    }
+
+    /// What cluster `cluster_id` must hold downstream for its users (see [`DownstreamRbac`]).
+    pub fn downstream(&self, cluster_id: &str) -> Result<DownstreamRbac, AccountError> {
+        let index = self;
+        let mut wanted = DownstreamRbac::default();
+        for binding in index.cluster_bindings_in(cluster_id) {
+            if binding.user_id.is_empty() {
+                continue;
+            }
+            let template = index
+                .templates
+                .iter()
+                .find(|t| t.id == binding.role_template_id);
+            let Some(template) = template else {
+                continue;
+            };
+            if !template.external && !wanted.roles.iter().any(|(name, _)| *name == template.id) {
+                let rules = Accounts::template_rules(&index.templates, &template.id)?;
+                wanted.roles.push((template.id.clone(), rules));
+            }
+            let name = binding
+                .id
+                .split_once(':')
+                .map_or(binding.id.as_str(), |(_, n)| n);
+            wanted.bindings.push(DownstreamBinding {
+                name: name.to_string(),
+                user: binding.user_id.clone(),
+                role: template.id.clone(),
+            });
+        }
+        for admin in &index.admins {
+            wanted.bindings.push(DownstreamBinding {
+                name: format!("globaladmin-{admin}"),
+                user: admin.clone(),
+                role: "cluster-admin".into(),
+            });
+        }
+        Ok(wanted)
     }
 
     /// Whether `user` is bound to a role that grants everything, from its bindings now.

@@ -47,9 +47,8 @@ pub use crate::pki::{ServerUrl, ServerUrlError};
 use crate::secrets::{self, hash_password, random_suffix, random_token};
 use crate::store::{Backend, Changes, StoreError};
 use crate::support::unix_now;
-use index::Reindex;
 use password_gate::{Busy, PasswordGate};
-use state::{ACCOUNTS, Records, User};
+use state::{ACCOUNTS, Records, Reindex, User};
 
 /// Most tokens kept (sessions, kubeconfig tokens, API keys of every user); the oldest go first.
 const MAX_TOKENS: usize = 100_000;
@@ -300,19 +299,6 @@ pub struct Accounts {
     token_index: std::sync::Mutex<Option<tokens::TokenIndex>>,
 }
 
-/// Whether a store path holds what decides who may do what.
-fn decides_access(path: &str) -> bool {
-    [
-        state::GLOBAL_ROLES.prefix,
-        state::GLOBAL_ROLE_BINDINGS.prefix,
-        state::ROLE_TEMPLATES.prefix,
-        state::CLUSTER_BINDINGS.prefix,
-        state::USERS.prefix,
-    ]
-    .iter()
-    .any(|prefix| path.starts_with(prefix))
-}
-
 /// The token sweep's bookkeeping.
 struct Sweep {
     last: Option<tokio::time::Instant>,
@@ -381,12 +367,15 @@ impl Accounts {
             |path| path == ACCOUNTS.path,
             |accounts, _| accounts.pin_to_stored_server_url(),
         );
-        self.follow(decides_access, |accounts, path| {
-            accounts.reindex(
-                path.and_then(Reindex::of_path)
-                    .unwrap_or(Reindex::Everything),
-            )
-        });
+        self.follow(
+            |path| Reindex::of_path(path).is_some(),
+            |accounts, path| {
+                accounts.reindex(
+                    path.and_then(Reindex::of_path)
+                        .unwrap_or(Reindex::Everything),
+                )
+            },
+        );
         self.follow(
             |path| path.starts_with(state::TOKENS.prefix),
             |accounts, path| match path.and_then(|p| state::TOKENS.id_of(p)) {

@@ -9,8 +9,7 @@
 
 use std::collections::HashMap;
 
-use super::index::Reindex;
-use super::state::{ClusterRoleTemplateBinding, StoredRoleTemplate};
+use super::state::{ClusterRoleTemplateBinding, Reindex, StoredRoleTemplate};
 use super::{AccountError, Accounts, Caller};
 use crate::rbac::{Grants, MANAGEMENT, PolicyRule, Request};
 use crate::secrets::random_suffix;
@@ -429,7 +428,7 @@ impl Accounts {
     }
 
     /// The rules of `id` and of every template it inherits, each once.
-    fn template_rules(
+    pub(super) fn template_rules(
         templates: &[RoleTemplateView],
         id: &str,
     ) -> Result<Vec<PolicyRule>, AccountError> {
@@ -807,47 +806,7 @@ impl Accounts {
 
     /// What cluster `cluster_id` must hold downstream for its users (see [`DownstreamRbac`]).
     pub fn downstream_rbac(&self, cluster_id: &str) -> Result<DownstreamRbac, AccountError> {
-        self.with_index(|index| Self::downstream_of(index, cluster_id))?
-    }
-
-    fn downstream_of(
-        index: &super::index::AccessIndex,
-        cluster_id: &str,
-    ) -> Result<DownstreamRbac, AccountError> {
-        let mut wanted = DownstreamRbac::default();
-        for binding in index.cluster_bindings_in(cluster_id) {
-            if binding.user_id.is_empty() {
-                continue;
-            }
-            let template = index
-                .templates
-                .iter()
-                .find(|t| t.id == binding.role_template_id);
-            let Some(template) = template else {
-                continue;
-            };
-            if !template.external && !wanted.roles.iter().any(|(name, _)| *name == template.id) {
-                let rules = Self::template_rules(&index.templates, &template.id)?;
-                wanted.roles.push((template.id.clone(), rules));
-            }
-            let name = binding
-                .id
-                .split_once(':')
-                .map_or(binding.id.as_str(), |(_, n)| n);
-            wanted.bindings.push(DownstreamBinding {
-                name: name.to_string(),
-                user: binding.user_id.clone(),
-                role: template.id.clone(),
-            });
-        }
-        for admin in &index.admins {
-            wanted.bindings.push(DownstreamBinding {
-                name: format!("globaladmin-{admin}"),
-                user: admin.clone(),
-                role: "cluster-admin".into(),
-            });
-        }
-        Ok(wanted)
+        self.with_index(|index| index.downstream(cluster_id))?
     }
 
     /// Whether `user_id` may do `request`: by its global rules, or by what it is bound to in

@@ -6,8 +6,7 @@
 //! Builtin roles live in the code, so an upgrade brings their rules up to date; the store keeps
 //! only what may change of them (`newUserDefault`), and custom roles and bindings, one key each.
 
-use super::index::Reindex;
-use super::state::{GlobalRoleBinding, StoredRole};
+use super::state::{GlobalRoleBinding, Reindex, StoredRole};
 use super::{AccountError, Accounts, Caller};
 use crate::rbac::{Grants, MANAGEMENT, PolicyRule, Request};
 use crate::secrets::random_suffix;

@@ -51,6 +51,43 @@ pub const CLUSTER_BINDINGS: Kind = Kind {
     secret: false,
 };
 
+/// What changed, for the index to read again.
+#[derive(Debug, Clone)]
+pub(super) enum Reindex {
+    User(String),
+    GlobalBinding(String),
+    ClusterBinding(String),
+    /// A global role (the roles are few: all are read again).
+    Roles,
+    /// A role template (likewise).
+    Templates,
+    /// Many objects at once, or a change too large to follow: the index is read again whole.
+    Everything,
+}
+
+impl Reindex {
+    /// What a changed store path is, if it is one the index follows.
+    pub(super) fn of_path(path: &str) -> Option<Self> {
+        let id = |kind: &Kind| kind.id_of(path).map(str::to_string);
+        if let Some(user) = id(&USERS) {
+            return Some(Self::User(user));
+        }
+        if let Some(binding) = id(&GLOBAL_ROLE_BINDINGS) {
+            return Some(Self::GlobalBinding(binding));
+        }
+        if let Some(binding) = id(&CLUSTER_BINDINGS) {
+            return Some(Self::ClusterBinding(binding));
+        }
+        if path.starts_with(GLOBAL_ROLES.prefix) {
+            return Some(Self::Roles);
+        }
+        if path.starts_with(ROLE_TEMPLATES.prefix) {
+            return Some(Self::Templates);
+        }
+        None
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct User {

@@ -3,9 +3,8 @@
 //! admin (`shared/spec/norman-api.md` §6). A new password ends every session opened with the old
 //! one, but the caller's own.
 
-use super::index::Reindex;
 use super::settings::PASSWORD_MIN;
-use super::state::User;
+use super::state::{Reindex, User};
 use super::{AccountError, Accounts, Caller, FIRST_LOGIN};
 use crate::secrets::random_suffix;
 use crate::store::Stored;

@@ -204,12 +204,23 @@ impl TypeHandler for Clusters {
     async fn list(&self, call: &Call<'_>) -> Result<Vec<Resource>, ApiError> {
         let state = call.state;
         let image = agent_image(state);
-        Ok(state
-            .clusters
-            .list()
-            .iter()
-            .map(|c| cluster_resource(state, c, &image))
-            .collect())
+        // A caller that may not see every cluster sees those it is bound in: only those are
+        // rendered (rendering is what a cluster costs; the dispatcher filters them again).
+        let everyone = call.caller.is_none() || call.may("get", "clusters", None)?;
+        let bound: std::collections::HashSet<&str> = match everyone {
+            true => Default::default(),
+            false => call.cluster_grants()?.clusters().collect(),
+        };
+        let mut visible = Vec::new();
+        for cluster in state.clusters.list() {
+            let seen = everyone
+                || bound.contains(cluster.id.as_str())
+                || call.may("get", "clusters", Some(&cluster.id))?;
+            if seen {
+                visible.push(cluster_resource(state, &cluster, &image));
+            }
+        }
+        Ok(visible)
     }
 
     async fn get(&self, call: &Call<'_>, id: &str) -> Result<Resource, ApiError> {

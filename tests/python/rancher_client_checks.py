@@ -224,6 +224,15 @@ def users():
     assert changed.name == "User" and changed.newUserDefault is False, changed
     c.update(changed, newUserDefault=True)
     assert "admin" in [r.id for r in c.list_global_role().data]
+    unchanged = c.update(grb, globalRoleId="admin")
+    assert unchanged.globalRoleId == "user", "a binding's references do not change"
+    custom = c.create_global_role(name="Settings readers", newUserDefault=False,
+                                  rules=[{"apiGroups": ["management.cattle.io"],
+                                          "resources": ["settings"], "verbs": ["get", "list"]}])
+    assert custom.id.startswith("gr-") and custom.builtin is False, custom
+    assert has_link(custom, "remove"), custom.links
+    api_error(lambda: c.create_global_role(name="x"), 422, "MissingRequired")
+    c.delete(custom)
     ok("global roles and bindings")
 
     owned = c.create_cluster(name="py-owned")
@@ -265,6 +274,17 @@ def users():
                "can not update setting ")
     assert a.list_auth_config().data == [], "standard users see no auth configs"
     assert len(a.list_feature().data) > 0
+    principals = a.list_principal().data
+    assert [(p.id, p.me, p.loginName) for p in principals] == \
+        [("local://" + alice.id, True, "alice")], principals
+    found = a.action(a.list_principal(), "search", name="adm")
+    assert [p.loginName for p in found.data] == ["admin"], found
+    message_of(lambda: a.create_global_role(name="mine", newUserDefault=False), 403,
+               "PermissionDenied", "can not create globalRole ")
+    message_of(lambda: a.action(a.list_user(), "changepassword",
+                                currentPassword="alice-password-1",
+                                newPassword="short"), 422, "InvalidBodyContent",
+               "Password must be at least 12 characters")
     ok("a standard user's view")
 
     seen = sorted(cl.id for cl in a.list_cluster().data)
@@ -290,8 +310,17 @@ def users():
     disabled = c.update(c.by_id_user(alice.id), enabled=False)
     assert disabled.enabled is False and disabled.state == "inactive", disabled
     must_authenticate(lambda: a.list_cluster())
+    message_of(lambda: login("alice", "alice-password-1"), 403, "PermissionDenied",
+               "Permission Denied")
     c.update(disabled, enabled=True)
     assert len(a.list_cluster().data) == 3, "enabled again, the same token works"
+    reset = c.action(c.by_id_user(alice.id), "setpassword", newPassword="alice-password-2")
+    assert reset.type == "user" and reset.mustChangePassword is False, reset
+    must_authenticate(lambda: a.list_cluster())
+    a = login("alice", "alice-password-2")
+    herself = a.by_id_user(alice.id)
+    assert not has_link(herself, "update"), herself
+    assert "actions" not in herself.__dict__ or "setpassword" not in herself.actions.__dict__
     c.delete(c.by_id_user(alice.id))
     must_authenticate(lambda: a.list_cluster())
     assert c.list_global_role_binding(userId=alice.id).data == [], "its bindings went too"
