@@ -28,6 +28,9 @@ const RBAC: &str = "/apis/rbac.authorization.k8s.io/v1";
 const CREATOR: (&str, &str) = ("cattle.io/creator", "norman");
 /// The largest answer read from the cluster.
 const MAX_ANSWER: usize = 4 << 20;
+/// Stale bindings deleted in one telling, at most: a cluster that lists many more (an agent gone
+/// wrong) costs a bounded number of requests; the rest go at the next telling.
+const MAX_STALE: usize = 1_000;
 /// Clusters remembered; past it the memory starts over (each is then told again once).
 const REMEMBERED: usize = 200_000;
 /// How long a cluster that could not be told is left alone before the next try.
@@ -132,11 +135,13 @@ async fn tell(
         .flatten()
         .filter_map(|item| item["metadata"]["name"].as_str().map(str::to_string))
         .collect();
-    for name in &present {
-        if !wanted.bindings.iter().any(|b| b.name == *name) {
-            let path = format!("{RBAC}/clusterrolebindings/{name}");
-            send(state, cluster_id, Method::DELETE, &path, None).await?;
-        }
+    let stale = present
+        .iter()
+        .filter(|name| !wanted.bindings.iter().any(|b| b.name == **name))
+        .take(MAX_STALE);
+    for name in stale {
+        let path = format!("{RBAC}/clusterrolebindings/{name}");
+        send(state, cluster_id, Method::DELETE, &path, None).await?;
     }
     for binding in &wanted.bindings {
         let object = json!({
