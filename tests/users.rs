@@ -31,6 +31,9 @@ async fn a_standard_user_sees_and_may_do_what_its_roles_grant() {
     );
 }
 
+/// The second user's name in the kubectl test.
+const ALICE: &str = "alice-jürgen\u{7}";
+
 /// Creates a cluster through the API as `auth`; its id and a registration token.
 async fn new_cluster(lab: &Lab, auth: &str, name: &str) -> (String, String) {
     let body = json!({ "name": name }).to_string();
@@ -107,7 +110,9 @@ async fn kubectl_meets_each_clusters_rbac_as_the_user() {
         &lab,
         &admin,
         "/v3/users",
-        json!({"username": "alice", "password": "alice-password-1"}),
+        // The name travels to the cluster in a header (Impersonate-Extra-username): not ASCII, and
+        // with a control character no header may hold.
+        json!({"username": ALICE, "password": "alice-password-1"}),
         201,
     )
     .await;
@@ -131,7 +136,7 @@ async fn kubectl_meets_each_clusters_rbac_as_the_user() {
         )
         .await;
     }
-    let session = login(lab.addr, "alice", "alice-password-1").await;
+    let session = login(lab.addr, ALICE, "alice-password-1").await;
     assert_eq!(session.status, 201, "{}", session.body);
     let alice_auth = format!(
         "Authorization: Bearer {}",

@@ -432,12 +432,25 @@ fn outgoing_request(
         for (key, value) in &who.extras {
             let name =
                 axum::http::HeaderName::from_bytes(format!("impersonate-extra-{key}").as_bytes())?;
-            headers.append(name, HeaderValue::from_str(value)?);
+            headers.append(name, header_value(value)?);
         }
     }
     let host = HeaderValue::from_str(upstream.host)?;
     headers.insert(header::HOST, host);
     Ok(Request::from_parts(parts, body))
+}
+
+/// A header value from any text: UTF-8 goes as it is (Go's server writes a username so), control
+/// characters, which no header may hold, and `%` percent-encoded.
+fn header_value(text: &str) -> Result<HeaderValue, axum::http::header::InvalidHeaderValue> {
+    let mut safe = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\u{0}'..='\u{1f}' | '\u{7f}' | '%' => safe.push_str(&format!("%{:02X}", c as u32)),
+            c => safe.push(c),
+        }
+    }
+    HeaderValue::from_bytes(safe.as_bytes())
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -511,6 +524,19 @@ fn error(status: StatusCode, text: &str) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_username_makes_a_header_value() {
+        for (name, sent) in [
+            ("alice", "alice"),
+            ("jürgen", "jürgen"),
+            ("a\r\nX-Evil: 1", "a%0D%0AX-Evil: 1"),
+            ("100%", "100%25"),
+        ] {
+            let value = header_value(name).unwrap();
+            assert_eq!(value.as_bytes(), sent.as_bytes(), "{name:?}");
+        }
+    }
 
     #[test]
     fn hop_by_hop_and_identity_headers_stay_with_the_caller() {

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use serde_json::{Map, Value, json};
 
 use super::{AppState, ConnInfo, HEADER_READ_TIMEOUT, MAX_API_BODY};
-use crate::accounts::{Caller, ClusterGrants};
+use crate::accounts::{AccountError, Accounts, Caller, ClusterGrants};
 use crate::api::collection::{CollectionContext, collection};
 use crate::api::error::MUST_AUTHENTICATE;
 use crate::api::input::{Op, admit, parse_object};
@@ -47,18 +47,7 @@ pub struct Call<'a> {
 impl Call<'_> {
     /// The caller's global rules (none for a caller-less public read).
     pub fn grants(&self) -> Result<&Grants, ApiError> {
-        if let Some(grants) = self.grants.get() {
-            return Ok(grants);
-        }
-        let grants = match self.caller {
-            Some(caller) => self
-                .state
-                .accounts
-                .grants(&caller.user_id)
-                .map_err(|e| super::account_error(&e))?,
-            None => Grants::default(),
-        };
-        Ok(self.grants.get_or_init(|| grants))
+        self.read_once(&self.grants, |accounts, user| accounts.grants(user))
     }
 
     /// Whether the caller's global rules allow `verb` on management `resource` (object `name`).
@@ -70,18 +59,27 @@ impl Call<'_> {
 
     /// What the caller is bound to, per cluster.
     pub fn cluster_grants(&self) -> Result<&ClusterGrants, ApiError> {
-        if let Some(grants) = self.cluster_grants.get() {
-            return Ok(grants);
+        self.read_once(&self.cluster_grants, |accounts, user| {
+            accounts.cluster_grants(user)
+        })
+    }
+
+    /// What `read` says of the caller, read once per request (the default for no caller).
+    fn read_once<'c, T: Default>(
+        &self,
+        cell: &'c std::sync::OnceLock<T>,
+        read: impl FnOnce(&Accounts, &str) -> Result<T, AccountError>,
+    ) -> Result<&'c T, ApiError> {
+        if let Some(value) = cell.get() {
+            return Ok(value);
         }
-        let grants = match self.caller {
-            Some(caller) => self
-                .state
-                .accounts
-                .cluster_grants(&caller.user_id)
-                .map_err(|e| super::account_error(&e))?,
-            None => ClusterGrants::default(),
+        let value = match self.caller {
+            Some(caller) => {
+                read(&self.state.accounts, &caller.user_id).map_err(|e| super::account_error(&e))?
+            }
+            None => T::default(),
         };
-        Ok(self.cluster_grants.get_or_init(|| grants))
+        Ok(cell.get_or_init(|| value))
     }
 
     /// Whether the caller may `verb` on management `resource` (object `name`) in `cluster`: by
