@@ -119,6 +119,31 @@ pub enum StartError {
     NoEtcd(String),
 }
 
+/// How often a CA near its end is mentioned in the log again.
+const CA_EXPIRY_CHECK: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Publishes when the CA expires (`corral_ca_expiry_timestamp_seconds`) and warns in the log, at
+/// start and then daily, once it is within 30 days of its end or past it.
+fn watch_ca_expiry(ca: Arc<CertificateAuthority>) {
+    crate::metrics::metrics()
+        .ca_expiry
+        .set(ca.not_after().unix_timestamp());
+    let warn = move || {
+        if let Some(warning) = ca.expiry_warning(time::OffsetDateTime::now_utc()) {
+            tracing::warn!("{warning}");
+        }
+    };
+    warn();
+    tokio::spawn(async move {
+        let mut daily = tokio::time::interval(CA_EXPIRY_CHECK);
+        daily.tick().await;
+        loop {
+            daily.tick().await;
+            warn();
+        }
+    });
+}
+
 /// Loads or creates all state and starts every listener. Errors are fatal start-up errors.
 pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     let dir = DataDir::open(&config.data_dir).map_err(|source| StartError::DataDir {
@@ -133,6 +158,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     let verb = if created { "Created" } else { "Loaded" };
     tracing::info!("{verb} CA {} from {}", ca.subject(), dir.root().display());
     let ca = Arc::new(ca);
+    watch_ca_expiry(ca.clone());
     let setting = cacerts_setting(&config.tls.cacerts, &ca)?;
     let checksum = ca_checksum(&setting.value);
     if checksum.is_empty() {
@@ -143,7 +169,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
 
     // Peers prove themselves replicas by a certificate from this CA (or the distributed bundle).
     let peer_roots = format!("{}\n{}", ca.cacerts(), setting.value);
-    let factory = LeafFactory::new(store.as_ref(), ca, config.cert_expiration_days)?;
+    let factory = LeafFactory::new(store.as_ref(), ca.clone(), config.cert_expiration_days)?;
     let certs = Arc::new(CertService::new(config, store.clone(), &dir, factory)?);
     certs.start_background();
     if let Some(chain) = certs.files_chain()
@@ -217,6 +243,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         https_port,
         access_log: config.access_log,
         downstream: Default::default(),
+        signing_ca: ca,
     }))
     .with_shutdown(shutdown.clone());
     let tls = match config.tls.termination {

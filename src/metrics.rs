@@ -32,6 +32,9 @@ pub struct Metrics {
     /// Password hashes checked (argon2 runs for logins and password changes, unknown users' dummy
     /// checks included): what login backoff bounds.
     pub password_checks: IntCounter,
+    /// When the CA that signs corral's certificates expires (unix seconds); alert on it nearing
+    /// `time()`, as on cert-manager's `certmanager_certificate_expiration_timestamp_seconds`.
+    pub ca_expiry: IntGauge,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -86,6 +89,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "corral_password_checks_total",
             "Password hashes checked (logins, password changes)",
         )?,
+        ca_expiry: IntGauge::new(
+            "corral_ca_expiry_timestamp_seconds",
+            "When the CA that signs corral's certificates expires (unix seconds)",
+        )?,
         registry,
     };
     let r = &metrics.registry;
@@ -97,6 +104,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     r.register(Box::new(metrics.tunnel_streams.clone()))?;
     r.register(Box::new(metrics.tunnel_buffered.clone()))?;
     r.register(Box::new(metrics.password_checks.clone()))?;
+    r.register(Box::new(metrics.ca_expiry.clone()))?;
     r.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ))?;

@@ -829,3 +829,72 @@ async fn connections_past_the_cap_wait_until_one_closes() {
         .unwrap();
     assert_eq!(response.body, "pong");
 }
+
+/// A CA within 30 days of its end: the log says so at start, `/metrics` says when it ends, the
+/// status page carries the warning; a fresh CA (ten years) warns of nothing.
+#[tokio::test]
+async fn a_ca_near_its_end_is_announced_in_the_log_metrics_and_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "5", "-subj", "/O=the-ranch/CN=cattle-ca"])
+        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+        .args([
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("ca.key"))
+        .arg("-out")
+        .arg(dir.join("ca.crt"))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let corral = Corral::start_in(&dir, &[], &[]).expect("corral starts");
+    let addr = corral.https("127.0.0.1");
+    let status: serde_json::Value =
+        serde_json::from_str(&get(addr, None, None, "/corral/status").await.body).unwrap();
+    let warning = status["caWarning"].as_str().unwrap_or_default().to_string();
+    // Five days from the second openssl ran: 4 whole days left, or 5 within that second.
+    assert!(
+        warning.contains("the CA (CN=cattle-ca,O=the-ranch) expires on")
+            && (warning.contains("in 4 day(s)") || warning.contains("in 5 day(s)")),
+        "{status}"
+    );
+    assert!(
+        corral.logs().iter().any(|l| l.contains(&warning)),
+        "{:?}",
+        corral.logs()
+    );
+    let metrics = get(addr, None, None, "/metrics").await.body;
+    let expiry: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("corral_ca_expiry_timestamp_seconds "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as i64)
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let left = expiry - time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!((4 * 86_400..=5 * 86_400).contains(&left), "{expiry}");
+
+    let fresh = Corral::start(&[]);
+    let status: serde_json::Value = serde_json::from_str(
+        &get(fresh.https("127.0.0.1"), None, None, "/corral/status")
+            .await
+            .body,
+    )
+    .unwrap();
+    assert!(status["caWarning"].is_null(), "{status}");
+    assert!(
+        status["caExpires"].as_str().unwrap().starts_with("20"),
+        "{status}"
+    );
+}

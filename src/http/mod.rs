@@ -84,6 +84,8 @@ pub struct AppState {
     pub access_log: bool,
     /// What each downstream cluster was told of its users.
     pub downstream: downstream_rbac::DownstreamSync,
+    /// The CA that signs corral's certificates (the status page says when it expires).
+    pub signing_ca: Arc<crate::pki::CertificateAuthority>,
 }
 
 /// How many tunnels (agents' and peers') this server holds.

@@ -42,6 +42,13 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Response<Body> {
         "pinned": !server_url.is_empty(),
         "caChecksum": state.checksum,
         "certificate": summarize(&state.certs.current_leaf()),
+        "caExpires": state
+            .signing_ca
+            .not_after()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        // Set within 30 days of the CA's end and past it.
+        "caWarning": state.signing_ca.expiry_warning(time::OffsetDateTime::now_utc()),
     });
     json_response(StatusCode::OK, &body)
 }

@@ -117,8 +117,12 @@ pub struct CertificateAuthority {
     pem: String,
     issuer: Issuer<'static, KeyPair>,
     not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
     subject: String,
 }
+
+/// How long before its end the CA is said to be near it (log, status page).
+pub const CA_WARN_BEFORE: time::Duration = time::Duration::days(30);
 
 impl fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -286,6 +290,7 @@ impl CertificateAuthority {
             pem,
             issuer,
             not_before: d.not_before,
+            not_after: d.not_after,
             subject: d.subject,
         }
     }
@@ -307,6 +312,33 @@ impl CertificateAuthority {
         self.not_before
     }
 
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
+    /// What to tell the admin when the CA is within [`CA_WARN_BEFORE`] of its end or past it
+    /// (`None` otherwise): every certificate it signed stops verifying then.
+    pub fn expiry_warning(&self, now: OffsetDateTime) -> Option<String> {
+        let date = self
+            .not_after
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let left = self.not_after - now;
+        if left <= time::Duration::ZERO {
+            return Some(format!(
+                "the CA ({}) expired on {date}: clients and agents that verify this server against it refuse its certificates",
+                self.subject
+            ));
+        }
+        (left < CA_WARN_BEFORE).then(|| {
+            format!(
+                "the CA ({}) expires on {date}, in {} day(s): every certificate it signed stops verifying then, and agents refuse to connect; replace it before (a new CA changes the CA checksum agents verify)",
+                self.subject,
+                left.whole_days()
+            )
+        })
+    }
+
     /// The subject as Go prints it, e.g. `CN=cattle-ca,O=the-ranch`.
     pub fn subject(&self) -> &str {
         &self.subject
@@ -316,6 +348,7 @@ impl CertificateAuthority {
 /// What `load` checks in a stored CA certificate, and keeps.
 struct Details {
     not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
     subject: String,
 }
 
@@ -327,10 +360,12 @@ fn inspect(der: &CertificateDer<'_>, key: &KeyPair) -> Result<Details, Unusable>
     if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
         return Err(Unusable::KeyMismatch);
     }
-    let not_before = OffsetDateTime::from_unix_timestamp(cert.validity().not_before.timestamp())
-        .map_err(Unusable::Date)?;
+    let date = |t: x509_parser::time::ASN1Time| {
+        OffsetDateTime::from_unix_timestamp(t.timestamp()).map_err(Unusable::Date)
+    };
     Ok(Details {
-        not_before,
+        not_before: date(cert.validity().not_before)?,
+        not_after: date(cert.validity().not_after)?,
         subject: go_style_name(cert.subject()),
     })
 }
