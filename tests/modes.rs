@@ -496,3 +496,104 @@ async fn acme_obtains_a_certificate_from_pebble(challenge: &str) {
     assert_eq!(again.leaf(), &leaf);
     assert!(!corral.logged("ACME: obtained"), "no new order");
 }
+
+/// `--hostname-certificate cert-manager`: the HA certificate as cert-manager issues it for
+/// `tls-rancher-ingress` — 90 days, a key of its own (not the shared leaf key) — and a restart
+/// serves the stored one rather than issuing another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hostname_certificate_can_be_cert_managers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let args = [
+        "--hostname",
+        "rancher.lab.test",
+        "--hostname-certificate",
+        "cert-manager",
+    ];
+    let leaf_of = |corral: &Corral| {
+        let addr = corral.https("127.0.0.1");
+        async move {
+            tls_connect(addr, Some("rancher.lab.test"), None)
+                .await
+                .unwrap()
+                .leaf()
+                .to_vec()
+        }
+    };
+    let corral = Corral::start_in(&dir, &args, &[]).expect("corral starts");
+    let first = leaf_of(&corral).await;
+    let (_, cert) = x509_parser::parse_x509_certificate(&first).unwrap();
+    let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+    assert!(
+        (90 * 86_400..=90 * 86_400 + 3_600).contains(&lifetime),
+        "{lifetime} s"
+    );
+    let secret: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("tls-rancher-ingress.json")).unwrap(),
+    )
+    .unwrap();
+    let shared_key = std::fs::read_to_string(dir.join("leaf.key")).unwrap();
+    let own_key = secret["tls.key"].as_str().unwrap();
+    assert!(own_key.contains("PRIVATE KEY") && own_key.trim() != shared_key.trim());
+    drop(corral);
+
+    let again = Corral::start_in(&dir, &args, &[]).expect("corral starts again");
+    assert_eq!(
+        leaf_of(&again).await,
+        first,
+        "the stored certificate, not a new one"
+    );
+    drop(again);
+    // One that ends in 20 days is inside cert-manager's 30-day window: renewed. One that ends in 40
+    // days is not.
+    for (days, renewed) in [(40, false), (20, true)] {
+        let secret = own_key_secret(&dir, "rancher.lab.test", days);
+        std::fs::write(dir.join("tls-rancher-ingress.json"), &secret).unwrap();
+        let corral = Corral::start_in(&dir, &args, &[]).expect("corral starts");
+        let served = leaf_of(&corral).await;
+        let (_, cert) = x509_parser::parse_x509_certificate(&served).unwrap();
+        let left = cert.validity().not_after.timestamp()
+            - time::OffsetDateTime::now_utc().unix_timestamp();
+        if renewed {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !corral.logged("renewed the certificate for rancher.lab.test") {
+                assert!(Instant::now() < deadline, "not renewed within 20 s");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        } else {
+            assert!(left > 39 * 86_400, "the stored one is served: {left} s");
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            assert!(
+                !corral.logged("renewed the certificate"),
+                "renewed too early"
+            );
+        }
+    }
+    // The chart's certificate (the default) replaces it: the shared leaf key, 365 days.
+    let rancher = Corral::start_in(&dir, &["--hostname", "rancher.lab.test"], &[]).unwrap();
+    let replaced = leaf_of(&rancher).await;
+    let (_, cert) = x509_parser::parse_x509_certificate(&replaced).unwrap();
+    let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+    assert!(lifetime >= 365 * 86_400, "{lifetime} s");
+}
+
+/// A `tls-rancher-ingress` secret for `hostname` as cert-manager leaves it: signed by the data
+/// directory's CA for a key of its own, ending in `days`.
+fn own_key_secret(dir: &Path, hostname: &str, days: i64) -> String {
+    let ca_pem = std::fs::read_to_string(dir.join("ca.crt")).unwrap();
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key")).unwrap()).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![hostname.to_string()]).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(days);
+    let leaf = params.signed_by(&key, &issuer).unwrap();
+    serde_json::json!({
+        "tls.crt": leaf.pem(),
+        "tls.key": key.serialize_pem(),
+        "ca.crt": ca_pem,
+    })
+    .to_string()
+}

@@ -12,14 +12,15 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
-use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
 use super::CertError;
 use super::minter::Minter;
 use super::source::CertSource;
 use super::template::Served;
+use crate::config::HostnameCertificate;
 use crate::pki::ca::pem_encode_certificate;
 use crate::pki::{MintedLeaf, SubjectName};
 use crate::store::{Backend, Changes, Key, Leadership, StoreError, Version};
@@ -46,8 +47,14 @@ struct IngressSecret {
     ca_crt: String,
 }
 
+/// cert-manager's defaults for a Certificate: 90 days, renewed 30 days before its end.
+const CERT_MANAGER_LIFETIME: time::Duration = time::Duration::days(90);
+const CERT_MANAGER_RENEW_BEFORE: i64 = 30 * 86_400;
+
 pub struct Ingress {
     hostname: SubjectName,
+    /// How the certificate is made and renewed.
+    profile: HostnameCertificate,
     served: ArcSwap<Served>,
     /// The stored version `served` came from (`None`: not stored, e.g. the store was away).
     version: std::sync::Mutex<Option<Version>>,
@@ -71,6 +78,7 @@ impl Ingress {
     /// once, the first to store wins and the others serve its certificate).
     pub fn open(
         hostname: SubjectName,
+        profile: HostnameCertificate,
         store: Arc<dyn Backend>,
         minter: Arc<Minter>,
         replica: &str,
@@ -78,6 +86,7 @@ impl Ingress {
         let leadership = store.campaign(RENEWER, replica, RENEWER_TTL)?;
         let ingress = Self {
             hostname,
+            profile,
             served: ArcSwap::new(minter.fallback()),
             version: std::sync::Mutex::new(None),
             store,
@@ -112,20 +121,34 @@ impl Ingress {
         }
     }
 
-    /// A stored secret, if its certificate is ours to serve: our CA and key, exactly the hostname.
+    /// A stored secret, if its certificate is ours to serve: our CA, exactly the hostname, and the
+    /// profile's key (the shared leaf key; for cert-manager's, the secret's own, which must not be
+    /// the shared one). A certificate of the other profile is replaced.
     fn parse(&self, bytes: &[u8]) -> Option<Arc<Served>> {
         let secret: IngressSecret = serde_json::from_slice(bytes).ok()?;
         let der = CertificateDer::from_pem_slice(secret.tls_crt.as_bytes()).ok()?;
-        let not_after = self.minter.factory().issued_here(&der)?;
         let names = crate::pki::inspect::summarize(&der)?.sans;
         if names != [format!("DNS:{}", self.hostname.as_text())] {
             return None;
         }
-        let served = self
-            .minter
-            .template()
-            .serve(MintedLeaf { der, not_after })
-            .ok()?;
+        let factory = self.minter.factory();
+        let template = self.minter.template();
+        let served = match self.profile {
+            HostnameCertificate::Rancher => {
+                let not_after = factory.issued_here(&der)?;
+                template.serve(MintedLeaf { der, not_after }).ok()?
+            }
+            HostnameCertificate::CertManager => {
+                let not_after = factory.issued_by_ca(&der)?;
+                if factory.issued_here(&der).is_some() {
+                    return None;
+                }
+                let key = PrivateKeyDer::from_pem_slice(secret.tls_key.as_bytes()).ok()?;
+                template
+                    .serve_with_key(MintedLeaf { der, not_after }, key)
+                    .ok()?
+            }
+        };
         Some(Arc::new(served))
     }
 
@@ -137,11 +160,21 @@ impl Ingress {
     /// Issues a certificate for the hostname and stores it if the stored version is still
     /// `expected`; serves it once stored.
     fn issue(&self, expected: Option<Version>) -> Result<(), CertError> {
-        let served = self.minter.mint(std::slice::from_ref(&self.hostname))?;
-        let ca = pem_encode_certificate(self.minter.factory().ca().der());
+        let names = std::slice::from_ref(&self.hostname);
+        let factory = self.minter.factory();
+        let (served, key_pem) = match self.profile {
+            HostnameCertificate::Rancher => (self.minter.mint(names)?, factory.key_pem()),
+            HostnameCertificate::CertManager => {
+                let (leaf, key) = factory.mint_with_own_key(names, CERT_MANAGER_LIFETIME)?;
+                let der = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+                let served = self.minter.template().serve_with_key(leaf, der)?;
+                (Arc::new(served), key.serialize_pem())
+            }
+        };
+        let ca = pem_encode_certificate(factory.ca().der());
         let secret = IngressSecret {
             tls_crt: format!("{}\n{ca}\n", pem_encode_certificate(served.leaf())),
-            tls_key: self.minter.factory().key_pem(),
+            tls_key: key_pem,
             ca_crt: format!("{ca}\n"),
         };
         let bytes = serde_json::to_vec(&secret).expect("a secret serializes");
@@ -168,7 +201,14 @@ impl Ingress {
         if !self.leadership.as_ref().is_none_or(Leadership::is_leader) {
             return;
         }
-        if !self.minter.expiring(&self.served.load()) {
+        let due = match self.profile {
+            HostnameCertificate::Rancher => self.minter.expiring(&self.served.load()),
+            HostnameCertificate::CertManager => self
+                .served
+                .load()
+                .expires_within(crate::support::unix_now(), CERT_MANAGER_RENEW_BEFORE),
+        };
+        if !due {
             return;
         }
         let expected = *crate::support::lock(&self.version);

@@ -107,6 +107,7 @@ impl CertService {
                 let replica = crate::secrets::random_suffix();
                 Arc::new(ingress::Ingress::open(
                     hostname,
+                    config.hostname_certificate,
                     store,
                     minter.clone(),
                     &replica,

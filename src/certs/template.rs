@@ -104,8 +104,33 @@ impl ConfigTemplate {
 
     /// Wraps a minted leaf into a servable certificate.
     pub fn serve(&self, leaf: MintedLeaf) -> Result<Served, rustls::Error> {
+        self.serve_signed(leaf, self.key.clone())
+    }
+
+    /// Wraps a leaf of a key of its own (`--hostname-certificate cert-manager`) into a servable
+    /// certificate; the key must be the leaf's.
+    pub fn serve_with_key(
+        &self,
+        leaf: MintedLeaf,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Served, rustls::Error> {
+        let key = self
+            .template
+            .crypto_provider()
+            .key_provider
+            .load_private_key(key)?;
+        let served = self.serve_signed(leaf, key)?;
+        served.certified.keys_match()?;
+        Ok(served)
+    }
+
+    fn serve_signed(
+        &self,
+        leaf: MintedLeaf,
+        key: Arc<dyn SigningKey>,
+    ) -> Result<Served, rustls::Error> {
         let chain = vec![leaf.der, self.ca.clone()];
-        let certified = Arc::new(CertifiedKey::new(chain, self.key.clone()));
+        let certified = Arc::new(CertifiedKey::new(chain, key));
         let mut config = self.template.clone();
         config.cert_resolver = Arc::new(SingleCertAndKey::from(certified.clone()));
         Ok(Served {

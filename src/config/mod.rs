@@ -17,8 +17,8 @@ use crate::pki::{AllowList, CaProfile, ServerUrl, SubjectName};
 
 pub mod tls;
 pub use tls::{
-    AcmeChallenge, AcmeSettings, Cacerts, CertOrigin, TlsInputs, TlsSetup, TlsSetupError,
-    TlsTermination,
+    AcmeChallenge, AcmeSettings, Cacerts, CertOrigin, HostnameCertificate, TlsInputs, TlsSetup,
+    TlsSetupError, TlsTermination,
 };
 
 /// The documented configuration file, every setting at its default: the bottom layer.
@@ -144,6 +144,15 @@ pub struct ServeArgs {
     /// for it, issued by the CA and kept as `tls-rancher-ingress`; nothing is minted per name.
     #[arg(long, env = "CORRAL_HOSTNAME", value_name = "NAME")]
     pub hostname: Option<String>,
+    /// With --hostname: the certificate as Rancher's chart makes it (`rancher`: the leaf lifetime,
+    /// the shared leaf key) or as cert-manager does (`cert-manager`: 90 days, its own key, renewed
+    /// 30 days before its end) [default: rancher].
+    #[arg(
+        long,
+        env = "CORRAL_HOSTNAME_CERTIFICATE",
+        value_name = "rancher|cert-manager"
+    )]
+    pub hostname_certificate: Option<HostnameCertificate>,
     /// Pin server-url from boot (the HA-style install): one certificate for its host, read-only.
     #[arg(long, env = "CATTLE_SERVER_URL", value_name = "URL")]
     pub server_url: Option<String>,
@@ -341,6 +350,8 @@ pub struct Config {
     pub server_url: Option<ServerUrl>,
     /// `--hostname`: the one DNS name every replica serves a certificate for.
     pub hostname: Option<SubjectName>,
+    /// How that certificate is made and renewed.
+    pub hostname_certificate: HostnameCertificate,
     /// `CATTLE_BOOTSTRAP_PASSWORD` (environment only, so it never shows in `ps`).
     pub bootstrap_password: Option<Secret>,
     /// `CORRAL_PEER_TOKEN` (environment only): one peer token for every replica, as Rancher's.
@@ -432,6 +443,7 @@ impl Config {
                 "max-tunnels-per-cluster",
             )?)
             .filter(|n| *n > 0),
+            hostname_certificate: given(s.hostname_certificate, "hostname-certificate")?,
             hostname: s
                 .hostname
                 .filter(|h| !h.trim().is_empty())

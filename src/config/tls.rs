@@ -27,6 +27,18 @@ pub enum TlsTermination {
     External,
 }
 
+/// Which certificate `--hostname` serves: the one Rancher's chart makes by default, or the one
+/// cert-manager issues for `tls-rancher-ingress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostnameCertificate {
+    /// Signed for the shared leaf key, `--cert-expiration-days` long, renewed `--rotate-days`
+    /// before its end (as corral's other leaves).
+    Rancher,
+    /// cert-manager's defaults: 90 days, a key of its own, renewed 30 days before its end.
+    CertManager,
+}
+
 /// The certificate corral serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertOrigin {

@@ -67,6 +67,27 @@ impl LeafFactory {
     /// Signs a leaf for `names` (`CN=dynamic, O=dynamic`, serverAuth, SKI/AKI, random serial),
     /// valid from an hour ago (never before the CA) for the configured lifetime.
     pub fn mint(&self, names: &[SubjectName]) -> Result<MintedLeaf, rcgen::Error> {
+        self.sign(names, &self.key, self.lifetime)
+    }
+
+    /// Signs a leaf for `names` with a new P-256 key of its own, valid for `lifetime`: the
+    /// certificate cert-manager issues for an ingress. The leaf and its key.
+    pub fn mint_with_own_key(
+        &self,
+        names: &[SubjectName],
+        lifetime: Duration,
+    ) -> Result<(MintedLeaf, KeyPair), rcgen::Error> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let leaf = self.sign(names, &key, lifetime)?;
+        Ok((leaf, key))
+    }
+
+    fn sign(
+        &self,
+        names: &[SubjectName],
+        key: &KeyPair,
+        lifetime: Duration,
+    ) -> Result<MintedLeaf, rcgen::Error> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, dn_value("dynamic"));
@@ -76,14 +97,14 @@ impl LeafFactory {
         params.serial_number = Some(random_serial());
         let now = OffsetDateTime::now_utc();
         params.not_before = (now - BACKDATE).max(self.ca.not_before());
-        params.not_after = params.not_before + self.lifetime;
+        params.not_after = params.not_before + lifetime;
         // ExplicitNoCa writes basicConstraints CA:FALSE and, with it, the SubjectKeyIdentifier.
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
-        params.key_identifier_method = super::key_identifier(self.key.public_key_raw());
-        let cert = params.signed_by(&self.key, self.ca.issuer())?;
+        params.key_identifier_method = super::key_identifier(key.public_key_raw());
+        let cert = params.signed_by(key, self.ca.issuer())?;
         Ok(MintedLeaf {
             der: cert.der().clone(),
             not_after: params.not_after,
@@ -92,6 +113,17 @@ impl LeafFactory {
 }
 
 impl LeafFactory {
+    /// If `der` names this factory's CA as its issuer, its expiry (whatever its key: the
+    /// cert-manager profile's leaves have their own).
+    pub fn issued_by_ca(&self, der: &[u8]) -> Option<OffsetDateTime> {
+        let (_, leaf) = X509Certificate::from_der(der).ok()?;
+        let (_, ca) = X509Certificate::from_der(self.ca.der()).ok()?;
+        let not_after = leaf.validity().not_after.timestamp();
+        (leaf.issuer().as_raw() == ca.subject().as_raw())
+            .then(|| OffsetDateTime::from_unix_timestamp(not_after).ok())
+            .flatten()
+    }
+
     /// If `der` is a leaf this factory could have made (same CA, same leaf key), its expiry.
     /// Used to reuse a stored certificate after a restart instead of re-signing it.
     pub fn issued_here(&self, der: &[u8]) -> Option<OffsetDateTime> {
