@@ -980,6 +980,24 @@ async fn kubectl_drives_simulated_clusters() {
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         assert!(listed.contains(name), "{listed}");
     }
+    let pods = kubectl(one.path(), &["get", "pods", "-A"]);
+    assert!(
+        pods.lines().any(|l| l.starts_with("kube-system ")
+            && l.contains("coredns-")
+            && l.contains("1/1")
+            && l.contains("Running")),
+        "{pods}"
+    );
+    let info = kubectl(one.path(), &["cluster-info"]);
+    assert!(
+        info.contains("Kubernetes control plane") && info.contains("CoreDNS"),
+        "{info}"
+    );
+    let nodes = kubectl(one.path(), &["get", "nodes"]);
+    assert!(
+        nodes.contains("simulated-node-1") && nodes.contains("Ready"),
+        "{nodes}"
+    );
 
     // A watch on the first cluster sees a namespace created after it started.
     let mut watch = Command::new("timeout")

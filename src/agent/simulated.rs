@@ -2,10 +2,12 @@
 //! the usual in-cluster API address and serves the Connects to it in-process — nothing listens on the
 //! network — over TLS with the agent's own CA, as a small in-memory Kubernetes API: `/version`,
 //! `/healthz`, `/livez`, `/readyz`, legacy discovery (`/api`, `/api/v1`, `/apis`), namespaces
-//! (list, get, create, delete, watch), one node, and RBAC ([`super::simulated_rbac`]):
+//! (list, get, create, delete, watch), one node, three system pods and two services, and RBAC
+//! ([`super::simulated_rbac`]):
 //! ClusterRoles, ClusterRoleBindings and the self reviews, applied to the user corral's proxy
 //! impersonates. Enough for `kubectl version`, `kubectl get ns`/`nodes`, `kubectl create namespace
-//! x`, `kubectl get ns -w` and `kubectl auth can-i` through corral's proxy.
+//! x`, `kubectl get ns -w`, `kubectl get pods -A`, `kubectl cluster-info` and `kubectl auth can-i`
+//! through corral's proxy.
 //!
 //! One cluster's state is a few namespaces and a short event history, so a process can simulate
 //! hundreds of clusters; the router and the TLS identity are shared by all of them.
@@ -220,6 +222,16 @@ pub fn router() -> Router {
         .route("/api/v1/namespaces", get(list_or_watch).post(create))
         .route("/api/v1/namespaces/{name}", get(read).delete(delete))
         .route("/api/v1/nodes", get(list_nodes))
+        .route("/api/v1/pods", get(list_pods))
+        .route(
+            "/api/v1/namespaces/{namespace}/pods",
+            get(list_namespace_pods),
+        )
+        .route("/api/v1/services", get(list_services))
+        .route(
+            "/api/v1/namespaces/{namespace}/services",
+            get(list_namespace_services),
+        )
         .route("/api/v1/nodes/{name}", get(read_node))
         .route("/apis/{group}/{version}", get(group_resources))
         .route(
@@ -357,6 +369,20 @@ async fn api_v1_resources() -> Response<Body> {
                 "kind": "Namespace",
                 "verbs": ["create", "delete", "get", "list", "watch"],
                 "shortNames": ["ns"],
+            }, {
+                "name": "pods",
+                "singularName": "pod",
+                "namespaced": true,
+                "kind": "Pod",
+                "verbs": ["get", "list"],
+                "shortNames": ["po"],
+            }, {
+                "name": "services",
+                "singularName": "service",
+                "namespaced": true,
+                "kind": "Service",
+                "verbs": ["get", "list"],
+                "shortNames": ["svc"],
             }, {
                 "name": "nodes",
                 "singularName": "node",
@@ -516,6 +542,139 @@ async fn read_node(
         return json_response(StatusCode::OK, &node_table(&cluster));
     }
     json_response(StatusCode::OK, &node_json(&cluster))
+}
+
+/// The system pods every simulated cluster runs (what k3s starts with), all ready: namespace,
+/// name, app label.
+const PODS: [(&str, &str, &str); 3] = [
+    ("kube-system", "coredns-6799fbcd5-c0rr4", "kube-dns"),
+    (
+        "kube-system",
+        "local-path-provisioner-6c86858495-c0rr4",
+        "local-path-provisioner",
+    ),
+    (
+        "kube-system",
+        "metrics-server-54fd9b65b-c0rr4",
+        "metrics-server",
+    ),
+];
+
+fn pod_json(cluster: &SimulatedCluster, namespace: &str, name: &str, app: &str) -> Value {
+    json!({
+        "kind": "Pod",
+        "apiVersion": "v1",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"k8s-app": app},
+                     "resourceVersion": "1", "creationTimestamp": rfc3339(cluster.created)},
+        "spec": {"nodeName": NODE, "containers": [{"name": app, "image": "corral/simulated"}]},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                   "containerStatuses": [{"name": app, "ready": true, "restartCount": 0}]},
+    })
+}
+
+/// Pods in `namespace` (all namespaces when `None`), as a list or the table `kubectl get` asks for.
+fn pods(
+    cluster: &SimulatedCluster,
+    namespace: Option<&str>,
+    headers: &HeaderMap,
+) -> Response<Body> {
+    let chosen = PODS
+        .iter()
+        .filter(|(ns, _, _)| namespace.is_none_or(|wanted| wanted == *ns));
+    if wants_table(headers) {
+        let column = |name: &str, format: &str| json!({"name": name, "type": "string", "format": format, "description": "", "priority": 0});
+        let rows: Vec<Value> = chosen
+            .map(|(ns, name, _)| {
+                json!({
+                    "cells": [name, "1/1", "Running", 0, age(cluster.created)],
+                    "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                               "metadata": {"name": name, "namespace": ns, "resourceVersion": "1",
+                                            "creationTimestamp": rfc3339(cluster.created)}},
+                })
+            })
+            .collect();
+        let table = json!({
+            "kind": "Table",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": {"resourceVersion": "1"},
+            "columnDefinitions": [column("Name", "name"), column("Ready", ""), column("Status", ""),
+                                  column("Restarts", ""), column("Age", "")],
+            "rows": rows,
+        });
+        return json_response(StatusCode::OK, &table);
+    }
+    let items: Vec<Value> = chosen
+        .map(|(ns, name, app)| pod_json(cluster, ns, name, app))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"},
+                "items": items}),
+    )
+}
+
+async fn list_pods(
+    Extension(cluster): Extension<Arc<SimulatedCluster>>,
+    headers: HeaderMap,
+) -> Response<Body> {
+    pods(&cluster, None, &headers)
+}
+
+async fn list_namespace_pods(
+    Extension(cluster): Extension<Arc<SimulatedCluster>>,
+    Path(namespace): Path<String>,
+    headers: HeaderMap,
+) -> Response<Body> {
+    pods(&cluster, Some(&namespace), &headers)
+}
+
+/// The cluster's services: `default/kubernetes` and `kube-system/kube-dns` (which `kubectl
+/// cluster-info` lists by its `kubernetes.io/cluster-service` label).
+fn services(namespace: Option<&str>, selector: &str) -> Value {
+    let all = [
+        json!({"kind": "Service", "apiVersion": "v1",
+               "metadata": {"name": "kubernetes", "namespace": "default",
+                            "labels": {"component": "apiserver", "provider": "kubernetes"}},
+               "spec": {"clusterIP": "10.43.0.1", "type": "ClusterIP",
+                        "ports": [{"name": "https", "port": 443, "protocol": "TCP"}]}}),
+        json!({"kind": "Service", "apiVersion": "v1",
+               "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                            "labels": {"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true",
+                                       "kubernetes.io/name": "CoreDNS"}},
+               "spec": {"clusterIP": "10.43.0.10", "type": "ClusterIP",
+                        "ports": [{"name": "dns", "port": 53, "protocol": "UDP"},
+                                  {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}}),
+    ];
+    let items: Vec<Value> = all
+        .into_iter()
+        .filter(|s| namespace.is_none_or(|ns| s["metadata"]["namespace"] == ns))
+        .filter(|s| {
+            selector.split(',').filter(|t| !t.is_empty()).all(|term| {
+                let (key, value) = term.split_once('=').unwrap_or((term, ""));
+                let label = &s["metadata"]["labels"][key];
+                match value {
+                    "" => !label.is_null(),
+                    value => label == value,
+                }
+            })
+        })
+        .collect();
+    json!({"kind": "ServiceList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"},
+           "items": items})
+}
+
+async fn list_services(Query(query): Query<SelectorQuery>) -> Response<Body> {
+    json_response(StatusCode::OK, &services(None, &query.label_selector))
+}
+
+async fn list_namespace_services(
+    Path(namespace): Path<String>,
+    Query(query): Query<SelectorQuery>,
+) -> Response<Body> {
+    json_response(
+        StatusCode::OK,
+        &services(Some(&namespace), &query.label_selector),
+    )
 }
 
 /// A JSON body within the size limit, or why the apiserver refuses it.
