@@ -682,7 +682,7 @@ impl Accounts {
         }
         let rules = Self::template_rules(&templates, &template_id)?;
         let cluster = spec.cluster_id.clone();
-        self.refuse_escalation_in(caller, &cluster, &rules)?;
+        self.refuse_escalation_in(caller, &cluster, &template_id, &rules)?;
         if self.with_index(|index| index.cluster_binding_count())? >= MAX_CLUSTER_BINDINGS {
             return Err(AccountError::TooMany(
                 "cluster role template bindings",
@@ -832,13 +832,15 @@ impl Accounts {
         &self,
         caller: &Caller,
         cluster: &str,
+        template: &str,
         rules: &[PolicyRule],
     ) -> Result<(), AccountError> {
         let global = self.grants(&caller.user_id)?;
+        // `bind` on the template (admins have it) exempts from the check, as in Rancher's webhook.
         if global.allows(&Request::management(
-            "escalate",
-            "clusterroletemplatebindings",
-            None,
+            "bind",
+            "roletemplates",
+            Some(template),
         )) {
             return Ok(());
         }

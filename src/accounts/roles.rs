@@ -241,7 +241,9 @@ impl Accounts {
         let rules = spec.rules.unwrap_or_default();
         check_rules(&rules)?;
         let id = format!("gr-{}", random_suffix());
-        self.refuse_escalation(caller, ROLE_WEBHOOK, "globalroles", &id, &rules)?;
+        let may_escalate = Request::management("escalate", "globalroles", Some(&id));
+        let object = ("globalroles", id.as_str());
+        self.refuse_escalation(caller, ROLE_WEBHOOK, object, may_escalate, &rules)?;
         if self.records.roles.list()?.len() >= MAX_CUSTOM_ROLES {
             return Err(AccountError::TooMany("global roles", MAX_CUSTOM_ROLES));
         }
@@ -303,7 +305,9 @@ impl Accounts {
         }
         if let Some(rules) = &spec.rules {
             check_rules(rules)?;
-            self.refuse_escalation(caller, ROLE_WEBHOOK, "globalroles", id, rules)?;
+            let may_escalate = Request::management("escalate", "globalroles", Some(id));
+            let object = ("globalroles", id);
+            self.refuse_escalation(caller, ROLE_WEBHOOK, object, may_escalate, rules)?;
         }
         let updated = self
             .records
@@ -394,13 +398,10 @@ impl Accounts {
                 ),
             });
         }
-        self.refuse_escalation(
-            caller,
-            BINDING_WEBHOOK,
-            "globalrolebindings",
-            &id,
-            &role.rules,
-        )?;
+        // Binding a role needs `bind` on it, or holding every rule it grants (Rancher's webhook).
+        let may_bind = Request::management("bind", "globalroles", Some(&role.id));
+        let object = ("globalrolebindings", id.as_str());
+        self.refuse_escalation(caller, BINDING_WEBHOOK, object, may_bind, &role.rules)?;
         if self.with_index(|index| index.global_binding_count())? >= MAX_BINDINGS {
             return Err(AccountError::TooMany("global role bindings", MAX_BINDINGS));
         }
@@ -494,17 +495,18 @@ impl Accounts {
     }
 
     /// Rancher's webhook: nobody grants (in a role, or by binding one) a rule they do not hold.
+    /// `object` (resource, name) names what is written, for the message; a caller whose rules
+    /// grant `exempt` (`escalate` on the role, `bind` on the bound role: admins' do) is not checked.
     fn refuse_escalation(
         &self,
         caller: &Caller,
         webhook: &'static str,
-        resource: &str,
-        name: &str,
+        (resource, name): (&str, &str),
+        exempt: Request<'_>,
         rules: &[PolicyRule],
     ) -> Result<(), AccountError> {
         let held = self.grants(&caller.user_id)?;
-        // A caller that may escalate (`escalate` on the resource, as admins may) is not checked.
-        if held.allows(&Request::management("escalate", resource, Some(name))) {
+        if held.allows(&exempt) {
             return Ok(());
         }
         let missing: Vec<PolicyRule> = rules.iter().filter_map(|r| held.uncovered(r)).collect();

@@ -301,6 +301,17 @@ def users():
     assert mine.id in [cl.id for cl in a.list_cluster().data], "its creator owns it"
     message_of(lambda: a.create_global_role_binding(globalRoleId="admin", userId=alice.id), 403,
                "PermissionDenied", "can not create globalRoleBinding ")
+    # A user manager may bind what it holds itself, and no more (Rancher's webhook).
+    manager = c.create_global_role_binding(globalRoleId="users-manage", userId=alice.id)
+    escalation = api_error(lambda: a.create_global_role_binding(globalRoleId="admin",
+                                                                userId=alice.id), 403, "Forbidden")
+    assert escalation.message.startswith(
+        'admission webhook "rancher.cattle.io.globalrolebindings.management.cattle.io" denied the '
+        'request: ') and "not currently held" in escalation.message, escalation
+    held = a.create_global_role_binding(globalRoleId="user-base", userId=alice.id)
+    assert held.globalRoleId == "user-base", held
+    c.delete(held)
+    c.delete(manager)
     ok("clusters by membership")
 
     message_of(lambda: c.update(c.by_id_user(admin.id), enabled=False), 422, "InvalidAction",
