@@ -24,6 +24,7 @@ const MAX_RULE_ENTRIES: usize = 100;
 /// The webhook that refuses global role changes, as Rancher's answers name it.
 const ROLE_WEBHOOK: &str = "rancher.cattle.io.globalroles.management.cattle.io";
 const BINDING_WEBHOOK: &str = "rancher.cattle.io.globalrolebindings.management.cattle.io";
+const USER_WEBHOOK: &str = "rancher.cattle.io.users.management.cattle.io";
 
 /// A global role as the API shows it.
 #[derive(Debug, Clone)]
@@ -243,7 +244,7 @@ impl Accounts {
         let id = format!("gr-{}", random_suffix());
         let may_escalate = Request::management("escalate", "globalroles", Some(&id));
         let object = ("globalroles", id.as_str());
-        self.refuse_escalation(caller, ROLE_WEBHOOK, object, may_escalate, &rules)?;
+        self.refuse_escalation(caller, ROLE_WEBHOOK, object, Some(may_escalate), &rules)?;
         if self.records.roles.list()?.len() >= MAX_CUSTOM_ROLES {
             return Err(AccountError::TooMany("global roles", MAX_CUSTOM_ROLES));
         }
@@ -307,7 +308,7 @@ impl Accounts {
             check_rules(rules)?;
             let may_escalate = Request::management("escalate", "globalroles", Some(id));
             let object = ("globalroles", id);
-            self.refuse_escalation(caller, ROLE_WEBHOOK, object, may_escalate, rules)?;
+            self.refuse_escalation(caller, ROLE_WEBHOOK, object, Some(may_escalate), rules)?;
         }
         let updated = self
             .records
@@ -401,7 +402,7 @@ impl Accounts {
         // Binding a role needs `bind` on it, or holding every rule it grants (Rancher's webhook).
         let may_bind = Request::management("bind", "globalroles", Some(&role.id));
         let object = ("globalrolebindings", id.as_str());
-        self.refuse_escalation(caller, BINDING_WEBHOOK, object, may_bind, &role.rules)?;
+        self.refuse_escalation(caller, BINDING_WEBHOOK, object, Some(may_bind), &role.rules)?;
         if self.with_index(|index| index.global_binding_count())? >= MAX_BINDINGS {
             return Err(AccountError::TooMany("global role bindings", MAX_BINDINGS));
         }
@@ -495,6 +496,27 @@ impl Accounts {
     }
 
     /// Rancher's webhook: nobody grants (in a role, or by binding one) a rule they do not hold.
+    /// Rancher's user webhook: changing, deleting or setting the password of another user needs
+    /// every rule that user holds (a user manager cannot take over an admin).
+    pub(super) fn refuse_user_takeover(
+        &self,
+        caller: &Caller,
+        target: &str,
+    ) -> Result<(), AccountError> {
+        if target == caller.user_id {
+            return Ok(());
+        }
+        let theirs = self.grants(target)?;
+        // No verb exempts from this one: `*` on users (a user manager's) is not the admin's rules.
+        self.refuse_escalation(
+            caller,
+            USER_WEBHOOK,
+            ("users", target),
+            None,
+            theirs.rules(),
+        )
+    }
+
     /// `object` (resource, name) names what is written, for the message; a caller whose rules
     /// grant `exempt` (`escalate` on the role, `bind` on the bound role: admins' do) is not checked.
     fn refuse_escalation(
@@ -502,11 +524,11 @@ impl Accounts {
         caller: &Caller,
         webhook: &'static str,
         (resource, name): (&str, &str),
-        exempt: Request<'_>,
+        exempt: Option<Request<'_>>,
         rules: &[PolicyRule],
     ) -> Result<(), AccountError> {
         let held = self.grants(&caller.user_id)?;
-        if held.allows(&exempt) {
+        if exempt.is_some_and(|exempt| held.allows(&exempt)) {
             return Ok(());
         }
         let missing: Vec<PolicyRule> = rules.iter().filter_map(|r| held.uncovered(r)).collect();

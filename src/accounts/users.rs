@@ -158,6 +158,8 @@ impl Accounts {
         if id == caller.user_id && change.enabled == Some(false) {
             return Err(AccountError::CannotDeactivateSelf);
         }
+        self.user(id)?;
+        self.refuse_user_takeover(caller, id)?;
         let user = self
             .records
             .users
@@ -190,6 +192,7 @@ impl Accounts {
             return Err(AccountError::CannotDeleteSelf);
         }
         self.user(id)?;
+        self.refuse_user_takeover(caller, id)?;
         // The user first: its tokens stop working at once, whatever happens to the rest.
         self.records.users.delete(id)?;
         let revoked = self.records.revoke_tokens(id, None)?;
@@ -273,6 +276,7 @@ impl Accounts {
             return Err(AccountError::NoNewPassword);
         }
         let user = self.user(user_id)?;
+        self.refuse_user_takeover(caller, user_id)?;
         self.check_new_password(&user.username, new)?;
         let version = self
             .records

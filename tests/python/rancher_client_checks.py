@@ -311,6 +311,14 @@ def users():
     held = a.create_global_role_binding(globalRoleId="user-base", userId=alice.id)
     assert held.globalRoleId == "user-base", held
     c.delete(held)
+    # Nor may it take over a user who holds more: the admin's password, its account.
+    as_manager = a.by_id_user(admin.id)
+    for takeover in (lambda: a.action(as_manager, "setpassword", newPassword="taken-over-12345"),
+                     lambda: a.update(as_manager, enabled=False),
+                     lambda: a.delete(as_manager)):
+        refused = api_error(takeover, 403, "Forbidden")
+        assert refused.message.startswith(
+            'admission webhook "rancher.cattle.io.users.management.cattle.io" denied'), refused
     c.delete(manager)
     ok("clusters by membership")
 
