@@ -769,7 +769,8 @@ async fn an_agent_that_stops_reading_holds_up_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // The stuck cluster answers within --agent-wait (2 s), without hanging.
+    // The stuck cluster answers within --agent-wait (2 s), without hanging: telling it who its users
+    // are and forwarding the request share that wait (each waited it in full before: 4 s or more).
     let asked = Instant::now();
     let response = lab.proxied("/version").await;
     assert!(
@@ -778,8 +779,9 @@ async fn an_agent_that_stops_reading_holds_up_nothing() {
         response.status,
         response.body
     );
+    eprintln!("the stuck cluster answered after {:?}", asked.elapsed());
     assert!(
-        asked.elapsed() < Duration::from_secs(6),
+        asked.elapsed() < Duration::from_millis(3800),
         "answered after {:?}",
         asked.elapsed()
     );

@@ -51,10 +51,12 @@ struct Told {
     failed_until: Option<Instant>,
 }
 
-/// Tells `cluster_id` who its users are, unless it was told that already through this tunnel. A
-/// failure is logged and the request goes on: the cluster then answers from what it knows.
-pub async fn ensure(state: &AppState, cluster_id: &str) {
-    let Some(route) = state.tunnels.wait_for(cluster_id, state.agent_wait).await else {
+/// Tells `cluster_id` who its users are, unless it was told that already through this tunnel, by
+/// `deadline`. A failure is logged and the request goes on: the cluster then answers from what it
+/// knows.
+pub async fn ensure(state: &AppState, cluster_id: &str, deadline: Instant) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let Some(route) = state.tunnels.wait_for(cluster_id, left).await else {
         return;
     };
     let Some(session) = route.sessions().first().copied() else {
@@ -79,7 +81,8 @@ pub async fn ensure(state: &AppState, cluster_id: &str) {
     {
         return;
     }
-    let told = match tell(state, cluster_id, &wanted).await {
+    let telling = tokio::time::timeout_at(deadline, tell(state, cluster_id, &wanted)).await;
+    let told = match telling.unwrap_or_else(|_| Err("the agent did not answer in time".into())) {
         Ok(()) => {
             tracing::debug!(
                 "cluster {cluster_id} told of {} binding(s)",

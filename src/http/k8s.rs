@@ -17,6 +17,8 @@ use crate::accounts::Caller;
 use crate::rbac::Request as RbacRequest;
 
 const PREFIX: &str = "/k8s/clusters/";
+/// The least a request is given to reach its cluster after the cluster was told of its users.
+const MIN_FORWARD_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub async fn cluster_proxy(
     State(state): State<Arc<AppState>>,
@@ -47,13 +49,17 @@ pub async fn cluster_proxy(
             );
         }
     };
-    super::downstream_rbac::ensure(&state, &cluster_id).await;
+    // One wait for the agent, telling the cluster included: an absent or stuck agent costs the
+    // caller --agent-wait, not twice that.
+    let deadline = tokio::time::Instant::now() + state.agent_wait;
+    super::downstream_rbac::ensure(&state, &cluster_id, deadline).await;
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     let path_and_query = proxy::upstream_target(rest, req.uri().query());
     proxy::forward(
         &state.tunnels,
         &state.clusters,
         &cluster_id,
-        state.agent_wait,
+        left.max(MIN_FORWARD_WAIT),
         req,
         &path_and_query,
         Some(&identity),
