@@ -24,15 +24,14 @@ mod users;
 
 pub use features::FeatureView;
 pub use role_templates::{
-    ClusterBindingSpec, ClusterGrants, DownstreamBinding, DownstreamRbac, MAX_CLUSTER_BINDINGS,
-    MAX_CUSTOM_TEMPLATES, RoleTemplateView, TemplateSpec,
+    ClusterBindingSpec, ClusterGrants, DownstreamRbac, RoleTemplateView, TemplateSpec,
 };
-pub use roles::{BindingSpec, GlobalRoleView, MAX_BINDINGS, MAX_CUSTOM_ROLES, RoleSpec};
+pub use roles::{BindingSpec, GlobalRoleView, RoleSpec};
 pub use settings::SettingView;
 pub use state::TokenKind;
 pub use state::{ClusterRoleTemplateBinding, GlobalRoleBinding};
 pub use tokens::{IssuedToken, TokenRequest, TokenView, clamp_ttl};
-pub use users::{MAX_USERS, NewUser, UserChange, UserView};
+pub use users::{NewUser, UserChange, UserView};
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;

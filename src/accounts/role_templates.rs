@@ -453,11 +453,6 @@ impl Accounts {
         Ok(rules)
     }
 
-    /// The downstream rules a template grants (with its inherited ones).
-    pub fn role_template_rules(&self, id: &str) -> Result<Vec<PolicyRule>, AccountError> {
-        Self::template_rules(&self.role_templates()?, id)
-    }
-
     pub fn create_role_template(
         &self,
         caller: &Caller,
@@ -513,32 +508,21 @@ impl Accounts {
     ) -> Result<RoleTemplateView, AccountError> {
         let current = self.role_template(id)?;
         if current.builtin {
-            let apply = |kept: &mut StoredRoleTemplate| {
-                if let Some(locked) = spec.locked {
-                    kept.locked = locked;
-                }
-                if let Some(default) = spec.cluster_creator_default {
-                    kept.cluster_creator_default = default;
-                }
-                if let Some(default) = spec.project_creator_default {
-                    kept.project_creator_default = default;
-                }
-            };
-            let updated = self.records.templates.update(id, |kept| {
-                apply(kept);
-                Ok::<_, AccountError>(())
-            })?;
-            if updated.is_none() {
-                let mut kept = StoredRoleTemplate::of(&current);
-                apply(&mut kept);
-                match self.records.templates.create(id, &kept) {
-                    Ok(_) => {}
-                    Err(StoreError::Conflict(_)) => {
-                        return self.update_role_template(caller, id, spec);
+            self.records.templates.update_or_create::<AccountError>(
+                id,
+                || StoredRoleTemplate::of(&current),
+                |kept| {
+                    if let Some(locked) = spec.locked {
+                        kept.locked = locked;
                     }
-                    Err(e) => return Err(e.into()),
-                }
-            }
+                    if let Some(default) = spec.cluster_creator_default {
+                        kept.cluster_creator_default = default;
+                    }
+                    if let Some(default) = spec.project_creator_default {
+                        kept.project_creator_default = default;
+                    }
+                },
+            )?;
             self.reindex(Reindex::Templates);
             tracing::info!("builtin role template {id} updated by {}", caller.username);
             return self.role_template(id);
@@ -770,13 +754,8 @@ impl Accounts {
 
     /// Deletes every binding in a deleted cluster; how many went.
     pub fn forget_cluster(&self, cluster_id: &str) -> Result<usize, AccountError> {
-        let mut gone = 0;
-        for (id, binding) in self.records.cluster_bindings.list()? {
-            if binding.value.cluster_id == cluster_id {
-                self.records.cluster_bindings.delete(&id)?;
-                gone += 1;
-            }
-        }
+        let gone = (self.records.cluster_bindings)
+            .delete_where(|_, binding| binding.cluster_id == cluster_id)?;
         self.reindex(Reindex::Everything);
         Ok(gone)
     }
@@ -849,21 +828,14 @@ impl Accounts {
         if let Some(there) = local.in_cluster(cluster) {
             held.extend(there.rules().iter().cloned());
         }
-        let held = Grants::new(held);
-        let missing: Vec<PolicyRule> = rules.iter().filter_map(|r| held.uncovered(r)).collect();
-        if missing.is_empty() {
+        let Some(missing) = super::roles::missing_rules(&Grants::new(held), rules) else {
             return Ok(());
-        }
+        };
         Err(AccountError::Escalation {
             webhook: CRTB_WEBHOOK,
             message: format!(
-                "user \"{}\" is attempting to grant RBAC permissions not currently held in cluster {cluster}:\n{}",
+                "user \"{}\" is attempting to grant RBAC permissions not currently held in cluster {cluster}:\n{missing}",
                 caller.user_id,
-                missing
-                    .iter()
-                    .map(super::roles::describe_rule)
-                    .collect::<Vec<_>>()
-                    .join("\n")
             ),
         })
     }

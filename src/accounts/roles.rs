@@ -283,24 +283,11 @@ impl Accounts {
             let Some(new_user_default) = spec.new_user_default else {
                 return Ok(current);
             };
-            let kept = StoredRole {
-                new_user_default,
-                ..StoredRole::of(&current)
-            };
-            let updated = self.records.roles.update(id, |stored| {
-                stored.new_user_default = new_user_default;
-                Ok::<_, AccountError>(())
-            })?;
-            if updated.is_none() {
-                match self.records.roles.create(id, &kept) {
-                    Ok(_) => {}
-                    // Another writer kept it first: apply the change over theirs.
-                    Err(StoreError::Conflict(_)) => {
-                        return self.update_global_role(caller, id, spec);
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            self.records.roles.update_or_create::<AccountError>(
+                id,
+                || StoredRole::of(&current),
+                |kept| kept.new_user_default = new_user_default,
+            )?;
             self.reindex(Reindex::Roles);
             return self.global_role(id);
         }
@@ -342,13 +329,8 @@ impl Accounts {
         if role.builtin {
             return Err(AccountError::BuiltinRoleDelete);
         }
-        let mut unbound = 0;
-        for (binding_id, binding) in self.records.bindings.list()? {
-            if binding.value.global_role_id == id {
-                self.records.bindings.delete(&binding_id)?;
-                unbound += 1;
-            }
-        }
+        let unbound =
+            (self.records.bindings).delete_where(|_, binding| binding.global_role_id == id)?;
         self.records.roles.delete(id)?;
         self.reindex(Reindex::Everything);
         tracing::info!(
@@ -495,7 +477,6 @@ impl Accounts {
         Ok(Grants::new(rules))
     }
 
-    /// Rancher's webhook: nobody grants (in a role, or by binding one) a rule they do not hold.
     /// Rancher's user webhook: changing, deleting or setting the password of another user needs
     /// every rule that user holds (a user manager cannot take over an admin).
     pub(super) fn refuse_user_takeover(
@@ -517,6 +498,7 @@ impl Accounts {
         )
     }
 
+    /// Rancher's webhook: nobody grants (in a role, or by binding one) a rule they do not hold.
     /// `object` (resource, name) names what is written, for the message; a caller whose rules
     /// grant `exempt` (`escalate` on the role, `bind` on the bound role: admins' do) is not checked.
     fn refuse_escalation(
@@ -531,24 +513,32 @@ impl Accounts {
         if exempt.is_some_and(|exempt| held.allows(&exempt)) {
             return Ok(());
         }
-        let missing: Vec<PolicyRule> = rules.iter().filter_map(|r| held.uncovered(r)).collect();
-        if missing.is_empty() {
+        let Some(missing) = missing_rules(&held, rules) else {
             return Ok(());
-        }
-        let listed: Vec<String> = missing.iter().map(describe_rule).collect();
+        };
         Err(AccountError::Escalation {
             webhook,
             message: format!(
-                "{resource}.{MANAGEMENT} \"{name}\" is forbidden: user \"{}\" (groups=[\"system:authenticated\" \"system:cattle:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n{}",
+                "{resource}.{MANAGEMENT} \"{name}\" is forbidden: user \"{}\" (groups=[\"system:authenticated\" \"system:cattle:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n{missing}",
                 caller.user_id,
-                listed.join("\n")
             ),
         })
     }
 }
 
+/// The rules of `rules` that `held` does not cover, one a line as Kubernetes' escalation message
+/// prints them; `None` when it covers them all.
+pub(super) fn missing_rules(held: &Grants, rules: &[PolicyRule]) -> Option<String> {
+    let missing: Vec<String> = rules
+        .iter()
+        .filter_map(|r| held.uncovered(r))
+        .map(|r| describe_rule(&r))
+        .collect();
+    (!missing.is_empty()).then(|| missing.join("\n"))
+}
+
 /// A rule as Kubernetes' escalation message prints it.
-pub(super) fn describe_rule(rule: &PolicyRule) -> String {
+fn describe_rule(rule: &PolicyRule) -> String {
     let list = |items: &[String]| {
         let quoted: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
         format!("[{}]", quoted.join(" "))

@@ -357,14 +357,8 @@ impl Records {
 
     /// Removes `user_id`'s tokens but `keep`; how many went. (The caller resets the token index.)
     pub fn revoke_tokens(&self, user_id: &str, keep: Option<&str>) -> Result<usize, StoreError> {
-        let mut revoked = 0;
-        for (name, token) in self.tokens.list()? {
-            if token.value.user_id == user_id && Some(name.as_str()) != keep {
-                self.tokens.delete(&name)?;
-                revoked += 1;
-            }
-        }
-        Ok(revoked)
+        self.tokens
+            .delete_where(|name, token| token.user_id == user_id && Some(name) != keep)
     }
 }
 

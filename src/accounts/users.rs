@@ -197,13 +197,7 @@ impl Accounts {
         self.records.users.delete(id)?;
         let revoked = self.records.revoke_tokens(id, None)?;
         self.token_index_reset();
-        let mut unbound = 0;
-        for (binding_id, binding) in self.records.bindings.list()? {
-            if binding.value.user_id == id {
-                self.records.bindings.delete(&binding_id)?;
-                unbound += 1;
-            }
-        }
+        let unbound = (self.records.bindings).delete_where(|_, binding| binding.user_id == id)?;
         self.reindex(Reindex::Everything);
         tracing::info!(
             "user {id} deleted by {} with {revoked} token(s) and {unbound} global role binding(s)",

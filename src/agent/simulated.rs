@@ -782,12 +782,7 @@ async fn access_review(
     Extension(who): Extension<Identity>,
     body: Bytes,
 ) -> Response<Body> {
-    let review = match json_body(&body) {
-        Ok(review) => review,
-        Err(refusal) => return answer(Err(refusal)),
-    };
-    let answer = rbac::access_review(&crate::support::lock(&cluster.rbac), &who, &review);
-    json_response(StatusCode::CREATED, &answer)
+    review(&cluster, &who, &body, rbac::access_review)
 }
 
 async fn rules_review(
@@ -795,12 +790,22 @@ async fn rules_review(
     Extension(who): Extension<Identity>,
     body: Bytes,
 ) -> Response<Body> {
-    let review = match json_body(&body) {
-        Ok(review) => review,
+    review(&cluster, &who, &body, rbac::rules_review)
+}
+
+/// A self review (`kubectl auth can-i`): `reviewed` answers it for `who`, as 201.
+fn review(
+    cluster: &SimulatedCluster,
+    who: &Identity,
+    body: &Bytes,
+    reviewed: fn(&Rbac, &Identity, &Value) -> Value,
+) -> Response<Body> {
+    let asked = match json_body(body) {
+        Ok(asked) => asked,
         Err(refusal) => return answer(Err(refusal)),
     };
-    let answer = rbac::rules_review(&crate::support::lock(&cluster.rbac), &who, &review);
-    json_response(StatusCode::CREATED, &answer)
+    let answered = reviewed(&crate::support::lock(&cluster.rbac), who, &asked);
+    json_response(StatusCode::CREATED, &answered)
 }
 
 #[derive(Deserialize)]

@@ -131,6 +131,14 @@ impl Field {
     pub fn strings() -> Self {
         Self::of(FieldType::Array(Box::new(FieldType::String)))
     }
+    /// An array of references to objects of type `to`.
+    pub fn references(to: &'static str) -> Self {
+        Self::of(FieldType::Array(Box::new(FieldType::Reference(to))))
+    }
+    /// An array of objects of schema `id` (`policyRule`).
+    pub fn objects(id: &'static str) -> Self {
+        Self::of(FieldType::Array(Box::new(FieldType::Object(id))))
+    }
     pub fn string_map() -> Self {
         Self::of(FieldType::Map(Box::new(FieldType::String)))
     }

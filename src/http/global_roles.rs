@@ -9,7 +9,7 @@ use super::account_error;
 use super::norman::{Answer, Call, TypeHandler};
 use crate::accounts::{BindingSpec, GlobalRoleBinding, GlobalRoleView, RoleSpec};
 use crate::api::resource::date;
-use crate::api::schema::{DELETE, FieldType, GET, POST, PUT};
+use crate::api::schema::{DELETE, GET, POST, PUT};
 use crate::api::{ApiError, Field, Resource, Schema};
 use crate::rbac::PolicyRule;
 
@@ -18,7 +18,7 @@ pub struct GlobalRoleBindings;
 
 /// A field of Kubernetes policy rules (role rules).
 pub(super) fn rule_list() -> Field {
-    Field::of(FieldType::Array(Box::new(FieldType::Object("policyRule"))))
+    Field::objects("policyRule")
 }
 
 /// The rules of a body's field `name`, if it has one; 422 `InvalidFormat` when they are not
@@ -46,10 +46,6 @@ pub(super) fn strings_in(input: &Map<String, Value>, name: &str) -> Option<Vec<S
             .filter_map(|item| item.as_str().map(str::to_string))
             .collect()
     })
-}
-
-fn reference_list(to: &'static str) -> Field {
-    Field::of(FieldType::Array(Box::new(FieldType::Reference(to))))
 }
 
 /// A reference that may be unset: `null` when empty, as norman writes it.
@@ -123,7 +119,7 @@ impl TypeHandler for GlobalRoles {
                 .field("builtin", Field::boolean())
                 .field(
                     "inheritedClusterRoles",
-                    reference_list("roleTemplate").writable(),
+                    Field::references("roleTemplate").writable(),
                 )
                 .field("status", Field::json())
                 .object_meta()

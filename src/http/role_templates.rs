@@ -12,7 +12,7 @@ use crate::accounts::{
     ClusterBindingSpec, ClusterRoleTemplateBinding, RoleTemplateView, TemplateSpec,
 };
 use crate::api::resource::date;
-use crate::api::schema::{DELETE, FieldType, GET, POST, PUT};
+use crate::api::schema::{DELETE, GET, POST, PUT};
 use crate::api::{ApiError, Field, Resource, Schema};
 
 pub struct RoleTemplates;
@@ -116,10 +116,7 @@ impl TypeHandler for RoleTemplates {
                 )
                 .field(
                     "roleTemplateIds",
-                    Field::of(FieldType::Array(Box::new(FieldType::Reference(
-                        "roleTemplate",
-                    ))))
-                    .writable(),
+                    Field::references("roleTemplate").writable(),
                 )
                 .object_meta()
                 .status_summary(),

@@ -35,12 +35,7 @@ pub fn token_schema() -> Schema {
         .field("lastUsedAt", Field::date().nullable())
         .field("clusterId", Field::reference("cluster").create().nullable())
         .field("userPrincipal", Field::reference("principal"))
-        .field(
-            "groupPrincipals",
-            Field::of(crate::api::schema::FieldType::Array(Box::new(
-                crate::api::schema::FieldType::Reference("principal"),
-            ))),
-        )
+        .field("groupPrincipals", Field::references("principal"))
         .field("providerInfo", Field::string_map())
         .object_meta()
 }

@@ -62,12 +62,7 @@ impl TypeHandler for Users {
                 )
                 .field("enabled", Field::boolean().writable().default(true.into()))
                 .field("mustChangePassword", Field::boolean().writable())
-                .field(
-                    "principalIds",
-                    Field::of(crate::api::schema::FieldType::Array(Box::new(
-                        crate::api::schema::FieldType::Reference("principal"),
-                    ))),
-                )
+                .field("principalIds", Field::references("principal"))
                 .field("me", Field::boolean())
                 .field("conditions", Field::json())
                 .object_meta()

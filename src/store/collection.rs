@@ -137,6 +137,45 @@ impl<T: Serialize + DeserializeOwned> Collection<T> {
         Err(StoreError::Conflict(id.to_string()).into())
     }
 
+    /// Applies `change` to object `id`, made from `absent` first when there is none (a create that
+    /// loses to another writer's is applied over theirs, as an update that loses is retried).
+    pub fn update_or_create<E: From<StoreError>>(
+        &self,
+        id: &str,
+        absent: impl Fn() -> T,
+        mut change: impl FnMut(&mut T),
+    ) -> Result<(), E> {
+        for _ in 0..ATTEMPTS {
+            let updated = self.update(id, |value| {
+                change(value);
+                Ok::<_, StoreError>(())
+            })?;
+            if updated.is_some() {
+                return Ok(());
+            }
+            let mut value = absent();
+            change(&mut value);
+            match self.create(id, &value) {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Conflict(id.to_string()).into())
+    }
+
+    /// Removes every object `doomed` picks (by id and value); how many went.
+    pub fn delete_where(&self, doomed: impl Fn(&str, &T) -> bool) -> Result<usize, StoreError> {
+        let mut deleted = 0;
+        for (id, object) in self.list()? {
+            if doomed(&id, &object.value) {
+                self.delete(&id)?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Removes object `id` (nothing when it is not there).
     pub fn delete(&self, id: &str) -> Result<(), StoreError> {
         match self.kind.key(id) {
