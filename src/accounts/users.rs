@@ -186,7 +186,8 @@ impl Accounts {
         Ok(self.view(user))
     }
 
-    /// Deletes a user with its tokens and global role bindings. Nobody deletes themselves.
+    /// Deletes a user with its tokens and role bindings, global and cluster. Nobody deletes
+    /// themselves.
     pub fn delete_user(&self, caller: &Caller, id: &str) -> Result<(), AccountError> {
         if id == caller.user_id {
             return Err(AccountError::CannotDeleteSelf);
@@ -198,9 +199,13 @@ impl Accounts {
         let revoked = self.records.revoke_tokens(id, None)?;
         self.token_index_reset();
         let unbound = (self.records.bindings).delete_where(|_, binding| binding.user_id == id)?;
+        // Its cluster bindings too (Rancher's cleanup): left, they would bind a later user who
+        // drew the same id.
+        let unbound = unbound
+            + (self.records.cluster_bindings).delete_where(|_, binding| binding.user_id == id)?;
         self.reindex(Reindex::Everything);
         tracing::info!(
-            "user {id} deleted by {} with {revoked} token(s) and {unbound} global role binding(s)",
+            "user {id} deleted by {} with {revoked} token(s) and {unbound} role binding(s)",
             caller.username
         );
         Ok(())

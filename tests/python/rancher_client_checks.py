@@ -343,6 +343,8 @@ def users():
     c.delete(c.by_id_user(alice.id))
     must_authenticate(lambda: a.list_cluster())
     assert c.list_global_role_binding(userId=alice.id).data == [], "its bindings went too"
+    assert c.list_cluster_role_template_binding(userId=alice.id).data == [], \
+        "its cluster bindings went too"
     for cluster in (owned, member, hidden, mine):
         c.delete(c.by_id_cluster(cluster.id))
     ok("self-protection, disabling and deleting")
