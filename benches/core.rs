@@ -40,6 +40,13 @@ fn fixture() -> Fixture {
     }
 }
 
+/// No lab fault: the handshake path as users run it.
+fn no_faults(f: &Fixture) -> Arc<corral::lab::Faults> {
+    Arc::new(corral::lab::Faults::new(Arc::new(FileBackend::new(
+        f.dir.clone(),
+    ))))
+}
+
 fn minting(c: &mut Criterion) {
     let f = fixture();
     let factory = LeafFactory::new(&FileBackend::new(f.dir.clone()), f.ca.clone(), 365).unwrap();
@@ -53,6 +60,7 @@ fn minting(c: &mut Criterion) {
         Arc::new(FileBackend::new(f.dir.clone())),
         &f.dir,
         LeafFactory::new(&FileBackend::new(f.dir.clone()), f.ca.clone(), 365).unwrap(),
+        no_faults(&f),
     )
     .unwrap();
     let local: IpAddr = [127, 0, 0, 1].into();
@@ -73,6 +81,7 @@ fn lookup(c: &mut Criterion) {
             Arc::new(FileBackend::new(f.dir.clone())),
             &f.dir,
             LeafFactory::new(&FileBackend::new(f.dir.clone()), f.ca.clone(), 365).unwrap(),
+            no_faults(&f),
         )
         .unwrap(),
     );

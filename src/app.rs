@@ -113,6 +113,8 @@ pub enum StartError {
     Accounts(#[from] AccountError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("lab_faults: {0}")]
+    Lab(#[from] crate::lab::RegistryError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
     #[error("--store {0:?}: this corral was built without etcd; build it with `--features etcd`")]
@@ -170,8 +172,20 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     // Peers prove themselves replicas by a certificate from this CA (or the distributed bundle).
     let peer_roots = format!("{}\n{}", ca.cacerts(), setting.value);
     let factory = LeafFactory::new(store.as_ref(), ca.clone(), config.cert_expiration_days)?;
-    let certs = Arc::new(CertService::new(config, store.clone(), &dir, factory)?);
+    let faults = crate::lab::Faults::start(store.clone());
+    let certs = Arc::new(CertService::new(
+        config,
+        store.clone(),
+        &dir,
+        factory,
+        faults.clone(),
+    )?);
     certs.start_background();
+    for spec in &config.lab_faults {
+        // Start-up work, before anything listens: an RSA key made here blocks nobody.
+        let fault = faults.add(spec.clone())?;
+        certs.prepare_fault(&fault)?;
+    }
     if let Some(chain) = certs.files_chain()
         && let Err(reason) = crate::pki::chain_check::signed_by(&chain, &setting.value)
     {
@@ -244,6 +258,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         access_log: config.access_log,
         downstream: Default::default(),
         signing_ca: ca,
+        faults,
     }))
     .with_shutdown(shutdown.clone());
     let tls = match config.tls.termination {

@@ -56,6 +56,104 @@ pub enum ClientError {
     Tls(#[from] rustls::Error),
 }
 
+/// Where a command reaches corral's API and as whom: `--server`, `--token`, and how the server
+/// is verified (`--cacert`, or `--insecure`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiTarget {
+    /// The corral server.
+    #[arg(
+        long,
+        env = "CATTLE_SERVER",
+        default_value = "https://127.0.0.1:8443",
+        value_name = "URL"
+    )]
+    pub server: String,
+    /// A login token or API key (`token-xxxxx:secret`).
+    #[arg(
+        long,
+        env = "CORRAL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: String,
+    /// Verify the server against this CA file (e.g. saved from /cacerts).
+    #[arg(long, value_name = "FILE", required_unless_present = "insecure")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Do not verify the server's certificate.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// Why a call to corral's API got no answer it could use.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiCallError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("unexpected answer ({status}): {source}")]
+    Unexpected {
+        status: StatusCode,
+        source: serde_json::Error,
+    },
+    /// norman's error: its status and message.
+    #[error("{status}: {message}")]
+    Refused { status: StatusCode, message: String },
+}
+
+impl ApiTarget {
+    fn tls(&self) -> Result<Arc<ClientConfig>, ApiCallError> {
+        match &self.cacert {
+            Some(path) if !self.insecure => {
+                let pem = std::fs::read(path).map_err(|source| ApiCallError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok(tls_trusting(&pem, &[b"http/1.1"])?)
+            }
+            _ => Ok(tls_insecure(&[b"http/1.1"])),
+        }
+    }
+
+    /// One call with the token: the JSON answer of a success (`null` for an empty body), norman's
+    /// message of a refusal.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, ApiCallError> {
+        let target = Target::parse(&self.server)?;
+        let bearer = format!("Bearer {}", self.token);
+        let mut headers = vec![("authorization", bearer.as_str())];
+        if body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
+        let (status, bytes) = target
+            .request(
+                self.tls()?,
+                method,
+                path,
+                &headers,
+                body.map(|b| b.to_string()),
+            )
+            .await?;
+        let json: serde_json::Value = match bytes.is_empty() {
+            true => serde_json::Value::Null,
+            false => serde_json::from_slice(&bytes)
+                .map_err(|source| ApiCallError::Unexpected { status, source })?,
+        };
+        if !status.is_success() {
+            let message = json["message"].as_str().unwrap_or("no message").to_string();
+            return Err(ApiCallError::Refused { status, message });
+        }
+        Ok(json)
+    }
+}
+
 /// Why `corral healthcheck` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {

@@ -1,97 +1,28 @@
 //! A downstream cluster's kubeconfig, laid out as Rancher's template writes it; and
 //! `corral kubeconfig`, which asks a server for one.
 
-use std::path::PathBuf;
-
 use base64::Engine;
 
-use crate::client::{ClientError, Target, tls_insecure, tls_trusting};
+use crate::client::{ApiCallError, ApiTarget};
 
 #[derive(clap::Args)]
 pub struct KubeconfigArgs {
-    /// The corral server.
-    #[arg(
-        long,
-        env = "CATTLE_SERVER",
-        default_value = "https://127.0.0.1:8443",
-        value_name = "URL"
-    )]
-    pub server: String,
-    /// A login token (`token-xxxxx:secret`).
-    #[arg(
-        long,
-        env = "CORRAL_TOKEN",
-        hide_env_values = true,
-        value_name = "TOKEN"
-    )]
-    pub token: String,
+    #[command(flatten)]
+    pub api: ApiTarget,
     /// The cluster id (`c-xxxxx`).
     #[arg(long, value_name = "ID")]
     pub cluster: String,
-    /// Verify the server against this CA file (e.g. saved from /cacerts).
-    #[arg(long, value_name = "FILE", required_unless_present = "insecure")]
-    pub cacert: Option<PathBuf>,
-    /// Do not verify the server's certificate.
-    #[arg(long)]
-    pub insecure: bool,
-}
-
-/// Why `corral kubeconfig` printed none.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    #[error(transparent)]
-    Client(#[from] ClientError),
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("unexpected answer ({status}): {source}")]
-    Unexpected {
-        status: hyper::StatusCode,
-        source: serde_json::Error,
-    },
-    #[error("{status}: {message}")]
-    Refused {
-        status: hyper::StatusCode,
-        message: String,
-    },
 }
 
 /// Asks the server for the kubeconfig of `args.cluster` (Rancher's `generateKubeconfig` action).
-pub async fn fetch(args: &KubeconfigArgs) -> Result<String, FetchError> {
-    let target = Target::parse(&args.server)?;
-    let tls = match &args.cacert {
-        Some(path) if !args.insecure => {
-            let pem = std::fs::read(path).map_err(|source| FetchError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            tls_trusting(&pem, &[b"http/1.1"])?
-        }
-        _ => tls_insecure(&[b"http/1.1"]),
-    };
+pub async fn fetch(args: &KubeconfigArgs) -> Result<String, ApiCallError> {
     let path = format!("/v3/clusters/{}?action=generateKubeconfig", args.cluster);
-    let bearer = format!("Bearer {}", args.token);
-    let (status, body) = target
-        .request(
-            tls,
-            "POST",
-            &path,
-            &[("authorization", bearer.as_str())],
-            None,
-        )
-        .await?;
-    let json: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|source| FetchError::Unexpected { status, source })?;
-    match json["config"].as_str() {
-        Some(config) if status.is_success() => Ok(config.to_string()),
-        _ => Err(FetchError::Refused {
-            status,
-            message: json["message"]
-                .as_str()
-                .unwrap_or("no kubeconfig")
-                .to_string(),
+    let answer = args.api.call("POST", &path, None).await?;
+    match answer["config"].as_str() {
+        Some(config) => Ok(config.to_string()),
+        None => Err(ApiCallError::Refused {
+            status: hyper::StatusCode::OK,
+            message: "no kubeconfig in the answer".into(),
         }),
     }
 }

@@ -1,10 +1,10 @@
 //! corral: a Rust server that reproduces Rancher 2.x's TLS front end.
 //!
 //! Layers, each importing only those below it (README, "How the code is laid out"):
-//! [`app`] (composition and shutdown) → [`http`], [`agent`], [`bench`], [`peering`] → [`api`]
+//! [`app`] (composition and shutdown), [`labctl`] → [`http`], [`agent`], [`bench`], [`peering`] → [`api`]
 //! (norman's rules: schemas, URLs, collections, errors) → [`net`]
 //! (listener), [`certs`] (which certificate a hello gets), [`accounts`], [`clusters`], [`tunnel`],
-//! [`replicas`], [`kubeconfig`] → [`pki`], [`store`] (durable state behind one seam), [`config`], [`client`] →
+//! [`replicas`], [`kubeconfig`] → [`lab`] → [`pki`], [`store`] (durable state behind one seam), [`config`], [`client`] →
 //! [`metrics`], [`limits`], [`secrets`], [`support`].
 
 pub mod accounts;
@@ -18,6 +18,8 @@ pub mod clusters;
 pub mod config;
 pub mod http;
 pub mod kubeconfig;
+pub mod lab;
+pub mod labctl;
 pub mod limits;
 pub mod metrics;
 pub mod net;

@@ -59,6 +59,11 @@ enum Command {
         #[command(flatten)]
         store: StoreFlags,
     },
+    /// Lab scenarios: serve broken certificates on purpose, list and end them.
+    Lab {
+        #[command(subcommand)]
+        command: corral::labctl::LabCommand,
+    },
     /// Load generators: TLS handshakes, tunnel throughput.
     Bench {
         #[command(subcommand)]
@@ -91,6 +96,7 @@ fn main() -> ExitCode {
         Command::ResetPassword { data_dir, store } => reset_password(data_dir, store),
         Command::Healthcheck { url, serve } => healthcheck(url, *serve),
         Command::Bench { command } => bench(command),
+        Command::Lab { command } => lab(command),
         Command::Ca {
             command: CaCommand::Checksum(serve),
         } => ca_checksum(*serve),
@@ -297,6 +303,20 @@ fn kubeconfig(args: corral::kubeconfig::KubeconfigArgs) -> ExitCode {
     match runtime.block_on(corral::kubeconfig::fetch(&args)) {
         Ok(config) => {
             print_out(&config);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, e),
+    }
+}
+
+fn lab(command: corral::labctl::LabCommand) -> ExitCode {
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    match runtime.block_on(corral::labctl::run(command)) {
+        Ok(out) => {
+            print_out(&out);
             ExitCode::SUCCESS
         }
         Err(e) => fail(1, e),

@@ -5,8 +5,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -35,6 +35,8 @@ pub struct Metrics {
     /// When the CA that signs corral's certificates expires (unix seconds); alert on it nearing
     /// `time()`, as on cert-manager's `certmanager_certificate_expiration_timestamp_seconds`.
     pub ca_expiry: IntGauge,
+    /// Lab faults active now, by kind (`certificate`).
+    pub lab_faults_active: IntGaugeVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -93,6 +95,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "corral_ca_expiry_timestamp_seconds",
             "When the CA that signs corral's certificates expires (unix seconds)",
         )?,
+        lab_faults_active: IntGaugeVec::new(
+            Opts::new("corral_lab_faults_active", "Lab faults active now, by kind"),
+            &["kind"],
+        )?,
         registry,
     };
     let r = &metrics.registry;
@@ -105,6 +111,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     r.register(Box::new(metrics.tunnel_buffered.clone()))?;
     r.register(Box::new(metrics.password_checks.clone()))?;
     r.register(Box::new(metrics.ca_expiry.clone()))?;
+    r.register(Box::new(metrics.lab_faults_active.clone()))?;
     r.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ))?;

@@ -1295,3 +1295,76 @@ async fn users_and_their_bindings_reach_every_replica() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Lab faults are shared through etcd: one made on a replica is served by the other, one removed
+/// on either ends on both, and one whose replica is gone ends with it (its lease lapses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_faults_reach_every_replica_and_end_with_their_replica() {
+    let (_etcd, _root, lab, other) = two_replicas().await;
+    let (holder_addr, other_addr) = (lab.addr, other.https("127.0.0.1"));
+    let ca = std::fs::read_to_string(lab.ca_file.path()).unwrap();
+    let fault = |name: &str| {
+        json!({"kind": "certificate", "scenario": "expired", "name": name}).to_string()
+    };
+    // Until `refused` is what a verifying client of `addr` meets for `name`.
+    let until = |addr, name: &'static str, refused: bool| {
+        let ca = ca.clone();
+        async move {
+            let started = Instant::now();
+            while tls_connect(addr, Some(name), Some(&ca)).await.is_err() != refused {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "{name} on {addr} never became refused={refused}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            started.elapsed()
+        }
+    };
+    let made = request(
+        holder_addr,
+        "POST",
+        "/v3/corral/faults",
+        &[&lab.auth()],
+        Some(&fault("shared.lab.test")),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let id = json(&made)["id"].as_str().unwrap().to_string();
+    until(holder_addr, "shared.lab.test", true).await;
+    let reached = until(other_addr, "shared.lab.test", true).await;
+    println!("a fault reached the other replica in {reached:?}");
+    assert!(other.logged(&format!("lab fault {id} started")));
+    // Removed through the other replica: ended on both.
+    let path = format!("/v3/corral/faults/{id}");
+    let started = Instant::now();
+    let removed = loop {
+        let answer = request(other_addr, "DELETE", &path, &[&lab.auth()], None).await;
+        if answer.status != 401 || started.elapsed() > PROPAGATION_LIMIT {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(removed.status, 200, "{}", removed.body);
+    until(other_addr, "shared.lab.test", false).await;
+    until(holder_addr, "shared.lab.test", false).await;
+    assert!(
+        lab.corral
+            .logged(&format!("lab fault {id} ended (removed)"))
+    );
+
+    // A fault of the other replica's ends with it.
+    let theirs = request(
+        other_addr,
+        "POST",
+        "/v3/corral/faults",
+        &[&lab.auth()],
+        Some(&fault("theirs.lab.test")),
+    )
+    .await;
+    assert_eq!(theirs.status, 201, "{}", theirs.body);
+    until(holder_addr, "theirs.lab.test", true).await;
+    drop(other.stop()); // SIGKILL: nothing revokes its lease
+    let lapsed = until(holder_addr, "theirs.lab.test", false).await;
+    println!("a gone replica's fault ended {lapsed:?} after it was killed");
+}

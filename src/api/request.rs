@@ -24,10 +24,18 @@ impl ApiPath {
         versions: impl IntoIterator<Item = &'v Version>,
     ) -> Option<Result<Self, ApiError>> {
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        let first = format!("/{}", segments.first()?);
-        let version = *versions.into_iter().find(|v| v.path == first)?;
+        // The version whose path's segments begin the path's, the longest such (`/v3/corral`
+        // before `/v3`).
+        let version = *versions
+            .into_iter()
+            .filter(|v| {
+                let own: Vec<&str> = v.path.split('/').filter(|s| !s.is_empty()).collect();
+                segments.starts_with(&own)
+            })
+            .max_by_key(|v| v.path.len())?;
+        let skip = version.path.split('/').filter(|s| !s.is_empty()).count();
         let mut decoded = Vec::new();
-        for raw in segments.iter().skip(1) {
+        for raw in segments.iter().skip(skip) {
             match percent_decode_str(raw).decode_utf8() {
                 Ok(segment) => decoded.push(segment.into_owned()),
                 Err(_) => {
@@ -117,7 +125,7 @@ pub fn effective_method(method: &Method, query: &Query) -> Result<&'static str, 
 
 #[cfg(test)]
 mod tests {
-    use super::super::urls::{V3, V3_PUBLIC};
+    use super::super::urls::{V3, V3_CORRAL, V3_PUBLIC};
     use super::*;
 
     #[test]
@@ -135,6 +143,14 @@ mod tests {
             V3_PUBLIC
         );
         assert!(parse("/v1/x").is_none());
+        let corral = [V3, V3_CORRAL];
+        let lab = ApiPath::parse("/v3/corral/faults/fault-x", &corral);
+        let lab = lab.unwrap().unwrap();
+        assert_eq!(lab.version, V3_CORRAL);
+        assert_eq!(lab.type_name.as_deref(), Some("faults"));
+        assert_eq!(lab.id.as_deref(), Some("fault-x"));
+        let rancher = ApiPath::parse("/v3/corralx/y", &corral).unwrap().unwrap();
+        assert_eq!(rancher.version, V3);
         assert!(parse("/").is_none());
         assert!(ApiPath::parse("/v3/a/b/c/d", &versions).unwrap().is_err());
         assert!(ApiPath::parse("/v3/%FF", &versions).unwrap().is_err());

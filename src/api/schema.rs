@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use super::urls::Urls;
-pub use super::urls::{V3, V3_PUBLIC, Version};
+pub use super::urls::{V3, V3_CORRAL, V3_PUBLIC, Version};
 
 /// The HTTP methods norman takes.
 pub const GET: &str = "GET";

@@ -5,7 +5,7 @@ use axum::http::{HeaderMap, header};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde_json::{Value, json};
 
-/// One API version: `/v3` or `/v3-public`.
+/// One API version: `/v3`, `/v3-public` or `/v3/corral`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Version {
     /// `apiVersion.version`: `v3`, `v3public`.
@@ -24,6 +24,14 @@ pub const V3_PUBLIC: Version = Version {
     name: "v3public",
     path: "/v3-public",
     group: "management.cattle.io",
+};
+
+/// corral's own types (lab faults), beside Rancher's under `/v3`: norman-shaped like the rest,
+/// under a path no Rancher type can take (`corral` is no type of Rancher's).
+pub const V3_CORRAL: Version = Version {
+    name: "corral",
+    path: "/v3/corral",
+    group: "lab.corral.dev",
 };
 
 impl Version {

@@ -15,6 +15,7 @@ mod admission;
 mod error;
 pub mod files;
 mod ingress;
+mod lab;
 mod minter;
 mod per_host;
 mod persisted;
@@ -51,6 +52,8 @@ use crate::store::{Backend, DataDir};
 pub struct CertService {
     stage: ArcSwap<Stage>,
     minter: Arc<Minter>,
+    /// Lab certificate scenarios, laid over the stage.
+    lab: lab::LabCerts,
 }
 
 enum Stage {
@@ -80,6 +83,7 @@ impl CertService {
         store: Arc<dyn Backend>,
         dir: &DataDir,
         factory: LeafFactory,
+        faults: Arc<crate::lab::Faults>,
     ) -> Result<Self, CertError> {
         let template = ConfigTemplate::new(&factory, config.session_tickets)?;
         let renew_window = i64::from(config.rotate_days) * 86_400;
@@ -129,6 +133,7 @@ impl CertService {
         Ok(Self {
             stage: ArcSwap::from_pointee(Stage::Learning(source)),
             minter,
+            lab: lab::LabCerts::new(faults),
         })
     }
 
@@ -188,6 +193,9 @@ impl CertService {
         local_ip: IpAddr,
         client: IpAddr,
     ) -> Arc<ServerConfig> {
+        if let Some(scenario) = self.lab.select(&self.minter, sni, local_ip) {
+            return scenario;
+        }
         let ready = match &**self.stage.load() {
             Stage::Learning(source) => source.ready(sni, local_ip),
             Stage::Pinned(pinned) => Some(pinned.served().config.clone()),
@@ -209,6 +217,14 @@ impl CertService {
             Stage::Learning(source) => source.choose(sni, local_ip, client),
             Stage::Pinned(pinned) => pinned.served(),
         }
+    }
+
+    /// Makes what a lab fault's certificates need ahead of its first handshake (keys, CAs); slow
+    /// for RSA keys, so called off the runtime's workers.
+    pub fn prepare_fault(&self, fault: &crate::lab::Fault) -> Result<(), CertError> {
+        self.lab
+            .prepare(&self.minter, fault)
+            .map_err(CertError::from)
     }
 
     /// Certificates held for clients: the per-host cache's entries, or the shared certificate's
@@ -354,9 +370,10 @@ mod tests {
         let (ca, _) = CertificateAuthority::load_or_create(&dir, CaProfile::Cattle).unwrap();
         let store = Arc::new(FileBackend::new(dir.clone()));
         let factory = LeafFactory::new(store.as_ref(), Arc::new(ca), 30).unwrap();
+        let faults = Arc::new(crate::lab::Faults::new(store.clone()));
         (
             tmp,
-            CertService::new(&config, store, &dir, factory).unwrap(),
+            CertService::new(&config, store, &dir, factory, faults).unwrap(),
         )
     }
 

@@ -124,6 +124,25 @@ impl ConfigTemplate {
         Ok(served)
     }
 
+    /// A config serving `chain` (leaf first) with `key`, the leaf's, as given: a lab scenario's
+    /// certificate, whose chain is not the usual leaf + CA.
+    pub fn serve_chain(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Arc<ServerConfig>, rustls::Error> {
+        let key = self
+            .template
+            .crypto_provider()
+            .key_provider
+            .load_private_key(key)?;
+        let certified = Arc::new(CertifiedKey::new(chain, key));
+        certified.keys_match()?;
+        let mut config = self.template.clone();
+        config.cert_resolver = Arc::new(SingleCertAndKey::from(certified));
+        Ok(Arc::new(config))
+    }
+
     fn serve_signed(
         &self,
         leaf: MintedLeaf,

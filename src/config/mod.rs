@@ -201,6 +201,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CORRAL_ACCESS_LOG")]
     #[serde(default)]
     pub access_log: bool,
+    /// Lab faults active from the start: the file's `[[lab_faults]]` tables, with the fields of
+    /// `POST /v3/corral/faults`. None unless the file asks.
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lab_faults: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl ServeArgs {
@@ -352,6 +357,8 @@ pub struct Config {
     pub hostname: Option<SubjectName>,
     /// How that certificate is made and renewed.
     pub hostname_certificate: HostnameCertificate,
+    /// Lab faults to start with (the config file's `[[lab_faults]]`).
+    pub lab_faults: Vec<crate::lab::FaultSpec>,
     /// `CATTLE_BOOTSTRAP_PASSWORD` (environment only, so it never shows in `ps`).
     pub bootstrap_password: Option<Secret>,
     /// `CORRAL_PEER_TOKEN` (environment only): one peer token for every replica, as Rancher's.
@@ -444,6 +451,13 @@ impl Config {
             )?)
             .filter(|n| *n > 0),
             hostname_certificate: given(s.hostname_certificate, "hostname-certificate")?,
+            lab_faults: s
+                .lab_faults
+                .iter()
+                .flatten()
+                .map(crate::lab::FaultSpec::parse)
+                .collect::<Result<_, _>>()
+                .map_err(|e| invalid("lab_faults", e))?,
             hostname: s
                 .hostname
                 .filter(|h| !h.trim().is_empty())

@@ -10,6 +10,7 @@ mod cluster_proxy;
 mod clusters;
 mod connect;
 pub mod downstream_rbac;
+mod faults;
 mod features;
 mod global_roles;
 mod health;
@@ -86,6 +87,8 @@ pub struct AppState {
     pub downstream: downstream_rbac::DownstreamSync,
     /// The CA that signs corral's certificates (the status page says when it expires).
     pub signing_ca: Arc<crate::pki::CertificateAuthority>,
+    /// The lab faults active now.
+    pub faults: Arc<crate::lab::Faults>,
 }
 
 /// How many tunnels (agents' and peers') this server holds.
@@ -358,6 +361,11 @@ fn handlers_v3_public() -> Vec<Arc<dyn TypeHandler>> {
         Arc::new(login::AuthProviders),
         Arc::new(login::LocalProvider),
     ]
+}
+
+/// corral's own types (`/v3/corral`).
+fn handlers_v3_corral() -> Vec<Arc<dyn TypeHandler>> {
+    vec![Arc::new(faults::LabFaults)]
 }
 
 /// A response with a fixed content type and body.

@@ -20,7 +20,9 @@ use crate::api::error::MUST_AUTHENTICATE;
 use crate::api::input::{Op, admit, parse_object};
 use crate::api::request::{ApiPath, Query, effective_method};
 use crate::api::resource::{RenderOptions, render};
-use crate::api::schema::{DELETE, GET, POST, PUT, Registry, Schema, V3, V3_PUBLIC, Version};
+use crate::api::schema::{
+    DELETE, GET, POST, PUT, Registry, Schema, V3, V3_CORRAL, V3_PUBLIC, Version,
+};
 use crate::api::urls::Urls;
 use crate::api::{ApiError, Resource};
 use crate::rbac::{Grants, Request as RbacRequest};
@@ -286,6 +288,7 @@ impl Api {
         };
         api.add(V3, super::handlers_v3());
         api.add(V3_PUBLIC, super::handlers_v3_public());
+        api.add(V3_CORRAL, super::handlers_v3_corral());
         api
     }
 
@@ -438,7 +441,7 @@ pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request<Body>) ->
     // Authentication comes first: an unknown type is a 401 to a stranger, not a 404.
     let public_read = req.method() == axum::http::Method::GET
         && handler.is_some_and(|h| h.public_read(path.id.as_deref()));
-    if version == V3 && caller.is_none() && !public_read {
+    if version != V3_PUBLIC && caller.is_none() && !public_read {
         return must_authenticate();
     }
     let (parts, body) = req.into_parts();

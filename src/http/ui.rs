@@ -25,6 +25,18 @@ pub async fn favicon() -> Response<Body> {
     text_response(StatusCode::OK, "image/svg+xml", FAVICON)
 }
 
+/// A lab fault as the page lists it.
+fn fault_summary(fault: &crate::lab::Fault) -> serde_json::Value {
+    let crate::lab::What::Certificate(cert) = &fault.what;
+    json!({
+        "id": fault.id,
+        "kind": fault.kind(),
+        "what": cert.scenario.name(),
+        "target": cert.name.as_deref().unwrap_or("every name"),
+        "expires": fault.expires_ms.map(crate::lab::rfc3339_ms),
+    })
+}
+
 /// `/corral/status`: what the page shows. Everything here is public anyway (the certificate is in
 /// every handshake, the checksum is derived from `/cacerts`).
 pub async fn status(State(state): State<Arc<AppState>>) -> Response<Body> {
@@ -49,6 +61,8 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Response<Body> {
             .unwrap_or_default(),
         // Set within 30 days of the CA's end and past it.
         "caWarning": state.signing_ca.expiry_warning(time::OffsetDateTime::now_utc()),
+        // What every client can observe anyway; clearing them takes the admin's password.
+        "labFaults": state.faults.list(crate::lab::now_ms()).iter().map(|fault| fault_summary(fault)).collect::<Vec<_>>(),
     });
     json_response(StatusCode::OK, &body)
 }

@@ -88,28 +88,40 @@ impl LeafFactory {
         key: &KeyPair,
         lifetime: Duration,
     ) -> Result<MintedLeaf, rcgen::Error> {
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, dn_value("dynamic"));
-        dn.push(DnType::CommonName, dn_value("dynamic"));
-        params.distinguished_name = dn;
-        params.subject_alt_names = names.iter().map(san).collect::<Result<_, _>>()?;
-        params.serial_number = Some(random_serial());
-        let now = OffsetDateTime::now_utc();
-        params.not_before = (now - BACKDATE).max(self.ca.not_before());
-        params.not_after = params.not_before + lifetime;
-        // ExplicitNoCa writes basicConstraints CA:FALSE and, with it, the SubjectKeyIdentifier.
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.use_authority_key_identifier_extension = true;
-        params.key_identifier_method = super::key_identifier(key.public_key_raw());
+        let not_before = (OffsetDateTime::now_utc() - BACKDATE).max(self.ca.not_before());
+        let params = leaf_params(names, key, not_before, not_before + lifetime)?;
         let cert = params.signed_by(key, self.ca.issuer())?;
         Ok(MintedLeaf {
             der: cert.der().clone(),
             not_after: params.not_after,
         })
     }
+}
+
+/// A leaf's parameters as corral signs every leaf: `CN=dynamic, O=dynamic`, `names` as its
+/// subjectAltName, serverAuth, SKI/AKI, a random serial, valid from `not_before` to `not_after`.
+pub(crate) fn leaf_params(
+    names: &[SubjectName],
+    key: &KeyPair,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<CertificateParams, rcgen::Error> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, dn_value("dynamic"));
+    dn.push(DnType::CommonName, dn_value("dynamic"));
+    params.distinguished_name = dn;
+    params.subject_alt_names = names.iter().map(san).collect::<Result<_, _>>()?;
+    params.serial_number = Some(random_serial());
+    params.not_before = not_before;
+    params.not_after = not_after;
+    // ExplicitNoCa writes basicConstraints CA:FALSE and, with it, the SubjectKeyIdentifier.
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    params.key_identifier_method = super::key_identifier(key.public_key_raw());
+    Ok(params)
 }
 
 impl LeafFactory {

@@ -6,6 +6,7 @@ pub mod chain_check;
 pub mod factory;
 pub mod inspect;
 pub mod names;
+pub mod scenarios;
 pub mod server_url;
 
 use rand::RngCore;

@@ -1,0 +1,103 @@
+//! Lab certificate scenarios laid over whatever corral serves: a client whose name an active
+//! certificate fault covers gets the scenario's certificate instead, pinned or not. With no fault
+//! active this costs the handshake one atomic load.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use rustls::ServerConfig;
+
+use super::minter::Minter;
+use crate::lab::{Fault, Faults, What, now_ms};
+use crate::pki::SubjectName;
+use crate::pki::scenarios::ScenarioKit;
+use crate::support::lock;
+
+/// Scenario certificates kept, by fault and name; past this, more are made for each handshake and
+/// not kept (a flood of names under a fault for every name must not grow memory).
+const MAX_KEPT: usize = 1024;
+
+pub struct LabCerts {
+    faults: Arc<Faults>,
+    kit: ScenarioKit,
+    kept: Mutex<HashMap<(String, String), Arc<ServerConfig>>>,
+}
+
+impl LabCerts {
+    pub fn new(faults: Arc<Faults>) -> Self {
+        Self {
+            faults,
+            kit: ScenarioKit::default(),
+            kept: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The scenario's config for a client that sent `sni` (or none) to `local_ip`, if an active
+    /// certificate fault covers it.
+    pub fn select(
+        &self,
+        minter: &Minter,
+        sni: Option<&str>,
+        local_ip: IpAddr,
+    ) -> Option<Arc<ServerConfig>> {
+        let faults = self.faults.snapshot();
+        if faults.is_empty() {
+            return None;
+        }
+        let name = match sni {
+            Some(sni) => sni.to_ascii_lowercase(),
+            None => local_ip.to_string(),
+        };
+        let now = now_ms();
+        let fault = faults.iter().find(|fault| {
+            let What::Certificate(cert) = &fault.what;
+            !fault.expired(now) && cert.applies_to(&name)
+        })?;
+        let key = (fault.id.clone(), name);
+        if let Some(config) = lock(&self.kept).get(&key) {
+            return Some(config.clone());
+        }
+        let config = self.build(minter, fault, &key.1)?;
+        let mut kept = lock(&self.kept);
+        if kept.len() >= MAX_KEPT {
+            kept.retain(|(id, _), _| faults.iter().any(|f| f.id == *id && !f.expired(now)));
+        }
+        if kept.len() < MAX_KEPT {
+            kept.insert(key, config.clone());
+        }
+        Some(config)
+    }
+
+    /// Makes what `fault` needs ahead of its first handshake (an RSA key takes a while).
+    pub fn prepare(&self, minter: &Minter, fault: &Fault) -> Result<(), rcgen::Error> {
+        let What::Certificate(cert) = &fault.what;
+        self.kit.prepare(minter.factory(), cert.scenario)
+    }
+
+    fn build(&self, minter: &Minter, fault: &Fault, name: &str) -> Option<Arc<ServerConfig>> {
+        let What::Certificate(cert) = &fault.what;
+        // A name that cannot be one (a hostile SNI) gets what it would have got without the fault.
+        let subject = SubjectName::parse(name).ok()?;
+        let made = self
+            .kit
+            .leaf(minter.factory(), cert.scenario, &subject)
+            .map_err(|e| e.to_string())
+            .and_then(|leaf| {
+                minter
+                    .template()
+                    .serve_chain(leaf.chain, leaf.key)
+                    .map_err(|e| e.to_string())
+            });
+        match made {
+            Ok(config) => Some(config),
+            Err(e) => {
+                tracing::warn!(
+                    "lab fault {}: cannot make its certificate for {name}: {e}",
+                    fault.id
+                );
+                None
+            }
+        }
+    }
+}

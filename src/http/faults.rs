@@ -1,0 +1,118 @@
+//! `/v3/corral/faults`: the lab faults active now (issue 23), norman-shaped like Rancher's types:
+//! list, create, get and remove, for whoever the rules let (admins). A fault ends when its `ttl`
+//! passes, when it is removed, or when the server stops.
+
+use async_trait::async_trait;
+use axum::http::StatusCode;
+use serde_json::{Map, Value};
+
+use super::norman::{Answer, Call, TypeHandler};
+use crate::api::resource::date;
+use crate::api::schema::{DELETE, GET, POST};
+use crate::api::{ApiError, Field, Resource, Schema};
+use crate::lab::{Fault, FaultError, FaultSpec, RegistryError, What, now_ms, rfc3339_ms};
+
+pub struct LabFaults;
+
+fn resource(fault: &Fault) -> Resource {
+    let mut resource = Resource::new(&fault.id)
+        .with("kind", fault.kind())
+        .with("state", "active")
+        .with("created", date(fault.created))
+        .with(
+            "expires",
+            fault
+                .expires_ms
+                .map_or(Value::Null, |at| rfc3339_ms(at).into()),
+        );
+    match &fault.what {
+        What::Certificate(cert) => {
+            resource = resource
+                .with("scenario", cert.scenario.name())
+                .with("name", cert.name.clone().map_or(Value::Null, Value::from));
+        }
+    }
+    resource
+}
+
+fn invalid(error: &FaultError) -> ApiError {
+    let code = match error {
+        FaultError::Missing { .. } => "MissingRequired",
+        FaultError::NotOneOf { .. } => "InvalidOption",
+        FaultError::Invalid { .. } => "InvalidFormat",
+    };
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, error.to_string()).on_field(error.field())
+}
+
+fn registry_error(error: RegistryError) -> ApiError {
+    match error {
+        RegistryError::Full => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "MaxLimitExceeded",
+            error.to_string(),
+        ),
+        RegistryError::NotFound(_) => ApiError::not_found(error.to_string()),
+        RegistryError::Store(e) => {
+            tracing::warn!("lab faults: {e}");
+            ApiError::store_unavailable()
+        }
+    }
+}
+
+#[async_trait]
+impl TypeHandler for LabFaults {
+    fn schemas(&self) -> Vec<Schema> {
+        vec![
+            Schema::new("fault")
+                .methods(&[GET, POST], &[GET, DELETE])
+                .field("kind", Field::one_of(&["certificate"]).create().required())
+                .field("scenario", Field::string().create().nullable())
+                .field("name", Field::string().create().nullable())
+                .field("ttl", Field::string().create().nullable())
+                .field("expires", Field::date().nullable())
+                .field("created", Field::date())
+                .field("state", Field::string()),
+        ]
+    }
+
+    fn rbac_resource(&self) -> Option<&'static str> {
+        Some("corralfaults")
+    }
+
+    async fn list(&self, call: &Call<'_>) -> Result<Vec<Resource>, ApiError> {
+        Ok(call
+            .state
+            .faults
+            .list(now_ms())
+            .iter()
+            .map(|f| resource(f))
+            .collect())
+    }
+
+    async fn create(&self, call: &Call<'_>, input: Map<String, Value>) -> Result<Answer, ApiError> {
+        let spec = FaultSpec::parse(&input).map_err(|e| invalid(&e))?;
+        let fault = call.state.faults.add(spec).map_err(registry_error)?;
+        // Keys and CAs a scenario needs are made now, off the workers, rather than by the first
+        // handshake (an RSA-4096 key takes a second or more).
+        let certs = call.state.certs.clone();
+        let prepared = fault.clone();
+        let made = tokio::task::spawn_blocking(move || certs.prepare_fault(&prepared)).await;
+        let failed = match made {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = failed {
+            let _ = call.state.faults.remove(&fault.id);
+            return Err(ApiError::server_error(format!(
+                "cannot prepare the fault: {e}"
+            )));
+        }
+        Ok(Answer::created("fault", resource(&fault)))
+    }
+
+    async fn delete(&self, call: &Call<'_>, id: &str) -> Result<Answer, ApiError> {
+        let fault = call.state.faults.remove(id).map_err(registry_error)?;
+        Ok(Answer::ok("fault", resource(&fault)))
+    }
+}

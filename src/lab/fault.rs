@@ -1,0 +1,333 @@
+//! What a lab fault is: a certificate scenario served to some names, until it expires or is
+//! removed. Read from an API body or the config file, checked here once, stored as it is.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::pki::SubjectName;
+pub use crate::pki::scenarios::Scenario;
+
+/// The longest a fault may be asked to last (a lab left running over a week-end is the longest
+/// use seen); without a `ttl` it lasts until removed or the server stops.
+pub const MAX_TTL: Duration = Duration::from_secs(7 * 86_400);
+
+/// The kinds of fault, as `kind` names them.
+pub const KINDS: [&str; 1] = ["certificate"];
+
+/// A fault as created, stored and listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fault {
+    pub id: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// Unix milliseconds after which the fault is over; `None`: until removed.
+    pub expires_ms: Option<i64>,
+    #[serde(flatten)]
+    pub what: What,
+}
+
+impl Fault {
+    pub fn kind(&self) -> &'static str {
+        match self.what {
+            What::Certificate(_) => "certificate",
+        }
+    }
+
+    /// Whether the fault is over at `now_ms` (unix milliseconds).
+    pub fn expired(&self, now_ms: i64) -> bool {
+        self.expires_ms.is_some_and(|at| at <= now_ms)
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.what {
+            What::Certificate(cert) => {
+                write!(f, "certificate scenario {} for ", cert.scenario)?;
+                match &cert.name {
+                    Some(name) => write!(f, "{name}")?,
+                    None => f.write_str("every name")?,
+                }
+            }
+        }
+        if let Some(at) = self.expires_ms {
+            write!(f, " until {}", crate::lab::rfc3339_ms(at))?;
+        }
+        Ok(())
+    }
+}
+
+/// What a fault does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum What {
+    Certificate(CertificateFault),
+}
+
+/// A certificate scenario, for one name, a glob of names, or every client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertificateFault {
+    pub scenario: Scenario,
+    /// An exact name or IP, or a glob (`*.lab.test`); `None`: every client, with or without SNI.
+    pub name: Option<String>,
+}
+
+impl CertificateFault {
+    /// Whether the fault applies to a client that asked for `name` (its SNI, lower-cased, or the
+    /// local IP it reached without SNI).
+    pub fn applies_to(&self, name: &str) -> bool {
+        match &self.name {
+            None => true,
+            Some(pattern) => match pattern.strip_prefix("*.") {
+                // One label or more before the suffix, as the glob's users expect of `*.lab.test`.
+                Some(suffix) => name
+                    .strip_suffix(suffix)
+                    .and_then(|head| head.strip_suffix('.'))
+                    .is_some_and(|head| !head.is_empty()),
+                None => pattern == name,
+            },
+        }
+    }
+}
+
+/// Why a fault cannot be made, naming the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FaultError {
+    #[error("{field} is required")]
+    Missing { field: &'static str },
+    #[error("invalid {field} {given:?}: valid ones are {valid}")]
+    NotOneOf {
+        field: &'static str,
+        given: String,
+        valid: String,
+    },
+    #[error("invalid {field} {given:?}: {why}")]
+    Invalid {
+        field: &'static str,
+        given: String,
+        why: &'static str,
+    },
+}
+
+impl FaultError {
+    pub fn field(&self) -> &'static str {
+        match self {
+            FaultError::Missing { field }
+            | FaultError::NotOneOf { field, .. }
+            | FaultError::Invalid { field, .. } => field,
+        }
+    }
+}
+
+/// Scenarios asked for that the TLS stack cannot serve, and why (the refusal says so).
+const NOT_SERVABLE: [(&str, &str); 3] = [
+    (
+        "weak-key",
+        "aws-lc-rs, which signs corral's handshakes, refuses RSA keys under 2048 bits",
+    ),
+    ("sha1", "rcgen cannot sign certificates with SHA-1"),
+    (
+        "revoked",
+        "corral serves no CRL or OCSP answer that could say so",
+    ),
+];
+
+/// What a body asks for: `kind`, then the kind's fields, and an optional `ttl`. The fault's id and
+/// times are set by [`Fault::new`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultSpec {
+    pub what: What,
+    pub ttl: Option<Duration>,
+}
+
+impl FaultSpec {
+    pub fn parse(input: &Map<String, Value>) -> Result<Self, FaultError> {
+        let text = |field| text(input, field);
+        let kind = text("kind")?.ok_or(FaultError::Missing { field: "kind" })?;
+        let what = match kind {
+            "certificate" => What::Certificate(certificate(input)?),
+            other => {
+                return Err(FaultError::NotOneOf {
+                    field: "kind",
+                    given: other.into(),
+                    valid: "certificate".into(),
+                });
+            }
+        };
+        let ttl = match text("ttl")? {
+            None => None,
+            Some(given) => Some(parse_duration(given).filter(|d| *d <= MAX_TTL).ok_or(
+                FaultError::Invalid {
+                    field: "ttl",
+                    given: given.into(),
+                    why: "must be a duration such as 90s, 10m or 1h30m, at most 168h",
+                },
+            )?),
+        };
+        Ok(Self { what, ttl })
+    }
+}
+
+/// A string field of a body: absent, null or empty is `None`; another type is refused.
+fn text<'a>(
+    input: &'a Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<&'a str>, FaultError> {
+    match input.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(FaultError::Invalid {
+            field,
+            given: other.to_string(),
+            why: "must be a string",
+        }),
+    }
+}
+
+fn certificate(input: &Map<String, Value>) -> Result<CertificateFault, FaultError> {
+    let text = |field| text(input, field);
+    let given = text("scenario")?.ok_or(FaultError::Missing { field: "scenario" })?;
+    let Some(scenario) = Scenario::parse(given) else {
+        let valid = Scenario::ALL.map(Scenario::name).join(", ");
+        let valid = match NOT_SERVABLE.iter().find(|(name, _)| *name == given) {
+            Some((_, why)) => format!("{valid} ({given} is not offered: {why})"),
+            None => valid,
+        };
+        return Err(FaultError::NotOneOf {
+            field: "scenario",
+            given: given.into(),
+            valid,
+        });
+    };
+    let name = match text("name")? {
+        None => None,
+        Some(given) => Some(name_pattern(given).ok_or(FaultError::Invalid {
+            field: "name",
+            given: given.into(),
+            why: "must be a DNS name, an IP address or a glob such as *.lab.test",
+        })?),
+    };
+    Ok(CertificateFault { scenario, name })
+}
+
+/// A name as faults match it: lower-cased, a valid name or IP, or `*.` before a valid name.
+fn name_pattern(given: &str) -> Option<String> {
+    let lower = given.trim().to_ascii_lowercase();
+    let checked = lower.strip_prefix("*.").unwrap_or(&lower);
+    let parsed = SubjectName::parse(checked).ok()?;
+    match (&parsed, lower.starts_with("*.")) {
+        (SubjectName::Ip(_), true) => None,
+        (SubjectName::Ip(ip), false) => Some(ip.to_string()),
+        (SubjectName::Dns(_), _) => Some(lower),
+    }
+}
+
+/// A Go-style duration: numbers with units `ms`, `s`, `m`, `h`, one after another (`1h30m`,
+/// `300ms`, `0s`). `None` when it is not one.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let mut rest = text.trim();
+    if rest.is_empty() || rest.len() > 32 {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .filter(|&end| end > 0)?;
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_end] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_end..];
+        total += Duration::try_from_secs_f64(number * seconds).ok()?;
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(body: Value) -> Result<FaultSpec, FaultError> {
+        FaultSpec::parse(body.as_object().unwrap())
+    }
+
+    #[test]
+    fn durations_read_as_go_writes_them() {
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("300ms"), Some(Duration::from_millis(300)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
+        for bad in ["", "10", "m", "10x", "-1s", "1e9h", "s10"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_certificate_fault_names_a_scenario_and_maybe_a_name() {
+        let spec = parse(json!({"kind": "certificate", "scenario": "expired",
+            "name": "Exp.Lab.Test", "ttl": "10m"}))
+        .unwrap();
+        assert_eq!(spec.ttl, Some(Duration::from_secs(600)));
+        let What::Certificate(cert) = spec.what;
+        assert_eq!(cert.scenario, Scenario::Expired);
+        assert!(cert.applies_to("exp.lab.test"));
+        assert!(!cert.applies_to("other.lab.test"));
+        let every = parse(json!({"kind": "certificate", "scenario": "no-san"})).unwrap();
+        let What::Certificate(every) = every.what;
+        assert!(every.applies_to("anything") && every.applies_to("127.0.0.1"));
+    }
+
+    #[test]
+    fn globs_match_one_label_or_more() {
+        let spec = parse(json!({"kind": "certificate", "scenario": "expired",
+            "name": "*.lab.test"}))
+        .unwrap();
+        let What::Certificate(cert) = spec.what;
+        assert!(cert.applies_to("a.lab.test"));
+        assert!(cert.applies_to("a.b.lab.test"));
+        assert!(!cert.applies_to("lab.test"));
+        assert!(!cert.applies_to("evillab.test"));
+        assert!(!cert.applies_to(".lab.test"));
+    }
+
+    #[test]
+    fn refusals_name_the_field_and_what_is_valid() {
+        let unknown = parse(json!({"kind": "certificate", "scenario": "broken"})).unwrap_err();
+        assert_eq!(unknown.field(), "scenario");
+        let text = unknown.to_string();
+        assert!(
+            text.contains("expired, not-yet-valid, wrong-host"),
+            "{text}"
+        );
+        let weak = parse(json!({"kind": "certificate", "scenario": "weak-key"})).unwrap_err();
+        assert!(weak.to_string().contains("2048 bits"), "{weak}");
+        assert_eq!(
+            parse(json!({"scenario": "expired"})).unwrap_err(),
+            FaultError::Missing { field: "kind" }
+        );
+        assert_eq!(parse(json!({"kind": "dns"})).unwrap_err().field(), "kind");
+        for name in ["*", "*.1.2.3.4", "a..b", "x y", "*.*.lab.test"] {
+            let e = parse(json!({"kind": "certificate", "scenario": "expired", "name": name}));
+            assert_eq!(e.unwrap_err().field(), "name", "{name}");
+        }
+        let ttl = parse(json!({"kind": "certificate", "scenario": "expired", "ttl": "200h"}));
+        assert_eq!(ttl.unwrap_err().field(), "ttl");
+        let typed = parse(json!({"kind": "certificate", "scenario": 3}));
+        assert_eq!(typed.unwrap_err().field(), "scenario");
+    }
+}

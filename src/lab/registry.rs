@@ -1,0 +1,322 @@
+//! The faults active now, as every reader sees them: one snapshot swapped whole on each change, so
+//! the handshake path reads it without a lock.
+//!
+//! A fault lives as long as the process that made it: in memory on the data directory; on a
+//! shared store under an etcd lease that this process keeps alive, so that the other replicas
+//! serve it too and nothing of it outlives the replica (`nothing survives a restart`). A fault
+//! ends when its ttl passes, when it is removed (from any replica), or with its replica.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::fault::{Fault, FaultSpec};
+use crate::store::{Backend, Changes, LeaseGuard};
+use crate::support::lock;
+
+/// Where faults are kept on a shared store, one key each.
+const PREFIX: &str = "corral/lab-faults/";
+
+/// How long a replica's faults outlive it on a shared store (the lease's ttl).
+const LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// At most this many faults at once: each one is looked at by every handshake.
+pub const MAX_FAULTS: usize = 256;
+
+/// Why a fault cannot be added or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("at most {MAX_FAULTS} faults may be active at once")]
+    Full,
+    #[error("fault {0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+pub struct Faults {
+    store: Arc<dyn Backend>,
+    /// What readers see: the faults not removed, sorted by id. Expired ones stay until the sweep
+    /// removes them; readers check [`Fault::expired`] themselves.
+    active: ArcSwap<Vec<Arc<Fault>>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Every fault known, by id.
+    known: BTreeMap<String, Arc<Fault>>,
+    /// The faults this process made, and the leases that keep them on a shared store. `seen`
+    /// once the store has listed the fault: gone from a later listing, it was removed elsewhere.
+    own: BTreeMap<String, Own>,
+}
+
+struct Own {
+    _lease: Option<LeaseGuard>,
+    seen: bool,
+}
+
+impl Faults {
+    /// The registry, following the store's changes (other replicas' faults) and sweeping expired
+    /// faults while the runtime runs. Call from within the runtime.
+    pub fn start(store: Arc<dyn Backend>) -> Arc<Self> {
+        let faults = Arc::new(Self::new(store));
+        faults.publish(&lock(&faults.state), None);
+        faults.reload();
+        tokio::spawn(follow(Arc::downgrade(&faults)));
+        tokio::spawn(sweep(Arc::downgrade(&faults)));
+        faults
+    }
+
+    /// The registry alone, neither following the store nor sweeping (what [`Faults::start`]
+    /// adds): for tests.
+    pub fn new(store: Arc<dyn Backend>) -> Self {
+        Self {
+            store,
+            active: ArcSwap::from_pointee(Vec::new()),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The faults now, for the handshake path: a snapshot, read without a lock.
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Vec<Arc<Fault>>>> {
+        self.active.load()
+    }
+
+    /// Every fault not over at `now_ms`.
+    pub fn list(&self, now_ms: i64) -> Vec<Arc<Fault>> {
+        self.active
+            .load()
+            .iter()
+            .filter(|f| !f.expired(now_ms))
+            .cloned()
+            .collect()
+    }
+
+    /// Adds a fault as `spec` asks, with a new id; it is served from the next handshake on here,
+    /// and on the other replicas once the store has told them.
+    pub fn add(&self, spec: FaultSpec) -> Result<Arc<Fault>, RegistryError> {
+        let now_ms = now_ms();
+        let mut state = lock(&self.state);
+        if state.known.values().filter(|f| !f.expired(now_ms)).count() >= MAX_FAULTS {
+            return Err(RegistryError::Full);
+        }
+        let id = loop {
+            let id = format!("fault-{}", crate::secrets::random_suffix());
+            if !state.known.contains_key(&id) {
+                break id;
+            }
+        };
+        let fault = Arc::new(Fault {
+            created: now_ms / 1000,
+            expires_ms: spec
+                .ttl
+                .map(|ttl| now_ms.saturating_add(ttl.as_millis() as i64)),
+            id: id.clone(),
+            what: spec.what,
+        });
+        let lease = match self.store.has_paths() {
+            true => {
+                let bytes = serde_json::to_vec(&*fault).expect("faults serialize");
+                self.store
+                    .keep_alive(&format!("{PREFIX}{id}"), &bytes, LEASE_TTL)?
+            }
+            false => None,
+        };
+        state.own.insert(
+            id.clone(),
+            Own {
+                _lease: lease,
+                seen: false,
+            },
+        );
+        state.known.insert(id, fault.clone());
+        self.publish(&state, None);
+        Ok(fault)
+    }
+
+    /// Removes fault `id`, whoever made it.
+    pub fn remove(&self, id: &str) -> Result<Arc<Fault>, RegistryError> {
+        let mut state = lock(&self.state);
+        let fault = state
+            .known
+            .remove(id)
+            .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
+        // Dropping our lease deletes the key; another replica's key is deleted here, and that
+        // replica drops its lease when it sees the deletion.
+        if state.own.remove(id).is_none() && self.store.has_paths() {
+            self.store.delete_path(&format!("{PREFIX}{id}"))?;
+        }
+        self.publish(&state, Some("removed"));
+        Ok(fault)
+    }
+
+    /// Reads the shared store's faults again (after a change another replica made).
+    fn reload(&self) {
+        if !self.store.has_paths() {
+            return;
+        }
+        let stored: BTreeMap<String, Arc<Fault>> = self
+            .store
+            .list(PREFIX)
+            .into_iter()
+            .filter_map(|(_, bytes)| serde_json::from_slice::<Fault>(&bytes).ok())
+            .map(|fault| (fault.id.clone(), Arc::new(fault)))
+            .collect();
+        let mut state = lock(&self.state);
+        let State { known, own } = &mut *state;
+        // Ours that the store listed once and no longer does were removed on another replica.
+        own.retain(|id, own| {
+            let listed = stored.contains_key(id);
+            let removed = own.seen && !listed;
+            own.seen |= listed;
+            !removed
+        });
+        let mut next = stored;
+        for id in own.keys() {
+            if let Some(fault) = known.get(id) {
+                next.entry(id.clone()).or_insert_with(|| fault.clone());
+            }
+        }
+        *known = next;
+        self.publish(&state, Some("removed"));
+    }
+
+    /// Drops the faults whose ttl has passed; the next expiry, if any.
+    fn sweep_expired(&self) -> Option<i64> {
+        let now_ms = now_ms();
+        let mut state = lock(&self.state);
+        let State { known, own } = &mut *state;
+        let before = known.len();
+        known.retain(|id, fault| {
+            // Another replica's fault is removed by that replica; it is only hidden here.
+            let over = fault.expired(now_ms) && own.contains_key(id);
+            if over {
+                own.remove(id);
+            }
+            !over
+        });
+        if known.len() != before {
+            self.publish(&state, Some("expired"));
+        }
+        state.known.values().filter_map(|f| f.expires_ms).min()
+    }
+
+    /// Swaps the readers' snapshot for `state`'s faults, logging those that started and ended
+    /// (`ended`: why) and counting them in `/metrics`.
+    fn publish(&self, state: &State, ended: Option<&str>) {
+        let previous = self.active.load_full();
+        let next: Vec<Arc<Fault>> = state.known.values().cloned().collect();
+        for fault in &next {
+            if !previous.iter().any(|p| p.id == fault.id) {
+                tracing::info!("lab fault {} started: {fault}", fault.id);
+            }
+        }
+        for fault in previous.iter() {
+            if !next.iter().any(|n| n.id == fault.id) {
+                let why = match fault.expired(now_ms()) {
+                    true => "expired",
+                    false => ended.unwrap_or("removed"),
+                };
+                tracing::info!("lab fault {} ended ({why}): {fault}", fault.id);
+            }
+        }
+        let gauge = &crate::metrics::metrics().lab_faults_active;
+        for kind in super::fault::KINDS {
+            let count = next.iter().filter(|f| f.kind() == kind).count();
+            gauge.with_label_values(&[kind]).set(count as i64);
+        }
+        self.active.store(Arc::new(next));
+    }
+}
+
+/// Follows the shared store's changes to faults, for as long as the registry lives.
+async fn follow(faults: Weak<Faults>) {
+    let Some(store) = faults.upgrade().map(|f| f.store.clone()) else {
+        return;
+    };
+    let Some(mut changes) = Changes::of(store.as_ref(), |path| path.starts_with(PREFIX)) else {
+        return;
+    };
+    drop(store);
+    while changes.next().await.is_some() {
+        match faults.upgrade() {
+            Some(faults) => faults.reload(),
+            None => return,
+        }
+    }
+}
+
+/// Ends faults when their ttl passes: wakes at the next expiry, or every few seconds to see new
+/// ones (a fault made later with a shorter ttl is ended within that).
+async fn sweep(faults: Weak<Faults>) {
+    const AT_MOST: i64 = 1000;
+    loop {
+        let next = match faults.upgrade() {
+            Some(faults) => faults.sweep_expired(),
+            None => return,
+        };
+        let wait_ms = next.map_or(AT_MOST, |at| (at - now_ms()).clamp(10, AT_MOST));
+        tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
+    }
+}
+
+/// The time in unix milliseconds.
+pub fn now_ms() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    (now.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::fault::{CertificateFault, Scenario, What};
+    use crate::store::{DataDir, FileBackend};
+
+    fn spec(ttl: Option<Duration>) -> FaultSpec {
+        FaultSpec {
+            what: What::Certificate(CertificateFault {
+                scenario: Scenario::Expired,
+                name: Some("exp.lab.test".into()),
+            }),
+            ttl,
+        }
+    }
+
+    #[test]
+    fn faults_are_added_listed_removed_and_expire() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Arc::new(FileBackend::new(DataDir::open(tmp.path()).unwrap()));
+        let faults = Faults::new(store);
+        let files = || std::fs::read_dir(tmp.path()).unwrap().count();
+        let before = files();
+        let kept = faults.add(spec(None)).unwrap();
+        let brief = faults.add(spec(Some(Duration::from_millis(1)))).unwrap();
+        assert_eq!(faults.snapshot().len(), 2);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(faults.list(now_ms()).len(), 1, "the expired one is hidden");
+        assert_eq!(faults.sweep_expired(), None);
+        assert_eq!(faults.snapshot().len(), 1, "and swept");
+        assert!(matches!(
+            faults.remove(&brief.id),
+            Err(RegistryError::NotFound(_))
+        ));
+        faults.remove(&kept.id).unwrap();
+        assert!(faults.snapshot().is_empty());
+        // Nothing was written to the data directory: faults end with the process.
+        assert_eq!(files(), before);
+    }
+
+    #[test]
+    fn the_number_of_faults_is_bounded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Arc::new(FileBackend::new(DataDir::open(tmp.path()).unwrap()));
+        let faults = Faults::new(store);
+        for _ in 0..MAX_FAULTS {
+            faults.add(spec(None)).unwrap();
+        }
+        assert!(matches!(faults.add(spec(None)), Err(RegistryError::Full)));
+    }
+}

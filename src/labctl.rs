@@ -1,0 +1,113 @@
+//! `corral lab`: the lab's faults from the command line, through the same API scripts use
+//! (`/v3/corral/faults`), so that it works against any corral, local or a replica behind a balancer.
+
+use serde_json::{Value, json};
+
+use crate::client::{ApiCallError, ApiTarget};
+
+#[derive(clap::Subcommand)]
+pub enum LabCommand {
+    /// List the faults active now.
+    Faults {
+        #[command(flatten)]
+        api: ApiTarget,
+    },
+    /// Serve a broken certificate to a name, a glob of names, or every client.
+    Cert {
+        /// expired, not-yet-valid, wrong-host, self-signed, untrusted-root, incomplete-chain,
+        /// no-san, rsa-2048, rsa-4096 or many-sans.
+        scenario: String,
+        /// The name (or IP, or a glob such as *.lab.test) it is served to [default: every client].
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// How long it lasts (90s, 10m, 1h30m) [default: until removed or the server stops].
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+        #[command(flatten)]
+        api: ApiTarget,
+    },
+    /// End faults by id.
+    Remove {
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+        #[command(flatten)]
+        api: ApiTarget,
+    },
+    /// End every fault.
+    Clear {
+        #[command(flatten)]
+        api: ApiTarget,
+    },
+}
+
+const FAULTS: &str = "/v3/corral/faults";
+
+/// Runs a `corral lab` command; what it prints on success.
+pub async fn run(command: LabCommand) -> Result<String, ApiCallError> {
+    match command {
+        LabCommand::Faults { api } => {
+            let list = api.call("GET", FAULTS, None).await?;
+            Ok(table(
+                list["data"].as_array().map_or(&[][..], Vec::as_slice),
+            ))
+        }
+        LabCommand::Cert {
+            scenario,
+            name,
+            ttl,
+            api,
+        } => {
+            let body =
+                json!({"kind": "certificate", "scenario": scenario, "name": name, "ttl": ttl});
+            let made = api.call("POST", FAULTS, Some(body)).await?;
+            Ok(format!("{}\n", made["id"].as_str().unwrap_or_default()))
+        }
+        LabCommand::Remove { ids, api } => {
+            let mut out = String::new();
+            for id in ids {
+                api.call("DELETE", &format!("{FAULTS}/{id}"), None).await?;
+                out.push_str(&format!("removed {id}\n"));
+            }
+            Ok(out)
+        }
+        LabCommand::Clear { api } => {
+            let list = api.call("GET", FAULTS, None).await?;
+            let mut out = String::new();
+            for fault in list["data"].as_array().into_iter().flatten() {
+                let id = fault["id"].as_str().unwrap_or_default();
+                api.call("DELETE", &format!("{FAULTS}/{id}"), None).await?;
+                out.push_str(&format!("removed {id}\n"));
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// The faults as a table, one per line.
+fn table(faults: &[Value]) -> String {
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let mut rows = vec![["ID", "KIND", "WHAT", "TARGET", "EXPIRES"].map(str::to_string)];
+    for fault in faults {
+        rows.push([
+            text(&fault["id"]),
+            text(&fault["kind"]),
+            text(&fault["scenario"]),
+            fault["name"].as_str().unwrap_or("every name").to_string(),
+            fault["expires"].as_str().unwrap_or("never").to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:width$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

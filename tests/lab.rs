@@ -1,0 +1,651 @@
+//! Lab scenarios (issue 23): faults made through `/v3/corral/faults`, the config file and the
+//! status page, each met by the real clients users have — openssl, curl, Python's ssl, kubectl —
+//! with the exact error each one gives.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::lab::Lab;
+use common::*;
+use serde_json::{Value, json};
+
+fn json_of(response: &HttpResponse) -> Value {
+    serde_json::from_str(&response.body)
+        .unwrap_or_else(|e| panic!("{e}: {} {}", response.status, response.body))
+}
+
+/// Creates a fault as `auth`; the answer.
+async fn add_fault(lab: &Lab, body: Value) -> HttpResponse {
+    request(
+        lab.addr,
+        "POST",
+        "/v3/corral/faults",
+        &[&lab.auth()],
+        Some(&body.to_string()),
+    )
+    .await
+}
+
+/// A command's exit code and its stdout and stderr together, bounded at 20 s.
+fn run(program: &str, args: &[&str]) -> (i32, String) {
+    let output = Command::new("timeout")
+        .arg("20")
+        .arg(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
+
+/// What each client says of a name's certificate.
+struct Verdicts {
+    /// `openssl s_client`'s `Verify return code: N (…)` line, the first.
+    openssl: String,
+    /// The server key's size as `openssl s_client` reports it.
+    key_bits: String,
+    curl_exit: i32,
+    /// `ok`, or Python's `ssl` error.
+    python: String,
+    /// kubectl's last line.
+    kubectl: String,
+}
+
+fn verdicts(lab: &Lab, name: &str) -> Verdicts {
+    let port = lab.addr.port().to_string();
+    let ca = lab.ca_file.path().to_str().unwrap();
+    let connect = format!("127.0.0.1:{port}");
+    let (_, openssl) = run(
+        "openssl",
+        &[
+            "s_client",
+            "-connect",
+            &connect,
+            "-servername",
+            name,
+            "-CAfile",
+            ca,
+            "-verify_hostname",
+            name,
+        ],
+    );
+    let line = |prefix: &str| {
+        openssl
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let resolve = format!("{name}:{port}:127.0.0.1");
+    let url = format!("https://{name}:{port}/ping");
+    let (curl_exit, _) = run(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "--cacert",
+            ca,
+            "--resolve",
+            &resolve,
+            &url,
+        ],
+    );
+    let script = format!(
+        "import ssl, socket\n\
+         ctx = ssl.create_default_context(cafile={ca:?})\n\
+         try:\n    ctx.wrap_socket(socket.create_connection(('127.0.0.1', {port})), server_hostname={name:?}); print('ok')\n\
+         except ssl.SSLError as e:\n    print(e)\n"
+    );
+    let (_, python) = run("python3", &["-c", &script]);
+    let server = format!("https://127.0.0.1:{port}");
+    let (_, kubectl) = run(
+        "kubectl",
+        &[
+            "--server",
+            &server,
+            "--tls-server-name",
+            name,
+            "--certificate-authority",
+            ca,
+            "--token",
+            "not-a-token",
+            "get",
+            "--raw",
+            "/ping",
+        ],
+    );
+    Verdicts {
+        openssl: line("Verify return code:"),
+        key_bits: line("Server public key is"),
+        curl_exit,
+        python: python.trim().to_string(),
+        kubectl: kubectl
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
+/// Every scenario, on a name of its own, as openssl (its verify code), curl (its exit code),
+/// Python and kubectl (their texts) meet it; a name without a fault keeps corral's own leaf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_certificate_scenario_fails_real_clients_exactly() {
+    let lab = Lab::start().await;
+    let scenarios = [
+        "expired",
+        "not-yet-valid",
+        "wrong-host",
+        "self-signed",
+        "untrusted-root",
+        "incomplete-chain",
+        "no-san",
+        "rsa-2048",
+        "rsa-4096",
+        "many-sans",
+    ];
+    for scenario in scenarios {
+        let name = format!("{scenario}.lab.test");
+        let made = add_fault(
+            &lab,
+            json!({"kind": "certificate", "scenario": scenario, "name": name, "ttl": "10m"}),
+        )
+        .await;
+        assert_eq!(made.status, 201, "{scenario}: {}", made.body);
+    }
+    // scenario: openssl's code, curl's exit code, Python's words, kubectl's (Go's) words.
+    let expected: [(&str, &str, i32, &str, &str); 10] = [
+        (
+            "expired",
+            "10 (certificate has expired)",
+            60,
+            "certificate verify failed: certificate has expired",
+            "x509: certificate has expired or is not yet valid: current time",
+        ),
+        (
+            "not-yet-valid",
+            "9 (certificate is not yet valid)",
+            60,
+            "certificate verify failed: certificate is not yet valid",
+            "x509: certificate has expired or is not yet valid: current time",
+        ),
+        (
+            "wrong-host",
+            "62 (hostname mismatch)",
+            60,
+            "certificate verify failed: Hostname mismatch, certificate is not valid for 'wrong-host.lab.test'.",
+            "x509: certificate is valid for wrong.host.invalid, not wrong-host.lab.test",
+        ),
+        (
+            "self-signed",
+            "18 (self-signed certificate)",
+            60,
+            "certificate verify failed: self-signed certificate (",
+            "x509: certificate signed by unknown authority",
+        ),
+        (
+            "untrusted-root",
+            "19 (self-signed certificate in certificate chain)",
+            60,
+            "certificate verify failed: self-signed certificate in certificate chain",
+            "x509: certificate signed by unknown authority",
+        ),
+        (
+            "incomplete-chain",
+            "21 (unable to verify the first certificate)",
+            60,
+            "certificate verify failed: unable to get local issuer certificate",
+            "x509: certificate signed by unknown authority",
+        ),
+        // OpenSSL, curl and Python still read the subject's CN; Go does not.
+        (
+            "no-san",
+            "0 (ok)",
+            0,
+            "ok",
+            "x509: certificate relies on legacy Common Name field, use SANs instead",
+        ),
+        ("rsa-2048", "0 (ok)", 0, "ok", "pong"),
+        ("rsa-4096", "0 (ok)", 0, "ok", "pong"),
+        ("many-sans", "0 (ok)", 0, "ok", "pong"),
+    ];
+    let mut wrong = Vec::new();
+    for (scenario, openssl, curl, python, kubectl) in expected {
+        let got = verdicts(&lab, &format!("{scenario}.lab.test"));
+        let fine = got.openssl == format!("Verify return code: {openssl}")
+            && got.curl_exit == curl
+            && got.python.contains(python)
+            && got.kubectl.contains(kubectl);
+        if !fine {
+            wrong.push(format!(
+                "{scenario}: openssl {:?}, curl {}, python {:?}, kubectl {:?}",
+                got.openssl, got.curl_exit, got.python, got.kubectl
+            ));
+        }
+        let bits = match scenario {
+            "rsa-2048" => "Server public key is 2048 bit",
+            "rsa-4096" => "Server public key is 4096 bit",
+            _ => "Server public key is 256 bit",
+        };
+        if got.key_bits != bits && curl == 0 {
+            wrong.push(format!("{scenario}: {:?}, not {bits:?}", got.key_bits));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+
+    // The certificates themselves: no SAN at all, and 1,000 of them.
+    let leaf_text = |name: &str| {
+        let port = lab.addr.port();
+        sh(&format!(
+            "openssl s_client -connect 127.0.0.1:{port} -servername {name} </dev/null 2>/dev/null \
+             | openssl x509 -noout -text"
+        ))
+    };
+    let no_san = leaf_text("no-san.lab.test");
+    assert!(!no_san.contains("Subject Alternative Name"), "{no_san}");
+    assert!(no_san.contains("Subject: CN = no-san.lab.test"), "{no_san}");
+    let many = leaf_text("many-sans.lab.test");
+    assert_eq!(many.matches("DNS:").count(), 1000);
+    // A name with no fault: corral's own leaf, which every client accepts.
+    let plain = verdicts(&lab, "plain.lab.test");
+    assert_eq!(plain.openssl, "Verify return code: 0 (ok)");
+    assert_eq!((plain.curl_exit, plain.python.as_str()), (0, "ok"));
+}
+
+/// The API as scripts use it: norman's shapes, refusals naming what is valid, admins only;
+/// a fault for every name (a client without SNI too), its end by ttl and by removal, each in the
+/// log and `/metrics`; a pinned server overlaid the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_are_made_listed_and_ended_through_the_api() {
+    let lab = Lab::start().await;
+    let ca = std::fs::read_to_string(lab.ca_file.path()).unwrap();
+
+    // Refusals: norman's 422 naming the field and the valid values; strangers and users are not admins.
+    let unknown = add_fault(&lab, json!({"kind": "certificate", "scenario": "broken"})).await;
+    assert_eq!(unknown.status, 422, "{}", unknown.body);
+    let body = json_of(&unknown);
+    assert_eq!(body["code"], "InvalidOption");
+    assert_eq!(body["fieldName"], "scenario");
+    assert_eq!(
+        body["message"],
+        "invalid scenario \"broken\": valid ones are expired, not-yet-valid, wrong-host, \
+         self-signed, untrusted-root, incomplete-chain, no-san, rsa-2048, rsa-4096, many-sans"
+    );
+    let weak = add_fault(&lab, json!({"kind": "certificate", "scenario": "weak-key"})).await;
+    assert!(
+        json_of(&weak)["message"]
+            .as_str()
+            .unwrap()
+            .contains("refuses RSA keys under 2048 bits")
+    );
+    let kind = add_fault(&lab, json!({"kind": "dns"})).await;
+    assert_eq!(
+        (kind.status, json_of(&kind)["code"].as_str()),
+        (422, Some("InvalidOption"))
+    );
+    let ttl = add_fault(
+        &lab,
+        json!({"kind": "certificate", "scenario": "expired", "ttl": "soon"}),
+    )
+    .await;
+    assert_eq!(json_of(&ttl)["fieldName"], "ttl");
+    let stranger = request(lab.addr, "GET", "/v3/corral/faults", &[], None).await;
+    assert_eq!(stranger.status, 401);
+    let user = json!({"username": "lab-user", "password": "lab-user-password-1", "enabled": true});
+    let made = request(
+        lab.addr,
+        "POST",
+        "/v3/users",
+        &[&lab.auth()],
+        Some(&user.to_string()),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let user_token = json_of(&login(lab.addr, "lab-user", "lab-user-password-1").await)["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let as_user = format!("Authorization: Bearer {user_token}");
+    let refused = request(
+        lab.addr,
+        "POST",
+        "/v3/corral/faults",
+        &[&as_user],
+        Some(r#"{"kind":"certificate","scenario":"expired"}"#),
+    )
+    .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+
+    // A fault for every name, with a ttl: a client without SNI (by IP) meets it too.
+    let every = add_fault(
+        &lab,
+        json!({"kind": "certificate", "scenario": "expired", "ttl": "3s"}),
+    )
+    .await;
+    assert_eq!(every.status, 201, "{}", every.body);
+    let fault = json_of(&every);
+    let id = fault["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("fault-"), "{id}");
+    assert_eq!(fault["type"], "fault");
+    assert_eq!(fault["scenario"], "expired");
+    assert_eq!(fault["name"], Value::Null);
+    assert!(fault["expires"].is_string() && fault["links"]["remove"].is_string());
+    let listed =
+        json_of(&request(lab.addr, "GET", "/v3/corral/faults", &[&lab.auth()], None).await);
+    assert_eq!(listed["type"], "collection");
+    assert_eq!(listed["data"][0]["id"], id.as_str());
+    let users_list =
+        json_of(&request(lab.addr, "GET", "/v3/corral/faults", &[&as_user], None).await);
+    assert!(
+        users_list["data"].as_array().is_none_or(Vec::is_empty),
+        "{users_list}"
+    );
+    assert_eq!(
+        metric(lab.addr, "corral_lab_faults_active{kind=\"certificate\"}").await,
+        1.0
+    );
+    let by_ip = sh(&format!(
+        "openssl s_client -connect 127.0.0.1:{} -CAfile {} </dev/null 2>/dev/null | grep -m1 'Verify return code'",
+        lab.addr.port(),
+        lab.ca_file.path().display()
+    ));
+    assert_eq!(by_ip, "Verify return code: 10 (certificate has expired)");
+    assert!(lab.corral.logged(&format!(
+        "lab fault {id} started: certificate scenario expired for every name until"
+    )));
+    // Its ttl passes: it ends, in the log and the metrics, and clients verify again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !lab
+        .corral
+        .logged(&format!("lab fault {id} ended (expired)"))
+    {
+        assert!(Instant::now() < deadline, "{:?}", lab.corral.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        metric(lab.addr, "corral_lab_faults_active{kind=\"certificate\"}").await,
+        0.0
+    );
+    assert!(
+        tls_connect(lab.addr, Some("after.lab.test"), Some(&ca))
+            .await
+            .is_ok()
+    );
+
+    // A glob; removed, it is gone at once.
+    let glob = add_fault(
+        &lab,
+        json!({"kind": "certificate", "scenario": "self-signed", "name": "*.glob.lab.test"}),
+    )
+    .await;
+    let glob_id = json_of(&glob)["id"].as_str().unwrap().to_string();
+    assert!(
+        tls_connect(lab.addr, Some("a.glob.lab.test"), Some(&ca))
+            .await
+            .is_err()
+    );
+    assert!(
+        tls_connect(lab.addr, Some("glob.lab.test"), Some(&ca))
+            .await
+            .is_ok()
+    );
+    let path = format!("/v3/corral/faults/{glob_id}");
+    let got = request(lab.addr, "GET", &path, &[&lab.auth()], None).await;
+    assert_eq!(json_of(&got)["name"], "*.glob.lab.test");
+    let removed = request(lab.addr, "DELETE", &path, &[&lab.auth()], None).await;
+    assert_eq!(removed.status, 200, "{}", removed.body);
+    assert!(
+        tls_connect(lab.addr, Some("a.glob.lab.test"), Some(&ca))
+            .await
+            .is_ok()
+    );
+    assert!(
+        lab.corral
+            .logged(&format!("lab fault {glob_id} ended (removed)"))
+    );
+    let again = request(lab.addr, "DELETE", &path, &[&lab.auth()], None).await;
+    assert_eq!(again.status, 404);
+
+    // Pinned to server-url, the fault still wins for its name; other names get the pinned leaf.
+    let url = json!({"value": "https://pinned.lab.test"}).to_string();
+    let pinned = request(
+        lab.addr,
+        "PUT",
+        "/v3/settings/server-url",
+        &[&lab.auth()],
+        Some(&url),
+    )
+    .await;
+    assert_eq!(pinned.status, 200, "{}", pinned.body);
+    add_fault(
+        &lab,
+        json!({"kind": "certificate", "scenario": "wrong-host", "name": "pinned.lab.test"}),
+    )
+    .await;
+    let hit = tls_connect(lab.addr, Some("pinned.lab.test"), Some(&ca)).await;
+    assert!(hit.is_err());
+    let met = verdicts(&lab, "pinned.lab.test");
+    assert_eq!(met.openssl, "Verify return code: 62 (hostname mismatch)");
+    assert_eq!(met.curl_exit, 60);
+    let other = tls_connect(lab.addr, Some("other.lab.test"), None)
+        .await
+        .unwrap();
+    let sans = sh(&format!(
+        "echo '{}' | base64 -d | openssl x509 -inform der -noout -ext subjectAltName",
+        base64_of(other.leaf())
+    ));
+    assert!(sans.contains("DNS:pinned.lab.test"), "{sans}");
+}
+
+/// Faults from the config file are active from the first handshake, and nothing of them survives
+/// a restart without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_faults_last_as_long_as_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = temp_file(
+        "[[lab_faults]]\nkind = \"certificate\"\nscenario = \"not-yet-valid\"\nname = \"early.lab.test\"\n\n\
+         [[lab_faults]]\nkind = \"certificate\"\nscenario = \"rsa-4096\"\nname = \"big.lab.test\"\n",
+    );
+    let data = dir.path().join("d");
+    let config_flag = config.path().to_str().unwrap();
+    let corral = Corral::start_in(&data, &["--config", config_flag], &[]).unwrap();
+    let addr = corral.https("127.0.0.1");
+    let ca = corral.cacerts().await;
+    assert!(
+        tls_connect(addr, Some("early.lab.test"), Some(&ca))
+            .await
+            .is_err()
+    );
+    let leaf = tls_connect(addr, Some("big.lab.test"), Some(&ca))
+        .await
+        .unwrap();
+    let text = sh(&format!(
+        "echo '{}' | base64 -d | openssl x509 -inform der -noout -text",
+        base64_of(leaf.leaf())
+    ));
+    assert!(text.contains("Public-Key: (4096 bit)"), "{text}");
+    assert_eq!(
+        metric(addr, "corral_lab_faults_active{kind=\"certificate\"}").await,
+        2.0
+    );
+    // A bad fault in the file stops the start, naming it.
+    let bad = temp_file("[[lab_faults]]\nkind = \"certificate\"\nscenario = \"sha1\"\n");
+    let (code, _, err) = run_corral(
+        &[
+            "serve",
+            "--config",
+            bad.path().to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("e").to_str().unwrap(),
+            "--https-port",
+            "0",
+            "--http-port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+        ],
+        &[],
+    );
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("invalid lab_faults: invalid scenario \"sha1\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("rcgen cannot sign certificates with SHA-1"),
+        "{err}"
+    );
+    // Restarted without the file: nothing is left.
+    drop(corral.stop());
+    let corral = Corral::start_in(&data, &[], &[]).unwrap();
+    let addr = corral.https("127.0.0.1");
+    assert!(
+        tls_connect(addr, Some("early.lab.test"), Some(&ca))
+            .await
+            .is_ok()
+    );
+}
+
+fn base64_of(der: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(der)
+}
+
+/// The status page lists the active faults, and clears them with the admin's password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_lists_faults_and_clears_them() {
+    let lab = Lab::start().await;
+    let ca = std::fs::read_to_string(lab.ca_file.path()).unwrap();
+    for (scenario, name) in [("expired", "a.lab.test"), ("no-san", "b.lab.test")] {
+        let made = add_fault(
+            &lab,
+            json!({"kind": "certificate", "scenario": scenario, "name": name, "ttl": "1h"}),
+        )
+        .await;
+        assert_eq!(made.status, 201, "{}", made.body);
+    }
+    let host = "page.lab.test";
+    let browser = common::webdriver::Browser::start(&ca, host).await;
+    browser
+        .goto(&format!("https://{host}:{}/dashboard/", lab.addr.port()))
+        .await;
+    let listed = "return !document.getElementById('faults').hidden && \
+        document.querySelectorAll('#fault-list li').length === 2";
+    assert!(browser.wait_until(listed, Duration::from_secs(20)).await);
+    let text = browser.property("#fault-list", "textContent").await;
+    let text = text.as_str().unwrap_or_default();
+    assert!(
+        text.contains("certificate expired for a.lab.test until"),
+        "{text}"
+    );
+    assert!(text.contains("certificate no-san for b.lab.test"), "{text}");
+    browser.screenshot("lab-faults").await;
+    // A wrong password is refused in the page's words; the right one clears every fault.
+    browser
+        .type_into("#clear-password", "not-the-password")
+        .await;
+    browser.click("#clear").await;
+    let refused = "return document.getElementById('clear-error').classList.contains('shown')";
+    assert!(browser.wait_until(refused, Duration::from_secs(20)).await);
+    browser
+        .type_into("#clear-password", common::lab::BOOTSTRAP)
+        .await;
+    browser.click("#clear").await;
+    let cleared = "return document.getElementById('faults').hidden";
+    assert!(browser.wait_until(cleared, Duration::from_secs(20)).await);
+    let left = request(lab.addr, "GET", "/v3/corral/faults", &[&lab.auth()], None).await;
+    assert_eq!(json_of(&left)["data"], json!([]));
+    assert!(
+        tls_connect(lab.addr, Some("a.lab.test"), Some(&ca))
+            .await
+            .is_ok()
+    );
+}
+
+/// `corral lab` drives the same API: a certificate fault made, listed, met, removed, cleared; and
+/// a refusal in norman's words with a non-zero exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corral_lab_drives_the_api() {
+    let lab = Lab::start().await;
+    let server = lab.server();
+    let ca = lab.ca_file.path().to_str().unwrap().to_string();
+    let env = [
+        ("CORRAL_TOKEN", lab.token.as_str()),
+        ("CATTLE_SERVER", server.as_str()),
+    ];
+    let corral = |args: &[&str]| {
+        let args = [args, &["--cacert", &ca][..]].concat();
+        run_corral(&args, &env)
+    };
+    let (code, out, err) = corral(&[
+        "lab",
+        "cert",
+        "expired",
+        "--name",
+        "cli.lab.test",
+        "--ttl",
+        "10m",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let id = out.trim().to_string();
+    assert!(id.starts_with("fault-"), "{out}");
+    let (code, out, err) = corral(&["lab", "faults"]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("EXPIRES"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with(&id)
+            && lines[1].contains("certificate")
+            && lines[1].contains("expired")
+            && lines[1].contains("cli.lab.test"),
+        "{out}"
+    );
+    // A fault for every client: `corral lab` itself then fails to verify the server, and says so.
+    let (_, out, _) = corral(&["lab", "cert", "untrusted-root"]);
+    let every = out.trim().to_string();
+    let (code, _, err) = corral(&["lab", "faults"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("invalid peer certificate: UnknownIssuer"),
+        "{err}"
+    );
+    let insecure = |args: &[&str]| run_corral(&[args, &["--insecure"][..]].concat(), &env);
+    let (_, out, _) = insecure(&["lab", "faults"]);
+    let theirs = out.lines().find(|l| l.starts_with(&every)).expect("listed");
+    assert!(
+        theirs.contains("every name") && theirs.ends_with("never"),
+        "{out}"
+    );
+    let (code, out, _) = insecure(&["lab", "remove", &every]);
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), format!("removed {every}").as_str())
+    );
+    let (code, _, err) = corral(&["lab", "cert", "weak-key"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("422 Unprocessable Entity: invalid scenario \"weak-key\""),
+        "{err}"
+    );
+    let (code, out, _) = corral(&["lab", "clear"]);
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), format!("removed {id}").as_str())
+    );
+    let (_, out, _) = corral(&["lab", "faults"]);
+    assert_eq!(out.lines().count(), 1, "{out}");
+}
