@@ -14,13 +14,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::accounts::{AccountError, Accounts, PinError, Pinning, StagedPin};
+use crate::ca_bundle::CaBundle;
 use crate::certs::{CertError, CertService, PendingPin};
 use crate::clusters::Clusters;
 use crate::config::tls::{CacertsError, read_cacerts};
 use crate::config::{Cacerts, Config, StoreSettings, TlsTermination};
-use crate::http::{AppState, CaSetting, HttpApp, TunnelLimits};
+use crate::http::{AppState, HttpApp, TunnelLimits};
 use crate::net::{Listener, SelectConfig, Transport};
-use crate::pki::ca::BACKDATE;
 use crate::pki::{CaError, CertificateAuthority, LeafFactory, SubjectName, ca_checksum};
 use crate::replicas::Replicas;
 use crate::store::{Backend, DataDir, FileBackend, StoreError};
@@ -92,7 +92,7 @@ impl Pinning for Pins {
     }
 }
 
-impl StagedPin for PendingPin<'_> {
+impl StagedPin for PendingPin {
     fn commit(self: Box<Self>) {
         PendingPin::commit(*self)
     }
@@ -126,12 +126,13 @@ const CA_EXPIRY_CHECK: std::time::Duration = std::time::Duration::from_secs(24 *
 
 /// Publishes when the CA expires (`corral_ca_expiry_timestamp_seconds`) and warns in the log, at
 /// start and then daily, once it is within 30 days of its end or past it.
-fn watch_ca_expiry(ca: Arc<CertificateAuthority>) {
+fn watch_ca_expiry(bundle: Arc<CaBundle>) {
     crate::metrics::metrics()
         .ca_expiry
-        .set(ca.not_after().unix_timestamp());
+        .set(bundle.current().ca.not_after().unix_timestamp());
     let warn = move || {
-        if let Some(warning) = ca.expiry_warning(time::OffsetDateTime::now_utc()) {
+        let now = time::OffsetDateTime::now_utc();
+        if let Some(warning) = bundle.current().ca.expiry_warning(now) {
             tracing::warn!("{warning}");
         }
     };
@@ -160,17 +161,6 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     let verb = if created { "Created" } else { "Loaded" };
     tracing::info!("{verb} CA {} from {}", ca.subject(), dir.root().display());
     let ca = Arc::new(ca);
-    watch_ca_expiry(ca.clone());
-    let setting = cacerts_setting(&config.tls.cacerts, &ca)?;
-    let checksum = ca_checksum(&setting.value);
-    if checksum.is_empty() {
-        tracing::info!("/cacerts is empty: clients verify the certificate with their own roots");
-    } else {
-        tracing::info!("CA checksum: {checksum}");
-    }
-
-    // Peers prove themselves replicas by a certificate from this CA (or the distributed bundle).
-    let peer_roots = format!("{}\n{}", ca.cacerts(), setting.value);
     let factory = LeafFactory::new(store.as_ref(), ca.clone(), config.cert_expiration_days)?;
     let faults = crate::lab::Faults::start(store.clone());
     let certs = Arc::new(CertService::new(
@@ -181,6 +171,17 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         faults.clone(),
     )?);
     certs.start_background();
+    let bundle = CaBundle::open(config, ca.clone(), store.clone(), &dir, certs.clone())?;
+    watch_ca_expiry(bundle.clone());
+    let setting = bundle.current().setting.clone();
+    let checksum = bundle.current().checksum.clone();
+    if checksum.is_empty() {
+        tracing::info!("/cacerts is empty: clients verify the certificate with their own roots");
+    } else {
+        tracing::info!("CA checksum: {checksum}");
+    }
+    // Peers prove themselves replicas by a certificate from this CA (or the distributed bundle).
+    let peer_roots = format!("{}\n{}", ca.cacerts(), setting.value);
     for spec in &config.lab_faults {
         // Start-up work, before anything listens: an RSA key made here blocks nobody.
         let fault = faults.add(spec.clone())?;
@@ -240,8 +241,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     }
     let max_connections = crate::net::connection_cap(config.max_connections);
     let app = HttpApp::new(Arc::new(AppState {
-        cacerts: setting,
-        checksum: checksum.clone(),
+        ca: bundle.clone(),
         accounts: accounts.clone(),
         certs: certs.clone(),
         clusters,
@@ -257,7 +257,6 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         https_port,
         access_log: config.access_log,
         downstream: Default::default(),
-        signing_ca: ca,
         faults,
     }))
     .with_shutdown(shutdown.clone());
@@ -437,17 +436,6 @@ fn banner_url(config: &Config, https_port: u16) -> String {
     }
 }
 
-/// The `cacerts` setting as the endpoints present it: corral's CA, a given bundle, or nothing.
-fn cacerts_setting(source: &Cacerts, ca: &CertificateAuthority) -> Result<CaSetting, CacertsError> {
-    let created = ca.not_before() + BACKDATE;
-    let value = match source {
-        Cacerts::Generated => ca.cacerts().to_string(),
-        Cacerts::File(path) => read_cacerts(path)?,
-        Cacerts::Empty => String::new(),
-    };
-    Ok(CaSetting { value, created })
-}
-
 /// Binds `ip:port`. `::` is bound dual-stack (IPv4 clients arrive as mapped addresses); where the host
 /// has no IPv6 at all, it falls back to `0.0.0.0`.
 async fn bind(ip: IpAddr, port: u16) -> Result<TcpListener, StartError> {
@@ -528,6 +516,10 @@ pub fn stored_checksum(
         Some(_) => CertificateAuthority::load_in(open_backend(store, dir).map_err(Box::new)?)?,
     };
     match ca {
+        Some(ca) if store.is_none() => {
+            let files = crate::store::FileBackend::new(dir.clone());
+            Ok(ca_checksum(&crate::ca_bundle::stored_value(&ca, &files)))
+        }
         Some(ca) => Ok(ca_checksum(ca.cacerts())),
         None => Err(ChecksumError::NoCa(match store {
             Some(settings) => settings.url.clone(),

@@ -38,6 +38,14 @@ pub enum LabCommand {
         #[command(flatten)]
         api: ApiTarget,
     },
+    /// Rotate the CA now: a new CA signs every certificate; prints the new CA checksum.
+    RotateCa {
+        /// How long the old CA stays in /cacerts beside the new one (0s: it leaves at once).
+        #[arg(long, default_value = "0s", value_name = "DURATION")]
+        keep_old: String,
+        #[command(flatten)]
+        api: ApiTarget,
+    },
 }
 
 const FAULTS: &str = "/v3/corral/faults";
@@ -69,6 +77,16 @@ pub async fn run(command: LabCommand) -> Result<String, ApiCallError> {
                 out.push_str(&format!("removed {id}\n"));
             }
             Ok(out)
+        }
+        LabCommand::RotateCa { keep_old, api } => {
+            let body = json!({ "keepOld": keep_old });
+            let rotated = api
+                .call("POST", "/v3/corral/ca?action=rotate", Some(body))
+                .await?;
+            Ok(format!(
+                "{}\n",
+                rotated["bundleChecksum"].as_str().unwrap_or_default()
+            ))
         }
         LabCommand::Clear { api } => {
             let list = api.call("GET", FAULTS, None).await?;

@@ -1,7 +1,7 @@
 //! corral: a Rust server that reproduces Rancher 2.x's TLS front end.
 //!
 //! Layers, each importing only those below it (README, "How the code is laid out"):
-//! [`app`] (composition and shutdown), [`labctl`] → [`http`], [`agent`], [`bench`], [`peering`] → [`api`]
+//! [`app`] (composition and shutdown), [`labctl`] → [`http`], [`agent`], [`bench`], [`peering`] → [`ca_bundle`] (what `/cacerts` distributes, CA rotation) → [`api`]
 //! (norman's rules: schemas, URLs, collections, errors) → [`net`]
 //! (listener), [`certs`] (which certificate a hello gets), [`accounts`], [`clusters`], [`tunnel`],
 //! [`replicas`], [`kubeconfig`] → [`lab`] → [`pki`], [`store`] (durable state behind one seam), [`config`], [`client`] →
@@ -12,6 +12,7 @@ pub mod agent;
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod ca_bundle;
 pub mod certs;
 pub mod client;
 pub mod clusters;

@@ -649,3 +649,241 @@ async fn corral_lab_drives_the_api() {
     let (_, out, _) = corral(&["lab", "faults"]);
     assert_eq!(out.lines().count(), 1, "{out}");
 }
+
+/// Runs `corral agent --simulate` for the lab's cluster with `checksum` until it exits (at most
+/// 20 s): its exit code and log.
+fn agent_with_checksum(lab: &Lab, checksum: &str) -> (Option<i32>, String) {
+    let server = lab.server();
+    let (code, _, err) = run_corral(
+        &[
+            "agent",
+            "--simulate",
+            "--server",
+            &server,
+            "--token",
+            &lab.registration,
+            "--ca-checksum",
+            checksum,
+        ],
+        &[("CORRAL_LOG", "info")],
+    );
+    (code, err)
+}
+
+/// A CA rotation as Rancher users meet it: the checksum changes; an agent started with the old one
+/// refuses to go on with the run.sh text, and one given the new checksum connects; kubeconfigs
+/// made before fail kubectl (unknown authority), new ones work; the old CA kept in the bundle for
+/// `keepOld` keeps bundle-trusting clients working, then leaves; a restart keeps it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_rotation_fails_agents_and_kubectl_as_rancher_does() {
+    let lab = Lab::start().await;
+    let old = lab.checksum.clone();
+    // Pinned, as a set-up Rancher is: the rotation pins the new CA's certificate to it again.
+    let url = json!({ "value": lab.server() }).to_string();
+    let pinned = request(
+        lab.addr,
+        "PUT",
+        "/v3/settings/server-url",
+        &[&lab.auth()],
+        Some(&url),
+    )
+    .await;
+    assert_eq!(pinned.status, 200, "{}", pinned.body);
+    let mut agent = lab.simulated_agents(&[&lab.registration], 1);
+    lab.wait_connected(true).await;
+    let old_kubeconfig = lab.kubeconfig(&lab.cluster).await;
+    let kubectl = |config: &std::path::Path| {
+        run(
+            "kubectl",
+            &[
+                "--kubeconfig",
+                config.to_str().unwrap(),
+                "get",
+                "ns",
+                "default",
+                "-o",
+                "name",
+            ],
+        )
+    };
+    assert_eq!(
+        kubectl(old_kubeconfig.path()),
+        (0, "namespace/default\n".into())
+    );
+
+    // Rotate, dropping the old CA at once (corral lab rotate-ca, the API underneath).
+    let server = lab.server();
+    let env = [
+        ("CORRAL_TOKEN", lab.token.as_str()),
+        ("CATTLE_SERVER", server.as_str()),
+    ];
+    let (code, out, err) = run_corral(&["lab", "rotate-ca", "--insecure"], &env);
+    assert_eq!(code, Some(0), "{err}");
+    let new = out.trim().to_string();
+    let cacerts = request(lab.addr, "GET", "/cacerts", &[], None).await.body;
+    assert_eq!(sha256_hex(cacerts.as_bytes()), new);
+    assert_ne!(new, old);
+    assert!(lab.corral.logged(&format!(
+        "CA rotated: CN=cattle-ca,O=the-ranch now signs every certificate; CA checksum: {new}"
+    )));
+    // The registration command now carries the new checksum.
+    let new_token = json!({ "clusterId": lab.cluster }).to_string();
+    let made = request(
+        lab.addr,
+        "POST",
+        "/v3/clusterregistrationtokens",
+        &[&lab.auth()],
+        Some(&new_token),
+    )
+    .await;
+    let node_command = json_of(&made)["nodeCommand"].as_str().unwrap().to_string();
+    assert!(
+        node_command.ends_with(&format!("--ca-checksum {new}")),
+        "{node_command}"
+    );
+
+    // The connected agent's tunnel stays up (its TLS session is made), as a Rancher agent's does.
+    assert_eq!(
+        kubectl(old_kubeconfig.path()).0,
+        1,
+        "the old kubeconfig trusts the old CA only"
+    );
+    let (_, text) = kubectl(old_kubeconfig.path());
+    assert!(
+        text.contains("x509: certificate signed by unknown authority"),
+        "{text}"
+    );
+    let new_kubeconfig = lab.kubeconfig(&lab.cluster).await;
+    assert_eq!(
+        kubectl(new_kubeconfig.path()),
+        (0, "namespace/default\n".into())
+    );
+    // An agent (re)started with the old checksum refuses to go on, in run.sh's words.
+    let (code, log) = agent_with_checksum(&lab, &old);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains(&format!(
+            "Configured cacerts checksum ({new}) does not match given --ca-checksum ({old})"
+        )),
+        "{log}"
+    );
+    // Given the new checksum, it connects.
+    agent.kill();
+    lab.wait_connected(false).await;
+    let mut fixed = lab.simulated_agents_checking(&lab.server(), &[&lab.registration], 1, &new);
+    lab.wait_connected(true).await;
+    assert_eq!(
+        kubectl(new_kubeconfig.path()),
+        (0, "namespace/default\n".into())
+    );
+    fixed.kill();
+
+    // Rotated again, keeping the previous CA for a while: /cacerts is a bundle of both, so a
+    // client that trusts the bundle verifies, one that trusts the previous CA alone does not.
+    let previous_ca = cacerts.clone();
+    let rotated = request(
+        lab.addr,
+        "POST",
+        "/v3/corral/ca?action=rotate",
+        &[&lab.auth()],
+        Some(r#"{"keepOld":"3s"}"#),
+    )
+    .await;
+    assert_eq!(rotated.status, 200, "{}", rotated.body);
+    let bundle = request(lab.addr, "GET", "/cacerts", &[], None).await.body;
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2);
+    assert!(
+        bundle.ends_with(&previous_ca),
+        "the previous CA comes second"
+    );
+    assert_eq!(
+        json_of(&rotated)["bundleChecksum"],
+        sha256_hex(bundle.as_bytes())
+    );
+    assert!(tls_connect(lab.addr, None, Some(&bundle)).await.is_ok());
+    assert!(
+        tls_connect(lab.addr, None, Some(&previous_ca))
+            .await
+            .is_err()
+    );
+    let listed = json_of(&request(lab.addr, "GET", "/v3/corral/ca", &[&lab.auth()], None).await);
+    assert_eq!(listed["data"][1]["id"], "previous");
+    assert!(listed["data"][1]["keptUntil"].is_string());
+    // When keepOld has passed, the previous CA leaves and the checksum changes again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = request(lab.addr, "GET", "/cacerts", &[], None).await.body;
+        if now.matches("BEGIN CERTIFICATE").count() == 1 {
+            assert!(!now.contains(previous_ca.trim()));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the previous CA never left");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        lab.corral
+            .logged("the previous CA left /cacerts; CA checksum:")
+    );
+
+    // A user who is not an admin may not rotate it; a stranger is 401.
+    let stranger = request(
+        lab.addr,
+        "POST",
+        "/v3/corral/ca?action=rotate",
+        &[],
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(stranger.status, 401);
+    let bad = request(
+        lab.addr,
+        "POST",
+        "/v3/corral/ca?action=rotate",
+        &[&lab.auth()],
+        Some(r#"{"keepOld":"forever"}"#),
+    )
+    .await;
+    assert_eq!(
+        (bad.status, json_of(&bad)["fieldName"].as_str()),
+        (422, Some("keepOld"))
+    );
+}
+
+/// A rotation survives a restart: the new CA, and the previous one for the rest of its time
+/// (`corral ca checksum` agrees); bring-your-own CAs are not corral's to rotate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_ca_and_its_kept_predecessor_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let env = [("CATTLE_BOOTSTRAP_PASSWORD", common::lab::BOOTSTRAP)];
+    let corral = Corral::start_in(&data, &[], &env).unwrap();
+    let addr = corral.https("127.0.0.1");
+    let token = json_of(&login(addr, "admin", common::lab::BOOTSTRAP).await)["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let auth = format!("Authorization: Bearer {token}");
+    let rotated = request(
+        addr,
+        "POST",
+        "/v3/corral/ca?action=rotate",
+        &[&auth],
+        Some(r#"{"keepOld":"1h"}"#),
+    )
+    .await;
+    assert_eq!(rotated.status, 200, "{}", rotated.body);
+    let bundle = corral.cacerts().await;
+    drop(corral.stop());
+    let data_flag = data.to_str().unwrap();
+    let (code, out, err) = run_corral(&["ca", "checksum", "--data-dir", data_flag], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), sha256_hex(bundle.as_bytes()));
+    let corral = Corral::start_in(&data, &[], &env).unwrap();
+    assert_eq!(corral.cacerts().await, bundle);
+    assert!(corral.logged(&format!("CA checksum: {}", sha256_hex(bundle.as_bytes()))));
+    assert!(
+        tls_connect(corral.https("127.0.0.1"), Some("y.lab.test"), Some(&bundle))
+            .await
+            .is_ok()
+    );
+}

@@ -16,6 +16,10 @@ pub enum CertError {
     Files(#[from] super::files::FilesError),
     #[error(transparent)]
     Acme(#[from] super::acme::AcmeError),
+    #[error(
+        "corral's CA signs none of the certificates served (bring-your-own, ACME) or replicas share it (--hostname): rotate it where it is made"
+    )]
+    NotRotatable,
     #[error("cannot use {path}: {source}")]
     Io {
         path: PathBuf,

@@ -50,10 +50,26 @@ use crate::store::{Backend, DataDir};
 
 /// Mints, caches and selects certificates for connections.
 pub struct CertService {
+    /// What the current CA signs; replaced whole when the CA is rotated.
+    current: ArcSwap<Generation>,
+    /// How to build a generation again for a new CA; `None` where corral's CA signs nothing
+    /// served (bring-your-own, ACME) or replicas share it (`--hostname`).
+    rebuild: Option<Rebuild>,
+}
+
+/// Everything made from one CA: the stage, the minter that signs with it, lab scenarios.
+struct Generation {
     stage: ArcSwap<Stage>,
     minter: Arc<Minter>,
     /// Lab certificate scenarios, laid over the stage.
     lab: lab::LabCerts,
+}
+
+struct Rebuild {
+    config: Config,
+    store: Arc<dyn Backend>,
+    dir: DataDir,
+    faults: Arc<crate::lab::Faults>,
 }
 
 enum Stage {
@@ -66,6 +82,8 @@ enum Stage {
 struct Pinned {
     cert: Arc<PersistedCert>,
     minter: Arc<Minter>,
+    /// server-url's host, which a new CA's generation is pinned to again.
+    host: SubjectName,
 }
 
 impl Pinned {
@@ -79,6 +97,61 @@ impl CertService {
     /// The service for `config`'s certificates: sources that keep state keep it in `store`
     /// (bring-your-own files and ACME's files live in `dir`).
     pub fn new(
+        config: &Config,
+        store: Arc<dyn Backend>,
+        dir: &DataDir,
+        factory: LeafFactory,
+        faults: Arc<crate::lab::Faults>,
+    ) -> Result<Self, CertError> {
+        let generation = Generation::build(config, store.clone(), dir, factory, faults.clone())?;
+        let rebuild = (matches!(config.tls.origin, CertOrigin::Minted)
+            && config.hostname.is_none())
+        .then(|| Rebuild {
+            config: config.clone(),
+            store,
+            dir: dir.clone(),
+            faults,
+        });
+        Ok(Self {
+            current: ArcSwap::from_pointee(generation),
+            rebuild,
+        })
+    }
+
+    /// Serves certificates of `factory`'s CA from the next handshake on (a CA rotation): a new
+    /// generation, pinned to the same host if the old one was; names are minted again as clients
+    /// come. [`CertError::NotRotatable`] where corral's CA signs nothing served.
+    pub fn rotate_ca(&self, factory: LeafFactory) -> Result<(), CertError> {
+        let rebuild = self.rebuild.as_ref().ok_or(CertError::NotRotatable)?;
+        let next = Arc::new(Generation::build(
+            &rebuild.config,
+            rebuild.store.clone(),
+            &rebuild.dir,
+            factory,
+            rebuild.faults.clone(),
+        )?);
+        let pinned_to = match &**self.current.load().stage.load() {
+            Stage::Pinned(pinned) => Some(pinned.host.clone()),
+            Stage::Learning(_) => None,
+        };
+        if let Some(host) = pinned_to
+            && let Some(source) = next.learning()
+            && let Some(plan) = source.prepare_pin(&host)?
+        {
+            PendingPin {
+                generation: next.clone(),
+                host,
+                plan,
+            }
+            .commit();
+        }
+        self.current.store(next);
+        Ok(())
+    }
+}
+
+impl Generation {
+    fn build(
         config: &Config,
         store: Arc<dyn Backend>,
         dir: &DataDir,
@@ -144,6 +217,13 @@ impl CertService {
             Stage::Pinned(_) => None,
         }
     }
+}
+
+impl CertService {
+    /// The source while learning; `None` once pinned.
+    fn learning(&self) -> Option<Arc<dyn CertSource>> {
+        self.current.load().learning()
+    }
 
     /// Starts what runs beside the listeners (needs the runtime, so not in `new`): the watch for a
     /// rotation of bring-your-own files, or the ACME client.
@@ -193,27 +273,31 @@ impl CertService {
         local_ip: IpAddr,
         client: IpAddr,
     ) -> Arc<ServerConfig> {
-        if let Some(scenario) = self.lab.select(&self.minter, sni, local_ip) {
+        let generation = self.current.load();
+        if let Some(scenario) = generation.lab.select(&generation.minter, sni, local_ip) {
             return scenario;
         }
-        let ready = match &**self.stage.load() {
+        let ready = match &**generation.stage.load() {
             Stage::Learning(source) => source.ready(sni, local_ip),
             Stage::Pinned(pinned) => Some(pinned.served().config.clone()),
         };
         ready.unwrap_or_else(|| {
-            self.minter.template().deferred(Arc::new(DeferredChoice {
-                service: self.clone(),
-                sni: sni.map(str::to_string),
-                local_ip,
-                client,
-            }))
+            generation
+                .minter
+                .template()
+                .deferred(Arc::new(DeferredChoice {
+                    service: self.clone(),
+                    sni: sni.map(str::to_string),
+                    local_ip,
+                    client,
+                }))
         })
     }
 
     /// The certificate for a connection, minting or learning names as needed (what
     /// [`CertService::select`] defers to the handshake).
     pub fn choose(&self, sni: Option<&str>, local_ip: IpAddr, client: IpAddr) -> Arc<Served> {
-        match &**self.stage.load() {
+        match &**self.current.load().stage.load() {
             Stage::Learning(source) => source.choose(sni, local_ip, client),
             Stage::Pinned(pinned) => pinned.served(),
         }
@@ -222,8 +306,10 @@ impl CertService {
     /// Makes what a lab fault's certificates need ahead of its first handshake (keys, CAs); slow
     /// for RSA keys, so called off the runtime's workers.
     pub fn prepare_fault(&self, fault: &crate::lab::Fault) -> Result<(), CertError> {
-        self.lab
-            .prepare(&self.minter, fault)
+        let generation = self.current.load();
+        generation
+            .lab
+            .prepare(&generation.minter, fault)
             .map_err(CertError::from)
     }
 
@@ -242,7 +328,7 @@ impl CertService {
 
     /// The leaf a no-SNI client of 127.0.0.1 gets: once pinned, the one every client gets.
     pub fn current_leaf(&self) -> CertificateDer<'static> {
-        match &**self.stage.load() {
+        match &**self.current.load().stage.load() {
             Stage::Learning(source) => source.current_leaf(),
             Stage::Pinned(pinned) => pinned.served().leaf().clone(),
         }
@@ -253,12 +339,13 @@ impl CertService {
     /// nothing changes, so the setting and the served certificate always agree. `None` when there is
     /// nothing to pin: already pinned, or bring-your-own and ACME certificates, which every client
     /// gets anyway.
-    pub fn stage_pin(&self, host: &SubjectName) -> Result<Option<PendingPin<'_>>, CertError> {
-        let Some(source) = self.learning() else {
+    pub fn stage_pin(&self, host: &SubjectName) -> Result<Option<PendingPin>, CertError> {
+        let generation = self.current.load_full();
+        let Some(source) = generation.learning() else {
             return Ok(None);
         };
         Ok(source.prepare_pin(host)?.map(|plan| PendingPin {
-            service: self,
+            generation,
             host: host.clone(),
             plan,
         }))
@@ -266,18 +353,18 @@ impl CertService {
 }
 
 /// A pin made but not served yet (see [`CertService::stage_pin`]).
-pub struct PendingPin<'a> {
-    service: &'a CertService,
+pub struct PendingPin {
+    generation: Arc<Generation>,
     host: SubjectName,
     plan: PinPlan,
 }
 
-impl PendingPin<'_> {
+impl PendingPin {
     /// Serves the pinned certificate from the next handshake on, then stores it. The caller has
     /// saved server-url already: that is the record. A certificate that cannot be stored is still
     /// served (it matches the setting) and is made again from the setting at the next start.
     pub fn commit(self) {
-        let minter = &self.service.minter;
+        let minter = &self.generation.minter;
         let (cert, stored) = match self.plan {
             PinPlan::Own { cert, fresh } => {
                 let stored = if fresh {
@@ -298,9 +385,10 @@ impl PendingPin<'_> {
         };
         // The learning source goes with this swap (the per-host cache is freed once the handshakes
         // still using it are done): nothing else is ever served again.
-        self.service.stage.store(Arc::new(Stage::Pinned(Pinned {
+        self.generation.stage.store(Arc::new(Stage::Pinned(Pinned {
             cert,
             minter: minter.clone(),
+            host: self.host.clone(),
         })));
         if let Err(e) = stored {
             tracing::warn!(
@@ -334,11 +422,12 @@ impl std::fmt::Debug for DeferredChoice {
 impl ResolvesServerCert for DeferredChoice {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let service = &self.service;
+        let minter = service.current.load().minter.clone();
         // A hello that cannot complete (no protocol, suite, signature scheme or group in common)
         // gets the fallback certificate, which exists already; rustls then refuses the hello.
-        let served = match service.minter.template().can_complete(&hello) {
+        let served = match minter.template().can_complete(&hello) {
             true => service.choose(self.sni.as_deref(), self.local_ip, self.client),
-            false => service.minter.fallback(),
+            false => minter.fallback(),
         };
         Some(served.certified().clone())
     }
@@ -388,10 +477,10 @@ mod tests {
                 "cached"
             );
             // A 31-day window makes the 30-day leaf "expiring".
-            service.minter.set_renew_window(31 * 86_400);
+            service.current.load().minter.set_renew_window(31 * 86_400);
             let renewed = service.choose(Some("a.lab.test"), local, local);
             assert!(!Arc::ptr_eq(&first, &renewed), "{mode:?}: re-minted");
-            service.minter.set_renew_window(7 * 86_400);
+            service.current.load().minter.set_renew_window(7 * 86_400);
             assert!(Arc::ptr_eq(
                 &renewed,
                 &service.choose(Some("a.lab.test"), local, local)

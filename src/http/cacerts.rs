@@ -14,6 +14,6 @@ pub async fn cacerts(State(state): State<Arc<AppState>>) -> Response<Body> {
     text_response(
         StatusCode::OK,
         "text/plain",
-        cacerts_body(&state.cacerts.value),
+        cacerts_body(&state.ca.current().setting.value),
     )
 }

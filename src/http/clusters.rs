@@ -24,7 +24,6 @@ use crate::clusters::{
     Cluster, ClusterChange, ClusterError, IssuedRegistrationToken, RegistrationToken,
 };
 use crate::kubeconfig::{KubeconfigInput, render};
-use crate::pki::ca_checksum;
 
 pub fn cluster_error(error: &ClusterError) -> ApiError {
     match error {
@@ -313,7 +312,7 @@ impl TypeHandler for Clusters {
             cluster_id: &cluster.id,
             cluster_name: &cluster.name,
             host: &host,
-            cacerts: &state.cacerts.value,
+            cacerts: &state.ca.current().setting.value,
             token: &token.token,
         });
         let output = Resource::new("").with("config", config);
@@ -355,7 +354,7 @@ fn commands(state: &AppState, token: &str, cluster_id: &str) -> Commands {
         return Commands::default();
     };
     let manifest_url = format!("{server}/v3/import/{token}_{cluster_id}.yaml");
-    let checksum = ca_checksum(&state.cacerts.value);
+    let checksum = state.ca.current().checksum.clone();
     let image = deployed_image(state);
     let (linux_checksum, windows_checksum) = if checksum.is_empty() {
         (String::new(), String::new())
@@ -519,7 +518,7 @@ pub async fn import(
             let manifest = import_manifest(
                 &server_base(&state, &headers),
                 token,
-                &ca_checksum(&state.cacerts.value),
+                &state.ca.current().checksum,
                 &image,
             );
             text_response(StatusCode::OK, "text/plain", manifest)

@@ -15,6 +15,7 @@ mod features;
 mod global_roles;
 mod health;
 mod k8s;
+mod lab_ca;
 mod login;
 mod nodes;
 pub mod norman;
@@ -58,18 +59,10 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// its [`ConnectionSlot`], which an upgrade keeps).
 pub use crate::net::{ConnInfo, ConnectionSlot};
 
-/// What the endpoints read: the `cacerts` setting and when it was created.
-pub struct CaSetting {
-    /// The trimmed PEM (empty when there is no CA to distribute).
-    pub value: String,
-    pub created: time::OffsetDateTime,
-}
-
 /// Everything the handlers read.
 pub struct AppState {
-    pub cacerts: CaSetting,
-    /// The CA checksum, as logged at start.
-    pub checksum: String,
+    /// The CA and what `/cacerts` distributes (replaced by a rotation).
+    pub ca: Arc<crate::ca_bundle::CaBundle>,
     pub accounts: Arc<Accounts>,
     pub certs: Arc<CertService>,
     pub clusters: Arc<crate::clusters::Clusters>,
@@ -85,8 +78,6 @@ pub struct AppState {
     pub access_log: bool,
     /// What each downstream cluster was told of its users.
     pub downstream: downstream_rbac::DownstreamSync,
-    /// The CA that signs corral's certificates (the status page says when it expires).
-    pub signing_ca: Arc<crate::pki::CertificateAuthority>,
     /// The lab faults active now.
     pub faults: Arc<crate::lab::Faults>,
 }
@@ -365,7 +356,7 @@ fn handlers_v3_public() -> Vec<Arc<dyn TypeHandler>> {
 
 /// corral's own types (`/v3/corral`).
 fn handlers_v3_corral() -> Vec<Arc<dyn TypeHandler>> {
-    vec![Arc::new(faults::LabFaults)]
+    vec![Arc::new(faults::LabFaults), Arc::new(lab_ca::LabCa)]
 }
 
 /// A response with a fixed content type and body.

@@ -28,7 +28,8 @@ fn not_found(name: &str) -> ApiError {
 fn view(call: &Call<'_>, name: &str) -> Option<(SettingView, OffsetDateTime)> {
     let state = call.state;
     if name == CACERTS {
-        let value = state.cacerts.value.clone();
+        let setting = state.ca.current().setting.clone();
+        let value = setting.value;
         let source = if value.is_empty() {
             Source::Default
         } else {
@@ -40,7 +41,7 @@ fn view(call: &Call<'_>, name: &str) -> Option<(SettingView, OffsetDateTime)> {
             default: String::new(),
             source,
         };
-        return Some((view, state.cacerts.created));
+        return Some((view, setting.created));
     }
     let created = OffsetDateTime::from_unix_timestamp(state.accounts.created())
         .unwrap_or(OffsetDateTime::UNIX_EPOCH);

@@ -45,6 +45,7 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Response<Body> {
         .setting(SERVER_URL)
         .map(|(value, source)| (value, source.as_str()))
         .unwrap_or_default();
+    let ca = state.ca.current();
     let body = json!({
         "firstLogin": state.accounts.first_login(),
         // Whether the bootstrap password was generated (it is in the server log) or chosen.
@@ -52,15 +53,15 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Response<Body> {
         "serverUrl": server_url,
         "serverUrlSource": source,
         "pinned": !server_url.is_empty(),
-        "caChecksum": state.checksum,
+        "caChecksum": ca.checksum,
         "certificate": summarize(&state.certs.current_leaf()),
-        "caExpires": state
-            .signing_ca
+        "caExpires": ca
+            .ca
             .not_after()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
         // Set within 30 days of the CA's end and past it.
-        "caWarning": state.signing_ca.expiry_warning(time::OffsetDateTime::now_utc()),
+        "caWarning": ca.ca.expiry_warning(time::OffsetDateTime::now_utc()),
         // What every client can observe anyway; clearing them takes the admin's password.
         "labFaults": state.faults.list(crate::lab::now_ms()).iter().map(|fault| fault_summary(fault)).collect::<Vec<_>>(),
     });

@@ -148,6 +148,7 @@ impl CertificateAuthority {
     /// A key without a certificate is an interrupted first start (the key is written first), so it
     /// counts as "no CA": nothing was ever served from it.
     pub fn load(dir: &DataDir) -> Result<Option<Self>, CaError> {
+        Self::finish_rotation(dir)?;
         let (cert_path, key_path) = (dir.ca_cert(), dir.ca_key());
         let Some(cert_pem) = read(&cert_path)? else {
             return Ok(None);
@@ -214,6 +215,47 @@ impl CertificateAuthority {
             &location,
         )?;
         Ok((ca, created))
+    }
+
+    /// Replaces the CA in `dir` with a new one of `profile` (a lab's CA rotation). The new key and
+    /// certificate are written together in one file first, so that a crash at any instant leaves
+    /// the old CA or the new one, never the new key beside the old certificate.
+    pub fn rotate(dir: &DataDir, profile: CaProfile) -> Result<Self, CaError> {
+        let (cert, key) = Self::generate(profile)?;
+        let both = format!("{}{}", key.serialize_pem(), cert.pem());
+        persist(&dir.ca_rotated(), both.as_bytes(), SECRET_MODE)?;
+        Self::finish_rotation(dir)?;
+        Self::load(dir)?.ok_or_else(|| CaError::MissingKey {
+            cert: dir.ca_cert(),
+            key: dir.ca_key(),
+        })
+    }
+
+    /// Finishes a rotation cut short: `ca.rotated.pem`'s key and certificate replace `ca.key` and
+    /// `ca.crt`, then it is removed.
+    fn finish_rotation(dir: &DataDir) -> Result<(), CaError> {
+        let path = dir.ca_rotated();
+        let Some(both) = read(&path)? else {
+            return Ok(());
+        };
+        let text = String::from_utf8_lossy(&both);
+        let split = text
+            .find("-----BEGIN CERTIFICATE-----")
+            .ok_or(CaError::Corrupt {
+                path: path.clone(),
+                reason: Unusable::NotText,
+            })?;
+        let (key_pem, cert_pem) = text.split_at(split);
+        // Checked as a pair before either file is touched.
+        Self::from_pems(
+            cert_pem.as_bytes(),
+            &path,
+            key_pem.as_bytes().to_vec(),
+            &path,
+        )?;
+        persist(&dir.ca_key(), key_pem.as_bytes(), SECRET_MODE)?;
+        persist(&dir.ca_cert(), cert_pem.as_bytes(), PUBLIC_MODE)?;
+        std::fs::remove_file(&path).map_err(|source| CaError::Io { path, source })
     }
 
     /// A CA from its certificate and key, PEM; the paths name them in errors.
@@ -408,6 +450,30 @@ fn persist(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rotation replaces the CA; one cut short after its commit point is finished by the next
+    /// load, and one cut short before it leaves the old CA.
+    #[test]
+    fn a_rotation_is_all_or_nothing() {
+        let (_tmp, dir) = data_dir();
+        let (old, _) = CertificateAuthority::load_or_create(&dir, CaProfile::Cattle).unwrap();
+        let new = CertificateAuthority::rotate(&dir, CaProfile::Cattle).unwrap();
+        assert_ne!(old.cacerts(), new.cacerts());
+        assert!(!dir.ca_rotated().exists());
+        let loaded = CertificateAuthority::load(&dir).unwrap().unwrap();
+        assert_eq!(loaded.cacerts(), new.cacerts());
+        // Cut short after the commit point: the rotated file alone.
+        let (cert, key) = CertificateAuthority::generate(CaProfile::Cattle).unwrap();
+        let both = format!("{}{}", key.serialize_pem(), cert.pem());
+        std::fs::write(dir.ca_rotated(), &both).unwrap();
+        let finished = CertificateAuthority::load(&dir).unwrap().unwrap();
+        assert_eq!(finished.cacerts(), cert.pem().trim());
+        assert!(!dir.ca_rotated().exists());
+        // Cut short while writing it: a torn file is refused, the CA files untouched.
+        std::fs::write(dir.ca_rotated(), &both[..both.len() / 2]).unwrap();
+        assert!(CertificateAuthority::load(&dir).is_err());
+        assert_eq!(std::fs::read_to_string(dir.ca_cert()).unwrap(), cert.pem());
+    }
 
     fn data_dir() -> (tempfile::TempDir, DataDir) {
         let tmp = tempfile::tempdir().unwrap();

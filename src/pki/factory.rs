@@ -131,7 +131,7 @@ impl LeafFactory {
         let (_, leaf) = X509Certificate::from_der(der).ok()?;
         let (_, ca) = X509Certificate::from_der(self.ca.der()).ok()?;
         let not_after = leaf.validity().not_after.timestamp();
-        (leaf.issuer().as_raw() == ca.subject().as_raw())
+        signed_by(&leaf, &ca)
             .then(|| OffsetDateTime::from_unix_timestamp(not_after).ok())
             .flatten()
     }
@@ -141,7 +141,7 @@ impl LeafFactory {
     pub fn issued_here(&self, der: &[u8]) -> Option<OffsetDateTime> {
         let (_, leaf) = X509Certificate::from_der(der).ok()?;
         let (_, ca) = X509Certificate::from_der(self.ca.der()).ok()?;
-        let same_issuer = leaf.issuer().as_raw() == ca.subject().as_raw();
+        let same_issuer = signed_by(&leaf, &ca);
         let same_key =
             leaf.public_key().subject_public_key.data.as_ref() == self.key.public_key_raw();
         let not_after = leaf.validity().not_after.timestamp();
@@ -149,6 +149,29 @@ impl LeafFactory {
             .then(|| OffsetDateTime::from_unix_timestamp(not_after).ok())
             .flatten()
     }
+}
+
+/// Whether `ca` issued `leaf`: the issuer's name, and the authority key identifier naming the
+/// CA's key. The name alone is not enough: a rotated CA keeps its predecessor's name.
+fn signed_by(leaf: &X509Certificate<'_>, ca: &X509Certificate<'_>) -> bool {
+    use x509_parser::extensions::ParsedExtension;
+    let key_ids = |cert: &X509Certificate<'_>| {
+        let mut aki = None;
+        let mut ski = None;
+        for extension in cert.iter_extensions() {
+            match extension.parsed_extension() {
+                ParsedExtension::AuthorityKeyIdentifier(id) => {
+                    aki = id.key_identifier.as_ref().map(|k| k.0.to_vec())
+                }
+                ParsedExtension::SubjectKeyIdentifier(id) => ski = Some(id.0.to_vec()),
+                _ => {}
+            }
+        }
+        (aki, ski)
+    };
+    let (leaf_aki, _) = key_ids(leaf);
+    let (_, ca_ski) = key_ids(ca);
+    leaf.issuer().as_raw() == ca.subject().as_raw() && (leaf_aki.is_none() || leaf_aki == ca_ski)
 }
 
 fn san(name: &SubjectName) -> Result<SanType, rcgen::Error> {
@@ -208,6 +231,25 @@ mod tests {
         let days = (cert.validity().not_after.timestamp() - not_before) / 86400;
         assert_eq!(days, 365);
         assert!(cert.serial.bits() > 64);
+    }
+
+    /// A rotated CA keeps its predecessor's name and the leaf key stays: a leaf of the old CA is
+    /// not one the new CA's factory made (it would be served again after a rotation).
+    #[test]
+    fn a_leaf_of_a_rotated_out_ca_is_not_reused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        let (old, _) = CertificateAuthority::load_or_create(&dir, CaProfile::Cattle).unwrap();
+        let store = FileBackend::new(dir.clone());
+        let old_factory = LeafFactory::new(&store, Arc::new(old), 365).unwrap();
+        let leaf = old_factory
+            .mint(&[SubjectName::parse("a.lab.test").unwrap()])
+            .unwrap();
+        assert!(old_factory.issued_here(&leaf.der).is_some());
+        let new = CertificateAuthority::rotate(&dir, CaProfile::Cattle).unwrap();
+        let new_factory = LeafFactory::new(&store, Arc::new(new), 365).unwrap();
+        assert_eq!(new_factory.issued_here(&leaf.der), None);
+        assert_eq!(new_factory.issued_by_ca(&leaf.der), None);
     }
 
     /// Key identifiers by RFC 5280 method 1 (SHA-1 of the subjectPublicKey bits), for the CA and the

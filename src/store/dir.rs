@@ -101,6 +101,12 @@ impl DataDir {
         self.root.join("ca.key")
     }
 
+    /// A rotated CA's key and certificate in one file (0600), written before `ca.key` and
+    /// `ca.crt` are replaced: the rotation's commit point, finished by the next load if cut short.
+    pub fn ca_rotated(&self) -> PathBuf {
+        self.root.join("ca.rotated.pem")
+    }
+
     /// The key pair shared by every minted leaf (one signature per mint, not a key generation).
     pub fn leaf_key(&self) -> PathBuf {
         self.root.join("leaf.key")

@@ -118,11 +118,22 @@ impl Lab {
 
     /// [`Lab::simulated_agents`] connecting to `server` (another replica) instead.
     pub fn simulated_agents_at(&self, server: &str, tokens: &[&str], count: usize) -> Agent {
+        self.simulated_agents_checking(server, tokens, count, &self.checksum)
+    }
+
+    /// [`Lab::simulated_agents_at`], given `checksum` as `--ca-checksum` (after a CA rotation).
+    pub fn simulated_agents_checking(
+        &self,
+        server: &str,
+        tokens: &[&str],
+        count: usize,
+        checksum: &str,
+    ) -> Agent {
         let mut command = Command::new(corral_bin());
         command
             .args(["agent", "--simulate", "--server", server])
             .args(["--token", &tokens.join(",")])
-            .args(["--ca-checksum", &self.checksum])
+            .args(["--ca-checksum", checksum])
             .args(["--count", &count.to_string()])
             .env("CORRAL_LOG", "info")
             .stdin(Stdio::null())
