@@ -115,6 +115,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("lab_faults: {0}")]
     Lab(#[from] crate::lab::RegistryError),
+    #[error("invalid lab_faults: {0}")]
+    LabFault(#[from] crate::lab::FaultError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
     #[error("--store {0:?}: this corral was built without etcd; build it with `--features etcd`")]
@@ -182,9 +184,9 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     }
     // Peers prove themselves replicas by a certificate from this CA (or the distributed bundle).
     let peer_roots = format!("{}\n{}", ca.cacerts(), setting.value);
-    for spec in &config.lab_faults {
+    for table in &config.lab_faults {
         // Start-up work, before anything listens: an RSA key made here blocks nobody.
-        let fault = faults.add(spec.clone())?;
+        let fault = faults.add(crate::lab::FaultSpec::parse(table)?)?;
         certs.prepare_fault(&fault)?;
     }
     if let Some(chain) = certs.files_chain()

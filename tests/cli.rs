@@ -257,6 +257,47 @@ fn the_readme_walkthrough_runs_as_written() {
     assert!(!stdout.contains("namespace/alices created"), "{why}");
 }
 
+/// The README's lab walkthrough (`<!-- lab-walkthrough -->`): broken certificates met by openssl
+/// and curl, then a CA rotation that an agent with the old checksum refuses in run.sh's words.
+#[test]
+fn the_readme_lab_walkthrough_runs_as_written() {
+    let script = readme_script("lab-walkthrough");
+    assert!(script.contains("corral lab rotate-ca"), "{script}");
+    let (https, http) = (common::free_port(), common::free_port());
+    let script = script.replace("8443", &https.to_string());
+    let env = [
+        ("CORRAL_HTTPS_PORT", https.to_string()),
+        ("CORRAL_HTTP_PORT", http.to_string()),
+    ];
+    let (succeeded, stdout, why) = run_in_bash(&script, 120, &env, &["corral.log", "agent.log"]);
+    assert!(succeeded, "the lab walkthrough failed: {why}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    for expected in [
+        "Verify return code: 10 (certificate has expired)",
+        "Verify return code: 62 (hostname mismatch)",
+        "Verify return code: 21 (unable to verify the first certificate)",
+        "curl: exit 60",
+        "the agent with the new checksum is connected",
+    ] {
+        assert!(lines.contains(&expected), "{expected:?} missing: {why}");
+    }
+    let listed = lines.iter().filter(|l| l.starts_with("fault-")).count();
+    assert_eq!(listed, 3 + 3, "three made, three listed: {why}");
+    let sums = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("CA checksum: "))
+        .expect("the checksums");
+    let (old, new) = sums.split_once(" -> ").unwrap();
+    assert_ne!(old, new);
+    let refusal = format!(
+        "corral: Configured cacerts checksum ({new}) does not match given --ca-checksum ({old})"
+    );
+    assert!(
+        lines.contains(&refusal.as_str()),
+        "{refusal:?} missing: {why}"
+    );
+}
+
 /// Every flag each command has (from its --help) appears in the README's usage synopsis for it; a
 /// command that reads the server's settings may say so (`[flags of corral serve]`) instead of
 /// listing those.
@@ -283,6 +324,11 @@ fn the_usage_synopses_list_every_flag() {
         &["ca", "checksum"],
         &["bench", "handshake"],
         &["bench", "tunnel"],
+        &["lab", "cert"],
+        &["lab", "faults"],
+        &["lab", "remove"],
+        &["lab", "clear"],
+        &["lab", "rotate-ca"],
     ] {
         let (_, help, _) = run_corral(&[command, &["--help"]].concat(), &[]);
         let flags = flags_of(&help);

@@ -357,8 +357,9 @@ pub struct Config {
     pub hostname: Option<SubjectName>,
     /// How that certificate is made and renewed.
     pub hostname_certificate: HostnameCertificate,
-    /// Lab faults to start with (the config file's `[[lab_faults]]`).
-    pub lab_faults: Vec<crate::lab::FaultSpec>,
+    /// Lab faults to start with (the config file's `[[lab_faults]]`), as written: the server
+    /// reads them as the API reads a body.
+    pub lab_faults: Vec<serde_json::Map<String, serde_json::Value>>,
     /// `CATTLE_BOOTSTRAP_PASSWORD` (environment only, so it never shows in `ps`).
     pub bootstrap_password: Option<Secret>,
     /// `CORRAL_PEER_TOKEN` (environment only): one peer token for every replica, as Rancher's.
@@ -451,13 +452,7 @@ impl Config {
             )?)
             .filter(|n| *n > 0),
             hostname_certificate: given(s.hostname_certificate, "hostname-certificate")?,
-            lab_faults: s
-                .lab_faults
-                .iter()
-                .flatten()
-                .map(crate::lab::FaultSpec::parse)
-                .collect::<Result<_, _>>()
-                .map_err(|e| invalid("lab_faults", e))?,
+            lab_faults: s.lab_faults.clone().unwrap_or_default(),
             hostname: s
                 .hostname
                 .filter(|h| !h.trim().is_empty())
