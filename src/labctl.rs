@@ -15,7 +15,7 @@ pub enum LabCommand {
     /// Serve a broken certificate to a name, a glob of names, or every client.
     Cert {
         /// expired, not-yet-valid, wrong-host, self-signed, untrusted-root, incomplete-chain,
-        /// no-san, rsa-2048, rsa-4096 or many-sans.
+        /// no-san, rsa-2048, rsa-4096, many-sans or short-lived.
         scenario: String,
         /// The name (or IP, or a glob such as *.lab.test) it is served to [default: every client].
         #[arg(long, value_name = "NAME")]
@@ -23,6 +23,9 @@ pub enum LabCommand {
         /// How long it lasts (90s, 10m, 1h30m) [default: until removed or the server stops].
         #[arg(long, value_name = "DURATION")]
         ttl: Option<String>,
+        /// short-lived: how long its leaf lasts from its first handshake [default: 60s].
+        #[arg(long, value_name = "DURATION")]
+        lifetime: Option<String>,
         #[command(flatten)]
         api: ApiTarget,
     },
@@ -63,10 +66,11 @@ pub async fn run(command: LabCommand) -> Result<String, ApiCallError> {
             scenario,
             name,
             ttl,
+            lifetime,
             api,
         } => {
-            let body =
-                json!({"kind": "certificate", "scenario": scenario, "name": name, "ttl": ttl});
+            let body = json!({"kind": "certificate", "scenario": scenario, "name": name,
+                "ttl": ttl, "lifetime": lifetime});
             let made = api.call("POST", FAULTS, Some(body)).await?;
             Ok(format!("{}\n", made["id"].as_str().unwrap_or_default()))
         }

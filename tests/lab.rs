@@ -279,7 +279,8 @@ async fn faults_are_made_listed_and_ended_through_the_api() {
     assert_eq!(
         body["message"],
         "invalid scenario \"broken\": valid ones are expired, not-yet-valid, wrong-host, \
-         self-signed, untrusted-root, incomplete-chain, no-san, rsa-2048, rsa-4096, many-sans"
+         self-signed, untrusted-root, incomplete-chain, no-san, rsa-2048, rsa-4096, many-sans, \
+         short-lived"
     );
     let weak = add_fault(&lab, json!({"kind": "certificate", "scenario": "weak-key"})).await;
     assert!(
@@ -380,6 +381,37 @@ async fn faults_are_made_listed_and_ended_through_the_api() {
         tls_connect(lab.addr, Some("after.lab.test"), Some(&ca))
             .await
             .is_ok()
+    );
+
+    // A leaf that expires while it is used: valid at its first handshake, expired 2 s later (and
+    // not made again: the client keeps meeting the same expired leaf).
+    let brief = add_fault(
+        &lab,
+        json!({"kind": "certificate", "scenario": "short-lived", "name": "brief.lab.test", "lifetime": "2s"}),
+    )
+    .await;
+    assert_eq!(json_of(&brief)["lifetime"], "2s");
+    let first = tls_connect(lab.addr, Some("brief.lab.test"), Some(&ca))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let later = verdicts(&lab, "brief.lab.test");
+    assert_eq!(
+        later.openssl,
+        "Verify return code: 10 (certificate has expired)"
+    );
+    let again = tls_connect(lab.addr, Some("brief.lab.test"), None)
+        .await
+        .unwrap();
+    assert_eq!(first.leaf(), again.leaf());
+    let misplaced = add_fault(
+        &lab,
+        json!({"kind": "certificate", "scenario": "expired", "lifetime": "2s"}),
+    )
+    .await;
+    assert_eq!(
+        json_of(&misplaced)["message"],
+        "invalid lifetime \"2s\": only short-lived takes a lifetime"
     );
 
     // A glob; removed, it is gone at once.

@@ -81,7 +81,12 @@ impl LabCerts {
         let subject = SubjectName::parse(name).ok()?;
         let made = self
             .kit
-            .leaf(minter.factory(), cert.scenario, &subject)
+            .leaf(
+                minter.factory(),
+                cert.scenario,
+                &subject,
+                time::Duration::milliseconds(cert.lifetime_ms.unwrap_or(60_000) as i64),
+            )
             .map_err(|e| e.to_string())
             .and_then(|leaf| {
                 minter

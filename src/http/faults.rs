@@ -29,7 +29,12 @@ fn resource(fault: &Fault) -> Resource {
         What::Certificate(cert) => {
             resource = resource
                 .with("scenario", cert.scenario.name())
-                .with("name", cert.name.clone().map_or(Value::Null, Value::from));
+                .with("name", cert.name.clone().map_or(Value::Null, Value::from))
+                .with(
+                    "lifetime",
+                    cert.lifetime_ms
+                        .map_or(Value::Null, |ms| format!("{}s", ms as f64 / 1000.0).into()),
+                );
         }
     }
     resource
@@ -69,6 +74,7 @@ impl TypeHandler for LabFaults {
                 .field("scenario", Field::string().create().nullable())
                 .field("name", Field::string().create().nullable())
                 .field("ttl", Field::string().create().nullable())
+                .field("lifetime", Field::string().create().nullable())
                 .field("expires", Field::date().nullable())
                 .field("created", Field::date())
                 .field("state", Field::string()),

@@ -10,6 +10,9 @@ use serde_json::{Map, Value};
 use crate::pki::SubjectName;
 pub use crate::pki::scenarios::Scenario;
 
+/// How long a `short-lived` leaf lasts unless told.
+const DEFAULT_LIFETIME: &str = "60s";
+
 /// The longest a fault may be asked to last (a lab left running over a week-end is the longest
 /// use seen); without a `ttl` it lasts until removed or the server stops.
 pub const MAX_TTL: Duration = Duration::from_secs(7 * 86_400);
@@ -73,6 +76,9 @@ pub struct CertificateFault {
     pub scenario: Scenario,
     /// An exact name or IP, or a glob (`*.lab.test`); `None`: every client, with or without SNI.
     pub name: Option<String>,
+    /// `short-lived`: how long its leaf lasts from the first handshake that gets it, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime_ms: Option<u64>,
 }
 
 impl CertificateFault {
@@ -211,7 +217,32 @@ fn certificate(input: &Map<String, Value>) -> Result<CertificateFault, FaultErro
             why: "must be a DNS name, an IP address or a glob such as *.lab.test",
         })?),
     };
-    Ok(CertificateFault { scenario, name })
+    let lifetime_ms = match (scenario, text("lifetime")?) {
+        (Scenario::ShortLived, given) => {
+            let given = given.unwrap_or(DEFAULT_LIFETIME);
+            let lifetime = parse_duration(given)
+                .filter(|d| !d.is_zero() && *d <= MAX_TTL)
+                .ok_or(FaultError::Invalid {
+                    field: "lifetime",
+                    given: given.into(),
+                    why: "must be a duration such as 30s or 5m, at most 168h",
+                })?;
+            Some(lifetime.as_millis() as u64)
+        }
+        (_, None) => None,
+        (_, Some(given)) => {
+            return Err(FaultError::Invalid {
+                field: "lifetime",
+                given: given.into(),
+                why: "only short-lived takes a lifetime",
+            });
+        }
+    };
+    Ok(CertificateFault {
+        scenario,
+        name,
+        lifetime_ms,
+    })
 }
 
 /// A name as faults match it: lower-cased, a valid name or IP, or `*.` before a valid name.

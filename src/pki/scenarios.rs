@@ -44,10 +44,12 @@ pub enum Scenario {
     Rsa4096,
     /// The name and 999 more in the subjectAltName.
     ManySans,
+    /// Valid when first served, for a short lifetime: it expires while clients use it.
+    ShortLived,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::Expired,
         Scenario::NotYetValid,
         Scenario::WrongHost,
@@ -58,6 +60,7 @@ impl Scenario {
         Scenario::Rsa2048,
         Scenario::Rsa4096,
         Scenario::ManySans,
+        Scenario::ShortLived,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +75,7 @@ impl Scenario {
             Scenario::Rsa2048 => "rsa-2048",
             Scenario::Rsa4096 => "rsa-4096",
             Scenario::ManySans => "many-sans",
+            Scenario::ShortLived => "short-lived",
         }
     }
 
@@ -121,12 +125,14 @@ impl ScenarioKit {
         }
     }
 
-    /// The leaf `scenario` serves to a client that asked for `name`, signed now.
+    /// The leaf `scenario` serves to a client that asked for `name`, signed now (`lifetime`: how
+    /// long a `short-lived` leaf lasts from now).
     pub fn leaf(
         &self,
         factory: &LeafFactory,
         scenario: Scenario,
         name: &SubjectName,
+        lifetime: Duration,
     ) -> Result<ScenarioCert, rcgen::Error> {
         let now = OffsetDateTime::now_utc();
         let ca = factory.ca();
@@ -191,6 +197,11 @@ impl ScenarioKit {
                     &rcgen::PKCS_RSA_SHA256,
                 )?;
                 let params = leaf_params(names, &key, normal.0, normal.1)?;
+                (key, params)
+            }
+            Scenario::ShortLived => {
+                let key = ecdsa()?;
+                let params = leaf_params(names, &key, normal.0, now + lifetime)?;
                 (key, params)
             }
             Scenario::ManySans => {
