@@ -280,6 +280,7 @@ mod tests {
             what: What::Certificate(CertificateFault {
                 scenario: Scenario::Expired,
                 name: Some("exp.lab.test".into()),
+                lifetime_ms: None,
             }),
             ttl,
         }
