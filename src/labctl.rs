@@ -29,6 +29,30 @@ pub enum LabCommand {
         #[command(flatten)]
         api: ApiTarget,
     },
+    /// Put a toxic on clusters' tunnels, as toxiproxy's (latency, bandwidth, slow-close, timeout,
+    /// reset-peer, slicer, limit-data, down).
+    Tunnel {
+        toxic: String,
+        /// The cluster whose tunnels get it [default: every cluster].
+        #[arg(long, value_name = "ID")]
+        cluster: Option<String>,
+        /// downstream (toward the cluster), upstream (back from it) or both.
+        #[arg(long, default_value = "both", value_name = "WAY")]
+        direction: String,
+        /// The share of tunnels that get it, 0 to 1.
+        #[arg(long, default_value_t = 1.0, value_name = "P")]
+        toxicity: f64,
+        /// The toxic's attributes, as toxiproxy names them: latency=300ms, jitter=50ms, rate=100
+        /// (KB/s), delay=2s (slow-close; microseconds for slicer), timeout=5s, bytes=10000,
+        /// average_size=64, size_variation=16.
+        #[arg(short = 'a', long = "attribute", value_name = "KEY=VALUE")]
+        attributes: Vec<String>,
+        /// How long it lasts [default: until removed or the server stops].
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+        #[command(flatten)]
+        api: ApiTarget,
+    },
     /// End faults by id.
     Remove {
         #[arg(required = true, value_name = "ID")]
@@ -74,6 +98,29 @@ pub async fn run(command: LabCommand) -> Result<String, ApiCallError> {
             let made = api.call("POST", FAULTS, Some(body)).await?;
             Ok(format!("{}\n", made["id"].as_str().unwrap_or_default()))
         }
+        LabCommand::Tunnel {
+            toxic,
+            cluster,
+            direction,
+            toxicity,
+            attributes,
+            ttl,
+            api,
+        } => {
+            let mut body = json!({"kind": "tunnel", "toxic": toxic, "cluster": cluster,
+                "direction": direction, "toxicity": toxicity, "ttl": ttl});
+            for attribute in &attributes {
+                let Some((key, value)) = attribute.split_once('=') else {
+                    return Err(ApiCallError::Refused {
+                        status: hyper::StatusCode::BAD_REQUEST,
+                        message: format!("--attribute {attribute:?}: expected KEY=VALUE"),
+                    });
+                };
+                body[key.trim()] = value.trim().into();
+            }
+            let made = api.call("POST", FAULTS, Some(body)).await?;
+            Ok(format!("{}\n", made["id"].as_str().unwrap_or_default()))
+        }
         LabCommand::Remove { ids, api } => {
             let mut out = String::new();
             for id in ids {
@@ -110,11 +157,23 @@ fn table(faults: &[Value]) -> String {
     let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
     let mut rows = vec![["ID", "KIND", "WHAT", "TARGET", "EXPIRES"].map(str::to_string)];
     for fault in faults {
+        let (what, target) = match fault["kind"].as_str() {
+            Some("tunnel") => (
+                format!("{} {}", text(&fault["toxic"]), text(&fault["direction"])),
+                fault["cluster"]
+                    .as_str()
+                    .map_or("every cluster".into(), |c| format!("cluster {c}")),
+            ),
+            _ => (
+                text(&fault["scenario"]),
+                fault["name"].as_str().unwrap_or("every name").to_string(),
+            ),
+        };
         rows.push([
             text(&fault["id"]),
             text(&fault["kind"]),
-            text(&fault["scenario"]),
-            fault["name"].as_str().unwrap_or("every name").to_string(),
+            what,
+            target,
             fault["expires"].as_str().unwrap_or("never").to_string(),
         ]);
     }

@@ -325,6 +325,7 @@ fn the_usage_synopses_list_every_flag() {
         &["bench", "handshake"],
         &["bench", "tunnel"],
         &["lab", "cert"],
+        &["lab", "tunnel"],
         &["lab", "faults"],
         &["lab", "remove"],
         &["lab", "clear"],

@@ -919,3 +919,148 @@ async fn a_rotated_ca_and_its_kept_predecessor_survive_a_restart() {
             .is_ok()
     );
 }
+
+async fn remove_fault(lab: &Lab, id: &str) {
+    let path = format!("/v3/corral/faults/{id}");
+    let gone = request(lab.addr, "DELETE", &path, &[&lab.auth()], None).await;
+    assert_eq!(gone.status, 200, "{}", gone.body);
+}
+
+/// kubectl through corral's proxy, with a 3 s request timeout: its exit code, output and time.
+fn timed_kubectl(config: &std::path::Path, args: &[&str]) -> (i32, String, Duration) {
+    let started = Instant::now();
+    let config = config.to_str().unwrap();
+    let (code, text) = run(
+        "kubectl",
+        &[
+            &["--kubeconfig", config, "--request-timeout", "3s"][..],
+            args,
+        ]
+        .concat(),
+    );
+    (code, text, started.elapsed())
+}
+
+/// Tunnel toxics as kubectl and the agent meet them through corral's proxy: latency slows every
+/// call, a timeout hangs them until it is removed (the tunnel survives), slicing changes nothing
+/// but the pieces, and reset-peer, limit-data and down end the tunnel, the agent reconnecting
+/// once they are gone, as Rancher's does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_toxics_act_as_a_bad_network() {
+    let lab = Lab::start().await;
+    let agent = lab.simulated_agents(&[&lab.registration], 1);
+    lab.wait_connected(true).await;
+    let config = lab.kubeconfig(&lab.cluster).await;
+    let get_ns = || timed_kubectl(config.path(), &["get", "ns", "default", "-o", "name"]);
+    let (code, out, _) = get_ns();
+    assert_eq!((code, out.as_str()), (0, "namespace/default\n"));
+    let toxic = |body: Value| {
+        let mut body = body;
+        body["kind"] = "tunnel".into();
+        body["cluster"] = lab.cluster.clone().into();
+        add_fault(&lab, body)
+    };
+    let id_of = |r: &HttpResponse| json_of(r)["id"].as_str().unwrap().to_string();
+
+    // Refusals name what is valid.
+    let unknown = add_fault(&lab, json!({"kind": "tunnel", "toxic": "jam"})).await;
+    assert_eq!(
+        json_of(&unknown)["message"],
+        "invalid toxic \"jam\": valid ones are latency, bandwidth, slow-close, timeout, \
+         reset-peer, slicer, limit-data, down"
+    );
+    let odds = add_fault(
+        &lab,
+        json!({"kind": "tunnel", "toxic": "down", "toxicity": 2}),
+    )
+    .await;
+    assert_eq!(json_of(&odds)["fieldName"], "toxicity");
+
+    // Latency, downstream: each call waits at least that long.
+    let slow =
+        toxic(json!({"toxic": "latency", "direction": "downstream", "latency": "300ms"})).await;
+    assert_eq!(slow.status, 201, "{}", slow.body);
+    assert_eq!(json_of(&slow)["latency"], "300ms");
+    let (code, text, took) = get_ns();
+    assert_eq!(code, 0, "{text}");
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    remove_fault(&lab, &id_of(&slow)).await;
+
+    // Slicing into 7-byte pieces: the same answers.
+    let sliced = toxic(json!({"toxic": "slicer", "average_size": 7, "size_variation": 3})).await;
+    let (code, out, _) = timed_kubectl(config.path(), &["get", "nodes", "-o", "name"]);
+    assert_eq!((code, out.as_str()), (0, "node/simulated-node-1\n"));
+    remove_fault(&lab, &id_of(&sliced)).await;
+
+    // Bandwidth, upstream at 1 KB/s: an answer of n bytes takes about n ms.
+    let narrow = toxic(json!({"toxic": "bandwidth", "direction": "upstream", "rate": 1})).await;
+    let (code, out, took) = timed_kubectl(config.path(), &["get", "ns", "-o", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let floor = Duration::from_millis(out.len() as u64).saturating_sub(Duration::from_millis(200));
+    assert!(took >= floor, "{} bytes in {took:?}", out.len());
+    remove_fault(&lab, &id_of(&narrow)).await;
+
+    // A timeout of 0 holds every byte: the proxy's dial through the tunnel gets no answer
+    // within --agent-wait (2 s here) and kubectl is told 503; removed, the same tunnel works again.
+    let hold = toxic(json!({"toxic": "timeout", "timeout": "0s"})).await;
+    let (code, text, took) = get_ns();
+    assert_eq!(code, 1);
+    assert!(text.contains("(ServiceUnavailable)"), "{text}");
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    remove_fault(&lab, &id_of(&hold)).await;
+    let (code, _, _) = get_ns();
+    assert_eq!(code, 0);
+    let sessions = lab
+        .corral
+        .logs()
+        .iter()
+        .filter(|l| l.contains(&format!("tunnel for {} connected", lab.cluster)))
+        .count();
+    assert_eq!(
+        sessions,
+        1,
+        "the tunnel survived the hold: {:?}",
+        lab.corral.logs()
+    );
+
+    // reset-peer: the tunnel is reset (the agent reads ECONNRESET); the agent reconnects once the
+    // toxic is gone.
+    let reset = toxic(json!({"toxic": "reset-peer", "timeout": "0s"})).await;
+    lab.wait_connected_within(false, Duration::from_secs(10))
+        .await;
+    remove_fault(&lab, &id_of(&reset)).await;
+    lab.wait_connected_within(true, Duration::from_secs(20))
+        .await;
+    assert_eq!(get_ns().0, 0);
+
+    // down: the tunnel ends and a new one hangs, so the proxy answers 503 after --agent-wait;
+    // back up, the agent reconnects.
+    let down = toxic(json!({"toxic": "down"})).await;
+    lab.wait_connected_within(false, Duration::from_secs(10))
+        .await;
+    let answer = lab.proxied("/api/v1/namespaces/default").await;
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    remove_fault(&lab, &id_of(&down)).await;
+    lab.wait_connected_within(true, Duration::from_secs(20))
+        .await;
+    assert_eq!(get_ns().0, 0);
+
+    // limit-data: the tunnel closes once that much has come back; the agent reconnects.
+    let capped =
+        toxic(json!({"toxic": "limit-data", "direction": "upstream", "bytes": 2000})).await;
+    let (code, _, _) = timed_kubectl(config.path(), &["get", "ns", "-o", "json"]);
+    assert_eq!(code, 1, "more than 2000 bytes cannot come back");
+    lab.wait_connected_within(false, Duration::from_secs(10))
+        .await;
+    remove_fault(&lab, &id_of(&capped)).await;
+    lab.wait_connected_within(true, Duration::from_secs(20))
+        .await;
+    assert_eq!(get_ns().0, 0);
+
+    let logs = agent.stop_and_logs();
+    assert!(logs.contains("Connection reset by peer"), "{logs}");
+    assert!(
+        lab.corral
+            .logged("started: tunnel toxic latency downstream for cluster")
+    );
+}

@@ -50,9 +50,9 @@ impl LabCerts {
             None => local_ip.to_string(),
         };
         let now = now_ms();
-        let fault = faults.iter().find(|fault| {
-            let What::Certificate(cert) = &fault.what;
-            !fault.expired(now) && cert.applies_to(&name)
+        let fault = faults.iter().find(|fault| match &fault.what {
+            What::Certificate(cert) => !fault.expired(now) && cert.applies_to(&name),
+            What::Tunnel(_) => false,
         })?;
         let key = (fault.id.clone(), name);
         if let Some(config) = lock(&self.kept).get(&key) {
@@ -71,12 +71,16 @@ impl LabCerts {
 
     /// Makes what `fault` needs ahead of its first handshake (an RSA key takes a while).
     pub fn prepare(&self, minter: &Minter, fault: &Fault) -> Result<(), rcgen::Error> {
-        let What::Certificate(cert) = &fault.what;
+        let What::Certificate(cert) = &fault.what else {
+            return Ok(());
+        };
         self.kit.prepare(minter.factory(), cert.scenario)
     }
 
     fn build(&self, minter: &Minter, fault: &Fault, name: &str) -> Option<Arc<ServerConfig>> {
-        let What::Certificate(cert) = &fault.what;
+        let What::Certificate(cert) = &fault.what else {
+            return None;
+        };
         // A name that cannot be one (a hostile SNI) gets what it would have got without the fault.
         let subject = SubjectName::parse(name).ok()?;
         let made = self

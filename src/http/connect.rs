@@ -12,8 +12,13 @@ use axum::http::{HeaderMap, Request, Response, StatusCode};
 
 use super::{AppState, ConnectionSlot, text_response};
 use crate::clusters::AgentParams;
+use crate::lab::ToxicIo;
+use crate::net::ConnInfo;
 use crate::tunnel::registry::Reservation;
 use crate::tunnel::websocket;
+
+/// The longest a new tunnel waits for a downed link before it is refused.
+const DOWN_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What a tunnel holds while it lives: its connection's place, its place among all tunnels and
 /// among its key's.
@@ -96,6 +101,19 @@ pub async fn connect(State(state): State<Arc<AppState>>, mut req: Request<Body>)
         Ok(places) => places,
         Err(refusal) => return refused(refusal),
     };
+    // A link that is down takes no new tunnel: the agent's handshake waits, as on a dead network,
+    // until the link is back or the agent gives up.
+    let down_since = std::time::Instant::now();
+    while state.faults.tunnel_down(&key) {
+        if down_since.elapsed() > DOWN_WAIT_LIMIT {
+            return text_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                "the link is down (a lab fault)",
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     let (response, on_upgrade) = match websocket::upgrade(&mut req) {
         Ok(pair) => pair,
         Err((status, text)) => return text_response(status, "text/plain; charset=utf-8", text),
@@ -108,9 +126,19 @@ pub async fn connect(State(state): State<Arc<AppState>>, mut req: Request<Body>)
         }
     };
     let (tunnels, clusters) = (state.tunnels.clone(), state.clusters.clone());
+    let faults = state.faults.clone();
+    let conn = req.extensions().get::<ConnInfo>().copied();
+    let toxic_key = key.clone();
     tokio::spawn(async move {
         let _places = places;
-        let ws = match websocket::accept(on_upgrade).await {
+        let wrap = |io| {
+            let reset = conn.map(|conn| {
+                Box::new(move || crate::net::reset_on_close(&conn))
+                    as crate::lab::toxics::ResetOnClose
+            });
+            ToxicIo::new(io, faults, toxic_key, reset)
+        };
+        let ws = match websocket::accept_through(on_upgrade, wrap).await {
             Ok(ws) => ws,
             Err(e) => return tracing::warn!("tunnel upgrade for {key} failed: {e}"),
         };

@@ -10,6 +10,7 @@ use super::norman::{Answer, Call, TypeHandler};
 use crate::api::resource::date;
 use crate::api::schema::{DELETE, GET, POST};
 use crate::api::{ApiError, Field, Resource, Schema};
+use crate::lab::fault::Toxic;
 use crate::lab::{Fault, FaultError, FaultSpec, RegistryError, What, now_ms, rfc3339_ms};
 
 pub struct LabFaults;
@@ -35,6 +36,43 @@ fn resource(fault: &Fault) -> Resource {
                     cert.lifetime_ms
                         .map_or(Value::Null, |ms| format!("{}s", ms as f64 / 1000.0).into()),
                 );
+        }
+        What::Tunnel(tunnel) => {
+            let ms = |ms: &u64| Value::from(format!("{ms}ms"));
+            resource = resource
+                .with("toxic", tunnel.toxic.name())
+                .with(
+                    "cluster",
+                    tunnel.cluster.clone().map_or(Value::Null, Value::from),
+                )
+                .with(
+                    "direction",
+                    format!("{:?}", tunnel.direction).to_lowercase(),
+                )
+                .with("toxicity", tunnel.toxicity);
+            resource = match &tunnel.toxic {
+                Toxic::Latency {
+                    latency_ms,
+                    jitter_ms,
+                } => resource
+                    .with("latency", ms(latency_ms))
+                    .with("jitter", ms(jitter_ms)),
+                Toxic::Bandwidth { rate_kbps } => resource.with("rate", *rate_kbps),
+                Toxic::SlowClose { delay_ms } => resource.with("delay", ms(delay_ms)),
+                Toxic::Timeout { timeout_ms } | Toxic::ResetPeer { timeout_ms } => {
+                    resource.with("timeout", ms(timeout_ms))
+                }
+                Toxic::Slicer {
+                    average_size,
+                    size_variation,
+                    delay_us,
+                } => resource
+                    .with("average_size", *average_size)
+                    .with("size_variation", *size_variation)
+                    .with("delay", *delay_us),
+                Toxic::LimitData { bytes } => resource.with("bytes", *bytes),
+                Toxic::Down => resource,
+            };
         }
     }
     resource
@@ -70,11 +108,26 @@ impl TypeHandler for LabFaults {
         vec![
             Schema::new("fault")
                 .methods(&[GET, POST], &[GET, DELETE])
-                .field("kind", Field::one_of(&["certificate"]).create().required())
+                .field(
+                    "kind",
+                    Field::one_of(&crate::lab::fault::KINDS).create().required(),
+                )
                 .field("scenario", Field::string().create().nullable())
                 .field("name", Field::string().create().nullable())
                 .field("ttl", Field::string().create().nullable())
                 .field("lifetime", Field::string().create().nullable())
+                .field("toxic", Field::string().create().nullable())
+                .field("cluster", Field::string().create().nullable())
+                .field("direction", Field::string().create().nullable())
+                .field("toxicity", Field::json().create().nullable())
+                .field("latency", Field::string().create().nullable())
+                .field("jitter", Field::string().create().nullable())
+                .field("rate", Field::json().create().nullable())
+                .field("delay", Field::json().create().nullable())
+                .field("timeout", Field::string().create().nullable())
+                .field("average_size", Field::json().create().nullable())
+                .field("size_variation", Field::json().create().nullable())
+                .field("bytes", Field::json().create().nullable())
                 .field("expires", Field::date().nullable())
                 .field("created", Field::date())
                 .field("state", Field::string()),

@@ -27,12 +27,25 @@ pub async fn favicon() -> Response<Body> {
 
 /// A lab fault as the page lists it.
 fn fault_summary(fault: &crate::lab::Fault) -> serde_json::Value {
-    let crate::lab::What::Certificate(cert) = &fault.what;
+    use crate::lab::What;
+    let (what, target) = match &fault.what {
+        What::Certificate(cert) => (
+            cert.scenario.name().to_string(),
+            cert.name.clone().unwrap_or_else(|| "every name".into()),
+        ),
+        What::Tunnel(tunnel) => (
+            format!("{} ({:?})", tunnel.toxic.name(), tunnel.direction).to_lowercase(),
+            tunnel
+                .cluster
+                .as_ref()
+                .map_or_else(|| "every cluster".into(), |c| format!("cluster {c}")),
+        ),
+    };
     json!({
         "id": fault.id,
         "kind": fault.kind(),
-        "what": cert.scenario.name(),
-        "target": cert.name.as_deref().unwrap_or("every name"),
+        "what": what,
+        "target": target,
         "expires": fault.expires_ms.map(crate::lab::rfc3339_ms),
     })
 }

@@ -18,7 +18,7 @@ const DEFAULT_LIFETIME: &str = "60s";
 pub const MAX_TTL: Duration = Duration::from_secs(7 * 86_400);
 
 /// The kinds of fault, as `kind` names them.
-pub const KINDS: [&str; 1] = ["certificate"];
+pub const KINDS: [&str; 2] = ["certificate", "tunnel"];
 
 /// A fault as created, stored and listed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +36,7 @@ impl Fault {
     pub fn kind(&self) -> &'static str {
         match self.what {
             What::Certificate(_) => "certificate",
+            What::Tunnel(_) => "tunnel",
         }
     }
 
@@ -55,6 +56,21 @@ impl fmt::Display for Fault {
                     None => f.write_str("every name")?,
                 }
             }
+            What::Tunnel(tunnel) => {
+                write!(f, "tunnel toxic {} ", tunnel.toxic.name())?;
+                match tunnel.direction {
+                    Direction::Both => f.write_str("both ways")?,
+                    Direction::Downstream => f.write_str("downstream")?,
+                    Direction::Upstream => f.write_str("upstream")?,
+                }
+                match &tunnel.cluster {
+                    Some(cluster) => write!(f, " for cluster {cluster}")?,
+                    None => f.write_str(" for every cluster")?,
+                }
+                if tunnel.toxicity < 1.0 {
+                    write!(f, " (toxicity {})", tunnel.toxicity)?;
+                }
+            }
         }
         if let Some(at) = self.expires_ms {
             write!(f, " until {}", crate::lab::rfc3339_ms(at))?;
@@ -68,6 +84,95 @@ impl fmt::Display for Fault {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum What {
     Certificate(CertificateFault),
+    Tunnel(TunnelFault),
+}
+
+/// A toxic on agents' tunnels, as toxiproxy's: for one cluster (its cluster and node agents) or
+/// every one, one direction or both, on a share of the tunnels (`toxicity`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TunnelFault {
+    pub toxic: Toxic,
+    /// A cluster id; `None`: every cluster.
+    pub cluster: Option<String>,
+    pub direction: Direction,
+    /// The probability that a tunnel gets the toxic, decided once per tunnel.
+    pub toxicity: f64,
+}
+
+impl TunnelFault {
+    /// Whether the fault applies to the tunnel of client key `key` (`<cluster>` or
+    /// `<cluster>:<node>`) in `direction`.
+    pub fn applies_to(&self, key: &str, direction: Direction) -> bool {
+        self.covers(key) && (self.direction == Direction::Both || self.direction == direction)
+    }
+
+    /// Whether the fault is for the cluster of client key `key`, whichever way.
+    pub fn covers(&self, key: &str) -> bool {
+        let cluster = key.split_once(':').map_or(key, |(cluster, _)| cluster);
+        self.cluster.as_deref().is_none_or(|c| c == cluster)
+    }
+}
+
+/// Which way data goes: `downstream` from corral to the cluster (kubectl's requests), `upstream`
+/// from the cluster back (its answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Downstream,
+    Upstream,
+    Both,
+}
+
+/// toxiproxy's toxics, with its attributes (durations as `300ms`, sizes in bytes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "toxic", rename_all = "kebab-case")]
+pub enum Toxic {
+    /// Each chunk of data waits `latency` ± `jitter`.
+    Latency { latency_ms: u64, jitter_ms: u64 },
+    /// At most `rate` KB/s.
+    Bandwidth { rate_kbps: u64 },
+    /// The close waits `delay`.
+    SlowClose { delay_ms: u64 },
+    /// No data passes; the tunnel is closed after `timeout` (0: never, data waits until removed).
+    Timeout { timeout_ms: u64 },
+    /// The tunnel is reset (TCP RST) after `timeout`.
+    ResetPeer { timeout_ms: u64 },
+    /// Data is cut into pieces of `average_size` ± `size_variation` bytes, `delay` apart.
+    Slicer {
+        average_size: u64,
+        size_variation: u64,
+        delay_us: u64,
+    },
+    /// The tunnel is closed once `bytes` have passed.
+    LimitData { bytes: u64 },
+    /// The link is down: tunnels are reset, new ones hang until it is back.
+    Down,
+}
+
+impl Toxic {
+    pub const NAMES: [&str; 8] = [
+        "latency",
+        "bandwidth",
+        "slow-close",
+        "timeout",
+        "reset-peer",
+        "slicer",
+        "limit-data",
+        "down",
+    ];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Toxic::Latency { .. } => "latency",
+            Toxic::Bandwidth { .. } => "bandwidth",
+            Toxic::SlowClose { .. } => "slow-close",
+            Toxic::Timeout { .. } => "timeout",
+            Toxic::ResetPeer { .. } => "reset-peer",
+            Toxic::Slicer { .. } => "slicer",
+            Toxic::LimitData { .. } => "limit-data",
+            Toxic::Down => "down",
+        }
+    }
 }
 
 /// A certificate scenario, for one name, a glob of names, or every client.
@@ -155,11 +260,12 @@ impl FaultSpec {
         let kind = text("kind")?.ok_or(FaultError::Missing { field: "kind" })?;
         let what = match kind {
             "certificate" => What::Certificate(certificate(input)?),
+            "tunnel" => What::Tunnel(tunnel(input)?),
             other => {
                 return Err(FaultError::NotOneOf {
                     field: "kind",
                     given: other.into(),
-                    valid: "certificate".into(),
+                    valid: KINDS.join(", "),
                 });
             }
         };
@@ -245,6 +351,116 @@ fn certificate(input: &Map<String, Value>) -> Result<CertificateFault, FaultErro
     })
 }
 
+fn tunnel(input: &Map<String, Value>) -> Result<TunnelFault, FaultError> {
+    let text = |field| text(input, field);
+    let duration = |field: &'static str, default: &str| -> Result<u64, FaultError> {
+        let given = text(field)?.unwrap_or(default);
+        parse_duration(given)
+            .filter(|d| *d <= MAX_TTL)
+            .map(|d| d.as_millis() as u64)
+            .ok_or(FaultError::Invalid {
+                field,
+                given: given.into(),
+                why: "must be a duration such as 0s, 300ms or 10s",
+            })
+    };
+    let size = |field: &'static str, default: Option<u64>| -> Result<u64, FaultError> {
+        match input.get(field) {
+            None | Some(Value::Null) => default.ok_or(FaultError::Missing { field }),
+            Some(value) => value
+                .as_u64()
+                .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
+                .filter(|n| *n <= 1 << 40)
+                .ok_or(FaultError::Invalid {
+                    field,
+                    given: value.to_string(),
+                    why: "must be a whole number",
+                }),
+        }
+    };
+    let given = text("toxic")?.ok_or(FaultError::Missing { field: "toxic" })?;
+    let toxic = match given {
+        "latency" => Toxic::Latency {
+            latency_ms: duration("latency", "0s")?,
+            jitter_ms: duration("jitter", "0s")?,
+        },
+        "bandwidth" => Toxic::Bandwidth {
+            rate_kbps: size("rate", None)?.max(1),
+        },
+        "slow-close" => Toxic::SlowClose {
+            delay_ms: duration("delay", "0s")?,
+        },
+        "timeout" => Toxic::Timeout {
+            timeout_ms: duration("timeout", "0s")?,
+        },
+        "reset-peer" => Toxic::ResetPeer {
+            timeout_ms: duration("timeout", "0s")?,
+        },
+        "slicer" => Toxic::Slicer {
+            average_size: size("average_size", Some(64))?.max(1),
+            size_variation: size("size_variation", Some(0))?,
+            delay_us: size("delay", Some(0))?,
+        },
+        "limit-data" => Toxic::LimitData {
+            bytes: size("bytes", None)?,
+        },
+        "down" => Toxic::Down,
+        other => {
+            return Err(FaultError::NotOneOf {
+                field: "toxic",
+                given: other.into(),
+                valid: Toxic::NAMES.join(", "),
+            });
+        }
+    };
+    let direction = match text("direction")?.unwrap_or("both") {
+        "downstream" => Direction::Downstream,
+        "upstream" => Direction::Upstream,
+        "both" => Direction::Both,
+        other => {
+            return Err(FaultError::NotOneOf {
+                field: "direction",
+                given: other.into(),
+                valid: "downstream, upstream, both".into(),
+            });
+        }
+    };
+    let toxicity = match input.get("toxicity") {
+        None | Some(Value::Null) => 1.0,
+        Some(value) => {
+            value
+                .as_f64()
+                .filter(|t| (0.0..=1.0).contains(t))
+                .ok_or(FaultError::Invalid {
+                    field: "toxicity",
+                    given: value.to_string(),
+                    why: "must be a number from 0 to 1",
+                })?
+        }
+    };
+    let cluster = match text("cluster")? {
+        None => None,
+        Some(id)
+            if id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
+        {
+            Some(id.to_string())
+        }
+        Some(id) => {
+            return Err(FaultError::Invalid {
+                field: "cluster",
+                given: id.into(),
+                why: "must be a cluster id such as c-xxxxx",
+            });
+        }
+    };
+    Ok(TunnelFault {
+        toxic,
+        cluster,
+        direction,
+        toxicity,
+    })
+}
+
 /// A name as faults match it: lower-cased, a valid name or IP, or `*.` before a valid name.
 fn name_pattern(given: &str) -> Option<String> {
     let lower = given.trim().to_ascii_lowercase();
@@ -314,12 +530,16 @@ mod tests {
             "name": "Exp.Lab.Test", "ttl": "10m"}))
         .unwrap();
         assert_eq!(spec.ttl, Some(Duration::from_secs(600)));
-        let What::Certificate(cert) = spec.what;
+        let What::Certificate(cert) = spec.what else {
+            panic!("a certificate fault")
+        };
         assert_eq!(cert.scenario, Scenario::Expired);
         assert!(cert.applies_to("exp.lab.test"));
         assert!(!cert.applies_to("other.lab.test"));
         let every = parse(json!({"kind": "certificate", "scenario": "no-san"})).unwrap();
-        let What::Certificate(every) = every.what;
+        let What::Certificate(every) = every.what else {
+            panic!("a certificate fault")
+        };
         assert!(every.applies_to("anything") && every.applies_to("127.0.0.1"));
     }
 
@@ -328,7 +548,9 @@ mod tests {
         let spec = parse(json!({"kind": "certificate", "scenario": "expired",
             "name": "*.lab.test"}))
         .unwrap();
-        let What::Certificate(cert) = spec.what;
+        let What::Certificate(cert) = spec.what else {
+            panic!("a certificate fault")
+        };
         assert!(cert.applies_to("a.lab.test"));
         assert!(cert.applies_to("a.b.lab.test"));
         assert!(!cert.applies_to("lab.test"));

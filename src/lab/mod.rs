@@ -4,9 +4,11 @@
 
 pub mod fault;
 mod registry;
+pub mod toxics;
 
 pub use fault::{CertificateFault, Fault, FaultError, FaultSpec, Scenario, What};
 pub use registry::{Faults, MAX_FAULTS, RegistryError, now_ms};
+pub use toxics::ToxicIo;
 
 /// Unix milliseconds as RFC 3339 (norman's date format), for logs and the API.
 pub fn rfc3339_ms(unix_ms: i64) -> String {

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::task::AtomicWaker;
 
 use super::fault::{Fault, FaultSpec};
 use crate::store::{Backend, Changes, LeaseGuard};
@@ -42,6 +43,9 @@ pub struct Faults {
     /// removes them; readers check [`Fault::expired`] themselves.
     active: ArcSwap<Vec<Arc<Fault>>>,
     state: Mutex<State>,
+    /// The tunnels to wake on every change, so that one waiting for data looks at its toxics
+    /// again (registered once per tunnel; a wake costs the tunnel's reader nothing).
+    watchers: Mutex<Vec<Weak<AtomicWaker>>>,
 }
 
 #[derive(Default)]
@@ -77,6 +81,7 @@ impl Faults {
             store,
             active: ArcSwap::from_pointee(Vec::new()),
             state: Mutex::new(State::default()),
+            watchers: Mutex::new(Vec::new()),
         }
     }
 
@@ -93,6 +98,25 @@ impl Faults {
             .filter(|f| !f.expired(now_ms))
             .cloned()
             .collect()
+    }
+
+    /// Whether a `down` toxic applies to the tunnels of client key `key` now (toxicity aside: a
+    /// link is down or not).
+    pub fn tunnel_down(&self, key: &str) -> bool {
+        let faults = self.active.load();
+        if faults.is_empty() {
+            return false;
+        }
+        let now_ms = now_ms();
+        faults.iter().any(|fault| match &fault.what {
+            super::fault::What::Tunnel(tunnel) => {
+                !fault.expired(now_ms)
+                    && tunnel.toxic == super::fault::Toxic::Down
+                    && tunnel.toxicity > 0.0
+                    && tunnel.covers(key)
+            }
+            _ => false,
+        })
     }
 
     /// Adds a fault as `spec` asks, with a new id; it is served from the next handshake on here,
@@ -229,6 +253,25 @@ impl Faults {
             gauge.with_label_values(&[kind]).set(count as i64);
         }
         self.active.store(Arc::new(next));
+        lock(&self.watchers).retain(|watcher| match watcher.upgrade() {
+            Some(waker) => {
+                waker.wake();
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// A waker woken at every change of the faults, for as long as the caller keeps it.
+    pub fn watch(&self) -> Arc<AtomicWaker> {
+        let waker = Arc::new(AtomicWaker::new());
+        let mut watchers = lock(&self.watchers);
+        // Gone tunnels are dropped now and then (and at every change), not at every new one.
+        if watchers.len() % 1024 == 1023 {
+            watchers.retain(|w| w.strong_count() > 0);
+        }
+        watchers.push(Arc::downgrade(&waker));
+        waker
     }
 }
 

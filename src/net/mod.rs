@@ -72,6 +72,20 @@ pub async fn peer_left(info: &ConnInfo) -> io::Result<()> {
     }
 }
 
+/// Makes the close of the connection `info` describes a TCP reset (SO_LINGER 0): a lab's
+/// reset-peer toxic. The caller must hold the connection meanwhile.
+pub fn reset_on_close(info: &ConnInfo) {
+    use std::os::fd::BorrowedFd;
+    // SAFETY: the caller holds the connection, which owns the socket, while this runs.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(info.socket) };
+    if let Err(e) = socket2::SockRef::from(&borrowed).set_linger(Some(Duration::ZERO)) {
+        tracing::debug!(
+            "cannot make the connection from {} reset on close: {e}",
+            info.peer
+        );
+    }
+}
+
 /// The application protocol a TLS connection negotiated (ALPN), or plain HTTP/1.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {

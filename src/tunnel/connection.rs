@@ -203,7 +203,13 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
     /// The next frame that means something to the protocol. Cancel-safe: what was read stays.
     pub async fn next(&mut self) -> Result<Incoming, SessionError> {
         match self.next_frame().await {
-            Err(SessionError::Read(e)) if peer_went_away(&e) => Ok(Incoming::End),
+            Err(SessionError::Read(e)) if peer_went_away(&e) => {
+                // A reset is rare in normal running (a balancer, a lab's reset-peer toxic): said.
+                if e.kind() == io::ErrorKind::ConnectionReset {
+                    tracing::info!("the tunnel's connection was reset: {e}");
+                }
+                Ok(Incoming::End)
+            }
             other => other,
         }
     }

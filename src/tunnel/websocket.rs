@@ -77,9 +77,18 @@ pub fn upgrade(req: &mut Request<Body>) -> Result<(Response<Body>, OnUpgrade), H
 pub async fn accept(
     on_upgrade: OnUpgrade,
 ) -> Result<WebSocket<TokioIo<hyper::upgrade::Upgraded>>, hyper::Error> {
+    accept_through(on_upgrade, |io| io).await
+}
+
+/// Completes the upgrade into a server-side WebSocket over `wrap` of the connection (a lab's
+/// toxics).
+pub async fn accept_through<S: AsyncRead + AsyncWrite + Unpin>(
+    on_upgrade: OnUpgrade,
+    wrap: impl FnOnce(TokioIo<hyper::upgrade::Upgraded>) -> S,
+) -> Result<WebSocket<S>, hyper::Error> {
     // hyper hands on anything read past the request inside `Upgraded`.
     Ok(WebSocket::server(
-        TokioIo::new(on_upgrade.await?),
+        wrap(TokioIo::new(on_upgrade.await?)),
         Bytes::new(),
     ))
 }
