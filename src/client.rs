@@ -128,7 +128,10 @@ impl ApiTarget {
     ) -> Result<serde_json::Value, ApiCallError> {
         let target = Target::parse(&self.server)?;
         let bearer = format!("Bearer {}", self.token);
-        let mut headers = vec![("authorization", bearer.as_str())];
+        let mut headers = Vec::new();
+        if !self.token.is_empty() {
+            headers.push(("authorization", bearer.as_str()));
+        }
         if body.is_some() {
             headers.push(("content-type", "application/json"));
         }
@@ -151,6 +154,22 @@ impl ApiTarget {
             return Err(ApiCallError::Refused { status, message });
         }
         Ok(json)
+    }
+}
+
+impl ApiTarget {
+    /// A GET of `path` as text (`/cacerts`), without the token.
+    pub async fn text(&self, path: &str) -> Result<String, ApiCallError> {
+        let target = Target::parse(&self.server)?;
+        let (status, bytes) = target.request(self.tls()?, "GET", path, &[], None).await?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        match status.is_success() {
+            true => Ok(text),
+            false => Err(ApiCallError::Refused {
+                status,
+                message: text,
+            }),
+        }
     }
 }
 

@@ -7,6 +7,16 @@ use crate::client::{ApiCallError, ApiTarget};
 
 #[derive(clap::Subcommand)]
 pub enum LabCommand {
+    /// A lab in one command: corral, N simulated clusters registered and connected, a kubeconfig
+    /// each, the CA (trusted in an NSS database when asked); runs until Ctrl-C.
+    Up(crate::lab_up::UpArgs),
+    #[command(flatten)]
+    Api(ApiCommand),
+}
+
+/// The commands that call a running corral's API.
+#[derive(clap::Subcommand)]
+pub enum ApiCommand {
     /// List the faults active now.
     Faults {
         #[command(flatten)]
@@ -77,16 +87,38 @@ pub enum LabCommand {
 
 const FAULTS: &str = "/v3/corral/faults";
 
-/// Runs a `corral lab` command; what it prints on success.
-pub async fn run(command: LabCommand) -> Result<String, ApiCallError> {
+/// What a `corral lab` command left: text to print, or a lab running until it is stopped.
+pub enum Ran {
+    Printed(String),
+    Lab(crate::lab_up::Lab),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error(transparent)]
+    Api(#[from] ApiCallError),
+    #[error(transparent)]
+    Up(#[from] crate::lab_up::UpError),
+}
+
+/// Runs a `corral lab` command.
+pub async fn run(command: LabCommand) -> Result<Ran, LabError> {
     match command {
-        LabCommand::Faults { api } => {
+        LabCommand::Up(args) => Ok(Ran::Lab(crate::lab_up::start(&args).await?)),
+        LabCommand::Api(command) => Ok(Ran::Printed(call(command).await?)),
+    }
+}
+
+/// Runs a command that calls the API; what it prints.
+async fn call(command: ApiCommand) -> Result<String, ApiCallError> {
+    match command {
+        ApiCommand::Faults { api } => {
             let list = api.call("GET", FAULTS, None).await?;
             Ok(table(
                 list["data"].as_array().map_or(&[][..], Vec::as_slice),
             ))
         }
-        LabCommand::Cert {
+        ApiCommand::Cert {
             scenario,
             name,
             ttl,
@@ -98,7 +130,7 @@ pub async fn run(command: LabCommand) -> Result<String, ApiCallError> {
             let made = api.call("POST", FAULTS, Some(body)).await?;
             Ok(format!("{}\n", made["id"].as_str().unwrap_or_default()))
         }
-        LabCommand::Tunnel {
+        ApiCommand::Tunnel {
             toxic,
             cluster,
             direction,
@@ -121,7 +153,7 @@ pub async fn run(command: LabCommand) -> Result<String, ApiCallError> {
             let made = api.call("POST", FAULTS, Some(body)).await?;
             Ok(format!("{}\n", made["id"].as_str().unwrap_or_default()))
         }
-        LabCommand::Remove { ids, api } => {
+        ApiCommand::Remove { ids, api } => {
             let mut out = String::new();
             for id in ids {
                 api.call("DELETE", &format!("{FAULTS}/{id}"), None).await?;
@@ -129,7 +161,7 @@ pub async fn run(command: LabCommand) -> Result<String, ApiCallError> {
             }
             Ok(out)
         }
-        LabCommand::RotateCa { keep_old, api } => {
+        ApiCommand::RotateCa { keep_old, api } => {
             let body = json!({ "keepOld": keep_old });
             let rotated = api
                 .call("POST", "/v3/corral/ca?action=rotate", Some(body))
@@ -139,7 +171,7 @@ pub async fn run(command: LabCommand) -> Result<String, ApiCallError> {
                 rotated["bundleChecksum"].as_str().unwrap_or_default()
             ))
         }
-        LabCommand::Clear { api } => {
+        ApiCommand::Clear { api } => {
             let list = api.call("GET", FAULTS, None).await?;
             let mut out = String::new();
             for fault in list["data"].as_array().into_iter().flatten() {

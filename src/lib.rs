@@ -1,7 +1,7 @@
 //! corral: a Rust server that reproduces Rancher 2.x's TLS front end.
 //!
 //! Layers, each importing only those below it (README, "How the code is laid out"):
-//! [`app`] (composition and shutdown), [`labctl`] → [`http`], [`agent`], [`bench`], [`peering`] → [`ca_bundle`] (what `/cacerts` distributes, CA rotation) → [`api`]
+//! [`labctl`] → [`lab_up`] → [`app`] (composition and shutdown) → [`http`], [`agent`], [`bench`], [`peering`] → [`ca_bundle`] (what `/cacerts` distributes, CA rotation) → [`api`]
 //! (norman's rules: schemas, URLs, collections, errors) → [`net`]
 //! (listener), [`certs`] (which certificate a hello gets), [`accounts`], [`clusters`], [`tunnel`],
 //! [`replicas`], [`kubeconfig`] → [`lab`] → [`pki`], [`store`] (durable state behind one seam), [`config`], [`client`] →
@@ -20,6 +20,7 @@ pub mod config;
 pub mod http;
 pub mod kubeconfig;
 pub mod lab;
+pub mod lab_up;
 pub mod labctl;
 pub mod limits;
 pub mod metrics;

@@ -314,13 +314,24 @@ fn lab(command: corral::labctl::LabCommand) -> ExitCode {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    match runtime.block_on(corral::labctl::run(command)) {
-        Ok(out) => {
-            print_out(&out);
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(1, e),
+    if matches!(command, corral::labctl::LabCommand::Up(_)) {
+        init_logging();
     }
+    runtime.block_on(async {
+        match corral::labctl::run(command).await {
+            Ok(corral::labctl::Ran::Printed(out)) => {
+                print_out(&out);
+                ExitCode::SUCCESS
+            }
+            Ok(corral::labctl::Ran::Lab(lab)) => {
+                print_out(&lab.summary);
+                shutdown_signal().await;
+                lab.stop(SHUTDOWN_GRACE).await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(1, e),
+        }
+    })
 }
 
 fn fail(code: u8, error: impl std::fmt::Display) -> ExitCode {

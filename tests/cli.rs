@@ -324,6 +324,7 @@ fn the_usage_synopses_list_every_flag() {
         &["ca", "checksum"],
         &["bench", "handshake"],
         &["bench", "tunnel"],
+        &["lab", "up"],
         &["lab", "cert"],
         &["lab", "tunnel"],
         &["lab", "faults"],

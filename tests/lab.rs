@@ -1064,3 +1064,110 @@ async fn tunnel_toxics_act_as_a_bad_network() {
             .logged("started: tunnel toxic latency downstream for cluster")
     );
 }
+
+/// `corral lab up`: one command, two connected simulated clusters with their kubeconfigs, the CA
+/// in a file and in an NSS database, an env file `corral lab` reads; a second run keeps the
+/// clusters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corral_lab_up_starts_a_whole_lab() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let lab_dir = dir.path().join("lab");
+    let nss = dir.path().join("nss");
+    let up = |extra: &[&str]| {
+        let mut child = std::process::Command::new(corral_bin())
+            .args([
+                "lab",
+                "up",
+                "--clusters",
+                "2",
+                "--https-port",
+                "0",
+                "--http-port",
+                "0",
+            ])
+            .arg("--dir")
+            .arg(&lab_dir)
+            .args(extra)
+            .env_remove("CATTLE_BOOTSTRAP_PASSWORD")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // The summary, printed once every cluster is connected.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut summary = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !summary
+            .last()
+            .is_some_and(|l: &String| l.starts_with("Ctrl-C stops it"))
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            summary.push(
+                rx.recv_timeout(left)
+                    .expect("the lab's summary within 60 s"),
+            );
+        }
+        (child, summary)
+    };
+    let nss_flag = nss.to_str().unwrap();
+    let (mut child, summary) = up(&["--trust-nss", nss_flag]);
+    let text = summary.join("\n");
+    assert_eq!(summary[0], "corral lab is up", "{text}");
+    let kubeconfigs: Vec<&str> = summary
+        .iter()
+        .filter_map(|l| l.split("kubectl --kubeconfig ").nth(1))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert_eq!(kubeconfigs.len(), 2, "{text}");
+    for config in &kubeconfigs {
+        let (code, out) = run(
+            "kubectl",
+            &["--kubeconfig", config, "get", "nodes", "-o", "name"],
+        );
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "node/simulated-node-1\n"),
+            "{config}"
+        );
+    }
+    // The CA in the NSS database, as a browser would read it.
+    let listed = sh(&format!("certutil -L -d sql:{nss_flag}"));
+    assert!(listed.contains("corral lab CA"), "{listed}");
+    // The env file drives `corral lab`.
+    let ca = lab_dir.join("ca.pem");
+    let script = format!(
+        ". {}/env && {} lab faults --cacert {}",
+        lab_dir.display(),
+        corral_bin(),
+        ca.display()
+    );
+    assert!(sh(&script).starts_with("ID"));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(lab_dir.join("env"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the env file holds a token");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // Again: the same clusters, connected again.
+    let (mut child, again) = up(&[]);
+    let ids = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l.trim_start().starts_with("cluster"))
+            .map(|l| l.split_whitespace().nth(2).unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&again), ids(&summary), "{again:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
