@@ -138,5 +138,51 @@ fn checksum(c: &mut Criterion) {
     c.bench_function("CA checksum", |b| b.iter(|| black_box(ca_checksum(&pem))));
 }
 
-criterion_group!(benches, minting, lookup, codec, checksum);
+/// One MiB through a pipe in 16 KiB writes, read at the other end: as a tunnel's socket carries it.
+async fn one_mib<W>(writer: &mut W, reader: &mut tokio::io::DuplexStream)
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let chunk = [7u8; 16 * 1024];
+    let mut sink = vec![0u8; 16 * 1024];
+    for _ in 0..64 {
+        writer.write_all(&chunk).await.unwrap();
+        reader.read_exact(&mut sink).await.unwrap();
+    }
+    writer.flush().await.unwrap();
+}
+
+/// What the lab's toxics cost a tunnel that has none: the bare pipe, the pipe through `ToxicIo`
+/// with no fault, and with a fault active for another cluster (each read and write then looks
+/// through the active faults).
+fn toxics(c: &mut Criterion) {
+    use corral::lab::{FaultSpec, Faults, ToxicIo};
+    let f = fixture();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let faults = Arc::new(Faults::new(Arc::new(FileBackend::new(f.dir.clone()))));
+    let (mut bare, mut bare_peer) = tokio::io::duplex(1 << 20);
+    c.bench_function("1 MiB through a bare pipe", |b| {
+        b.iter(|| rt.block_on(one_mib(&mut bare, &mut bare_peer)))
+    });
+    let (pipe, mut peer) = tokio::io::duplex(1 << 20);
+    let mut toxic =
+        rt.block_on(async { ToxicIo::new(pipe, faults.clone(), "c-bench".into(), None) });
+    c.bench_function("1 MiB through ToxicIo, no fault", |b| {
+        b.iter(|| rt.block_on(one_mib(&mut toxic, &mut peer)))
+    });
+    let elsewhere = serde_json::json!({"kind": "tunnel", "toxic": "latency", "cluster": "c-other",
+        "latency": "1s"});
+    faults
+        .add(FaultSpec::parse(elsewhere.as_object().unwrap()).unwrap())
+        .unwrap();
+    c.bench_function("1 MiB through ToxicIo, another cluster's fault", |b| {
+        b.iter(|| rt.block_on(one_mib(&mut toxic, &mut peer)))
+    });
+}
+
+criterion_group!(benches, minting, lookup, codec, checksum, toxics);
 criterion_main!(benches);

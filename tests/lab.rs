@@ -449,16 +449,7 @@ async fn faults_are_made_listed_and_ended_through_the_api() {
     assert_eq!(again.status, 404);
 
     // Pinned to server-url, the fault still wins for its name; other names get the pinned leaf.
-    let url = json!({"value": "https://pinned.lab.test"}).to_string();
-    let pinned = request(
-        lab.addr,
-        "PUT",
-        "/v3/settings/server-url",
-        &[&lab.auth()],
-        Some(&url),
-    )
-    .await;
-    assert_eq!(pinned.status, 200, "{}", pinned.body);
+    lab.pin_server_url("https://pinned.lab.test").await;
     add_fault(
         &lab,
         json!({"kind": "certificate", "scenario": "wrong-host", "name": "pinned.lab.test"}),
@@ -711,16 +702,7 @@ async fn a_ca_rotation_fails_agents_and_kubectl_as_rancher_does() {
     let lab = Lab::start().await;
     let old = lab.checksum.clone();
     // Pinned, as a set-up Rancher is: the rotation pins the new CA's certificate to it again.
-    let url = json!({ "value": lab.server() }).to_string();
-    let pinned = request(
-        lab.addr,
-        "PUT",
-        "/v3/settings/server-url",
-        &[&lab.auth()],
-        Some(&url),
-    )
-    .await;
-    assert_eq!(pinned.status, 200, "{}", pinned.body);
+    lab.pin_server_url(&lab.server()).await;
     let mut agent = lab.simulated_agents(&[&lab.registration], 1);
     lab.wait_connected(true).await;
     let old_kubeconfig = lab.kubeconfig(&lab.cluster).await;

@@ -334,16 +334,7 @@ async fn the_agent_refuses_a_wrong_checksum_or_a_foreign_certificate() {
 
     // corral pinned to a name, reached by IP: the CA is right, only the name differs, and the agent
     // says so.
-    let pin = json!({"value": "https://pinned.lab.test"}).to_string();
-    let put = request(
-        lab.addr,
-        "PUT",
-        "/v3/settings/server-url",
-        &[&lab.auth()],
-        Some(&pin),
-    )
-    .await;
-    assert_eq!(put.status, 200, "{}", put.body);
+    lab.pin_server_url("https://pinned.lab.test").await;
     let (code, stderr) = run(&lab.server(), &lab.checksum);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
@@ -531,16 +522,7 @@ async fn registration_tokens_come_with_rancher_commands_and_a_manifest() {
     for field in ["manifestUrl", "command", "insecureCommand", "nodeCommand"] {
         assert_eq!(before[field], "", "{field} before server-url: {before}");
     }
-    let server_url = json!({ "value": lab.server() }).to_string();
-    let set = request(
-        lab.addr,
-        "PUT",
-        "/v3/settings/server-url",
-        &[&lab.auth()],
-        Some(&server_url),
-    )
-    .await;
-    assert_eq!(set.status, 200, "{}", set.body);
+    lab.pin_server_url(&lab.server()).await;
     let created = create().await;
     let token = created["token"].as_str().unwrap();
     let manifest_url = format!("{}/v3/import/{token}_{}.yaml", lab.server(), lab.cluster);

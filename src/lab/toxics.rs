@@ -24,6 +24,18 @@ const RECHECK: Duration = Duration::from_millis(100);
 /// The most a read takes from the tunnel at once while a toxic holds data.
 const HOLD_CHUNK: usize = 16 * 1024;
 
+/// Waits in `slot`'s timer (reset to `at` if it was set for another time) until `at`; `Ready`,
+/// and the slot empty, once it has passed.
+fn wait_until(slot: &mut Option<Pin<Box<Sleep>>>, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
+    let sleep = slot.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+    if sleep.deadline() != at {
+        sleep.as_mut().reset(at);
+    }
+    ready!(sleep.as_mut().poll(cx));
+    *slot = None;
+    Poll::Ready(())
+}
+
 /// The most data latency holds on its way out (a socket buffer's worth).
 const MAX_DELAYED: usize = 1 << 20;
 
@@ -207,15 +219,7 @@ impl<T> ToxicIo<T> {
             .flatten()
             .min();
         if let Some(at) = deadline {
-            match &mut self.deadline {
-                Some(sleep) if sleep.deadline() == at => {}
-                slot => *slot = Some(Box::pin(tokio::time::sleep_until(at))),
-            }
-            if let Some(sleep) = &mut self.deadline
-                && sleep.as_mut().poll(cx).is_ready()
-            {
-                self.deadline = None;
-            }
+            let _ = wait_until(&mut self.deadline, at, cx);
         }
         let flow = match direction {
             Direction::Upstream => &mut self.up,
@@ -265,19 +269,12 @@ impl<T> ToxicIo<T> {
             .flatten()
             .max();
         match until.filter(|at| *at > Instant::now()) {
-            Some(at) => {
-                let sleep = flow
-                    .wait
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-                if sleep.deadline() != at {
-                    sleep.as_mut().reset(at);
-                }
-                ready!(sleep.as_mut().poll(cx));
+            Some(at) => wait_until(&mut flow.wait, at, cx),
+            None => {
                 flow.wait = None;
+                Poll::Ready(())
             }
-            None => flow.wait = None,
         }
-        Poll::Ready(())
     }
 }
 
@@ -449,13 +446,7 @@ impl<T: AsyncWrite + Unpin> ToxicIo<T> {
         while let Some((leaves, data)) = self.delayed.front_mut() {
             let leaves = *leaves;
             if leaves > Instant::now() {
-                let sleep = self
-                    .delay_timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(leaves)));
-                if sleep.deadline() != leaves {
-                    sleep.as_mut().reset(leaves);
-                }
-                ready!(sleep.as_mut().poll(cx));
+                ready!(wait_until(&mut self.delay_timer, leaves, cx));
                 continue;
             }
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, data))?;

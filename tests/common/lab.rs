@@ -92,6 +92,20 @@ impl Lab {
         }
     }
 
+    /// Sets server-url to `url` as the admin: corral pins its certificate to that host.
+    pub async fn pin_server_url(&self, url: &str) {
+        let body = json!({ "value": url }).to_string();
+        let put = request(
+            self.addr,
+            "PUT",
+            "/v3/settings/server-url",
+            &[&self.auth()],
+            Some(&body),
+        )
+        .await;
+        assert_eq!(put.status, 200, "{}", put.body);
+    }
+
     pub fn auth(&self) -> String {
         format!("Authorization: Bearer {}", self.token)
     }
