@@ -557,13 +557,16 @@ async fn the_status_page_lists_faults_and_clears_them() {
         .await;
         assert_eq!(made.status, 201, "{}", made.body);
     }
+    let slow =
+        json!({"kind": "tunnel", "toxic": "latency", "cluster": lab.cluster, "latency": "1s"});
+    assert_eq!(add_fault(&lab, slow).await.status, 201);
     let host = "page.lab.test";
     let browser = common::webdriver::Browser::start(&ca, host).await;
     browser
         .goto(&format!("https://{host}:{}/dashboard/", lab.addr.port()))
         .await;
     let listed = "return !document.getElementById('faults').hidden && \
-        document.querySelectorAll('#fault-list li').length === 2";
+        document.querySelectorAll('#fault-list li').length === 3";
     assert!(browser.wait_until(listed, Duration::from_secs(20)).await);
     let text = browser.property("#fault-list", "textContent").await;
     let text = text.as_str().unwrap_or_default();
@@ -572,6 +575,12 @@ async fn the_status_page_lists_faults_and_clears_them() {
         "{text}"
     );
     assert!(text.contains("certificate no-san for b.lab.test"), "{text}");
+    // The page is public: a tunnel fault's cluster is not named there.
+    assert!(
+        text.contains("tunnel latency (both) for one cluster"),
+        "{text}"
+    );
+    assert!(!text.contains(&lab.cluster), "{text}");
     browser.screenshot("lab-faults").await;
     // A wrong password is refused in the page's words; the right one clears every fault.
     browser
