@@ -1162,3 +1162,30 @@ async fn corral_lab_up_starts_a_whole_lab() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// slow-close: when an agent goes away, corral's side of its tunnel closes only after the delay —
+/// the cluster shows connected for that long, as behind a link that is slow to tear down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_close_delays_the_end_of_a_tunnel() {
+    let lab = Lab::start().await;
+    // Until the cluster shows disconnected, from when its agent is killed.
+    async fn gone_after(lab: &Lab) -> Duration {
+        let mut agent = lab.simulated_agents(&[&lab.registration], 1);
+        lab.wait_connected(true).await;
+        let killed = Instant::now();
+        agent.kill();
+        lab.wait_connected_within(false, Duration::from_secs(20))
+            .await;
+        killed.elapsed()
+    }
+    let plain = gone_after(&lab).await;
+    let slow =
+        json!({"kind": "tunnel", "toxic": "slow-close", "cluster": lab.cluster, "delay": "3s"});
+    assert_eq!(add_fault(&lab, slow).await.status, 201);
+    let slowed = gone_after(&lab).await;
+    println!(
+        "a killed agent's cluster showed disconnected after {plain:?}, {slowed:?} with slow-close 3s"
+    );
+    assert!(slowed >= Duration::from_secs(3), "{slowed:?}");
+    assert!(plain < Duration::from_secs(2), "{plain:?}");
+}

@@ -131,7 +131,7 @@ pub enum Toxic {
     Latency { latency_ms: u64, jitter_ms: u64 },
     /// At most `rate` KB/s.
     Bandwidth { rate_kbps: u64 },
-    /// The close waits `delay`.
+    /// A close, either side's, takes `delay` to go through.
     SlowClose { delay_ms: u64 },
     /// No data passes; the tunnel is closed after `timeout` (0: never, data waits until removed).
     Timeout { timeout_ms: u64 },

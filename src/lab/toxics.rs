@@ -24,6 +24,17 @@ const RECHECK: Duration = Duration::from_millis(100);
 /// The most a read takes from the tunnel at once while a toxic holds data.
 const HOLD_CHUNK: usize = 16 * 1024;
 
+/// Whether a read error only says the peer is gone.
+fn is_an_end(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
 /// Waits in `slot`'s timer (reset to `at` if it was set for another time) until `at`; `Ready`,
 /// and the slot empty, once it has passed.
 fn wait_until(slot: &mut Option<Pin<Box<Sleep>>>, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
@@ -57,6 +68,9 @@ pub struct ToxicIo<T> {
     /// A timer that wakes the reader for a deadline (reset-peer, timeout) without data.
     deadline: Option<Pin<Box<Sleep>>>,
     closing: Option<Pin<Box<Sleep>>>,
+    /// When a slow-closed end of stream may be told, and how it ended (`None`: cleanly).
+    eof_at: Option<Instant>,
+    end: Option<io::ErrorKind>,
     reset: bool,
     /// Data written under latency, with when it may leave.
     delayed: std::collections::VecDeque<(Instant, Vec<u8>)>,
@@ -115,6 +129,8 @@ impl<T> ToxicIo<T> {
             up_held_at: 0,
             deadline: None,
             closing: None,
+            eof_at: None,
+            end: None,
             reset: false,
             delayed: std::collections::VecDeque::new(),
             delayed_bytes: 0,
@@ -330,9 +346,31 @@ impl<T: AsyncRead + Unpin> AsyncRead for ToxicIo<T> {
         ready!(this.open(&plan, cx, Direction::Upstream))?;
         // Data is taken from the tunnel, then waits out its toxics before it is handed on.
         if this.up_held_at >= this.up_held.len() {
-            ready!(this.fill(cx))?;
+            // An end already seen is not read again while slow-close delays it.
+            let filled = match this.eof_at {
+                Some(_) => Ok(()),
+                None => ready!(this.fill(cx)),
+            };
+            let ended = match &filled {
+                Ok(()) => this.up_held.is_empty(),
+                Err(e) => is_an_end(e),
+            };
+            if ended {
+                // The end of the stream (a peer gone without TLS's goodbye is one too);
+                // slow-close makes it take that long to be noticed.
+                if let Some(delay) = plan.slow_close {
+                    if this.eof_at.is_none() {
+                        this.end = filled.as_ref().err().map(io::Error::kind);
+                        this.eof_at = Some(Instant::now() + delay);
+                    }
+                    let at = this.eof_at.unwrap_or_else(Instant::now);
+                    ready!(wait_until(&mut this.up.wait, at, cx));
+                    return Poll::Ready(this.end.map_or(Ok(()), |kind| Err(kind.into())));
+                }
+            }
+            filled?;
             if this.up_held.is_empty() {
-                return Poll::Ready(Ok(())); // end of stream
+                return Poll::Ready(Ok(()));
             }
         }
         ready!(this.pace(&plan, cx, Direction::Upstream));
