@@ -1353,6 +1353,49 @@ async fn lab_faults_reach_every_replica_and_end_with_their_replica() {
             .logged(&format!("lab fault {id} ended (removed)"))
     );
 
+    // A tunnel toxic made on the other replica slows the tunnel this replica holds.
+    let agent = lab.simulated_agents(&[&lab.registration], 1);
+    lab.wait_connected(true).await;
+    // Once first (the cluster is told of its users then), to time what follows alone.
+    let first = lab.proxied("/api/v1/namespaces/default").await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let slow = json!({"kind": "tunnel", "toxic": "latency", "cluster": lab.cluster,
+        "direction": "upstream", "latency": "400ms"})
+    .to_string();
+    let made = request(
+        other_addr,
+        "POST",
+        "/v3/corral/faults",
+        &[&lab.auth()],
+        Some(&slow),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let started = Instant::now();
+    loop {
+        let asked = Instant::now();
+        let answer = lab.proxied("/api/v1/namespaces/default").await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        if asked.elapsed() >= Duration::from_millis(400) {
+            break;
+        }
+        assert!(
+            started.elapsed() < PROPAGATION_LIMIT,
+            "the toxic never reached the replica holding the tunnel"
+        );
+    }
+    let toxic_id = json(&made)["id"].as_str().unwrap().to_string();
+    let gone = request(
+        other_addr,
+        "DELETE",
+        &format!("/v3/corral/faults/{toxic_id}"),
+        &[&lab.auth()],
+        None,
+    )
+    .await;
+    assert_eq!(gone.status, 200, "{}", gone.body);
+    drop(agent);
+
     // A fault of the other replica's ends with it.
     let theirs = request(
         other_addr,
