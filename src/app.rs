@@ -237,6 +237,7 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         store.clone(),
         replicas.as_ref().map(|r| r.id()),
     )?);
+    clusters.follow_store();
     if let Some(replicas) = &replicas {
         sweep_agent_sessions(clusters.clone(), replicas.clone(), shutdown.clone());
         close_deleted_clusters(clusters.clone(), tunnels.clone(), shutdown.clone());

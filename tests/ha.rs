@@ -316,7 +316,12 @@ async fn etcd_faults_stop_writes_but_not_handshakes_and_everything_recovers() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let stored = etcd.value("/corral/corral/clusters");
+    // One key per cluster.
+    let stored: String = etcd
+        .keys("/corral/corral/clusters/")
+        .iter()
+        .map(|key| etcd.value(key))
+        .collect();
     for name in ["one-member-down", "after-recovery"] {
         assert!(stored.contains(name), "{name} in {stored}");
     }
@@ -439,7 +444,8 @@ async fn behind_a_balancer_every_replica_reaches_every_agent_and_a_killed_replic
         keys.contains(&format!("/corral/corral/nodes/{node_id}")),
         "{keys:?}"
     );
-    assert!(!etcd.value("/corral/corral/clusters").contains("caCert"));
+    let cluster_key = format!("/corral/corral/clusters/{}", lab.cluster);
+    assert!(!etcd.value(&cluster_key).contains("caCert"));
 
     // kubectl through the balancer, then the replica holding the agent is killed.
     let kubeconfig = lab.kubeconfig(&lab.cluster).await;
@@ -1410,4 +1416,78 @@ async fn lab_faults_reach_every_replica_and_end_with_their_replica() {
     drop(other.stop()); // SIGKILL: nothing revokes its lease
     let lapsed = until(holder_addr, "theirs.lab.test", false).await;
     println!("a gone replica's fault ended {lapsed:?} after it was killed");
+}
+
+/// Clusters are one etcd key each (issue 24): a store written by an earlier corral, with every
+/// cluster in one document, is moved to a key per cluster at the first start, losing nothing
+/// (its registration token still registers an agent); and a few hundred clusters with their tokens
+/// fit a small-quota etcd whose database stays small, where the document's rewrites filled it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_are_a_key_each_and_fit_a_small_etcd() {
+    let etcd = EtcdCluster::start_with_flags(1, &["--quota-backend-bytes", "16777216"]);
+    let root = tempfile::tempdir().unwrap();
+    let secret = "legacy-registration-token-0123456789";
+    let legacy = json!({"clusters": [{"id": "c-legcy", "name": "from-before", "created": 1,
+        "tokens": [{"id": "crt-legcy", "hash": corral_hash(secret), "created": 1}]}]});
+    etcd.etcdctl(&["put", "/corral/corral/clusters", &legacy.to_string()]);
+    let env = [("CATTLE_BOOTSTRAP_PASSWORD", lab::BOOTSTRAP)];
+    let corral = replica(&etcd, &root.path().join("r0"), &env);
+    let addr = corral.https("127.0.0.1");
+    let lab = Lab::setup(corral, addr).await;
+    assert!(
+        lab.corral.logged("moved 1 cluster(s) from"),
+        "{:?}",
+        lab.corral.logs()
+    );
+    assert!(
+        etcd.keys("/corral/corral/clusters")
+            .iter()
+            .all(|k| k != "/corral/corral/clusters")
+    );
+    let listed = request(addr, "GET", "/v3/clusters/c-legcy", &[&lab.auth()], None).await;
+    assert_eq!(json(&listed)["name"], "from-before", "{}", listed.body);
+    let agent = lab.simulated_agents(&[secret], 1);
+    let path = "/v3/clusters/c-legcy";
+    let started = Instant::now();
+    while json(&request(addr, "GET", path, &[&lab.auth()], None).await)["connected"] != true {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the legacy token never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(agent);
+
+    // 300 clusters with a registration token each.
+    let before = etcd.db_size();
+    for i in 0..300 {
+        let body = json!({ "name": format!("scale-{i}") }).to_string();
+        let made = request(addr, "POST", "/v3/clusters", &[&lab.auth()], Some(&body)).await;
+        assert_eq!(made.status, 201, "cluster {i}: {}", made.body);
+        let id = json(&made)["id"].as_str().unwrap().to_string();
+        let token = json!({ "clusterId": id }).to_string();
+        let made = request(
+            addr,
+            "POST",
+            "/v3/clusterregistrationtokens",
+            &[&lab.auth()],
+            Some(&token),
+        )
+        .await;
+        assert_eq!(made.status, 201, "token {i}: {}", made.body);
+    }
+    let after = etcd.db_size();
+    println!("etcd's database: {before} bytes before 300 clusters, {after} after");
+    assert!(after - before < 8 << 20, "{before} → {after}");
+    let all = json(&request(addr, "GET", "/v3/clusters", &[&lab.auth()], None).await);
+    assert_eq!(
+        all["data"].as_array().unwrap().len(),
+        302,
+        "lab, from-before and 300"
+    );
+}
+
+/// The token hash corral keeps (`secrets::hash_token_secret`), for a store written by hand.
+fn corral_hash(secret: &str) -> String {
+    corral::secrets::hash_token_secret(secret)
 }

@@ -1,12 +1,13 @@
 //! Downstream clusters and their registration tokens, as `/v3/clusters` and
-//! `/v3/clusterregistrationtokens` manage them. One document of the store; tokens are kept only as
-//! SHA-256 hashes, so a token is shown once, when it is created.
+//! `/v3/clusterregistrationtokens` manage them. One store key per cluster (a write costs what it
+//! changed, however many clusters there are), read from memory; tokens are kept only as SHA-256
+//! hashes, so a token is shown once, when it is created.
 
 mod params;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -15,11 +16,19 @@ use serde::{Deserialize, Serialize};
 pub use params::{AgentParams, ClusterParams, CustomConfig, NodeParams, ParamsError};
 
 use crate::secrets::{TOKEN_LENGTH, hash_token_secret, random_suffix, random_token, same_hash};
-use crate::store::{Backend, Collection, Document, Key, Kind, StoreError};
+use crate::store::{Backend, Changes, Collection, Key, Kind, StoreError};
 use crate::support::unix_now;
 
-/// Where the clusters are kept; it holds registration-token hashes.
-pub const CLUSTERS: Key = Key::secret("clusters.json", "corral/clusters");
+/// Where each cluster is kept, with its registration-token hashes: one key each.
+pub const CLUSTER_OBJECTS: Kind = Kind {
+    dir: "clusters",
+    prefix: "corral/clusters/",
+    secret: true,
+};
+
+/// The one document every cluster was kept in before (etcd takes at most 1.5 MiB in one write:
+/// about 6,000 clusters): moved to a key each by the first start that finds it.
+pub const LEGACY_CLUSTERS: Key = Key::secret("clusters.json", "corral/clusters");
 
 /// Most clusters one server keeps (a bound on what an admin script gone wrong can create).
 const MAX_CLUSTERS: usize = 10_000;
@@ -223,7 +232,9 @@ struct ClusterList {
 }
 
 pub struct Clusters {
-    document: Document<ClusterList>,
+    objects: Collection<Cluster>,
+    /// Every cluster, as written here or seen changed on the store: reads parse nothing.
+    cache: RwLock<BTreeMap<String, Arc<Cluster>>>,
     /// On a store with dynamic paths (etcd), what agent sessions advertised and the nodes are one
     /// key each ([`AGENT_SESSIONS`], [`NODES_PREFIX`]): the clusters document stays small however
     /// many agents connect (etcd takes at most 1.5 MiB in one write). On the data directory the
@@ -257,9 +268,11 @@ const SAVE_RETRY_MAX: Duration = Duration::from_secs(30);
 impl Clusters {
     /// The clusters on `store`; `replica` is this replica's id when replicas share it.
     pub fn open(store: Arc<dyn Backend>, replica: Option<&str>) -> Result<Self, StoreError> {
-        let (document, _) = Document::open(store.clone(), CLUSTERS)?;
-        Ok(Self {
-            document,
+        let objects = Collection::new(store.clone(), CLUSTER_OBJECTS);
+        migrate_legacy_document(store.as_ref(), &objects)?;
+        let clusters = Self {
+            objects,
+            cache: RwLock::new(BTreeMap::new()),
             agent_sessions: Collection::new(store.clone(), AGENT_SESSIONS),
             replica: replica.unwrap_or_default().to_string(),
             store,
@@ -267,7 +280,89 @@ impl Clusters {
             nodes_seen: DashMap::new(),
             unsaved: Default::default(),
             saving: AtomicBool::new(false),
-        })
+        };
+        clusters.reload()?;
+        Ok(clusters)
+    }
+
+    /// Follows the clusters other replicas change, for as long as these clusters last.
+    pub fn follow_store(self: &Arc<Self>) {
+        let Some(mut changes) = Changes::of(self.store.as_ref(), |path| {
+            path.starts_with(CLUSTER_OBJECTS.prefix)
+        }) else {
+            return;
+        };
+        let clusters = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(path) = changes.next_path().await {
+                let Some(clusters) = clusters.upgrade() else {
+                    return;
+                };
+                let refreshed = match path.as_deref().and_then(|p| CLUSTER_OBJECTS.id_of(p)) {
+                    Some(id) => clusters.refresh(id),
+                    None => clusters.reload(),
+                };
+                if let Err(e) = refreshed {
+                    tracing::warn!("clusters: cannot read a change: {e}");
+                }
+            }
+        });
+    }
+
+    /// Reads every cluster again.
+    fn reload(&self) -> Result<(), StoreError> {
+        let all = self
+            .objects
+            .list()?
+            .into_iter()
+            .map(|(id, stored)| (id, Arc::new(stored.value)))
+            .collect();
+        *self.cache.write().unwrap_or_else(|p| p.into_inner()) = all;
+        Ok(())
+    }
+
+    /// Reads cluster `id` again (gone: forgotten).
+    fn refresh(&self, id: &str) -> Result<(), StoreError> {
+        match self.objects.get(id)? {
+            Some(stored) => self.remember(stored.value),
+            None => self.forget(id),
+        }
+        Ok(())
+    }
+
+    fn remember(&self, cluster: Cluster) {
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        cache.insert(cluster.id.clone(), Arc::new(cluster));
+    }
+
+    fn forget(&self, id: &str) {
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        cache.remove(id);
+    }
+
+    fn cached(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Cluster>>> {
+        self.cache.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `change` to stored cluster `id` (compare-and-swap) and remembers the result.
+    fn change<R>(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut Cluster) -> Result<R, ClusterError>,
+    ) -> Result<R, ClusterError> {
+        let mut changed = None;
+        let result = self
+            .objects
+            .update(id, |cluster| {
+                let result = change(cluster)?;
+                changed = Some(cluster.clone());
+                Ok::<_, ClusterError>(result)
+            })?
+            .ok_or_else(|| ClusterError::NotFound(id.to_string()))?;
+        if let Some(cluster) = changed {
+            self.remember(cluster);
+        }
+        Ok(result)
     }
 
     /// What `cluster_id`'s agent advertised on the session a dial takes, the first of `sessions`
@@ -471,19 +566,22 @@ impl Clusters {
         }
     }
 
-    /// Saves a batch in the clusters document (the data directory).
+    /// Saves a batch in the clusters' keys (the data directory).
     fn save_in_document(&self, batch: &HashMap<String, Unsaved>) -> Result<(), StoreError> {
-        self.document.update(|doc| {
-            for unsaved in batch.values() {
-                let Unsaved::Node(node) = unsaved else {
-                    continue;
-                };
-                if let Some(cluster) = doc.clusters.iter_mut().find(|c| c.id == node.cluster_id) {
-                    upsert_node(&mut cluster.nodes, node);
-                }
+        for unsaved in batch.values() {
+            let Unsaved::Node(node) = unsaved else {
+                continue;
+            };
+            match self.change(&node.cluster_id, |cluster| {
+                upsert_node(&mut cluster.nodes, node);
+                Ok(())
+            }) {
+                Ok(()) | Err(ClusterError::NotFound(_)) => {}
+                Err(ClusterError::Storage(e)) => return Err(e),
+                Err(e) => tracing::warn!("cannot keep node {}: {e}", node.key()),
             }
-            Ok::<_, StoreError>(())
-        })
+        }
+        Ok(())
     }
 
     /// Saves a batch one key per object (etcd): a failed key fails the batch, which is retried.
@@ -522,10 +620,6 @@ impl Clusters {
         Ok(())
     }
 
-    fn read(&self) -> Arc<ClusterList> {
-        self.document.read()
-    }
-
     /// A new cluster named as `change` says (its id when it gives no name or an empty one), with
     /// the rest of `change`: one write.
     pub fn create(&self, change: &ClusterChange) -> Result<Cluster, ClusterError> {
@@ -536,36 +630,35 @@ impl Clusters {
             ));
         }
         change.check_bounds()?;
-        self.document.update(|doc| {
-            if doc.clusters.len() >= MAX_CLUSTERS {
-                return Err(ClusterError::Invalid(format!(
-                    "at most {MAX_CLUSTERS} clusters"
-                )));
-            }
-            // Five random characters collide now and then among thousands of clusters.
-            let taken = |id: &String| doc.clusters.iter().any(|c| c.id == *id);
-            let id = (0..8)
-                .map(|_| format!("c-{}", random_suffix()))
-                .find(|id| !taken(id))
-                .ok_or_else(|| ClusterError::Invalid("no free cluster id; try again".into()))?;
-            let mut cluster = Cluster {
-                name: if name.is_empty() {
-                    id.clone()
-                } else {
-                    name.to_string()
-                },
-                id,
-                created: unix_now(),
-                description: String::new(),
-                labels: BTreeMap::new(),
-                annotations: BTreeMap::new(),
-                tokens: Vec::new(),
-                nodes: Vec::new(),
-            };
-            change.apply_details(&mut cluster);
-            doc.clusters.push(cluster.clone());
-            Ok(cluster)
-        })
+        if self.cached().len() >= MAX_CLUSTERS {
+            return Err(ClusterError::Invalid(format!(
+                "at most {MAX_CLUSTERS} clusters"
+            )));
+        }
+        // Five random characters collide now and then among thousands of clusters: another is drawn.
+        let (_, cluster) = self.objects.create_generated(
+            || format!("c-{}", random_suffix()),
+            |id| {
+                let mut cluster = Cluster {
+                    name: if name.is_empty() {
+                        id.to_string()
+                    } else {
+                        name.to_string()
+                    },
+                    id: id.to_string(),
+                    created: unix_now(),
+                    description: String::new(),
+                    labels: BTreeMap::new(),
+                    annotations: BTreeMap::new(),
+                    tokens: Vec::new(),
+                    nodes: Vec::new(),
+                };
+                change.apply_details(&mut cluster);
+                cluster
+            },
+        )?;
+        self.remember(cluster.clone());
+        Ok(cluster)
     }
 
     /// Changes a cluster's name, description, labels or annotations.
@@ -578,8 +671,7 @@ impl Clusters {
             ));
         }
         change.check_bounds()?;
-        self.document.update(|doc| {
-            let cluster = cluster_mut(doc, id)?;
+        self.change(id, |cluster| {
             if let Some(name) = &change.name {
                 cluster.name = name.trim().to_string();
             }
@@ -591,14 +683,13 @@ impl Clusters {
     /// Deletes a cluster with its registration tokens (its agents are refused from now on), what
     /// its agents advertised and its nodes. The caller ends its tunnels.
     pub fn delete(&self, id: &str) -> Result<Cluster, ClusterError> {
-        let removed = self.document.update(|doc| {
-            let at = doc
-                .clusters
-                .iter()
-                .position(|c| c.id == id)
-                .ok_or_else(|| ClusterError::NotFound(id.to_string()))?;
-            Ok::<_, ClusterError>(doc.clusters.remove(at))
-        })?;
+        let removed = self
+            .objects
+            .get(id)?
+            .ok_or_else(|| ClusterError::NotFound(id.to_string()))?
+            .value;
+        self.objects.delete(id)?;
+        self.forget(id);
         self.advertised.retain(|(cluster, _), _| cluster != id);
         self.nodes_seen.retain(|_, node| node.cluster_id != id);
         let prefix = format!("{id}:");
@@ -625,8 +716,7 @@ impl Clusters {
 
     /// Deletes registration token `token_id` of `cluster_id`: agents presenting it are refused.
     pub fn delete_token(&self, cluster_id: &str, token_id: &str) -> Result<(), ClusterError> {
-        self.document.update(|doc| {
-            let cluster = cluster_mut(doc, cluster_id)?;
+        self.change(cluster_id, |cluster| {
             let before = cluster.tokens.len();
             cluster.tokens.retain(|t| t.id != token_id);
             if cluster.tokens.len() == before {
@@ -640,15 +730,18 @@ impl Clusters {
 
     /// The ids of every cluster, read at once.
     pub fn ids(&self) -> std::collections::HashSet<String> {
-        self.read().clusters.iter().map(|c| c.id.clone()).collect()
+        self.cached().keys().cloned().collect()
     }
 
+    /// Every cluster, oldest first.
     pub fn list(&self) -> Vec<Cluster> {
-        self.read().clusters.clone()
+        let mut all: Vec<Cluster> = self.cached().values().map(|c| (**c).clone()).collect();
+        all.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+        all
     }
 
     pub fn get(&self, id: &str) -> Option<Cluster> {
-        self.read().clusters.iter().find(|c| c.id == id).cloned()
+        self.cached().get(id).map(|c| (**c).clone())
     }
 
     /// A new registration token for `cluster_id`.
@@ -656,8 +749,7 @@ impl Clusters {
         let token = random_token(TOKEN_LENGTH);
         let created = unix_now();
         let id = format!("crt-{}", random_suffix());
-        self.document.update(|doc| {
-            let cluster = cluster_mut(doc, cluster_id)?;
+        self.change(cluster_id, |cluster| {
             cluster.tokens.push(StoredToken {
                 id: id.clone(),
                 hash: hash_token_secret(&token),
@@ -678,11 +770,10 @@ impl Clusters {
     /// The cluster a registration token belongs to.
     pub fn find_by_token(&self, token: &str) -> Option<Cluster> {
         let hash = hash_token_secret(token);
-        self.read()
-            .clusters
-            .iter()
+        self.cached()
+            .values()
             .find(|c| c.tokens.iter().any(|t| same_hash(&t.hash, &hash)))
-            .cloned()
+            .map(|c| (**c).clone())
     }
 }
 
@@ -691,12 +782,34 @@ fn fits_name(name: &str) -> bool {
     name.len() <= 253 && !name.chars().any(char::is_control)
 }
 
-/// Cluster `id` in `list`, to change.
-fn cluster_mut<'a>(list: &'a mut ClusterList, id: &str) -> Result<&'a mut Cluster, ClusterError> {
-    list.clusters
-        .iter_mut()
-        .find(|c| c.id == id)
-        .ok_or_else(|| ClusterError::NotFound(id.to_string()))
+/// Moves the clusters of the one document they were kept in before to a key each, once, losing
+/// nothing: every cluster is written (one already there is kept) before the document goes, so a
+/// start cut short moves them again.
+fn migrate_legacy_document(
+    store: &dyn Backend,
+    objects: &Collection<Cluster>,
+) -> Result<(), StoreError> {
+    let Some((bytes, _)) = store.read(&LEGACY_CLUSTERS)? else {
+        return Ok(());
+    };
+    let legacy: ClusterList =
+        serde_json::from_slice(&bytes).map_err(|source| StoreError::Unreadable {
+            location: store.location(&LEGACY_CLUSTERS),
+            source,
+        })?;
+    for cluster in &legacy.clusters {
+        match objects.create(&cluster.id, cluster) {
+            Ok(_) | Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    store.delete(&LEGACY_CLUSTERS)?;
+    tracing::info!(
+        "moved {} cluster(s) from {} to a key each",
+        legacy.clusters.len(),
+        store.location(&LEGACY_CLUSTERS)
+    );
+    Ok(())
 }
 
 /// The id of what session `session` of `cluster_id` advertised.
@@ -737,13 +850,57 @@ mod tests {
         let token = clusters.create_token(&cluster.id).unwrap();
         assert_eq!(clusters.find_by_token(&token.token).unwrap().id, cluster.id);
         assert!(clusters.find_by_token("nope").is_none());
-        let stored = std::fs::read_to_string(dir.clusters()).unwrap();
-        assert!(!stored.contains(&token.token));
+        let file = tmp
+            .path()
+            .join("clusters")
+            .join(format!("{}.json", cluster.id));
+        let stored = std::fs::read_to_string(file).unwrap();
+        assert!(stored.contains(&cluster.id) && !stored.contains(&token.token));
         let reopened = Clusters::open(store(), None).unwrap();
         assert_eq!(reopened.find_by_token(&token.token).unwrap().id, cluster.id);
         assert!(matches!(
             clusters.create_token("c-none"),
             Err(ClusterError::NotFound(_))
         ));
+    }
+
+    /// The one document of before moves to a key per cluster at the first start, losing nothing
+    /// (tokens and nodes included), and is gone after; a second start changes nothing.
+    #[test]
+    fn the_clusters_document_moves_to_a_key_each() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        let store = Arc::new(FileBackend::new(dir.clone())) as Arc<dyn Backend>;
+        let secret = "legacy-registration-token";
+        let legacy = serde_json::json!({"clusters": [
+            {"id": "c-aaaaa", "name": "one", "created": 1, "tokens": [
+                {"id": "crt-aaaaa", "hash": hash_token_secret(secret), "created": 1}]},
+            {"id": "c-bbbbb", "name": "two", "created": 2, "labels": {"env": "lab"}, "tokens": [],
+             "nodes": [{"id": "m-0123456789ab", "clusterId": "c-bbbbb", "requestedHostname": "n1",
+                "address": "10.0.0.1", "internalAddress": "", "etcd": false, "controlPlane": false,
+                "worker": true, "created": 3}]}
+        ]});
+        let bytes = serde_json::to_vec(&legacy).unwrap();
+        store.write(&LEGACY_CLUSTERS, &bytes, None).unwrap();
+        let clusters = Clusters::open(store.clone(), None).unwrap();
+        let names: Vec<String> = clusters.list().into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["one", "two"]);
+        assert_eq!(clusters.find_by_token(secret).unwrap().id, "c-aaaaa");
+        assert_eq!(clusters.get("c-bbbbb").unwrap().labels["env"], "lab");
+        assert_eq!(clusters.nodes("c-bbbbb").len(), 1);
+        assert!(
+            store.read(&LEGACY_CLUSTERS).unwrap().is_none(),
+            "the document is gone"
+        );
+        assert!(tmp.path().join("clusters/c-aaaaa.json").exists());
+        // A later change writes that cluster's key alone.
+        let other = std::fs::read(tmp.path().join("clusters/c-bbbbb.json")).unwrap();
+        clusters.create_token("c-aaaaa").unwrap();
+        assert_eq!(
+            std::fs::read(tmp.path().join("clusters/c-bbbbb.json")).unwrap(),
+            other
+        );
+        let again = Clusters::open(store, None).unwrap();
+        assert_eq!(again.list().len(), 2);
     }
 }
