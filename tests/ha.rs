@@ -1491,3 +1491,34 @@ async fn clusters_are_a_key_each_and_fit_a_small_etcd() {
 fn corral_hash(secret: &str) -> String {
     corral::secrets::hash_token_secret(secret)
 }
+
+/// A replica follows the store's changes through one queue per follower, sent only the paths that
+/// follower wants: thousands of writes elsewhere (agents connecting, each saving what it
+/// advertised) do not make the clusters' or the accounts' follower lag, which would make it read
+/// everything it follows again. The old single queue of every change lagged after 256.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_unrelated_writes_does_not_make_a_follower_lag() {
+    use corral::store::etcd::{EtcdBackend, EtcdTls, EtcdUrl};
+    use corral::store::{Backend, Changes};
+    let etcd = EtcdCluster::start(1);
+    let url = EtcdUrl::parse(&etcd.url()).unwrap();
+    let store = EtcdBackend::connect(&url, &EtcdTls::default(), None).unwrap();
+    let mut followed = Changes::of(store.as_ref(), |p| p.starts_with("test/followed/")).unwrap();
+    let writer = store.clone();
+    tokio::task::spawn_blocking(move || {
+        for i in 0..1000 {
+            writer
+                .put_path(&format!("test/elsewhere/{i}"), b"{}")
+                .unwrap();
+        }
+        writer.put_path("test/followed/one", b"{}").unwrap();
+    })
+    .await
+    .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(20), followed.next_path()).await;
+    assert_eq!(
+        next.expect("the followed change arrives"),
+        Some(Some("test/followed/one".to_string())),
+        "the one change followed, not a lag"
+    );
+}

@@ -127,7 +127,7 @@ impl AcmeCert {
         let acme = Self {
             settings,
             leadership: store.campaign(ORDERER, &replica, ORDERER_TTL)?,
-            shared: store.changes().is_some(),
+            shared: store.has_paths(),
             store,
             resumption,
             minter,

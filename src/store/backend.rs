@@ -141,10 +141,14 @@ pub trait Backend: Send + Sync + 'static {
     fn delete(&self, key: &Key) -> Result<(), StoreError>;
     /// Every object of `kind`: its id, bytes and version, by id.
     fn list_kind(&self, kind: &Kind) -> Result<Vec<(String, Vec<u8>, Version)>, StoreError>;
-    /// The paths ([`Key::path`]) of the values other writers change from now on, as they change;
-    /// `None` for a backend that only notices them when read (the data directory:
-    /// [`Backend::version`] on each read).
-    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+    /// The paths ([`Key::path`]) `wanted` accepts of the values other writers change from now on,
+    /// as they change; `None` for a backend that only notices them when read (the data directory:
+    /// [`Backend::version`] on each read). Paths `wanted` refuses are never queued for this
+    /// receiver: a burst of writes elsewhere (thousands of agents connecting) cannot make it lag.
+    fn changes(
+        &self,
+        _wanted: fn(&str) -> bool,
+    ) -> Option<tokio::sync::broadcast::Receiver<String>> {
         None
     }
     /// The values under `prefix` (a path prefix), by path, as last seen. Only a shared store has
@@ -431,7 +435,7 @@ impl Changes {
     /// directory).
     pub fn of(backend: &dyn Backend, wanted: fn(&str) -> bool) -> Option<Self> {
         Some(Self {
-            receiver: backend.changes()?,
+            receiver: backend.changes(wanted)?,
             wanted,
         })
     }

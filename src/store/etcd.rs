@@ -156,8 +156,18 @@ pub struct EtcdBackend {
     /// Every value under the prefix, by path (ordered: a kind is a range), as of the last event
     /// seen.
     cache: RwLock<BTreeMap<String, Entry>>,
-    changes: broadcast::Sender<String>,
+    /// Who follows which changes: each its own channel, sent only the paths it wants.
+    followers: std::sync::Mutex<Vec<Follower>>,
 }
+
+/// One [`Backend::changes`] receiver's filter and channel.
+struct Follower {
+    wanted: fn(&str) -> bool,
+    sender: broadcast::Sender<String>,
+}
+
+/// Changes queued per follower before it lags (and then reads everything it follows again).
+const FOLLOWER_QUEUE: usize = 256;
 
 impl EtcdBackend {
     /// Connects, loads every value under the prefix and starts following changes; with a
@@ -198,12 +208,11 @@ impl EtcdBackend {
             clients: clients.into(),
             current: Arc::new(AtomicUsize::new(0)),
         };
-        let (changes, _) = broadcast::channel(256);
         let backend = Arc::new(Self {
             members,
             runtime,
             cache: RwLock::new(BTreeMap::new()),
-            changes,
+            followers: Default::default(),
         });
         let revision = backend.resync()?;
         let follower = Arc::downgrade(&backend);
@@ -277,7 +286,7 @@ impl EtcdBackend {
             changed
         };
         for path in changed {
-            let _ = self.changes.send(path);
+            self.announce(path);
         }
         Ok(revision)
     }
@@ -294,7 +303,16 @@ impl EtcdBackend {
                 None => cache.remove(&path),
             };
         }
-        let _ = self.changes.send(path);
+        self.announce(path);
+    }
+
+    /// Tells the followers that want `path` of its change (and forgets those that stopped).
+    fn announce(&self, path: String) {
+        let mut followers = crate::support::lock(&self.followers);
+        followers.retain(|f| f.sender.receiver_count() > 0);
+        for follower in followers.iter().filter(|f| (f.wanted)(&path)) {
+            let _ = follower.sender.send(path.clone());
+        }
     }
 }
 
@@ -559,8 +577,10 @@ impl Backend for EtcdBackend {
             .collect())
     }
 
-    fn changes(&self) -> Option<broadcast::Receiver<String>> {
-        Some(self.changes.subscribe())
+    fn changes(&self, wanted: fn(&str) -> bool) -> Option<broadcast::Receiver<String>> {
+        let (sender, receiver) = broadcast::channel(FOLLOWER_QUEUE);
+        crate::support::lock(&self.followers).push(Follower { wanted, sender });
+        Some(receiver)
     }
 
     fn has_paths(&self) -> bool {
