@@ -234,7 +234,7 @@ struct ClusterList {
 pub struct Clusters {
     objects: Collection<Cluster>,
     /// Every cluster, as written here or seen changed on the store: reads parse nothing.
-    cache: RwLock<BTreeMap<String, Arc<Cluster>>>,
+    cache: RwLock<Cached>,
     /// On a store with dynamic paths (etcd), what agent sessions advertised and the nodes are one
     /// key each ([`AGENT_SESSIONS`], [`NODES_PREFIX`]): the clusters document stays small however
     /// many agents connect (etcd takes at most 1.5 MiB in one write). On the data directory the
@@ -272,7 +272,7 @@ impl Clusters {
         migrate_legacy_document(store.as_ref(), &objects)?;
         let clusters = Self {
             objects,
-            cache: RwLock::new(BTreeMap::new()),
+            cache: RwLock::new(Cached::default()),
             agent_sessions: Collection::new(store.clone(), AGENT_SESSIONS),
             replica: replica.unwrap_or_default().to_string(),
             store,
@@ -311,12 +311,10 @@ impl Clusters {
 
     /// Reads every cluster again.
     fn reload(&self) -> Result<(), StoreError> {
-        let all = self
-            .objects
-            .list()?
-            .into_iter()
-            .map(|(id, stored)| (id, Arc::new(stored.value)))
-            .collect();
+        let mut all = Cached::default();
+        for (_, stored) in self.objects.list()? {
+            all.insert(stored.value);
+        }
         *self.cache.write().unwrap_or_else(|p| p.into_inner()) = all;
         Ok(())
     }
@@ -332,7 +330,7 @@ impl Clusters {
 
     fn remember(&self, cluster: Cluster) {
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-        cache.insert(cluster.id.clone(), Arc::new(cluster));
+        cache.insert(cluster);
     }
 
     fn forget(&self, id: &str) {
@@ -340,7 +338,7 @@ impl Clusters {
         cache.remove(id);
     }
 
-    fn cached(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Cluster>>> {
+    fn cached(&self) -> std::sync::RwLockReadGuard<'_, Cached> {
         self.cache.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -630,7 +628,7 @@ impl Clusters {
             ));
         }
         change.check_bounds()?;
-        if self.cached().len() >= MAX_CLUSTERS {
+        if self.cached().clusters.len() >= MAX_CLUSTERS {
             return Err(ClusterError::Invalid(format!(
                 "at most {MAX_CLUSTERS} clusters"
             )));
@@ -730,18 +728,20 @@ impl Clusters {
 
     /// The ids of every cluster, read at once.
     pub fn ids(&self) -> std::collections::HashSet<String> {
-        self.cached().keys().cloned().collect()
+        self.cached().clusters.keys().cloned().collect()
     }
 
     /// Every cluster, oldest first.
     pub fn list(&self) -> Vec<Cluster> {
-        let mut all: Vec<Cluster> = self.cached().values().map(|c| (**c).clone()).collect();
+        let cached = self.cached();
+        let mut all: Vec<Cluster> = cached.clusters.values().map(|c| (**c).clone()).collect();
+        drop(cached);
         all.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
         all
     }
 
     pub fn get(&self, id: &str) -> Option<Cluster> {
-        self.cached().get(id).map(|c| (**c).clone())
+        self.cached().clusters.get(id).map(|c| (**c).clone())
     }
 
     /// A new registration token for `cluster_id`.
@@ -767,13 +767,52 @@ impl Clusters {
         })
     }
 
-    /// The cluster a registration token belongs to.
+    /// The cluster a registration token belongs to: found by the token's hash, one lookup
+    /// however many clusters there are (an agent's every connect asks). The lookup's time depends
+    /// on the SHA-256 of what was presented, which tells nothing of any token; the match is then
+    /// compared in constant time.
     pub fn find_by_token(&self, token: &str) -> Option<Cluster> {
         let hash = hash_token_secret(token);
-        self.cached()
-            .values()
-            .find(|c| c.tokens.iter().any(|t| same_hash(&t.hash, &hash)))
-            .map(|c| (**c).clone())
+        let cached = self.cached();
+        let cluster = cached.clusters.get(cached.by_token_hash.get(&hash)?)?;
+        cluster
+            .tokens
+            .iter()
+            .any(|t| same_hash(&t.hash, &hash))
+            .then(|| (**cluster).clone())
+    }
+}
+
+/// The clusters in memory, and which holds each registration token (by its hash).
+#[derive(Default)]
+struct Cached {
+    clusters: BTreeMap<String, Arc<Cluster>>,
+    by_token_hash: HashMap<String, String>,
+}
+
+impl Cached {
+    fn insert(&mut self, cluster: Cluster) {
+        self.remove(&cluster.id);
+        for token in &cluster.tokens {
+            self.by_token_hash
+                .insert(token.hash.clone(), cluster.id.clone());
+        }
+        self.clusters.insert(cluster.id.clone(), Arc::new(cluster));
+    }
+
+    fn remove(&mut self, id: &str) {
+        let Some(old) = self.clusters.remove(id) else {
+            return;
+        };
+        for token in &old.tokens {
+            if self
+                .by_token_hash
+                .get(&token.hash)
+                .is_some_and(|held| held == id)
+            {
+                self.by_token_hash.remove(&token.hash);
+            }
+        }
     }
 }
 
@@ -862,6 +901,35 @@ mod tests {
             clusters.create_token("c-none"),
             Err(ClusterError::NotFound(_))
         ));
+    }
+
+    /// The token index follows every way a token stops counting: deleted, pushed out by newer
+    /// ones (at most 100 a cluster), its cluster deleted; another cluster's tokens stay found.
+    #[test]
+    fn tokens_that_went_are_not_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        let clusters = Clusters::open(Arc::new(FileBackend::new(dir)), None).unwrap();
+        let (one, two) = (
+            clusters.create(&ClusterChange::default()).unwrap(),
+            clusters.create(&ClusterChange::default()).unwrap(),
+        );
+        let deleted = clusters.create_token(&one.id).unwrap();
+        clusters.delete_token(&one.id, &deleted.id).unwrap();
+        assert!(clusters.find_by_token(&deleted.token).is_none());
+        let oldest = clusters.create_token(&one.id).unwrap();
+        let newest: Vec<_> = (0..MAX_TOKENS_PER_CLUSTER)
+            .map(|_| clusters.create_token(&one.id).unwrap())
+            .collect();
+        assert!(
+            clusters.find_by_token(&oldest.token).is_none(),
+            "pushed out"
+        );
+        assert_eq!(clusters.find_by_token(&newest[0].token).unwrap().id, one.id);
+        let other = clusters.create_token(&two.id).unwrap();
+        clusters.delete(&one.id).unwrap();
+        assert!(clusters.find_by_token(&newest[99].token).is_none());
+        assert_eq!(clusters.find_by_token(&other.token).unwrap().id, two.id);
     }
 
     /// The one document of before moves to a key per cluster at the first start, losing nothing
