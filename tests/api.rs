@@ -276,7 +276,7 @@ async fn errors_carry_rancher_s_status_code_and_message() {
             .unwrap()
             .starts_with("invalid value a/b: a lowercase RFC 1123 subdomain")
     );
-    // The settings are one stored document: they are bounded, and a full one refuses with words.
+    // The settings are bounded (every replica keeps them all in memory), and full ones refuse with words.
     let big = "v".repeat(60_000);
     let mut refused = None;
     for i in 0..25 {

@@ -1418,10 +1418,11 @@ async fn lab_faults_reach_every_replica_and_end_with_their_replica() {
     println!("a gone replica's fault ended {lapsed:?} after it was killed");
 }
 
-/// Clusters are one etcd key each (issue 24): a store written by an earlier corral, with every
-/// cluster in one document, is moved to a key per cluster at the first start, losing nothing
-/// (its registration token still registers an agent); and a few hundred clusters with their tokens
-/// fit a small-quota etcd whose database stays small, where the document's rewrites filled it.
+/// Clusters and settings are one etcd key each (issue 24): a store written by an earlier corral,
+/// with every cluster in one document and the settings in the accounts document, is moved to a key
+/// per object at the first start, losing nothing (the old registration token still registers an
+/// agent, the old setting reads as it was); and a few hundred clusters with their tokens fit a
+/// small-quota etcd whose database stays small, where the document's rewrites filled it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clusters_are_a_key_each_and_fit_a_small_etcd() {
     let etcd = EtcdCluster::start_with_flags(1, &["--quota-backend-bytes", "16777216"]);
@@ -1430,6 +1431,8 @@ async fn clusters_are_a_key_each_and_fit_a_small_etcd() {
     let legacy = json!({"clusters": [{"id": "c-legcy", "name": "from-before", "created": 1,
         "tokens": [{"id": "crt-legcy", "hash": corral_hash(secret), "created": 1}]}]});
     etcd.etcdctl(&["put", "/corral/corral/clusters", &legacy.to_string()]);
+    let accounts = json!({"created": 1, "settings": {"ui-pl": "from-before"}});
+    etcd.etcdctl(&["put", "/corral/corral/accounts", &accounts.to_string()]);
     let env = [("CATTLE_BOOTSTRAP_PASSWORD", lab::BOOTSTRAP)];
     let corral = replica(&etcd, &root.path().join("r0"), &env);
     let addr = corral.https("127.0.0.1");
@@ -1446,6 +1449,16 @@ async fn clusters_are_a_key_each_and_fit_a_small_etcd() {
     );
     let listed = request(addr, "GET", "/v3/clusters/c-legcy", &[&lab.auth()], None).await;
     assert_eq!(json(&listed)["name"], "from-before", "{}", listed.body);
+    assert!(lab.corral.logged("and 1 setting(s) out of"));
+    let setting = request(addr, "GET", "/v3/settings/ui-pl", &[&lab.auth()], None).await;
+    assert_eq!(json(&setting)["value"], "from-before", "{}", setting.body);
+    assert!(
+        !etcd
+            .value("/corral/corral/accounts")
+            .contains("from-before")
+    );
+    let stored: Value = serde_json::from_str(&etcd.value("/corral/corral/settings/ui-pl")).unwrap();
+    assert_eq!(stored["value"], "from-before");
     let agent = lab.simulated_agents(&[secret], 1);
     let path = "/v3/clusters/c-legcy";
     let started = Instant::now();

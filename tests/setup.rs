@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::webdriver::Browser;
 use common::{Corral, HttpResponse, LOGIN, login, request, request_from, sans, sh, tls_connect};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const NEW_PASSWORD: &str = "a-much-better-password";
 
@@ -742,12 +742,12 @@ async fn server_url_and_the_served_certificate_agree_on_a_full_disk() {
     let corral = Corral::start_in(&dir, &[], &env).unwrap();
     let addr = corral.https("127.0.0.1");
     let token = token(addr, "small-disk-bootstrap").await;
-    // setup.json holds the settings only (users and tokens are files of their own): one page, with
-    // room for server-url.
+    // setup.json holds what setup settled (users, tokens and settings are files of their own): one
+    // page.
     let setup_len = std::fs::metadata(dir.join("setup.json")).unwrap().len();
     assert!(
         setup_len < PAGE - 256,
-        "setup.json is one page, with room for server-url: {setup_len} bytes"
+        "setup.json is one page: {setup_len} bytes"
     );
 
     for pages in [0] {
@@ -764,8 +764,8 @@ async fn server_url_and_the_served_certificate_agree_on_a_full_disk() {
         );
     }
 
-    // One free page holds the new setup.json; the pinned certificate (stored once the setting is
-    // saved) takes the page the old setup.json leaves.
+    // One free page holds the server-url setting; the pinned certificate is stored once the setting
+    // is saved.
     disk.fill_leaving(1);
     let put = put_server_url(addr, &token, "https://second.lab.test").await;
     disk.free_all();
@@ -782,16 +782,16 @@ async fn server_url_and_the_served_certificate_agree_on_a_full_disk() {
     assert!(pinned, "after a restart: exactly second.lab.test");
 }
 
-/// Rewrites setup.json's server-url (`None` removes it), as a crash or a restored backup leaves it.
+/// Rewrites the stored server-url (`None` removes it), as a crash or a restored backup leaves it.
 fn set_stored_server_url(dir: &std::path::Path, value: Option<&str>) {
-    let path = dir.join("setup.json");
-    let mut state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    let settings = state["settings"].as_object_mut().unwrap();
+    let path = dir.join("settings/server-url.json");
     match value {
-        Some(value) => settings.insert("server-url".into(), value.into()),
-        None => settings.remove("server-url"),
-    };
-    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+        Some(value) => {
+            let setting = json!({ "name": "server-url", "value": value });
+            std::fs::write(&path, serde_json::to_vec(&setting).unwrap()).unwrap();
+        }
+        None => std::fs::remove_file(&path).unwrap(),
+    }
 }
 
 /// The saved setting is the record: at start, a pinned certificate that does not match it is made

@@ -87,12 +87,8 @@ pub fn reset_password(store: Arc<dyn Backend>) -> Result<Reset, ResetError> {
         .ok_or(ResetError::NoAdmin)?;
     records.revoke_tokens(&user_id, None)?;
     // The setup page asks for a new password again only while first login is not done.
-    records.settings.update(|state| {
-        state
-            .settings
-            .entry(FIRST_LOGIN.into())
-            .or_insert_with(|| "true".into());
-        Ok::<_, ResetError>(())
+    records.change_setting(FIRST_LOGIN, |stored| {
+        Ok::<_, ResetError>((stored.is_none().then(|| "true".to_string()), ()))
     })?;
     forget(store.as_ref()).map_err(ResetError::Bootstrap)?;
     Ok(Reset { user_id, password })

@@ -429,18 +429,21 @@ impl Accounts {
         let generated = bootstrap::kept(store).is_some();
         // The admin's id is settled in the settings document first: replicas starting at once
         // agree on one (the first write wins) and so create one admin.
-        let id = self.records.settings.update(|state| {
+        let (id, first) = self.records.settings.update(|state| {
             if state.admin_id.is_empty() {
                 state.admin_id = format!("user-{}", random_suffix());
             }
             // (Re)made: bound to `admin` next (a deleted admin lost its binding with it).
             state.admin_bound = false;
-            if state.created == 0 {
+            let first = state.created == 0;
+            if first {
                 state.created = unix_now();
-                state.settings.insert(FIRST_LOGIN.into(), "true".into());
             }
-            Ok::<_, AccountError>(state.admin_id.clone())
+            Ok::<_, AccountError>((state.admin_id.clone(), first))
         })?;
+        if first {
+            self.records.put_setting(FIRST_LOGIN, "true")?;
+        }
         let admin = User {
             id: id.clone(),
             username: "admin".into(),
@@ -529,10 +532,13 @@ impl Accounts {
 
     /// Whether the admin still has to complete first login.
     pub fn first_login(&self) -> bool {
-        self.settings()
-            .settings
-            .get(FIRST_LOGIN)
-            .is_none_or(|v| v == "true")
+        match self.records.setting(FIRST_LOGIN) {
+            Ok(value) => value.is_none_or(|v| v == "true"),
+            Err(e) => {
+                tracing::warn!("cannot read {FIRST_LOGIN}: {e}");
+                true
+            }
+        }
     }
 
     /// The effective server-url, if any.
@@ -540,7 +546,7 @@ impl Accounts {
         if let Some(url) = &self.env_server_url {
             return Some(url.clone());
         }
-        let stored = self.settings().settings.get(SERVER_URL).cloned()?;
+        let stored = self.records.setting(SERVER_URL).ok()??;
         ServerUrl::parse(&stored).ok()
     }
 
@@ -556,27 +562,23 @@ impl Accounts {
             return Err(AccountError::ReadOnlyFromEnv(SERVER_URL.to_string()));
         }
         let url = ServerUrl::parse(raw)?;
-        // The document is locked across pinning, so concurrent attempts are ordered and exactly one
-        // first value wins. All or nothing: the pinned certificate is made first but served only once
-        // the setting is saved; when the save fails (or loses to another writer, and the change is
+        // The setting is written compare-and-swap, so of concurrent attempts exactly one first value
+        // wins. All or nothing: the pinned certificate is made first but served only once the
+        // setting is saved; when the save fails (or loses to another writer, and the change is
         // applied again) it is dropped and clients keep what they had.
-        let (url, pending) = self.records.settings.update(|next| {
-            let current = next
-                .settings
-                .get(SERVER_URL)
-                .and_then(|v| ServerUrl::parse(v).ok());
+        let (url, pending) = self.records.change_setting(SERVER_URL, |stored| {
+            let current = stored.and_then(|v| ServerUrl::parse(v).ok());
             let pending = match current {
                 Some(current) if current.host() != url.host() => {
                     return Err(AccountError::ServerUrlLocked {
                         current: current.to_string(),
                     });
                 }
-                Some(current) if current == url => return Ok((current, None)),
+                Some(current) if current == url => return Ok((None, (current, None))),
                 Some(_) => None,
                 None => self.pins.stage(url.host()).map_err(AccountError::Pinning)?,
             };
-            next.settings.insert(SERVER_URL.into(), url.to_string());
-            Ok((url.clone(), pending))
+            Ok((Some(url.to_string()), (url.clone(), pending)))
         })?;
         if let Some(pending) = pending {
             pending.commit();
@@ -592,10 +594,7 @@ impl Accounts {
                 "first-login must be \"true\" or \"false\", not {value:?}"
             )));
         }
-        self.records.settings.update(|next| {
-            next.settings.insert(FIRST_LOGIN.into(), value.into());
-            Ok::<_, AccountError>(())
-        })?;
+        self.records.put_setting(FIRST_LOGIN, value)?;
         if value == "false" {
             self.first_login_done();
         }

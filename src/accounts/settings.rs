@@ -4,9 +4,11 @@
 //! (read-only then). Some govern corral itself: `server-url` (pins the certificates),
 //! `first-login`, the token lifetimes and `password-min-length`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
+use super::state::{StoredSetting, setting_id};
 use super::{AccountError, Accounts, FIRST_LOGIN, SERVER_URL, Source};
+use crate::store::StoreError;
 
 /// A built-in setting.
 #[derive(Debug, Clone, Copy)]
@@ -158,24 +160,31 @@ impl Accounts {
     /// Every setting: the built-in ones (`cacerts` with an empty value: the HTTP layer knows the
     /// CA) and those created through the API.
     pub fn settings_list(&self) -> Vec<SettingView> {
-        let stored = self.settings();
-        let builtin = CATALOG.iter().filter_map(|d| self.view_in(&stored, d.name));
+        let stored = self.records.stored_settings().unwrap_or_else(|e| {
+            tracing::warn!("cannot read the settings: {e}");
+            BTreeMap::new()
+        });
+        let builtin = CATALOG
+            .iter()
+            .filter_map(|d| self.view_of(d.name, stored.get(d.name)));
         let created = stored
-            .settings
-            .keys()
-            .filter(|name| definition(name).is_none())
-            .filter_map(|name| self.view_in(&stored, name));
+            .iter()
+            .filter(|(name, _)| definition(name).is_none())
+            .filter_map(|(name, value)| self.view_of(name, Some(value)));
         builtin.chain(created).collect()
     }
 
     /// One setting, if it exists.
     pub fn setting_view(&self, name: &str) -> Option<SettingView> {
-        self.view_in(&self.settings(), name)
+        let stored = self.records.setting(name).unwrap_or_else(|e| {
+            tracing::warn!("cannot read setting {name}: {e}");
+            None
+        });
+        self.view_of(name, stored.as_ref())
     }
 
-    /// Setting `name` as `stored` (one read of the settings) holds it, with the environment's.
-    fn view_in(&self, stored: &super::state::AccountState, name: &str) -> Option<SettingView> {
-        let value = stored.settings.get(name);
+    /// Setting `name` with its stored `value` (if any) and the environment's.
+    fn view_of(&self, name: &str, value: Option<&String>) -> Option<SettingView> {
         let default = match definition(name) {
             Some(d) => d.default,
             None if value.is_some() => "",
@@ -226,22 +235,33 @@ impl Accounts {
             )));
         }
         validate(name, value)?;
-        let exists = definition(name).is_some();
-        self.records.settings.update(|next| {
-            if exists || next.settings.contains_key(name) {
-                return Err(AccountError::SettingExists(name.to_string()));
-            }
-            let created = next
-                .settings
-                .keys()
-                .filter(|n| definition(n).is_none())
-                .count();
-            if created >= MAX_CREATED_SETTINGS {
-                return Err(AccountError::SettingsFull);
-            }
-            next.settings.insert(name.to_string(), value.to_string());
-            within_budget(&next.settings)
-        })?;
+        let exists = || AccountError::SettingExists(name.to_string());
+        if definition(name).is_some() {
+            return Err(exists());
+        }
+        let mut stored = self.records.stored_settings()?;
+        if stored.contains_key(name) {
+            return Err(exists());
+        }
+        let created = stored.keys().filter(|n| definition(n).is_none()).count();
+        if created >= MAX_CREATED_SETTINGS {
+            return Err(AccountError::SettingsFull);
+        }
+        stored.insert(name.to_string(), value.to_string());
+        within_budget(&stored)?;
+        let setting = StoredSetting {
+            name: name.to_string(),
+            value: value.to_string(),
+        };
+        match self
+            .records
+            .setting_values
+            .create(&setting_id(name), &setting)
+        {
+            Ok(_) => {}
+            Err(StoreError::Conflict(_)) => return Err(exists()),
+            Err(e) => return Err(e.into()),
+        }
         self.setting_view(name)
             .ok_or_else(|| AccountError::SettingNotFound(name.to_string()))
     }
@@ -260,12 +280,15 @@ impl Accounts {
             _ => {
                 validate(name, value)?;
                 let builtin = definition(name).is_some();
-                self.records.settings.update(|next| {
-                    if !builtin && !next.settings.contains_key(name) {
-                        return Err(missing());
-                    }
-                    next.settings.insert(name.to_string(), value.to_string());
-                    within_budget(&next.settings)
+                let mut stored = self.records.stored_settings()?;
+                if !builtin && !stored.contains_key(name) {
+                    return Err(missing());
+                }
+                stored.insert(name.to_string(), value.to_string());
+                within_budget(&stored)?;
+                self.records.change_setting(name, |current| match current {
+                    None if !builtin => Err(missing()),
+                    _ => Ok((Some(value.to_string()), ())),
                 })?;
             }
         }
@@ -286,18 +309,15 @@ impl Accounts {
                 current: current.value,
             });
         }
-        self.records.settings.update(|next| {
-            next.settings.remove(name);
-            Ok::<_, AccountError>(())
-        })?;
+        self.records.setting_values.delete(&setting_id(name))?;
         Ok(())
     }
 }
 
 /// Settings an admin may create besides the built-in ones.
 pub const MAX_CREATED_SETTINGS: usize = 1000;
-/// Bytes of names and values the stored settings hold at most: they are one document, which etcd
-/// takes in one write of at most 1.5 MiB.
+/// Bytes of names and values the stored settings hold at most (each is a key of its own: this bounds
+/// what every replica keeps of them in memory).
 pub const MAX_SETTINGS_BYTES: usize = 1 << 20;
 
 /// Refuses a change that would make the stored settings larger than [`MAX_SETTINGS_BYTES`].

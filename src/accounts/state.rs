@@ -1,7 +1,7 @@
-//! What the accounts service keeps: users and login tokens (hashed), one store value each, and the
-//! settings setup writes, as one small document (`setup.json`, the name it has always had in the
-//! data directory). Earlier versions kept the users and tokens in that document too; they are moved
-//! out the first time it is opened.
+//! What the accounts service keeps: users, login tokens (hashed), settings, roles and bindings, one
+//! store value each, and what setup settles once (when, the admin's id) in one small document
+//! (`setup.json`, the name it has always had in the data directory). Earlier versions kept the
+//! users, tokens and settings in that document too; they are moved out the first time it is opened.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +24,29 @@ pub const TOKENS: Kind = Kind {
     prefix: "corral/tokens/",
     secret: true,
 };
+
+/// Settings' stored values: `settings/<id>.json`, `corral/settings/<id>` (see [`setting_id`]).
+pub const SETTINGS: Kind = Kind {
+    dir: "settings",
+    prefix: "corral/settings/",
+    secret: true,
+};
+
+/// A setting's stored value (built-in ones set through the API, and those created there).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredSetting {
+    pub name: String,
+    pub value: String,
+}
+
+/// The store id of setting `name`: the name itself, or for one no store id can be (longer than
+/// 128 bytes; Kubernetes names reach 253) `h-` and its SHA-256.
+pub fn setting_id(name: &str) -> String {
+    match SETTINGS.key(name) {
+        Some(_) => name.to_string(),
+        None => format!("h-{}", crate::secrets::hash_token_secret(name)),
+    }
+}
 
 /// Custom global roles, and what may change of a builtin one (`newUserDefault`).
 pub const GLOBAL_ROLES: Kind = Kind {
@@ -265,8 +288,13 @@ impl Token {
 pub struct AccountState {
     /// When the state was first created (unix seconds): the settings' `created`.
     pub created: i64,
-    /// Settings' stored values (built-in ones set through the API, and those created there).
-    pub settings: BTreeMap<String, String>,
+    /// Where earlier versions kept the settings' values; emptied when the document is opened.
+    #[serde(
+        default,
+        rename = "settings",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    legacy_settings: BTreeMap<String, String>,
     /// Feature flags set through the API (`spec.value`); the others have their default.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub features: BTreeMap<String, bool>,
@@ -286,6 +314,7 @@ pub struct AccountState {
 /// Everything the accounts keep, on one store.
 pub struct Records {
     pub settings: Document<AccountState>,
+    pub setting_values: Collection<StoredSetting>,
     pub users: Collection<User>,
     pub tokens: Collection<Token>,
     pub roles: Collection<StoredRole>,
@@ -303,6 +332,7 @@ impl Records {
         let (settings, existed) = Document::<AccountState>::open(store.clone(), ACCOUNTS)?;
         let records = Self {
             settings,
+            setting_values: Collection::new(store.clone(), SETTINGS),
             users: Collection::new(store.clone(), USERS),
             tokens: Collection::new(store.clone(), TOKENS),
             roles: Collection::new(store.clone(), GLOBAL_ROLES),
@@ -316,7 +346,7 @@ impl Records {
 
     fn move_out_of_the_document(&self) -> Result<(), StoreError> {
         let old = self.settings.read();
-        if old.users.is_empty() && old.tokens.is_empty() {
+        if old.users.is_empty() && old.tokens.is_empty() && old.legacy_settings.is_empty() {
             return Ok(());
         }
         let created_once = |result: Result<_, StoreError>| match result {
@@ -329,20 +359,85 @@ impl Records {
         for token in &old.tokens {
             created_once(self.tokens.create(&token.name, token))?;
         }
+        for (name, value) in &old.legacy_settings {
+            let setting = StoredSetting {
+                name: name.clone(),
+                value: value.clone(),
+            };
+            created_once(self.setting_values.create(&setting_id(name), &setting))?;
+        }
         self.settings.update(|state| {
             state.users.clear();
             state.tokens.clear();
+            state.legacy_settings.clear();
             Ok::<_, StoreError>(())
         })?;
         tracing::info!(
-            "moved {} user(s) and {} token(s) out of {} into keys of their own ({}, {})",
+            "moved {} user(s), {} token(s) and {} setting(s) out of {} into keys of their own ({}, {}, {})",
             old.users.len(),
             old.tokens.len(),
+            old.legacy_settings.len(),
             ACCOUNTS.name,
             USERS.dir,
-            TOKENS.dir
+            TOKENS.dir,
+            SETTINGS.dir
         );
         Ok(())
+    }
+
+    /// Setting `name`'s stored value, if it has one.
+    pub fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .setting_values
+            .get(&setting_id(name))?
+            .map(|stored| stored.value.value))
+    }
+
+    /// Every stored setting's value, by name.
+    pub fn stored_settings(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        Ok(self
+            .setting_values
+            .list()?
+            .into_iter()
+            .map(|(_, stored)| (stored.value.name, stored.value.value))
+            .collect())
+    }
+
+    /// Applies `change` to setting `name`'s stored value (`None`: none stored) and stores the value
+    /// it gives (`None`: left as it is), compare-and-swap, retried from the newest value when
+    /// another writer came first (what an attempt returned is dropped then).
+    pub fn change_setting<R, E: From<StoreError>>(
+        &self,
+        name: &str,
+        mut change: impl FnMut(Option<&str>) -> Result<(Option<String>, R), E>,
+    ) -> Result<R, E> {
+        let id = setting_id(name);
+        for _ in 0..8 {
+            let stored = self.setting_values.get(&id)?;
+            let current = stored.as_ref().map(|s| s.value.value.as_str());
+            let (value, result) = change(current)?;
+            let Some(value) = value.filter(|v| Some(v.as_str()) != current) else {
+                return Ok(result);
+            };
+            let setting = StoredSetting {
+                name: name.to_string(),
+                value,
+            };
+            match self
+                .setting_values
+                .write(&id, &setting, stored.map(|s| s.version))
+            {
+                Ok(_) => return Ok(result),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Conflict(name.to_string()).into())
+    }
+
+    /// Stores `value` for setting `name`.
+    pub fn put_setting(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        self.change_setting(name, |_| Ok::<_, StoreError>((Some(value.to_string()), ())))
     }
 
     /// The user called `username`.
@@ -395,7 +490,12 @@ mod tests {
             !document.contains("token-fghjk") && !document.contains("argon2"),
             "{document}"
         );
-        assert!(document.contains("first-login"));
+        assert!(!document.contains("first-login"), "{document}");
+        assert_eq!(
+            records.setting("first-login").unwrap().as_deref(),
+            Some("false")
+        );
+        assert!(tmp.path().join("settings/first-login.json").exists());
         assert!(tmp.path().join("users/user-abcde.json").exists());
         let (again, _) = Records::open(store()).unwrap();
         assert_eq!(again.tokens.list().unwrap().len(), 1);

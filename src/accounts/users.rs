@@ -321,10 +321,7 @@ impl Accounts {
         }
         let revoked = self.records.revoke_tokens(user_id, keep)?;
         self.token_index_reset();
-        self.records.settings.update(|next| {
-            next.settings.insert(FIRST_LOGIN.into(), "false".into());
-            Ok::<_, AccountError>(())
-        })?;
+        self.records.put_setting(FIRST_LOGIN, "false")?;
         self.first_login_done();
         tracing::info!(
             "password of user {user_id} changed by {}; {revoked} other token(s) revoked",
