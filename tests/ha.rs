@@ -1535,3 +1535,37 @@ async fn a_burst_of_unrelated_writes_does_not_make_a_follower_lag() {
         "the one change followed, not a lag"
     );
 }
+
+/// A replica starts, and catches up, however much the store holds: the whole prefix is read in
+/// pages. In one answer, past 4 MiB (about 7,000 clusters with their bindings), gRPC refused it
+/// ("decoded message length too large") and no replica could start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_larger_than_one_grpc_answer_still_loads() {
+    use corral::store::Backend;
+    use corral::store::etcd::{EtcdBackend, EtcdTls, EtcdUrl};
+    let etcd = EtcdCluster::start(1);
+    let url = EtcdUrl::parse(&etcd.url()).unwrap();
+    let store = EtcdBackend::connect(&url, &EtcdTls::default(), None).unwrap();
+    let value = vec![b'x'; 1024];
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (store, value) = (store.clone(), value.clone());
+            tokio::task::spawn_blocking(move || {
+                for i in 0..1300 {
+                    store
+                        .put_path(&format!("test/big/{w}-{i}"), &value)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let again = tokio::task::spawn_blocking(move || {
+        EtcdBackend::connect(&url, &EtcdTls::default(), None).map(|s| s.list("test/big/").len())
+    })
+    .await
+    .unwrap();
+    assert_eq!(again.expect("a second replica's store loads"), 5200);
+}

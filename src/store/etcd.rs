@@ -166,6 +166,20 @@ struct Follower {
     sender: broadcast::Sender<String>,
 }
 
+/// Values read per request when the whole prefix is loaded. corral's values are a few KB (a cluster
+/// with 100 tokens and full annotations about 12 KB; all settings together at most 1 MiB), so a page
+/// stays far below gRPC's 4 MiB.
+const RESYNC_PAGE: i64 = 100;
+
+/// The end of [`PREFIX`]'s range: the first key past every key that starts with it.
+fn prefix_end() -> Vec<u8> {
+    let mut end = PREFIX.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
 /// Changes queued per follower before it lags (and then reads everything it follows again).
 const FOLLOWER_QUEUE: usize = 256;
 
@@ -252,26 +266,48 @@ impl EtcdBackend {
     }
 
     /// Loads the whole prefix, replaces the cache with it and announces what changed; returns the
-    /// revision it is current as of.
+    /// revision it is current as of. Read in pages of [`RESYNC_PAGE`] values at one revision: the
+    /// whole prefix in one answer passes gRPC's 4 MiB limit past about 7,000 clusters, and a
+    /// replica could then neither start nor catch up after a broken watch.
     fn resync(&self) -> Result<i64, StoreError> {
-        let members = self.members.clone();
-        let response = self.wait_on(async move {
-            members
-                .call(|client| async move {
-                    let options = GetOptions::new().with_prefix();
-                    client.kv_client().get(PREFIX, Some(options)).await
-                })
-                .await
-        })?;
-        let revision = response.header().map_or(0, |h| h.revision());
         let mut fresh = BTreeMap::new();
-        for kv in response.kvs() {
-            if let Some(path) = path_of(kv.key()) {
-                let entry = Entry {
-                    bytes: kv.value().to_vec(),
-                    revision: kv.mod_revision(),
-                };
-                fresh.insert(path, entry);
+        let mut revision = 0;
+        let mut from = PREFIX.as_bytes().to_vec();
+        loop {
+            let members = self.members.clone();
+            let (start, at) = (from.clone(), revision);
+            let response = self.wait_on(async move {
+                members
+                    .call(|client| {
+                        let start = start.clone();
+                        let mut options = GetOptions::new()
+                            .with_range(prefix_end())
+                            .with_limit(RESYNC_PAGE);
+                        if at > 0 {
+                            options = options.with_revision(at);
+                        }
+                        async move { client.kv_client().get(start, Some(options)).await }
+                    })
+                    .await
+            })?;
+            if revision == 0 {
+                revision = response.header().map_or(0, |h| h.revision());
+            }
+            for kv in response.kvs() {
+                if let Some(path) = path_of(kv.key()) {
+                    let entry = Entry {
+                        bytes: kv.value().to_vec(),
+                        revision: kv.mod_revision(),
+                    };
+                    fresh.insert(path, entry);
+                }
+            }
+            match (response.more(), response.kvs().last()) {
+                (true, Some(last)) => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
             }
         }
         let changed: Vec<String> = {
