@@ -7,11 +7,13 @@ use clap::{Parser, Subcommand};
 use corral::config::{Config, ServeArgs, StoreFlags, default_data_dir};
 use corral::store::DataDir;
 
-/// mimalloc: the handshake path allocates and frees many small buffers per connection, which
-/// glibc's malloc serves more slowly (see docs/PERFORMANCE.md).
 /// How long a stopping server waits for the requests in flight.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// mimalloc: the handshake path allocates and frees many small buffers per connection, which
+/// glibc's malloc serves more slowly (see docs/PERFORMANCE.md). Its v2 line (Cargo.toml): v3 kept
+/// 33 KiB per idle tunnel on a replica on etcd, where etcd's client thread allocates beside the
+/// tunnels, against 16 KiB with v2, for the same handshake cost (docs/SCALE.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
