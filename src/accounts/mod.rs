@@ -47,7 +47,7 @@ use crate::secrets::{self, hash_password, random_suffix, random_token};
 use crate::store::{Backend, Changes, StoreError};
 use crate::support::unix_now;
 use password_gate::{Busy, PasswordGate};
-use state::{ACCOUNTS, Records, Reindex, User};
+use state::{Records, Reindex, User};
 
 /// Most tokens kept (sessions, kubeconfig tokens, API keys of every user); the oldest go first.
 const MAX_TOKENS: usize = 100_000;
@@ -363,7 +363,7 @@ impl Accounts {
     /// from it is read again), and tokens (for the token index).
     pub fn follow_store(self: &Arc<Self>) {
         self.follow(
-            |path| path == ACCOUNTS.path,
+            |path| state::SETTINGS.id_of(path) == Some(SERVER_URL),
             |accounts, _| accounts.pin_to_stored_server_url(),
         );
         self.follow(

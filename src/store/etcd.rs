@@ -312,6 +312,19 @@ impl EtcdBackend {
         }
         let changed: Vec<String> = {
             let mut cache = self.write_cache();
+            // A value this replica wrote after the snapshot's revision (while the pages were read)
+            // is newer than the snapshot: it stays.
+            for (path, entry) in cache.iter() {
+                if entry.revision > revision {
+                    fresh.insert(
+                        path.clone(),
+                        Entry {
+                            bytes: entry.bytes.clone(),
+                            revision: entry.revision,
+                        },
+                    );
+                }
+            }
             let changed = fresh
                 .iter()
                 .filter(|(path, e)| cache.get(*path).is_none_or(|c| c.revision != e.revision))
