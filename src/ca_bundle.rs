@@ -79,7 +79,9 @@ struct Rotation {
 
 impl CaBundle {
     /// What `config` distributes with `ca`, and a rotation kept from before a restart (dropped once
-    /// its time has passed). Rotation works with the data directory and a CA corral made.
+    /// its time has passed). Rotation works with the data directory and a CA corral made, where
+    /// `certs` can serve a new CA's certificates: decided here, once, so that a rotation refused is
+    /// refused before anything is written.
     pub fn open(
         config: &Config,
         ca: Arc<CertificateAuthority>,
@@ -88,14 +90,15 @@ impl CaBundle {
         certs: Arc<CertService>,
     ) -> Result<Arc<Self>, CacertsError> {
         let source = config.tls.cacerts.clone();
-        let rotation =
-            (config.store.is_none() && matches!(source, Cacerts::Generated)).then(|| Rotation {
-                dir: dir.clone(),
-                profile: config.ca_profile,
-                store: store.clone(),
-                certs,
-                leaf_days: config.cert_expiration_days,
-            });
+        let rotatable =
+            config.store.is_none() && matches!(source, Cacerts::Generated) && certs.rotatable();
+        let rotation = rotatable.then(|| Rotation {
+            dir: dir.clone(),
+            profile: config.ca_profile,
+            store: store.clone(),
+            certs,
+            leaf_days: config.cert_expiration_days,
+        });
         let previous = match &rotation {
             Some(_) => read_previous(store.as_ref()).filter(|p| p.until > unix_now()),
             None => None,
@@ -122,8 +125,8 @@ impl CaBundle {
     pub fn rotate(self: &Arc<Self>, keep_old: Duration) -> Result<Arc<Distributed>, RotationError> {
         let rotation = self.rotation.as_ref().ok_or(RotationError::NotHere(
             "this corral's CA cannot be rotated here: it must be corral's own (not a cacerts file, \
-             ACME or --no-cacerts) and kept in the data directory (replicas on etcd rotate it \
-             nowhere yet)",
+             ACME or --no-cacerts), kept in the data directory (replicas on etcd rotate it \
+             nowhere yet) and sign what is served per name (not --hostname's one certificate)",
         ))?;
         let _one = lock(&self.rotating);
         let old = self.current();

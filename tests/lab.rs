@@ -911,6 +911,42 @@ async fn a_rotated_ca_and_its_kept_predecessor_survive_a_restart() {
     );
 }
 
+/// Where the CA cannot be rotated (`--hostname`: the ingress certificate is issued from it), a
+/// rotation is refused before anything is written: the CA on disk and /cacerts stay as they were.
+/// (The CA files were replaced first, and only then was the rotation refused.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_rotation_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let env = [("CATTLE_BOOTSTRAP_PASSWORD", common::lab::BOOTSTRAP)];
+    let corral = Corral::start_in(&data, &["--hostname", "rancher.lab.test"], &env).unwrap();
+    let addr = corral.https("127.0.0.1");
+    let token = json_of(&login(addr, "admin", common::lab::BOOTSTRAP).await)["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ca_before = std::fs::read(data.join("ca.crt")).unwrap();
+    let bundle = corral.cacerts().await;
+    let refused = request(
+        addr,
+        "POST",
+        "/v3/corral/ca?action=rotate",
+        &[&format!("Authorization: Bearer {token}")],
+        Some(r#"{"keepOld":"0s"}"#),
+    )
+    .await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert_eq!(
+        json_of(&refused)["code"],
+        "InvalidAction",
+        "{}",
+        refused.body
+    );
+    assert_eq!(std::fs::read(data.join("ca.crt")).unwrap(), ca_before);
+    assert!(!data.join("ca.rotated.pem").exists());
+    assert_eq!(corral.cacerts().await, bundle);
+}
+
 async fn remove_fault(lab: &Lab, id: &str) {
     let path = format!("/v3/corral/faults/{id}");
     let gone = request(lab.addr, "DELETE", &path, &[&lab.auth()], None).await;

@@ -118,6 +118,11 @@ impl CertService {
         })
     }
 
+    /// Whether [`CertService::rotate_ca`] can serve a new CA's certificates.
+    pub fn rotatable(&self) -> bool {
+        self.rebuild.is_some()
+    }
+
     /// Serves certificates of `factory`'s CA from the next handshake on (a CA rotation): a new
     /// generation, pinned to the same host if the old one was; names are minted again as clients
     /// come. [`CertError::NotRotatable`] where corral's CA signs nothing served.
