@@ -186,8 +186,9 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     let peer_roots = format!("{}\n{}", ca.cacerts(), setting.value);
     for table in &config.lab_faults {
         // Start-up work, before anything listens: an RSA key made here blocks nobody.
-        let fault = faults.add(crate::lab::FaultSpec::parse(table)?)?;
-        certs.prepare_fault(&fault)?;
+        let spec = crate::lab::FaultSpec::parse(table)?;
+        certs.prepare_fault(&spec.what)?;
+        faults.add(spec)?;
     }
     if let Some(chain) = certs.files_chain()
         && let Err(reason) = crate::pki::chain_check::signed_by(&chain, &setting.value)

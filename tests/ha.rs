@@ -1341,6 +1341,13 @@ async fn lab_faults_reach_every_replica_and_end_with_their_replica() {
     let reached = until(other_addr, "shared.lab.test", true).await;
     println!("a fault reached the other replica in {reached:?}");
     assert!(other.logged(&format!("lab fault {id} started")));
+    // The other replica made the fault's keys and CAs itself, not at its first handshake.
+    let ready = format!("lab fault {id}: ready to serve");
+    let started = Instant::now();
+    while !other.logged(&ready) {
+        assert!(started.elapsed() < PROPAGATION_LIMIT, "{:?}", other.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Removed through the other replica: ended on both.
     let path = format!("/v3/corral/faults/{id}");
     let started = Instant::now();

@@ -2,7 +2,7 @@
 //! certificate fault covers gets the scenario's certificate instead, pinned or not. With no fault
 //! active this costs the handshake one atomic load.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +22,8 @@ pub struct LabCerts {
     faults: Arc<Faults>,
     kit: ScenarioKit,
     kept: Mutex<HashMap<(String, String), Arc<ServerConfig>>>,
+    /// The faults prepared for this CA (see [`LabCerts::prepare_fault`]), by id.
+    prepared: Mutex<HashSet<String>>,
 }
 
 impl LabCerts {
@@ -30,6 +32,7 @@ impl LabCerts {
             faults,
             kit: ScenarioKit::default(),
             kept: Mutex::new(HashMap::new()),
+            prepared: Mutex::new(HashSet::new()),
         }
     }
 
@@ -69,12 +72,39 @@ impl LabCerts {
         Some(config)
     }
 
-    /// Makes what `fault` needs ahead of its first handshake (an RSA key takes a while).
-    pub fn prepare(&self, minter: &Minter, fault: &Fault) -> Result<(), rcgen::Error> {
-        let What::Certificate(cert) = &fault.what else {
+    /// Makes what a fault doing `what` needs ahead of its first handshake (an RSA key takes a
+    /// while); at once when made already.
+    pub fn prepare(&self, minter: &Minter, what: &What) -> Result<(), rcgen::Error> {
+        let What::Certificate(cert) = what else {
             return Ok(());
         };
         self.kit.prepare(minter.factory(), cert.scenario)
+    }
+
+    /// Prepares each of the `active` certificate faults once for this CA, whichever replica made
+    /// it, and says so: from then on its handshakes only sign. One that cannot be prepared is
+    /// logged and left to its first handshake.
+    pub fn prepare_faults(&self, minter: &Minter, active: &[Arc<Fault>]) {
+        let fresh: Vec<&Arc<Fault>> = {
+            let mut prepared = lock(&self.prepared);
+            prepared.retain(|id| active.iter().any(|f| f.id == *id));
+            active
+                .iter()
+                .filter(|f| matches!(f.what, What::Certificate(_)))
+                .filter(|f| prepared.insert(f.id.clone()))
+                .collect()
+        };
+        for fault in fresh {
+            match self.prepare(minter, &fault.what) {
+                Ok(()) => tracing::info!("lab fault {}: ready to serve", fault.id),
+                Err(e) => {
+                    tracing::warn!(
+                        "lab fault {}: cannot prepare its certificate: {e}",
+                        fault.id
+                    )
+                }
+            }
+        }
     }
 
     fn build(&self, minter: &Minter, fault: &Fault, name: &str) -> Option<Arc<ServerConfig>> {

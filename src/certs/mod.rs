@@ -55,6 +55,8 @@ pub struct CertService {
     /// How to build a generation again for a new CA; `None` where corral's CA signs nothing
     /// served (bring-your-own, ACME) or replicas share it (`--hostname`).
     rebuild: Option<Rebuild>,
+    /// The lab faults, whose certificates each generation prepares.
+    faults: Arc<crate::lab::Faults>,
 }
 
 /// Everything made from one CA: the stage, the minter that signs with it, lab scenarios.
@@ -69,7 +71,6 @@ struct Rebuild {
     config: Config,
     store: Arc<dyn Backend>,
     dir: DataDir,
-    faults: Arc<crate::lab::Faults>,
 }
 
 enum Stage {
@@ -110,11 +111,11 @@ impl CertService {
             config: config.clone(),
             store,
             dir: dir.clone(),
-            faults,
         });
         Ok(Self {
             current: ArcSwap::from_pointee(generation),
             rebuild,
+            faults,
         })
     }
 
@@ -133,8 +134,10 @@ impl CertService {
             rebuild.store.clone(),
             &rebuild.dir,
             factory,
-            rebuild.faults.clone(),
+            self.faults.clone(),
         )?);
+        // The active faults' keys and CAs, for the new CA, before its first handshake.
+        next.prepare_faults(&self.faults);
         let pinned_to = match &**self.current.load().stage.load() {
             Stage::Pinned(pinned) => Some(pinned.host.clone()),
             Stage::Learning(_) => None,
@@ -156,6 +159,13 @@ impl CertService {
 }
 
 impl Generation {
+    /// Makes what the active certificate faults need (see [`CertService::prepare_fault`]); one
+    /// that cannot be made is logged and left to its first handshake.
+    fn prepare_faults(&self, faults: &crate::lab::Faults) {
+        let active = faults.list(crate::lab::now_ms());
+        self.lab.prepare_faults(&self.minter, &active);
+    }
+
     fn build(
         config: &Config,
         store: Arc<dyn Backend>,
@@ -231,11 +241,30 @@ impl CertService {
     }
 
     /// Starts what runs beside the listeners (needs the runtime, so not in `new`): the watch for a
-    /// rotation of bring-your-own files, or the ACME client.
-    pub fn start_background(&self) {
+    /// rotation of bring-your-own files, or the ACME client; and the preparation of lab faults'
+    /// certificates as faults appear (made on another replica too), off the workers.
+    pub fn start_background(self: &Arc<Self>) {
         if let Some(source) = self.learning() {
             source.start();
         }
+        let service = Arc::downgrade(self);
+        let (faults, change) = (self.faults.clone(), self.faults.watch());
+        tokio::spawn(async move {
+            let mut seen = 0;
+            loop {
+                seen = faults.changed(&change, seen).await;
+                let Some(service) = service.upgrade() else {
+                    return;
+                };
+                let faults = faults.clone();
+                let prepared = tokio::task::spawn_blocking(move || {
+                    service.current.load().prepare_faults(&faults)
+                });
+                if prepared.await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     /// ACME mode: the key authorization for an HTTP-01 token being validated.
@@ -308,13 +337,13 @@ impl CertService {
         }
     }
 
-    /// Makes what a lab fault's certificates need ahead of its first handshake (keys, CAs); slow
+    /// Makes what a lab fault doing `what` needs ahead of its first handshake (keys, CAs); slow
     /// for RSA keys, so called off the runtime's workers.
-    pub fn prepare_fault(&self, fault: &crate::lab::Fault) -> Result<(), CertError> {
+    pub fn prepare_fault(&self, what: &crate::lab::What) -> Result<(), CertError> {
         let generation = self.current.load();
         generation
             .lab
-            .prepare(&generation.minter, fault)
+            .prepare(&generation.minter, what)
             .map_err(CertError::from)
     }
 

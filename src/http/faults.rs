@@ -150,23 +150,21 @@ impl TypeHandler for LabFaults {
 
     async fn create(&self, call: &Call<'_>, input: Map<String, Value>) -> Result<Answer, ApiError> {
         let spec = FaultSpec::parse(&input).map_err(|e| invalid(&e))?;
-        let fault = call.state.faults.add(spec).map_err(registry_error)?;
-        // Keys and CAs a scenario needs are made now, off the workers, rather than by the first
-        // handshake (an RSA-4096 key takes a second or more).
-        let certs = call.state.certs.clone();
-        let prepared = fault.clone();
-        let made = tokio::task::spawn_blocking(move || certs.prepare_fault(&prepared)).await;
+        // Keys and CAs a scenario needs are made before it is served, off the workers, rather
+        // than by its first handshake (an RSA-4096 key takes a second or more).
+        let (certs, what) = (call.state.certs.clone(), spec.what.clone());
+        let made = tokio::task::spawn_blocking(move || certs.prepare_fault(&what)).await;
         let failed = match made {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),
             Err(e) => Some(e.to_string()),
         };
         if let Some(e) = failed {
-            let _ = call.state.faults.remove(&fault.id);
             return Err(ApiError::server_error(format!(
                 "cannot prepare the fault: {e}"
             )));
         }
+        let fault = call.state.faults.add(spec).map_err(registry_error)?;
         Ok(Answer::created("fault", resource(&fault)))
     }
 

@@ -7,6 +7,7 @@
 //! ends when its ttl passes, when it is removed (from any replica), or with its replica.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -46,6 +47,8 @@ pub struct Faults {
     /// The tunnels to wake on every change, so that one waiting for data looks at its toxics
     /// again (registered once per tunnel; a wake costs the tunnel's reader nothing).
     watchers: Mutex<Vec<Weak<AtomicWaker>>>,
+    /// Counts the changes, for [`Faults::changed`].
+    version: AtomicU64,
 }
 
 #[derive(Default)]
@@ -82,6 +85,7 @@ impl Faults {
             active: ArcSwap::from_pointee(Vec::new()),
             state: Mutex::new(State::default()),
             watchers: Mutex::new(Vec::new()),
+            version: AtomicU64::new(0),
         }
     }
 
@@ -253,6 +257,7 @@ impl Faults {
             gauge.with_label_values(&[kind]).set(count as i64);
         }
         self.active.store(Arc::new(next));
+        self.version.fetch_add(1, Ordering::AcqRel);
         lock(&self.watchers).retain(|watcher| match watcher.upgrade() {
             Some(waker) => {
                 waker.wake();
@@ -260,6 +265,20 @@ impl Faults {
             }
             None => false,
         });
+    }
+
+    /// Waits, woken through `change` (from [`Faults::watch`]), until the faults change after the
+    /// version `seen` (0: any there are now); the version now.
+    pub async fn changed(&self, change: &AtomicWaker, seen: u64) -> u64 {
+        std::future::poll_fn(|cx| {
+            // Registered before the version is read: a change in between still wakes this.
+            change.register(cx.waker());
+            match self.version.load(Ordering::Acquire) {
+                now if now != seen => std::task::Poll::Ready(now),
+                _ => std::task::Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// A waker woken at every change of the faults, for as long as the caller keeps it.
