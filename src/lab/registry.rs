@@ -16,7 +16,7 @@ use futures_util::task::AtomicWaker;
 
 use super::fault::{Fault, FaultSpec};
 use crate::store::{Backend, Changes, LeaseGuard};
-use crate::support::lock;
+use crate::support::{lock, unix_now_ms};
 
 /// Where faults are kept on a shared store, one key each.
 const PREFIX: &str = "corral/lab-faults/";
@@ -111,7 +111,7 @@ impl Faults {
         if faults.is_empty() {
             return false;
         }
-        let now_ms = now_ms();
+        let now_ms = unix_now_ms();
         faults.iter().any(|fault| match &fault.what {
             super::fault::What::Tunnel(tunnel) => {
                 !fault.expired(now_ms)
@@ -126,15 +126,17 @@ impl Faults {
     /// Adds a fault as `spec` asks, with a new id; it is served from the next handshake on here,
     /// and on the other replicas once the store has told them.
     pub fn add(&self, spec: FaultSpec) -> Result<Arc<Fault>, RegistryError> {
-        let now_ms = now_ms();
-        let mut state = lock(&self.state);
-        if state.known.values().filter(|f| !f.expired(now_ms)).count() >= MAX_FAULTS {
-            return Err(RegistryError::Full);
-        }
-        let id = loop {
-            let id = format!("fault-{}", crate::secrets::random_suffix());
-            if !state.known.contains_key(&id) {
-                break id;
+        let now_ms = unix_now_ms();
+        let id = {
+            let state = lock(&self.state);
+            if state.known.values().filter(|f| !f.expired(now_ms)).count() >= MAX_FAULTS {
+                return Err(RegistryError::Full);
+            }
+            loop {
+                let id = format!("fault-{}", crate::secrets::random_suffix());
+                if !state.known.contains_key(&id) {
+                    break id;
+                }
             }
         };
         let fault = Arc::new(Fault {
@@ -153,6 +155,9 @@ impl Faults {
             }
             false => None,
         };
+        // Not held across the store's write above: readers of the state (the store's follower)
+        // do not wait for etcd.
+        let mut state = lock(&self.state);
         state.own.insert(
             id.clone(),
             Own {
@@ -214,7 +219,7 @@ impl Faults {
 
     /// Drops the faults whose ttl has passed; the next expiry, if any.
     fn sweep_expired(&self) -> Option<i64> {
-        let now_ms = now_ms();
+        let now_ms = unix_now_ms();
         let mut state = lock(&self.state);
         let State { known, own } = &mut *state;
         let before = known.len();
@@ -244,7 +249,7 @@ impl Faults {
         }
         for fault in previous.iter() {
             if !next.iter().any(|n| n.id == fault.id) {
-                let why = match fault.expired(now_ms()) {
+                let why = match fault.expired(unix_now_ms()) {
                     true => "expired",
                     false => ended.unwrap_or("removed"),
                 };
@@ -320,15 +325,9 @@ async fn sweep(faults: Weak<Faults>) {
             Some(faults) => faults.sweep_expired(),
             None => return,
         };
-        let wait_ms = next.map_or(AT_MOST, |at| (at - now_ms()).clamp(10, AT_MOST));
+        let wait_ms = next.map_or(AT_MOST, |at| (at - unix_now_ms()).clamp(10, AT_MOST));
         tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
     }
-}
-
-/// The time in unix milliseconds.
-pub fn now_ms() -> i64 {
-    let now = time::OffsetDateTime::now_utc();
-    (now.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 #[cfg(test)]
@@ -359,7 +358,11 @@ mod tests {
         let brief = faults.add(spec(Some(Duration::from_millis(1)))).unwrap();
         assert_eq!(faults.snapshot().len(), 2);
         std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(faults.list(now_ms()).len(), 1, "the expired one is hidden");
+        assert_eq!(
+            faults.list(unix_now_ms()).len(),
+            1,
+            "the expired one is hidden"
+        );
         assert_eq!(faults.sweep_expired(), None);
         assert_eq!(faults.snapshot().len(), 1, "and swept");
         assert!(matches!(
