@@ -165,7 +165,7 @@ impl CaBundle {
                 tracing::info!(
                     "the previous CA ({}) stays in /cacerts until {}",
                     old.ca.subject(),
-                    crate::lab::rfc3339_ms(previous.until * 1000)
+                    crate::support::rfc3339(previous.until).unwrap_or_default()
                 );
                 drop_previous_at(Arc::downgrade(self), previous.until);
             }
@@ -211,9 +211,15 @@ fn drop_previous_at(bundle: Weak<CaBundle>, until: i64) {
 /// What `/cacerts` serves for corral's own CA `ca` kept in `store` (with a rotated-out CA still
 /// kept), for `corral ca checksum`.
 pub fn stored_value(ca: &CertificateAuthority, store: &dyn Backend) -> String {
-    match read_previous(store).filter(|p| p.until > unix_now()) {
-        Some(previous) => format!("{}\n{}", ca.cacerts(), previous.pem),
-        None => ca.cacerts().to_string(),
+    let previous = read_previous(store).filter(|p| p.until > unix_now());
+    with_previous(ca.cacerts().to_string(), previous.as_ref())
+}
+
+/// The bundle: `value`, then the rotated-out CA while it is kept.
+fn with_previous(value: String, previous: Option<&Previous>) -> String {
+    match previous {
+        Some(previous) => format!("{value}\n{}", previous.pem),
+        None => value,
     }
 }
 
@@ -229,14 +235,12 @@ fn distributed(
     previous: Option<Previous>,
 ) -> Result<Distributed, CacertsError> {
     let created = ca.not_before() + crate::pki::ca::BACKDATE;
-    let mut value = match source {
+    let value = match source {
         Cacerts::Generated => ca.cacerts().to_string(),
         Cacerts::File(path) => read_cacerts(path)?,
         Cacerts::Empty => String::new(),
     };
-    if let Some(previous) = &previous {
-        value = format!("{value}\n{}", previous.pem);
-    }
+    let value = with_previous(value, previous.as_ref());
     Ok(Distributed {
         checksum: ca_checksum(&value),
         setting: CaSetting { value, created },

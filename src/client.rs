@@ -155,9 +155,7 @@ impl ApiTarget {
         }
         Ok(json)
     }
-}
 
-impl ApiTarget {
     /// A GET of `path` as text (`/cacerts`), without the token.
     pub async fn text(&self, path: &str) -> Result<String, ApiCallError> {
         let target = Target::parse(&self.server)?;

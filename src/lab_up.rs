@@ -188,11 +188,10 @@ fn admin_password(dir: &Path) -> Result<String, UpError> {
         return Ok(given);
     }
     let path = dir.join("admin-password");
-    match std::fs::read_to_string(&path) {
-        Ok(kept) if !kept.trim().is_empty() => return Ok(kept.trim().to_string()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_error(&path)(e)),
+    let kept = crate::store::read_optional(&path).map_err(io_error(&path))?;
+    let kept = String::from_utf8_lossy(kept.as_deref().unwrap_or_default());
+    if !kept.trim().is_empty() {
+        return Ok(kept.trim().to_string());
     }
     let password = crate::secrets::random_token(20);
     write_atomic(&path, password.as_bytes(), SECRET_MODE).map_err(io_error(&path))?;

@@ -27,6 +27,19 @@ pub fn unix_now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// The current time in unix milliseconds.
+pub fn unix_now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Unix seconds as RFC 3339 (UTC, whole seconds: norman's dates); `None` out of range.
+pub fn rfc3339(unix: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
 /// The host part of `host[:port]` or `[v6]:port`, as HTTP authorities write it; `None` when it is
 /// not an authority at all (or carries user information, which no `Host` or address may).
 pub fn authority_host(authority: &str) -> Option<&str> {

@@ -411,28 +411,18 @@ impl Records {
         name: &str,
         mut change: impl FnMut(Option<&str>) -> Result<(Option<String>, R), E>,
     ) -> Result<R, E> {
-        let id = setting_id(name);
-        for _ in 0..8 {
-            let stored = self.setting_values.get(&id)?;
-            let current = stored.as_ref().map(|s| s.value.value.as_str());
+        self.setting_values.change(&setting_id(name), |stored| {
+            let current = stored.map(|s| s.value.as_str());
             let (value, result) = change(current)?;
-            let Some(value) = value.filter(|v| Some(v.as_str()) != current) else {
-                return Ok(result);
-            };
-            let setting = StoredSetting {
-                name: name.to_string(),
-                value,
-            };
-            match self
-                .setting_values
-                .write(&id, &setting, stored.map(|s| s.version))
-            {
-                Ok(_) => return Ok(result),
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(StoreError::Conflict(name.to_string()).into())
+            let setting =
+                value
+                    .filter(|v| Some(v.as_str()) != current)
+                    .map(|value| StoredSetting {
+                        name: name.to_string(),
+                        value,
+                    });
+            Ok((setting, result))
+        })
     }
 
     /// Stores `value` for setting `name`.

@@ -79,10 +79,7 @@ pub struct RenderOptions {
 
 /// A date as norman writes it: RFC 3339, UTC, whole seconds.
 pub fn date(unix: i64) -> Value {
-    OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .map_or(Value::Null, Value::String)
+    crate::support::rfc3339(unix).map_or(Value::Null, Value::String)
 }
 
 /// Milliseconds since the epoch of a date written by [`date`].

@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use rustls::ServerConfig;
 
 use super::minter::Minter;
-use crate::lab::{Fault, Faults, What, now_ms};
+use crate::lab::{Fault, Faults, What};
 use crate::pki::SubjectName;
 use crate::pki::scenarios::ScenarioKit;
-use crate::support::lock;
+use crate::support::{lock, unix_now_ms};
 
 /// Scenario certificates kept, by fault and name; past this, more are made for each handshake and
 /// not kept (a flood of names under a fault for every name must not grow memory).
@@ -52,7 +52,7 @@ impl LabCerts {
             Some(sni) => sni.to_ascii_lowercase(),
             None => local_ip.to_string(),
         };
-        let now = now_ms();
+        let now = unix_now_ms();
         let fault = faults.iter().find(|fault| match &fault.what {
             What::Certificate(cert) => !fault.expired(now) && cert.applies_to(&name),
             What::Tunnel(_) => false,

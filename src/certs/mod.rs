@@ -162,7 +162,7 @@ impl Generation {
     /// Makes what the active certificate faults need (see [`CertService::prepare_fault`]); one
     /// that cannot be made is logged and left to its first handshake.
     fn prepare_faults(&self, faults: &crate::lab::Faults) {
-        let active = faults.list(crate::lab::now_ms());
+        let active = faults.list(crate::support::unix_now_ms());
         self.lab.prepare_faults(&self.minter, &active);
     }
 

@@ -114,12 +114,7 @@ impl ConfigTemplate {
         leaf: MintedLeaf,
         key: PrivateKeyDer<'static>,
     ) -> Result<Served, rustls::Error> {
-        let key = self
-            .template
-            .crypto_provider()
-            .key_provider
-            .load_private_key(key)?;
-        let served = self.serve_signed(leaf, key)?;
+        let served = self.serve_signed(leaf, self.load_key(key)?)?;
         served.certified.keys_match()?;
         Ok(served)
     }
@@ -131,16 +126,21 @@ impl ConfigTemplate {
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<Arc<ServerConfig>, rustls::Error> {
-        let key = self
-            .template
-            .crypto_provider()
-            .key_provider
-            .load_private_key(key)?;
-        let certified = Arc::new(CertifiedKey::new(chain, key));
+        let certified = Arc::new(CertifiedKey::new(chain, self.load_key(key)?));
         certified.keys_match()?;
+        Ok(self.serving(certified))
+    }
+
+    fn load_key(&self, key: PrivateKeyDer<'static>) -> Result<Arc<dyn SigningKey>, rustls::Error> {
+        let provider = self.template.crypto_provider();
+        provider.key_provider.load_private_key(key)
+    }
+
+    /// The template serving `certified` to every client.
+    fn serving(&self, certified: Arc<CertifiedKey>) -> Arc<ServerConfig> {
         let mut config = self.template.clone();
         config.cert_resolver = Arc::new(SingleCertAndKey::from(certified));
-        Ok(Arc::new(config))
+        Arc::new(config)
     }
 
     fn serve_signed(
@@ -150,10 +150,8 @@ impl ConfigTemplate {
     ) -> Result<Served, rustls::Error> {
         let chain = vec![leaf.der, self.ca.clone()];
         let certified = Arc::new(CertifiedKey::new(chain, key));
-        let mut config = self.template.clone();
-        config.cert_resolver = Arc::new(SingleCertAndKey::from(certified.clone()));
         Ok(Served {
-            config: Arc::new(config),
+            config: self.serving(certified.clone()),
             certified,
             not_after: leaf.not_after.unix_timestamp(),
         })

@@ -151,8 +151,7 @@ const MAX_DESCRIPTION: usize = 1024;
 /// prefix, `/`, a 63-byte name; value ≤ 63).
 const MAX_LABELS: usize = 64;
 /// Bytes of annotation keys and values a cluster holds at most. Kubernetes allows 256 KiB per
-/// object; every cluster is in one stored document here, which etcd takes in one write of at most
-/// 1.5 MiB, so a cluster gets far less.
+/// object; every replica keeps every cluster in memory here, so a cluster gets far less.
 const MAX_ANNOTATION_BYTES: usize = 4096;
 
 impl ClusterChange {
@@ -169,7 +168,7 @@ impl ClusterChange {
         }
     }
 
-    /// Refuses what would let one cluster grow the clusters document without bound.
+    /// Refuses what would let one cluster grow without bound.
     pub fn check_bounds(&self) -> Result<(), ClusterError> {
         let invalid = |what: String| Err(ClusterError::Invalid(what));
         if self
@@ -236,10 +235,9 @@ pub struct Clusters {
     /// Every cluster, as written here or seen changed on the store: reads parse nothing.
     cache: RwLock<Cached>,
     /// On a store with dynamic paths (etcd), what agent sessions advertised and the nodes are one
-    /// key each ([`AGENT_SESSIONS`], [`NODES_PREFIX`]): the clusters document stays small however
-    /// many agents connect (etcd takes at most 1.5 MiB in one write). On the data directory the
-    /// nodes are in the document, and what agents advertised is not kept (one server: it holds
-    /// every session itself).
+    /// key each ([`AGENT_SESSIONS`], [`NODES_PREFIX`]): a cluster's key stays small however many
+    /// agents connect. On the data directory the nodes are in their cluster's key, and what
+    /// agents advertised is not kept (one server: it holds every session itself).
     store: Arc<dyn Backend>,
     agent_sessions: Collection<Advertised>,
     /// This replica's id, on a store shared by replicas.
@@ -543,7 +541,7 @@ impl Clusters {
             }
             let saved = match self.store.has_paths() {
                 true => self.save_each(&batch),
-                false => self.save_in_document(&batch),
+                false => self.save_in_clusters(&batch),
             };
             if let Err(e) = saved {
                 tracing::warn!(
@@ -564,8 +562,8 @@ impl Clusters {
         }
     }
 
-    /// Saves a batch in the clusters' keys (the data directory).
-    fn save_in_document(&self, batch: &HashMap<String, Unsaved>) -> Result<(), StoreError> {
+    /// Saves a batch in the clusters' keys (the data directory: nodes only).
+    fn save_in_clusters(&self, batch: &HashMap<String, Unsaved>) -> Result<(), StoreError> {
         for unsaved in batch.values() {
             let Unsaved::Node(node) = unsaved else {
                 continue;

@@ -11,7 +11,8 @@ use crate::api::resource::date;
 use crate::api::schema::{DELETE, GET, POST};
 use crate::api::{ApiError, Field, Resource, Schema};
 use crate::lab::fault::Toxic;
-use crate::lab::{Fault, FaultError, FaultSpec, RegistryError, What, now_ms, rfc3339_ms};
+use crate::lab::{Fault, FaultError, FaultSpec, RegistryError, What};
+use crate::support::unix_now_ms;
 
 pub struct LabFaults;
 
@@ -24,7 +25,7 @@ fn resource(fault: &Fault) -> Resource {
             "expires",
             fault
                 .expires_ms
-                .map_or(Value::Null, |at| rfc3339_ms(at).into()),
+                .map_or(Value::Null, |at| date(at.div_euclid(1000))),
         );
     match &fault.what {
         What::Certificate(cert) => {
@@ -142,7 +143,7 @@ impl TypeHandler for LabFaults {
         Ok(call
             .state
             .faults
-            .list(now_ms())
+            .list(unix_now_ms())
             .iter()
             .map(|f| resource(f))
             .collect())

@@ -13,7 +13,6 @@ use crate::api::schema::{Action, GET};
 use crate::api::{ApiError, Field, Resource, Schema};
 use crate::ca_bundle::{Distributed, RotationError};
 use crate::lab::fault::{MAX_TTL, parse_duration};
-use crate::lab::rfc3339_ms;
 use crate::pki::ca_checksum;
 
 pub struct LabCa;
@@ -47,7 +46,7 @@ fn resources(distributed: &Distributed) -> Vec<Resource> {
         list.push(
             ca_resource("previous", &previous.pem)
                 .with("signing", false)
-                .with("keptUntil", rfc3339_ms(previous.until * 1000)),
+                .with("keptUntil", crate::api::resource::date(previous.until)),
         );
     }
     list

@@ -47,7 +47,7 @@ fn fault_summary(fault: &crate::lab::Fault) -> serde_json::Value {
         "kind": fault.kind(),
         "what": what,
         "target": target,
-        "expires": fault.expires_ms.map(crate::lab::rfc3339_ms),
+        "expires": fault.expires_ms.and_then(|ms| crate::support::rfc3339(ms.div_euclid(1000))),
     })
 }
 
@@ -78,7 +78,7 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Response<Body> {
         "caWarning": ca.ca.expiry_warning(time::OffsetDateTime::now_utc()),
         // What every client can observe anyway (a tunnel fault's cluster is not named);
         // clearing them takes the admin's password.
-        "labFaults": state.faults.list(crate::lab::now_ms()).iter().map(|fault| fault_summary(fault)).collect::<Vec<_>>(),
+        "labFaults": state.faults.list(crate::support::unix_now_ms()).iter().map(|fault| fault_summary(fault)).collect::<Vec<_>>(),
     });
     json_response(StatusCode::OK, &body)
 }

@@ -73,7 +73,11 @@ impl fmt::Display for Fault {
             }
         }
         if let Some(at) = self.expires_ms {
-            write!(f, " until {}", crate::lab::rfc3339_ms(at))?;
+            write!(
+                f,
+                " until {}",
+                crate::support::rfc3339(at.div_euclid(1000)).unwrap_or_default()
+            )?;
         }
         Ok(())
     }

@@ -16,7 +16,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::fault::{Direction, Toxic, What};
-use super::registry::{Faults, now_ms};
+use super::registry::Faults;
+use crate::support::unix_now_ms;
 
 /// How often held data looks again whether its toxic is gone (timeout, which has no end of its own).
 const RECHECK: Duration = Duration::from_millis(100);
@@ -144,7 +145,7 @@ impl<T> ToxicIo<T> {
         if faults.is_empty() && self.seen.is_empty() {
             return None;
         }
-        let now_ms = now_ms();
+        let now_ms = unix_now_ms();
         let now = Instant::now();
         self.seen
             .retain(|id, _| faults.iter().any(|f| f.id == *id && !f.expired(now_ms)));

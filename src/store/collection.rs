@@ -137,31 +137,46 @@ impl<T: Serialize + DeserializeOwned> Collection<T> {
         Err(StoreError::Conflict(id.to_string()).into())
     }
 
-    /// Applies `change` to object `id`, made from `absent` first when there is none (a create that
-    /// loses to another writer's is applied over theirs, as an update that loses is retried).
-    pub fn update_or_create<E: From<StoreError>>(
+    /// Applies `change` to object `id` as stored (`None`: there is none) and stores the object it
+    /// gives (`None`: nothing to write), compare-and-swap: a create or an update that loses to
+    /// another writer is tried again from what that writer stored (what the lost attempt returned
+    /// is dropped).
+    pub fn change<R, E: From<StoreError>>(
         &self,
         id: &str,
-        absent: impl Fn() -> T,
-        mut change: impl FnMut(&mut T),
-    ) -> Result<(), E> {
+        mut change: impl FnMut(Option<&T>) -> Result<(Option<T>, R), E>,
+    ) -> Result<R, E> {
         for _ in 0..ATTEMPTS {
-            let updated = self.update(id, |value| {
-                change(value);
-                Ok::<_, StoreError>(())
-            })?;
-            if updated.is_some() {
-                return Ok(());
-            }
-            let mut value = absent();
-            change(&mut value);
-            match self.create(id, &value) {
-                Ok(_) => return Ok(()),
+            let stored = self.get(id)?;
+            let (value, result) = change(stored.as_ref().map(|s| &s.value))?;
+            let Some(value) = value else {
+                return Ok(result);
+            };
+            match self.write(id, &value, stored.map(|s| s.version)) {
+                Ok(_) => return Ok(result),
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
         Err(StoreError::Conflict(id.to_string()).into())
+    }
+
+    /// Applies `change` to object `id`, made from `absent` first when there is none (see
+    /// [`Collection::change`]).
+    pub fn update_or_create<E: From<StoreError>>(
+        &self,
+        id: &str,
+        absent: impl Fn() -> T,
+        mut change: impl FnMut(&mut T),
+    ) -> Result<(), E>
+    where
+        T: Clone,
+    {
+        self.change(id, |stored| {
+            let mut value = stored.cloned().unwrap_or_else(&absent);
+            change(&mut value);
+            Ok((Some(value), ()))
+        })
     }
 
     /// Removes every object `doomed` picks (by id and value); how many went.
