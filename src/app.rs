@@ -335,20 +335,24 @@ fn join_replicas(
 const AGENT_SESSION_SWEEP: Duration = Duration::from_secs(60);
 
 /// Deletes, at start and then every [`AGENT_SESSION_SWEEP`], what agent sessions of replicas that
-/// are gone (or of this replica before it restarted) advertised.
+/// are gone (or of this replica before it restarted) advertised, and the registration tokens and
+/// nodes of clusters another replica deleted while they were being written.
 fn sweep_agent_sessions(clusters: Arc<Clusters>, replicas: Arc<Replicas>, stop: CancellationToken) {
     tokio::spawn(async move {
         loop {
             let (clusters, replicas) = (clusters.clone(), replicas.clone());
             let swept = tokio::task::spawn_blocking(move || {
                 let live = replicas.others();
-                clusters.sweep_agent_sessions(|id| live.iter().any(|r| r.id == id))
+                let orphans = clusters.sweep_orphans()?;
+                let sessions =
+                    clusters.sweep_agent_sessions(|id| live.iter().any(|r| r.id == id))?;
+                Ok::<_, crate::store::StoreError>(orphans + sessions)
             })
             .await;
             match swept {
                 Ok(Ok(0)) => {}
-                Ok(Ok(n)) => tracing::debug!("deleted what {n} ended agent session(s) advertised"),
-                Ok(Err(e)) => tracing::debug!("agent sessions not swept: {e}"),
+                Ok(Ok(n)) => tracing::debug!("deleted {n} key(s) of ended sessions or clusters"),
+                Ok(Err(e)) => tracing::debug!("agent sessions and orphans not swept: {e}"),
                 Err(_) => {}
             }
             tokio::select! {

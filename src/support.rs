@@ -32,6 +32,11 @@ pub fn unix_now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// The current time in unix microseconds.
+pub fn unix_now_micros() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000) as i64
+}
+
 /// Unix seconds as RFC 3339 (UTC, whole seconds: norman's dates); `None` out of range.
 pub fn rfc3339(unix: i64) -> Option<String> {
     time::OffsetDateTime::from_unix_timestamp(unix)

@@ -1425,11 +1425,13 @@ async fn lab_faults_reach_every_replica_and_end_with_their_replica() {
     println!("a gone replica's fault ended {lapsed:?} after it was killed");
 }
 
-/// Clusters and settings are one etcd key each (issue 24): a store written by an earlier corral,
-/// with every cluster in one document and the settings in the accounts document, is moved to a key
-/// per object at the first start, losing nothing (the old registration token still registers an
-/// agent, the old setting reads as it was); and a few hundred clusters with their tokens fit a
-/// small-quota etcd whose database stays small, where the document's rewrites filled it.
+/// Clusters, registration tokens, nodes and settings are one etcd key each (issue 24): a store
+/// written by an earlier corral, with every cluster in one document, another cluster's tokens and
+/// nodes inside its key, and the settings in the accounts document, is moved to a key per object at
+/// the first start, losing nothing (the old registration tokens still register agents, the old
+/// setting reads as it was); deleting a cluster deletes its tokens' and nodes' keys; and a few
+/// hundred clusters with their tokens fit a small-quota etcd whose database stays small, where the
+/// document's rewrites filled it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clusters_are_a_key_each_and_fit_a_small_etcd() {
     let etcd = EtcdCluster::start_with_flags(1, &["--quota-backend-bytes", "16777216"]);
@@ -1438,6 +1440,14 @@ async fn clusters_are_a_key_each_and_fit_a_small_etcd() {
     let legacy = json!({"clusters": [{"id": "c-legcy", "name": "from-before", "created": 1,
         "tokens": [{"id": "crt-legcy", "hash": corral_hash(secret), "created": 1}]}]});
     etcd.etcdctl(&["put", "/corral/corral/clusters", &legacy.to_string()]);
+    let embedded_secret = "embedded-registration-token-0123456789";
+    let embedded = json!({"id": "c-embed", "name": "embedded", "created": 2,
+        "tokens": [{"id": "crt-embed", "hash": corral_hash(embedded_secret), "created": 2}],
+        "nodes": [{"id": "m-0123456789ab", "clusterId": "c-embed", "requestedHostname": "n1",
+            "address": "10.0.0.1", "internalAddress": "", "etcd": true, "controlPlane": true,
+            "worker": true, "created": 3}]});
+    let embedded_key = "/corral/corral/clusters/c-embed";
+    etcd.etcdctl(&["put", embedded_key, &embedded.to_string()]);
     let accounts = json!({"created": 1, "settings": {"ui-pl": "from-before"}});
     etcd.etcdctl(&["put", "/corral/corral/accounts", &accounts.to_string()]);
     let env = [("CATTLE_BOOTSTRAP_PASSWORD", lab::BOOTSTRAP)];
@@ -1456,6 +1466,36 @@ async fn clusters_are_a_key_each_and_fit_a_small_etcd() {
     );
     let listed = request(addr, "GET", "/v3/clusters/c-legcy", &[&lab.auth()], None).await;
     assert_eq!(json(&listed)["name"], "from-before", "{}", listed.body);
+    assert!(
+        lab.corral
+            .logged("moved 1 registration token(s) and 1 node(s) of 1 cluster(s)"),
+        "{:?}",
+        lab.corral.logs()
+    );
+    let token_keys = etcd.keys("/corral/corral/clusterregistrationtokens/");
+    for key in ["c-legcy:crt-legcy", "c-embed:crt-embed"] {
+        let key = format!("/corral/corral/clusterregistrationtokens/{key}");
+        assert!(token_keys.contains(&key), "{token_keys:?}");
+    }
+    assert!(!etcd.value(embedded_key).contains("crt-embed"));
+    let node_key = "/corral/corral/nodes/c-embed:m-0123456789ab";
+    assert!(etcd.value(node_key).contains("10.0.0.1"));
+    for (secret, cluster) in [(secret, "c-legcy"), (embedded_secret, "c-embed")] {
+        let manifest = format!("/v3/import/{secret}_{cluster}.yaml");
+        let found = request(addr, "GET", &manifest, &[], None).await;
+        assert_eq!(found.status, 200, "{cluster}: {}", found.body);
+    }
+    let path = "/v3/clusterregistrationtokens/c-embed:crt-embed";
+    let listed = request(addr, "GET", path, &[&lab.auth()], None).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let path = "/v3/nodes?clusterId=c-embed";
+    let nodes = request(addr, "GET", path, &[&lab.auth()], None).await;
+    assert!(nodes.body.contains("m-0123456789ab"), "{}", nodes.body);
+    let path = "/v3/clusters/c-embed";
+    let deleted = request(addr, "DELETE", path, &[&lab.auth()], None).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    let left = etcd.keys("/corral/corral/");
+    assert!(!left.iter().any(|k| k.contains("c-embed")), "{left:?}");
     assert!(lab.corral.logged("and 1 setting(s) out of"));
     let setting = request(addr, "GET", "/v3/settings/ui-pl", &[&lab.auth()], None).await;
     assert_eq!(json(&setting)["value"], "from-before", "{}", setting.body);
@@ -1498,6 +1538,12 @@ async fn clusters_are_a_key_each_and_fit_a_small_etcd() {
     }
     let after = etcd.db_size();
     println!("etcd's database: {before} bytes before 300 clusters, {after} after");
+    let tokens = etcd.keys("/corral/corral/clusterregistrationtokens/");
+    assert_eq!(
+        tokens.len(),
+        302,
+        "a key per token: 300, the lab's and the legacy one"
+    );
     assert!(after - before < 8 << 20, "{before} → {after}");
     let all = json(&request(addr, "GET", "/v3/clusters", &[&lab.auth()], None).await);
     assert_eq!(

@@ -1,7 +1,8 @@
-//! Downstream clusters and their registration tokens, as `/v3/clusters` and
-//! `/v3/clusterregistrationtokens` manage them. One store key per cluster (a write costs what it
-//! changed, however many clusters there are), read from memory; tokens are kept only as SHA-256
-//! hashes, so a token is shown once, when it is created.
+//! Downstream clusters, their registration tokens and nodes, as `/v3/clusters`,
+//! `/v3/clusterregistrationtokens` and `/v3/nodes` show them. One store key per cluster, per token
+//! and per node (a write costs what it changed, however many there are), clusters and tokens read
+//! from memory; tokens are kept only as SHA-256 hashes, so a token is shown once, when it is
+//! created.
 
 mod params;
 
@@ -19,10 +20,24 @@ use crate::secrets::{TOKEN_LENGTH, hash_token_secret, random_suffix, random_toke
 use crate::store::{Backend, Changes, Collection, Key, Kind, StoreError};
 use crate::support::unix_now;
 
-/// Where each cluster is kept, with its registration-token hashes: one key each.
+/// Where each cluster is kept: one key each.
 pub const CLUSTER_OBJECTS: Kind = Kind {
     dir: "clusters",
     prefix: "corral/clusters/",
+    secret: true,
+};
+
+/// Where each registration token's hash is kept: `<cluster>:<token>`, as Rancher names them.
+pub const REGISTRATION_TOKENS: Kind = Kind {
+    dir: "clusterregistrationtokens",
+    prefix: "corral/clusterregistrationtokens/",
+    secret: true,
+};
+
+/// Where each node is kept: `<cluster>:<node>`.
+pub const NODES: Kind = Kind {
+    dir: "nodes",
+    prefix: "corral/nodes/",
     secret: true,
 };
 
@@ -49,9 +64,17 @@ pub struct Cluster {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+}
+
+/// A cluster as an earlier version kept it, its registration tokens and nodes inside (in its key,
+/// or in the one document before that): read to move them to keys of their own.
+#[derive(Debug, Serialize, Deserialize)]
+struct EmbeddingCluster {
+    #[serde(flatten)]
+    cluster: Cluster,
+    #[serde(default)]
     tokens: Vec<StoredToken>,
-    /// Nodes whose node agents connected (cattle-node-agent), as Rancher creates them on register.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     nodes: Vec<Node>,
 }
 
@@ -76,7 +99,8 @@ pub const AGENT_SESSIONS: Kind = Kind {
     secret: true,
 };
 
-/// A node of a cluster, as its node agent advertised it.
+/// A node of a cluster, as its node agent advertised it (cattle-node-agent; Rancher creates the node
+/// on register).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Node {
@@ -109,9 +133,33 @@ enum Unsaved {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct StoredToken {
+    /// `crt-` and five random characters.
     id: String,
+    /// Empty in what an earlier version kept inside the cluster.
+    #[serde(default)]
+    cluster_id: String,
     hash: String,
+    /// Seconds since the epoch, as listed.
     created: i64,
+    /// Microseconds since the epoch: which of a cluster's tokens are the oldest, when more than
+    /// [`MAX_TOKENS_PER_CLUSTER`] push them out (many are made within a second).
+    #[serde(default)]
+    created_micros: i64,
+}
+
+impl StoredToken {
+    /// Its id in the store and the API: `<cluster>:<token>`.
+    fn key(&self) -> String {
+        format!("{}:{}", self.cluster_id, self.id)
+    }
+
+    fn listed(&self) -> RegistrationToken {
+        RegistrationToken {
+            id: self.id.clone(),
+            cluster_id: self.cluster_id.clone(),
+            created: self.created,
+        }
+    }
 }
 
 /// A registration token as listed: its secret is not kept, only its hash.
@@ -120,20 +168,6 @@ pub struct RegistrationToken {
     pub id: String,
     pub cluster_id: String,
     pub created: i64,
-}
-
-impl Cluster {
-    /// This cluster's registration tokens (their secrets are not kept).
-    pub fn registration_tokens(&self) -> Vec<RegistrationToken> {
-        self.tokens
-            .iter()
-            .map(|t| RegistrationToken {
-                id: t.id.clone(),
-                cluster_id: self.id.clone(),
-                created: t.created,
-            })
-            .collect()
-    }
 }
 
 /// What an update of a cluster changes (`None`: unchanged).
@@ -225,19 +259,21 @@ pub enum ClusterError {
     Storage(#[from] StoreError),
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct ClusterList {
-    clusters: Vec<Cluster>,
+    clusters: Vec<EmbeddingCluster>,
 }
 
 pub struct Clusters {
     objects: Collection<Cluster>,
-    /// Every cluster, as written here or seen changed on the store: reads parse nothing.
+    tokens: Collection<StoredToken>,
+    node_objects: Collection<Node>,
+    /// Every cluster and registration token, as written here or seen changed on the store: reads
+    /// parse nothing.
     cache: RwLock<Cached>,
-    /// On a store with dynamic paths (etcd), what agent sessions advertised and the nodes are one
-    /// key each ([`AGENT_SESSIONS`], [`NODES_PREFIX`]): a cluster's key stays small however many
-    /// agents connect. On the data directory the nodes are in their cluster's key, and what
-    /// agents advertised is not kept (one server: it holds every session itself).
+    /// On a store with dynamic paths (etcd), what agent sessions advertised is one key each
+    /// ([`AGENT_SESSIONS`]); on the data directory it is not kept (one server: it holds every
+    /// session itself).
     store: Arc<dyn Backend>,
     agent_sessions: Collection<Advertised>,
     /// This replica's id, on a store shared by replicas.
@@ -253,9 +289,6 @@ pub struct Clusters {
     saving: AtomicBool,
 }
 
-/// Where each node is kept there: `<prefix><cluster>:<node>`.
-pub const NODES_PREFIX: &str = "corral/nodes/";
-
 /// How long a save of advertised params waits for others to batch with.
 const SAVE_BATCH_WAIT: Duration = Duration::from_millis(100);
 /// How long a save that failed (the store away) waits before it tries again: at first, and at most
@@ -266,10 +299,10 @@ const SAVE_RETRY_MAX: Duration = Duration::from_secs(30);
 impl Clusters {
     /// The clusters on `store`; `replica` is this replica's id when replicas share it.
     pub fn open(store: Arc<dyn Backend>, replica: Option<&str>) -> Result<Self, StoreError> {
-        let objects = Collection::new(store.clone(), CLUSTER_OBJECTS);
-        migrate_legacy_document(store.as_ref(), &objects)?;
         let clusters = Self {
-            objects,
+            objects: Collection::new(store.clone(), CLUSTER_OBJECTS),
+            tokens: Collection::new(store.clone(), REGISTRATION_TOKENS),
+            node_objects: Collection::new(store.clone(), NODES),
             cache: RwLock::new(Cached::default()),
             agent_sessions: Collection::new(store.clone(), AGENT_SESSIONS),
             replica: replica.unwrap_or_default().to_string(),
@@ -279,14 +312,16 @@ impl Clusters {
             unsaved: Default::default(),
             saving: AtomicBool::new(false),
         };
+        clusters.move_embedded()?;
         clusters.reload()?;
+        clusters.sweep_orphans()?;
         Ok(clusters)
     }
 
     /// Follows the clusters other replicas change, for as long as these clusters last.
     pub fn follow_store(self: &Arc<Self>) {
         let Some(mut changes) = Changes::of(self.store.as_ref(), |path| {
-            path.starts_with(CLUSTER_OBJECTS.prefix)
+            path.starts_with(CLUSTER_OBJECTS.prefix) || path.starts_with(REGISTRATION_TOKENS.prefix)
         }) else {
             return;
         };
@@ -296,9 +331,15 @@ impl Clusters {
                 let Some(clusters) = clusters.upgrade() else {
                     return;
                 };
-                let refreshed = match path.as_deref().and_then(|p| CLUSTER_OBJECTS.id_of(p)) {
-                    Some(id) => clusters.refresh(id),
-                    None => clusters.reload(),
+                let path = path.unwrap_or_default();
+                let refreshed = match (
+                    CLUSTER_OBJECTS.id_of(&path),
+                    REGISTRATION_TOKENS.id_of(&path),
+                ) {
+                    (Some(id), _) => clusters.refresh(id),
+                    (_, Some(key)) => clusters.refresh_token(key),
+                    // Lagged: everything again.
+                    _ => clusters.reload(),
                 };
                 if let Err(e) = refreshed {
                     tracing::warn!("clusters: cannot read a change: {e}");
@@ -307,13 +348,27 @@ impl Clusters {
         });
     }
 
-    /// Reads every cluster again.
+    /// Reads every cluster and registration token again.
     fn reload(&self) -> Result<(), StoreError> {
         let mut all = Cached::default();
         for (_, stored) in self.objects.list()? {
             all.insert(stored.value);
         }
+        for (_, stored) in self.tokens.list()? {
+            all.insert_token(stored.value);
+        }
         *self.cache.write().unwrap_or_else(|p| p.into_inner()) = all;
+        Ok(())
+    }
+
+    /// Reads registration token `key` again (gone: forgotten).
+    fn refresh_token(&self, key: &str) -> Result<(), StoreError> {
+        let stored = self.tokens.get(key)?;
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        match stored {
+            Some(stored) => cache.insert_token(stored.value),
+            None => cache.remove_token(key),
+        }
         Ok(())
     }
 
@@ -468,16 +523,8 @@ impl Clusters {
     }
 
     fn stored_node(&self, cluster_id: &str, node_id: &str) -> Option<Node> {
-        if self.store.has_paths() {
-            let bytes = self
-                .store
-                .read_path(&format!("{NODES_PREFIX}{cluster_id}:{node_id}"))?;
-            return serde_json::from_slice(&bytes).ok();
-        }
-        self.get(cluster_id)?
-            .nodes
-            .into_iter()
-            .find(|n| n.id == node_id)
+        let stored = self.node_objects.get(&format!("{cluster_id}:{node_id}"));
+        Some(stored.ok()??.value)
     }
 
     /// The node `node_id` of `cluster_id`: as seen here, else as saved.
@@ -489,15 +536,13 @@ impl Clusters {
 
     /// The nodes of `cluster_id` as saved (by any replica).
     fn stored_nodes(&self, cluster_id: &str) -> Vec<Node> {
-        if self.store.has_paths() {
-            return self
-                .store
-                .list(&format!("{NODES_PREFIX}{cluster_id}:"))
-                .into_iter()
-                .filter_map(|(_, bytes)| serde_json::from_slice(&bytes).ok())
-                .collect();
+        match self.node_objects.list_prefixed(&format!("{cluster_id}:")) {
+            Ok(nodes) => nodes.into_iter().map(|(_, n)| n.value).collect(),
+            Err(e) => {
+                tracing::warn!("cannot read the nodes of {cluster_id}: {e}");
+                Vec::new()
+            }
         }
-        self.get(cluster_id).map(|c| c.nodes).unwrap_or_default()
     }
 
     /// The nodes of `cluster_id`: as saved, and those seen here since.
@@ -539,11 +584,7 @@ impl Clusters {
                 }
                 continue;
             }
-            let saved = match self.store.has_paths() {
-                true => self.save_each(&batch),
-                false => self.save_in_clusters(&batch),
-            };
-            if let Err(e) = saved {
+            if let Err(e) = self.save_each(&batch) {
                 tracing::warn!(
                     "cannot save what {} agent(s) advertised (retrying in {retry:?}): {e}",
                     batch.len()
@@ -562,25 +603,7 @@ impl Clusters {
         }
     }
 
-    /// Saves a batch in the clusters' keys (the data directory: nodes only).
-    fn save_in_clusters(&self, batch: &HashMap<String, Unsaved>) -> Result<(), StoreError> {
-        for unsaved in batch.values() {
-            let Unsaved::Node(node) = unsaved else {
-                continue;
-            };
-            match self.change(&node.cluster_id, |cluster| {
-                upsert_node(&mut cluster.nodes, node);
-                Ok(())
-            }) {
-                Ok(()) | Err(ClusterError::NotFound(_)) => {}
-                Err(ClusterError::Storage(e)) => return Err(e),
-                Err(e) => tracing::warn!("cannot keep node {}: {e}", node.key()),
-            }
-        }
-        Ok(())
-    }
-
-    /// Saves a batch one key per object (etcd): a failed key fails the batch, which is retried.
+    /// Saves a batch one key per object: a failed key fails the batch, which is retried.
     fn save_each(&self, batch: &HashMap<String, Unsaved>) -> Result<(), StoreError> {
         for unsaved in batch.values() {
             match unsaved {
@@ -597,8 +620,11 @@ impl Clusters {
                     }
                 }
                 Unsaved::Node(node) => {
-                    let path = format!("{NODES_PREFIX}{}", node.key());
-                    let known = self.store.read_path(&path).is_some();
+                    // Its cluster deleted meanwhile: nothing to keep it for.
+                    if self.get(&node.cluster_id).is_none() {
+                        continue;
+                    }
+                    let known = self.node_objects.get(&node.key())?.is_some();
                     if !known && self.stored_nodes(&node.cluster_id).len() >= MAX_NODES_PER_CLUSTER
                     {
                         tracing::warn!(
@@ -608,8 +634,10 @@ impl Clusters {
                         );
                         continue;
                     }
-                    let bytes = serde_json::to_vec(node).expect("a node serializes");
-                    self.store.put_path(&path, &bytes)?;
+                    self.node_objects.change(&node.key(), |stored| {
+                        let changed = stored != Some(node);
+                        Ok::<_, StoreError>((changed.then(|| node.clone()), ()))
+                    })?;
                 }
             }
         }
@@ -646,8 +674,6 @@ impl Clusters {
                     description: String::new(),
                     labels: BTreeMap::new(),
                     annotations: BTreeMap::new(),
-                    tokens: Vec::new(),
-                    nodes: Vec::new(),
                 };
                 change.apply_details(&mut cluster);
                 cluster
@@ -684,44 +710,66 @@ impl Clusters {
             .get(id)?
             .ok_or_else(|| ClusterError::NotFound(id.to_string()))?
             .value;
+        // The cluster first: its tokens stop counting at once (a token counts only while its
+        // cluster is there), and a token or node written meanwhile is swept as an orphan.
         self.objects.delete(id)?;
         self.forget(id);
         self.advertised.retain(|(cluster, _), _| cluster != id);
         self.nodes_seen.retain(|_, node| node.cluster_id != id);
         let prefix = format!("{id}:");
         crate::support::lock(&self.unsaved).retain(|key, _| key != id && !key.starts_with(&prefix));
+        for (key, _) in self.tokens.list_prefixed(&prefix)? {
+            self.delete_token_key(&key)?;
+        }
+        for (key, _) in self.node_objects.list_prefixed(&prefix)? {
+            self.node_objects.delete(&key)?;
+        }
         if self.store.has_paths() {
-            for (session, _) in self.agent_sessions.list()? {
-                if session.starts_with(&prefix) {
-                    self.agent_sessions.delete(&session)?;
-                }
-            }
-            for (path, _) in self.store.list(&format!("{NODES_PREFIX}{id}:")) {
-                self.store.delete_path(&path)?;
+            for (session, _) in self.agent_sessions.list_prefixed(&prefix)? {
+                self.agent_sessions.delete(&session)?;
             }
         }
         Ok(removed)
     }
 
-    /// The registration tokens of `cluster_id`.
+    /// The registration tokens of `cluster_id`, oldest first.
     pub fn tokens(&self, cluster_id: &str) -> Vec<RegistrationToken> {
-        self.get(cluster_id)
-            .map(|c| c.registration_tokens())
-            .unwrap_or_default()
+        let cached = self.cached();
+        if !cached.clusters.contains_key(cluster_id) {
+            return Vec::new();
+        }
+        cached
+            .tokens_of(cluster_id)
+            .iter()
+            .map(|t| t.listed())
+            .collect()
+    }
+
+    /// Every registration token, by cluster (oldest cluster first), oldest first.
+    pub fn all_tokens(&self) -> Vec<RegistrationToken> {
+        let clusters = self.list();
+        let cached = self.cached();
+        clusters
+            .iter()
+            .flat_map(|c| cached.tokens_of(&c.id))
+            .map(|t| t.listed())
+            .collect()
     }
 
     /// Deletes registration token `token_id` of `cluster_id`: agents presenting it are refused.
     pub fn delete_token(&self, cluster_id: &str, token_id: &str) -> Result<(), ClusterError> {
-        self.change(cluster_id, |cluster| {
-            let before = cluster.tokens.len();
-            cluster.tokens.retain(|t| t.id != token_id);
-            if cluster.tokens.len() == before {
-                return Err(ClusterError::TokenNotFound(format!(
-                    "{cluster_id}:{token_id}"
-                )));
-            }
-            Ok(())
-        })
+        let key = format!("{cluster_id}:{token_id}");
+        if self.get(cluster_id).is_none() || self.tokens.get(&key)?.is_none() {
+            return Err(ClusterError::TokenNotFound(key));
+        }
+        Ok(self.delete_token_key(&key)?)
+    }
+
+    fn delete_token_key(&self, key: &str) -> Result<(), StoreError> {
+        self.tokens.delete(key)?;
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        cache.remove_token(key);
+        Ok(())
     }
 
     /// The ids of every cluster, read at once.
@@ -742,26 +790,46 @@ impl Clusters {
         self.cached().clusters.get(id).map(|c| (**c).clone())
     }
 
-    /// A new registration token for `cluster_id`.
+    /// A new registration token for `cluster_id`: one write (and one delete per token pushed out
+    /// past [`MAX_TOKENS_PER_CLUSTER`], the oldest first).
     pub fn create_token(&self, cluster_id: &str) -> Result<IssuedRegistrationToken, ClusterError> {
+        let not_found = || ClusterError::NotFound(cluster_id.to_string());
+        if self.objects.get(cluster_id)?.is_none() {
+            return Err(not_found());
+        }
         let token = random_token(TOKEN_LENGTH);
-        let created = unix_now();
-        let id = format!("crt-{}", random_suffix());
-        self.change(cluster_id, |cluster| {
-            cluster.tokens.push(StoredToken {
-                id: id.clone(),
-                hash: hash_token_secret(&token),
-                created,
-            });
-            let excess = cluster.tokens.len().saturating_sub(MAX_TOKENS_PER_CLUSTER);
-            cluster.tokens.drain(..excess);
-            Ok::<_, ClusterError>(())
-        })?;
+        let hash = hash_token_secret(&token);
+        let created_micros = crate::support::unix_now_micros();
+        let (_, stored) = self.tokens.create_generated(
+            || format!("{cluster_id}:crt-{}", random_suffix()),
+            |key| StoredToken {
+                id: key[cluster_id.len() + 1..].to_string(),
+                cluster_id: cluster_id.to_string(),
+                hash: hash.clone(),
+                created: created_micros / 1_000_000,
+                created_micros,
+            },
+        )?;
+        let excess = {
+            let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+            cache.insert_token(stored.clone());
+            let mine = cache.tokens_of(cluster_id);
+            let excess = mine.len().saturating_sub(MAX_TOKENS_PER_CLUSTER);
+            mine[..excess].iter().map(|t| t.key()).collect::<Vec<_>>()
+        };
+        for key in excess {
+            self.delete_token_key(&key)?;
+        }
+        // Deleted meanwhile, after it listed its tokens: this one goes too.
+        if self.objects.get(cluster_id)?.is_none() {
+            self.delete_token_key(&stored.key())?;
+            return Err(not_found());
+        }
         Ok(IssuedRegistrationToken {
-            id,
+            id: stored.id,
             cluster_id: cluster_id.to_string(),
             token,
-            created,
+            created: stored.created,
         })
     }
 
@@ -772,45 +840,178 @@ impl Clusters {
     pub fn find_by_token(&self, token: &str) -> Option<Cluster> {
         let hash = hash_token_secret(token);
         let cached = self.cached();
-        let cluster = cached.clusters.get(cached.by_token_hash.get(&hash)?)?;
-        cluster
-            .tokens
-            .iter()
-            .any(|t| same_hash(&t.hash, &hash))
-            .then(|| (**cluster).clone())
+        let stored = cached.tokens.get(cached.by_token_hash.get(&hash)?)?;
+        if !same_hash(&stored.hash, &hash) {
+            return None;
+        }
+        let cluster = cached.clusters.get(&stored.cluster_id)?;
+        Some((**cluster).clone())
+    }
+
+    /// Moves what an earlier version kept inside the clusters to keys of their own, once, losing
+    /// nothing, and says so in the log: the one document every cluster was in, then the
+    /// registration tokens and nodes inside each cluster's key. Each token and node is written
+    /// (one already there is kept) before what held it is rewritten or deleted, so a start cut
+    /// short moves them again.
+    fn move_embedded(&self) -> Result<(), StoreError> {
+        let store = self.store.as_ref();
+        if let Some((bytes, _)) = store.read(&LEGACY_CLUSTERS)? {
+            let legacy: ClusterList =
+                serde_json::from_slice(&bytes).map_err(|source| StoreError::Unreadable {
+                    location: store.location(&LEGACY_CLUSTERS),
+                    source,
+                })?;
+            for embedding in &legacy.clusters {
+                self.keep_embedded(embedding)?;
+                let cluster = &embedding.cluster;
+                match self.objects.create(&cluster.id, cluster) {
+                    Ok(_) | Err(StoreError::Conflict(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            store.delete(&LEGACY_CLUSTERS)?;
+            tracing::info!(
+                "moved {} cluster(s) from {} to a key each",
+                legacy.clusters.len(),
+                store.location(&LEGACY_CLUSTERS)
+            );
+        }
+        let embedding = Collection::<EmbeddingCluster>::new(self.store.clone(), CLUSTER_OBJECTS);
+        let (mut clusters, mut tokens, mut nodes) = (0, 0, 0);
+        for (id, stored) in embedding.list()? {
+            let held = &stored.value;
+            if held.tokens.is_empty() && held.nodes.is_empty() {
+                continue;
+            }
+            self.keep_embedded(held)?;
+            // Rewritten without them; a writer that came between wrote it without them already.
+            match self.objects.write(&id, &held.cluster, Some(stored.version)) {
+                Ok(_) | Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+            (clusters, tokens, nodes) = (
+                clusters + 1,
+                tokens + held.tokens.len(),
+                nodes + held.nodes.len(),
+            );
+        }
+        if clusters > 0 {
+            tracing::info!(
+                "moved {tokens} registration token(s) and {nodes} node(s) of {clusters} cluster(s) \
+                 out of their cluster's key, to a key each"
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes the tokens and nodes `embedding` holds to keys of their own (one there is kept).
+    fn keep_embedded(&self, embedding: &EmbeddingCluster) -> Result<(), StoreError> {
+        let cluster_id = &embedding.cluster.id;
+        for (position, token) in embedding.tokens.iter().enumerate() {
+            let token = StoredToken {
+                cluster_id: cluster_id.clone(),
+                // Their order was their place in the list: kept, within the second they carry.
+                created_micros: token.created * 1_000_000 + position as i64,
+                ..token.clone()
+            };
+            match self.tokens.create(&token.key(), &token) {
+                Ok(_) | Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for node in &embedding.nodes {
+            match self.node_objects.create(&node.key(), node) {
+                Ok(_) | Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes registration tokens and nodes whose cluster is gone (deleted while one was being
+    /// written, on another replica or before a crash); how many went.
+    pub fn sweep_orphans(&self) -> Result<usize, StoreError> {
+        let mut swept = 0;
+        let orphan_tokens: Vec<String> = {
+            let cached = self.cached();
+            cached
+                .tokens
+                .iter()
+                .filter(|(_, t)| !cached.clusters.contains_key(&t.cluster_id))
+                .map(|(key, _)| key.clone())
+                .collect()
+        };
+        for key in orphan_tokens {
+            let Some((cluster_id, _)) = key.split_once(':') else {
+                continue;
+            };
+            if self.objects.get(cluster_id)?.is_none() {
+                self.delete_token_key(&key)?;
+                swept += 1;
+            }
+        }
+        for (key, node) in self.node_objects.list()? {
+            if self.objects.get(&node.value.cluster_id)?.is_none() {
+                self.node_objects.delete(&key)?;
+                swept += 1;
+            }
+        }
+        if swept > 0 {
+            tracing::info!("deleted {swept} registration token(s) and node(s) of deleted clusters");
+        }
+        Ok(swept)
     }
 }
 
-/// The clusters in memory, and which holds each registration token (by its hash).
+/// The clusters and registration tokens in memory, and each token's key by its hash.
 #[derive(Default)]
 struct Cached {
     clusters: BTreeMap<String, Arc<Cluster>>,
+    /// By `<cluster>:<token>`: a cluster's are a range.
+    tokens: BTreeMap<String, StoredToken>,
     by_token_hash: HashMap<String, String>,
 }
 
 impl Cached {
     fn insert(&mut self, cluster: Cluster) {
-        self.remove(&cluster.id);
-        for token in &cluster.tokens {
-            self.by_token_hash
-                .insert(token.hash.clone(), cluster.id.clone());
-        }
         self.clusters.insert(cluster.id.clone(), Arc::new(cluster));
     }
 
+    /// Its tokens stay until their keys go (deleted with it): until then its id finds none.
     fn remove(&mut self, id: &str) {
-        let Some(old) = self.clusters.remove(id) else {
+        self.clusters.remove(id);
+    }
+
+    fn insert_token(&mut self, token: StoredToken) {
+        let key = token.key();
+        self.remove_token(&key);
+        self.by_token_hash.insert(token.hash.clone(), key.clone());
+        self.tokens.insert(key, token);
+    }
+
+    fn remove_token(&mut self, key: &str) {
+        let Some(old) = self.tokens.remove(key) else {
             return;
         };
-        for token in &old.tokens {
-            if self
-                .by_token_hash
-                .get(&token.hash)
-                .is_some_and(|held| held == id)
-            {
-                self.by_token_hash.remove(&token.hash);
-            }
+        if self.by_token_hash.get(&old.hash).is_some_and(|k| k == key) {
+            self.by_token_hash.remove(&old.hash);
         }
+    }
+
+    /// The tokens of `cluster_id`, oldest first.
+    fn tokens_of(&self, cluster_id: &str) -> Vec<&StoredToken> {
+        let prefix = format!("{cluster_id}:");
+        let mut tokens: Vec<&StoredToken> = self
+            .tokens
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(key, _)| key.starts_with(&prefix))
+            .map(|(_, token)| token)
+            .collect();
+        tokens.sort_by(|a, b| (a.created_micros, &a.id).cmp(&(b.created_micros, &b.id)));
+        tokens
     }
 }
 
@@ -819,52 +1020,9 @@ fn fits_name(name: &str) -> bool {
     name.len() <= 253 && !name.chars().any(char::is_control)
 }
 
-/// Moves the clusters of the one document they were kept in before to a key each, once, losing
-/// nothing: every cluster is written (one already there is kept) before the document goes, so a
-/// start cut short moves them again.
-fn migrate_legacy_document(
-    store: &dyn Backend,
-    objects: &Collection<Cluster>,
-) -> Result<(), StoreError> {
-    let Some((bytes, _)) = store.read(&LEGACY_CLUSTERS)? else {
-        return Ok(());
-    };
-    let legacy: ClusterList =
-        serde_json::from_slice(&bytes).map_err(|source| StoreError::Unreadable {
-            location: store.location(&LEGACY_CLUSTERS),
-            source,
-        })?;
-    for cluster in &legacy.clusters {
-        match objects.create(&cluster.id, cluster) {
-            Ok(_) | Err(StoreError::Conflict(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    store.delete(&LEGACY_CLUSTERS)?;
-    tracing::info!(
-        "moved {} cluster(s) from {} to a key each",
-        legacy.clusters.len(),
-        store.location(&LEGACY_CLUSTERS)
-    );
-    Ok(())
-}
-
 /// The id of what session `session` of `cluster_id` advertised.
 fn session_id(cluster_id: &str, session: i64) -> String {
     format!("{cluster_id}:{session}")
-}
-
-/// Replaces the stored node of the same id, or adds it (up to the per-cluster bound).
-fn upsert_node(nodes: &mut Vec<Node>, node: &Node) {
-    match nodes.iter().position(|n| n.id == node.id) {
-        Some(i) => nodes[i] = node.clone(),
-        None if nodes.len() < MAX_NODES_PER_CLUSTER => nodes.push(node.clone()),
-        None => tracing::warn!(
-            "cluster {} has {MAX_NODES_PER_CLUSTER} nodes: {} is not kept",
-            node.cluster_id,
-            node.id
-        ),
-    }
 }
 
 #[cfg(test)]
@@ -887,12 +1045,21 @@ mod tests {
         let token = clusters.create_token(&cluster.id).unwrap();
         assert_eq!(clusters.find_by_token(&token.token).unwrap().id, cluster.id);
         assert!(clusters.find_by_token("nope").is_none());
+        // A key of its own, holding the hash and not the token.
         let file = tmp
             .path()
-            .join("clusters")
-            .join(format!("{}.json", cluster.id));
+            .join("clusterregistrationtokens")
+            .join(format!("{}:{}.json", cluster.id, token.id));
         let stored = std::fs::read_to_string(file).unwrap();
-        assert!(stored.contains(&cluster.id) && !stored.contains(&token.token));
+        assert!(
+            stored.contains(&hash_token_secret(&token.token)) && !stored.contains(&token.token)
+        );
+        let cluster_file = tmp.path().join(format!("clusters/{}.json", cluster.id));
+        assert!(
+            !std::fs::read_to_string(cluster_file)
+                .unwrap()
+                .contains("crt-")
+        );
         let reopened = Clusters::open(store(), None).unwrap();
         assert_eq!(reopened.find_by_token(&token.token).unwrap().id, cluster.id);
         assert!(matches!(
@@ -959,14 +1126,90 @@ mod tests {
             "the document is gone"
         );
         assert!(tmp.path().join("clusters/c-aaaaa.json").exists());
-        // A later change writes that cluster's key alone.
-        let other = std::fs::read(tmp.path().join("clusters/c-bbbbb.json")).unwrap();
-        clusters.create_token("c-aaaaa").unwrap();
-        assert_eq!(
-            std::fs::read(tmp.path().join("clusters/c-bbbbb.json")).unwrap(),
-            other
+        assert!(
+            tmp.path()
+                .join("clusterregistrationtokens/c-aaaaa:crt-aaaaa.json")
+                .exists()
         );
+        assert!(
+            tmp.path()
+                .join("nodes/c-bbbbb:m-0123456789ab.json")
+                .exists()
+        );
+        // A later token writes its own key alone.
+        let clusters_dir = snapshot(&tmp.path().join("clusters"));
+        clusters.create_token("c-aaaaa").unwrap();
+        assert_eq!(snapshot(&tmp.path().join("clusters")), clusters_dir);
         let again = Clusters::open(store, None).unwrap();
         assert_eq!(again.list().len(), 2);
+        assert_eq!(again.tokens("c-aaaaa").len(), 2);
+    }
+
+    /// Every file of `dir` with its bytes.
+    fn snapshot(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+            .collect()
+    }
+
+    /// The keys an earlier version wrote (each cluster's registration tokens and nodes inside it)
+    /// move to a key per token and per node at the first start, in their order, losing nothing;
+    /// deleting the cluster then deletes them, and a token or node whose cluster is gone (a crash
+    /// between the two) is swept at the next start.
+    #[test]
+    fn tokens_and_nodes_move_out_of_their_cluster() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path()).unwrap();
+        let store = Arc::new(FileBackend::new(dir.clone())) as Arc<dyn Backend>;
+        let secrets = ["embedded-token-one", "embedded-token-two"];
+        let embedded = serde_json::json!({"id": "c-embed", "name": "embedded", "created": 5,
+            "tokens": [
+                {"id": "crt-zzzzz", "hash": hash_token_secret(secrets[0]), "created": 7},
+                {"id": "crt-aaaaa", "hash": hash_token_secret(secrets[1]), "created": 7}],
+            "nodes": [{"id": "m-0123456789ab", "clusterId": "c-embed", "requestedHostname": "n1",
+                "address": "10.0.0.1", "internalAddress": "", "etcd": true, "controlPlane": true,
+                "worker": true, "created": 8}]});
+        let key = CLUSTER_OBJECTS.key("c-embed").unwrap();
+        store
+            .write(&key, &serde_json::to_vec(&embedded).unwrap(), None)
+            .unwrap();
+        let clusters = Clusters::open(store.clone(), None).unwrap();
+        for secret in secrets {
+            assert_eq!(clusters.find_by_token(secret).unwrap().id, "c-embed");
+        }
+        let ids: Vec<String> = clusters
+            .tokens("c-embed")
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(ids, ["crt-zzzzz", "crt-aaaaa"], "their order kept");
+        assert_eq!(clusters.nodes("c-embed")[0].requested_hostname, "n1");
+        let rewritten = std::fs::read_to_string(tmp.path().join("clusters/c-embed.json")).unwrap();
+        assert!(
+            !rewritten.contains("crt-") && !rewritten.contains("m-0123"),
+            "{rewritten}"
+        );
+        assert_eq!(clusters.get("c-embed").unwrap().name, "embedded");
+
+        // A token and a node left by a crash after their cluster went.
+        let orphan = StoredToken {
+            id: "crt-orphn".into(),
+            cluster_id: "c-gone1".into(),
+            hash: hash_token_secret("orphan"),
+            created: 1,
+            created_micros: 1,
+        };
+        clusters.tokens.create(&orphan.key(), &orphan).unwrap();
+        let mut node = clusters.nodes("c-embed")[0].clone();
+        node.cluster_id = "c-gone1".into();
+        clusters.node_objects.create(&node.key(), &node).unwrap();
+        clusters.delete("c-embed").unwrap();
+        let left = |kind: &str| std::fs::read_dir(tmp.path().join(kind)).unwrap().count();
+        assert_eq!((left("clusterregistrationtokens"), left("nodes")), (1, 1));
+        let again = Clusters::open(store, None).unwrap();
+        assert!(again.find_by_token("orphan").is_none());
+        assert_eq!((left("clusterregistrationtokens"), left("nodes")), (0, 0));
     }
 }

@@ -436,10 +436,9 @@ impl TypeHandler for RegistrationTokens {
         let state = call.state;
         Ok(state
             .clusters
-            .list()
+            .all_tokens()
             .iter()
-            .flat_map(Cluster::registration_tokens)
-            .map(|t| registration_token_resource(state, &t, None))
+            .map(|t| registration_token_resource(state, t, None))
             .collect())
     }
 

@@ -45,7 +45,8 @@ impl Key {
 
 /// A kind of object kept one value per object, as etcd holds Kubernetes objects: `DIR/<id>.json` in
 /// the data directory, `<prefix><id>` on a shared store. Writing one object costs what it holds,
-/// whatever the number of objects; a kind is listed whole with [`Backend::list_kind`].
+/// whatever the number of objects; a kind is listed with [`Backend::list_kind`], whole or the ids
+/// that start with a prefix (a cluster's registration tokens, `<cluster>:…`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kind {
     /// The data directory's subdirectory (one path segment).
@@ -139,8 +140,13 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Version, StoreError>;
     /// Removes `key` (nothing when it is not there).
     fn delete(&self, key: &Key) -> Result<(), StoreError>;
-    /// Every object of `kind`: its id, bytes and version, by id.
-    fn list_kind(&self, kind: &Kind) -> Result<Vec<(String, Vec<u8>, Version)>, StoreError>;
+    /// Every object of `kind` whose id starts with `id_prefix` (`""`: all): its id, bytes and
+    /// version, by id.
+    fn list_kind(
+        &self,
+        kind: &Kind,
+        id_prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>, Version)>, StoreError>;
     /// The paths ([`Key::path`]) `wanted` accepts of the values other writers change from now on,
     /// as they change; `None` for a backend that only notices them when read (the data directory:
     /// [`Backend::version`] on each read). Paths `wanted` refuses are never queued for this
@@ -368,7 +374,11 @@ impl Backend for FileBackend {
         }
     }
 
-    fn list_kind(&self, kind: &Kind) -> Result<Vec<(String, Vec<u8>, Version)>, StoreError> {
+    fn list_kind(
+        &self,
+        kind: &Kind,
+        id_prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>, Version)>, StoreError> {
         let dir = self.dir.root().join(kind.dir);
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
@@ -379,7 +389,11 @@ impl Backend for FileBackend {
         for entry in entries {
             let entry = entry.map_err(io_error(&dir))?;
             let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .filter(|id| id.starts_with(id_prefix))
+            else {
                 continue;
             };
             // Temporary files of writes in flight start with `.`; `key` refuses them.

@@ -65,8 +65,13 @@ impl<T: Serialize + DeserializeOwned> Collection<T> {
 
     /// Every object, by id. One that does not parse is left out, with a warning naming where it is.
     pub fn list(&self) -> Result<Vec<(String, Stored<T>)>, StoreError> {
+        self.list_prefixed("")
+    }
+
+    /// The objects whose id starts with `id_prefix`, by id (as [`Collection::list`]).
+    pub fn list_prefixed(&self, id_prefix: &str) -> Result<Vec<(String, Stored<T>)>, StoreError> {
         let mut objects = Vec::new();
-        for (id, bytes, version) in self.backend.list_kind(&self.kind)? {
+        for (id, bytes, version) in self.backend.list_kind(&self.kind, id_prefix)? {
             let Some(key) = self.kind.key(&id) else {
                 continue;
             };

@@ -607,14 +607,19 @@ impl Backend for EtcdBackend {
         Ok(())
     }
 
-    fn list_kind(&self, kind: &Kind) -> Result<Vec<(String, Vec<u8>, Version)>, StoreError> {
+    fn list_kind(
+        &self,
+        kind: &Kind,
+        id_prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>, Version)>, StoreError> {
+        let start = format!("{}{id_prefix}", kind.prefix);
         Ok(self
             .read_cache()
             .range::<str, _>((
-                std::ops::Bound::Included(kind.prefix),
+                std::ops::Bound::Included(start.as_str()),
                 std::ops::Bound::Unbounded,
             ))
-            .take_while(|(path, _)| path.starts_with(kind.prefix))
+            .take_while(|(path, _)| path.starts_with(&start))
             .filter_map(|(path, entry)| {
                 let id = kind.id_of(path)?;
                 Some((
