@@ -415,8 +415,11 @@ pub fn open_backend(
             cert: settings.cert.clone(),
             key: settings.key.clone(),
         };
+        // What every agent advertised: each replica reads what it relays to when it does.
+        const UNCACHED: &[&str] = &[crate::clusters::AGENT_SESSIONS.prefix];
+        let url = EtcdUrl::parse(&settings.url)?;
         let backend: Arc<dyn Backend> =
-            EtcdBackend::connect(&EtcdUrl::parse(&settings.url)?, &tls, settings.compaction)?;
+            EtcdBackend::connect(&url, &tls, settings.compaction, UNCACHED)?;
         Ok(backend)
     }
     #[cfg(not(feature = "etcd"))]

@@ -1568,7 +1568,7 @@ async fn a_burst_of_unrelated_writes_does_not_make_a_follower_lag() {
     use corral::store::{Backend, Changes};
     let etcd = EtcdCluster::start(1);
     let url = EtcdUrl::parse(&etcd.url()).unwrap();
-    let store = EtcdBackend::connect(&url, &EtcdTls::default(), None).unwrap();
+    let store = EtcdBackend::connect(&url, &EtcdTls::default(), None, &[]).unwrap();
     let mut followed = Changes::of(store.as_ref(), |p| p.starts_with("test/followed/")).unwrap();
     let writer = store.clone();
     tokio::task::spawn_blocking(move || {
@@ -1598,7 +1598,7 @@ async fn a_store_larger_than_one_grpc_answer_still_loads() {
     use corral::store::etcd::{EtcdBackend, EtcdTls, EtcdUrl};
     let etcd = EtcdCluster::start(1);
     let url = EtcdUrl::parse(&etcd.url()).unwrap();
-    let store = EtcdBackend::connect(&url, &EtcdTls::default(), None).unwrap();
+    let store = EtcdBackend::connect(&url, &EtcdTls::default(), None, &[]).unwrap();
     let value = vec![b'x'; 1024];
     let writers: Vec<_> = (0..4)
         .map(|w| {
@@ -1616,9 +1616,83 @@ async fn a_store_larger_than_one_grpc_answer_still_loads() {
         writer.await.unwrap();
     }
     let again = tokio::task::spawn_blocking(move || {
-        EtcdBackend::connect(&url, &EtcdTls::default(), None).map(|s| s.list("test/big/").len())
+        EtcdBackend::connect(&url, &EtcdTls::default(), None, &[])
+            .map(|s| s.list("test/big/").len())
     })
     .await
     .unwrap();
     assert_eq!(again.expect("a second replica's store loads"), 5200);
+}
+
+/// What every agent advertised (a key per tunnel of every replica) is kept out of each replica's
+/// cache, so that a replica's memory grows with the tunnels it holds: an uncached prefix is read
+/// from etcd when asked for (one value, a list in pages, many values in a few transactions), is
+/// jumped over when the prefix is loaded at start, and is not kept when the watch brings it; what
+/// is around it is cached as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncached_prefix_is_read_from_etcd_and_never_kept() {
+    use corral::store::etcd::{EtcdBackend, EtcdTls, EtcdUrl};
+    use corral::store::{Backend, Collection, Kind};
+    const COLD: Kind = Kind {
+        dir: "cold",
+        prefix: "test/cold/",
+        secret: false,
+    };
+    let etcd = EtcdCluster::start(1);
+    let url = EtcdUrl::parse(&etcd.url()).unwrap();
+    tokio::task::spawn_blocking(move || {
+        let connect = || EtcdBackend::connect(&url, &EtcdTls::default(), None, &["test/cold/"]);
+        let first = connect().unwrap();
+        let cold = Collection::<Value>::new(first.clone(), COLD);
+        for i in 0..250 {
+            cold.create(&format!("k-{i}"), &json!({ "i": i })).unwrap();
+        }
+        first.put_path("test/before/one", b"{}").unwrap();
+        first.put_path("test/zzz/after", b"{}").unwrap();
+        assert!(first.list("test/cold/").is_empty(), "not kept when written");
+        assert_eq!(cold.get("k-7").unwrap().unwrap().value["i"], 7);
+        assert!(cold.get("k-999").unwrap().is_none());
+        assert_eq!(cold.list().unwrap().len(), 250, "listed past one page");
+        assert_eq!(cold.list_prefixed("k-1").unwrap().len(), 111);
+        let ids: Vec<String> = ["k-3", "k-999", "../escape", "k-200"]
+            .map(String::from)
+            .to_vec();
+        let found: Vec<bool> = cold
+            .get_many(&ids)
+            .unwrap()
+            .iter()
+            .map(Option::is_some)
+            .collect();
+        assert_eq!(found, [true, false, false, true]);
+        let all: Vec<String> = (0..250).map(|i| format!("k-{i}")).collect();
+        let read = cold.get_many(&all).unwrap();
+        assert!(
+            read.iter()
+                .enumerate()
+                .all(|(i, v)| v.as_ref().unwrap()["i"] == i)
+        );
+
+        // Loaded at start: the cold range jumped over, what follows it read.
+        let second = connect().unwrap();
+        assert!(second.list("test/cold/").is_empty());
+        assert_eq!(second.list("test/before/").len(), 1);
+        assert_eq!(
+            second.list("test/zzz/").len(),
+            1,
+            "what follows the jump is loaded"
+        );
+        // Watched: a value another replica writes is not kept either.
+        let other = Collection::<Value>::new(second.clone(), COLD);
+        other.create("k-new", &json!({ "i": -1 })).unwrap();
+        second.put_path("test/before/two", b"{}").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while first.list("test/before/").len() < 2 {
+            assert!(Instant::now() < deadline, "the watch never brought it");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(first.list("test/cold/").is_empty());
+        assert_eq!(cold.get("k-new").unwrap().unwrap().value["i"], -1);
+    })
+    .await
+    .unwrap();
 }

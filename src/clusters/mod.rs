@@ -434,6 +434,39 @@ impl Clusters {
         Some(saved.value.params)
     }
 
+    /// [`Clusters::agent_params`] of many clusters (each with the sessions of its route), in as few
+    /// requests to the store as it can (a list of thousands of clusters).
+    pub fn agent_params_many(&self, wanted: &[(&str, &[i64])]) -> Vec<Option<ClusterParams>> {
+        let mut found: Vec<Option<ClusterParams>> = wanted
+            .iter()
+            .map(|(cluster_id, sessions)| {
+                let session = *sessions.first()?;
+                let here = self.advertised.get(&(cluster_id.to_string(), session))?;
+                Some(here.clone())
+            })
+            .collect();
+        if !self.store.has_paths() {
+            return found;
+        }
+        let (positions, ids): (Vec<usize>, Vec<String>) = wanted
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| found[*i].is_none())
+            .filter_map(|(i, (cluster_id, sessions))| {
+                Some((i, session_id(cluster_id, *sessions.first()?)))
+            })
+            .unzip();
+        match self.agent_sessions.get_many(&ids) {
+            Ok(saved) => {
+                for (i, saved) in positions.into_iter().zip(saved) {
+                    found[i] = saved.map(|s| s.params);
+                }
+            }
+            Err(e) => tracing::warn!("cannot read what agents advertised: {e}"),
+        }
+        found
+    }
+
     /// An agent of `cluster_id` connected here, on tunnel session `session`, advertising `params`:
     /// used at once, and for the other replicas saved (in the background, batched, retried while
     /// the store is away) until the session ends.

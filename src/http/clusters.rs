@@ -21,7 +21,7 @@ use crate::api::resource::date;
 use crate::api::schema::{Action, DELETE, FieldType, GET, POST, PUT};
 use crate::api::{ApiError, Field, Resource, Schema};
 use crate::clusters::{
-    Cluster, ClusterChange, ClusterError, IssuedRegistrationToken, RegistrationToken,
+    Cluster, ClusterChange, ClusterError, ClusterParams, IssuedRegistrationToken, RegistrationToken,
 };
 use crate::kubeconfig::{KubeconfigInput, render};
 
@@ -90,8 +90,42 @@ fn deployed_image(state: &AppState) -> String {
 
 /// A cluster as the API writes it: pending until an agent connects, then active.
 fn cluster_resource(state: &AppState, cluster: &Cluster, agent_image: &str) -> Resource {
-    let route = state.tunnels.route(&cluster.id);
-    let connected = route.is_some();
+    let sessions = state.tunnels.route(&cluster.id).map(|r| r.sessions());
+    let params = sessions
+        .as_ref()
+        .and_then(|s| state.clusters.agent_params(&cluster.id, s));
+    render_cluster(cluster, agent_image, sessions.is_some(), params)
+}
+
+/// Clusters as the API writes them (see [`cluster_resource`]), what their agents advertised read
+/// together.
+fn cluster_resources(state: &AppState, clusters: &[Cluster], agent_image: &str) -> Vec<Resource> {
+    let sessions: Vec<Option<Vec<i64>>> = clusters
+        .iter()
+        .map(|c| state.tunnels.route(&c.id).map(|r| r.sessions()))
+        .collect();
+    let connected: Vec<(&str, &[i64])> = clusters
+        .iter()
+        .zip(&sessions)
+        .filter_map(|(c, s)| Some((c.id.as_str(), s.as_deref()?)))
+        .collect();
+    let mut params = state.clusters.agent_params_many(&connected).into_iter();
+    clusters
+        .iter()
+        .zip(&sessions)
+        .map(|(cluster, sessions)| {
+            let advertised = sessions.as_ref().and_then(|_| params.next().flatten());
+            render_cluster(cluster, agent_image, sessions.is_some(), advertised)
+        })
+        .collect()
+}
+
+fn render_cluster(
+    cluster: &Cluster,
+    agent_image: &str,
+    connected: bool,
+    params: Option<ClusterParams>,
+) -> Resource {
     let created = date(cluster.created);
     let mut conditions = vec![
         condition("Pending", true, &created),
@@ -140,9 +174,7 @@ fn cluster_resource(state: &AppState, cluster: &Cluster, agent_image: &str) -> R
         .with("labels", Value::Object(object(&cluster.labels)))
         .with("annotations", Value::Object(object(&cluster.annotations)))
         .with("agentImage", agent_image);
-    if let Some(route) = route
-        && let Some(params) = state.clusters.agent_params(&cluster.id, &route.sessions())
-    {
+    if let Some(params) = params {
         resource = resource
             .with("apiEndpoint", format!("https://{}", params.address))
             .with("caCert", params.ca_cert.as_str());
@@ -216,10 +248,10 @@ impl TypeHandler for Clusters {
                 || bound.contains(cluster.id.as_str())
                 || call.may("get", "clusters", Some(&cluster.id))?;
             if seen {
-                visible.push(cluster_resource(state, &cluster, &image));
+                visible.push(cluster);
             }
         }
-        Ok(visible)
+        Ok(cluster_resources(state, &visible, &image))
     }
 
     async fn get(&self, call: &Call<'_>, id: &str) -> Result<Resource, ApiError> {

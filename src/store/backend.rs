@@ -147,6 +147,13 @@ pub trait Backend: Send + Sync + 'static {
         kind: &Kind,
         id_prefix: &str,
     ) -> Result<Vec<(String, Vec<u8>, Version)>, StoreError>;
+    /// The values of `keys`, in their order (`None`: none there): from a store that asks its
+    /// server, in as few requests as it can.
+    fn read_many(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        keys.iter()
+            .map(|key| Ok(self.read(key)?.map(|(bytes, _)| bytes)))
+            .collect()
+    }
     /// The paths ([`Key::path`]) `wanted` accepts of the values other writers change from now on,
     /// as they change; `None` for a backend that only notices them when read (the data directory:
     /// [`Backend::version`] on each read). Paths `wanted` refuses are never queued for this

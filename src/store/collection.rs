@@ -63,6 +63,24 @@ impl<T: Serialize + DeserializeOwned> Collection<T> {
         }
     }
 
+    /// Objects `ids`, in their order (`None`: there is none, `id` names none, or it does not
+    /// parse), in as few requests to the store as it can.
+    pub fn get_many(&self, ids: &[String]) -> Result<Vec<Option<T>>, StoreError> {
+        let keys: Vec<Option<Key>> = ids.iter().map(|id| self.kind.key(id)).collect();
+        let valid: Vec<Key> = keys.iter().flatten().cloned().collect();
+        let mut read = self.backend.read_many(&valid)?.into_iter();
+        Ok(keys
+            .iter()
+            .map(|key| {
+                let key = key.as_ref()?;
+                let bytes = read.next()??;
+                self.parse(key, &bytes)
+                    .map_err(|e| tracing::warn!("{e}"))
+                    .ok()
+            })
+            .collect())
+    }
+
     /// Every object, by id. One that does not parse is left out, with a warning naming where it is.
     pub fn list(&self) -> Result<Vec<(String, Stored<T>)>, StoreError> {
         self.list_prefixed("")

@@ -3,7 +3,10 @@
 //! Every value lives under one prefix (`/corral/` + [`Key::path`]), readable with
 //! `etcdctl get --prefix /corral/`. Reads never leave the process: the whole prefix is loaded at
 //! start and kept current by a watch, so a handshake or a request never waits for etcd, and a
-//! replica keeps serving what it has while etcd is away. Writes are transactions on the key's
+//! replica keeps serving what it has while etcd is away. The exception are the prefixes the caller
+//! names uncached: values one per tunnel of every replica (what each agent advertised), which a
+//! replica needs only for the few tunnels it relays to, are read from etcd when asked for, so that
+//! a replica's memory grows with the tunnels it holds, not with every tunnel of the installation. Writes are transactions on the key's
 //! revision (compare-and-swap): of replicas writing at once, one wins and the others see a
 //! conflict, re-read and try again (see `Document::update`).
 //!
@@ -153,9 +156,11 @@ impl Members {
 pub struct EtcdBackend {
     members: Members,
     runtime: Handle,
-    /// Every value under the prefix, by path (ordered: a kind is a range), as of the last event
-    /// seen.
+    /// Every value under the prefix (but the uncached ones), by path (ordered: a kind is a range),
+    /// as of the last event seen.
     cache: RwLock<BTreeMap<String, Entry>>,
+    /// Path prefixes kept out of the cache: read from etcd when asked for.
+    uncached: &'static [&'static str],
     /// Who follows which changes: each its own channel, sent only the paths it wants.
     followers: std::sync::Mutex<Vec<Follower>>,
 }
@@ -173,24 +178,34 @@ const RESYNC_PAGE: i64 = 100;
 
 /// The end of [`PREFIX`]'s range: the first key past every key that starts with it.
 fn prefix_end() -> Vec<u8> {
-    let mut end = PREFIX.as_bytes().to_vec();
+    range_end(PREFIX.as_bytes())
+}
+
+/// The first key past every key that starts with `prefix` (which ends in `/`).
+fn range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
     if let Some(last) = end.last_mut() {
         *last += 1;
     }
     end
 }
 
+/// Gets sent in one transaction by [`Backend::read_many`]: etcd takes at most 128 operations in
+/// one (`--max-txn-ops`).
+const READS_PER_TXN: usize = 64;
+
 /// Changes queued per follower before it lags (and then reads everything it follows again).
 const FOLLOWER_QUEUE: usize = 256;
 
 impl EtcdBackend {
-    /// Connects, loads every value under the prefix and starts following changes; with a
-    /// `compaction` interval, keeps etcd's history that short (see [`compact`]). Fails when no
-    /// member answers.
+    /// Connects, loads every value under the prefix (but those under an `uncached` path prefix,
+    /// which are read from etcd when asked for) and starts following changes; with a `compaction`
+    /// interval, keeps etcd's history that short (see [`compact`]). Fails when no member answers.
     pub fn connect(
         url: &EtcdUrl,
         tls: &EtcdTls,
         compaction: Option<Duration>,
+        uncached: &'static [&'static str],
     ) -> Result<Arc<Self>, StoreError> {
         let runtime = client_runtime()?;
         let scheme = if tls.enabled() { "https" } else { "http" };
@@ -226,6 +241,7 @@ impl EtcdBackend {
             members,
             runtime,
             cache: RwLock::new(BTreeMap::new()),
+            uncached,
             followers: Default::default(),
         });
         let revision = backend.resync()?;
@@ -255,6 +271,73 @@ impl EtcdBackend {
         self.runtime
             .block_on_elsewhere(request)
             .unwrap_or_else(|| Err(StoreError::Unavailable("etcd's client stopped".into())))
+    }
+
+    /// Whether `path` is read from etcd when asked for, not kept.
+    fn is_uncached(&self, path: &str) -> bool {
+        self.uncached.iter().any(|prefix| path.starts_with(prefix))
+    }
+
+    /// The value at `path` as etcd has it now, with its revision (an uncached path).
+    fn get_now(&self, path: &str) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
+        let full = format!("{PREFIX}{path}");
+        let members = self.members.clone();
+        let response = self.wait_on(async move {
+            members
+                .call(|client| {
+                    let full = full.clone();
+                    async move { client.kv_client().get(full, None).await }
+                })
+                .await
+        })?;
+        Ok(response
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), revision_version(kv.mod_revision()))))
+    }
+
+    /// Every value whose path starts with `path_prefix`, as etcd has it now, by path: read in pages
+    /// of [`RESYNC_PAGE`] at one revision (an uncached prefix).
+    fn range_now(&self, path_prefix: &str) -> Result<Vec<(String, Entry)>, StoreError> {
+        let full = format!("{PREFIX}{path_prefix}");
+        let end = range_end(full.as_bytes());
+        let mut found = Vec::new();
+        let (mut from, mut revision) = (full.into_bytes(), 0);
+        loop {
+            let (start, end, at) = (from.clone(), end.clone(), revision);
+            let members = self.members.clone();
+            let response = self.wait_on(async move {
+                members
+                    .call(|client| {
+                        let (start, end) = (start.clone(), end.clone());
+                        let mut options = GetOptions::new().with_range(end).with_limit(RESYNC_PAGE);
+                        if at > 0 {
+                            options = options.with_revision(at);
+                        }
+                        async move { client.kv_client().get(start, Some(options)).await }
+                    })
+                    .await
+            })?;
+            if revision == 0 {
+                revision = response.header().map_or(0, |h| h.revision());
+            }
+            for kv in response.kvs() {
+                if let Some(path) = path_of(kv.key()) {
+                    let entry = Entry {
+                        bytes: kv.value().to_vec(),
+                        revision: kv.mod_revision(),
+                    };
+                    found.push((path, entry));
+                }
+            }
+            match (response.more(), response.kvs().last()) {
+                (true, Some(last)) => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(found),
+            }
+        }
     }
 
     fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
@@ -294,7 +377,7 @@ impl EtcdBackend {
                 revision = response.header().map_or(0, |h| h.revision());
             }
             for kv in response.kvs() {
-                if let Some(path) = path_of(kv.key()) {
+                if let Some(path) = path_of(kv.key()).filter(|p| !self.is_uncached(p)) {
                     let entry = Entry {
                         bytes: kv.value().to_vec(),
                         revision: kv.mod_revision(),
@@ -306,6 +389,11 @@ impl EtcdBackend {
                 (true, Some(last)) => {
                     from = last.key().to_vec();
                     from.push(0);
+                    // An uncached range is jumped over, not read.
+                    let next = path_of(&from).unwrap_or_default();
+                    if let Some(prefix) = self.uncached.iter().find(|p| next.starts_with(*p)) {
+                        from = range_end(format!("{PREFIX}{prefix}").as_bytes());
+                    }
                 }
                 _ => break,
             }
@@ -340,8 +428,12 @@ impl EtcdBackend {
         Ok(revision)
     }
 
-    /// Applies one watched change, unless the cache has seen it (or a later one) already.
+    /// Applies one watched change, unless the cache has seen it (or a later one) already or does
+    /// not keep its path.
     fn apply(&self, path: String, entry: Option<Entry>, revision: i64) {
+        if self.is_uncached(&path) {
+            return;
+        }
         {
             let mut cache = self.write_cache();
             if cache.get(&path).is_some_and(|c| c.revision >= revision) {
@@ -501,6 +593,9 @@ async fn follow(backend: std::sync::Weak<EtcdBackend>, mut revision: i64) {
 
 impl Backend for EtcdBackend {
     fn read(&self, key: &Key) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
+        if self.is_uncached(&key.path) {
+            return self.get_now(&key.path);
+        }
         Ok(self
             .read_cache()
             .get(key.path.as_ref())
@@ -508,6 +603,9 @@ impl Backend for EtcdBackend {
     }
 
     fn version(&self, key: &Key) -> Result<Option<Version>, StoreError> {
+        if self.is_uncached(&key.path) {
+            return Ok(self.get_now(&key.path)?.map(|(_, version)| version));
+        }
         Ok(self
             .read_cache()
             .get(key.path.as_ref())
@@ -613,6 +711,16 @@ impl Backend for EtcdBackend {
         id_prefix: &str,
     ) -> Result<Vec<(String, Vec<u8>, Version)>, StoreError> {
         let start = format!("{}{id_prefix}", kind.prefix);
+        if self.is_uncached(&start) {
+            let found = self.range_now(&start)?;
+            return Ok(found
+                .into_iter()
+                .filter_map(|(path, entry)| {
+                    let id = kind.id_of(&path)?.to_string();
+                    Some((id, entry.bytes, revision_version(entry.revision)))
+                })
+                .collect());
+        }
         Ok(self
             .read_cache()
             .range::<str, _>((
@@ -629,6 +737,39 @@ impl Backend for EtcdBackend {
                 ))
             })
             .collect())
+    }
+
+    fn read_many(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let mut found: Vec<Option<Vec<u8>>> = {
+            let cache = self.read_cache();
+            let cached = |key: &Key| cache.get(key.path.as_ref()).map(|e| e.bytes.clone());
+            keys.iter().map(cached).collect()
+        };
+        let asked: Vec<usize> = (0..keys.len())
+            .filter(|&i| self.is_uncached(&keys[i].path))
+            .collect();
+        for chunk in asked.chunks(READS_PER_TXN) {
+            let gets = chunk
+                .iter()
+                .map(|&i| TxnOp::get(format!("{PREFIX}{}", keys[i].path), None))
+                .collect::<Vec<_>>();
+            let txn = Txn::new().and_then(gets);
+            let members = self.members.clone();
+            let response = self.wait_on(async move {
+                members
+                    .call(|client| {
+                        let txn = txn.clone();
+                        async move { client.kv_client().txn(txn).await }
+                    })
+                    .await
+            })?;
+            for (&i, op) in chunk.iter().zip(response.op_responses()) {
+                if let TxnOpResponse::Get(get) = op {
+                    found[i] = get.kvs().first().map(|kv| kv.value().to_vec());
+                }
+            }
+        }
+        Ok(found)
     }
 
     fn changes(&self, wanted: fn(&str) -> bool) -> Option<broadcast::Receiver<String>> {
