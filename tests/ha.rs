@@ -1653,6 +1653,13 @@ async fn an_uncached_prefix_is_read_from_etcd_and_never_kept() {
         assert_eq!(cold.get("k-7").unwrap().unwrap().value["i"], 7);
         assert!(cold.get("k-999").unwrap().is_none());
         assert_eq!(cold.list().unwrap().len(), 250, "listed past one page");
+        let mut pages = Vec::new();
+        cold.for_each_page(|page| {
+            pages.push(page.len());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(pages, [100, 100, 50], "handed over a page at a time");
         assert_eq!(cold.list_prefixed("k-1").unwrap().len(), 111);
         let ids: Vec<String> = ["k-3", "k-999", "../escape", "k-200"]
             .map(String::from)
@@ -1685,13 +1692,69 @@ async fn an_uncached_prefix_is_read_from_etcd_and_never_kept() {
         let other = Collection::<Value>::new(second.clone(), COLD);
         other.create("k-new", &json!({ "i": -1 })).unwrap();
         second.put_path("test/before/two", b"{}").unwrap();
+        second.put_path("test/zzz/two", b"{}").unwrap();
+        // Both ranges around the cold one are watched.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while first.list("test/before/").len() < 2 {
-            assert!(Instant::now() < deadline, "the watch never brought it");
+        while first.list("test/before/").len() < 2 || first.list("test/zzz/").len() < 2 {
+            assert!(Instant::now() < deadline, "the watch never brought them");
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(first.list("test/cold/").is_empty());
         assert_eq!(cold.get("k-new").unwrap().unwrap().value["i"], -1);
+    })
+    .await
+    .unwrap();
+}
+
+/// What agent sessions advertised is swept when its session is gone: sessions of a replica that is
+/// no longer registered, this replica's own from before it restarted, and keys of an earlier form;
+/// a live replica's stay. The sweep reads a page at a time (every tunnel of every replica has a
+/// key), across pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_agent_sessions_are_swept_a_page_at_a_time() {
+    use corral::clusters::{AGENT_SESSIONS, Advertised, ClusterParams, Clusters};
+    use corral::store::etcd::{EtcdBackend, EtcdTls, EtcdUrl};
+    use corral::store::{Backend, Collection};
+    let etcd = EtcdCluster::start(1);
+    let url = EtcdUrl::parse(&etcd.url()).unwrap();
+    tokio::task::spawn_blocking(move || {
+        const UNCACHED: &[&str] = &[AGENT_SESSIONS.prefix];
+        let store: Arc<dyn Backend> =
+            EtcdBackend::connect(&url, &EtcdTls::default(), None, UNCACHED).unwrap();
+        let sessions = Collection::<Advertised>::new(store.clone(), AGENT_SESSIONS);
+        let advertised = |session: i64, replica: &str| Advertised {
+            session,
+            replica: replica.to_string(),
+            params: ClusterParams {
+                address: "10.0.0.1:6443".into(),
+                ca_cert: "Y2E=".into(),
+                token: "t".into(),
+            },
+        };
+        for i in 0..150 {
+            let id = format!("c-dead{i}:{i}");
+            sessions.create(&id, &advertised(i, "r-dead")).unwrap();
+        }
+        for i in 0..30 {
+            let id = format!("c-live{i}:{i}");
+            sessions.create(&id, &advertised(i, "r-live")).unwrap();
+            let id = format!("c-mine{i}:{i}");
+            sessions.create(&id, &advertised(i, "r-me")).unwrap();
+        }
+        sessions
+            .create("c-older", &advertised(1, "r-live"))
+            .unwrap();
+        let clusters = Clusters::open(store.clone(), Some("r-me")).unwrap();
+        let swept = clusters.sweep_agent_sessions(|replica| replica == "r-live");
+        assert_eq!(swept.unwrap(), 150 + 30 + 1);
+        let left: Vec<String> = sessions
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(left.len(), 30, "{left:?}");
+        assert!(left.iter().all(|id| id.starts_with("c-live")), "{left:?}");
     })
     .await
     .unwrap();

@@ -122,6 +122,11 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+/// Objects of a kind as listed: id, bytes, version.
+pub type Listed = Vec<(String, Vec<u8>, Version)>;
+/// What takes one page of a listing at a time ([`Backend::list_kind_pages`]).
+pub type PageSink<'a> = dyn FnMut(Listed) -> Result<(), StoreError> + 'a;
+
 /// Where documents are kept: whole values, versioned, written with compare-and-swap.
 pub trait Backend: Send + Sync + 'static {
     /// The stored bytes and their version; `None` when there is no such document.
@@ -147,6 +152,11 @@ pub trait Backend: Send + Sync + 'static {
         kind: &Kind,
         id_prefix: &str,
     ) -> Result<Vec<(String, Vec<u8>, Version)>, StoreError>;
+    /// Every object of `kind` (as [`Backend::list_kind`]), handed to `each` a page at a time by a
+    /// store that reads them from its server: only what `each` keeps stays in memory.
+    fn list_kind_pages(&self, kind: &Kind, each: &mut PageSink<'_>) -> Result<(), StoreError> {
+        each(self.list_kind(kind, "")?)
+    }
     /// The values of `keys`, in their order (`None`: none there): from a store that asks its
     /// server, in as few requests as it can.
     fn read_many(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {

@@ -81,6 +81,27 @@ impl<T: Serialize + DeserializeOwned> Collection<T> {
             .collect())
     }
 
+    /// Every object (as [`Collection::list`]), handed to `each` a page at a time: from a store that
+    /// reads them from its server, only what `each` keeps stays in memory.
+    pub fn for_each_page(
+        &self,
+        mut each: impl FnMut(Vec<(String, Stored<T>)>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.backend.list_kind_pages(&self.kind, &mut |page| {
+            let mut objects = Vec::with_capacity(page.len());
+            for (id, bytes, version) in page {
+                let Some(key) = self.kind.key(&id) else {
+                    continue;
+                };
+                match self.parse(&key, &bytes) {
+                    Ok(value) => objects.push((id, Stored { value, version })),
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
+            each(objects)
+        })
+    }
+
     /// Every object, by id. One that does not parse is left out, with a warning naming where it is.
     pub fn list(&self) -> Result<Vec<(String, Stored<T>)>, StoreError> {
         self.list_prefixed("")

@@ -34,7 +34,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::backend::{Backend, Key, Kind, Leadership, LeaseGuard, StoreError, Version};
+use super::backend::{Backend, Key, Kind, Leadership, LeaseGuard, PageSink, StoreError, Version};
 
 /// How long one member may take to answer before the request goes to the next.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -296,12 +296,26 @@ impl EtcdBackend {
             .map(|kv| (kv.value().to_vec(), revision_version(kv.mod_revision()))))
     }
 
-    /// Every value whose path starts with `path_prefix`, as etcd has it now, by path: read in pages
-    /// of [`RESYNC_PAGE`] at one revision (an uncached prefix).
+    /// Every value whose path starts with `path_prefix`, as etcd has it now, by path (an uncached
+    /// prefix): see [`EtcdBackend::range_pages`].
     fn range_now(&self, path_prefix: &str) -> Result<Vec<(String, Entry)>, StoreError> {
+        let mut found = Vec::new();
+        self.range_pages(path_prefix, &mut |page| {
+            found.extend(page);
+            Ok(())
+        })?;
+        Ok(found)
+    }
+
+    /// Hands `each` the values whose path starts with `path_prefix`, by path, one page of
+    /// [`RESYNC_PAGE`] at a time, all at one revision: what it keeps is what stays in memory.
+    fn range_pages(
+        &self,
+        path_prefix: &str,
+        each: &mut dyn FnMut(Vec<(String, Entry)>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let full = format!("{PREFIX}{path_prefix}");
         let end = range_end(full.as_bytes());
-        let mut found = Vec::new();
         let (mut from, mut revision) = (full.into_bytes(), 0);
         loop {
             let (start, end, at) = (from.clone(), end.clone(), revision);
@@ -321,21 +335,20 @@ impl EtcdBackend {
             if revision == 0 {
                 revision = response.header().map_or(0, |h| h.revision());
             }
-            for kv in response.kvs() {
-                if let Some(path) = path_of(kv.key()) {
-                    let entry = Entry {
-                        bytes: kv.value().to_vec(),
-                        revision: kv.mod_revision(),
-                    };
-                    found.push((path, entry));
-                }
-            }
+            let page = response.kvs().iter().filter_map(|kv| {
+                let entry = Entry {
+                    bytes: kv.value().to_vec(),
+                    revision: kv.mod_revision(),
+                };
+                Some((path_of(kv.key())?, entry))
+            });
+            each(page.collect())?;
             match (response.more(), response.kvs().last()) {
                 (true, Some(last)) => {
                     from = last.key().to_vec();
                     from.push(0);
                 }
-                _ => return Ok(found),
+                _ => return Ok(()),
             }
         }
     }
@@ -542,11 +555,29 @@ async fn follow(backend: std::sync::Weak<EtcdBackend>, mut revision: i64) {
             return;
         };
         let mut watcher = strong.members.current().watch_client();
+        let mut ranges = watched_ranges(strong.uncached).into_iter();
         drop(strong);
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision + 1);
-        match watcher.watch(PREFIX, Some(options)).await {
+        let options = |end: Vec<u8>| {
+            WatchOptions::new()
+                .with_range(end)
+                .with_start_revision(revision + 1)
+        };
+        // Everything uncached: nothing to follow.
+        let Some((start, end)) = ranges.next() else {
+            return;
+        };
+        let watched = match watcher.watch(start, Some(options(end))).await {
+            Ok(mut stream) => {
+                // The other ranges, on the same stream: one watch per range of the prefix.
+                let mut more = Ok(());
+                for (start, end) in ranges {
+                    more = more.and(stream.watch(start, Some(options(end))).await);
+                }
+                more.map(|()| stream)
+            }
+            Err(e) => Err(e),
+        };
+        match watched {
             Ok(mut stream) => loop {
                 let message = stream.message().await;
                 let Some(backend) = backend.upgrade() else {
@@ -579,16 +610,43 @@ async fn follow(backend: std::sync::Weak<EtcdBackend>, mut revision: i64) {
             },
             Err(e) => tracing::warn!("store: cannot watch etcd ({e}); retrying in {wait:?}"),
         }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(REWATCH_MAX);
-        // Whatever happened while not watching is read whole, then watched from there.
-        let Some(strong) = backend.upgrade() else {
-            return;
-        };
-        if let Ok(current) = strong.resync() {
-            revision = current;
+        // Whatever happened while not watching is read whole, then watched from there (not from
+        // the last revision seen: of several ranges, one may have been behind another).
+        loop {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(REWATCH_MAX);
+            let Some(strong) = backend.upgrade() else {
+                return;
+            };
+            if let Ok(current) = strong.resync() {
+                revision = current;
+                break;
+            }
         }
     }
+}
+
+/// The key ranges watched, `[start, end)`: the prefix but its uncached parts, whose changes would
+/// not be kept (thousands of agents connecting would otherwise send each replica every agent's
+/// advertised parameters, to be dropped).
+fn watched_ranges(uncached: &[&str]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut cold: Vec<Vec<u8>> = uncached
+        .iter()
+        .map(|prefix| format!("{PREFIX}{prefix}").into_bytes())
+        .collect();
+    cold.sort();
+    let mut ranges = Vec::new();
+    let mut start = PREFIX.as_bytes().to_vec();
+    for prefix in cold {
+        if prefix > start {
+            ranges.push((start.clone(), prefix.clone()));
+        }
+        start = start.max(range_end(&prefix));
+    }
+    if start < prefix_end() {
+        ranges.push((start, prefix_end()));
+    }
+    ranges
 }
 
 impl Backend for EtcdBackend {
@@ -737,6 +795,19 @@ impl Backend for EtcdBackend {
                 ))
             })
             .collect())
+    }
+
+    fn list_kind_pages(&self, kind: &Kind, each: &mut PageSink<'_>) -> Result<(), StoreError> {
+        if !self.is_uncached(kind.prefix) {
+            return each(self.list_kind(kind, "")?);
+        }
+        self.range_pages(kind.prefix, &mut |page| {
+            let page = page.into_iter().filter_map(|(path, entry)| {
+                let id = kind.id_of(&path)?.to_string();
+                Some((id, entry.bytes, revision_version(entry.revision)))
+            });
+            each(page.collect())
+        })
     }
 
     fn read_many(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
@@ -1037,5 +1108,37 @@ impl BlockOnElsewhere for Handle {
             }
             _ => wait(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The watch covers the whole prefix but the uncached parts, however they are given.
+    #[test]
+    fn watched_ranges_leave_out_the_uncached_prefixes() {
+        let bytes = |s: &str| s.as_bytes().to_vec();
+        assert_eq!(
+            watched_ranges(&[]),
+            [(bytes("/corral/"), bytes("/corral0"))]
+        );
+        assert_eq!(
+            watched_ranges(&["corral/b/", "corral/a/"]),
+            [
+                (bytes("/corral/"), bytes("/corral/corral/a/")),
+                (bytes("/corral/corral/a0"), bytes("/corral/corral/b/")),
+                (bytes("/corral/corral/b0"), bytes("/corral0")),
+            ]
+        );
+        // Nested, or everything: no empty or reversed range.
+        assert_eq!(
+            watched_ranges(&["corral/", "corral/a/"]),
+            [
+                (bytes("/corral/"), bytes("/corral/corral/")),
+                (bytes("/corral/corral0"), bytes("/corral0"))
+            ]
+        );
+        assert!(watched_ranges(&["", "corral/"]).is_empty());
     }
 }
