@@ -17,6 +17,19 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Transparent huge pages off for this process. mimalloc asks for them on the memory it reserves
+/// (`madvise(MADV_HUGEPAGE)`), and a huge page is resident whole, 2 MiB, once any byte of it is
+/// touched: a server's memory then grew in 2 MiB steps wherever a tunnel's or a sweep's buffers
+/// landed, a replica's per idle tunnel measured anywhere from 16 to 28 KiB from one run to the
+/// next (docs/SCALE.md). Takes effect for every page touched from here on.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes integers only and changes no memory of this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "corral",
@@ -82,6 +95,7 @@ enum CaCommand {
 }
 
 fn main() -> ExitCode {
+    disable_transparent_huge_pages();
     // Every command may hold many connections (a server, `agent --count`, a load generator).
     corral::net::raise_open_files_limit();
     let cli = match Cli::try_parse() {

@@ -670,3 +670,17 @@ async fn tunnels_are_bounded_per_cluster_by_the_connections_and_by_open_files() 
         "accept never ran out of files"
     );
 }
+
+/// corral runs without transparent huge pages: mimalloc asks for them, and a huge page is resident
+/// whole (2 MiB) once any byte of it is touched, which made a server's memory per tunnel jump from
+/// run to run. The kernel shows the process's setting in /proc (Linux 6.x: `THP_enabled`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_runs_without_transparent_huge_pages() {
+    let corral = Corral::start(&[]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", corral.pid())).unwrap();
+    let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) else {
+        eprintln!("this kernel does not show THP_enabled: not checked");
+        return;
+    };
+    assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+}
