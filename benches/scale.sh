@@ -9,7 +9,9 @@
 #   3. seconds until every cluster is connected, how the tunnels spread over the replicas, and each
 #      replica's resident memory per tunnel it holds (and the agent's per cluster);
 #   4. `kubectl get ns` on the first, a middle and the last cluster through each replica (9 calls);
-#   5. the peering mesh: sessions between replicas (n×(n−1) whatever N).
+#   5. the peering mesh: sessions between replicas (n×(n−1) whatever N);
+#   6. the baseline, in the same run: one `corral serve` on a data directory holding BASELINE tunnels
+#      straight from one agent process, its resident memory per tunnel beside the replicas'.
 #
 #   benches/scale.sh                 # 3,000 clusters: about 10 minutes once corral is built
 #   CLUSTERS=300 benches/scale.sh    # quicker
@@ -23,6 +25,7 @@ FIRST=${FIRST:-100}
 CONNECTIONS=${CONNECTIONS:-4}
 CONNECT_TIMEOUT=${CONNECT_TIMEOUT:-600}
 AGENT_BATCH=${AGENT_BATCH:-1000}
+BASELINE=${BASELINE:-1000}
 OUT=${OUT:-docs/SCALE.md}
 # shellcheck source=benches/common.sh
 source benches/common.sh
@@ -38,8 +41,13 @@ for i in 0 1 2; do
   start_replica "r$i" "${PORTS[$i]}" --hostname localhost
   REPLICAS+=("$LAST_PID")
 done
-# HAProxy holds two descriptors per connection, within the hard limit.
+# HAProxy holds two descriptors per connection, within the hard limit of open files. When the
+# tunnels need more than one process can open, the balancer is several HAProxy processes bound to the
+# same address (SO_REUSEPORT, HAProxy's default on Linux: the kernel spreads new connections over
+# them), each its own limit.
 LB_MAXCONN=$((($(ulimit -Hn) - 200) / 2))
+LB_PROCESSES=$(((CLUSTERS + 100 + LB_MAXCONN - 1) / LB_MAXCONN))
+[ "$LB_PROCESSES" -gt 1 ] && LB_PROCESSES=$((LB_PROCESSES + 1)) # the kernel's spread is uneven
 cat >"$WORK/haproxy.cfg" <<END
 global
   maxconn $LB_MAXCONN
@@ -59,8 +67,10 @@ backend replicas
   server r1 127.0.0.1:19820
   server r2 127.0.0.1:19830
 END
-haproxy -f "$WORK/haproxy.cfg" -db 2>"$WORK/haproxy.log" &
-PIDS+=($!)
+for ((p = 0; p < LB_PROCESSES; p++)); do
+  haproxy -f "$WORK/haproxy.cfg" -db 2>"$WORK/haproxy-$p.log" &
+  PIDS+=($!)
+done
 wait_port 19850
 LB=https://localhost:19850
 TOKEN=$(ha_login "$LB")
@@ -147,12 +157,53 @@ for i in 0 1 2; do
 done
 echo "kubectl: $ANSWERED of $CALLS answered" >&2
 
+# Listing clusters, everything connected (two thirds of them through a peer, whose advertised
+# apiEndpoint and caCert are read from etcd): the first page (norman's default limit) through a
+# replica, median of 5.
+LIST_MS=()
+for _ in 1 2 3 4 5; do
+  LIST_MS+=("$(curl -sk -o /dev/null -w '%{time_total}' -H "Authorization: Bearer $TOKEN" \
+    "https://localhost:${PORTS[0]}/v3/clusters" | awk '{ printf "%.0f", $1 * 1000 }')")
+done
+LIST_MEDIAN=$(median "${LIST_MS[@]}")
+echo "listing clusters: ${LIST_MS[*]} ms" >&2
+
 # 2 and 5. etcd and the mesh, everything connected.
 DB_AFTER=$(etcd_status dbSize)
 DB_IN_USE=$(etcd_status dbSizeInUse)
 PEER_PORTS="( dport = :19810 or dport = :19820 or dport = :19830 )"
 PEERS=$(ss -Htnp state established "$PEER_PORTS" | grep -c '"corral"' || true)
 mib() { awk -v b="$1" 'BEGIN { printf "%.2f", b / 1048576 }'; }
+
+# 6. The baseline: a single server (data directory) with BASELINE tunnels, measured as the replicas.
+for p in "${AGENTS[@]}"; do kill "$p" 2>/dev/null || true; done
+single() { # NAME: starts the single server, sets SINGLE
+  CATTLE_BOOTSTRAP_PASSWORD=ha-bench-password CORRAL_LOG=warn "$BIN" serve --data-dir "$WORK/single" \
+    --bind 127.0.0.1 --https-port 19860 --http-port 19861 --hostname localhost 2>"$WORK/$1.log" &
+  SINGLE=$!; PIDS+=($SINGLE)
+  for _ in $(seq 1 300); do curl -skf https://127.0.0.1:19860/ping >/dev/null && return 0; sleep 0.1; done
+  echo "the single server never answered" >&2; return 1
+}
+single single
+: >"$WORK/single.txt"
+python3 benches/scale_register.py https://localhost:19860 "$(ha_login https://localhost:19860)" "$BASELINE" \
+  "$WORK/single.txt" "$CONNECTIONS" >/dev/null
+kill "$SINGLE"; wait "$SINGLE" 2>/dev/null || true
+single single-again
+sleep 10
+SINGLE_BEFORE=$(rss_kib "$SINGLE")
+curl -sk https://localhost:19860/cacerts >"$WORK/single-ca.pem"
+CATTLE_TOKEN=$(cut -d' ' -f2 "$WORK/single.txt" | paste -sd,) CORRAL_LOG=warn "$BIN" agent --server https://localhost:19860 \
+  --ca-checksum "$(sha256sum <"$WORK/single-ca.pem" | cut -d' ' -f1)" --simulate --count "$BASELINE" 2>>"$WORK/agent.log" &
+PIDS+=($!)
+SINGLE_HELD=0
+for _ in $(seq 1 240); do
+  SINGLE_HELD=$(sessions_at 19860); [ "${SINGLE_HELD:-0}" -ge "$BASELINE" ] && break; sleep 0.5
+done
+sleep 10
+SINGLE_AFTER=$(rss_kib "$SINGLE")
+SINGLE_PER_TUNNEL=$(awk -v a="$SINGLE_AFTER" -v b="$SINGLE_BEFORE" -v n="$SINGLE_HELD" 'BEGIN { printf "%.1f", n ? (a - b) / n : 0 }')
+echo "single server: $SINGLE_HELD tunnels, $SINGLE_PER_TUNNEL KiB per tunnel" >&2
 GROWTH_MIB=$(mib $((DB_AFTER - DB_BEFORE)))
 mkdir -p "$(dirname "$OUT")"
 # What follows this line in $OUT (written by hand: before and after, what is left) is kept.
@@ -164,7 +215,8 @@ NOTES=$( [ -f "$OUT" ] && sed -n "/^$NOTES_MARKER\$/,\$p" "$OUT" || true)
   echo "Measured by \`CLUSTERS=$CLUSTERS benches/scale.sh\` on $(date -u +%Y-%m-%d): $(nproc) cores,"
   echo "$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo);"
   echo "one etcd member ($(etcd --version | head -1)), three replicas (\`--hostname localhost\`) behind"
-  echo "HAProxy (round robin, TCP), \`corral agent --simulate\` processes of $AGENT_BATCH clusters each, everything on loopback"
+  echo "HAProxy (round robin, TCP; $LB_PROCESSES process(es) on one address, each within the $(ulimit -Hn) open files a process may have),"
+  echo "\`corral agent --simulate\` processes of $AGENT_BATCH clusters each, everything on loopback"
   echo "and on the same two cores; $("$BIN" --version)."
   echo
   echo "| figure | measured | target |"
@@ -177,15 +229,18 @@ NOTES=$( [ -f "$OUT" ] && sed -n "/^$NOTES_MARKER\$/,\$p" "$OUT" || true)
   echo "| every cluster connected through the balancer | $CONNECTED of $CLUSTERS after $CONNECT_S s | all within 60 s |"
   echo "| tunnels held by each replica | ${HELD[*]} | even |"
   echo "| each replica's resident memory per tunnel it holds | ${PER_TUNNEL[0]} / ${PER_TUNNEL[1]} / ${PER_TUNNEL[2]} KiB | ≤ 16 KiB |"
+  echo "| the same, for one \`corral serve\` on a data directory holding $SINGLE_HELD tunnels (this run's baseline) | $SINGLE_PER_TUNNEL KiB | what a replica holds |"
   echo "| each replica's resident memory, before the agents → after | $((RSS_BEFORE[0] / 1024)) → $((RSS_AFTER[0] / 1024)) / $((RSS_BEFORE[1] / 1024)) → $((RSS_AFTER[1] / 1024)) / $((RSS_BEFORE[2] / 1024)) → $((RSS_AFTER[2] / 1024)) MiB | |"
   echo "| the agents' resident memory per simulated cluster | $AGENT_PER_CLUSTER KiB | |"
   echo "| \`kubectl get ns\`: first, middle and last cluster through each replica | $ANSWERED of $CALLS | 9 of 9 |"
+  echo "| \`GET /v3/clusters\` (the first page), every cluster connected, median of 5 | $LIST_MEDIAN ms | paginated and fast |"
   echo "| peering sessions between the replicas | $PEERS | 6 (n×(n−1)) |"
   echo
   echo "Replica memory is read (VmRSS) after the replicas started again, registration done, and 10 s after the"
   echo "last tunnel connected; the difference is divided by the tunnels that replica holds (it also holds"
-  echo "the routes to the other replicas' tunnels, and every agent's advertised parameters in its etcd"
-  echo "cache). Registration CPU is the three replicas' user and system time over a run, divided by its clusters: the first $FIRST are created on an"
+  echo "the routes to the other replicas' tunnels; what each agent advertised stays in etcd, read when a"
+  echo "relayed dial needs it). corral runs without transparent huge pages, so resident memory is what"
+  echo "it touched, in 4 KiB pages. Registration CPU is the three replicas' user and system time over a run, divided by its clusters: the first $FIRST are created on an"
   echo "empty store, the last $FIRST beside $((CLUSTERS - FIRST)) others."
   if [ -n "$NOTES" ]; then echo; echo "$NOTES"; fi
 } >"$OUT.new"
