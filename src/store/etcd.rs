@@ -281,14 +281,9 @@ impl EtcdBackend {
     /// The value at `path` as etcd has it now, with its revision (an uncached path).
     fn get_now(&self, path: &str) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
         let full = format!("{PREFIX}{path}");
-        let members = self.members.clone();
-        let response = self.wait_on(async move {
-            members
-                .call(|client| {
-                    let full = full.clone();
-                    async move { client.kv_client().get(full, None).await }
-                })
-                .await
+        let response = self.request(move |client| {
+            let full = full.clone();
+            async move { client.kv_client().get(full, None).await }
         })?;
         Ok(response
             .kvs()
@@ -318,20 +313,7 @@ impl EtcdBackend {
         let end = range_end(full.as_bytes());
         let (mut from, mut revision) = (full.into_bytes(), 0);
         loop {
-            let (start, end, at) = (from.clone(), end.clone(), revision);
-            let members = self.members.clone();
-            let response = self.wait_on(async move {
-                members
-                    .call(|client| {
-                        let (start, end) = (start.clone(), end.clone());
-                        let mut options = GetOptions::new().with_range(end).with_limit(RESYNC_PAGE);
-                        if at > 0 {
-                            options = options.with_revision(at);
-                        }
-                        async move { client.kv_client().get(start, Some(options)).await }
-                    })
-                    .await
-            })?;
+            let response = self.get_page(from.clone(), end.clone(), revision)?;
             if revision == 0 {
                 revision = response.header().map_or(0, |h| h.revision());
             }
@@ -353,6 +335,34 @@ impl EtcdBackend {
         }
     }
 
+    /// At most [`RESYNC_PAGE`] values of `[start, end)`, at revision `at` (0: the current one).
+    fn get_page(
+        &self,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        at: i64,
+    ) -> Result<etcd_client::GetResponse, StoreError> {
+        self.request(move |client| {
+            let (start, end) = (start.clone(), end.clone());
+            let mut options = GetOptions::new().with_range(end).with_limit(RESYNC_PAGE);
+            if at > 0 {
+                options = options.with_revision(at);
+            }
+            async move { client.kv_client().get(start, Some(options)).await }
+        })
+    }
+
+    /// Runs `op` on the members (see [`Members::call`]) and waits for its answer.
+    fn request<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(Client) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, etcd_client::Error>> + Send,
+    {
+        let members = self.members.clone();
+        self.wait_on(async move { members.call(op).await })
+    }
+
     fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
         self.cache.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -370,22 +380,7 @@ impl EtcdBackend {
         let mut revision = 0;
         let mut from = PREFIX.as_bytes().to_vec();
         loop {
-            let members = self.members.clone();
-            let (start, at) = (from.clone(), revision);
-            let response = self.wait_on(async move {
-                members
-                    .call(|client| {
-                        let start = start.clone();
-                        let mut options = GetOptions::new()
-                            .with_range(prefix_end())
-                            .with_limit(RESYNC_PAGE);
-                        if at > 0 {
-                            options = options.with_revision(at);
-                        }
-                        async move { client.kv_client().get(start, Some(options)).await }
-                    })
-                    .await
-            })?;
+            let response = self.get_page(from.clone(), prefix_end(), revision)?;
             if revision == 0 {
                 revision = response.header().map_or(0, |h| h.revision());
             }
@@ -691,14 +686,9 @@ impl Backend for EtcdBackend {
             .when(vec![compare])
             .and_then(vec![TxnOp::put(full.clone(), bytes.to_vec(), None)])
             .or_else(vec![TxnOp::get(full, None)]);
-        let members = self.members.clone();
-        let response = self.wait_on(async move {
-            members
-                .call(|client| {
-                    let txn = txn.clone();
-                    async move { client.kv_client().txn(txn).await }
-                })
-                .await
+        let response = self.request(move |client| {
+            let txn = txn.clone();
+            async move { client.kv_client().txn(txn).await }
         })?;
         let revision = response.header().map_or(0, |h| h.revision());
         if response.succeeded() {
@@ -749,14 +739,9 @@ impl Backend for EtcdBackend {
 
     fn delete_path(&self, path: &str) -> Result<(), StoreError> {
         let full = format!("{PREFIX}{path}");
-        let members = self.members.clone();
-        let response = self.wait_on(async move {
-            members
-                .call(|client| {
-                    let full = full.clone();
-                    async move { client.kv_client().delete(full, None).await }
-                })
-                .await
+        let response = self.request(move |client| {
+            let full = full.clone();
+            async move { client.kv_client().delete(full, None).await }
         })?;
         let revision = response.header().map_or(0, |h| h.revision());
         self.apply(path.to_string(), None, revision);
@@ -825,14 +810,9 @@ impl Backend for EtcdBackend {
                 .map(|&i| TxnOp::get(format!("{PREFIX}{}", keys[i].path), None))
                 .collect::<Vec<_>>();
             let txn = Txn::new().and_then(gets);
-            let members = self.members.clone();
-            let response = self.wait_on(async move {
-                members
-                    .call(|client| {
-                        let txn = txn.clone();
-                        async move { client.kv_client().txn(txn).await }
-                    })
-                    .await
+            let response = self.request(move |client| {
+                let txn = txn.clone();
+                async move { client.kv_client().txn(txn).await }
             })?;
             for (&i, op) in chunk.iter().zip(response.op_responses()) {
                 if let TxnOpResponse::Get(get) = op {
@@ -856,14 +836,9 @@ impl Backend for EtcdBackend {
     fn put_path(&self, path: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let full = format!("{PREFIX}{path}");
         let value = bytes.to_vec();
-        let members = self.members.clone();
-        let response = self.wait_on(async move {
-            members
-                .call(|client| {
-                    let (full, value) = (full.clone(), value.clone());
-                    async move { client.kv_client().put(full, value, None).await }
-                })
-                .await
+        let response = self.request(move |client| {
+            let (full, value) = (full.clone(), value.clone());
+            async move { client.kv_client().put(full, value, None).await }
         })?;
         let revision = response.header().map_or(0, |h| h.revision());
         let entry = Entry {
