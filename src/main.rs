@@ -12,8 +12,8 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// mimalloc: the handshake path allocates and frees many small buffers per connection, which
 /// glibc's malloc serves more slowly (see docs/PERFORMANCE.md). Its v2 line (Cargo.toml): v3 kept
-/// 33 KiB per idle tunnel on a replica on etcd, where etcd's client thread allocates beside the
-/// tunnels, against 16 KiB with v2, for the same handshake cost (docs/SCALE.md).
+/// about twice the memory per idle tunnel on a replica on etcd, where etcd's client thread
+/// allocates beside the tunnels, for the same handshake cost (docs/SCALE.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

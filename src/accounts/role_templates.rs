@@ -13,7 +13,6 @@ use super::state::{ClusterRoleTemplateBinding, Reindex, StoredRoleTemplate};
 use super::{AccountError, Accounts, Caller};
 use crate::rbac::{Grants, MANAGEMENT, PolicyRule, Request};
 use crate::secrets::random_suffix;
-use crate::store::StoreError;
 use crate::support::unix_now;
 
 /// Most custom role templates kept.
@@ -743,10 +742,7 @@ impl Accounts {
                 created: unix_now(),
                 creator_id: creator.to_string(),
             };
-            match self.records.cluster_bindings.create(&id, &binding) {
-                Ok(_) | Err(StoreError::Conflict(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.records.cluster_bindings.create_once(&id, &binding)?;
             self.reindex(Reindex::ClusterBinding(id));
         }
         Ok(())

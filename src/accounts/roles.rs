@@ -10,7 +10,6 @@ use super::state::{GlobalRoleBinding, Reindex, StoredRole};
 use super::{AccountError, Accounts, Caller};
 use crate::rbac::{Grants, MANAGEMENT, PolicyRule, Request};
 use crate::secrets::random_suffix;
-use crate::store::StoreError;
 use crate::support::unix_now;
 
 /// Most custom global roles kept.
@@ -452,10 +451,7 @@ impl Accounts {
             created: unix_now(),
             creator_id: String::new(),
         };
-        match self.records.bindings.create(&id, &binding) {
-            Ok(_) | Err(StoreError::Conflict(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
+        self.records.bindings.create_once(&id, &binding)?;
         self.records.settings.update(|state| {
             state.admin_bound = true;
             Ok::<_, AccountError>(())

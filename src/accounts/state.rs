@@ -349,22 +349,19 @@ impl Records {
         if old.users.is_empty() && old.tokens.is_empty() && old.legacy_settings.is_empty() {
             return Ok(());
         }
-        let created_once = |result: Result<_, StoreError>| match result {
-            Ok(_) | Err(StoreError::Conflict(_)) => Ok(()),
-            Err(e) => Err(e),
-        };
         for user in &old.users {
-            created_once(self.users.create(&user.id, user))?;
+            self.users.create_once(&user.id, user)?;
         }
         for token in &old.tokens {
-            created_once(self.tokens.create(&token.name, token))?;
+            self.tokens.create_once(&token.name, token)?;
         }
         for (name, value) in &old.legacy_settings {
             let setting = StoredSetting {
                 name: name.clone(),
                 value: value.clone(),
             };
-            created_once(self.setting_values.create(&setting_id(name), &setting))?;
+            self.setting_values
+                .create_once(&setting_id(name), &setting)?;
         }
         self.settings.update(|state| {
             state.users.clear();

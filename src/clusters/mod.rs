@@ -421,18 +421,7 @@ impl Clusters {
     /// (oldest first, as the route lists them): from an agent connected here, else as saved by the
     /// replica holding it. `None` until that session's is known.
     pub fn agent_params(&self, cluster_id: &str, sessions: &[i64]) -> Option<ClusterParams> {
-        let session = *sessions.first()?;
-        if let Some(params) = self.advertised.get(&(cluster_id.to_string(), session)) {
-            return Some(params.clone());
-        }
-        if !self.store.has_paths() {
-            return None;
-        }
-        let saved = self
-            .agent_sessions
-            .get(&session_id(cluster_id, session))
-            .ok()??;
-        Some(saved.value.params)
+        self.agent_params_many(&[(cluster_id, sessions)]).pop()?
     }
 
     /// [`Clusters::agent_params`] of many clusters (each with the sessions of its route), in as few
@@ -538,7 +527,8 @@ impl Clusters {
     pub fn record_node(self: &Arc<Self>, cluster_id: &str, params: &NodeParams) -> Node {
         let custom = params.custom_config.clone().unwrap_or_default();
         let id = params.node_id();
-        let stored = self.stored_node(cluster_id, &id);
+        // As seen here first: a node agent reconnecting reads nothing from the store.
+        let stored = self.node(cluster_id, &id);
         let node = Node {
             created: stored.as_ref().map_or_else(unix_now, |n| n.created),
             id,
@@ -649,10 +639,7 @@ impl Clusters {
                         continue;
                     }
                     let id = session_id(cluster_id, advertised.session);
-                    match self.agent_sessions.create(&id, advertised) {
-                        Ok(_) | Err(StoreError::Conflict(_)) => {}
-                        Err(e) => return Err(e),
-                    }
+                    self.agent_sessions.create_once(&id, advertised)?;
                 }
                 Unsaved::Node(node) => {
                     // Its cluster deleted meanwhile: nothing to keep it for.
@@ -899,10 +886,7 @@ impl Clusters {
             for embedding in &legacy.clusters {
                 self.keep_embedded(embedding)?;
                 let cluster = &embedding.cluster;
-                match self.objects.create(&cluster.id, cluster) {
-                    Ok(_) | Err(StoreError::Conflict(_)) => {}
-                    Err(e) => return Err(e),
-                }
+                self.objects.create_once(&cluster.id, cluster)?;
             }
             store.delete(&LEGACY_CLUSTERS)?;
             tracing::info!(
@@ -949,16 +933,10 @@ impl Clusters {
                 created_micros: token.created * 1_000_000 + position as i64,
                 ..token.clone()
             };
-            match self.tokens.create(&token.key(), &token) {
-                Ok(_) | Err(StoreError::Conflict(_)) => {}
-                Err(e) => return Err(e),
-            }
+            self.tokens.create_once(&token.key(), &token)?;
         }
         for node in &embedding.nodes {
-            match self.node_objects.create(&node.key(), node) {
-                Ok(_) | Err(StoreError::Conflict(_)) => {}
-                Err(e) => return Err(e),
-            }
+            self.node_objects.create_once(&node.key(), node)?;
         }
         Ok(())
     }

@@ -147,11 +147,7 @@ pub trait Backend: Send + Sync + 'static {
     fn delete(&self, key: &Key) -> Result<(), StoreError>;
     /// Every object of `kind` whose id starts with `id_prefix` (`""`: all): its id, bytes and
     /// version, by id.
-    fn list_kind(
-        &self,
-        kind: &Kind,
-        id_prefix: &str,
-    ) -> Result<Vec<(String, Vec<u8>, Version)>, StoreError>;
+    fn list_kind(&self, kind: &Kind, id_prefix: &str) -> Result<Listed, StoreError>;
     /// Every object of `kind` (as [`Backend::list_kind`]), handed to `each` a page at a time by a
     /// store that reads them from its server: only what `each` keeps stays in memory.
     fn list_kind_pages(&self, kind: &Kind, each: &mut PageSink<'_>) -> Result<(), StoreError> {
@@ -391,11 +387,7 @@ impl Backend for FileBackend {
         }
     }
 
-    fn list_kind(
-        &self,
-        kind: &Kind,
-        id_prefix: &str,
-    ) -> Result<Vec<(String, Vec<u8>, Version)>, StoreError> {
+    fn list_kind(&self, kind: &Kind, id_prefix: &str) -> Result<Listed, StoreError> {
         let dir = self.dir.root().join(kind.dir);
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::backend::{Backend, Key, Kind, StoreError, Version};
+use super::backend::{Backend, Key, Kind, Listed, StoreError, Version};
 
 /// Compare-and-swap attempts before an update gives up (each one lost to another writer).
 const ATTEMPTS: usize = 8;
@@ -87,19 +87,8 @@ impl<T: Serialize + DeserializeOwned> Collection<T> {
         &self,
         mut each: impl FnMut(Vec<(String, Stored<T>)>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        self.backend.list_kind_pages(&self.kind, &mut |page| {
-            let mut objects = Vec::with_capacity(page.len());
-            for (id, bytes, version) in page {
-                let Some(key) = self.kind.key(&id) else {
-                    continue;
-                };
-                match self.parse(&key, &bytes) {
-                    Ok(value) => objects.push((id, Stored { value, version })),
-                    Err(e) => tracing::warn!("{e}"),
-                }
-            }
-            each(objects)
-        })
+        self.backend
+            .list_kind_pages(&self.kind, &mut |page| each(self.parsed(page)))
     }
 
     /// Every object, by id. One that does not parse is left out, with a warning naming where it is.
@@ -109,8 +98,13 @@ impl<T: Serialize + DeserializeOwned> Collection<T> {
 
     /// The objects whose id starts with `id_prefix`, by id (as [`Collection::list`]).
     pub fn list_prefixed(&self, id_prefix: &str) -> Result<Vec<(String, Stored<T>)>, StoreError> {
-        let mut objects = Vec::new();
-        for (id, bytes, version) in self.backend.list_kind(&self.kind, id_prefix)? {
+        Ok(self.parsed(self.backend.list_kind(&self.kind, id_prefix)?))
+    }
+
+    /// Listed objects parsed; one that does not parse is left out, with a warning naming where it is.
+    fn parsed(&self, listed: Listed) -> Vec<(String, Stored<T>)> {
+        let mut objects = Vec::with_capacity(listed.len());
+        for (id, bytes, version) in listed {
             let Some(key) = self.kind.key(&id) else {
                 continue;
             };
@@ -119,12 +113,21 @@ impl<T: Serialize + DeserializeOwned> Collection<T> {
                 Err(e) => tracing::warn!("{e}"),
             }
         }
-        Ok(objects)
+        objects
     }
 
     /// Stores a new object; [`StoreError::Conflict`] when `id` exists already.
     pub fn create(&self, id: &str, value: &T) -> Result<Version, StoreError> {
         self.write(id, value, None)
+    }
+
+    /// Stores a new object unless `id` exists already, which is kept (moving what an earlier
+    /// version kept elsewhere, again after a start cut short; replicas making one object at once).
+    pub fn create_once(&self, id: &str, value: &T) -> Result<(), StoreError> {
+        match self.create(id, value) {
+            Ok(_) | Err(StoreError::Conflict(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Stores a new object under a generated id (`generate`, e.g. `grb-` and five random

@@ -6,9 +6,9 @@
 //! replica keeps serving what it has while etcd is away. The exception are the prefixes the caller
 //! names uncached: values one per tunnel of every replica (what each agent advertised), which a
 //! replica needs only for the few tunnels it relays to, are read from etcd when asked for, so that
-//! a replica's memory grows with the tunnels it holds, not with every tunnel of the installation. Writes are transactions on the key's
-//! revision (compare-and-swap): of replicas writing at once, one wins and the others see a
-//! conflict, re-read and try again (see `Document::update`).
+//! a replica's memory grows with the tunnels it holds, not with every tunnel of the installation.
+//! Writes are transactions on the key's revision (compare-and-swap): of replicas writing at once,
+//! one wins and the others see a conflict, re-read and try again (see `Document::update`).
 //!
 //! Each member has a client of its own and a request goes to the member that answered last; one
 //! that fails or does not answer within [`ATTEMPT_TIMEOUT`] sends it to the next (as Go's clientv3
@@ -28,13 +28,15 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::backend::{Backend, Key, Kind, Leadership, LeaseGuard, PageSink, StoreError, Version};
+use super::backend::{
+    Backend, Key, Kind, Leadership, LeaseGuard, Listed, PageSink, StoreError, Version,
+};
 
 /// How long one member may take to answer before the request goes to the next.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -113,6 +115,26 @@ struct Entry {
     revision: i64,
 }
 
+impl Entry {
+    fn of(kv: &KeyValue) -> Self {
+        Self {
+            bytes: kv.value().to_vec(),
+            revision: kv.mod_revision(),
+        }
+    }
+}
+
+/// Values of `kind` read from etcd, by path, as [`Backend::list_kind`] lists them.
+fn listed(kind: &Kind, values: Vec<(String, Entry)>) -> Listed {
+    values
+        .into_iter()
+        .filter_map(|(path, entry)| {
+            let id = kind.id_of(&path)?.to_string();
+            Some((id, entry.bytes, revision_version(entry.revision)))
+        })
+        .collect()
+}
+
 /// One client per member, and the member that answered last (where requests go first).
 #[derive(Clone)]
 struct Members {
@@ -171,9 +193,9 @@ struct Follower {
     sender: broadcast::Sender<String>,
 }
 
-/// Values read per request when the whole prefix is loaded. corral's values are a few KB (a cluster
-/// with 100 tokens and full annotations about 12 KB; all settings together at most 1 MiB), so a page
-/// stays far below gRPC's 4 MiB.
+/// Values read per request when the whole prefix is loaded. corral's values are a few KB at most (a
+/// cluster with full labels and annotations about 8 KB; all settings together at most 1 MiB), so a
+/// page stays below gRPC's 4 MiB.
 const RESYNC_PAGE: i64 = 100;
 
 /// The end of [`PREFIX`]'s range: the first key past every key that starts with it.
@@ -295,35 +317,44 @@ impl EtcdBackend {
     /// prefix): see [`EtcdBackend::range_pages`].
     fn range_now(&self, path_prefix: &str) -> Result<Vec<(String, Entry)>, StoreError> {
         let mut found = Vec::new();
-        self.range_pages(path_prefix, &mut |page| {
+        self.prefix_pages(path_prefix, &mut |page| {
             found.extend(page);
             Ok(())
         })?;
         Ok(found)
     }
 
-    /// Hands `each` the values whose path starts with `path_prefix`, by path, one page of
-    /// [`RESYNC_PAGE`] at a time, all at one revision: what it keeps is what stays in memory.
-    fn range_pages(
+    /// [`EtcdBackend::range_pages`] of the values whose path starts with `path_prefix`.
+    fn prefix_pages(
         &self,
         path_prefix: &str,
         each: &mut dyn FnMut(Vec<(String, Entry)>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let full = format!("{PREFIX}{path_prefix}");
-        let end = range_end(full.as_bytes());
-        let (mut from, mut revision) = (full.into_bytes(), 0);
+        let start = format!("{PREFIX}{path_prefix}").into_bytes();
+        let end = range_end(&start);
+        self.range_pages(start, end, &mut 0, each)
+    }
+
+    /// Hands `each` the values of `[start, end)`, by path, one page of [`RESYNC_PAGE`] at a time,
+    /// all at revision `at` (0: the current one, set from the first answer, so that several ranges
+    /// can be read at one revision): what `each` keeps is what stays in memory.
+    fn range_pages(
+        &self,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        at: &mut i64,
+        each: &mut dyn FnMut(Vec<(String, Entry)>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut from = start;
         loop {
-            let response = self.get_page(from.clone(), end.clone(), revision)?;
-            if revision == 0 {
-                revision = response.header().map_or(0, |h| h.revision());
+            let response = self.get_page(from.clone(), end.clone(), *at)?;
+            if *at == 0 {
+                *at = response.header().map_or(0, |h| h.revision());
             }
-            let page = response.kvs().iter().filter_map(|kv| {
-                let entry = Entry {
-                    bytes: kv.value().to_vec(),
-                    revision: kv.mod_revision(),
-                };
-                Some((path_of(kv.key())?, entry))
-            });
+            let page = response
+                .kvs()
+                .iter()
+                .filter_map(|kv| Some((path_of(kv.key())?, Entry::of(kv))));
             each(page.collect())?;
             match (response.more(), response.kvs().last()) {
                 (true, Some(last)) => {
@@ -378,33 +409,12 @@ impl EtcdBackend {
     fn resync(&self) -> Result<i64, StoreError> {
         let mut fresh = BTreeMap::new();
         let mut revision = 0;
-        let mut from = PREFIX.as_bytes().to_vec();
-        loop {
-            let response = self.get_page(from.clone(), prefix_end(), revision)?;
-            if revision == 0 {
-                revision = response.header().map_or(0, |h| h.revision());
-            }
-            for kv in response.kvs() {
-                if let Some(path) = path_of(kv.key()).filter(|p| !self.is_uncached(p)) {
-                    let entry = Entry {
-                        bytes: kv.value().to_vec(),
-                        revision: kv.mod_revision(),
-                    };
-                    fresh.insert(path, entry);
-                }
-            }
-            match (response.more(), response.kvs().last()) {
-                (true, Some(last)) => {
-                    from = last.key().to_vec();
-                    from.push(0);
-                    // An uncached range is jumped over, not read.
-                    let next = path_of(&from).unwrap_or_default();
-                    if let Some(prefix) = self.uncached.iter().find(|p| next.starts_with(*p)) {
-                        from = range_end(format!("{PREFIX}{prefix}").as_bytes());
-                    }
-                }
-                _ => break,
-            }
+        // The ranges watched are those cached: the uncached ones are not read.
+        for (start, end) in watched_ranges(self.uncached) {
+            self.range_pages(start, end, &mut revision, &mut |page| {
+                fresh.extend(page);
+                Ok(())
+            })?;
         }
         let changed: Vec<String> = {
             let mut cache = self.write_cache();
@@ -594,10 +604,7 @@ async fn follow(backend: std::sync::Weak<EtcdBackend>, mut revision: i64) {
                     let Some(path) = path_of(kv.key()) else {
                         continue;
                     };
-                    let entry = (event.event_type() == EventType::Put).then(|| Entry {
-                        bytes: kv.value().to_vec(),
-                        revision: kv.mod_revision(),
-                    });
+                    let entry = (event.event_type() == EventType::Put).then(|| Entry::of(kv));
                     backend.apply(path, entry, kv.mod_revision());
                     revision = revision.max(kv.mod_revision());
                 }
@@ -718,14 +725,9 @@ impl Backend for EtcdBackend {
                     return Ok(revision_version(revision));
                 }
                 match get.kvs().first() {
-                    Some(kv) => self.apply(
-                        key.path.to_string(),
-                        Some(Entry {
-                            bytes: kv.value().to_vec(),
-                            revision: kv.mod_revision(),
-                        }),
-                        kv.mod_revision(),
-                    ),
+                    Some(kv) => {
+                        self.apply(key.path.to_string(), Some(Entry::of(kv)), kv.mod_revision())
+                    }
                     None => self.apply(key.path.to_string(), None, revision),
                 }
             }
@@ -748,21 +750,10 @@ impl Backend for EtcdBackend {
         Ok(())
     }
 
-    fn list_kind(
-        &self,
-        kind: &Kind,
-        id_prefix: &str,
-    ) -> Result<Vec<(String, Vec<u8>, Version)>, StoreError> {
+    fn list_kind(&self, kind: &Kind, id_prefix: &str) -> Result<Listed, StoreError> {
         let start = format!("{}{id_prefix}", kind.prefix);
         if self.is_uncached(&start) {
-            let found = self.range_now(&start)?;
-            return Ok(found
-                .into_iter()
-                .filter_map(|(path, entry)| {
-                    let id = kind.id_of(&path)?.to_string();
-                    Some((id, entry.bytes, revision_version(entry.revision)))
-                })
-                .collect());
+            return Ok(listed(kind, self.range_now(&start)?));
         }
         Ok(self
             .read_cache()
@@ -786,13 +777,7 @@ impl Backend for EtcdBackend {
         if !self.is_uncached(kind.prefix) {
             return each(self.list_kind(kind, "")?);
         }
-        self.range_pages(kind.prefix, &mut |page| {
-            let page = page.into_iter().filter_map(|(path, entry)| {
-                let id = kind.id_of(&path)?.to_string();
-                Some((id, entry.bytes, revision_version(entry.revision)))
-            });
-            each(page.collect())
-        })
+        self.prefix_pages(kind.prefix, &mut |page| each(listed(kind, page)))
     }
 
     fn read_many(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
