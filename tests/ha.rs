@@ -668,6 +668,51 @@ async fn a_reconnected_agent_is_proxied_with_what_it_advertised_last() {
     let second_server = format!("https://{}", addrs[1]);
     let _second = lab.simulated_agents_at(&second_server, &[&lab.registration], 1);
     answers_everywhere().await;
+
+    // Another cluster, its agent (another CA) on replica 0. Each replica lists both clusters with
+    // the apiEndpoint and caCert their agents advertised: its own agent's from memory, the other's
+    // read from etcd (a list reads those together): the same on both, each with its own cluster.
+    let (extra, extra_token) = lab.add_cluster("extra").await;
+    let _third = lab.simulated_agents_at(&first_server, &[&extra_token], 1);
+    let advertised = |listed: &Value, id: &str| {
+        let cluster = listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id);
+        let cluster = cluster.unwrap_or_else(|| panic!("{id} in {listed}"));
+        (cluster["apiEndpoint"].clone(), cluster["caCert"].clone())
+    };
+    let mut seen = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (lab_cluster, extra_cluster) = loop {
+            let listed = request(*addr, "GET", "/v3/clusters", &[&lab.auth()], None).await;
+            let listed = json(&listed);
+            let both = (
+                advertised(&listed, &lab.cluster),
+                advertised(&listed, &extra),
+            );
+            if both.0.1.is_string() && both.1.1.is_string() {
+                break both;
+            }
+            assert!(Instant::now() < deadline, "replica {i}: {listed}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(lab_cluster.0.as_str().unwrap().starts_with("https://"));
+        assert_ne!(lab_cluster.1, extra_cluster.1, "two agents, two CAs");
+        let path = format!("/v3/clusters/{extra}");
+        let one = json(&request(*addr, "GET", &path, &[&lab.auth()], None).await);
+        assert_eq!(
+            (one["apiEndpoint"].clone(), one["caCert"].clone()),
+            extra_cluster
+        );
+        seen.push((lab_cluster, extra_cluster));
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "both replicas show what the agents advertised"
+    );
 }
 
 /// etcd with TLS and client certificates: corral reaches it with `--etcd-ca/--etcd-cert/--etcd-key`,
@@ -1521,20 +1566,7 @@ async fn clusters_are_a_key_each_and_fit_a_small_etcd() {
     // 300 clusters with a registration token each.
     let before = etcd.db_size();
     for i in 0..300 {
-        let body = json!({ "name": format!("scale-{i}") }).to_string();
-        let made = request(addr, "POST", "/v3/clusters", &[&lab.auth()], Some(&body)).await;
-        assert_eq!(made.status, 201, "cluster {i}: {}", made.body);
-        let id = json(&made)["id"].as_str().unwrap().to_string();
-        let token = json!({ "clusterId": id }).to_string();
-        let made = request(
-            addr,
-            "POST",
-            "/v3/clusterregistrationtokens",
-            &[&lab.auth()],
-            Some(&token),
-        )
-        .await;
-        assert_eq!(made.status, 201, "token {i}: {}", made.body);
+        lab.add_cluster(&format!("scale-{i}")).await;
     }
     let after = etcd.db_size();
     println!("etcd's database: {before} bytes before 300 clusters, {after} after");

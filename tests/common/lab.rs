@@ -57,39 +57,24 @@ impl Lab {
         let response = super::login(addr, "admin", BOOTSTRAP).await;
         let token = body(&response)["token"].as_str().unwrap().to_string();
         let auth = format!("Authorization: Bearer {token}");
-        let created = request(
-            addr,
-            "POST",
-            "/v3/clusters",
-            &[&auth],
-            Some(r#"{"name":"lab"}"#),
-        )
-        .await;
-        assert_eq!(created.status, 201, "{}", created.body);
-        let cluster = body(&created)["id"].as_str().unwrap().to_string();
-        let new_token = json!({ "clusterId": cluster }).to_string();
-        let registration = request(
-            addr,
-            "POST",
-            "/v3/clusterregistrationtokens",
-            &[&auth],
-            Some(&new_token),
-        )
-        .await;
-        assert_eq!(registration.status, 201, "{}", registration.body);
-        let registration = body(&registration);
+        let (cluster, registration) = create_cluster(addr, &auth, "lab").await;
         let ca = request(addr, "GET", "/cacerts", &[], None).await.body;
         let checksum = sha256_hex(ca.as_bytes());
         Lab {
             addr,
             token,
             cluster,
-            registration: registration["token"].as_str().unwrap().to_string(),
+            registration,
             checksum,
             ca_file: temp_file(&ca),
             corral,
             _dir: None,
         }
+    }
+
+    /// A new cluster called `name` with a registration token: its id and the token.
+    pub async fn add_cluster(&self, name: &str) -> (String, String) {
+        create_cluster(self.addr, &self.auth(), name).await
     }
 
     /// Sets server-url to `url` as the admin: corral pins its certificate to that host.
@@ -267,6 +252,21 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Creates cluster `name` and a registration token for it on `addr` (as `auth`, a header line):
+/// the cluster's id and the token.
+pub async fn create_cluster(addr: SocketAddr, auth: &str, name: &str) -> (String, String) {
+    let cluster = json!({ "name": name }).to_string();
+    let created = request(addr, "POST", "/v3/clusters", &[auth], Some(&cluster)).await;
+    assert_eq!(created.status, 201, "cluster {name}: {}", created.body);
+    let id = body(&created)["id"].as_str().unwrap().to_string();
+    let token = json!({ "clusterId": id }).to_string();
+    let path = "/v3/clusterregistrationtokens";
+    let made = request(addr, "POST", path, &[auth], Some(&token)).await;
+    assert_eq!(made.status, 201, "token of {name}: {}", made.body);
+    let token = body(&made)["token"].as_str().unwrap().to_string();
+    (id, token)
 }
 
 pub fn body(response: &HttpResponse) -> Value {
