@@ -30,7 +30,6 @@ OUT=${OUT:-docs/SCALE.md}
 # shellcheck source=benches/common.sh
 source benches/common.sh
 [ "$CLUSTERS" -gt $((2 * FIRST)) ] || { echo "CLUSTERS must be more than 2 × FIRST ($FIRST)" >&2; exit 1; }
-ulimit -n 65536 2>/dev/null || true
 
 start_etcd 1
 ETCD_PID=${PIDS[-1]}
