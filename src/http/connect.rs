@@ -9,6 +9,8 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Request, Response, StatusCode};
+use futures_util::FutureExt;
+use futures_util::future::Either;
 
 use super::{AppState, ConnectionSlot, text_response};
 use crate::clusters::AgentParams;
@@ -129,27 +131,36 @@ pub async fn connect(State(state): State<Arc<AppState>>, mut req: Request<Body>)
     let faults = state.faults.clone();
     let conn = req.extensions().get::<ConnInfo>().copied();
     let toxic_key = key.clone();
-    tokio::spawn(async move {
-        let _places = places;
-        let wrap = |io| {
-            let reset = conn.map(|conn| {
-                Box::new(move || crate::net::reset_on_close(&conn))
-                    as crate::lab::toxics::ResetOnClose
-            });
-            ToxicIo::new(io, faults, toxic_key, reset)
-        };
-        let ws = match websocket::accept_through(on_upgrade, wrap).await {
+    let wrap = move |io| {
+        let reset = conn.map(|conn| {
+            Box::new(move || crate::net::reset_on_close(&conn)) as crate::lab::toxics::ResetOnClose
+        });
+        ToxicIo::new(io, faults, toxic_key, reset)
+    };
+    // Combinators, not an async block: a block would keep everything the upgrade and the
+    // session's start needed for as long as the tunnel lives, and a second copy of the session's
+    // future, in every idle tunnel's task.
+    let upgraded = websocket::accept_through(on_upgrade, wrap);
+    tokio::spawn(upgraded.then(move |ws| {
+        let ws = match ws {
             Ok(ws) => ws,
-            Err(e) => return tracing::warn!("tunnel upgrade for {key} failed: {e}"),
-        };
-        let record = |session| {
-            if let Some(params) = cluster_params {
-                clusters.record_agent(&cluster_id, session, params);
+            Err(e) => {
+                tracing::warn!("tunnel upgrade for {key} failed: {e}");
+                return Either::Left(std::future::ready(()));
             }
         };
-        let session = tunnels.serve(&key, ws, record).await;
-        clusters.forget_agent(&cluster_id, session);
-    });
+        let (recording, recorded_id) = (clusters.clone(), cluster_id.clone());
+        let record = move |session| {
+            if let Some(params) = cluster_params {
+                recording.record_agent(&recorded_id, session, params);
+            }
+        };
+        let serving = tunnels.serve(key, ws, record);
+        Either::Right(serving.map(move |session| {
+            clusters.forget_agent(&cluster_id, session);
+            drop(places);
+        }))
+    }));
     response
 }
 

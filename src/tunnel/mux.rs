@@ -3,12 +3,15 @@
 //! [`TunnelStream`](super::stream::TunnelStream) sends through it.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, Semaphore, TryAcquireError};
 
 use super::buffer::{Closed, StreamShared, Tempo};
 use super::codec::MessageType;
@@ -18,32 +21,103 @@ use super::codec::MessageType;
 /// most 64 KiB).
 const OUTGOING_QUEUE: usize = 16;
 
-/// What a session's writer drains: data and errors in order on a bounded queue (so writers wait
-/// for room), and Pause/Resume on an unbounded one, enqueued under the stream's lock so they reach
-/// the peer in the order they were decided. (Decided under the lock but queued after it, a Resume
-/// could overtake its Pause and leave the peer paused for good.)
-pub struct Outgoing {
-    pub(super) data: mpsc::Receiver<Bytes>,
-    pub(super) flow: Arc<FlowQueue>,
+/// What a session's writer drains, shared with the [`Mux`] that fills it: data and errors in order
+/// on a bounded queue (writers wait for room, first come first served), and Pause/Resume on an
+/// unbounded one, enqueued under the stream's lock so they reach the peer in the order they were
+/// decided. (Decided under the lock but queued after it, a Resume could overtake its Pause and
+/// leave the peer paused for good.) Pause/Resume go first.
+///
+/// Not tokio's bounded channel: that allocates a block of 32 slots and its own shared state up
+/// front (about 1.5 KiB), and this queue is in every idle tunnel; here an empty queue holds no
+/// allocation (docs/SCALE.md).
+pub struct Queues {
+    queued: Mutex<Queued>,
+    /// Free places on the data queue; closed when the session's writer is gone.
+    room: Semaphore,
+    /// The writer waits on it.
+    ready: Notify,
 }
 
-/// The Pause/Resume queue: unbounded, as few are ever waiting (one per stream at most between
-/// two writes), and unlike a channel it allocates nothing until used — it is in every idle tunnel.
 #[derive(Default)]
-pub struct FlowQueue {
-    queued: Mutex<VecDeque<Bytes>>,
-    ready: tokio::sync::Notify,
+struct Queued {
+    flow: VecDeque<Bytes>,
+    data: VecDeque<Bytes>,
 }
 
-impl FlowQueue {
-    fn push(&self, message: Bytes) {
-        crate::support::lock(&self.queued).push_back(message);
+/// A place taken on the data queue, for one message.
+pub struct Permit<'a> {
+    queues: &'a Queues,
+}
+
+impl Permit<'_> {
+    pub fn send(self, message: Bytes) {
+        self.queues.push_data(message);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.queues.room.add_permits(1);
+    }
+}
+
+impl Queues {
+    fn new() -> Self {
+        Self {
+            queued: Mutex::default(),
+            room: Semaphore::new(OUTGOING_QUEUE),
+            ready: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queued> {
+        crate::support::lock(&self.queued)
+    }
+
+    /// Queues a message on a place taken from `room`.
+    fn push_data(&self, message: Bytes) {
+        self.lock().data.push_back(message);
         self.ready.notify_one();
     }
 
-    /// The next queued message, if any.
+    fn push_flow(&self, message: Bytes) {
+        self.lock().flow.push_back(message);
+        self.ready.notify_one();
+    }
+
+    /// Waits for a place on the data queue; `None` once the writer is gone.
+    pub async fn reserve(&self) -> Option<Permit<'_>> {
+        self.room.acquire().await.ok()?.forget();
+        Some(Permit { queues: self })
+    }
+
+    /// A place on the data queue if one is free now.
+    fn try_reserve(&self) -> Result<Permit<'_>, TryAcquireError> {
+        self.room.try_acquire()?.forget();
+        Ok(Permit { queues: self })
+    }
+
+    /// Queues a message, waiting for room; dropped if the writer is gone.
+    pub async fn send(&self, message: Bytes) {
+        if let Some(permit) = self.reserve().await {
+            permit.send(message);
+        }
+    }
+
+    /// The next message, Pause/Resume first.
     pub fn try_pop(&self) -> Option<Bytes> {
-        crate::support::lock(&self.queued).pop_front()
+        self.try_pop_flow().or_else(|| self.try_pop_data())
+    }
+
+    pub(super) fn try_pop_flow(&self) -> Option<Bytes> {
+        self.lock().flow.pop_front()
+    }
+
+    pub(super) fn try_pop_data(&self) -> Option<Bytes> {
+        let message = self.lock().data.pop_front()?;
+        self.room.add_permits(1);
+        Some(message)
     }
 
     /// Waits for the next message.
@@ -52,9 +126,110 @@ impl FlowQueue {
             if let Some(message) = self.try_pop() {
                 return message;
             }
+            // Idle: give back what a burst made the queues grow to.
+            {
+                let mut queued = self.lock();
+                if queued.flow.is_empty() && queued.data.is_empty() {
+                    *queued = Queued::default();
+                }
+            }
             // A push after the check leaves a permit, so this wakes.
             self.ready.notified().await;
         }
+    }
+
+    /// The writer is gone: waiting and later senders give up, and what is queued is dropped.
+    fn close(&self) {
+        self.room.close();
+        *self.lock() = Queued::default();
+    }
+}
+
+/// A place on the data queue taken by polling, for a stream's `poll_write`: held until `send`,
+/// given back if dropped unused.
+pub struct PollPermit {
+    queues: Arc<Queues>,
+    waiting: Option<Pin<Box<dyn Future<Output = bool> + Send>>>,
+    held: bool,
+}
+
+/// The session's writer is gone.
+#[derive(Debug)]
+pub struct WriterGone;
+
+impl PollPermit {
+    pub fn new(queues: Arc<Queues>) -> Self {
+        Self {
+            queues,
+            waiting: None,
+            held: false,
+        }
+    }
+
+    /// Ready when a place is held.
+    pub fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WriterGone>> {
+        if self.held {
+            return Poll::Ready(Ok(()));
+        }
+        let waiting = match &mut self.waiting {
+            Some(waiting) => waiting,
+            None => {
+                match self.queues.room.try_acquire() {
+                    Ok(place) => {
+                        place.forget();
+                        self.held = true;
+                        return Poll::Ready(Ok(()));
+                    }
+                    Err(TryAcquireError::Closed) => return Poll::Ready(Err(WriterGone)),
+                    Err(TryAcquireError::NoPermits) => {}
+                }
+                // Full: wait in line (a box only while waiting).
+                let queues = self.queues.clone();
+                self.waiting.insert(Box::pin(async move {
+                    let place = queues.room.acquire().await;
+                    place.map(|place| place.forget()).is_ok()
+                }))
+            }
+        };
+        let taken = ready!(waiting.as_mut().poll(cx));
+        self.waiting = None;
+        self.held = taken;
+        Poll::Ready(if taken { Ok(()) } else { Err(WriterGone) })
+    }
+
+    /// Queues `message` on the place held (after `poll_reserve`).
+    pub fn send(&mut self, message: Bytes) -> Result<(), WriterGone> {
+        if !std::mem::take(&mut self.held) {
+            return Err(WriterGone);
+        }
+        self.queues.push_data(message);
+        Ok(())
+    }
+}
+
+impl Drop for PollPermit {
+    fn drop(&mut self) {
+        if self.held {
+            self.queues.room.add_permits(1);
+        }
+    }
+}
+
+/// The session writer's end of its [`Queues`]: closes them when dropped, as a channel's receiver.
+pub struct Outgoing {
+    queues: Arc<Queues>,
+}
+
+impl std::ops::Deref for Outgoing {
+    type Target = Queues;
+    fn deref(&self) -> &Queues {
+        &self.queues
+    }
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        self.queues.close();
     }
 }
 
@@ -63,8 +238,7 @@ pub struct Mux {
     pub tempo: Tempo,
     /// A Pause or Resume was queued since the session's reader last looked.
     flow_queued: std::sync::atomic::AtomicBool,
-    out: mpsc::Sender<Bytes>,
-    flow: Arc<FlowQueue>,
+    queues: Arc<Queues>,
     streams: Mutex<HashMap<i64, Arc<StreamShared>>>,
     next_conn_id: AtomicI64,
     next_message_id: AtomicI64,
@@ -73,18 +247,16 @@ pub struct Mux {
 impl Mux {
     /// A mux, and the receivers its session's writer drains.
     pub fn new(first_message_id: i64) -> (Self, Outgoing) {
-        let (out, data) = mpsc::channel(OUTGOING_QUEUE);
-        let flow = Arc::new(FlowQueue::default());
+        let queues = Arc::new(Queues::new());
         let mux = Self {
             tempo: Tempo::default(),
             flow_queued: std::sync::atomic::AtomicBool::new(false),
-            out,
-            flow: flow.clone(),
+            queues: queues.clone(),
             streams: Mutex::new(HashMap::new()),
             next_conn_id: AtomicI64::new(1),
             next_message_id: AtomicI64::new(first_message_id),
         };
-        let outgoing = Outgoing { data, flow };
+        let outgoing = Outgoing { queues };
         (mux, outgoing)
     }
 
@@ -92,8 +264,9 @@ impl Mux {
         crate::support::lock(&self.streams)
     }
 
-    pub fn sender(&self) -> mpsc::Sender<Bytes> {
-        self.out.clone()
+    /// The queues, for a stream's writes.
+    pub fn queues(&self) -> Arc<Queues> {
+        self.queues.clone()
     }
 
     /// remotedialer's per-process message counter; receivers ignore it.
@@ -113,26 +286,32 @@ impl Mux {
 
     /// Queues a message, waiting for room.
     pub async fn send(&self, conn_id: i64, kind: MessageType, payload: Bytes) {
-        let _ = self.out.send(self.message(conn_id, kind, &payload)).await;
+        self.queues
+            .send(self.message(conn_id, kind, &payload))
+            .await;
     }
 
     /// Waits for room in the queue (for a Connect: given up, it leaves nothing behind).
-    pub async fn reserve(&self) -> Option<mpsc::Permit<'_, Bytes>> {
-        self.out.reserve().await.ok()
+    pub async fn reserve(&self) -> Option<Permit<'_>> {
+        self.queues.reserve().await
     }
 
     /// Queues a message from synchronous code: at once if there is room, else from a task.
     pub fn send_soon(&self, conn_id: i64, kind: MessageType, payload: Bytes) {
         let message = self.message(conn_id, kind, &payload);
-        if let Err(mpsc::error::TrySendError::Full(message)) = self.out.try_send(message) {
-            let out = self.out.clone();
-            tokio::spawn(async move { out.send(message).await });
+        match self.queues.try_reserve() {
+            Ok(permit) => permit.send(message),
+            Err(TryAcquireError::Closed) => {}
+            Err(TryAcquireError::NoPermits) => {
+                let queues = self.queues.clone();
+                tokio::spawn(async move { queues.send(message).await });
+            }
         }
     }
 
     /// Queues a Pause or Resume. Callers hold the stream's lock, which orders them (see [`Outgoing`]).
     pub fn send_flow(&self, conn_id: i64, kind: MessageType) {
-        self.flow.push(self.message(conn_id, kind, &[]));
+        self.queues.push_flow(self.message(conn_id, kind, &[]));
         self.flow_queued.store(true, Ordering::Release);
     }
 
@@ -193,5 +372,121 @@ impl Mux {
                 stream.close(Closed::Error("sync from client".into()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn message(n: u8) -> Bytes {
+        Bytes::from(vec![n])
+    }
+
+    #[tokio::test]
+    async fn an_idle_queue_holds_no_allocation() {
+        let (mux, outgoing) = Mux::new(1);
+        for n in 0..10 {
+            mux.send(1, MessageType::Data, message(n)).await;
+        }
+        mux.send_flow(1, MessageType::Pause);
+        assert!(outgoing.lock().data.capacity() >= 10);
+        for _ in 0..11 {
+            outgoing.pop().await;
+        }
+        // Nothing is left: the writer waits, and gives the burst's room back first.
+        let waited = tokio::time::timeout(Duration::from_millis(20), outgoing.pop()).await;
+        assert!(waited.is_err(), "nothing was queued");
+        let queued = outgoing.lock();
+        assert_eq!((queued.data.capacity(), queued.flow.capacity()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn data_waits_for_room_and_pause_resume_go_first() {
+        let (mux, outgoing) = Mux::new(1);
+        for n in 0..OUTGOING_QUEUE as u8 {
+            mux.reserve().await.expect("room").send(message(n));
+        }
+        let full = tokio::time::timeout(Duration::from_millis(20), mux.reserve())
+            .await
+            .is_err();
+        assert!(full, "the 17th message waits");
+        let late = std::sync::Arc::new(mux);
+        let sender = late.clone();
+        let waiting =
+            tokio::spawn(async move { sender.send(1, MessageType::Data, message(99)).await });
+        late.send_flow(1, MessageType::Resume);
+        let first = outgoing.try_pop().expect("queued");
+        assert_eq!(
+            crate::tunnel::codec::Message::decode(first).unwrap().kind,
+            MessageType::Resume
+        );
+        assert_eq!(
+            outgoing.try_pop_data().map(|m| m[m.len() - 1]),
+            Some(0),
+            "data in order"
+        );
+        waiting.await.unwrap();
+        let mut rest = Vec::new();
+        while let Some(m) = outgoing.try_pop_data() {
+            rest.push(m[m.len() - 1]);
+        }
+        let expected: Vec<u8> = (1..OUTGOING_QUEUE as u8).chain([99]).collect();
+        assert_eq!(
+            rest, expected,
+            "the waiting message went in after the others"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_place_taken_and_not_used_is_given_back() {
+        let (mux, outgoing) = Mux::new(1);
+        let mut permits: Vec<_> = (0..OUTGOING_QUEUE)
+            .map(|_| PollPermit::new(mux.queues()))
+            .collect();
+        for permit in &mut permits {
+            std::future::poll_fn(|cx| permit.poll_reserve(cx))
+                .await
+                .unwrap();
+        }
+        assert!(mux.queues.try_reserve().is_err(), "every place is held");
+        permits.pop();
+        mux.reserve()
+            .await
+            .expect("the dropped place")
+            .send(message(1));
+        assert_eq!(outgoing.try_pop_data().map(|m| m[m.len() - 1]), Some(1));
+        let mut permit = PollPermit::new(mux.queues());
+        let mut waiting = std::pin::pin!(std::future::poll_fn(|cx| permit.poll_reserve(cx)));
+        assert!(
+            futures_util::poll!(waiting.as_mut()).is_ready(),
+            "the popped message's place"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_its_writer_the_queue_takes_nothing() {
+        let (mux, outgoing) = Mux::new(1);
+        for n in 0..OUTGOING_QUEUE as u8 {
+            mux.send(1, MessageType::Data, message(n)).await;
+        }
+        let mux = std::sync::Arc::new(mux);
+        let sender = mux.clone();
+        let waiting = tokio::spawn(async move { sender.reserve().await.is_none() });
+        let mut permit = PollPermit::new(mux.queues());
+        let mut polled = std::pin::pin!(std::future::poll_fn(|cx| permit.poll_reserve(cx)));
+        assert!(futures_util::poll!(polled.as_mut()).is_pending());
+        let queues = mux.queues();
+        drop(outgoing);
+        assert!(waiting.await.unwrap(), "a waiting sender gives up");
+        assert!(polled.await.is_err(), "a waiting stream gives up");
+        assert!(mux.reserve().await.is_none());
+        mux.send_soon(1, MessageType::Error, message(1));
+        assert!(
+            queues.try_pop().is_none(),
+            "what was queued is dropped, nothing more is taken"
+        );
     }
 }

@@ -8,10 +8,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::connection::WebSocket;
+use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, broadcast};
 
+use super::connection::WebSocket;
 use super::session::{Role, Session};
 use super::stream::TunnelStream;
 
@@ -109,35 +110,47 @@ impl TunnelRegistry {
     }
 
     /// Runs an agent's server session for `key` over `ws` until it ends; `started` is told its
-    /// session key before any dial can take it. Returns the session key.
-    pub async fn serve<S>(&self, key: &str, ws: WebSocket<S>, started: impl FnOnce(i64)) -> i64
+    /// session key before any dial can take it. Returns the session key. (Not an async fn: what is
+    /// done before the session runs is done here, so that every idle tunnel's task does not carry
+    /// `ws` and `started` beside the session.)
+    pub fn serve<S, F>(
+        self: &Arc<Self>,
+        key: String,
+        ws: WebSocket<S>,
+        started: F,
+    ) -> impl Future<Output = i64> + use<S, F>
     where
         S: AsyncRead + AsyncWrite + Unpin,
+        F: FnOnce(i64),
     {
-        let (session, outgoing) = Session::new(Role::Server, key, None);
+        let (session, outgoing) = Session::new(Role::Server, &key, None);
         let session_key = session.session_key();
         started(session_key);
-        add(&mut self.clients(), key, &session);
+        add(&mut self.clients(), &key, &session);
         let _ = self.events.send(ClientEvent::Added {
             key: key.to_string(),
             session_key,
         });
         self.added.notify_waiters();
-        let sessions = &crate::metrics::metrics().tunnel_sessions;
-        sessions.inc();
+        crate::metrics::metrics().tunnel_sessions.inc();
         tracing::info!("tunnel for {key} connected (session {session_key})");
-        let result = session.run(ws, outgoing).await;
-        remove(&mut self.clients(), key, &session);
-        let _ = self.events.send(ClientEvent::Removed {
-            key: key.to_string(),
-            session_key,
-        });
-        sessions.dec();
-        match result {
-            Ok(()) => tracing::info!("tunnel for {key} closed"),
-            Err(e) => tracing::warn!("tunnel for {key} ended: {e}"),
-        }
-        session_key
+        let running = session.run(ws, outgoing);
+        let registry = self.clone();
+        // A combinator, not an async block: awaiting `running` in a block would move it into a
+        // second slot of the block's state, twice its size in every tunnel's task.
+        running.map(move |result| {
+            remove(&mut registry.clients(), &key, &session);
+            let _ = registry.events.send(ClientEvent::Removed {
+                key: key.clone(),
+                session_key,
+            });
+            crate::metrics::metrics().tunnel_sessions.dec();
+            match result {
+                Ok(()) => tracing::info!("tunnel for {key} closed"),
+                Err(e) => tracing::warn!("tunnel for {key} ended: {e}"),
+            }
+            session_key
+        })
     }
 
     /// Runs the session a peer replica opened to us, over `ws`, until it ends. The peer announces

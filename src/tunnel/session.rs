@@ -226,121 +226,143 @@ impl Session {
     }
 
     /// Runs the session over `ws` until either end stops; then closes it.
-    pub async fn run<S>(
+    pub fn run<S>(
         self: &Arc<Self>,
         ws: WebSocket<S>,
         outgoing: Outgoing,
-    ) -> Result<(), SessionError>
+    ) -> impl Future<Output = Result<(), SessionError>> + use<S>
     where
         S: AsyncRead + AsyncWrite,
     {
+        // Split here and moved into a block: an async fn keeps its arguments for its whole life
+        // beside what it makes of them, and every idle session's task would carry `ws` and a copy
+        // of its halves.
         let (mut reader, mut writer) = connection::split(ws, WRITE_TIMEOUT);
-        let pongs = writer.pongs();
-        let Outgoing {
-            data: mut outgoing,
-            flow,
-        } = outgoing;
-        let client = self.role == Role::Client;
-        // When our last ping went: its pong gives the tunnel's round trip (for flow control). Both
-        // ends ping: a server's pings are answered by any WebSocket peer, and only a client's keep
-        // the session alive (remotedialer's rule).
-        let ping_sent = std::sync::Mutex::new(None::<Instant>);
-        let writing = async {
-            let mut ping = tokio::time::interval(PING_INTERVAL);
-            let mut sync = tokio::time::interval_at(Instant::now() + SYNC_INTERVAL, SYNC_INTERVAL);
-            loop {
-                let message = tokio::select! {
-                    message = outgoing.recv() => match message {
-                        Some(bytes) => Some(bytes),
-                        None => return Ok(()),
-                    },
-                    // Closed here (shutdown): tell the peer, briefly, before the socket goes.
-                    _ = self.cancel.cancelled() => {
-                        writer.close().await;
-                        return Ok(());
+        let session = self.clone();
+        async move {
+            let pongs = writer.pongs();
+            let client = session.role == Role::Client;
+            // When our last ping went: its pong gives the tunnel's round trip (for flow control). Both
+            // ends ping: a server's pings are answered by any WebSocket peer, and only a client's keep
+            // the session alive (remotedialer's rule).
+            let ping_sent = std::sync::Mutex::new(None::<Instant>);
+            let writing = async {
+                let mut ping = tokio::time::interval(PING_INTERVAL);
+                let mut sync =
+                    tokio::time::interval_at(Instant::now() + SYNC_INTERVAL, SYNC_INTERVAL);
+                loop {
+                    let message = tokio::select! {
+                        bytes = outgoing.pop() => Some(bytes),
+                        // Closed here (shutdown): tell the peer, briefly, before the socket goes.
+                        _ = session.cancel.cancelled() => {
+                            writer.close().await;
+                            return Ok(());
+                        }
+                        () = pongs.wait() => {
+                            writer.pong();
+                            None
+                        }
+                        _ = ping.tick() => {
+                            writer.ping();
+                            *crate::support::lock(&ping_sent) = Some(Instant::now());
+                            None
+                        }
+                        _ = sync.tick(), if client => Some(session.sync_message()),
+                    };
+                    // One deadline for the frame and whatever is batched with it: a peer that does not
+                    // take our writes for WRITE_TIMEOUT ends the session.
+                    let deadline = Instant::now() + WRITE_TIMEOUT;
+                    if let Some(bytes) = message {
+                        writer.feed(bytes, deadline).await?;
                     }
-                    bytes = flow.pop() => Some(bytes),
-                    () = pongs.wait() => {
-                        writer.pong();
-                        None
+                    // Batch whatever else is queued into the same flush: fewer TLS records and syscalls.
+                    while let Some(bytes) = outgoing.try_pop() {
+                        writer.feed(bytes, deadline).await?;
                     }
-                    _ = ping.tick() => {
-                        writer.ping();
-                        *crate::support::lock(&ping_sent) = Some(Instant::now());
-                        None
-                    }
-                    _ = sync.tick(), if client => Some(self.sync_message()),
-                };
-                // One deadline for the frame and whatever is batched with it: a peer that does not
-                // take our writes for WRITE_TIMEOUT ends the session.
-                let deadline = Instant::now() + WRITE_TIMEOUT;
-                if let Some(bytes) = message {
-                    writer.feed(bytes, deadline).await?;
+                    writer.flush(deadline).await?;
                 }
-                // Batch whatever else is queued into the same flush: fewer TLS records and syscalls.
-                while let Some(bytes) = flow.try_pop().or_else(|| outgoing.try_recv().ok()) {
-                    writer.feed(bytes, deadline).await?;
-                }
-                writer.flush(deadline).await?;
-            }
-        };
-        let reading = async {
-            // The liveness deadline covers handling a message too: handling can wait for room in the
-            // outgoing queue, and no ping is read meanwhile.
-            let mut deadline = Instant::now() + PING_WAIT;
-            let silent = || SessionError::Silent {
-                waiting_for: if client { "pong" } else { "ping" },
-                after: PING_WAIT,
             };
-            loop {
-                let next = tokio::time::timeout_at(deadline, reader.next())
-                    .await
-                    .map_err(|_| silent())??;
-                match next {
-                    Incoming::Message(message) => {
-                        tokio::time::timeout_at(deadline, self.dispatch(message))
-                            .await
-                            .map_err(|_| silent())??;
-                        if self.mux.take_flow_queued() {
-                            tokio::task::yield_now().await;
+            let reading = async {
+                // The liveness deadline covers handling a message too: handling can wait for room in the
+                // outgoing queue, and no ping is read meanwhile.
+                let mut deadline = Instant::now() + PING_WAIT;
+                let silent = || SessionError::Silent {
+                    waiting_for: if client { "pong" } else { "ping" },
+                    after: PING_WAIT,
+                };
+                loop {
+                    let next = tokio::time::timeout_at(deadline, reader.next())
+                        .await
+                        .map_err(|_| silent())??;
+                    match next {
+                        Incoming::Message(message) => {
+                            // Data for an open stream is delivered here; the rest may wait, and
+                            // its state is boxed so that an idle session's task does not carry it.
+                            if let Some(message) = session.deliver(message) {
+                                tokio::time::timeout_at(
+                                    deadline,
+                                    Box::pin(session.dispatch(message)),
+                                )
+                                .await
+                                .map_err(|_| silent())??;
+                            }
+                            if session.mux.take_flow_queued() {
+                                tokio::task::yield_now().await;
+                            }
                         }
+                        Incoming::Ping if !client => deadline = Instant::now() + PING_WAIT,
+                        Incoming::Pong => {
+                            if let Some(sent) = crate::support::lock(&ping_sent).take() {
+                                session.mux.tempo.measured(sent.elapsed());
+                            }
+                            if client {
+                                deadline = Instant::now() + PING_WAIT;
+                            }
+                        }
+                        Incoming::End => return Ok(()),
+                        Incoming::Ping => {}
                     }
-                    Incoming::Ping if !client => deadline = Instant::now() + PING_WAIT,
-                    Incoming::Pong => {
-                        if let Some(sent) = crate::support::lock(&ping_sent).take() {
-                            self.mux.tempo.measured(sent.elapsed());
-                        }
-                        if client {
-                            deadline = Instant::now() + PING_WAIT;
-                        }
-                    }
-                    Incoming::End => return Ok(()),
-                    Incoming::Ping => {}
                 }
-            }
-        };
-        let result = tokio::select! {
-            // A peer that went away while we wrote ends the session as a close does.
-            result = writing => match result {
-                Err(SessionError::PeerGone) => Ok(()),
-                other => other,
-            },
-            result = reading => result,
-            // The writer sends the close frame; a writer stuck on a peer that does not read is not
-            // waited for longer than that.
-            _ = async {
-                self.cancel.cancelled().await;
-                tokio::time::sleep(CLOSE_TIMEOUT).await;
-            } => Ok(()),
-        };
-        self.close();
-        result
+            };
+            let result = tokio::select! {
+                // A peer that went away while we wrote ends the session as a close does.
+                result = writing => match result {
+                    Err(SessionError::PeerGone) => Ok(()),
+                    other => other,
+                },
+                result = reading => result,
+                // The writer sends the close frame; a writer stuck on a peer that does not read is not
+                // waited for longer than that.
+                _ = async {
+                    session.cancel.cancelled().await;
+                    tokio::time::sleep(CLOSE_TIMEOUT).await;
+                } => Ok(()),
+            };
+            session.close();
+            result
+        }
     }
 
     fn sync_message(&self) -> Bytes {
         let ids = self.mux.ids();
         self.mux
             .message(0, MessageType::SyncConnections, &encode_sync(&ids))
+    }
+
+    /// Delivers Data for an open stream, which needs no wait; any other message is handed back,
+    /// for [`Session::dispatch`].
+    fn deliver(&self, message: Message) -> Option<Message> {
+        if message.kind != MessageType::Data {
+            return Some(message);
+        }
+        let Some(stream) = self.mux.get(message.conn_id) else {
+            return Some(message);
+        };
+        let conn_id = message.conn_id;
+        stream.push(message.payload, || {
+            self.mux.send_flow(conn_id, MessageType::Pause)
+        });
+        None
     }
 
     async fn dispatch(self: &Arc<Self>, message: Message) -> Result<(), SessionError> {
@@ -716,7 +738,7 @@ mod tests {
         let (server, mut outgoing) = Session::new(Role::Server, "c-test", None);
         let mut stream = server.open_stream("tcp", "10.0.0.1:1").await.unwrap();
         let conn_id = stream.conn_id();
-        let connect = outgoing.data.recv().await.unwrap();
+        let connect = outgoing.pop().await;
         assert_eq!(Message::decode(connect).unwrap().kind, MessageType::Connect);
         let flow = |kind| Message::new(0, conn_id, kind, Bytes::new());
         let data = |bytes: &'static [u8]| {
@@ -724,13 +746,12 @@ mod tests {
         };
         let sent_flow = |outgoing: &mut Outgoing| {
             outgoing
-                .flow
-                .try_pop()
+                .try_pop_flow()
                 .map(|m| Message::decode(m).unwrap().kind)
         };
         let sent_data = |outgoing: &mut Outgoing| {
             let mut count = 0;
-            while outgoing.data.try_recv().is_ok() {
+            while outgoing.try_pop_data().is_some() {
                 count += 1;
             }
             count

@@ -11,11 +11,10 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio_util::sync::PollSender;
 
 use super::buffer::{Closed, StreamShared, Writable};
 use super::codec::{HEADER_ROOM, MessageType, data_message_in_place};
-use super::mux::Mux;
+use super::mux::{Mux, PollPermit};
 
 /// Largest Data payload written at once. Go peers write at most 32 KiB but read any size; 64 KiB
 /// messages halve the per-message cost of bulk transfers.
@@ -25,14 +24,14 @@ const MAX_DATA: usize = 64 * 1024;
 pub struct TunnelStream {
     shared: Arc<StreamShared>,
     mux: Arc<Mux>,
-    sender: PollSender<Bytes>,
+    sender: PollPermit,
     /// Wakes a writer held by the peer when a probe falls due (see [`super::buffer`]).
     probe: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl TunnelStream {
     pub(super) fn new(shared: Arc<StreamShared>, mux: Arc<Mux>) -> Self {
-        let sender = PollSender::new(mux.sender());
+        let sender = PollPermit::new(mux.queues());
         Self {
             shared,
             mux,
@@ -113,7 +112,7 @@ impl TunnelStream {
 
     /// Queues an encoded Data message carrying `payload_len` bytes (after `poll_send_ready`).
     fn send_data(&mut self, message: Bytes, payload_len: usize) -> io::Result<()> {
-        self.sender.send_item(message).map_err(|_| disconnected())?;
+        self.sender.send(message).map_err(|_| disconnected())?;
         self.shared.sent(payload_len);
         crate::metrics::metrics()
             .tunnel_bytes_out
