@@ -60,6 +60,16 @@ pub struct ToxicIo<T> {
     /// The tunnel's client key: `<cluster>` or `<cluster>:<node>`.
     key: String,
     reset_on_close: Option<ResetOnClose>,
+    /// Woken at every change of the faults: a reader waiting for data wakes to apply a new
+    /// toxic (a reset, a hold) at once.
+    change: Arc<futures_util::task::AtomicWaker>,
+    /// What faults did to this tunnel; none until faults exist (every tunnel has a `ToxicIo`, and
+    /// most never see a fault: this keeps an idle tunnel's a few words).
+    toxicity: Option<Box<Toxicity>>,
+}
+
+#[derive(Default)]
+struct Toxicity {
     /// Per fault: whether this tunnel got it (toxicity, decided once) and when it first saw it.
     seen: HashMap<String, (bool, Instant)>,
     down: Flow,
@@ -77,9 +87,6 @@ pub struct ToxicIo<T> {
     delayed: std::collections::VecDeque<(Instant, Vec<u8>)>,
     delayed_bytes: usize,
     delay_timer: Option<Pin<Box<Sleep>>>,
-    /// Woken at every change of the faults: a reader waiting for data wakes to apply a new
-    /// toxic (a reset, a hold) at once.
-    change: Arc<futures_util::task::AtomicWaker>,
 }
 
 /// One direction's state.
@@ -123,31 +130,26 @@ impl<T> ToxicIo<T> {
             faults,
             key,
             reset_on_close,
-            seen: HashMap::new(),
-            down: Flow::default(),
-            up: Flow::default(),
-            up_held: Vec::new(),
-            up_held_at: 0,
-            deadline: None,
-            closing: None,
-            eof_at: None,
-            end: None,
-            reset: false,
-            delayed: std::collections::VecDeque::new(),
-            delayed_bytes: 0,
-            delay_timer: None,
+            toxicity: None,
         }
+    }
+
+    fn toxicity(&mut self) -> &mut Toxicity {
+        self.toxicity.get_or_insert_default()
     }
 
     /// The toxics active now for this tunnel in `direction`; `None` when there are none at all.
     fn plan(&mut self, direction: Direction) -> Option<Plan> {
         let faults = self.faults.snapshot();
-        if faults.is_empty() && self.seen.is_empty() {
+        if faults.is_empty() && self.toxicity.as_ref().is_none_or(|t| t.seen.is_empty()) {
             return None;
         }
+        let key = &self.key;
+        let toxicity = self.toxicity.get_or_insert_default();
         let now_ms = unix_now_ms();
         let now = Instant::now();
-        self.seen
+        toxicity
+            .seen
             .retain(|id, _| faults.iter().any(|f| f.id == *id && !f.expired(now_ms)));
         let mut plan = Plan::default();
         let mut any = false;
@@ -155,10 +157,10 @@ impl<T> ToxicIo<T> {
             let What::Tunnel(tunnel) = &fault.what else {
                 continue;
             };
-            if fault.expired(now_ms) || !tunnel.applies_to(&self.key, direction) {
+            if fault.expired(now_ms) || !tunnel.applies_to(key, direction) {
                 continue;
             }
-            let (applies, since) = *self.seen.entry(fault.id.clone()).or_insert_with(|| {
+            let (applies, since) = *toxicity.seen.entry(fault.id.clone()).or_insert_with(|| {
                 let applies = rand::rng().random_bool(tunnel.toxicity.clamp(0.0, 1.0));
                 (applies, now)
             });
@@ -210,8 +212,8 @@ impl<T> ToxicIo<T> {
 
     /// Ends the tunnel with a TCP reset: the socket closes with SO_LINGER 0 once the session lets go.
     fn reset(&mut self) -> io::Error {
-        if !self.reset {
-            self.reset = true;
+        if !self.toxicity().reset {
+            self.toxicity().reset = true;
             if let Some(reset) = &self.reset_on_close {
                 reset();
             }
@@ -227,7 +229,7 @@ impl<T> ToxicIo<T> {
         direction: Direction,
     ) -> Poll<io::Result<()>> {
         let now = Instant::now();
-        if self.reset || plan.down || plan.reset_at.is_some_and(|at| at <= now) {
+        if self.toxicity().reset || plan.down || plan.reset_at.is_some_and(|at| at <= now) {
             return Poll::Ready(Err(self.reset()));
         }
         // A deadline to come wakes this direction even if no data does.
@@ -236,11 +238,12 @@ impl<T> ToxicIo<T> {
             .flatten()
             .min();
         if let Some(at) = deadline {
-            let _ = wait_until(&mut self.deadline, at, cx);
+            let _ = wait_until(&mut self.toxicity().deadline, at, cx);
         }
+        let toxicity = self.toxicity();
         let flow = match direction {
-            Direction::Upstream => &mut self.up,
-            _ => &mut self.down,
+            Direction::Upstream => &mut toxicity.up,
+            _ => &mut toxicity.down,
         };
         if let Some(limit) = plan.limit
             && flow.passed >= limit
@@ -272,9 +275,10 @@ impl<T> ToxicIo<T> {
 
     /// Waits out what delays the data in hand: pacing, then latency.
     fn pace(&mut self, plan: &Plan, cx: &mut Context<'_>, direction: Direction) -> Poll<()> {
+        let toxicity = self.toxicity();
         let flow = match direction {
-            Direction::Upstream => &mut self.up,
-            _ => &mut self.down,
+            Direction::Upstream => &mut toxicity.up,
+            _ => &mut toxicity.down,
         };
         if let Some(latency) = plan.latency.filter(|l| !l.is_zero())
             && flow.latency_until.is_none()
@@ -338,57 +342,66 @@ impl<T: AsyncRead + Unpin> AsyncRead for ToxicIo<T> {
         // A change of faults wakes the reader (which otherwise waits for data) to look again.
         this.change.register(cx.waker());
         let Some(plan) = this.plan(Direction::Upstream) else {
-            if this.up_held_at < this.up_held.len() {
-                this.deliver(buf, usize::MAX);
+            if let Some(toxicity) = this.toxicity.as_deref_mut()
+                && toxicity.up_held_at < toxicity.up_held.len()
+            {
+                toxicity.deliver(buf, usize::MAX);
                 return Poll::Ready(Ok(()));
             }
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         };
         ready!(this.open(&plan, cx, Direction::Upstream))?;
+        let inner = &mut this.inner;
+        let toxicity = this.toxicity.get_or_insert_default();
         // Data is taken from the tunnel, then waits out its toxics before it is handed on.
-        if this.up_held_at >= this.up_held.len() {
+        if toxicity.up_held_at >= toxicity.up_held.len() {
             // An end already seen is not read again while slow-close delays it.
-            let filled = match this.eof_at {
+            let filled = match toxicity.eof_at {
                 Some(_) => Ok(()),
-                None => ready!(this.fill(cx)),
+                None => ready!(toxicity.fill(inner, cx)),
             };
             let ended = match &filled {
-                Ok(()) => this.up_held.is_empty(),
+                Ok(()) => toxicity.up_held.is_empty(),
                 Err(e) => is_an_end(e),
             };
             if ended {
                 // The end of the stream (a peer gone without TLS's goodbye is one too);
                 // slow-close makes it take that long to be noticed.
                 if let Some(delay) = plan.slow_close {
-                    if this.eof_at.is_none() {
-                        this.end = filled.as_ref().err().map(io::Error::kind);
-                        this.eof_at = Some(Instant::now() + delay);
+                    if toxicity.eof_at.is_none() {
+                        toxicity.end = filled.as_ref().err().map(io::Error::kind);
+                        toxicity.eof_at = Some(Instant::now() + delay);
                     }
-                    let at = this.eof_at.unwrap_or_else(Instant::now);
-                    ready!(wait_until(&mut this.up.wait, at, cx));
-                    return Poll::Ready(this.end.map_or(Ok(()), |kind| Err(kind.into())));
+                    let at = toxicity.eof_at.unwrap_or_else(Instant::now);
+                    ready!(wait_until(&mut toxicity.up.wait, at, cx));
+                    return Poll::Ready(toxicity.end.map_or(Ok(()), |kind| Err(kind.into())));
                 }
             }
             filled?;
-            if this.up_held.is_empty() {
+            if toxicity.up_held.is_empty() {
                 return Poll::Ready(Ok(()));
             }
         }
         ready!(this.pace(&plan, cx, Direction::Upstream));
-        let chunk = plan.chunk(&this.up, buf.remaining());
-        let n = this.deliver(buf, chunk);
-        plan.passed(&mut this.up, n);
+        let toxicity = this.toxicity();
+        let chunk = plan.chunk(&toxicity.up, buf.remaining());
+        let n = toxicity.deliver(buf, chunk);
+        plan.passed(&mut toxicity.up, n);
         Poll::Ready(Ok(()))
     }
 }
 
-impl<T: AsyncRead + Unpin> ToxicIo<T> {
+impl Toxicity {
     /// Reads what the tunnel has into the held buffer (empty at the end of the stream).
-    fn fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn fill<T: AsyncRead + Unpin>(
+        &mut self,
+        inner: &mut T,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
         self.up_held.resize(HOLD_CHUNK, 0);
         self.up_held_at = 0;
         let mut read = ReadBuf::new(&mut self.up_held);
-        let polled = Pin::new(&mut self.inner).poll_read(cx, &mut read);
+        let polled = Pin::new(inner).poll_read(cx, &mut read);
         let n = read.filled().len();
         self.up_held.truncate(n);
         if polled.is_pending() {
@@ -420,38 +433,36 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ToxicIo<T> {
         let this = &mut *self;
         let plan = this.plan(Direction::Downstream);
         let Some(plan) = plan else {
-            if this.delayed.is_empty() {
-                return Pin::new(&mut this.inner).poll_write(cx, buf);
-            }
             // What latency delayed goes first.
             ready!(this.drain(cx))?;
             return Pin::new(&mut this.inner).poll_write(cx, buf);
         };
         ready!(this.open(&plan, cx, Direction::Downstream))?;
         let latency = plan.latency.unwrap_or_default();
-        if !latency.is_zero() || !this.delayed.is_empty() {
+        if !latency.is_zero() || !this.toxicity().delayed.is_empty() {
             // Latency delays the data, not the writer: it is queued with the time it may leave,
             // as a link's propagation delay does (the queue bounded, as a socket buffer is).
-            if this.delayed_bytes >= MAX_DELAYED {
+            if this.toxicity().delayed_bytes >= MAX_DELAYED {
                 ready!(this.drain(cx))?;
             }
-            let chunk = plan.chunk(&this.down, buf.len());
+            let toxicity = this.toxicity();
+            let chunk = plan.chunk(&toxicity.down, buf.len());
             let leaves = Instant::now() + latency;
-            this.delayed.push_back((leaves, buf[..chunk].to_vec()));
-            this.delayed_bytes += chunk;
-            plan.passed(&mut this.down, chunk);
+            toxicity.delayed.push_back((leaves, buf[..chunk].to_vec()));
+            toxicity.delayed_bytes += chunk;
+            plan.passed(&mut toxicity.down, chunk);
             let _ = this.drain(cx)?;
             return Poll::Ready(Ok(chunk));
         }
         ready!(this.pace(&plan, cx, Direction::Downstream));
-        let chunk = plan.chunk(&this.down, buf.len());
+        let chunk = plan.chunk(&this.toxicity().down, buf.len());
         let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &buf[..chunk]))?;
-        plan.passed(&mut this.down, n);
+        plan.passed(&mut this.toxicity().down, n);
         Poll::Ready(Ok(n))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.reset {
+        if self.was_reset() {
             return Poll::Ready(Err(self.reset()));
         }
         ready!(self.drain(cx))?;
@@ -461,7 +472,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ToxicIo<T> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         // A reset connection says goodbye by RST alone: no TLS close_notify, no FIN before it.
-        if this.reset {
+        if this.was_reset() {
             return Poll::Ready(Err(this.reset()));
         }
         let slow = [Direction::Downstream, Direction::Upstream]
@@ -470,6 +481,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ToxicIo<T> {
             .max();
         if let Some(delay) = slow {
             let sleep = this
+                .toxicity()
                 .closing
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
             ready!(sleep.as_mut().poll(cx));
@@ -479,22 +491,31 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ToxicIo<T> {
     }
 }
 
+impl<T> ToxicIo<T> {
+    fn was_reset(&self) -> bool {
+        self.toxicity.as_ref().is_some_and(|t| t.reset)
+    }
+}
+
 impl<T: AsyncWrite + Unpin> ToxicIo<T> {
     /// Writes out the delayed data whose time has come; `Pending` until all of it has left.
     fn drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while let Some((leaves, data)) = self.delayed.front_mut() {
+        let Some(toxicity) = self.toxicity.as_deref_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        while let Some((leaves, data)) = toxicity.delayed.front_mut() {
             let leaves = *leaves;
             if leaves > Instant::now() {
-                ready!(wait_until(&mut self.delay_timer, leaves, cx));
+                ready!(wait_until(&mut toxicity.delay_timer, leaves, cx));
                 continue;
             }
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, data))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.delayed_bytes -= n;
+            toxicity.delayed_bytes -= n;
             if n == data.len() {
-                self.delayed.pop_front();
+                toxicity.delayed.pop_front();
             } else {
                 data.drain(..n);
             }
@@ -529,6 +550,31 @@ mod tests {
     ) -> (ToxicIo<tokio::io::DuplexStream>, tokio::io::DuplexStream) {
         let (ours, theirs) = duplex(1 << 20);
         (ToxicIo::new(ours, faults.clone(), key.into(), None), theirs)
+    }
+
+    /// Every agent's tunnel has a `ToxicIo`: without faults it moves data and keeps no state of
+    /// the toxics (their buffers and timers are hundreds of bytes per idle tunnel).
+    #[tokio::test]
+    async fn a_tunnel_without_faults_keeps_no_toxic_state() {
+        let (_tmp, faults) = faults();
+        let (mut ours, mut theirs) = tunnel(&faults, "c-1");
+        ours.write_all(b"down").await.unwrap();
+        ours.flush().await.unwrap();
+        theirs.write_all(b"up").await.unwrap();
+        let mut buf = [0u8; 4];
+        theirs.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"down");
+        ours.read_exact(&mut buf[..2]).await.unwrap();
+        assert_eq!(&buf[..2], b"up");
+        assert!(ours.toxicity.is_none());
+        // A fault for another cluster: looked at, and this tunnel's data still passes.
+        add(
+            &faults,
+            json!({"kind": "tunnel", "cluster": "c-2", "toxic": "down"}),
+        );
+        ours.write_all(b"more").await.unwrap();
+        theirs.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"more");
     }
 
     #[tokio::test]
