@@ -1,4 +1,4 @@
-//! Two helpers every layer uses, kept at the bottom so that nothing imports upward for them.
+//! Helpers every layer uses, kept at the bottom so that nothing imports upward for them.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -67,6 +67,23 @@ pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
     let parsed: hyper::http::uri::Authority = address.parse().ok()?;
     let port = parsed.port_u16()?;
     Some((authority_host(address)?, port))
+}
+
+/// What a runtime's worker thread does when it runs out of work, set once by the binary (which
+/// chose the allocator: it gives freed memory back to the system). The runtimes the library builds
+/// for itself (etcd's client) call it too, so that their threads do as the server's workers do.
+static THREAD_IDLE: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets [`thread_idle`]'s hook; the first call wins.
+pub fn set_thread_idle(hook: fn()) {
+    let _ = THREAD_IDLE.set(hook);
+}
+
+/// Runs the hook set by [`set_thread_idle`], if any (a runtime's `on_thread_park`).
+pub fn thread_idle() {
+    if let Some(hook) = THREAD_IDLE.get() {
+        hook();
+    }
 }
 
 #[cfg(test)]

@@ -1031,6 +1031,7 @@ fn client_runtime() -> Result<Handle, StoreError> {
         .worker_threads(1)
         .thread_name("corral-etcd")
         .enable_all()
+        .on_thread_park(crate::support::thread_idle)
         .build()
         .map_err(|e| StoreError::Unavailable(format!("cannot start etcd's client: {e}")))?;
     let handle = runtime.handle().clone();
