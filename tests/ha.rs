@@ -707,6 +707,26 @@ async fn a_reconnected_agent_is_proxied_with_what_it_advertised_last() {
             (one["apiEndpoint"].clone(), one["caCert"].clone()),
             extra_cluster
         );
+        // A list reads what was advertised for its page only: a page past the first has it too,
+        // and a filter on it (read for every cluster then) still finds the cluster.
+        let path = format!("/v3/clusters?limit=1&marker={extra}");
+        let page = json(&request(*addr, "GET", &path, &[&lab.auth()], None).await);
+        assert_eq!(page["data"].as_array().unwrap().len(), 1, "{page}");
+        assert_eq!(advertised(&page, &extra), extra_cluster);
+        let endpoint = extra_cluster.0.as_str().unwrap();
+        let path = format!("/v3/clusters?apiEndpoint={endpoint}");
+        let filtered = json(&request(*addr, "GET", &path, &[&lab.auth()], None).await);
+        assert_eq!(advertised(&filtered, &extra), extra_cluster);
+        let endpoints: Vec<&Value> = filtered["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| &c["apiEndpoint"])
+            .collect();
+        assert!(
+            endpoints.iter().all(|e| *e == &extra_cluster.0),
+            "{filtered}"
+        );
         seen.push((lab_cluster, extra_cluster));
     }
     assert_eq!(

@@ -121,8 +121,31 @@ pub struct CollectionContext<'a> {
     pub render: RenderOptions,
 }
 
+/// Whether `query` filters or sorts on `field` (any modifier; a condition the schema would not
+/// take counts too).
+pub fn query_involves(query: &Query, field: &str) -> bool {
+    query.get("sort") == Some(field)
+        || query.pairs().iter().any(|(key, _)| {
+            key == field
+                || key
+                    .strip_prefix(field)
+                    .is_some_and(|rest| rest.starts_with('_'))
+        })
+}
+
 /// The collection of `items` (filtered, sorted, paged as the query asks).
 pub fn collection(cx: &CollectionContext<'_>, items: Vec<Resource>) -> Value {
+    collection_completed(cx, items, |_| {})
+}
+
+/// [`collection`], with `complete` given the page's objects before they are written: a type whose
+/// objects have fields that cost a read (and that the query neither filters nor sorts on) fills
+/// them in for the page only.
+pub fn collection_completed(
+    cx: &CollectionContext<'_>,
+    items: Vec<Resource>,
+    complete: impl FnOnce(&mut [Resource]),
+) -> Value {
     let options = ListOptions::parse(cx.schema, cx.query);
     let mut items: Vec<Resource> = items
         .into_iter()
@@ -140,6 +163,7 @@ pub fn collection(cx: &CollectionContext<'_>, items: Vec<Resource>) -> Value {
         .and_then(|m| items.iter().position(|r| r.id == *m))
         .unwrap_or(0);
     let end = (start + options.limit).min(total);
+    complete(&mut items[start..end]);
     let self_url = cx.urls.at(cx.path);
     let with_marker =
         |index: usize| format!("{self_url}?{}", cx.query.with("marker", &items[index].id));
@@ -342,6 +366,20 @@ mod tests {
             filtered["sort"]["links"]["username"],
             "https://lab.test/v3/users?sort=username"
         );
+    }
+
+    #[test]
+    fn a_query_involves_the_fields_it_filters_or_sorts_on() {
+        let involves = |query: &str| query_involves(&Query::parse(Some(query)), "apiEndpoint");
+        assert!(involves("apiEndpoint=https://a"));
+        assert!(involves("limit=5&apiEndpoint_ne=x"));
+        assert!(
+            involves("apiEndpoint_bogus=x"),
+            "counted even where the schema would ignore it"
+        );
+        assert!(involves("sort=apiEndpoint&order=desc"));
+        assert!(!involves("apiEndpointX=1"));
+        assert!(!involves("name=apiEndpoint&sort=name"));
     }
 
     #[test]

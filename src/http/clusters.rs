@@ -16,6 +16,7 @@ use super::norman::{Answer, Call, Scope, TypeHandler};
 use super::{AppState, account_error, text_response};
 use crate::accounts::settings::{AGENT_IMAGE, DEFAULT_AGENT_IMAGE};
 use crate::accounts::{SERVER_URL, TokenKind, TokenRequest};
+use crate::api::collection::query_involves;
 use crate::api::input::text;
 use crate::api::resource::date;
 use crate::api::schema::{Action, DELETE, FieldType, GET, POST, PUT};
@@ -97,6 +98,22 @@ fn cluster_resource(state: &AppState, cluster: &Cluster, agent_image: &str) -> R
     render_cluster(cluster, agent_image, sessions.is_some(), params)
 }
 
+/// Clusters as the API writes them (see [`cluster_resource`]) but without what their agents
+/// advertised, for [`complete_advertised`] to add to a page.
+fn cluster_resources_unadvertised(
+    state: &AppState,
+    clusters: &[Cluster],
+    agent_image: &str,
+) -> Vec<Resource> {
+    clusters
+        .iter()
+        .map(|cluster| {
+            let connected = state.tunnels.route(&cluster.id).is_some();
+            render_cluster(cluster, agent_image, connected, None)
+        })
+        .collect()
+}
+
 /// Clusters as the API writes them (see [`cluster_resource`]), what their agents advertised read
 /// together.
 fn cluster_resources(state: &AppState, clusters: &[Cluster], agent_image: &str) -> Vec<Resource> {
@@ -175,11 +192,49 @@ fn render_cluster(
         .with("annotations", Value::Object(object(&cluster.annotations)))
         .with("agentImage", agent_image);
     if let Some(params) = params {
-        resource = resource
-            .with("apiEndpoint", format!("https://{}", params.address))
-            .with("caCert", params.ca_cert.as_str());
+        add_advertised(&mut resource, &params);
     }
     resource
+}
+
+/// The fields that come from what a cluster's agent advertised: on a replica, a read from etcd
+/// for each cluster whose agent another replica holds.
+const ADVERTISED_FIELDS: [&str; 2] = ["apiEndpoint", "caCert"];
+
+fn add_advertised(resource: &mut Resource, params: &ClusterParams) {
+    let [endpoint, ca] = ADVERTISED_FIELDS;
+    let fields = &mut resource.fields;
+    fields.insert(
+        endpoint.into(),
+        format!("https://{}", params.address).into(),
+    );
+    fields.insert(ca.into(), params.ca_cert.as_str().into());
+}
+
+/// Adds what their agents advertised to the connected clusters of `page` that lack it (a list
+/// leaves it out when the query neither filters nor sorts on it: it is read for the page only).
+fn complete_advertised(state: &AppState, page: &mut [Resource]) {
+    let lacking: Vec<(usize, Vec<i64>)> = page
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            r.fields.get("connected") == Some(&Value::Bool(true))
+                && !r.fields.contains_key(ADVERTISED_FIELDS[0])
+        })
+        .filter_map(|(i, r)| Some((i, state.tunnels.route(&r.id)?.sessions())))
+        .collect();
+    let ids: Vec<String> = lacking.iter().map(|(i, _)| page[*i].id.clone()).collect();
+    let connected: Vec<(&str, &[i64])> = ids
+        .iter()
+        .zip(&lacking)
+        .map(|(id, (_, sessions))| (id.as_str(), sessions.as_slice()))
+        .collect();
+    let params = state.clusters.agent_params_many(&connected);
+    for ((i, _), params) in lacking.iter().zip(params) {
+        if let Some(params) = params {
+            add_advertised(&mut page[*i], &params);
+        }
+    }
 }
 
 pub struct Clusters;
@@ -251,7 +306,19 @@ impl TypeHandler for Clusters {
                 visible.push(cluster);
             }
         }
-        Ok(cluster_resources(state, &visible, &image))
+        // What the agents advertised is read for the page only, unless the query filters or
+        // sorts on it (on etcd, that is a read per cluster whose agent another replica holds).
+        let involved = ADVERTISED_FIELDS
+            .iter()
+            .any(|field| query_involves(call.query, field));
+        Ok(match involved {
+            true => cluster_resources(state, &visible, &image),
+            false => cluster_resources_unadvertised(state, &visible, &image),
+        })
+    }
+
+    fn complete_page(&self, call: &Call<'_>, page: &mut [Resource]) {
+        complete_advertised(call.state, page);
     }
 
     async fn get(&self, call: &Call<'_>, id: &str) -> Result<Resource, ApiError> {

@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use super::{AppState, ConnInfo, HEADER_READ_TIMEOUT, MAX_API_BODY};
 use crate::accounts::{AccountError, Accounts, Caller, ClusterGrants};
-use crate::api::collection::{CollectionContext, collection};
+use crate::api::collection::{CollectionContext, collection_completed};
 use crate::api::error::MUST_AUTHENTICATE;
 use crate::api::input::{Op, admit, parse_object};
 use crate::api::request::{ApiPath, Query, effective_method};
@@ -236,6 +236,10 @@ pub trait TypeHandler: Send + Sync {
     }
 
     async fn list(&self, call: &Call<'_>) -> Result<Vec<Resource>, ApiError>;
+
+    /// Fills in, for the page of a list about to be written, what `list` left out because it costs
+    /// a read per object (see [`crate::api::collection::collection_completed`]).
+    fn complete_page(&self, _call: &Call<'_>, _page: &mut [Resource]) {}
 
     async fn get(&self, call: &Call<'_>, id: &str) -> Result<Resource, ApiError> {
         self.list(call)
@@ -467,6 +471,7 @@ pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request<Body>) ->
         Ok(body) => body,
         Err(e) => return error_response(&urls, &version, &e),
     };
+    let handled_type = schema.as_ref().map(|s| s.id);
     let answer = match route(api, &call, &path, schema, handler, &parts.method, &body).await {
         Ok(Routed::Answer(Answer::Collection(of, items))) => {
             match api.registry.lookup(&version, of) {
@@ -488,11 +493,17 @@ pub async fn dispatch(State(state): State<Arc<AppState>>, req: Request<Body>) ->
                 query: &query,
                 render: render_options,
             };
+            // The page's objects are completed by their type's handler.
+            let complete = |page: &mut [Resource]| {
+                if let Some(handler) = handler.filter(|_| handled_type == Some(schema.id)) {
+                    handler.complete_page(&call, page);
+                }
+            };
             respond(
                 &urls,
                 &version,
                 StatusCode::OK,
-                Some(&collection(&cx, items)),
+                Some(&collection_completed(&cx, items, complete)),
             )
         }
         Err(e) => error_response(&urls, &version, &e),
