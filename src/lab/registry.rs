@@ -58,6 +58,26 @@ struct State {
     /// The faults this process made, and the leases that keep them on a shared store. `seen`
     /// once the store has listed the fault: gone from a later listing, it was removed elsewhere.
     own: BTreeMap<String, Own>,
+    /// Adds past their check of [`MAX_FAULTS`] and not yet in `known` (writing to the store):
+    /// they count against the bound, or adds racing each other would each pass it.
+    adding: usize,
+}
+
+/// An add's place under [`MAX_FAULTS`] while it writes to the store; given back if it fails.
+struct Adding<'a>(&'a Mutex<State>);
+
+impl Adding<'_> {
+    /// The fault is in `known` now (under the same lock): the place is its own.
+    fn done(self, state: &mut State) {
+        state.adding -= 1;
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Adding<'_> {
+    fn drop(&mut self) {
+        lock(self.0).adding -= 1;
+    }
 }
 
 struct Own {
@@ -127,17 +147,21 @@ impl Faults {
     /// and on the other replicas once the store has told them.
     pub fn add(&self, spec: FaultSpec) -> Result<Arc<Fault>, RegistryError> {
         let now_ms = unix_now_ms();
-        let id = {
-            let state = lock(&self.state);
-            if state.known.values().filter(|f| !f.expired(now_ms)).count() >= MAX_FAULTS {
+        let (id, adding) = {
+            let mut state = lock(&self.state);
+            let active = state.known.values().filter(|f| !f.expired(now_ms)).count();
+            if active + state.adding >= MAX_FAULTS {
                 return Err(RegistryError::Full);
             }
-            loop {
+            state.adding += 1;
+            let adding = Adding(&self.state);
+            let id = loop {
                 let id = format!("fault-{}", crate::secrets::random_suffix());
                 if !state.known.contains_key(&id) {
                     break id;
                 }
-            }
+            };
+            (id, adding)
         };
         let fault = Arc::new(Fault {
             created: now_ms / 1000,
@@ -158,6 +182,7 @@ impl Faults {
         // Not held across the store's write above: readers of the state (the store's follower)
         // do not wait for etcd.
         let mut state = lock(&self.state);
+        adding.done(&mut state);
         state.own.insert(
             id.clone(),
             Own {
@@ -199,7 +224,7 @@ impl Faults {
             .map(|fault| (fault.id.clone(), Arc::new(fault)))
             .collect();
         let mut state = lock(&self.state);
-        let State { known, own } = &mut *state;
+        let State { known, own, .. } = &mut *state;
         // Ours that the store listed once and no longer does were removed on another replica.
         own.retain(|id, own| {
             let listed = stored.contains_key(id);
@@ -221,7 +246,7 @@ impl Faults {
     fn sweep_expired(&self) -> Option<i64> {
         let now_ms = unix_now_ms();
         let mut state = lock(&self.state);
-        let State { known, own } = &mut *state;
+        let State { known, own, .. } = &mut *state;
         let before = known.len();
         known.retain(|id, fault| {
             // Another replica's fault is removed by that replica; it is only hidden here.
@@ -334,7 +359,7 @@ async fn sweep(faults: Weak<Faults>) {
 mod tests {
     use super::*;
     use crate::lab::fault::{CertificateFault, Scenario, What};
-    use crate::store::{DataDir, FileBackend};
+    use crate::store::{DataDir, FileBackend, Key, Kind, StoreError, Version};
 
     fn spec(ttl: Option<Duration>) -> FaultSpec {
         FaultSpec {
@@ -373,6 +398,99 @@ mod tests {
         assert!(faults.snapshot().is_empty());
         // Nothing was written to the data directory: faults end with the process.
         assert_eq!(files(), before);
+    }
+
+    /// A shared store whose leases take a while to make once `slow` (etcd's round trips, drawn
+    /// out), and cannot be made while `down`.
+    struct SlowLeases {
+        file: FileBackend,
+        slow: std::sync::atomic::AtomicBool,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl Backend for SlowLeases {
+        fn read(&self, key: &Key) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
+            self.file.read(key)
+        }
+        fn version(&self, key: &Key) -> Result<Option<Version>, StoreError> {
+            self.file.version(key)
+        }
+        fn location(&self, key: &Key) -> String {
+            self.file.location(key)
+        }
+        fn write(
+            &self,
+            key: &Key,
+            bytes: &[u8],
+            expected: Option<Version>,
+        ) -> Result<Version, StoreError> {
+            self.file.write(key, bytes, expected)
+        }
+        fn delete(&self, key: &Key) -> Result<(), StoreError> {
+            self.file.delete(key)
+        }
+        fn list_kind(
+            &self,
+            kind: &Kind,
+            id_prefix: &str,
+        ) -> Result<Vec<(String, Vec<u8>, Version)>, StoreError> {
+            self.file.list_kind(kind, id_prefix)
+        }
+        fn has_paths(&self) -> bool {
+            true
+        }
+        fn keep_alive(
+            &self,
+            _path: &str,
+            _bytes: &[u8],
+            _ttl: Duration,
+        ) -> Result<Option<crate::store::LeaseGuard>, StoreError> {
+            if self.down.load(Ordering::Relaxed) {
+                return Err(StoreError::Unavailable("down".into()));
+            }
+            if self.slow.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            Ok(None)
+        }
+    }
+
+    /// Adds racing each other keep to the bound: each writes to the store between its check and
+    /// its insert, and every one in that window used to pass.
+    #[test]
+    fn racing_adds_keep_to_the_bound() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = FileBackend::new(DataDir::open(tmp.path()).unwrap());
+        let store = Arc::new(SlowLeases {
+            file,
+            slow: false.into(),
+            down: false.into(),
+        });
+        let faults = Faults::new(store.clone());
+        for _ in 0..MAX_FAULTS - 1 {
+            faults.add(spec(None)).unwrap();
+        }
+        store.slow.store(true, Ordering::Relaxed);
+        let added = std::thread::scope(|scope| {
+            let racing: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| faults.add(spec(None)).is_ok()))
+                .collect();
+            racing
+                .into_iter()
+                .map(|r| r.join().unwrap())
+                .filter(|added| *added)
+                .count()
+        });
+        assert_eq!(added, 1);
+        assert_eq!(faults.list(unix_now_ms()).len(), MAX_FAULTS);
+        // An add the store refuses gives its place back.
+        let first = faults.list(unix_now_ms())[0].id.clone();
+        faults.remove(&first).unwrap();
+        store.down.store(true, Ordering::Relaxed);
+        let refused = faults.add(spec(None));
+        assert!(matches!(refused, Err(RegistryError::Store(_))));
+        store.down.store(false, Ordering::Relaxed);
+        assert!(faults.add(spec(None)).is_ok());
     }
 
     #[test]
