@@ -261,12 +261,13 @@ fn serve(args: ServeArgs) -> ExitCode {
 }
 
 /// Gives the memory freed since the last time back to the system, at most once a second per
-/// worker thread, when that thread runs out of work (`corral::support::thread_idle`). mimalloc returns a freed range only after a
-/// delay (10 ms) and only when its thread allocates or frees again; a worker that goes idle after
-/// a connection storm (a thousand handshakes' buffers freed, the tunnels' long-lived state left)
-/// kept those ranges resident, about 1.5 KiB per tunnel that connected (docs/SCALE.md). Returning
-/// them at once on every free instead (`MIMALLOC_PURGE_DELAY=0`) halved tunnel throughput: each
-/// 64 KiB message's pages were returned and faulted in again.
+/// worker thread, when that thread runs out of work (`corral::support::thread_idle`). mimalloc
+/// returns a freed range only after a delay (10 ms) and only when its thread allocates or frees
+/// again; a worker that goes idle after a connection storm (a thousand handshakes' buffers freed,
+/// the tunnels' long-lived state left) kept those ranges resident, about 2.5 KiB per tunnel that
+/// connected (docs/SCALE.md). Returning them at once on every free instead
+/// (`MIMALLOC_PURGE_DELAY=0`) halved tunnel throughput: each 64 KiB message's pages were returned
+/// and faulted in again.
 fn release_freed_memory() {
     use std::cell::Cell;
     use std::time::{Duration, Instant};

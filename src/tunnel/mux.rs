@@ -82,6 +82,10 @@ impl Queues {
     }
 
     fn push_flow(&self, message: Bytes) {
+        // Nobody will send it: the writer is gone.
+        if self.room.is_closed() {
+            return;
+        }
         self.lock().flow.push_back(message);
         self.ready.notify_one();
     }
@@ -309,7 +313,8 @@ impl Mux {
         }
     }
 
-    /// Queues a Pause or Resume. Callers hold the stream's lock, which orders them (see [`Outgoing`]).
+    /// Queues a Pause or Resume. Callers hold the stream's lock, which orders them (see
+    /// [`Queues`]).
     pub fn send_flow(&self, conn_id: i64, kind: MessageType) {
         self.queues.push_flow(self.message(conn_id, kind, &[]));
         self.flow_queued.store(true, Ordering::Release);
@@ -484,6 +489,7 @@ mod tests {
         assert!(polled.await.is_err(), "a waiting stream gives up");
         assert!(mux.reserve().await.is_none());
         mux.send_soon(1, MessageType::Error, message(1));
+        mux.send_flow(1, MessageType::Resume);
         assert!(
             queues.try_pop().is_none(),
             "what was queued is dropped, nothing more is taken"

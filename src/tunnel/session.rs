@@ -242,9 +242,9 @@ impl Session {
         async move {
             let pongs = writer.pongs();
             let client = session.role == Role::Client;
-            // When our last ping went: its pong gives the tunnel's round trip (for flow control). Both
-            // ends ping: a server's pings are answered by any WebSocket peer, and only a client's keep
-            // the session alive (remotedialer's rule).
+            // When our last ping went: its pong gives the tunnel's round trip (for flow control).
+            // Both ends ping: a server's pings are answered by any WebSocket peer, and only a
+            // client's keep the session alive (remotedialer's rule).
             let ping_sent = std::sync::Mutex::new(None::<Instant>);
             let writing = async {
                 let mut ping = tokio::time::interval(PING_INTERVAL);
@@ -269,13 +269,14 @@ impl Session {
                         }
                         _ = sync.tick(), if client => Some(session.sync_message()),
                     };
-                    // One deadline for the frame and whatever is batched with it: a peer that does not
-                    // take our writes for WRITE_TIMEOUT ends the session.
+                    // One deadline for the frame and whatever is batched with it: a peer that does
+                    // not take our writes for WRITE_TIMEOUT ends the session.
                     let deadline = Instant::now() + WRITE_TIMEOUT;
                     if let Some(bytes) = message {
                         writer.feed(bytes, deadline).await?;
                     }
-                    // Batch whatever else is queued into the same flush: fewer TLS records and syscalls.
+                    // Batch whatever else is queued into the same flush: fewer TLS records and
+                    // syscalls.
                     while let Some(bytes) = outgoing.try_pop() {
                         writer.feed(bytes, deadline).await?;
                     }
@@ -283,8 +284,8 @@ impl Session {
                 }
             };
             let reading = async {
-                // The liveness deadline covers handling a message too: handling can wait for room in the
-                // outgoing queue, and no ping is read meanwhile.
+                // The liveness deadline covers handling a message too: handling can wait for room
+                // in the outgoing queue, and no ping is read meanwhile.
                 let mut deadline = Instant::now() + PING_WAIT;
                 let silent = || SessionError::Silent {
                     waiting_for: if client { "pong" } else { "ping" },
