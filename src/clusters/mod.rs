@@ -358,14 +358,14 @@ impl Clusters {
         for (_, stored) in self.tokens.list()? {
             all.insert_token(stored.value);
         }
-        *self.cache.write().unwrap_or_else(|p| p.into_inner()) = all;
+        *self.cached_mut() = all;
         Ok(())
     }
 
     /// Reads registration token `key` again (gone: forgotten).
     fn refresh_token(&self, key: &str) -> Result<(), StoreError> {
         let stored = self.tokens.get(key)?;
-        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.cached_mut();
         match stored {
             Some(stored) => cache.insert_token(stored.value),
             None => cache.remove_token(key),
@@ -383,17 +383,21 @@ impl Clusters {
     }
 
     fn remember(&self, cluster: Cluster) {
-        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.cached_mut();
         cache.insert(cluster);
     }
 
     fn forget(&self, id: &str) {
-        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.cached_mut();
         cache.remove(id);
     }
 
     fn cached(&self) -> std::sync::RwLockReadGuard<'_, Cached> {
         self.cache.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cached_mut(&self) -> std::sync::RwLockWriteGuard<'_, Cached> {
+        self.cache.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Applies `change` to stored cluster `id` (compare-and-swap) and remembers the result.
@@ -789,7 +793,7 @@ impl Clusters {
 
     fn delete_token_key(&self, key: &str) -> Result<(), StoreError> {
         self.tokens.delete(key)?;
-        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.cached_mut();
         cache.remove_token(key);
         Ok(())
     }
@@ -833,7 +837,7 @@ impl Clusters {
             },
         )?;
         let excess = {
-            let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+            let mut cache = self.cached_mut();
             cache.insert_token(stored.clone());
             let mine = cache.tokens_of(cluster_id);
             let excess = mine.len().saturating_sub(MAX_TOKENS_PER_CLUSTER);
@@ -941,30 +945,34 @@ impl Clusters {
         Ok(())
     }
 
+    /// Whether cluster `id` is gone: not in memory, nor on the store (memory may not have seen
+    /// another replica's create yet).
+    fn cluster_gone(&self, id: &str) -> Result<bool, StoreError> {
+        let known = self.cached().clusters.contains_key(id);
+        Ok(!known && self.objects.get(id)?.is_none())
+    }
+
     /// Deletes registration tokens and nodes whose cluster is gone (deleted while one was being
     /// written, on another replica or before a crash); how many went.
     pub fn sweep_orphans(&self) -> Result<usize, StoreError> {
         let mut swept = 0;
-        let orphan_tokens: Vec<String> = {
+        let orphan_tokens: Vec<(String, String)> = {
             let cached = self.cached();
             cached
                 .tokens
                 .iter()
                 .filter(|(_, t)| !cached.clusters.contains_key(&t.cluster_id))
-                .map(|(key, _)| key.clone())
+                .map(|(key, t)| (key.clone(), t.cluster_id.clone()))
                 .collect()
         };
-        for key in orphan_tokens {
-            let Some((cluster_id, _)) = key.split_once(':') else {
-                continue;
-            };
-            if self.objects.get(cluster_id)?.is_none() {
+        for (key, cluster_id) in orphan_tokens {
+            if self.cluster_gone(&cluster_id)? {
                 self.delete_token_key(&key)?;
                 swept += 1;
             }
         }
         for (key, node) in self.node_objects.list()? {
-            if self.objects.get(&node.value.cluster_id)?.is_none() {
+            if self.cluster_gone(&node.value.cluster_id)? {
                 self.node_objects.delete(&key)?;
                 swept += 1;
             }

@@ -91,58 +91,25 @@ fn deployed_image(state: &AppState) -> String {
 
 /// A cluster as the API writes it: pending until an agent connects, then active.
 fn cluster_resource(state: &AppState, cluster: &Cluster, agent_image: &str) -> Resource {
-    let sessions = state.tunnels.route(&cluster.id).map(|r| r.sessions());
-    let params = sessions
-        .as_ref()
-        .and_then(|s| state.clusters.agent_params(&cluster.id, s));
-    render_cluster(cluster, agent_image, sessions.is_some(), params)
+    let mut one = cluster_resources(state, std::slice::from_ref(cluster), agent_image);
+    complete_advertised(state, &mut one);
+    one.pop().expect("one cluster, one resource")
 }
 
 /// Clusters as the API writes them (see [`cluster_resource`]) but without what their agents
-/// advertised, for [`complete_advertised`] to add to a page.
-fn cluster_resources_unadvertised(
-    state: &AppState,
-    clusters: &[Cluster],
-    agent_image: &str,
-) -> Vec<Resource> {
+/// advertised, which [`complete_advertised`] adds (to a list's page only, unless the list filters
+/// or sorts on it).
+fn cluster_resources(state: &AppState, clusters: &[Cluster], agent_image: &str) -> Vec<Resource> {
     clusters
         .iter()
         .map(|cluster| {
             let connected = state.tunnels.route(&cluster.id).is_some();
-            render_cluster(cluster, agent_image, connected, None)
+            render_cluster(cluster, agent_image, connected)
         })
         .collect()
 }
 
-/// Clusters as the API writes them (see [`cluster_resource`]), what their agents advertised read
-/// together.
-fn cluster_resources(state: &AppState, clusters: &[Cluster], agent_image: &str) -> Vec<Resource> {
-    let sessions: Vec<Option<Vec<i64>>> = clusters
-        .iter()
-        .map(|c| state.tunnels.route(&c.id).map(|r| r.sessions()))
-        .collect();
-    let connected: Vec<(&str, &[i64])> = clusters
-        .iter()
-        .zip(&sessions)
-        .filter_map(|(c, s)| Some((c.id.as_str(), s.as_deref()?)))
-        .collect();
-    let mut params = state.clusters.agent_params_many(&connected).into_iter();
-    clusters
-        .iter()
-        .zip(&sessions)
-        .map(|(cluster, sessions)| {
-            let advertised = sessions.as_ref().and_then(|_| params.next().flatten());
-            render_cluster(cluster, agent_image, sessions.is_some(), advertised)
-        })
-        .collect()
-}
-
-fn render_cluster(
-    cluster: &Cluster,
-    agent_image: &str,
-    connected: bool,
-    params: Option<ClusterParams>,
-) -> Resource {
+fn render_cluster(cluster: &Cluster, agent_image: &str, connected: bool) -> Resource {
     let created = date(cluster.created);
     let mut conditions = vec![
         condition("Pending", true, &created),
@@ -175,7 +142,7 @@ fn render_cluster(
             .map(|(k, v)| (k.clone(), v.clone().into()))
             .collect()
     };
-    let mut resource = Resource::new(&cluster.id)
+    Resource::new(&cluster.id)
         .with("name", cluster.name.as_str())
         .with("description", cluster.description.as_str())
         .with("internal", false)
@@ -190,11 +157,7 @@ fn render_cluster(
         .with("creatorId", Value::Null)
         .with("labels", Value::Object(object(&cluster.labels)))
         .with("annotations", Value::Object(object(&cluster.annotations)))
-        .with("agentImage", agent_image);
-    if let Some(params) = params {
-        add_advertised(&mut resource, &params);
-    }
-    resource
+        .with("agentImage", agent_image)
 }
 
 /// The fields that come from what a cluster's agent advertised: on a replica, a read from etcd
@@ -211,28 +174,26 @@ fn add_advertised(resource: &mut Resource, params: &ClusterParams) {
     fields.insert(ca.into(), params.ca_cert.as_str().into());
 }
 
-/// Adds what their agents advertised to the connected clusters of `page` that lack it (a list
-/// leaves it out when the query neither filters nor sorts on it: it is read for the page only).
-fn complete_advertised(state: &AppState, page: &mut [Resource]) {
-    let lacking: Vec<(usize, Vec<i64>)> = page
+/// Adds what their agents advertised to the connected clusters of `resources` that lack it, read
+/// together (in as few requests to the store as it can).
+fn complete_advertised(state: &AppState, resources: &mut [Resource]) {
+    let connected: Vec<(usize, String, Vec<i64>)> = resources
         .iter()
         .enumerate()
         .filter(|(_, r)| {
             r.fields.get("connected") == Some(&Value::Bool(true))
                 && !r.fields.contains_key(ADVERTISED_FIELDS[0])
         })
-        .filter_map(|(i, r)| Some((i, state.tunnels.route(&r.id)?.sessions())))
+        .filter_map(|(i, r)| Some((i, r.id.clone(), state.tunnels.route(&r.id)?.sessions())))
         .collect();
-    let ids: Vec<String> = lacking.iter().map(|(i, _)| page[*i].id.clone()).collect();
-    let connected: Vec<(&str, &[i64])> = ids
+    let wanted: Vec<(&str, &[i64])> = connected
         .iter()
-        .zip(&lacking)
-        .map(|(id, (_, sessions))| (id.as_str(), sessions.as_slice()))
+        .map(|(_, id, sessions)| (id.as_str(), sessions.as_slice()))
         .collect();
-    let params = state.clusters.agent_params_many(&connected);
-    for ((i, _), params) in lacking.iter().zip(params) {
+    let params = state.clusters.agent_params_many(&wanted);
+    for ((i, _, _), params) in connected.iter().zip(params) {
         if let Some(params) = params {
-            add_advertised(&mut page[*i], &params);
+            add_advertised(&mut resources[*i], &params);
         }
     }
 }
@@ -311,10 +272,11 @@ impl TypeHandler for Clusters {
         let involved = ADVERTISED_FIELDS
             .iter()
             .any(|field| query_involves(call.query, field));
-        Ok(match involved {
-            true => cluster_resources(state, &visible, &image),
-            false => cluster_resources_unadvertised(state, &visible, &image),
-        })
+        let mut resources = cluster_resources(state, &visible, &image);
+        if involved {
+            complete_advertised(state, &mut resources);
+        }
+        Ok(resources)
     }
 
     fn complete_page(&self, call: &Call<'_>, page: &mut [Resource]) {
