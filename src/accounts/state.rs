@@ -8,29 +8,17 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Backend, Collection, Document, Key, Kind, StoreError, Stored};
+use crate::store::{Backend, Collection, Document, Key, Kind, StoreError, Stored, kind};
 
 /// Where the settings document is kept.
 pub const ACCOUNTS: Key = Key::secret("setup.json", "corral/accounts");
 /// Users: `users/<id>.json`, `corral/users/<id>`; they hold password hashes.
-pub const USERS: Kind = Kind {
-    dir: "users",
-    prefix: "corral/users/",
-    secret: true,
-};
+pub const USERS: Kind = kind!("users", secret);
 /// Login tokens: `tokens/<name>.json`, `corral/tokens/<name>`; they hold token hashes.
-pub const TOKENS: Kind = Kind {
-    dir: "tokens",
-    prefix: "corral/tokens/",
-    secret: true,
-};
+pub const TOKENS: Kind = kind!("tokens", secret);
 
 /// Settings' stored values: `settings/<id>.json`, `corral/settings/<id>` (see [`setting_id`]).
-pub const SETTINGS: Kind = Kind {
-    dir: "settings",
-    prefix: "corral/settings/",
-    secret: true,
-};
+pub const SETTINGS: Kind = kind!("settings", secret);
 
 /// A setting's stored value (built-in ones set through the API, and those created there).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,30 +37,14 @@ pub fn setting_id(name: &str) -> String {
 }
 
 /// Custom global roles, and what may change of a builtin one (`newUserDefault`).
-pub const GLOBAL_ROLES: Kind = Kind {
-    dir: "globalroles",
-    prefix: "corral/globalroles/",
-    secret: false,
-};
+pub const GLOBAL_ROLES: Kind = kind!("globalroles", public);
 /// Global role bindings.
-pub const GLOBAL_ROLE_BINDINGS: Kind = Kind {
-    dir: "globalrolebindings",
-    prefix: "corral/globalrolebindings/",
-    secret: false,
-};
+pub const GLOBAL_ROLE_BINDINGS: Kind = kind!("globalrolebindings", public);
 
 /// Custom role templates, and what may change of a builtin one.
-pub const ROLE_TEMPLATES: Kind = Kind {
-    dir: "roletemplates",
-    prefix: "corral/roletemplates/",
-    secret: false,
-};
+pub const ROLE_TEMPLATES: Kind = kind!("roletemplates", public);
 /// Cluster role template bindings (`<cluster>:crtb-…`).
-pub const CLUSTER_BINDINGS: Kind = Kind {
-    dir: "clusterroletemplatebindings",
-    prefix: "corral/clusterroletemplatebindings/",
-    secret: false,
-};
+pub const CLUSTER_BINDINGS: Kind = kind!("clusterroletemplatebindings", public);
 
 /// What changed, for the index to read again.
 #[derive(Debug, Clone)]

@@ -17,29 +17,17 @@ use serde::{Deserialize, Serialize};
 pub use params::{AgentParams, ClusterParams, CustomConfig, NodeParams, ParamsError};
 
 use crate::secrets::{TOKEN_LENGTH, hash_token_secret, random_suffix, random_token, same_hash};
-use crate::store::{Backend, Changes, Collection, Key, Kind, StoreError};
+use crate::store::{Backend, Changes, Collection, Key, Kind, StoreError, kind};
 use crate::support::unix_now;
 
 /// Where each cluster is kept: one key each.
-pub const CLUSTER_OBJECTS: Kind = Kind {
-    dir: "clusters",
-    prefix: "corral/clusters/",
-    secret: true,
-};
+pub const CLUSTER_OBJECTS: Kind = kind!("clusters", secret);
 
 /// Where each registration token's hash is kept: `<cluster>:<token>`, as Rancher names them.
-pub const REGISTRATION_TOKENS: Kind = Kind {
-    dir: "clusterregistrationtokens",
-    prefix: "corral/clusterregistrationtokens/",
-    secret: true,
-};
+pub const REGISTRATION_TOKENS: Kind = kind!("clusterregistrationtokens", secret);
 
 /// Where each node is kept: `<cluster>:<node>`.
-pub const NODES: Kind = Kind {
-    dir: "nodes",
-    prefix: "corral/nodes/",
-    secret: true,
-};
+pub const NODES: Kind = kind!("nodes", secret);
 
 /// The one document every cluster was kept in before (etcd takes at most 1.5 MiB in one write:
 /// about 6,000 clusters): moved to a key each by the first start that finds it.
@@ -94,11 +82,7 @@ pub struct Advertised {
 }
 
 /// On a store shared by replicas, what each agent session advertised: `<cluster>:<session>`.
-pub const AGENT_SESSIONS: Kind = Kind {
-    dir: "cluster-agents",
-    prefix: "corral/cluster-agents/",
-    secret: true,
-};
+pub const AGENT_SESSIONS: Kind = kind!("cluster-agents", secret);
 
 /// A node of a cluster, as its node agent advertised it (cattle-node-agent; Rancher creates the node
 /// on register).

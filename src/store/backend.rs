@@ -56,6 +56,27 @@ pub struct Kind {
     pub secret: bool,
 }
 
+/// The [`Kind`] kept in the data directory's `DIR/` and under `corral/DIR/` on a shared store:
+/// `kind!("users", secret)` (its files are the owner's only, as [`Key::secret`]'s), or
+/// `kind!("globalroles", public)`.
+macro_rules! kind {
+    ($dir:literal, secret) => {
+        $crate::store::Kind {
+            dir: $dir,
+            prefix: concat!("corral/", $dir, "/"),
+            secret: true,
+        }
+    };
+    ($dir:literal, public) => {
+        $crate::store::Kind {
+            dir: $dir,
+            prefix: concat!("corral/", $dir, "/"),
+            secret: false,
+        }
+    };
+}
+pub(crate) use kind;
+
 impl Kind {
     /// The key of object `id`; `None` when `id` cannot name an object: ids come from clients too
     /// (the name half of a presented token), and one must never reach another file.

@@ -253,6 +253,18 @@ mod tests {
     use crate::store::{DataDir, FileBackend};
     use std::os::unix::fs::PermissionsExt;
 
+    #[test]
+    fn a_kind_is_its_directory_in_both_stores() {
+        let users = Kind {
+            dir: "users",
+            prefix: "corral/users/",
+            secret: true,
+        };
+        assert_eq!(crate::store::kind!("users", secret), users);
+        let roles = crate::store::kind!("globalroles", public);
+        assert_eq!((roles.prefix, roles.secret), ("corral/globalroles/", false));
+    }
+
     const THINGS: Kind = Kind {
         dir: "things",
         prefix: "test/things/",

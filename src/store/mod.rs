@@ -17,6 +17,7 @@ mod document;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 
+pub(crate) use backend::kind;
 pub use backend::{
     Backend, Changes, FileBackend, Key, Kind, Leadership, LeaseGuard, StoreError, Version,
     create_once, put,
