@@ -369,11 +369,9 @@ impl Session {
     async fn dispatch(self: &Arc<Self>, message: Message) -> Result<(), SessionError> {
         let conn_id = message.conn_id;
         match message.kind {
-            MessageType::Data => match self.mux.get(conn_id) {
-                Some(stream) => stream.push(message.payload, || {
-                    self.mux.send_flow(conn_id, MessageType::Pause)
-                }),
-                None => {
+            // Handed back: no such stream.
+            MessageType::Data => {
+                if self.deliver(message).is_some() {
                     let text = format!(
                         "connection not found {}/{}/{conn_id}",
                         self.client_key, self.session_key
@@ -382,7 +380,7 @@ impl Session {
                         .send(conn_id, MessageType::Error, Bytes::from(text))
                         .await;
                 }
-            },
+            }
             MessageType::Connect => match self.role {
                 Role::Server => return Err(SessionError::ConnectNotAllowed),
                 Role::Client => self.client_connect(conn_id, &message.text()).await,
